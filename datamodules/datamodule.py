@@ -1,0 +1,272 @@
+"""XrayDataModule: one data module for hand and foot radiographs (folders or a CSV manifest)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from datamodules.readers import ImageReadError, read_image
+from datamodules.records import DataError, Record, assign_splits, check_labels, read_manifest, scan_folder
+from datamodules.transforms import EvalPreset, TrainPreset
+
+log = logging.getLogger(__name__)
+
+Balancing = Literal["none", "class_weights", "weighted_sampler", "oversample"]
+
+
+class XrayDataset(Dataset):
+    """Reads one record per item; returns (image (1, S, S), label, index into records)."""
+
+    def __init__(self, records: list[Record], class_index: dict[str, int], transform: Callable) -> None:
+        self.records, self.class_index, self.transform = records, class_index, transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        image = torch.from_numpy(read_image(record.path))[None]
+        return self.transform(image), self.class_index[record.label], index
+
+
+class EpochSeededWeightedSampler(Sampler[int]):
+    """Draws `num_samples` indices with replacement, weighted; each pass uses a new seed.
+
+    The draw depends only on (seed, pass number), so under DDP every rank draws the same
+    list and Lightning's DistributedSamplerWrapper gives each rank a disjoint shard of it.
+    """
+
+    def __init__(self, weights: torch.Tensor, num_samples: int, seed: int) -> None:
+        self.weights, self.num_samples, self.seed, self._passes = weights, num_samples, seed, 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self._passes)
+        self._passes += 1
+        yield from torch.multinomial(self.weights, self.num_samples, True, generator=generator).tolist()
+
+
+class _OversampledDataset(Dataset):
+    """Repeats minority-class items so every class has as many items as the largest one."""
+
+    def __init__(self, dataset: XrayDataset, labels: list[int]) -> None:
+        counts = Counter(labels)
+        target = max(counts.values())
+        self.dataset, self.indices = dataset, []
+        for cls in sorted(counts):
+            members = [i for i, y in enumerate(labels) if y == cls]
+            self.indices += (members * (target // len(members) + 1))[:target]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.indices[index]]
+
+
+class XrayDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        data_root: str = "data/ra_hand",
+        manifest: Optional[str] = None,
+        classes: Optional[list[str]] = None,
+        image_size: int = 224,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        balancing: Balancing = "none",
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 42,
+        skip_bad_files: bool = False,
+        hflip_prob: float = 0.5,
+        rotation_degrees: float = 10.0,
+        scale_jitter: float = 0.1,
+        intensity_jitter: float = 0.1,
+        predict_split: Literal["train", "val", "test", "all"] = "test",
+        demo: Optional[Literal["hand", "foot"]] = None,
+        demo_count: int = 400,
+        demo_size: int = 256,
+    ) -> None:
+        """
+        Args:
+            data_root: folder with root/{train,val,test}/{class}/file, root/{class}/file or a manifest.
+            manifest: CSV `path,label[,split][,patient_id]`, relative to data_root; default
+                data_root/manifest.csv when it exists, else the folder layout.
+            classes: class names in label order (e.g. [normal, abnormal]: the last is the
+                positive class of binary metrics); default: sorted names found in the data.
+            image_size: side of the square network input; images are resized keeping their
+                aspect ratio and padded.
+            batch_size: per GPU (per process): the global batch is batch_size x devices.
+            num_workers: DataLoader worker processes per GPU.
+            balancing: none; class_weights (weighted loss); weighted_sampler (draw classes
+                equally often, with replacement); oversample (repeat minority-class images).
+            val_fraction: fraction of patients for validation when splits are not given.
+            test_fraction: fraction of patients for testing when splits are not given.
+            split_seed: seed of the patient-level split.
+            skip_bad_files: decode every image once before training and leave out unreadable
+                ones, reporting how many; off: an unreadable image stops the run naming the file.
+            hflip_prob: training augmentation, probability of a horizontal flip.
+            rotation_degrees: training augmentation, maximum rotation.
+            scale_jitter: training augmentation, relative zoom range.
+            intensity_jitter: training augmentation, brightness/contrast range.
+            predict_split: which split `predict` runs on.
+            demo: generate a synthetic hand or foot data set into data_root when it has none.
+            demo_count: number of images of the generated demo data set.
+            demo_size: side of the generated demo images in pixels.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= value < 1.0:
+                raise DataError(f"data.{name} must be in [0, 1), got {value}")
+        if val_fraction + test_fraction >= 1.0:
+            raise DataError(f"data.val_fraction + data.test_fraction must be < 1, got {val_fraction + test_fraction}")
+        for name, value in (("image_size", image_size), ("batch_size", batch_size)):
+            if value < 1:
+                raise DataError(f"data.{name} must be >= 1, got {value}")
+        self.root = Path(data_root).expanduser()
+        if demo is not None and not any(self.root.glob("*")):
+            from datamodules.synthetic import generate
+
+            generate(self.root, body_part=demo, count=demo_count, size=(demo_size, demo_size), seed=split_seed)
+        records, source = self._load_records(manifest)
+        self.class_names = check_labels(records, classes, source)
+        self.class_index = {name: i for i, name in enumerate(self.class_names)}
+        self.records = assign_splits(records, val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed)
+        self.split_records = {s: [r for r in self.records if r.split == s] for s in ("train", "val", "test")}
+        if not self.split_records["train"]:
+            raise DataError(f"{source}: the training split is empty")
+        self.skipped: list[str] = []
+        self._datasets: dict[str, Dataset] = {}
+
+    def _load_records(self, manifest: Optional[str]) -> tuple[list[Record], str]:
+        if not self.root.is_dir():
+            raise DataError(
+                f"Data root {self.root} does not exist. Point data.data_root at a folder laid out as "
+                "root/{train,val,test}/{class}/image or root/{class}/image, or holding a manifest.csv "
+                "(path,label[,split][,patient_id]); or make a synthetic demo set with "
+                f"`python -m datamodules.synthetic --out {self.root} --body-part hand --count 400` "
+                "(or set data.demo=hand to generate it on first use)."
+            )
+        manifest_path = Path(manifest) if manifest else self.root / "manifest.csv"
+        if manifest and not manifest_path.is_absolute() and not manifest_path.exists():
+            manifest_path = self.root / manifest
+        if manifest_path.is_file():
+            return read_manifest(manifest_path, self.root), str(manifest_path)
+        if manifest:
+            raise DataError(f"data.manifest {manifest} does not exist (looked in . and {self.root})")
+        records = scan_folder(self.root)
+        if not records:
+            raise DataError(
+                f"No images found under {self.root}: expected root/{{train,val,test}}/{{class}}/image, "
+                "root/{class}/image (.png .jpg .jpeg .dcm .dicom) or a manifest.csv"
+            )
+        return records, str(self.root)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def train_class_counts(self) -> list[int]:
+        counts = Counter(r.label for r in self.split_records["train"])
+        return [counts.get(name, 0) for name in self.class_names]
+
+    @property
+    def class_weights(self) -> Optional[list[float]]:
+        """Inverse-frequency loss weights (mean 1) when balancing is class_weights, else None."""
+        if self.hparams.balancing != "class_weights":
+            return None
+        counts = self.train_class_counts
+        weights = [sum(counts) / (len(counts) * c) if c else 0.0 for c in counts]
+        return [round(w, 6) for w in weights]
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.skip_bad_files and not self._datasets:
+            self._drop_unreadable()
+        if stage == "fit" and not self.split_records["val"]:
+            raise DataError(
+                f"The validation split of {self.root} is empty: give a val split or set data.val_fraction > 0"
+            )
+        hp = self.hparams
+        train_tf = TrainPreset(
+            image_size=hp.image_size,
+            hflip_prob=hp.hflip_prob,
+            rotation_degrees=hp.rotation_degrees,
+            scale_jitter=hp.scale_jitter,
+            intensity_jitter=hp.intensity_jitter,
+        )
+        eval_tf = EvalPreset(image_size=hp.image_size)
+        self._datasets = {"train": XrayDataset(self.split_records["train"], self.class_index, train_tf)}
+        for split in ("val", "test"):
+            self._datasets[split] = XrayDataset(self.split_records[split], self.class_index, eval_tf)
+        predict = self.records if hp.predict_split == "all" else self.split_records[hp.predict_split]
+        self._datasets["predict"] = XrayDataset(predict, self.class_index, eval_tf)
+
+    def _drop_unreadable(self) -> None:
+        def check(record: Record) -> Optional[str]:
+            try:
+                read_image(record.path)
+            except ImageReadError as e:
+                return f"{record.rel}: {e}"
+            return None
+
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+            problems = dict(zip(self.records, pool.map(check, self.records)))
+        bad = {r for r, p in problems.items() if p}
+        self.skipped = [problems[r] for r in self.records if r in bad]
+        if bad:
+            log.warning("Skipped %d of %d unreadable image(s) (data.skip_bad_files=true):\n  %s",
+                        len(bad), len(self.records), "\n  ".join(self.skipped[:10]))
+            self.records = [r for r in self.records if r not in bad]
+            self.split_records = {s: [r for r in v if r not in bad] for s, v in self.split_records.items()}
+
+    def has_split(self, split: str) -> bool:
+        return bool(self.split_records.get(split))
+
+    def predict_records(self) -> list[Record]:
+        return self._datasets["predict"].records
+
+    def _loader(self, dataset: Dataset, *, shuffle: bool = False, sampler: Optional[Sampler] = None) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._datasets["train"]
+        labels = [self.class_index[r.label] for r in dataset.records]
+        if self.hparams.balancing == "oversample":
+            return self._loader(_OversampledDataset(dataset, labels), shuffle=True)
+        if self.hparams.balancing == "weighted_sampler":
+            counts = Counter(labels)
+            weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.double)
+            sampler = EpochSeededWeightedSampler(weights, len(labels), seed=self.hparams.split_seed)
+            return self._loader(dataset, sampler=sampler)
+        return self._loader(dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._datasets["val"])
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._datasets["test"])
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self._datasets["predict"])

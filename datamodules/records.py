@@ -1,0 +1,155 @@
+"""Where the images are: folder layouts and CSV manifests, and patient-level splits.
+
+A data set is a list of records {path, label, patient_id, split}, read lazily later.
+Two layouts are accepted under a data root:
+
+    root/{train,val,test}/{class}/file      (splits given by folders)
+    root/{class}/file                        (splits made here)
+    root/manifest.csv  path,label[,split][,patient_id]   (paths relative to root)
+
+Missing splits are made with a seed at patient level: no patient in two splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+from datamodules.readers import IMAGE_SUFFIXES
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Record:
+    path: Path  # absolute
+    rel: str  # relative to the data root: the only form that may reach a logger
+    label: str
+    patient_id: str
+    split: Optional[str] = None
+
+
+def _listing(errors: list[str], limit: int = 5) -> str:
+    shown = "\n  ".join(errors[:limit])
+    more = f"\n  ... and {len(errors) - limit} more" if len(errors) > limit else ""
+    return f"\n  {shown}{more}"
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def scan_folder(root: Path) -> list[Record]:
+    """Records from root/{split}/{class}/file or root/{class}/file."""
+    split_dirs = [root / s for s in SPLITS if (root / s).is_dir()]
+    records = []
+    for base, split in [(d, d.name) for d in split_dirs] or [(root, None)]:
+        for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for path in sorted(class_dir.rglob("*")):
+                if _is_image(path):
+                    rel = path.relative_to(root).as_posix()
+                    records.append(Record(path, rel, class_dir.name, rel, split))
+    return records
+
+
+def read_manifest(manifest: Path, root: Path) -> list[Record]:
+    """Records from a CSV manifest; paths are relative to `root` (or absolute)."""
+    try:
+        with open(manifest, newline="") as f:
+            reader = csv.DictReader(f, skipinitialspace=True)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            reader.fieldnames = columns
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"Cannot read manifest {manifest}: {e}") from e
+    missing_cols = [c for c in ("path", "label") if c not in columns]
+    if missing_cols:
+        raise DataError(
+            f"Manifest {manifest} lacks column(s) {missing_cols}; found {columns}. "
+            "Expected a header `path,label[,split][,patient_id]`."
+        )
+    if not rows:
+        raise DataError(f"Manifest {manifest} has a header but no rows")
+    records, missing, bad = [], [], []
+    for line, row in enumerate(rows, start=2):
+        rel, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+        split = (row.get("split") or "").strip() or None
+        if not rel or not label:
+            bad.append(f"line {line}: empty path or label")
+            continue
+        if split is not None and split not in SPLITS:
+            bad.append(f"line {line}: split {split!r} is not one of {list(SPLITS)}")
+            continue
+        path = Path(rel) if Path(rel).is_absolute() else root / rel
+        if not path.is_file():
+            missing.append(f"line {line}: {rel}")
+            continue
+        patient = (row.get("patient_id") or "").strip() or rel
+        records.append(Record(path, rel, label, patient, split))
+    if bad:
+        raise DataError(f"Manifest {manifest} has {len(bad)} invalid row(s):{_listing(bad)}")
+    if missing:
+        raise DataError(
+            f"Manifest {manifest}: {len(missing)} of {len(rows)} file(s) do not exist "
+            f"(paths are relative to data_root {root}):{_listing(missing)}"
+        )
+    return records
+
+
+def check_labels(records: list[Record], classes: Optional[list[str]], source: str) -> list[str]:
+    """Class names in label order: `classes` if given (every label must be in it), else sorted."""
+    found = sorted({r.label for r in records})
+    if classes is None:
+        if len(found) < 2:
+            raise DataError(f"{source}: found {len(found)} class(es) {found}; a classifier needs at least 2")
+        return found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(f"{source}: unknown label(s) {unknown}; data.classes allows {list(classes)}")
+    return list(classes)
+
+
+def assign_splits(records: list[Record], *, val_fraction: float, test_fraction: float, seed: int) -> list[Record]:
+    """Give every record without a split one, at patient level and stratified by label.
+
+    Patients that already have a split keep it (all their images follow it); a patient whose
+    images were given different splits is an error, since it would leak between splits.
+    """
+    given: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        if r.split:
+            given[r.patient_id].add(r.split)
+    leaking = [f"{p}: {sorted(s)}" for p, s in given.items() if len(s) > 1]
+    if leaking:
+        raise DataError(f"{len(leaking)} patient(s) appear in more than one split:{_listing(leaking)}")
+    todo: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        if not r.split and r.patient_id not in given:
+            todo[r.patient_id].append(r)
+    if not todo:
+        return [replace(r, split=r.split or next(iter(given[r.patient_id]))) for r in records]
+    # Stratify patients by their most common label so small val/test sets still hold every class.
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for patient, recs in sorted(todo.items()):
+        by_label[Counter(r.label for r in recs).most_common(1)[0][0]].append(patient)
+    rng = random.Random(seed)
+    split_of: dict[str, str] = {}
+    for label in sorted(by_label):
+        patients = by_label[label]
+        rng.shuffle(patients)
+        n_test = round(len(patients) * test_fraction)
+        n_val = round(len(patients) * val_fraction)
+        for i, patient in enumerate(patients):
+            split_of[patient] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return [
+        replace(r, split=r.split or (next(iter(given[r.patient_id])) if r.patient_id in given else split_of[r.patient_id]))
+        for r in records
+    ]

@@ -1,0 +1,191 @@
+"""XrayClassifier: one LightningModule for hand and foot radiographs.
+
+Hyperparameters are short top-level init arguments so that sweeps can name them as
+`model.lr`, `model.optimizer`, ... (the init signature is the config schema).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Literal, Optional
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau, StepLR
+
+from models.backbones import build_backbone
+from models.metrics import ClassificationMetrics
+
+_OPTIMIZERS = {
+    "adamw": lambda params, lr, wd, momentum: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
+    "adam": lambda params, lr, wd, momentum: torch.optim.Adam(params, lr=lr, weight_decay=wd),
+    "sgd": lambda params, lr, wd, momentum: torch.optim.SGD(
+        params, lr=lr, weight_decay=wd, momentum=momentum, nesterov=momentum > 0
+    ),
+}
+
+
+class XrayClassifier(pl.LightningModule):
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        weights: str = "none",
+        num_classes: int = 2,
+        class_names: Optional[list[str]] = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
+        momentum: float = 0.9,
+        scheduler: Literal["cosine", "step", "plateau", "none"] = "cosine",
+        warmup_epochs: float = 1.0,
+        step_size: int = 10,
+        gamma: float = 0.1,
+        label_smoothing: float = 0.0,
+        dropout: float = 0.0,
+        class_weights: Optional[list[float]] = None,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        """
+        Args:
+            backbone: torchvision architecture name (see models.backbones.BACKBONES).
+            weights: "none", "default" (torchvision's pretrained weights, downloaded when online)
+                or the path of a local .pth file (air-gapped sites).
+            num_classes: number of classes; linked from the data module.
+            class_names: class names in label order; linked from the data module.
+            lr: peak learning rate.
+            weight_decay: decoupled (adamw) or L2 (adam, sgd) weight decay.
+            optimizer: adamw, adam or sgd (sgd uses `momentum`, with Nesterov when > 0).
+            momentum: SGD momentum; ignored by adam and adamw.
+            scheduler: cosine (linear warmup then cosine decay per step), step, plateau or none.
+            warmup_epochs: warmup length for the cosine schedule, in epochs (fractions allowed).
+            step_size: epochs between decays for the step schedule.
+            gamma: decay factor for the step and plateau schedules.
+            label_smoothing: cross-entropy label smoothing in [0, 1).
+            dropout: dropout before the classification layer.
+            class_weights: per-class loss weights; linked from the data module when
+                data.balancing is class_weights.
+            channels_last: use the channels_last memory format (faster convolutions on GPU).
+            compile: wrap the backbone in torch.compile.
+        """
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+        if lr <= 0:
+            raise ValueError(f"model.lr must be > 0, got {lr}")
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(
+                f"model.class_weights has {len(class_weights)} values but there are {num_classes} classes"
+            )
+        self.save_hyperparameters()
+        self.backbone = build_backbone(
+            backbone, num_classes=num_classes, in_chans=1, weights=weights, dropout=dropout
+        )
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.backbone) if compile else self.backbone
+        self.register_buffer(
+            "loss_weights",
+            torch.tensor(class_weights, dtype=torch.float32) if class_weights else None,
+            persistent=False,
+        )
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.val_metrics = ClassificationMetrics(num_classes)
+        self.test_metrics = ClassificationMetrics(num_classes)
+        self.last_confusion: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._forward(x)
+
+    def model_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        loss = F.cross_entropy(
+            logits.float(), y, weight=self.loss_weights, label_smoothing=self.hparams.label_smoothing
+        )
+        return loss, logits, y
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, _, y = self.model_step(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def _eval_step(self, batch, stage: str, metrics: ClassificationMetrics) -> None:
+        loss, logits, y = self.model_step(batch)
+        metrics.update(logits.float().softmax(dim=1), y)
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, prog_bar=stage == "val", batch_size=len(y))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test", self.test_metrics)
+
+    def metric_names(self, stage: Literal["val", "test"] = "val") -> list[str]:
+        keys = list(self.val_metrics.multiclass.keys())
+        if self.val_metrics.binary is not None:
+            keys += [k for k in self.val_metrics.binary.keys() if k not in keys]
+        return [f"{stage}/{k}" for k in ["loss", *keys]]
+
+    def current_metrics(self, stage: Literal["val", "test"] = "val") -> dict[str, torch.Tensor]:
+        """This epoch's metrics so far, e.g. {"val/auroc": ...}; collective under DDP, so
+        every rank must call it (torchmetrics caches the result until the next update)."""
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        return {f"{stage}/{k}": v for k, v in metrics.compute().items()}
+
+    def _log_epoch_metrics(self, stage: Literal["val", "test"], metrics: ClassificationMetrics) -> None:
+        # torchmetrics has already reduced across ranks, so no sync_dist here.
+        self.log_dict(self.current_metrics(stage), prog_bar=False)
+        self.last_confusion[stage] = metrics.compute_confusion().cpu()
+        metrics.reset()
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        x, _, index = batch
+        return {"index": index, "probs": self(x).float().softmax(dim=1)}
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = _OPTIMIZERS[hp.optimizer](self.parameters(), hp.lr, hp.weight_decay, hp.momentum)
+        if hp.scheduler == "none":
+            return optimizer
+        if hp.scheduler == "step":
+            return {"optimizer": optimizer, "lr_scheduler": StepLR(optimizer, hp.step_size, hp.gamma)}
+        if hp.scheduler == "plateau":
+            scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=hp.gamma, patience=2)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        warmup = min(int(hp.warmup_epochs * steps_per_epoch), total - 1)
+        schedule = LambdaLR(optimizer, lambda step: cosine_with_warmup(step, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: linear warmup from ~0 to 1, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def write_confusion_csv(path: Path, confusion: torch.Tensor, class_names: list[str]) -> None:
+    """Rows are true classes, columns predicted classes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true\\pred", *class_names])
+        for name, row in zip(class_names, confusion.tolist()):
+            writer.writerow([name, *row])

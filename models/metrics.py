@@ -1,0 +1,76 @@
+"""Classification metrics for binary and multiclass X-ray tasks, built on torchmetrics.
+
+All metrics take class probabilities of shape (N, C). For binary tasks (C == 2) class 1
+is the positive class (e.g. "abnormal"), so sensitivity, specificity and F1 refer to it.
+torchmetrics keeps the states and synchronises them across DDP ranks in `compute()`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAUROC,
+    BinaryF1Score,
+    BinaryRecall,
+    BinarySpecificity,
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
+
+# One place for metric names: sweeps, checkpoints and the offline runner refer to these.
+METRIC_NAMES = ("loss", "acc", "balanced_acc", "auroc", "f1", "sensitivity", "specificity")
+
+
+class ClassificationMetrics(nn.Module):
+    """Accuracy, balanced accuracy (mean per-class recall), AUROC, F1, and for binary
+    tasks sensitivity and specificity; plus a confusion matrix."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        multiclass = {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
+        }
+        if num_classes > 2:
+            multiclass["auroc"] = MulticlassAUROC(num_classes)
+            multiclass["f1"] = MulticlassF1Score(num_classes, average="macro")
+        self.multiclass = MetricCollection(multiclass)
+        self.binary = (
+            MetricCollection(
+                {
+                    "auroc": BinaryAUROC(),
+                    "f1": BinaryF1Score(),
+                    "sensitivity": BinaryRecall(),
+                    "specificity": BinarySpecificity(),
+                }
+            )
+            if num_classes == 2
+            else None
+        )
+        self.confusion = MulticlassConfusionMatrix(num_classes)
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        self.multiclass.update(probs, target)
+        self.confusion.update(probs, target)
+        if self.binary is not None:
+            self.binary.update(probs[:, 1], target)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        values = dict(self.multiclass.compute())
+        if self.binary is not None:
+            values.update(self.binary.compute())
+        return values
+
+    def compute_confusion(self) -> torch.Tensor:
+        return self.confusion.compute()
+
+    def reset(self) -> None:
+        self.multiclass.reset()
+        self.confusion.reset()
+        if self.binary is not None:
+            self.binary.reset()

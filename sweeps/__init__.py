@@ -1,0 +1,1 @@
+"""Sweeps for the X-ray LightningCLI: W&B sweep files, presets, callbacks, offline runner."""

@@ -1,0 +1,140 @@
+"""Callbacks that make a training run a well-behaved sweep run (W&B agent or offline runner).
+
+SweepMetric: W&B's hyperband counts the history rows that contain the sweep metric, so the
+metric must appear exactly once per validation epoch, with `epoch` in the same row, never
+during the sanity check, from rank 0 only. Lightning's epoch-end logging already writes one
+row per validation epoch on rank 0 with `epoch` in it; this callback adds a combined
+objective to that same row, warns when validation runs more or less than once per epoch,
+and appends each value to `sweep_history.jsonl` in the run directory for the offline runner.
+
+GracefulStop: the W&B agent stops a run with SIGTERM to the main process only and SIGKILL
+30 s later. Lightning's own SIGTERM handler runs a collective inside the signal handler,
+which can deadlock when the signal lands inside another collective. Here the handler only
+sets a flag; at every batch end all ranks agree on it with one all-reduce (every rank is at
+the same batch, so no rank waits alone), save `last.ckpt` and raise RunStopped, which the
+CLI turns into a finished W&B run and exit code 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+log = logging.getLogger(__name__)
+
+
+class RunStopped(Exception):
+    """Raised on every rank once all ranks agreed to stop after SIGTERM."""
+
+
+class StopSignal:
+    """Process-wide SIGTERM flag. Installed as early as possible in the CLI, so a signal
+    that lands during start-up also ends the run cleanly instead of killing it."""
+
+    requested = False
+    _installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, cls._handle)
+            cls._installed = True
+
+    @classmethod
+    def _handle(cls, signum: int, frame: Any) -> None:
+        cls.requested = True  # nothing else: no I/O, no collectives inside a signal handler
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.requested = False
+
+
+class GracefulStop(Callback):
+    def __init__(self, checkpoint_dir: Optional[Path] = None) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self.stopped = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        StopSignal.install()
+        # Lightning registers its own SIGTERM handler right after `setup` (Trainer._run); keep ours.
+        trainer._signal_connector.register_signal_handlers = StopSignal.install
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(StopSignal.requested, all=False)
+        else:
+            stop = StopSignal.requested
+        if not stop:
+            return
+        self.stopped = True
+        if self.checkpoint_dir is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
+            trainer.save_checkpoint(str(Path(self.checkpoint_dir) / "last.ckpt"))
+        raise RunStopped("stopped by SIGTERM")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._check(trainer)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check(trainer)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check(trainer)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        # predict shards are uneven across ranks, so a collective here could wait forever
+        if trainer.world_size == 1:
+            self._check(trainer)
+
+
+def objective_value(objective: dict[str, float], metrics: dict[str, torch.Tensor]) -> float:
+    """Weighted sum of metrics, e.g. {"val/auroc": 0.7, "val/balanced_acc": 0.3}."""
+    return float(sum(weight * float(metrics[name]) for name, weight in objective.items()))
+
+
+class SweepMetric(Callback):
+    def __init__(self, metric: str, objective: Optional[dict[str, float]] = None, history_file: Optional[Path] = None):
+        self.metric, self.objective, self.history_file = metric, objective, history_file
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.val_check_interval != 1.0 or (trainer.check_val_every_n_epoch or 1) != 1:
+            log.warning(
+                "trainer.val_check_interval=%s / check_val_every_n_epoch=%s: the sweep metric %s is logged "
+                "once per validation, so hyperband's min_iter/max_iter count validations, not epochs.",
+                trainer.val_check_interval, trainer.check_val_every_n_epoch, self.metric,
+            )
+        if self.objective:
+            # val/loss is logged by Lightning after this callback runs, so it cannot take part.
+            available = {n for n in getattr(pl_module, "metric_names", lambda s: [])("val") if n != "val/loss"}
+            unknown = sorted(set(self.objective) - available)
+            if unknown:
+                raise ValueError(f"sweep.objective names unknown metric(s) {unknown}; allowed: {sorted(available)}")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.objective or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = objective_value(self.objective, pl_module.current_metrics("val"))
+        # Logged in the same epoch-end row as the module's val/* metrics and `epoch`.
+        pl_module.log(self.metric, value)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero:
+            return
+        if self.history_file is None:
+            return
+        value = trainer.callback_metrics.get(self.metric)
+        value = float(value) if value is not None else math.nan
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, self.metric: value}
+        with open(self.history_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())

@@ -1,0 +1,69 @@
+"""Conditional sweep parameters, resolved on the program side.
+
+W&B sweep files cannot say "model.momentum only when model.optimizer is sgd" (the schema
+rejects `parent`/`parent_values`). The generator instead puts
+`--sweep.when+=model.momentum:model.optimizer=sgd` into the sweep's command; the CLI parses
+the arguments once, and when the parent's value is not one of the listed values it removes
+the child's argument and parses again, so the child keeps its value from the config files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+WHEN_PREFIX = "--sweep.when"
+
+
+def parse_condition(spec: str) -> tuple[str, str, list[str]]:
+    """'CHILD:PARENT=V1|V2' -> (child, parent, [V1, V2])."""
+    try:
+        child, rest = spec.split(":", 1)
+        parent, values = rest.split("=", 1)
+    except ValueError:
+        raise ValueError(f"sweep.when {spec!r} is not of the form CHILD:PARENT=VALUE1|VALUE2") from None
+    if not child or not parent or not values:
+        raise ValueError(f"sweep.when {spec!r} is not of the form CHILD:PARENT=VALUE1|VALUE2")
+    return child.strip(), parent.strip(), [v.strip() for v in values.split("|")]
+
+
+def format_condition(child: str, parent: str, values: list[Any]) -> str:
+    return f"{WHEN_PREFIX}+={child}:{parent}={'|'.join(format_value(v) for v in values)}"
+
+
+def format_value(value: Any) -> str:
+    """How a value is compared: as the W&B agent would put it on the command line."""
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def _drop_argument(args: list[str], key: str) -> list[str]:
+    flag = f"--{key}"
+    kept, skip = [], False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if arg.startswith(flag + "="):
+            continue
+        if arg == flag:
+            skip = i + 1 < len(args) and not args[i + 1].startswith("--")
+            continue
+        kept.append(arg)
+    return kept
+
+
+def apply_conditions(args: list[str], cfg: Any) -> tuple[list[str], list[str]]:
+    """Returns the arguments without the children whose condition fails, and a note for each."""
+    specs = cfg.get("sweep.when") or []
+    notes = []
+    for spec in specs:
+        child, parent, allowed = parse_condition(spec)
+        parent_value = format_value(cfg.get(parent))
+        if parent_value in allowed:
+            continue
+        without = _drop_argument(args, child)
+        if without != args:
+            notes.append(f"{child} not applied: it applies only when {parent} is one of {allowed}, not {parent_value}")
+            args = without
+    return args, notes
