@@ -88,7 +88,8 @@ class XrayClassifier(pl.LightningModule):
         )
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
-        self._forward = torch.compile(self.backbone) if compile else self.backbone
+        # Kept out of nn.Module's registry so checkpoints hold the backbone once, uncompiled.
+        self.__dict__["_compiled"] = torch.compile(self.backbone) if compile else None
         self.register_buffer(
             "loss_weights",
             torch.tensor(class_weights, dtype=torch.float32) if class_weights else None,
@@ -102,7 +103,7 @@ class XrayClassifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self._forward(x)
+        return (self._compiled or self.backbone)(x)
 
     def model_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch[0], batch[1]
