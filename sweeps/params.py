@@ -1,0 +1,123 @@
+"""Parameter names: the CLI paths a sweep may set, the old tool's yacs aliases, and a
+parse-only view of the CLI used to check that a sweep's argv lands where it should."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import typing
+from dataclasses import fields
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+# The old yacs-based tool's names -> our CLI paths, so its users' sweeps keep working.
+YACS_ALIASES = {
+    "TRAIN.LR": "model.lr",
+    "TRAIN.BASE_LR": "model.lr",
+    "TRAIN.WD": "model.weight_decay",
+    "TRAIN.WEIGHT_DECAY": "model.weight_decay",
+    "TRAIN.OPTIMIZER": "model.optimizer",
+    "TRAIN.MOMENTUM": "model.momentum",
+    "TRAIN.LR_SCHEDULER": "model.scheduler",
+    "TRAIN.SCHEDULER": "model.scheduler",
+    "TRAIN.WARMUP_EPOCHS": "model.warmup_epochs",
+    "TRAIN.LABEL_SMOOTHING": "model.label_smoothing",
+    "TRAIN.BATCH_SIZE_PER_GPU": "data.batch_size",
+    "TRAIN.BATCH_SIZE": "data.batch_size",
+    "TRAIN.END_EPOCH": "trainer.max_epochs",
+    "TRAIN.EPOCHS": "trainer.max_epochs",
+    "TRAIN.BALANCING": "data.balancing",
+    "TRAIN.SAMPLER": "data.balancing",
+    "MODEL.NAME": "model.backbone",
+    "MODEL.BACKBONE": "model.backbone",
+    "MODEL.DROPOUT": "model.dropout",
+    "MODEL.IMAGE_SIZE": "data.image_size",
+    "MODEL.PRETRAINED": "model.weights",
+    "DATASET.ROOT": "data.data_root",
+    "DATA.BALANCING": "data.balancing",
+    "WORKERS": "data.num_workers",
+}
+
+# Set by the data module through link_arguments: not free parameters.
+_LINKED = {"model.num_classes", "model.class_names", "model.class_weights"}
+
+
+class ParameterError(ValueError):
+    """An unknown or invalid sweep parameter; the message names it and what is allowed."""
+
+
+def _signature_params(cls: type, prefix: str) -> dict[str, Any]:
+    params = inspect.signature(cls.__init__).parameters
+    hints = typing.get_type_hints(cls.__init__)
+    return {
+        f"{prefix}.{name}": hints.get(name, Any)
+        for name, p in params.items()
+        if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def cli_parameters() -> dict[str, Any]:
+    """Every CLI path a sweep may set, with its type annotation."""
+    from lightning.pytorch import Trainer
+
+    from cli import RunOptions, SweepOptions
+    from datamodules.datamodule import XrayDataModule
+    from models.classifier import XrayClassifier
+
+    paths: dict[str, Any] = {"seed_everything": int}
+    paths.update(_signature_params(XrayClassifier, "model"))
+    paths.update(_signature_params(XrayDataModule, "data"))
+    paths.update(_signature_params(Trainer, "trainer"))
+    for prefix, dc in (("run", RunOptions), ("sweep", SweepOptions)):
+        hints = typing.get_type_hints(dc)
+        paths.update({f"{prefix}.{f.name}": hints[f.name] for f in fields(dc)})
+    return {k: v for k, v in paths.items() if k not in _LINKED}
+
+
+def choices(annotation: Any) -> Optional[tuple]:
+    """The allowed values of a Literal[...] (also inside Optional), else None."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for arg in typing.get_args(annotation):
+            found = choices(arg)
+            if found:
+                return (*found, None) if type(None) in typing.get_args(annotation) else found
+    return None
+
+
+def resolve_name(name: str, known: Optional[dict[str, Any]] = None) -> str:
+    """A CLI path for `name`: accepted as is, mapped from a yacs alias (with a notice), or an
+    error that suggests the closest valid paths."""
+    known = known if known is not None else cli_parameters()
+    if name in known:
+        return name
+    alias = YACS_ALIASES.get(name) or YACS_ALIASES.get(name.upper())
+    if alias:
+        log.warning("sweep parameter %s is the old tool's name; using %s", name, alias)
+        return alias
+    close = difflib.get_close_matches(name, list(known) + list(YACS_ALIASES), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ParameterError(
+        f"Unknown sweep parameter {name!r}: parameters are CLI paths such as model.lr, data.batch_size, "
+        f"trainer.max_epochs.{hint}"
+    )
+
+
+def parse_cli(argv: list[str]):
+    """Parse a command line with the real CLI, instantiating nothing; returns the subcommand's config."""
+    from cli import XrayCLI
+    from datamodules.datamodule import XrayDataModule
+    from models.classifier import XrayClassifier
+
+    class _ParseOnly(XrayCLI):
+        def before_instantiate_classes(self) -> None: ...
+
+        def instantiate_classes(self) -> None: ...
+
+        def _run_subcommand(self, subcommand: str) -> None: ...
+
+    cli = _ParseOnly(XrayClassifier, XrayDataModule, args=argv, auto_configure_optimizers=False)
+    return cli.config[cli.config.subcommand]
