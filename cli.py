@@ -7,6 +7,7 @@ the user asks for online and is logged in; CSV metrics are always written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import netrc
 import os
@@ -29,12 +30,13 @@ from datamodules.records import DataError
 from models.backbones import UnknownBackboneError, WeightsError
 from models.classifier import XrayClassifier
 from models.reporting import ConfusionWriter, PredictionWriter
-from sweeps.callbacks import GracefulStop, RunStopped, StopSignal, SweepMetric
+from sweeps.callbacks import Diverged, DivergenceGuard, GracefulStop, RunStopped, StopSignal, SweepMetric
 from sweeps.conditions import apply_conditions
 
 log = logging.getLogger("cli")
 
 RUN_DIR_ENV = "XRAY_RUN_DIR"  # set by the offline runner, and by rank 0 for its DDP children
+_CREATED_RUN_DIRS: list[Path] = []  # removed again when a run fails before writing anything
 USER_ERRORS = (DataError, ImageReadError, UnknownBackboneError, WeightsError, FileNotFoundError)
 
 
@@ -145,14 +147,14 @@ class XrayCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         args = list(sys.argv[1:] if args is None else args)
-        super().parse_arguments(parser, args)
+        self.config = parser.parse_args(args)
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else self.config
         kept, self.dropped_conditionals = apply_conditions(args, cfg)
         if self.dropped_conditionals:
             for note in self.dropped_conditionals:
                 log.warning("sweep: %s", note)
-            super().parse_arguments(parser, kept)
+            self.config = parser.parse_args(kept)
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
@@ -164,6 +166,7 @@ class XrayCLI(LightningCLI):
             configs = cfg.get("config") or []
             experiment = cfg.run.experiment or (Path(str(configs[0])).stem if configs else "default")
             self.run_dir = make_run_dir(Path(cfg.run.root), experiment, cfg.run.name)
+            _CREATED_RUN_DIRS.append(self.run_dir)
             # DDP children re-run this script; they must find the same directory.
             os.environ[RUN_DIR_ENV] = str(self.run_dir)
             self._set_env = True
@@ -188,6 +191,7 @@ class XrayCLI(LightningCLI):
         callbacks: list[Callback] = [
             self.checkpoint,
             GracefulStop(self.run_dir / "checkpoints"),
+            DivergenceGuard(),
             SweepMetric(metric, sweep.objective, self.run_dir / "sweep_history.jsonl"),
             ConfusionWriter(self.run_dir),
             PredictionWriter(self.run_dir),
@@ -247,20 +251,34 @@ class XrayCLI(LightningCLI):
 
 def cli_main(args: Optional[list[str]] = None) -> XrayCLI:
     StopSignal.install()
-    return XrayCLI(
-        XrayClassifier,
-        XrayDataModule,
-        args=args,
-        seed_everything_default=42,
-        auto_configure_optimizers=False,
-        trainer_defaults={"log_every_n_steps": 10},
-    )
+    try:
+        return XrayCLI(
+            XrayClassifier,
+            XrayDataModule,
+            args=args,
+            seed_everything_default=42,
+            auto_configure_optimizers=False,
+            trainer_defaults={"log_every_n_steps": 10},
+        )
+    except BaseException:
+        for run_dir in _CREATED_RUN_DIRS:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only if still empty: never delete what a run wrote
+        raise
+    finally:
+        _CREATED_RUN_DIRS.clear()
 
 
 def main() -> int:
     try:
         cli_main()
-    except USER_ERRORS as e:
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except (*USER_ERRORS, ValueError) as e:
+        # One paragraph a user can act on; XRAY_DEBUG=1 shows the traceback.
+        if os.environ.get("XRAY_DEBUG"):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

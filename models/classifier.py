@@ -148,8 +148,8 @@ class XrayClassifier(pl.LightningModule):
         return {f"{stage}/{k}": v for k, v in metrics.compute().items()}
 
     def _log_epoch_metrics(self, stage: Literal["val", "test"], metrics: ClassificationMetrics) -> None:
-        # torchmetrics has already reduced across ranks, so no sync_dist here.
-        self.log_dict(self.current_metrics(stage), prog_bar=False)
+        # torchmetrics has already reduced across ranks; sync_dist only averages equal values.
+        self.log_dict(self.current_metrics(stage), prog_bar=False, sync_dist=True)
         self.last_confusion[stage] = metrics.compute_confusion().cpu()
         metrics.reset()
 

@@ -1,31 +1,35 @@
 """The one implementation of the W&B agent's command line, used by the offline runner and
-the tests: macros are replaced only when a whole command item is `${name}`, and sweep
-values are formatted with str() as `--name=value` (wandb/sdk/launch/sweeps/utils.py)."""
+the tests. It calls W&B's own helpers (wandb/sdk/launch/sweeps/utils.py) and repeats the
+few lines of wandb_agent.Agent._command_run that put them together: a command item is
+replaced only when it is a whole `${macro}`, values are formatted with str() as
+`--name=value`, `${interpreter}` is the `python` on PATH and `${env}` is /usr/bin/env."""
 
 from __future__ import annotations
 
-import os
+import platform
 from typing import Any
 
-DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
+from wandb.sdk.launch.sweeps import utils as sweep_utils
 
 
-def format_args(params: dict[str, Any]) -> list[str]:
-    return [f"--{name}={value}" for name, value in params.items()]
-
-
-def agent_argv(sweep: dict, params: dict[str, Any]) -> list[str]:
+def agent_argv(sweep: dict, params: dict[str, Any], *, args_json_file: str = "") -> list[str]:
     """The argv the W&B agent runs for one sampled point `params` ({name: value})."""
-    macros = {
-        "${env}": ["/usr/bin/env"] if os.name != "nt" else [],
-        "${interpreter}": ["python"],  # the `python` on PATH, as the agent does
-        "${program}": [sweep.get("program", "")],
-        "${args}": format_args(params),
-        "${args_no_hyphens}": [f"{k}={v}" for k, v in params.items()],
-    }
+    command = sweep_utils.create_sweep_command(list(sweep.get("command") or []) or None)
+    macros: dict[str, Any] = sweep_utils.create_sweep_command_args(
+        {"args": {name: {"value": value} for name, value in params.items()}}
+    )
+    macros["interpreter"] = ["python"]
+    macros["program"] = [sweep.get("program", "")]
+    macros["args_json_file"] = [args_json_file]
+    if platform.system() != "Windows":
+        macros["env"] = ["/usr/bin/env"]
     argv: list[str] = []
-    for item in sweep.get("command") or DEFAULT_COMMAND:
-        argv += macros.get(item, [item])
+    for item in command:
+        item = str(item)
+        if item.startswith("${") and item.endswith("}"):
+            argv += macros.get(item[2:-1]) or []
+        else:
+            argv.append(item)
     return argv
 
 

@@ -37,6 +37,10 @@ class RunStopped(Exception):
     """Raised on every rank once all ranks agreed to stop after SIGTERM."""
 
 
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite: the run fails fast with this reason."""
+
+
 class StopSignal:
     """Process-wide SIGTERM flag. Installed as early as possible in the CLI, so a signal
     that lands during start-up also ends the run cleanly instead of killing it."""
@@ -94,6 +98,25 @@ class GracefulStop(Callback):
         # predict shards are uneven across ranks, so a collective here could wait forever
         if trainer.world_size == 1:
             self._check(trainer)
+
+
+class DivergenceGuard(Callback):
+    """Fail fast on a NaN/inf training loss instead of training garbage to the end.
+
+    All ranks agree first (a NaN on one rank reaches the others only through the gradients),
+    so no rank is left waiting in a collective.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        bad = loss is not None and not bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise Diverged(
+                f"training diverged: loss is {float(loss):g} at epoch {trainer.current_epoch}, "
+                f"step {trainer.global_step} (try a lower model.lr)"
+            )
 
 
 def objective_value(objective: dict[str, float], metrics: dict[str, torch.Tensor]) -> float:

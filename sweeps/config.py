@@ -296,6 +296,29 @@ def merge_custom_params(base: dict, custom: Optional[dict | str]) -> dict:
     return merged
 
 
+def replace_config(sweep: dict, configs: str | list[str]) -> dict:
+    """The same sweep training other LightningCLI config(s): `--config X` items replaced."""
+    configs = [configs] if isinstance(configs, str) else list(configs)
+    for path in configs:
+        if not Path(path).is_file():
+            raise SweepConfigError(f"LightningCLI config {path} does not exist (--cfg)")
+    command, out, inserted = list(sweep.get("command") or []), [], False
+    i = 0
+    while i < len(command):
+        if command[i] == "--config" and i + 1 < len(command):
+            if not inserted:
+                for path in configs:
+                    out += ["--config", path]
+                inserted = True
+            i += 2
+            continue
+        out.append(command[i])
+        i += 1
+    if not inserted:
+        raise SweepConfigError("the sweep's command has no `--config FILE` to replace")
+    return dict(sweep, command=out)
+
+
 def render_yaml(sweep: dict, header: str = "") -> str:
     body = yaml.safe_dump(sweep, sort_keys=False, default_flow_style=False, width=120)
     return header + body
