@@ -7,6 +7,10 @@ the user asks for online and is logged in; CSV metrics are always written.
 
 from __future__ import annotations
 
+from sweeps.stop import StopSignal  # first: a SIGTERM during the heavy imports below ends cleanly
+
+StopSignal.install()
+
 import contextlib
 import logging
 import netrc
@@ -14,6 +18,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -30,10 +35,12 @@ from datamodules.records import DataError
 from models.backbones import UnknownBackboneError, WeightsError
 from models.classifier import XrayClassifier
 from models.reporting import ConfusionWriter, PredictionWriter
-from sweeps.callbacks import Diverged, DivergenceGuard, GracefulStop, RunStopped, StopSignal, SweepMetric
+from sweeps.callbacks import Diverged, DivergenceGuard, GracefulStop, RunStopped, SweepMetric
 from sweeps.conditions import apply_conditions
 
 log = logging.getLogger("cli")
+# The run directory also holds config.yaml and wandb/; CSVLogger only writes metrics.csv there.
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 RUN_DIR_ENV = "XRAY_RUN_DIR"  # set by the offline runner, and by rank 0 for its DDP children
 _CREATED_RUN_DIRS: list[Path] = []  # removed again when a run fails before writing anything
@@ -221,6 +228,7 @@ class XrayCLI(LightningCLI):
             if StopSignal.requested:
                 raise RunStopped("SIGTERM before training started")
             super()._run_subcommand(subcommand)
+            self._finish_wandb(exit_code=0)
         except RunStopped:
             self.stopped = True
             self._finish_stopped_run()
@@ -228,14 +236,20 @@ class XrayCLI(LightningCLI):
             if getattr(self, "_set_env", False):
                 os.environ.pop(RUN_DIR_ENV, None)
 
+    def _finish_wandb(self, exit_code: int) -> None:
+        """Close the W&B run now rather than at interpreter exit, so that in-process callers
+        (tests, notebooks) see a complete run and a second cli_main starts a new one."""
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger) and self.trainer.is_global_zero and logger._experiment is not None:
+                logger.experiment.finish(exit_code=exit_code)
+
     def _finish_stopped_run(self) -> None:
         """The agent stopped us: close the logs as finished and leave no DDP child behind."""
         trainer = self.trainer
         log.warning("Run stopped by SIGTERM; last checkpoint in %s", self.run_dir / "checkpoints")
         for logger in trainer.loggers:
             logger.save()
-            if isinstance(logger, WandbLogger) and trainer.is_global_zero and logger._experiment is not None:
-                logger.experiment.finish(exit_code=0)
+        self._finish_wandb(exit_code=0)
         for proc in getattr(trainer.strategy.launcher, "procs", []) or []:
             try:
                 proc.wait(timeout=20)

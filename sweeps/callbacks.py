@@ -21,14 +21,14 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+
+from sweeps.stop import StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +39,6 @@ class RunStopped(Exception):
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite: the run fails fast with this reason."""
-
-
-class StopSignal:
-    """Process-wide SIGTERM flag. Installed as early as possible in the CLI, so a signal
-    that lands during start-up also ends the run cleanly instead of killing it."""
-
-    requested = False
-    _installed = False
-
-    @classmethod
-    def install(cls) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, cls._handle)
-            cls._installed = True
-
-    @classmethod
-    def _handle(cls, signum: int, frame: Any) -> None:
-        cls.requested = True  # nothing else: no I/O, no collectives inside a signal handler
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.requested = False
 
 
 class GracefulStop(Callback):
