@@ -238,8 +238,12 @@ class XrayDataModule(pl.LightningDataModule):
     def predict_records(self) -> list[Record]:
         return self._datasets["predict"].records
 
-    def _loader(self, dataset: Dataset, *, shuffle: bool = False, sampler: Optional[Sampler] = None) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, *, shuffle: bool = False, sampler: Optional[Sampler] = None, train: bool = False
+    ) -> DataLoader:
         workers = self.hparams.num_workers
+        # A last training batch of one image breaks BatchNorm (and is a noisy step anyway).
+        drop_last = train and len(dataset) > self.hparams.batch_size
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
@@ -248,20 +252,20 @@ class XrayDataModule(pl.LightningDataModule):
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
-            drop_last=False,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._datasets["train"]
         labels = [self.class_index[r.label] for r in dataset.records]
         if self.hparams.balancing == "oversample":
-            return self._loader(_OversampledDataset(dataset, labels), shuffle=True)
+            return self._loader(_OversampledDataset(dataset, labels), shuffle=True, train=True)
         if self.hparams.balancing == "weighted_sampler":
             counts = Counter(labels)
             weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.double)
             sampler = EpochSeededWeightedSampler(weights, len(labels), seed=self.hparams.split_seed)
-            return self._loader(dataset, sampler=sampler)
-        return self._loader(dataset, shuffle=True)
+            return self._loader(dataset, sampler=sampler, train=True)
+        return self._loader(dataset, shuffle=True, train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._datasets["val"])

@@ -1,0 +1,244 @@
+"""The one implementation of reading an X-ray image into a float32 array in [0, 1].
+
+Every data module, the preprocessing cache and the demo generator's tests call
+`read_image`; nothing else in the project opens image files. It handles PNG (8- and
+16-bit), JPEG and DICOM, and always returns a 2-D array shaped (rows, cols) exactly as
+stored: PIL and pydicom are both row-major, so nothing here ever transposes.
+
+DICOM follows the display pipeline of PS3.3 C.11: modality LUT / rescale, then VOI LUT
+or window (min-max of the data when the file has neither), then MONOCHROME1 is
+inverted so bone is bright in every image. The Presentation LUT Shape is deliberately
+ignored: in DX objects it only restates the photometric interpretation, and applying
+both would invert MONOCHROME1 twice.
+
+Privacy: only image-pixel tags are parsed from DICOM files (`specific_tags`), so patient
+name, ID and the like are never even read, let alone returned, logged or put in an
+error message.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pydicom.uid
+from PIL import Image
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
+_DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+
+# Everything the decoders and the display pipeline need, and nothing that identifies a
+# patient. pydicom skips every other element without converting its value.
+_DICOM_PIXEL_TAGS = [
+    "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames",
+    "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+    "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence",
+    "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence",
+    "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
+    "PixelData", "FloatPixelData", "DoubleFloatPixelData",
+]  # fmt: skip
+
+# Which package a user should install when pydicom has no decoder for the transfer syntax.
+_DECODER_HINTS = [
+    (
+        pydicom.uid.JPEGTransferSyntaxes,
+        "pylibjpeg pylibjpeg-libjpeg (pillow alone decodes only baseline JPEG)",
+    ),
+    (pydicom.uid.JPEGLSTransferSyntaxes, "pylibjpeg pylibjpeg-libjpeg (or pyjpegls)"),
+    (pydicom.uid.JPEG2000TransferSyntaxes, "pylibjpeg pylibjpeg-openjpeg"),
+    (pydicom.uid.RLETransferSyntaxes, "pylibjpeg pylibjpeg-rle (only if pydicom's own RLE decoder failed)"),
+]
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read; the message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {str(path)!r}: {reason}")
+
+    def __reduce__(self):  # DataLoader workers pickle exceptions; keep both fields
+        return type(self), (self.path, self.reason)
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """True for a `.dcm`/`.dicom` suffix or the `DICM` magic at byte 128.
+
+    Hospital exports (DICOMDIR trees, PACS dumps) often have no extension at all,
+    so the magic is the reliable test and the suffix only a shortcut.
+    """
+    path = Path(path)
+    if path.suffix.lower() in _DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a PNG, JPEG or DICOM file as a 2-D float32 array in [0, 1], shape (rows, cols).
+
+    Raises:
+        ImageReadError: the file is missing, empty, truncated, corrupt or not an image
+            this reader understands (the message names the file and what is wrong).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "is a directory" if path.is_dir() else "file does not exist")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "file is empty (0 bytes)")
+    arr = _read_dicom(path) if is_dicom(path) else _read_pil(path)
+    # Rounding in the LUT/window arithmetic can step a hair outside [0, 1].
+    return np.clip(arr, 0.0, 1.0, out=arr)
+
+
+# ----------------------------------------------------------------------------- PNG / JPEG
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so truncated files fail here and not later
+            return _pil_to_float(img)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+        raise ImageReadError(
+            path, f"not a readable PNG/JPEG/DICOM file ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _pil_to_float(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode.startswith("I;16"):
+        # Keep the full 16-bit depth: going through mode "L" would drop 8 bits.
+        arr = np.asarray(img).astype(np.float32)
+        arr *= 1.0 / 65535.0
+    elif mode == "I":
+        # Older Pillow opens 16-bit grayscale PNG as 32-bit "I"; the values are still 16-bit.
+        arr = np.asarray(img).astype(np.float32)
+        arr *= 1.0 / 65535.0
+    elif mode == "F":
+        arr = _minmax(np.asarray(img).astype(np.float32))
+    else:
+        # RGB, RGBA, LA, P, 1, CMYK, ...: ITU-R 601-2 luminance, alpha dropped.
+        if mode != "L":
+            img = img.convert("L")
+        arr = np.asarray(img).astype(np.float32)
+        arr *= 1.0 / 255.0
+    return arr
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            # pydicom warns about odd element values by quoting them; stay silent instead.
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True, specific_tags=_DICOM_PIXEL_TAGS)
+    except Exception as exc:
+        raise ImageReadError(path, f"not a valid DICOM file ({type(exc).__name__})") from exc
+    if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ImageReadError(
+            path, "DICOM file has no pixel data (is it a report, DICOMDIR or structured report?)"
+        )
+    _ensure_transfer_syntax(ds)
+    tsyntax = ds.file_meta.TransferSyntaxUID
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # index=0: for multi-frame files decode only the first frame.
+            arr = pixel_array(ds, index=0)
+    except Exception as exc:
+        raise ImageReadError(path, _decode_failure(tsyntax, exc)) from exc
+    try:
+        return _dicom_to_float(arr, ds)
+    except Exception as exc:
+        raise ImageReadError(path, f"invalid DICOM display attributes ({type(exc).__name__}: {exc})") from exc
+
+
+def _ensure_transfer_syntax(ds: pydicom.Dataset) -> None:
+    """Old ACR-NEMA style files have no file meta; infer the syntax from how they were read."""
+    if ds.file_meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = ds.original_encoding
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    elif little:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    else:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+
+
+def _decode_failure(tsyntax: pydicom.uid.UID, exc: Exception) -> str:
+    name = f"{tsyntax.name} ({tsyntax})" if tsyntax.is_transfer_syntax else str(tsyntax)
+    detail = " ".join(str(exc).split())  # pydicom lists plugins over several lines; keep one
+    reason = f"cannot decode pixel data with transfer syntax {name}: {type(exc).__name__}: {detail}"
+    for syntaxes, packages in _DECODER_HINTS:
+        if tsyntax in syntaxes:
+            return f"{reason}. Install a decoder: pip install {packages}"
+    if tsyntax.is_compressed:
+        return f"{reason}. This compression may need gdcm: pip install python-gdcm"
+    return f"{reason}. The pixel data is probably truncated or corrupt"
+
+
+def _dicom_to_float(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    if arr.ndim == 3:  # (rows, cols, samples): colour secondary capture, already RGB
+        bits = int(ds.get("BitsStored", 8))
+        gray = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        gray *= 1.0 / (2**bits - 1)
+        return gray
+
+    if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
+        raise ValueError("PALETTE COLOR images are not supported; export the X-ray as MONOCHROME2")
+    values = apply_modality_lut(arr, ds)
+    out, lo, hi = _apply_voi(values, ds)
+    out = out.astype(np.float32, copy=False)  # the decoder's buffer is ours to scale in place
+    if hi == lo:
+        out[...] = 0.0  # a constant image carries no contrast; zeros, not a division by zero
+    else:
+        out -= lo
+        out *= 1.0 / (hi - lo)
+    if ds.get("PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
+        np.subtract(1.0, out, out=out)  # MONOCHROME1: low values are white; make bone bright
+    return out
+
+
+def _apply_voi(values: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, float, float]:
+    """Apply VOI LUT or window and return the result with the range it maps onto.
+
+    The range comes from the VOI transform itself (a window maps below/above onto the
+    ends of its output range), not from the data, so an image that does not fill the
+    window keeps its intended contrast instead of being stretched.
+    """
+    voi_seq = ds.get("VOILUTSequence")
+    if voi_seq and voi_seq[0].get("LUTDescriptor") and voi_seq[0].get("LUTData") is not None:
+        if not np.issubdtype(values.dtype, np.integer):
+            values = np.rint(values).astype(np.int64)  # a LUT is indexed by integers
+        n_entries, first_map = int(voi_seq[0].LUTDescriptor[0]) or 2**16, int(voi_seq[0].LUTDescriptor[1])
+        lut = apply_voi_lut(np.arange(first_map, first_map + n_entries, dtype=np.int64), ds)
+        return apply_voi_lut(values, ds), float(lut.min()), float(lut.max())
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        ends = apply_voi_lut(np.array([-np.inf, np.inf]), ds, prefer_lut=False)
+        return apply_voi_lut(values, ds, prefer_lut=False), float(ends[0]), float(ends[1])
+    return values, float(values.min()), float(values.max())
+
+
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi == lo:
+        arr[...] = 0.0
+        return arr
+    arr -= lo
+    arr *= 1.0 / (hi - lo)
+    return arr
