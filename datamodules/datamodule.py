@@ -97,6 +97,7 @@ class XrayDataModule(pl.LightningDataModule):
         demo: Optional[Literal["hand", "foot"]] = None,
         demo_count: int = 400,
         demo_size: int = 256,
+        demo_severity: float = 1.0,
     ) -> None:
         """
         Args:
@@ -124,6 +125,7 @@ class XrayDataModule(pl.LightningDataModule):
             demo: generate a synthetic hand or foot data set into data_root when it has none.
             demo_count: number of images of the generated demo data set.
             demo_size: side of the generated demo images in pixels.
+            demo_severity: scale of the disease signs in the demo images (1.0 subtle, 2.0 plain).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -139,7 +141,8 @@ class XrayDataModule(pl.LightningDataModule):
         if demo is not None and not any(self.root.glob("*")):
             from datamodules.synthetic import generate
 
-            generate(self.root, body_part=demo, count=demo_count, size=(demo_size, demo_size), seed=split_seed)
+            generate(self.root, body_part=demo, count=demo_count, size=(demo_size, demo_size), seed=split_seed,
+                     severity=demo_severity)
         records, source = self._load_records(manifest)
         self.class_names = check_labels(records, classes, source)
         self.class_index = {name: i for i, name in enumerate(self.class_names)}
