@@ -1,0 +1,44 @@
+# make demo : the main job on built-in synthetic data (creates .venv on first use)
+# make test : the fast test suite (CPU, no network); make test-slow: multi-process/end-to-end tests
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The torch/torchvision builds this project is tested with (any torch >= 2.4 works).
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup demo train test test-slow test-all lint sweeps clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q ".[dev,postgres]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# A small offline sweep (quick_test preset) on the demo config: no W&B server needed.
+demo: setup
+	$(BIN)/python -m sweeps run sweeps/quick_test.yaml --cfg configs/demo.yaml --out sweep_runs/demo --seed 0
+
+# One training run of the demo config.
+train: setup
+	$(BIN)/python cli.py fit --config configs/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m "slow and not gpu"
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+lint: setup
+	$(BIN)/ruff check .
+
+sweeps: setup
+	$(BIN)/python -m sweeps generate
+
+clean:
+	rm -rf runs sweep_runs data/demo_hand
