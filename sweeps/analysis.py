@@ -1,0 +1,364 @@
+"""`python -m sweeps best DIR|ENTITY/PROJECT/ID [--export best.yaml]`: the runs of a sweep,
+best first, and the best run's parameters as a LightningCLI config.
+
+An offline sweep directory holds sweep.yaml, the Optuna storage optuna.db (one trial per run,
+the run's facts in user_attrs) and runs/NNNN/ (run.json, sweep_history.jsonl, config.yaml).
+A W&B sweep is read with wandb.Api(); bayes there ranks runs by the best value in history,
+and so do we.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from sweeps.conditions import WHEN_PREFIX, format_value, parse_condition
+from sweeps.main import UsageError
+from sweeps.params import YACS_ALIASES
+
+COMPLETED = ("finished", "stopped")  # Optuna state COMPLETE: value = best of history
+_WANDB_PATH = re.compile(r"^[\w.-]+/[\w.-]+/[\w-]+$")
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def from_cli(value: Any) -> Any:
+    """A value as the CLI reads it from the agent's `--name=value` (str() of the sampled value)."""
+    if not isinstance(value, str):
+        return value
+    if value in ("null", "None"):  # "None" is what str(None) gives; both mean null
+        return None
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if isinstance(parsed, str) and _NUMBER.match(parsed):
+        return float(parsed)  # YAML 1.1 reads 1e-5 as a string; jsonargparse reads a float
+    return value if parsed is None else parsed
+
+
+def best_of(history: list[float], goal: str) -> Optional[float]:
+    values = [v for v in history if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not values:
+        return None
+    return max(values) if goal == "maximize" else min(values)
+
+
+def goal_of(sweep: dict) -> tuple[str, str]:
+    metric = sweep.get("metric") or {}
+    return str(metric.get("name") or "val/auroc"), str(metric.get("goal") or "maximize")
+
+
+def conditions(sweep: dict) -> list[tuple[str, str, list[str]]]:
+    """The sweep's `--sweep.when+=CHILD:PARENT=V1|V2` command items, parsed."""
+    found = []
+    for item in sweep.get("command") or []:
+        item = str(item)
+        if not item.startswith(WHEN_PREFIX):
+            continue
+        spec = item[len(WHEN_PREFIX):].removeprefix("+").removeprefix("=")
+        specs = yaml.safe_load(spec) if spec.startswith("[") else [spec]
+        found += [parse_condition(str(s)) for s in specs]
+    return found
+
+
+def _lookup(config: Optional[dict], path: str) -> tuple[bool, Any]:
+    if not config:
+        return False, None
+    if path in config:  # flat keys (W&B run.config)
+        return True, config[path]
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def applied_params(sweep: dict, params: dict, run_config: Optional[dict] = None) -> dict:
+    """The swept values the run actually used: children whose condition failed are dropped.
+    A parent that was not swept is looked up in the run's full config, when there is one."""
+    values = {YACS_ALIASES.get(k, k): from_cli(v) for k, v in params.items()}
+    for child, parent, allowed in conditions(sweep):
+        if child not in values:
+            continue
+        known, parent_value = (True, values[parent]) if parent in values else _lookup(run_config, parent)
+        if known and format_value(parent_value) not in allowed:
+            del values[child]
+    return values
+
+
+def best_config(sweep: dict, params: dict, run_config: Optional[dict] = None) -> dict:
+    """The nested LightningCLI config of a run's swept values, without sweep.*/run.* settings
+    and without conditional children that did not apply."""
+    nested: dict = {}
+    for path, value in applied_params(sweep, params, run_config).items():
+        if path.split(".")[0] in ("sweep", "run", "config"):
+            continue
+        *parents, leaf = path.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    order = {"seed_everything": 0, "trainer": 1, "model": 2, "data": 3}
+    return dict(sorted(nested.items(), key=lambda kv: order.get(kv[0], 9)))
+
+
+# ---- offline sweep directories --------------------------------------------------------------
+
+
+def _read_history(path: Path, metric: str) -> list[float]:
+    history = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return history
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+        if isinstance(row, dict) and isinstance(row.get(metric), (int, float)):
+            history.append(float(row[metric]))
+    return history
+
+
+def _run_record(sweep_dir: Path, number: int, attrs: dict, value: Optional[float], fallback_params: dict,
+                metric: str, goal: str) -> dict:
+    run_dir = attrs.get("run_dir") or f"runs/{number:04d}"
+    history = [float(v) for v in attrs.get("history") or [] if isinstance(v, (int, float))]
+    if not history:  # a run still going: its history file is the live view
+        history = _read_history(sweep_dir / run_dir / "sweep_history.jsonl", metric)
+    state = attrs.get("state") or ("finished" if value is not None else "running")
+    if value is None and state in COMPLETED:
+        value = best_of(history, goal)
+    return {
+        "number": number,
+        "name": Path(run_dir).name,
+        "state": state,
+        "value": value,
+        "history": history,
+        "params": dict(attrs.get("params") or fallback_params),
+        "run_dir": run_dir,
+        "reason": attrs.get("reason"),
+        "wall_s": attrs.get("wall_s"),
+    }
+
+
+def load_offline_runs(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
+    """(sweep config, runs in trial order) from the Optuna storage, or from the run.json files
+    when the sweep used another storage (--storage URL) and no optuna.db lies here."""
+    sweep_dir = Path(sweep_dir)
+    sweep_file = sweep_dir / "sweep.yaml"
+    if not sweep_dir.is_dir():
+        raise UsageError(f"{sweep_dir} is not a directory; give an offline sweep directory or ENTITY/PROJECT/SWEEP_ID")
+    try:
+        sweep = yaml.safe_load(sweep_file.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"{sweep_dir} is not a sweep directory: cannot read {sweep_file} ({e})") from e
+    if not isinstance(sweep, dict) or "parameters" not in sweep:
+        raise UsageError(f"{sweep_file} is not a W&B sweep config (no `parameters`)")
+    metric, goal = goal_of(sweep)
+    db = sweep_dir / "optuna.db"
+    runs = []
+    if db.is_file():
+        import optuna
+
+        storage = f"sqlite:///{db.resolve()}"
+        names = optuna.get_all_study_names(storage)
+        name = sweep.get("name")
+        if name not in names:
+            if len(names) != 1:
+                raise UsageError(f"{db} holds studies {names}, none named {name!r} as in {sweep_file}")
+            name = names[0]
+        study = optuna.load_study(study_name=name, storage=storage)
+        for trial in study.get_trials(deepcopy=False):
+            runs.append(_run_record(sweep_dir, trial.number, trial.user_attrs, trial.value, trial.params,
+                                    metric, goal))
+    else:
+        run_files = sorted((sweep_dir / "runs").glob("*/run.json"))
+        if not run_files:
+            raise UsageError(f"{sweep_dir} is not a sweep directory: no optuna.db and no runs/*/run.json")
+        for i, path in enumerate(run_files):
+            try:
+                attrs = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                attrs = {"state": "running"}
+            attrs.setdefault("run_dir", path.parent.relative_to(sweep_dir).as_posix())
+            number = int(path.parent.name) if path.parent.name.isdigit() else i
+            runs.append(_run_record(sweep_dir, number, attrs, None, {}, metric, goal))
+    return sweep, runs
+
+
+def _run_config(sweep_dir: Path, run: dict) -> Optional[dict]:
+    try:
+        return yaml.safe_load((sweep_dir / run["run_dir"] / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, TypeError):
+        return None
+
+
+# ---- W&B -------------------------------------------------------------------------------------
+
+
+def load_wandb_runs(path: str) -> tuple[dict, list[dict]]:
+    try:
+        import wandb
+
+        api = wandb.Api(timeout=20)
+        remote = api.sweep(path)
+        sweep = dict(remote.config)
+        metric, goal = goal_of(sweep)
+        runs = []
+        for i, run in enumerate(remote.runs):
+            history = [row[metric] for row in run.scan_history(keys=[metric])
+                       if isinstance(row.get(metric), (int, float))]
+            value = best_of(history, goal)
+            if value is None and isinstance(run.summary.get(metric), (int, float)):
+                value = float(run.summary[metric])
+            config = {k: v["value"] if isinstance(v, dict) and set(v) == {"value"} else v
+                      for k, v in dict(run.config).items()}
+            # W&B has no "stopped": a run the agent stops exits 0 (finished); killed = stopped by hand
+            state = {"crashed": "failed", "killed": "stopped"}.get(run.state, run.state)
+            runs.append({
+                "number": i, "name": run.name or run.id, "state": state,
+                "value": value if state in COMPLETED else None, "history": history,
+                "params": {k: config[k] for k in sweep.get("parameters") or {} if k in config},
+                "run_dir": None, "reason": None, "wall_s": run.summary.get("_runtime"),
+                "config": config,
+            })
+    except UsageError:
+        raise
+    except Exception as e:  # no key, no network, no such sweep: wandb raises many kinds
+        raise UsageError(
+            f"cannot read W&B sweep {path}: {str(e).rstrip('.')}. On a machine without W&B access use the offline "
+            f"sweep directory instead: python -m sweeps best sweep_runs/<sweep name>"
+        ) from e
+    return sweep, runs
+
+
+# ---- table and export ------------------------------------------------------------------------
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "null" if value is None else str(value)
+
+
+def rank(runs: list[dict], goal: str) -> list[dict]:
+    """Completed runs best first, then running, then the rest, each in run order."""
+    sign = -1 if goal == "maximize" else 1
+
+    def key(run: dict) -> tuple:
+        if run["state"] in COMPLETED and run["value"] is not None:
+            return (0, sign * run["value"], run["number"])
+        return (1 if run["state"] == "running" else 2, 0, run["number"])
+
+    return sorted(runs, key=key)
+
+
+def runs_table(sweep: dict, runs: list[dict]) -> list[list[str]]:
+    """Header + one row per run, best first: the same rows for the console and the report."""
+    metric, goal = goal_of(sweep)
+    names = list(sweep.get("parameters") or {})
+    rows = [["run", "state", f"{metric} ({goal[:3]})", "epochs", *names]]
+    for run in rank(runs, goal):
+        applied = applied_params(sweep, run["params"], run.get("config"))
+        state = run["state"] + (f": {run['reason']}" if run["reason"] and run["state"] not in COMPLETED else "")
+        # a running run shows its best so far; a failed one has no result
+        value = run["value"] if run["state"] != "running" else best_of(run["history"], goal)
+        rows.append([run["name"], state, "-" if value is None else fmt(value), str(len(run["history"])),
+                     *(fmt(applied[n]) if n in applied else "-" for n in names)])
+    return rows
+
+
+def best_run(sweep: dict, runs: list[dict]) -> Optional[dict]:
+    ranked = rank(runs, goal_of(sweep)[1])
+    return ranked[0] if ranked and ranked[0]["state"] in COMPLETED and ranked[0]["value"] is not None else None
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    widths[1] = min(widths[1], 40)  # a long failure reason must not push the params off screen
+    for r in rows:
+        cells = [c if len(c) <= w else c[: w - 1] + "…" for c, w in zip(r, widths)]
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+
+
+def _base_configs(sweep: dict) -> list[str]:
+    command = [str(c) for c in sweep.get("command") or []]
+    return [command[i + 1] for i, c in enumerate(command[:-1]) if c == "--config"]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Readers never see half a file; permissions as for any new file (mkstemp gives 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_yaml(path: Path, sweep: dict, run: dict, config: dict) -> None:
+    metric, _ = goal_of(sweep)
+    base = " ".join(f"--config {c}" for c in _base_configs(sweep)) or "--config <your config>"
+    header = (
+        f"# Best run of sweep {sweep.get('name', '')}: {run['name']}, {metric} = {fmt(run['value'])}\n"
+        f"# Reproduce: python cli.py fit {base} --config {path.name}\n"
+    )
+    write_atomic(path, header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False))
+
+
+def _show_best(source: str, export: Optional[str]) -> int:
+    if export and not Path(export).parent.is_dir():
+        raise UsageError(f"cannot export to {export}: directory {Path(export).parent} does not exist")
+    local = Path(source)
+    if local.exists() or not _WANDB_PATH.match(source):
+        sweep, runs = load_offline_runs(local)
+        for run in runs:
+            run["config"] = _run_config(local, run)
+    else:
+        sweep, runs = load_wandb_runs(source)
+    metric, goal = goal_of(sweep)
+    counts = {s: sum(r["state"] == s for r in runs) for s in dict.fromkeys(r["state"] for r in runs)}
+    print(f"sweep {sweep.get('name', source)}: {len(runs)} runs "
+          f"({', '.join(f'{n} {s}' for s, n in counts.items()) or 'none'}); {metric}, {goal}")
+    if runs:
+        _print_table(runs_table(sweep, runs))
+    best = best_run(sweep, runs)
+    if best is None:
+        raise UsageError(f"no completed run in {source} yet (finished or stopped runs have a {metric})")
+    config = best_config(sweep, best["params"], best.get("config"))
+    print(f"\nbest: run {best['name']} ({best['state']}), {metric} = {fmt(best['value'])}")
+    flat = applied_params(sweep, best["params"], best.get("config"))
+    for name, value in flat.items():
+        print(f"  {name}: {fmt(value)}")
+    if best["run_dir"]:
+        print(f"run dir: {local / best['run_dir']}")
+    if export:
+        export_yaml(Path(export), sweep, best, config)
+        print(f"wrote {export}; train it with: python cli.py fit "
+              f"{' '.join(f'--config {c}' for c in _base_configs(sweep))} --config {export}")
+    return 0
+
+
+def show_best(source: str, export: Optional[str] = None) -> int:
+    """Print the runs best first and the best run; optionally export it. Returns the exit code."""
+    try:
+        return _show_best(source, export)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,283 @@
+"""`python -m sweeps report DIR`: one self-contained HTML page about an offline sweep.
+
+Plots: optimization history, parallel coordinates, parameter importance and learning
+curves, plus a summary and the table of runs. plotly.js is inlined once, so the page opens
+on an air-gapped machine. The page shows parameters, metrics and run directory names only:
+no file system paths, nothing from the data (path-like text in failure reasons is masked).
+A sweep with no completed run still gets a page (the plots say what they are waiting for),
+so the page can be regenerated while a sweep runs.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from sweeps.analysis import (
+    COMPLETED,
+    _run_config,
+    applied_params,
+    best_config,
+    best_run,
+    fmt,
+    goal_of,
+    load_offline_runs,
+    runs_table,
+    write_atomic,
+)
+from sweeps.main import UsageError
+
+# Two slashes, or a leading / ~ ./ X:\ : a file path; "val/auroc" stays.
+_PATH = re.compile(r"""(?<![\w.~-])(?:[A-Za-z]:[\\/]|~/|\.{1,2}/|/)[^\s'",;)]*|[\w.~-]+(?:[/\\][\w.~-]+){2,}""")
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.note { color: #666; font-style: italic; } section { margin-bottom: 2.5em; }
+.stopped { color: #b26b00; } .failed { color: #b00020; }
+"""
+
+
+def scrub(text: Any) -> str:
+    return _PATH.sub("<path>", str(text))
+
+
+class _Figures:
+    """Renders figures in page order; only the first carries plotly.js (inline, no CDN)."""
+
+    def __init__(self) -> None:
+        self.js_included = False
+
+    def __call__(self, fig) -> str:
+        fig.update_layout(template="plotly_white", margin={"l": 60, "r": 30, "t": 50, "b": 50})
+        out = fig.to_html(full_html=False, include_plotlyjs=not self.js_included,
+                          config={"displaylogo": False, "responsive": True})
+        self.js_included = True
+        return out
+
+
+def _table(rows: list[list[Any]], header: bool = True) -> str:
+    def cell(tag: str, value: Any) -> str:
+        numeric = isinstance(value, (int, float)) or re.fullmatch(r"[-+.\deE]+", str(value) or "x")
+        return f"<{tag}{' class=num' if numeric and tag == 'td' else ''}>{html.escape(str(value))}</{tag}>"
+
+    out = ["<table>"]
+    for i, row in enumerate(rows):
+        tag = "th" if header and i == 0 else "td"
+        out.append("<tr>" + "".join(cell(tag, v) for v in row) + "</tr>")
+    return "\n".join(out + ["</table>"])
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def _completed(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if r["state"] in COMPLETED and r["value"] is not None and math.isfinite(r["value"])]
+
+
+def _tick_step(count: int) -> int:
+    """Whole-number ticks (runs, epochs), about a dozen at most."""
+    return max(1, math.ceil(count / 12))
+
+
+def history_figure(sweep: dict, runs: list[dict]):
+    import plotly.graph_objects as go
+
+    metric, goal = goal_of(sweep)
+    done = sorted(_completed(runs), key=lambda r: r["number"])
+    fig = go.Figure()
+    for state, symbol in (("finished", "circle"), ("stopped", "x")):
+        part = [r for r in done if r["state"] == state]
+        if part:
+            fig.add_scatter(x=[r["number"] for r in part], y=[r["value"] for r in part], mode="markers",
+                            name=state, marker={"symbol": symbol, "size": 9},
+                            text=[f"run {r['name']}" for r in part])
+    best, best_so_far = None, []
+    for r in done:
+        better = best is None or (r["value"] > best if goal == "maximize" else r["value"] < best)
+        best = r["value"] if better else best
+        best_so_far.append(best)
+    fig.add_scatter(x=[r["number"] for r in done], y=best_so_far, mode="lines", name="best so far",
+                    line={"shape": "hv", "color": "#d62728"})
+    fig.update_layout(title="Optimization history", xaxis_title="run (trial number)", yaxis_title=metric)
+    fig.update_xaxes(dtick=_tick_step(max((r["number"] for r in done), default=0) + 1))
+    return fig
+
+
+def _distribution(spec: dict, values: list):
+    import optuna.distributions as d
+
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        lo, hi = min(values), max(values)
+        log = "log" in str(spec.get("distribution", "")) and lo > 0
+        if all(isinstance(v, int) for v in values) and (not log or lo >= 1):
+            return d.IntDistribution(lo, hi, log=log)
+        return d.FloatDistribution(float(lo), float(hi), log=log)
+    choices = list(dict.fromkeys(values))
+    return d.CategoricalDistribution(sorted(choices, key=lambda c: (c is not None, str(c))))
+
+
+def study_of(sweep_dir: Path, sweep: dict, runs: list[dict]):
+    """An in-memory Optuna study of the completed runs with the parameters they really used
+    (conditional children that did not apply are left out): the input of Optuna's plots."""
+    import optuna
+
+    _, goal = goal_of(sweep)
+    done = _completed(runs)
+    applied = [applied_params(sweep, r["params"], _run_config(sweep_dir, r)) for r in done]
+    specs = sweep.get("parameters") or {}
+    dists = {}
+    for name in dict.fromkeys(n for a in applied for n in a):
+        dists[name] = _distribution(specs.get(name) or {}, [a[name] for a in applied if name in a])
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" on the console
+    try:
+        study = optuna.create_study(direction=goal)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    for run, params in zip(done, applied):
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={n: dists[n] for n in params}, value=run["value"],
+            user_attrs={"run": run["name"]}))
+    return study
+
+
+def importance_figure(study, metric: str):
+    import optuna
+    import plotly.graph_objects as go
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PedAnova is marked experimental
+        importances = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    if not importances:
+        return None
+    names = list(importances)[::-1]  # largest on top
+    fig = go.Figure(go.Bar(x=[importances[n] for n in names], y=names, orientation="h",
+                           text=[f"{importances[n]:.2f}" for n in names], textposition="auto"))
+    fig.update_layout(title=f"Parameter importance for {metric} (PED-ANOVA)", xaxis_title="importance",
+                      height=max(300, 40 * len(names) + 120))
+    return fig
+
+
+def curves_figure(sweep: dict, runs: list[dict]):
+    import plotly.graph_objects as go
+
+    metric, _ = goal_of(sweep)
+    fig = go.Figure()
+    dash = {"finished": "solid", "stopped": "dash"}
+    for run in sorted(runs, key=lambda r: r["number"]):
+        if not run["history"]:
+            continue
+        epochs = list(range(1, len(run["history"]) + 1))
+        fig.add_scatter(x=epochs, y=run["history"], mode="lines", name=f"{run['name']} ({run['state']})",
+                        legendgroup=run["name"], line={"dash": dash.get(run["state"], "dot")})
+        if run["state"] == "stopped":
+            fig.add_scatter(x=epochs[-1:], y=run["history"][-1:], mode="markers", legendgroup=run["name"],
+                            showlegend=False, name=f"{run['name']} stopped",
+                            marker={"symbol": "x", "size": 11, "color": "black"})
+    fig.update_xaxes(dtick=_tick_step(max(len(r["history"]) for r in runs)))
+    fig.update_layout(title=f"Learning curves: {metric} per validation epoch (dashed + x: stopped early)",
+                      xaxis_title="validation epoch", yaxis_title=metric)
+    return fig
+
+
+def _duration(seconds: float) -> str:
+    h, rest = divmod(int(round(seconds)), 3600)
+    return f"{h}h {rest // 60:02d}m {rest % 60:02d}s" if h else f"{rest // 60}m {rest % 60:02d}s"
+
+
+def summary_html(sweep: dict, runs: list[dict], best: Optional[dict], sweep_dir: Path) -> str:
+    metric, goal = goal_of(sweep)
+    states = ["finished", "stopped", "failed", *dict.fromkeys(
+        r["state"] for r in runs if r["state"] not in ("finished", "stopped", "failed"))]
+    walls = [r["wall_s"] for r in runs if isinstance(r.get("wall_s"), (int, float))]
+    rows = [["runs", len(runs)], *([s, sum(r["state"] == s for r in runs)] for s in states),
+            ["epochs trained", sum(len(r["history"]) for r in runs)],
+            ["wall time (sum over runs)", _duration(sum(walls)) if walls else "-"]]
+    parts = [_table(rows, header=False)]
+    if best is None:
+        parts.append(_note("No completed run yet: the best configuration appears when a run finishes."))
+        return "\n".join(parts)
+    config = _run_config(sweep_dir, best)
+    parts.append(f"<h3>Best run {html.escape(best['name'])} ({html.escape(best['state'])}): "
+                 f"{html.escape(metric)} = {html.escape(fmt(best['value']))}</h3>")
+    flat = applied_params(sweep, best["params"], config)
+    parts.append(_table([["parameter", "value"], *([k, fmt(v)] for k, v in flat.items())]))
+    snippet = yaml.safe_dump(best_config(sweep, best["params"], config), sort_keys=False)
+    parts.append("<p>As a LightningCLI config (<code>python -m sweeps best DIR --export best.yaml</code>):</p>"
+                 f"<pre>{html.escape(snippet)}</pre>")
+    return "\n".join(parts)
+
+
+def render(sweep_dir: Path, sweep: dict, runs: list[dict]) -> str:
+    metric, goal = goal_of(sweep)
+    figure = _Figures()
+    done = _completed(runs)
+    best = best_run(sweep, runs)
+    name = str(sweep.get("name") or sweep_dir.name)
+    sections = [("summary", "Summary", summary_html(sweep, runs, best, sweep_dir))]
+
+    if done:
+        sections.append(("history", "Optimization history", figure(history_figure(sweep, runs))))
+        study = study_of(sweep_dir, sweep, runs)
+        sections.append(("parallel", "Parallel coordinates", figure(
+            __import__("optuna").visualization.plot_parallel_coordinate(study, target_name=metric))))
+    else:
+        wait = _note("No completed run yet: the optimization history and parallel coordinates need one.")
+        sections += [("history", "Optimization history", wait), ("parallel", "Parallel coordinates", wait)]
+
+    if len(done) < 2:
+        body = _note(f"Parameter importance needs at least 2 completed runs; this sweep has {len(done)}.")
+    else:
+        try:
+            fig = importance_figure(study, metric)
+            body = figure(fig) if fig else _note("No swept parameter varied between the completed runs.")
+        except Exception as e:  # too few distinct values for the evaluator, etc.
+            body = _note(f"Parameter importance could not be computed: {scrub(e)}")
+    sections.append(("importance", "Parameter importance", body))
+
+    body = figure(curves_figure(sweep, runs)) if any(r["history"] for r in runs) else _note("No run has "
+                                                                                           "validated yet.")
+    failed = [r for r in runs if r["state"] not in COMPLETED and r["state"] != "running"]
+    if failed:
+        body += "<h3>Runs that did not complete</h3><ul>" + "".join(
+            f'<li class="failed">{html.escape(r["name"])}: {html.escape(r["state"])}'
+            f'{html.escape(" - " + scrub(r["reason"])) if r["reason"] else ""}</li>' for r in failed) + "</ul>"
+    sections.append(("curves", "Learning curves", body))
+
+    rows = runs_table(sweep, runs)
+    rows = [rows[0], *([r[0], scrub(r[1]), *r[2:]] for r in rows[1:])]
+    sections.append(("runs", "All runs (best first)", _table(rows) if runs else _note("No runs yet.")))
+
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    head = (f"<h1>Sweep {html.escape(name)}</h1><p>{html.escape(str(sweep.get('method', '')))} search, "
+            f"{html.escape(metric)} ({html.escape(goal)}), {len(runs)} runs; generated {stamp}.</p>")
+    body = "\n".join(f'<section id="{sid}"><h2>{title}</h2>\n{content}</section>' for sid, title, content in sections)
+    return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>Sweep {html.escape(name)}</title>"
+            f"<style>{STYLE}</style></head>\n<body>\n{head}\n{body}\n</body></html>\n")
+
+
+def write_report(sweep_dir: Path, out: Optional[str] = None) -> Path:
+    """Write the report of an offline sweep directory (default SWEEP_DIR/report.html)."""
+    sweep_dir = Path(sweep_dir)
+    sweep, runs = load_offline_runs(sweep_dir)
+    path = Path(out) if out else sweep_dir / "report.html"
+    if not path.parent.is_dir():
+        raise UsageError(f"cannot write {path}: directory {path.parent} does not exist")
+    try:
+        import plotly  # noqa: F401
+    except ImportError as e:
+        raise UsageError("the report needs plotly: pip install plotly") from e
+    write_atomic(path, render(sweep_dir, sweep, runs))
+    return path
