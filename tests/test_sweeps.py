@@ -1,0 +1,242 @@
+"""Sweep files: W&B-valid, CLI-valid argv for sampled points, presets, errors that name the key."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import yaml
+from conftest import SWEEP_FILES
+
+from sweeps.agent import agent_argv, cli_args
+from sweeps.config import (
+    DISTRIBUTIONS,
+    SweepConfigError,
+    create_custom_sweep_config,
+    hyperband_bands,
+    replace_config,
+)
+from sweeps.main import main as sweeps_main
+from sweeps.params import ParameterError, parse_cli
+from sweeps.presets import SWEEP_CONFIGS, get_sweep_config
+
+# W&B's schema: additionalProperties is false at the top level (from W&B's sweeps package)
+WANDB_TOP_LEVEL = {"method", "name", "description", "project", "entity", "program", "job", "image_uri",
+                   "apiVersion", "kind", "command", "run_cap", "controller", "metric", "metrics", "scheduler",
+                   "early_terminate", "parameters"}
+WANDB_PARAM_KEYS = {"distribution", "value", "values", "probabilities", "min", "max", "q", "mu", "sigma", "a", "b"}
+
+
+def test_six_presets_are_generated_and_checked_in():
+    assert set(SWEEP_CONFIGS) == {"base", "quick_test", "learning_rate", "batch_size", "data_balancing",
+                                  "full_optimization"}
+    assert {p.stem for p in SWEEP_FILES} == set(SWEEP_CONFIGS)
+    assert sweeps_main(["generate", "--check"]) == 0
+
+
+def test_check_fails_on_a_stale_file(tmp_path):
+    assert sweeps_main(["generate", "--out-dir", str(tmp_path)]) == 0
+    stale = tmp_path / "base.yaml"
+    stale.write_text(stale.read_text().replace("min_iter: 3", "min_iter: 2"))
+    assert sweeps_main(["generate", "--check", "--out-dir", str(tmp_path)]) == 1
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_sweep_file_shape_is_what_wandb_and_the_agent_need(path):
+    text = path.read_text()
+    sweep = yaml.safe_load(text)
+    assert set(sweep) <= WANDB_TOP_LEVEL
+    assert sweep["program"] == "cli.py"
+    command = sweep["command"]
+    assert command[:4] == ["${env}", "${interpreter}", "${program}", "fit"]
+    assert command[-1] == "${args}"
+    assert command.index("--config") < command.index("${args}")  # sweep args after --config
+    assert "command:\n- ${env}" in text  # a YAML block list, as W&B documents it
+    for name, spec in sweep["parameters"].items():
+        assert set(spec) <= WANDB_PARAM_KEYS, name  # no parent/parent_values: W&B rejects them
+        assert spec.get("distribution", "categorical") in DISTRIBUTIONS or "value" in spec
+        for value in spec.get("values", [spec.get("value")] if "value" in spec else []):
+            assert value is not None, f"{name}: None would reach the CLI as `None`"
+    assert sweep["metric"]["name"].startswith("val/")
+    if "early_terminate" in sweep:
+        max_epochs = yaml.safe_load(open(command[command.index("--config") + 1]))["trainer"]["max_epochs"]
+        assert hyperband_bands(sweep["early_terminate"])[0] <= max_epochs
+
+
+def _sample(spec: dict, rng: random.Random):
+    """A value of each distribution, edges included, as W&B's engine could pick it."""
+    if "value" in spec:
+        return spec["value"]
+    if "values" in spec:
+        return rng.choice(spec["values"])
+    lo, hi = spec["min"], spec["max"]
+    dist = spec.get("distribution", "int_uniform" if isinstance(lo, int) else "uniform")
+    if dist == "int_uniform":
+        return rng.randint(lo, hi)
+    if dist == "log_uniform_values":
+        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    value = rng.uniform(lo, hi)
+    if dist == "q_uniform":
+        value = round(value / spec.get("q", 1)) * spec.get("q", 1)
+    return value
+
+
+def _conditions(sweep: dict) -> dict[str, tuple[str, list[str]]]:
+    from sweeps.conditions import parse_condition
+
+    out = {}
+    for item in sweep["command"]:
+        if item.startswith("--sweep.when+="):
+            child, parent, values = parse_condition(item.split("=", 1)[1])
+            out[child] = (parent, values)
+    return out
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_agent_argv_for_sampled_points_parses_and_lands_where_it_should(path):
+    sweep = yaml.safe_load(path.read_text())
+    rng = random.Random(path.name)
+    conditions = _conditions(sweep)
+    defaults = parse_cli(["fit", "--config", "configs/ra_hand.yaml"])
+    for _ in range(3):
+        params = {name: _sample(spec, rng) for name, spec in sorted(sweep["parameters"].items())}
+        argv = agent_argv(sweep, params)
+        assert argv[:3] == ["/usr/bin/env", "python", "cli.py"]
+        cfg = parse_cli(cli_args(argv))
+        assert cfg.sweep.metric == sweep["metric"]["name"]
+        for name, value in params.items():
+            landed = cfg.get(name)
+            if name in conditions and str(cfg.get(conditions[name][0])) not in conditions[name][1]:
+                assert landed == defaults.get(name), f"{name} applied although its parent does not match"
+            elif isinstance(value, float):
+                assert landed == pytest.approx(value), name
+            else:
+                assert landed == value, name
+
+
+def test_argv_builder_matches_the_wandb_agent_format():
+    sweep = {"program": "cli.py",
+             "command": ["${env}", "${interpreter}", "${program}", "fit", "--config", "configs/demo.yaml", "${args}"]}
+    argv = agent_argv(sweep, {"model.lr": 1e-05, "trainer.max_epochs": 3, "run.test_after_fit": True})
+    assert argv == ["/usr/bin/env", "python", "cli.py", "fit", "--config", "configs/demo.yaml", "--model.lr=1e-05",
+                    "--trainer.max_epochs=3", "--run.test_after_fit=True"]
+    cfg = parse_cli(cli_args(argv))
+    assert cfg.model.lr == 1e-05 and cfg.run.test_after_fit is True
+
+
+def test_null_values_are_written_so_the_cli_reads_none(tmp_path):
+    sweep = create_custom_sweep_config(
+        method="grid", config="configs/demo.yaml",
+        parameters={"trainer.gradient_clip_val": {"values": [None, 1.0]}},
+    )
+    assert sweep["parameters"]["trainer.gradient_clip_val"]["values"] == ["null", 1.0]
+    cfg = parse_cli(cli_args(agent_argv(sweep, {"trainer.gradient_clip_val": "null"})))
+    assert cfg.trainer.gradient_clip_val is None
+
+
+def test_custom_params_override_and_yacs_aliases_map_with_a_notice(caplog):
+    sweep = get_sweep_config("learning_rate", '{"TRAIN.BATCH_SIZE_PER_GPU": {"values": [4, 8]}}',
+                             config="configs/demo.yaml")
+    assert sweep["parameters"]["data.batch_size"] == {"values": [4, 8]}
+    assert "TRAIN.BATCH_SIZE_PER_GPU" in caplog.text and "data.batch_size" in caplog.text
+
+
+def test_conditional_parameter_is_resolved_into_the_command():
+    sweep = get_sweep_config("base", config="configs/demo.yaml")
+    assert "--sweep.when+=model.momentum:model.optimizer=sgd" in sweep["command"]
+    assert "parent" not in sweep["parameters"]["model.momentum"]
+
+
+def test_combined_objective_is_one_metric_name():
+    sweep = create_custom_sweep_config(
+        method="random", config="configs/demo.yaml", objective={"val/auroc": 0.6, "val/balanced_acc": 0.4},
+        parameters={"model.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}},
+    )
+    assert sweep["metric"]["name"] == "val/objective"
+    objective_arg = next(c for c in sweep["command"] if c.startswith("--sweep.objective="))
+    assert json.loads(objective_arg.split("=", 1)[1]) == {"val/auroc": 0.6, "val/balanced_acc": 0.4}
+
+
+def test_hyperband_bands_follow_wandbs_rule():
+    assert hyperband_bands({"min_iter": 2, "eta": 3})[:3] == [2, 6, 18]
+    assert hyperband_bands({"max_iter": 27, "s": 3, "eta": 3}) == [1, 3, 9]
+    assert hyperband_bands({"max_iter": 81, "s": 2, "eta": 3}) == [9, 27]
+
+
+def test_replace_config_swaps_the_trained_config():
+    sweep = replace_config(get_sweep_config("quick_test"), "configs/demo.yaml")
+    i = sweep["command"].index("--config")
+    assert sweep["command"][i + 1] == "configs/demo.yaml"
+    assert sweep["command"].count("--config") == 1
+
+
+BAD_INPUTS = {
+    "unknown preset": (["--sweep_config", "bse"], "Unknown sweep preset 'bse'.*Did you mean 'base'"),
+    "unknown parameter": (["--custom_params", '{"model.lrr": {"values": [1]}}'], "model.lrr.*Did you mean model.lr"),
+    "invalid json": (["--custom_params", '{"model.lr": '], "not valid JSON"),
+    "unknown distribution": (["--custom_params", '{"model.lr": {"distribution": "lognormal", "min": 1, "max": 2}}'],
+                             "lognormal.*allowed"),
+    "min >= max": (["--custom_params", '{"model.lr": {"min": 0.1, "max": 0.01}}'], "min .0.1. must be less than max"),
+    "missing parent": (["--custom_params", '{"model.momentum": {"values": [0.9], "parent": "model.optim", '
+                        '"parent_values": ["sgd"]}}'], "model.optim"),
+    "bad choice": (["--custom_params", '{"model.optimizer": {"values": ["lamb"]}}'], "lamb.*adamw"),
+    "unreachable bracket": (["--sweep_config", "base", "--custom_params", '{"trainer.max_epochs": {"value": 2}}'],
+                            "never be reached"),
+    "missing config": (["--cfg", "configs/nope.yaml"], "configs/nope.yaml does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_generator_input_names_the_key_and_writes_nothing(case, tmp_path, capsys):
+    args, message = BAD_INPUTS[case]
+    code = sweeps_main(["generate", "--out-dir", str(tmp_path), *args])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    import re
+
+    assert re.search(message, err), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_parameter_error_type():
+    with pytest.raises(ParameterError, match="Did you mean"):
+        create_custom_sweep_config(config="configs/demo.yaml", parameters={"data.batchsize": {"values": [1]}})
+
+
+def test_grid_needs_discrete_values():
+    with pytest.raises(SweepConfigError, match="grid search needs"):
+        create_custom_sweep_config(method="grid", config="configs/demo.yaml",
+                                   parameters={"model.lr": {"min": 0.001, "max": 0.01}})
+
+
+def test_wandb_backend_starts_one_agent_per_gpu(monkeypatch, capsys):
+    import argparse
+    import subprocess
+    import sys
+
+    import wandb
+
+    from sweeps import wandb_backend
+
+    started = []
+
+    class FakeProc:
+        def __init__(self, cmd, env):
+            started.append((cmd, env.get("CUDA_VISIBLE_DEVICES")))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(wandb, "sweep", lambda sweep, project=None, entity=None: "abc123")
+    monkeypatch.setattr(subprocess, "Popen", FakeProc)
+    args = argparse.Namespace(cfg="configs/demo.yaml", gpus="0,1,2,3", gpus_per_trial=1, workers=None,
+                              count=10, project="xray", entity="lab")
+    sweep = yaml.safe_load(open("sweeps/learning_rate.yaml"))
+    assert wandb_backend.run_wandb_sweep(sweep, args) == 0
+    assert [gpu for _, gpu in started] == ["0", "1", "2", "3"]
+    cmd = started[0][0]
+    assert cmd[:4] == [sys.executable, "-m", "wandb", "agent"]
+    assert cmd[-1] == "lab/xray/abc123" and cmd[cmd.index("--count") + 1] == "3"
