@@ -104,12 +104,19 @@ def read_manifest(manifest: Path, root: Path) -> list[Record]:
     return records
 
 
+NEGATIVE_NAMES = ("normal", "negative", "healthy", "control", "no", "0")
+
+
 def check_labels(records: list[Record], classes: Optional[list[str]], source: str) -> list[str]:
-    """Class names in label order: `classes` if given (every label must be in it), else sorted."""
+    """Class names in label order: `classes` if given (every label must be in it), else sorted,
+    except that for two classes a "normal"-like name comes first, so the abnormal class is the
+    positive class of sensitivity, specificity and F1."""
     found = sorted({r.label for r in records})
     if classes is None:
         if len(found) < 2:
             raise DataError(f"{source}: found {len(found)} class(es) {found}; a classifier needs at least 2")
+        if len(found) == 2 and found[1].lower() in NEGATIVE_NAMES and found[0].lower() not in NEGATIVE_NAMES:
+            found.reverse()
         return found
     unknown = sorted(set(found) - set(classes))
     if unknown:
