@@ -34,7 +34,7 @@ from datamodules.readers import ImageReadError
 from datamodules.records import DataError
 from models.backbones import UnknownBackboneError, WeightsError
 from models.classifier import XrayClassifier
-from models.reporting import ConfusionWriter, PredictionWriter
+from models.reporting import ConfusionWriter, ImageSampleLogger, PredictionWriter
 from sweeps.callbacks import Diverged, DivergenceGuard, GracefulStop, RunStopped, SweepMetric
 from sweeps.conditions import apply_conditions
 
@@ -203,6 +203,8 @@ class XrayCLI(LightningCLI):
             ConfusionWriter(self.run_dir),
             PredictionWriter(self.run_dir),
         ]
+        if run.log_images:
+            callbacks.append(ImageSampleLogger())
         kwargs["callbacks"] = [*(cfg.trainer.get("callbacks") or []), *callbacks]
         return super().instantiate_trainer(**kwargs)
 

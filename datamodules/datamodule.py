@@ -222,7 +222,7 @@ class XrayDataModule(pl.LightningDataModule):
             try:
                 read_image(record.path)
             except ImageReadError as e:
-                return f"{record.rel}: {e}"
+                return f"{record.rel}: {e.reason}"  # relative: no more of the path than configured
             return None
 
         with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:

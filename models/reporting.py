@@ -43,6 +43,24 @@ class ConfusionWriter(Callback):
         self._write(trainer, pl_module, "test")
 
 
+class ImageSampleLogger(Callback):
+    """With run.log_images: a few validation images to W&B once, as pixels with the class
+    name as caption. Nothing else about the image (no path, no DICOM header) is sent."""
+
+    def __init__(self, count: int = 8) -> None:
+        self.count, self.done = count, False
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.done or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        self.done = True
+        x, y = batch[0][: self.count].float().cpu(), batch[1][: self.count].tolist()
+        x = (x - x.amin(dim=(1, 2, 3), keepdim=True)) / (x.amax(dim=(1, 2, 3), keepdim=True) - x.amin(dim=(1, 2, 3), keepdim=True) + 1e-6)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("val/examples", images=list(x), caption=[pl_module.class_names[i] for i in y])
+
+
 class PredictionWriter(BasePredictionWriter):
     """predictions.csv (predictions-rank{R}.csv under DDP): path relative to the data root,
     the true label when known, the predicted class and one probability column per class."""
