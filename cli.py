@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal, Optional
 from urllib.parse import urlparse
 
+from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -119,6 +120,18 @@ def resolve_wandb_mode(requested: str) -> str:
     return requested
 
 
+def check_config_files(args: list[str]) -> None:
+    """Name the file when a --config is not valid YAML (jsonargparse only says where in it)."""
+    import yaml
+
+    for flag, value in zip(args, args[1:]):
+        if flag in ("--config", "-c") and Path(value).is_file():
+            try:
+                yaml.safe_load(Path(value).read_text())
+            except yaml.YAMLError as e:
+                raise ValueError(f"config file {value} is not valid YAML: {e}") from None
+
+
 def default_precision() -> str:
     """bf16 autocast on GPUs that support it (fast, no loss scaling), full precision elsewhere."""
     import torch
@@ -154,6 +167,7 @@ class XrayCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         args = list(sys.argv[1:] if args is None else args)
+        check_config_files(args)
         self.config = parser.parse_args(args)
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else self.config
@@ -275,6 +289,8 @@ def cli_main(args: Optional[list[str]] = None) -> XrayCLI:
             seed_everything_default=42,
             auto_configure_optimizers=False,
             trainer_defaults={"log_every_n_steps": 10},
+            # Raise instead of printing the whole usage: main() prints one paragraph.
+            parser_kwargs={"exit_on_error": False},
         )
     except BaseException:
         for run_dir in _CREATED_RUN_DIRS:
@@ -288,6 +304,9 @@ def cli_main(args: Optional[list[str]] = None) -> XrayCLI:
 def main() -> int:
     try:
         cli_main()
+    except ArgumentError as e:
+        print(f"error: {e}\n(options: python cli.py fit --help)", file=sys.stderr)
+        return 2
     except Diverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

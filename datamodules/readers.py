@@ -57,7 +57,15 @@ _DECODER_HINTS = [
 class ImageReadError(ValueError):
     """An image file could not be read; the message names the file and the reason."""
 
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+    def __init__(self, path: str | os.PathLike, reason: str | None = None) -> None:
+        if reason is None:
+            # Re-raised from a DataLoader worker, torch passes one text: "Caught ImageReadError in
+            # DataLoader worker ... Original Traceback ..."; keep only our own last line.
+            lines = [ln for ln in str(path).splitlines() if ln.strip()]
+            message = lines[-1].split("ImageReadError: ", 1)[-1] if lines else str(path)
+            self.path, self.reason = None, message
+            super().__init__(message)
+            return
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"cannot read image {str(path)!r}: {reason}")
