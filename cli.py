@@ -310,6 +310,15 @@ def main() -> int:
     except Diverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except MemoryError as e:  # torch.OutOfMemoryError is not one; caught below by name
+        print(f"error: out of memory: {e}", file=sys.stderr)
+        return 4
+    except RuntimeError as e:
+        if type(e).__name__ != "OutOfMemoryError":
+            raise
+        print(f"error: out of GPU memory ({e}); lower data.batch_size or data.image_size, "
+              "or use --trainer.precision=bf16-mixed", file=sys.stderr)
+        return 4
     except (*USER_ERRORS, ValueError) as e:
         # One paragraph a user can act on; XRAY_DEBUG=1 shows the traceback.
         if os.environ.get("XRAY_DEBUG"):
