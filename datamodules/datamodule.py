@@ -14,9 +14,10 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datamodules.cache import CacheDtype, CachedXrayDataset, CacheEntry, ensure_cache
 from datamodules.readers import ImageReadError, read_image
 from datamodules.records import DataError, Record, assign_splits, check_labels, read_manifest, scan_folder
-from datamodules.transforms import EvalPreset, TrainPreset
+from datamodules.transforms import BatchAugment, BatchPreset, ResizePad
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,11 @@ Balancing = Literal["none", "class_weights", "weighted_sampler", "oversample"]
 
 
 class XrayDataset(Dataset):
-    """Reads one record per item; returns (image (1, S, S), label, index into records)."""
+    """Reads one record per item; returns (transform(image (1, H, W)), label, index into records).
+
+    The data module's transform is ResizePad: augmentation and normalisation run on whole
+    batches on the device (XrayDataModule.on_after_batch_transfer).
+    """
 
     def __init__(self, records: list[Record], class_index: dict[str, int], transform: Callable) -> None:
         self.records, self.class_index, self.transform = records, class_index, transform
@@ -98,6 +103,8 @@ class XrayDataModule(pl.LightningDataModule):
         demo_count: int = 400,
         demo_size: int = 256,
         demo_severity: float = 1.0,
+        cache_dir: Optional[str] = None,
+        cache_dtype: CacheDtype = "uint16",
     ) -> None:
         """
         Args:
@@ -126,6 +133,12 @@ class XrayDataModule(pl.LightningDataModule):
             demo_count: number of images of the generated demo data set.
             demo_size: side of the generated demo images in pixels.
             demo_severity: scale of the disease signs in the demo images (1.0 subtle, 2.0 plain).
+            cache_dir: preprocessing cache: decode, normalise and resize every image once into a
+                memory-mapped array under this folder, shared by all runs, sweeps and loader
+                workers on the machine (rebuilt when a file, image_size or cache_dtype changes).
+                Needs images x image_size^2 x (1 or 2) bytes of disk. Default: no cache.
+            cache_dtype: pixel type in the cache: uint16 keeps 16-bit radiographs' depth,
+                uint8 halves disk and page-cache use.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -152,6 +165,10 @@ class XrayDataModule(pl.LightningDataModule):
             raise DataError(f"{source}: the training split is empty")
         self.skipped: list[str] = []
         self._datasets: dict[str, Dataset] = {}
+        self.cache: Optional[CacheEntry] = None
+        augment = BatchAugment(hflip_prob=hflip_prob, rotation_degrees=rotation_degrees,
+                               scale_jitter=scale_jitter, intensity_jitter=intensity_jitter)  # fmt: skip
+        self.batch_transform = BatchPreset(augment)
 
     def _load_records(self, manifest: Optional[str]) -> tuple[list[Record], str]:
         if not self.root.is_dir():
@@ -196,26 +213,38 @@ class XrayDataModule(pl.LightningDataModule):
         return [round(w, 6) for w in weights]
 
     def setup(self, stage: str) -> None:
-        if self.hparams.skip_bad_files and not self._datasets:
+        hp = self.hparams
+        if hp.cache_dir and self.cache is None:
+            self._open_cache()
+        elif hp.skip_bad_files and not self._datasets:
             self._drop_unreadable()
         if stage == "fit" and not self.split_records["val"]:
             raise DataError(
                 f"The validation split of {self.root} is empty: give a val split or set data.val_fraction > 0"
             )
-        hp = self.hparams
-        train_tf = TrainPreset(
-            image_size=hp.image_size,
-            hflip_prob=hp.hflip_prob,
-            rotation_degrees=hp.rotation_degrees,
-            scale_jitter=hp.scale_jitter,
-            intensity_jitter=hp.intensity_jitter,
-        )
-        eval_tf = EvalPreset(image_size=hp.image_size)
-        self._datasets = {"train": XrayDataset(self.split_records["train"], self.class_index, train_tf)}
-        for split in ("val", "test"):
-            self._datasets[split] = XrayDataset(self.split_records[split], self.class_index, eval_tf)
         predict = self.records if hp.predict_split == "all" else self.split_records[hp.predict_split]
-        self._datasets["predict"] = XrayDataset(predict, self.class_index, eval_tf)
+        splits = {**self.split_records, "predict": predict}
+        if self.cache is not None:
+            self._datasets = {s: CachedXrayDataset(r, self.class_index, self.cache) for s, r in splits.items()}
+        else:
+            resize = ResizePad(hp.image_size)
+            self._datasets = {s: XrayDataset(r, self.class_index, resize) for s, r in splits.items()}
+
+    def _open_cache(self) -> None:
+        """Build (once, under a lock) or open the preprocessing cache; with skip_bad_files the
+        files it could not read are left out exactly as _drop_unreadable does."""
+        hp = self.hparams
+        self.cache = ensure_cache([r.path for r in self.records], hp.cache_dir, image_size=hp.image_size,
+                                  dtype=hp.cache_dtype, skip_bad_files=hp.skip_bad_files)  # fmt: skip
+        reasons = {r: self.cache.bad.get(os.path.abspath(r.path)) for r in self.records}
+        self._drop({r: f"{r.rel}: {reason}" for r, reason in reasons.items() if reason})
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Pixels to [0, 1], training augmentation (only while training), normalisation: on the
+        device the batch was moved to, vectorized over the batch."""
+        x, *rest = batch
+        training = self.trainer is not None and self.trainer.training
+        return [self.batch_transform(x, train=training), *rest]
 
     def _drop_unreadable(self) -> None:
         def check(record: Record) -> Optional[str]:
@@ -227,7 +256,10 @@ class XrayDataModule(pl.LightningDataModule):
 
         with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
             problems = dict(zip(self.records, pool.map(check, self.records)))
-        bad = {r for r, p in problems.items() if p}
+        self._drop({r: p for r, p in problems.items() if p})
+
+    def _drop(self, problems: dict[Record, str]) -> None:
+        bad = set(problems)
         self.skipped = [problems[r] for r in self.records if r in bad]
         if bad:
             log.warning("Skipped %d of %d unreadable image(s) (data.skip_bad_files=true):\n  %s",

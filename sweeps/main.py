@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a sweep file (offline with Optuna, or with W&B agents)")
     run.add_argument("sweep_file")
     run.add_argument("--backend", choices=["local", "wandb"], default="local")
-    run.add_argument("--count", type=int, help="number of runs (grid: default all points)")
+    run.add_argument("--count", type=int,
+                     help="runs in the whole sweep, counted across restarts and runners sharing a storage "
+                          "(grid: default and at most all points; random/bayes: default run_cap, else 10)")
     run.add_argument("--cfg", "--config", dest="cfg", help="train this LightningCLI config instead of the file's")
     run.add_argument("--workers", type=int, help="parallel runs (default: one per GPU, else 1)")
     run.add_argument("--gpus", help="comma-separated GPU ids, one run per GPU (or --gpus-per-trial)")
@@ -150,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline",
                      help="W&B logging of runs launched by the offline runner")
     run.add_argument("--max-failures", type=int, default=5, help="stop after this many failures in a row")
-    run.add_argument("--quiet", action="store_true", help="no live progress display")
+    run.add_argument("--quiet", action="store_true", help="no live status line, only one line per event")
     run.set_defaults(func=cmd_run)
 
     best = sub.add_parser("best", help="table of runs and the best configuration")

@@ -1,0 +1,304 @@
+"""Training throughput in one run on one machine: the ceiling, the project's own path, the loader.
+
+    python benchmarks/throughput.py                      # CPU: small settings, ~2 minutes on 2 cores
+    python benchmarks/throughput.py --device cuda        # GPU: resnet50, 224 px, batch 256, compiled
+
+(a) plain PyTorch loop, same backbone / size / batch / precision (bf16 autocast and
+    channels_last on GPU), data already on the device: eager and torch.compile'd. The ceiling.
+(b) `cli.py fit` in-process (cli_main) fed from the preprocessing cache, timed by a callback
+    over steady-state steps only (after --warmup steps, inside epochs).
+(c) the loader alone: from raw 16-bit PNG (decode + resize in the workers) and from the cache,
+    images/s per worker; and the memory of 1 vs N workers reading the cache (it is mapped from
+    the page cache, so the sum over workers should not grow by a copy of the array per worker).
+
+Targets (issue): (b) compiled >= 0.95 x (a) compiled on GPU; cache >= 20 x raw per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class StepTimer(Callback):
+    """Images/s over steady-state training steps: skips `warmup` steps (compile, cudnn autotune,
+    worker start) and the gaps between epochs (checkpointing, loader restart)."""
+
+    def __init__(self, warmup: int = 3) -> None:
+        self.warmup, self.images, self.seconds, self._t0 = warmup, 0, 0.0, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step < self.warmup:
+            return
+        if self._t0 is None:
+            _sync(pl_module.device.type)
+            self._t0 = time.perf_counter()
+            return
+        self.images += len(batch[1])
+
+    def _close(self, pl_module) -> None:
+        if self._t0 is not None:
+            _sync(pl_module.device.type)
+            self.seconds += time.perf_counter() - self._t0
+            self._t0 = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._close(pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._close(pl_module)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else float("nan")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _cuda_peak(device: str) -> float:
+    if device != "cuda":
+        return float("nan")
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
+def plain_loop(args, device: str, compiled: bool) -> dict:
+    """The ceiling: a hand-written training step on a fixed batch already on the device."""
+    from models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    model = build_backbone(args.backbone, num_classes=2, in_chans=1).to(device)
+    fmt = torch.channels_last if device == "cuda" else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.randn(args.batch_size, 1, args.image_size, args.image_size, device=device).to(memory_format=fmt)
+    y = torch.randint(0, 2, (args.batch_size,), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    step_model = torch.compile(model) if compiled else model
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+
+    def step() -> None:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(step_model(x).float(), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    t = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    _sync(device)
+    warm_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    _sync(device)
+    rate = args.steps * args.batch_size / (time.perf_counter() - t)
+    return {"images_per_s": rate, "warmup_s": warm_s, "cuda_peak_mib": _cuda_peak(device)}
+
+
+def _datamodule(args, *, cache: bool, workers: int, image_size: int):
+    from datamodules.datamodule import XrayDataModule
+
+    return XrayDataModule(data_root=str(args.data), demo=None, image_size=image_size,
+                          batch_size=args.batch_size, num_workers=workers,
+                          cache_dir=str(args.work / "cache") if cache else None)  # fmt: skip
+
+
+def _worker_memory() -> dict:
+    import psutil
+
+    uss = pss = 0
+    for child in psutil.Process().children(recursive=True):
+        info = child.memory_full_info()
+        uss, pss = uss + info.uss, pss + info.pss
+    return {"workers_uss_mib": uss / 2**20, "workers_pss_mib": pss / 2**20}
+
+
+def loader_rate(args, *, cache: bool, workers: int, batches: int, image_size: int) -> dict:
+    """Images/s the training loader alone delivers, after one warm-up batch; cycles epochs."""
+    data = _datamodule(args, cache=cache, workers=workers, image_size=image_size)
+    t = time.perf_counter()
+    data.setup("fit")
+    setup_s = time.perf_counter() - t
+    loader = data.train_dataloader()
+    images, seconds, done = 0, 0.0, 0
+    iterator = iter(loader)
+    next(iterator)
+    t = time.perf_counter()
+    while done < batches:
+        for x, _, _ in iterator:
+            images, done = images + len(x), done + 1
+            if done >= batches:
+                break
+        else:
+            iterator = iter(loader)
+    seconds = time.perf_counter() - t
+    out = {"images_per_s": images / seconds, "setup_s": setup_s, "batches": done}
+    if workers and cache:
+        for _ in iterator:  # finish the epoch: together the workers have now touched every row
+            pass
+        out.update(_worker_memory())
+        out["array_mib"] = data.cache.images.nbytes / 2**20
+    if hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    return out
+
+
+def cli_fit(args, device: str, compiled: bool) -> dict:
+    """The project's own path: `cli.py fit` in-process, fed from the cache, timed by StepTimer."""
+    from cli import cli_main
+
+    timer = {"class_path": "benchmarks.throughput.StepTimer", "init_args": {"warmup": args.warmup}}
+    argv = [
+        "fit", "--config", str(ROOT / "configs/demo.yaml"),
+        f"--data.data_root={args.data}", "--data.demo=null", f"--data.cache_dir={args.work / 'cache'}",
+        f"--data.image_size={args.image_size}", f"--data.batch_size={args.batch_size}",
+        f"--data.num_workers={args.workers}",
+        f"--model.backbone={args.backbone}", f"--model.channels_last={device == 'cuda'}",
+        f"--model.compile={compiled}",
+        f"--trainer.accelerator={device}", "--trainer.devices=1", f"--trainer.benchmark={device == 'cuda'}",
+        f"--trainer.max_steps={args.warmup + args.steps + 1}", "--trainer.max_epochs=-1",
+        "--trainer.check_val_every_n_epoch=100000", "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false",
+        f"--trainer.callbacks=[{json.dumps(timer)}]",
+        "--run.wandb=disabled", "--run.test_after_fit=false", f"--run.root={args.work / 'runs'}",
+    ]  # fmt: skip
+    t = time.perf_counter()
+    cli = cli_main(argv)
+    total_s = time.perf_counter() - t
+    step_timer = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "StepTimer")
+    return {"images_per_s": step_timer.images_per_s, "total_s": total_s, "cuda_peak_mib": _cuda_peak(device),
+            "precision": str(cli.trainer.precision)}  # fmt: skip
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--backbone", help="default resnet18 on CPU, resnet50 on GPU")
+    p.add_argument("--image-size", type=int, help="default 64 on CPU, 224 on GPU")
+    p.add_argument("--batch-size", type=int, help="default 16 on CPU, 256 on GPU")
+    p.add_argument("--steps", type=int, help="timed steps (default 8 on CPU, 50 on GPU)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 2 on CPU, 15 on GPU)")
+    p.add_argument("--workers", type=int, help="loader workers (default 2 on CPU, min(8, cores) on GPU)")
+    p.add_argument("--loader-batches", type=int, help="batches timed per loader (default 4 on CPU, 8 on GPU)")
+    p.add_argument("--data", type=Path, help="data set folder (default: generate synthetic 16-bit PNGs)")
+    p.add_argument("--count", type=int, help="images to generate (default 64 on CPU, 256 on GPU)")
+    p.add_argument("--raw-size", type=int, nargs=2, metavar=("H", "W"), help="default 1024 1024, 1024 1024 GPU")
+    p.add_argument("--memory-size", type=int, default=512, help="image size of the cache the memory check reads")
+    p.add_argument("--work", type=Path, default=Path("/tmp/xray-throughput"), help="data, cache and runs")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time torch.compile (default: on GPU only; on CPU it needs a C++ compiler)")
+    p.add_argument("--skip", nargs="*", default=[], choices=["plain", "cli", "loader"], help="phases to leave out")
+    args = p.parse_args(argv)
+    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    args.device = "cuda" if cuda else "cpu"
+    gpu = {"backbone": "resnet50", "image_size": 224, "batch_size": 256, "steps": 50, "warmup": 15,
+           "workers": min(8, os.cpu_count() or 1), "loader_batches": 8, "count": 256, "raw_size": [1024, 1024],
+           "compile": True}  # fmt: skip
+    cpu = {"backbone": "resnet18", "image_size": 64, "batch_size": 16, "steps": 8, "warmup": 2, "workers": 2,
+           "loader_batches": 4, "count": 64, "raw_size": [1024, 1024], "compile": False}  # fmt: skip
+    for key, value in (gpu if cuda else cpu).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = args.device
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if args.data is None:
+        from datamodules.synthetic import generate
+
+        h, w = args.raw_size
+        args.data = args.work / f"png16-{h}x{w}-{args.count}"
+        t = time.perf_counter()
+        generate(args.data, body_part="hand", count=args.count, size=(h, w), fmt="png16", seed=0)
+        print(f"data: {args.data} ({args.count} png16 images {h}x{w}; {time.perf_counter() - t:.1f} s)")
+    print(f"device={device} backbone={args.backbone} image_size={args.image_size} batch={args.batch_size} "
+          f"steps={args.steps} warmup={args.warmup} workers={args.workers} cores={os.cpu_count()} "
+          f"torch={torch.__version__}")  # fmt: skip
+    rows: list[tuple[str, dict]] = []
+    results: dict[str, dict] = {}
+
+    def record(name: str, result: dict) -> None:
+        result["peak_rss_mib"] = peak_rss_mib()
+        results[name] = result
+        rows.append((name, result))
+        print(f"  {name:<34} {result['images_per_s']:>10.1f} images/s   "
+              + "  ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
+                          if k != "images_per_s"), flush=True)  # fmt: skip
+
+    compiles = [False, True] if args.compile else [False]
+    if not args.compile:
+        print("  (torch.compile not timed: pass --compile; default on GPU only)")
+    if "plain" not in args.skip:
+        for compiled in compiles:
+            record(f"(a) plain loop {'compiled' if compiled else 'eager'}", plain_loop(args, device, compiled))
+    if "loader" not in args.skip:
+        w, n, size = args.workers, args.loader_batches, args.image_size
+        record(f"(c) loader raw png16, {w} workers", loader_rate(args, cache=False, workers=w, batches=n,
+                                                                  image_size=size))
+        # The cache is fast: time more batches so that the figure is not noise.
+        record(f"(c) loader cache, {w} workers", loader_rate(args, cache=True, workers=w, batches=10 * n,
+                                                              image_size=size))
+        if w > 1:  # memory of 1 vs N workers reading a cache large enough to see a copy if there were one
+            for workers in (1, w):
+                record(f"(c) memory {args.memory_size} px cache, {workers} worker(s)",
+                       loader_rate(args, cache=True, workers=workers, batches=1, image_size=args.memory_size))
+    if "cli" not in args.skip:
+        for compiled in compiles:
+            record(f"(b) cli.py fit from cache {'compiled' if compiled else 'eager'}", cli_fit(args, device, compiled))
+
+    print("\nsummary")
+    for mode in ("eager", "compiled"):
+        a, b = results.get(f"(a) plain loop {mode}"), results.get(f"(b) cli.py fit from cache {mode}")
+        if a and b:
+            print(f"  (b)/(a) {mode}: {b['images_per_s'] / a['images_per_s']:.3f}   (target >= 0.95 compiled, GPU)")
+        if a and mode == "compiled":
+            eager = results["(a) plain loop eager"]
+            print(f"  compile time (plain loop warm-up, compiled - eager): {a['warmup_s'] - eager['warmup_s']:.1f} s")
+    w = max(1, args.workers)
+    raw, cached = results.get(f"(c) loader raw png16, {args.workers} workers"), results.get(
+        f"(c) loader cache, {args.workers} workers")
+    if raw and cached:
+        print(f"  loader per worker: raw {raw['images_per_s'] / w:.1f}, cache {cached['images_per_s'] / w:.1f} "
+              f"images/s; cache/raw {cached['images_per_s'] / raw['images_per_s']:.1f}x   (target >= 20x)")
+        print(f"  cache build (first setup): {cached['setup_s']:.1f} s for {args.count} images")
+    one = results.get(f"(c) memory {args.memory_size} px cache, 1 worker(s)")
+    many = results.get(f"(c) memory {args.memory_size} px cache, {args.workers} worker(s)")
+    if one and many:
+        growth = many["workers_uss_mib"] - one["workers_uss_mib"]
+        print(f"  workers' memory after one epoch over the {args.memory_size} px cache (array {one['array_mib']:.1f} "
+              f"MiB), summed USS / PSS: 1 worker {one['workers_uss_mib']:.1f} / {one['workers_pss_mib']:.1f} MiB, "
+              f"{args.workers} workers {many['workers_uss_mib']:.1f} / {many['workers_pss_mib']:.1f} MiB; "
+              f"growth {growth:.1f} MiB = {growth / one['array_mib']:.2f} x array per extra "
+              f"{args.workers - 1} worker(s) (a copy per worker would be >= 1)")
+    print(f"  peak RSS of this process: {peak_rss_mib():.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

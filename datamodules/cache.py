@@ -1,0 +1,226 @@
+"""Preprocessing cache: every image read, normalised and resized once, shared by all runs.
+
+Decoding a 16-bit radiograph of 2560 x 2048 and resizing it costs about 0.15 s of CPU, so a
+GPU training at image_size 512 waits on its loader; and every run of a sweep would decode
+the same files again. `ensure_cache` does that work once into one memory-mapped array:
+
+    cache_dir/<size>px-<dtype>-<key>/images.npy   (N, S, S) uint8 or uint16, rows = `paths`
+    cache_dir/<size>px-<dtype>-<key>/meta.json    paths (row order), unreadable files, timings
+    cache_dir/<size>px-<dtype>-<key>.lock         flock: one builder, the others wait
+
+Key: SHA-256 over every file's absolute path, size and mtime_ns, the image size, the dtype,
+`CACHE_VERSION` and the bytes of readers.py and transforms.py (so a fix to the DICOM
+pipeline or the resize rebuilds). File contents are not hashed: that would read the whole
+data set (terabytes for a large cohort) at the start of every run; stat() of each file is
+cheap, and any tool that rewrites a file changes its mtime. A changed key builds a new
+entry next to the old ones (delete cache_dir to reclaim the space).
+
+Sharing: the entry is built in a temporary directory and renamed into place (atomic), under
+an exclusive `fcntl.flock`, so concurrent runs and DDP ranks build it once and the others
+wait and reuse it; a killed builder leaves no entry (its temp directory is removed by the
+next builder). Readers open images.npy with `np.load(mmap_mode="r")`: pages come from the
+OS page cache, shared by every process on the machine, never copied per worker.
+flock works on local disks and on NFSv4; on other network filesystems use a local cache_dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+
+from datamodules import readers, transforms
+from datamodules.readers import ImageReadError, read_image
+from datamodules.transforms import ResizePad
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when the layout or the quantisation changes
+CacheDtype = Literal["uint8", "uint16"]
+_MAX = {"uint8": 255.0, "uint16": 65535.0}
+_builds = 0  # how many entries this process has built (tests check reuse with it)
+
+
+@dataclass
+class CacheEntry:
+    """A built cache entry. `images` opens the array lazily (once per process) and is dropped
+    when pickled, so loader workers map the file themselves instead of receiving a copy."""
+
+    path: Path
+    paths: list[str]
+    bad: dict[str, str]  # unreadable file -> reason (only kept when skip_bad_files allowed it)
+    built: bool = False  # this call built it (rather than found it)
+    seconds: float = 0.0
+    _images: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {p: i for i, p in enumerate(self.paths)}
+
+    @property
+    def images(self) -> np.ndarray:
+        if self._images is None:
+            self._images = np.load(self.path / "images.npy", mmap_mode="r")
+        return self._images
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": None}
+
+
+def cache_key(paths: Sequence[str | os.PathLike], *, image_size: int, dtype: CacheDtype) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([CACHE_VERSION, image_size, dtype]).encode())
+    for module in (readers, transforms):
+        digest.update(Path(module.__file__).read_bytes())
+    for path in paths:
+        st = os.stat(path)
+        digest.update(f"{os.fspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path, what: str) -> Iterator[None]:
+    with open(lock_path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("Waiting for another process to finish building %s", what)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _load(entry_dir: Path) -> Optional[CacheEntry]:
+    try:
+        meta = json.loads((entry_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return CacheEntry(entry_dir, meta["paths"], meta["bad"], seconds=meta.get("seconds", 0.0))
+
+
+def ensure_cache(
+    paths: Sequence[str | os.PathLike],
+    cache_dir: str | os.PathLike,
+    *,
+    image_size: int,
+    dtype: CacheDtype = "uint16",
+    skip_bad_files: bool = False,
+    workers: Optional[int] = None,
+) -> CacheEntry:
+    """Return the cache entry for these files and settings, building it first if needed.
+
+    Raises:
+        ImageReadError: a file cannot be read and skip_bad_files is off (no entry is left).
+    """
+    if dtype not in _MAX:
+        raise ValueError(f"data.cache_dtype must be one of {list(_MAX)}, got {dtype!r}")
+    paths = sorted({os.path.abspath(p) for p in paths})
+    cache_dir = Path(cache_dir).expanduser()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{image_size}px-{dtype}-{cache_key(paths, image_size=image_size, dtype=dtype)}"
+    entry_dir = cache_dir / name
+    entry = _load(entry_dir)  # fast path: built before, no lock needed (the rename was atomic)
+    if entry is None:
+        with _locked(cache_dir / f"{name}.lock", f"the preprocessing cache {entry_dir}"):
+            entry = _load(entry_dir)  # built while we waited
+            if entry is None:
+                entry = _build(paths, entry_dir, image_size=image_size, dtype=dtype,
+                               skip_bad_files=skip_bad_files, workers=workers)  # fmt: skip
+    if entry.bad and not skip_bad_files:
+        path, reason = next(iter(entry.bad.items()))
+        raise ImageReadError(path, f"{reason} (found while building the cache {entry_dir}; "
+                                   "set data.skip_bad_files=true to leave such files out)")  # fmt: skip
+    return entry
+
+
+def _build(paths: list[str], entry_dir: Path, *, image_size: int, dtype: CacheDtype, skip_bad_files: bool,
+           workers: Optional[int]) -> CacheEntry:  # fmt: skip
+    global _builds
+    for stale in entry_dir.parent.glob(f".{entry_dir.name}.tmp-*"):  # left by a killed builder
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = entry_dir.parent / f".{entry_dir.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    workers = workers or min(16, os.cpu_count() or 1)
+    log.info("Building the preprocessing cache %s: %d images at %d px, %d threads", entry_dir, len(paths),
+             image_size, workers)
+    start = time.perf_counter()
+    threads = torch.get_num_threads()
+    try:
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=dtype,
+                                           shape=(len(paths), image_size, image_size))  # fmt: skip
+        resize, scale, bad, done, lock = ResizePad(image_size), _MAX[dtype], {}, [0], threading.Lock()
+        failed = threading.Event()
+
+        def one(row: int) -> None:
+            if failed.is_set():
+                return
+            try:
+                pixels = resize(torch.from_numpy(read_image(paths[row]))[None])[0].numpy()
+            except ImageReadError as e:
+                if not skip_bad_files:
+                    failed.set()
+                    raise
+                bad[paths[row]] = e.reason  # the row stays zero and is never read
+                return
+            images[row] = np.rint(pixels * scale)
+            with lock:
+                done[0] += 1
+                if done[0] % max(1, len(paths) // 10) == 0:
+                    rate = done[0] / (time.perf_counter() - start)
+                    log.info("  cache: %d/%d images, %.1f images/s", done[0], len(paths), rate)
+
+        torch.set_num_threads(1)  # parallel over images, not inside each resize
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for future in [pool.submit(one, row) for row in range(len(paths))]:
+                future.result()  # re-raises the first ImageReadError (the others stop early)
+        images.flush()
+        seconds = time.perf_counter() - start
+        meta = {"version": CACHE_VERSION, "image_size": image_size, "dtype": dtype, "paths": paths,
+                "bad": dict(sorted(bad.items())), "seconds": round(seconds, 3)}  # fmt: skip
+        (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
+        tmp.chmod(0o755)
+        os.replace(tmp, entry_dir)  # the entry appears complete or not at all
+    finally:
+        torch.set_num_threads(threads)
+        shutil.rmtree(tmp, ignore_errors=True)
+    _builds += 1
+    log.info("Built the preprocessing cache %s in %.1f s (%.1f images/s)%s", entry_dir, seconds,
+             len(paths) / max(seconds, 1e-9), f"; {len(bad)} unreadable file(s) left out" if bad else "")
+    return CacheEntry(entry_dir, paths, meta["bad"], built=True, seconds=seconds)
+
+
+class CachedXrayDataset(torch.utils.data.Dataset):
+    """Like XrayDataset, but items come from the cache: (uint image (1, S, S), label, index).
+
+    The array is opened on first access in each process (loader workers included) and is not
+    pickled with the dataset, so N workers share one copy through the page cache.
+    """
+
+    def __init__(self, records: list, class_index: dict[str, int], entry: CacheEntry) -> None:
+        self.records, self.class_index, self.entry = records, class_index, entry
+        rows = entry.rows
+        self.rows = [rows[os.path.abspath(r.path)] for r in records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        # np.array copies one image out of the read-only map (the batch needs its own memory anyway).
+        image = torch.from_numpy(np.array(self.entry.images[self.rows[index]]))[None]
+        return image, self.class_index[self.records[index].label], index

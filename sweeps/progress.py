@@ -1,0 +1,61 @@
+"""Progress of an offline sweep: one status line rewritten in place on a terminal, else (or
+with --quiet for the live line) one log line per event, so logs of batch jobs stay readable."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from typing import Optional, TextIO
+
+
+def format_params(params: dict, limit: int = 6) -> str:
+    items = [f"{k}={v}" for k, v in list(params.items())[:limit]]
+    more = len(params) - limit
+    return " ".join(items) + (f" (+{more})" if more > 0 else "")
+
+
+class Progress:
+    def __init__(self, total: Optional[int], *, live: bool, stream: Optional[TextIO] = None) -> None:
+        self.total, self.live, self.stream = total, live, stream or sys.stdout
+        self.counts = {"finished": 0, "stopped": 0, "failed": 0, "running": 0}
+        self.best: Optional[tuple[float, dict, str]] = None
+        self._line_open = False
+
+    def event(self, text: str) -> None:
+        self._clear()
+        print(text, file=self.stream, flush=True)
+        self.draw()
+
+    def update(self, counts: dict[str, int], best: Optional[tuple[float, dict, str]]) -> None:
+        changed = counts != self.counts or best != self.best
+        self.counts, self.best = dict(counts), best
+        if changed:
+            self.draw()
+
+    def status(self) -> str:
+        c = self.counts
+        done = c["finished"] + c["stopped"] + c["failed"]
+        total = f"/{self.total}" if self.total else ""
+        text = (f"done {done}{total} | running {c['running']} | stopped {c['stopped']} | "
+                f"failed {c['failed']}")
+        if self.best is not None:
+            value, params, _ = self.best
+            text += f" | best {value:.4g} {format_params(params, 3)}"
+        return text
+
+    def draw(self) -> None:
+        if not self.live:
+            return
+        width = shutil.get_terminal_size((120, 20)).columns - 1
+        self.stream.write("\r\033[K" + self.status()[:width])
+        self.stream.flush()
+        self._line_open = True
+
+    def _clear(self) -> None:
+        if self._line_open:
+            self.stream.write("\r\033[K")
+            self._line_open = False
+
+    def close(self) -> None:
+        self._clear()
+        self.stream.flush()

@@ -1,0 +1,34 @@
+"""Smoke tests of the benchmark scripts with the tiniest settings: they run and print their figures.
+The targets (ratios) are for real hardware and are not asserted here."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from conftest import PYTHON, ROOT
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_prints_every_figure(tmp_path):
+    cmd = [PYTHON, "benchmarks/throughput.py", "--device", "cpu", "--backbone", "resnet18", "--image-size", "32",
+           "--batch-size", "4", "--steps", "2", "--warmup", "1", "--workers", "2", "--loader-batches", "2",
+           "--count", "24", "--raw-size", "64", "64", "--memory-size", "64", "--work", str(tmp_path)]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for figure in ("(a) plain loop eager", "(b) cli.py fit from cache eager", "(c) loader raw png16",
+                   "(c) loader cache", "(b)/(a) eager:", "cache/raw", "workers' memory", "peak RSS"):  # fmt: skip
+        assert figure in out.stdout, figure
+    assert "nan images/s" not in out.stdout
+
+
+@pytest.mark.slow
+def test_sweep_efficiency_benchmark_prints_epochs_and_best(tmp_path):
+    cmd = [PYTHON, "benchmarks/sweep_efficiency.py", "--count", "2", "--max-epochs", "2", "--image-size", "32",
+           "--limit-train-batches", "2", "--work", str(tmp_path)]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert any(line.split()[:2] == ["full", "2"] for line in lines)
+    assert any(line.split()[:2] == ["hyperband", "2"] for line in lines)
+    assert "fewer epochs" in out.stdout and "best metric" in out.stdout
