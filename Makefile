@@ -20,6 +20,8 @@ setup: $(VENV)/.installed
 # A small offline sweep (quick_test preset) on the demo config: no W&B server needed.
 demo: setup
 	$(BIN)/python -m sweeps run sweeps/quick_test.yaml --cfg configs/demo.yaml --out sweep_runs/demo --seed 0
+	$(BIN)/python -m sweeps best sweep_runs/demo --export sweep_runs/demo/best.yaml
+	$(BIN)/python -m sweeps report sweep_runs/demo
 
 # One training run of the demo config.
 train: setup

@@ -59,7 +59,7 @@ class RunOptions:
             A taken name gets a suffix, so a second identical command never collides.
         wandb: auto (online under a W&B agent, else offline), online (falls back to offline
             when not logged in), offline (sync later with `wandb sync`), or disabled.
-        project: W&B project.
+        project: W&B project; default: $WANDB_PROJECT, else xray-classifier.
         entity: W&B entity (team or user); default: the logged-in user's.
         monitor: metric that selects the best checkpoint.
         monitor_mode: max or min.
@@ -71,7 +71,7 @@ class RunOptions:
     experiment: Optional[str] = None
     name: Optional[str] = None
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
-    project: str = "xray-classifier"
+    project: Optional[str] = None
     entity: Optional[str] = None
     monitor: str = "val/auroc"
     monitor_mode: Literal["max", "min"] = "max"
@@ -229,7 +229,7 @@ class XrayCLI(LightningCLI):
             loggers.append(
                 WandbLogger(
                     save_dir=str(self.run_dir),
-                    project=run.project,
+                    project=run.project or os.environ.get("WANDB_PROJECT") or "xray-classifier",
                     entity=run.entity,
                     name=f"{self.run_dir.parent.name}/{self.run_dir.name}",
                     mode=mode,
