@@ -219,7 +219,10 @@ class XrayCLI(LightningCLI):
         ]
         if run.log_images:
             callbacks.append(ImageSampleLogger())
-        kwargs["callbacks"] = [*(cfg.trainer.get("callbacks") or []), *callbacks]
+        user_callbacks = cfg.trainer.get("callbacks") or []
+        if not isinstance(user_callbacks, list):  # `--trainer.callbacks=pkg.Callback` gives one
+            user_callbacks = [user_callbacks]
+        kwargs["callbacks"] = [*user_callbacks, *callbacks]
         return super().instantiate_trainer(**kwargs)
 
     def _default_loggers(self, run: RunOptions) -> list[Logger]:

@@ -115,7 +115,7 @@ def check_parameter(name: str, spec: dict, annotation: Any) -> dict:
     allowed_values = choices(annotation)
     if allowed_values:
         given = spec.get("values", [spec["value"]] if "value" in spec else [])
-        bad = [v for v in given if v not in allowed_values]
+        bad = [v for v in given if (None if v == "null" else v) not in allowed_values]
         if bad:
             raise SweepConfigError(f"parameters.{name}: value(s) {bad} not allowed; choose from {list(allowed_values)}")
     out = {k: v for k, v in spec.items() if k not in CONDITION_KEYS}
