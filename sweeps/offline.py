@@ -9,21 +9,6 @@ restart is never run twice. random -> RandomSampler(seed). bayes -> TPESampler(s
 multivariate=True), Optuna's model-based sampler (W&B uses a Gaussian process; both model
 the best value of each run's history).
 
-Distributions (W&B -> Optuna):
-  constant                 not sampled, passed through
-  categorical              CategoricalDistribution of the values (of their indices when a value
-                           is a list/dict, or values collide such as 1 and True)
-  categorical_w_probabilities  FloatDistribution(0, 1) mapped through the cumulative
-                           probabilities (so random sampling follows the weights); not in grid
-  int_uniform              IntDistribution(min, max)
-  uniform                  FloatDistribution(min, max)
-  q_uniform                IntDistribution(step=q) when min, max, q are whole and aligned,
-                           FloatDistribution(step=q) when aligned, else uniform rounded to q
-  log_uniform_values       FloatDistribution(min, max, log=True)
-  inv_log_uniform_values   the same: W&B draws log(1/x) uniformly, i.e. log(x) uniformly
-  q_log_uniform_values     log-uniform rounded to a multiple of q (an int when q is an int)
-  normal, log_normal, q_normal, q_log_normal, beta, q_beta: no Optuna equivalent, an error.
-
 Storage: sweep.yaml, optuna.db (or --storage URL) and runs/NNNN/ under the sweep directory;
 one trial per run with the run's facts in user_attrs (see README, "Offline sweeps").
 """
@@ -31,7 +16,6 @@ one trial per run with the run's facts in user_attrs (see README, "Offline sweep
 from __future__ import annotations
 
 import argparse
-import bisect
 import contextlib
 import itertools
 import json
@@ -43,7 +27,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -51,9 +35,10 @@ from typing import Any, Optional
 import yaml
 
 from sweeps.agent import agent_argv
-from sweeps.config import SweepConfigError, infer_distribution, replace_config
+from sweeps.config import replace_config
 from sweeps.hyperband import hyperband_stop
 from sweeps.progress import Progress, format_params
+from sweeps.space import RunnerError, build_space, make_sampler
 
 KILL_AFTER_S = 30.0  # as the W&B agent: SIGKILL this long after SIGTERM
 POLL_S = 0.5  # how often running runs are checked (exit, history, hyperband)
@@ -61,154 +46,7 @@ ORPHAN_GRACE_S = 60.0  # a RUNNING trial with no owner recorded is left alone th
 DEFAULT_COUNT = 10
 HISTORY_FILE = "sweep_history.jsonl"
 COUNTED = ("finished", "stopped", "failed")  # runs that count towards --count once done
-UNSUPPORTED = ("normal", "log_normal", "q_normal", "q_log_normal", "beta", "q_beta")
-SUPPORTED = ("constant", "categorical", "categorical_w_probabilities", "int_uniform", "uniform",
-             "q_uniform", "log_uniform_values", "inv_log_uniform_values", "q_log_uniform_values")
 
-
-class RunnerError(SweepConfigError):
-    """Bad input for the offline runner; main prints `error: ...` and exits 2."""
-
-
-# ---- search space ---------------------------------------------------------------------------
-
-
-@dataclass
-class Param:
-    name: str
-    dist: Any  # optuna.distributions.BaseDistribution
-    decode: Callable[[Any], Any] = lambda v: v  # Optuna value -> value on the command line
-    grid: Optional[list] = None  # Optuna values of the grid points
-
-
-def _scalar_choices(values: list) -> bool:
-    scalar = all(v is None or isinstance(v, (bool, int, float, str)) for v in values)
-    return scalar and all(values.index(v) == i for i, v in enumerate(values))  # 1 == True == 1.0
-
-
-def _categorical(name: str, values: list) -> Param:
-    from optuna.distributions import CategoricalDistribution
-
-    if _scalar_choices(values):
-        return Param(name, CategoricalDistribution(values), grid=list(values))
-    return Param(name, CategoricalDistribution(list(range(len(values)))), lambda i: values[i],
-                 grid=list(range(len(values))))
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _quantize(q: float) -> Callable[[float], Any]:
-    def decode(x: float) -> Any:
-        v = round(x / q) * q
-        return int(v) if _is_int(q) else float(f"{v:.12g}")  # W&B: an int when q is an int
-    return decode
-
-
-def _aligned(x: float, q: float) -> bool:
-    return math.isclose(x / q, round(x / q), abs_tol=1e-9)
-
-
-def map_parameter(name: str, spec: dict, method: str) -> Optional[Param]:
-    """The Optuna form of one W&B parameter; None for a constant."""
-    from optuna.distributions import FloatDistribution, IntDistribution
-
-    if not isinstance(spec, dict) or "parameters" in spec:
-        raise RunnerError(f"parameters.{name}: nested parameters are not supported by the offline runner")
-    dist = infer_distribution(name, spec)
-    if dist in UNSUPPORTED:
-        raise RunnerError(
-            f"parameters.{name}: distribution {dist} has no Optuna equivalent; the offline runner "
-            f"supports {', '.join(SUPPORTED)} (run this sweep with `wandb agent` instead)"
-        )
-    if dist == "constant":
-        return None
-    lo, hi = spec.get("min"), spec.get("max")
-    q = spec.get("q", 1.0)
-    if method == "grid":
-        if dist == "categorical":
-            return _categorical(name, list(spec["values"]))
-        if dist == "int_uniform":
-            return _categorical(name, list(range(lo, hi + 1)))
-        if dist == "q_uniform":  # W&B: numpy.arange(min, max, q), max excluded
-            n = math.ceil((hi - lo) / q - 1e-9)
-            return _categorical(name, [_quantize(q)(lo + k * q) if not _is_int(q) else lo + k * q
-                                       for k in range(n)])
-        raise RunnerError(f"parameters.{name}: grid search needs categorical, constant, int_uniform or "
-                          f"q_uniform parameters, not {dist} (W&B's rule)")
-    if dist == "categorical":
-        return _categorical(name, list(spec["values"]))
-    if dist == "categorical_w_probabilities":
-        values, cum = list(spec["values"]), list(itertools.accumulate(spec["probabilities"]))
-        return Param(name, FloatDistribution(0.0, 1.0),
-                     lambda u: values[min(bisect.bisect_right(cum, u), len(values) - 1)])
-    if dist == "int_uniform":
-        return Param(name, IntDistribution(lo, hi))
-    if dist == "uniform":
-        return Param(name, FloatDistribution(lo, hi))
-    if dist == "q_uniform":
-        if all(_is_int(v) for v in (lo, hi, q)) and lo % q == 0 and hi % q == 0:
-            return Param(name, IntDistribution(lo, hi, step=q))
-        if _aligned(lo, q) and _aligned(hi, q):
-            return Param(name, FloatDistribution(lo, hi, step=q), _quantize(q))
-        return Param(name, FloatDistribution(lo, hi), _quantize(q))
-    if dist in ("log_uniform_values", "inv_log_uniform_values"):
-        return Param(name, FloatDistribution(lo, hi, log=True))
-    if dist == "q_log_uniform_values":
-        return Param(name, FloatDistribution(lo, hi, log=True), _quantize(q))
-    raise RunnerError(f"parameters.{name}: distribution {dist} is not supported; supported: {', '.join(SUPPORTED)}")
-
-
-@dataclass
-class Space:
-    method: str
-    constants: dict[str, Any]
-    params: list[Param]
-    order: list[str]  # the sweep file's parameter order, for the command line
-
-    @property
-    def distributions(self) -> dict:
-        return {p.name: p.dist for p in self.params}
-
-    def values(self, sampled: dict) -> dict:
-        """Every parameter's command-line value, in the sweep file's order."""
-        decoded = {p.name: p.decode(sampled[p.name]) for p in self.params}
-        return {n: decoded[n] if n in decoded else self.constants[n] for n in self.order}
-
-    def grid_points(self) -> list[dict]:
-        names = [p.name for p in self.params]
-        return [dict(zip(names, combo)) for combo in itertools.product(*(p.grid for p in self.params))]
-
-    def key(self, params: dict) -> tuple:
-        return tuple((p.name, repr(params.get(p.name))) for p in self.params)
-
-
-def build_space(sweep: dict) -> Space:
-    method = sweep.get("method")
-    if method not in ("grid", "random", "bayes"):
-        raise RunnerError(f"method {method!r}: the offline runner runs grid, random and bayes sweeps")
-    parameters = sweep.get("parameters") or {}
-    if not parameters:
-        raise RunnerError("the sweep has no parameters")
-    constants, params = {}, []
-    for name, spec in parameters.items():
-        param = map_parameter(name, spec, method)
-        if param is None:
-            constants[name] = spec["value"]
-        else:
-            params.append(param)
-    return Space(method, constants, params, list(parameters))
-
-
-def make_sampler(space: Space, seed: Optional[int]):
-    import optuna
-
-    if space.method == "grid" and space.params:
-        return optuna.samplers.GridSampler({p.name: p.grid for p in space.params}, seed=seed)
-    if space.method == "bayes":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-    return optuna.samplers.RandomSampler(seed=seed)
 
 
 # ---- storage, ownership and the critical section ---------------------------------------------

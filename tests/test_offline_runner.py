@@ -22,6 +22,7 @@ import yaml
 from sweeps import offline
 from sweeps.agent import agent_argv
 from sweeps.main import main
+from sweeps.space import build_space
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC = "val/score"
@@ -162,7 +163,7 @@ SUPPORTED = {
 
 def test_every_supported_distribution_within_bounds():
     sweep = {"method": "random", "parameters": {**{k: v[0] for k, v in SUPPORTED.items()}, "fixed": {"value": 7}}}
-    space = offline.build_space(sweep)
+    space = build_space(sweep)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen: dict[str, list] = {k: [] for k in SUPPORTED}
     for _ in range(200):
@@ -196,7 +197,7 @@ def test_unsupported_distribution_is_a_clear_error(fake, tmp_path, capsys, dist)
 def test_grid_rejects_continuous_and_enumerates_int_and_q_uniform(fake, tmp_path, capsys):
     assert run(tmp_path, fake({"x": {"min": 0.0, "max": 1.0}})) == 2
     assert "grid search needs categorical" in capsys.readouterr().err
-    space = offline.build_space({"method": "grid", "parameters": {
+    space = build_space({"method": "grid", "parameters": {
         "a": {"distribution": "int_uniform", "min": 1, "max": 3},
         "b": {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25}}})
     points = [space.values(p) for p in space.grid_points()]
