@@ -38,6 +38,7 @@ from models.classifier import XrayClassifier
 from models.reporting import ConfusionWriter, ImageSampleLogger, PredictionWriter
 from sweeps.callbacks import Diverged, DivergenceGuard, GracefulStop, RunStopped, SweepMetric
 from sweeps.conditions import apply_conditions
+from sweeps.history import HISTORY_FILE
 
 log = logging.getLogger("cli")
 # The run directory also holds config.yaml and wandb/; CSVLogger only writes metrics.csv there.
@@ -213,7 +214,7 @@ class XrayCLI(LightningCLI):
             self.checkpoint,
             GracefulStop(self.run_dir / "checkpoints"),
             DivergenceGuard(),
-            SweepMetric(metric, sweep.objective, self.run_dir / "sweep_history.jsonl"),
+            SweepMetric(metric, sweep.objective, self.run_dir / HISTORY_FILE),
             ConfusionWriter(self.run_dir),
             PredictionWriter(self.run_dir),
         ]

@@ -21,6 +21,7 @@ from typing import Any, Optional
 import yaml
 
 from sweeps.conditions import WHEN_PREFIX, format_value, parse_condition
+from sweeps.history import HISTORY_FILE, read_history
 from sweeps.main import UsageError
 from sweeps.params import YACS_ALIASES
 
@@ -114,28 +115,12 @@ def best_config(sweep: dict, params: dict, run_config: Optional[dict] = None) ->
 # ---- offline sweep directories --------------------------------------------------------------
 
 
-def _read_history(path: Path, metric: str) -> list[float]:
-    history = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return history
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line being written right now
-        if isinstance(row, dict) and isinstance(row.get(metric), (int, float)):
-            history.append(float(row[metric]))
-    return history
-
-
 def _run_record(sweep_dir: Path, number: int, attrs: dict, value: Optional[float], fallback_params: dict,
                 metric: str, goal: str) -> dict:
     run_dir = attrs.get("run_dir") or f"runs/{number:04d}"
     history = [float(v) for v in attrs.get("history") or [] if isinstance(v, (int, float))]
     if not history:  # a run still going: its history file is the live view
-        history = _read_history(sweep_dir / run_dir / "sweep_history.jsonl", metric)
+        history = [v for v in read_history(sweep_dir / run_dir / HISTORY_FILE, metric) if v is not None]
     state = attrs.get("state") or ("finished" if value is not None else "running")
     if value is None and state in COMPLETED:
         value = best_of(history, goal)

@@ -17,10 +17,8 @@ CLI turns into a finished W&B run and exit code 0.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +26,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from sweeps.history import append_history
 from sweeps.stop import StopSignal
 
 log = logging.getLogger(__name__)
@@ -135,7 +134,4 @@ class SweepMetric(Callback):
         value = trainer.callback_metrics.get(self.metric)
         value = float(value) if value is not None else math.nan
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step, self.metric: value}
-        with open(self.history_file, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_history(self.history_file, row)

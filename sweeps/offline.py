@@ -36,6 +36,7 @@ import yaml
 
 from sweeps.agent import agent_argv
 from sweeps.config import replace_config
+from sweeps.history import HISTORY_FILE, read_history
 from sweeps.hyperband import hyperband_stop
 from sweeps.progress import Progress, format_params
 from sweeps.space import RunnerError, build_space, make_sampler
@@ -44,7 +45,6 @@ KILL_AFTER_S = 30.0  # as the W&B agent: SIGKILL this long after SIGTERM
 POLL_S = 0.5  # how often running runs are checked (exit, history, hyperband)
 ORPHAN_GRACE_S = 60.0  # a RUNNING trial with no owner recorded is left alone this long
 DEFAULT_COUNT = 10
-HISTORY_FILE = "sweep_history.jsonl"
 COUNTED = ("finished", "stopped", "failed")  # runs that count towards --count once done
 
 
@@ -153,23 +153,6 @@ def counts_towards(t) -> bool:
 
 
 # ---- runs -----------------------------------------------------------------------------------
-
-
-def read_history(path: Path, metric: str) -> list[Optional[float]]:
-    """The sweep metric per validation epoch; None where it was not finite."""
-    out: list[Optional[float]] = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            value = json.loads(line).get(metric)
-        except (json.JSONDecodeError, AttributeError):
-            continue  # a line being written
-        if isinstance(value, (int, float)):
-            out.append(float(value) if math.isfinite(value) else None)
-    return out
 
 
 def failure_reason(log: Path, code: int) -> str:
