@@ -43,6 +43,8 @@ from sweeps.history import HISTORY_FILE
 log = logging.getLogger("cli")
 # The run directory also holds config.yaml and wandb/; CSVLogger only writes metrics.csv there.
 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+# Every run has its own directory, so a checkpoint from another run always "changes dirpath".
+warnings.filterwarnings("ignore", message="The dirpath has changed from")
 
 RUN_DIR_ENV = "XRAY_RUN_DIR"  # set by the offline runner, and by rank 0 for its DDP children
 _CREATED_RUN_DIRS: list[Path] = []  # removed again when a run fails before writing anything
