@@ -184,12 +184,42 @@ def max_epochs_of(config_files: list[str], parameters: dict) -> Optional[int]:
     return value
 
 
+def validation_metrics() -> list[str]:
+    from models.metrics import METRIC_NAMES
+
+    return [f"{METRIC_STAGE_PREFIX}{name}" for name in METRIC_NAMES]
+
+
+def check_metric(name: Optional[str], objective: Optional[dict[str, float]]) -> str:
+    """The sweep metric's name: a validation metric the model logs, or, for a combined
+    objective, a name of its own (logged once per epoch by the SweepMetric callback)."""
+    valid = validation_metrics()
+    if objective:
+        name = name or DEFAULT_OBJECTIVE_NAME
+        if name in valid:
+            raise SweepConfigError(
+                f"metric {name!r} is a metric the model logs itself; a combined objective needs a name of its "
+                f"own, e.g. {DEFAULT_OBJECTIVE_NAME}"
+            )
+        bad = [k for k in objective if k not in valid or k.endswith("/loss")]
+        if bad:
+            raise SweepConfigError(f"objective terms {bad} are not allowed; choose from {valid[1:]}")
+        return name
+    name = name or "val/auroc"
+    if name not in valid:
+        raise SweepConfigError(
+            f"metric {name!r} is not one the model logs; choose from {valid} (sweeps optimize validation "
+            "metrics; test metrics are reported, not optimized, so the test split stays unbiased)"
+        )
+    return name
+
+
 def create_custom_sweep_config(
     *,
     method: str = "bayes",
     name: Optional[str] = None,
-    metric_name: str = "val/auroc",
-    metric_goal: str = "maximize",
+    metric_name: Optional[str] = None,
+    metric_goal: Optional[str] = None,
     parameters: Optional[dict[str, dict]] = None,
     early_terminate: Optional[dict] = None,
     config: str | list[str] = "configs/ra_hand.yaml",
@@ -201,24 +231,16 @@ def create_custom_sweep_config(
     """A W&B sweep config that trains `config` with `python cli.py fit`."""
     if method not in METHODS:
         raise SweepConfigError(f"method {method!r} is not one of {list(METHODS)}")
-    if metric_goal not in GOALS:
-        raise SweepConfigError(f"metric goal {metric_goal!r} is not one of {list(GOALS)}")
     if not parameters:
         raise SweepConfigError("a sweep needs at least one parameter")
     configs = [config] if isinstance(config, str) else list(config)
     for path in configs:
         if not Path(path).is_file():
             raise SweepConfigError(f"LightningCLI config {path} does not exist (--cfg)")
-    if objective:
-        metric_name = metric_name if metric_name != "val/auroc" else DEFAULT_OBJECTIVE_NAME
-        bad = [k for k in objective if not k.startswith(METRIC_STAGE_PREFIX)]
-        if bad:
-            raise SweepConfigError(f"objective terms {bad} must be validation metrics (val/...)")
-    elif not metric_name.startswith(METRIC_STAGE_PREFIX):
-        raise SweepConfigError(
-            f"metric {metric_name!r}: sweeps optimize validation metrics (val/auroc, val/balanced_acc, "
-            "val/loss, ...); test metrics are reported, not optimized, so the test split stays unbiased"
-        )
+    metric_name = check_metric(metric_name, objective)
+    metric_goal = metric_goal or ("minimize" if metric_name == "val/loss" else "maximize")
+    if metric_goal not in GOALS:
+        raise SweepConfigError(f"metric goal {metric_goal!r} is not one of {list(GOALS)}")
     known = cli_parameters()
     resolved: dict[str, dict] = {}
     for raw_name, spec in parameters.items():
@@ -316,6 +338,8 @@ def replace_config(sweep: dict, configs: str | list[str]) -> dict:
         i += 1
     if not inserted:
         raise SweepConfigError("the sweep's command has no `--config FILE` to replace")
+    if sweep.get("early_terminate"):  # brackets must still be reachable with the new config
+        check_early_terminate(sweep["early_terminate"], max_epochs_of(configs, sweep.get("parameters") or {}))
     return dict(sweep, command=out)
 
 

@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -35,9 +36,9 @@ from typing import Any, Optional
 import yaml
 
 from sweeps.agent import agent_argv
-from sweeps.config import replace_config
 from sweeps.history import HISTORY_FILE, read_history
 from sweeps.hyperband import hyperband_stop
+from sweeps.launch import child_env, gpu_slots, prepare_sweep
 from sweeps.progress import Progress, format_params
 from sweeps.space import RunnerError, build_space, make_sampler
 
@@ -349,15 +350,8 @@ class Runner:
                 break
             except FileExistsError:
                 run_dir = self.sweep_dir / "runs" / f"{number:04d}-r{i}"
-        env = dict(os.environ)
-        env["XRAY_RUN_DIR"] = str(run_dir.resolve())
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-        env["WANDB_MODE"] = self.args.wandb  # offline | online | disabled
-        for var, value in (("WANDB_PROJECT", self.args.project), ("WANDB_ENTITY", self.args.entity)):
-            if value:
-                env[var] = value
-        if slot is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot
+        env = child_env(XRAY_RUN_DIR=str(run_dir.resolve()), WANDB_MODE=self.args.wandb,  # offline|online|disabled
+                        WANDB_PROJECT=self.args.project, WANDB_ENTITY=self.args.entity, CUDA_VISIBLE_DEVICES=slot)
         with open(run_dir / "output.log", "wb") as log:
             proc = subprocess.Popen(argv, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
@@ -506,8 +500,6 @@ class Runner:
 
 def _slots(args: argparse.Namespace) -> list[Optional[str]]:
     if args.gpus or os.environ.get("CUDA_VISIBLE_DEVICES", None) not in ("", "-1"):
-        from sweeps.wandb_backend import gpu_slots
-
         try:
             return gpu_slots(args.gpus, args.gpus_per_trial, args.workers)
         except ValueError as e:
@@ -515,8 +507,12 @@ def _slots(args: argparse.Namespace) -> list[Optional[str]]:
     return [None] * max(1, args.workers or 1)
 
 
+def _mask_password(text: str) -> str:
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+
+
 def _same_sweep(a: dict, b: dict) -> bool:
-    keys = ("method", "metric", "parameters", "early_terminate")
+    keys = ("method", "metric", "parameters", "early_terminate", "command")
     return all(a.get(k) == b.get(k) for k in keys)
 
 
@@ -530,11 +526,8 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
             cfg = root / cfg
         if cfg.is_file() and cfg.resolve().parent != root / cfg.parent:
             cfg = cfg.resolve()  # the run starts in the repository root, not here
-        sweep = replace_config(sweep, str(cfg))
-    if args.gpus_per_trial > 1:
-        command = [c for c in sweep.get("command") or [] if c != "${args}"]
-        sweep = dict(sweep, command=command + [f"--trainer.devices={args.gpus_per_trial}",
-                                               "--trainer.strategy=ddp", "${args}"])
+        args.cfg = str(cfg)
+    sweep = prepare_sweep(sweep, args.cfg, args.gpus_per_trial)
     build_space(sweep)  # bad parameters fail before anything is written
     for option in ("count", "workers", "max_failures", "gpus_per_trial"):
         value = getattr(args, option, None)
@@ -547,14 +540,21 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
         previous = yaml.safe_load(sweep_yaml.read_text()) or {}
         if not _same_sweep(previous, sweep):
             raise RunnerError(f"{sweep_dir} holds a different sweep ({sweep_yaml}); give another --out")
-    tmp = sweep_yaml.with_name(".sweep.yaml.tmp")
-    tmp.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    os.replace(tmp, sweep_yaml)
-
     runner = Runner(sweep, args, sweep_dir, root)
     live = not args.quiet and sys.stdout.isatty()
     slots = _slots(args)
-    runner.open(args.storage or f"sqlite:///{sweep_dir / 'optuna.db'}", name)
+    url = args.storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
+    try:
+        runner.open(url, name)
+    except Exception as e:  # a bad URL, no server, a missing driver: one line, password masked
+        with contextlib.suppress(OSError):
+            sweep_dir.rmdir()  # only if still empty
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise RunnerError(f"cannot open sweep storage {_mask_password(url)}: {type(e).__name__}: "
+                          f"{_mask_password(first)}") from None
+    tmp = sweep_yaml.with_name(".sweep.yaml.tmp")
+    tmp.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    os.replace(tmp, sweep_yaml)
     if runner.space.method == "grid":
         size = len(runner.space.grid_points())
         runner.count = min(args.count, size) if args.count else size

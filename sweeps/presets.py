@@ -9,7 +9,12 @@ from __future__ import annotations
 import copy
 from typing import Optional
 
-from sweeps.config import SweepConfigError, create_custom_sweep_config, merge_custom_params
+from sweeps.config import (
+    SweepConfigError,
+    create_custom_sweep_config,
+    merge_custom_params,
+    validation_metrics,
+)
 
 _LR = {"distribution": "log_uniform_values", "min": 1.0e-5, "max": 3.0e-3}
 _WD = {"distribution": "log_uniform_values", "min": 1.0e-6, "max": 1.0e-2}
@@ -111,6 +116,9 @@ def get_sweep_config(
         raise SweepConfigError(f"Unknown sweep preset {name!r}; presets: {', '.join(SWEEP_CONFIGS)}.{hint}")
     preset = copy.deepcopy(SWEEP_CONFIGS[name])
     preset["parameters"] = merge_custom_params(preset["parameters"], custom_params)
-    preset.update({k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides.get("metric_name") in validation_metrics():
+        preset.pop("objective", None)  # asking for a plain metric replaces the preset's objective
+    preset.update(overrides)
     preset["name"] = sweep_name or name
     return create_custom_sweep_config(config=config, **preset)

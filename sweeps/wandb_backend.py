@@ -8,49 +8,34 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import subprocess
 import sys
 
-from sweeps.config import replace_config
-
-
-def gpu_slots(gpus: str | None, gpus_per_trial: int, workers: int | None) -> list[str | None]:
-    """CUDA_VISIBLE_DEVICES value for each worker (None: leave the environment alone)."""
-    if gpus:
-        ids = [g.strip() for g in gpus.split(",") if g.strip()]
-    else:
-        import torch
-
-        ids = [str(i) for i in range(torch.cuda.device_count())]
-    if not ids:
-        return [None] * max(1, workers or 1)
-    groups = [ids[i : i + gpus_per_trial] for i in range(0, len(ids) - gpus_per_trial + 1, gpus_per_trial)]
-    if not groups:
-        raise ValueError(f"--gpus-per-trial {gpus_per_trial} is more than the {len(ids)} GPU(s) given")
-    if workers:
-        groups = groups[:workers]
-    return [",".join(g) for g in groups]
+from sweeps.launch import child_env, gpu_slots, prepare_sweep
+from sweeps.main import UsageError
 
 
 def run_wandb_sweep(sweep: dict, args: argparse.Namespace) -> int:
     import wandb
 
-    if args.cfg:
-        sweep = replace_config(sweep, args.cfg)
-    if args.gpus_per_trial > 1:
-        sweep = dict(sweep, command=[c for c in sweep["command"] if c != "${args}"]
-                     + [f"--trainer.devices={args.gpus_per_trial}", "--trainer.strategy=ddp", "${args}"])
-    slots = gpu_slots(args.gpus, args.gpus_per_trial, args.workers)
-    sweep_id = wandb.sweep(sweep, project=args.project, entity=args.entity)
+    sweep = prepare_sweep(sweep, args.cfg, args.gpus_per_trial)
+    if args.count:
+        sweep = dict(sweep, run_cap=args.count)  # W&B stops handing out runs at the cap
+    try:
+        slots = gpu_slots(args.gpus, args.gpus_per_trial, args.workers)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
+        sweep_id = wandb.sweep(sweep, project=args.project, entity=args.entity)
+    except Exception as e:  # not logged in, no network, rejected config: say so in one line
+        raise UsageError(f"W&B did not register the sweep ({type(e).__name__}: {e}). Log in with "
+                         "`wandb login`, or run it offline: python -m sweeps run SWEEP.yaml") from None
     path = "/".join(p for p in (args.entity, args.project, sweep_id) if p)
     print(f"registered sweep {path}; starting {len(slots)} agent(s)")
     per_agent = math.ceil(args.count / len(slots)) if args.count else None
     procs = []
     for slot in slots:
-        env = dict(os.environ)
-        if slot is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot
+        env = child_env(CUDA_VISIBLE_DEVICES=slot)
         cmd = [sys.executable, "-m", "wandb", "agent", *(["--count", str(per_agent)] if per_agent else []), path]
         procs.append(subprocess.Popen(cmd, env=env))
     try:

@@ -240,3 +240,29 @@ def test_wandb_backend_starts_one_agent_per_gpu(monkeypatch, capsys):
     cmd = started[0][0]
     assert cmd[:4] == [sys.executable, "-m", "wandb", "agent"]
     assert cmd[-1] == "lab/xray/abc123" and cmd[cmd.index("--count") + 1] == "3"
+
+
+def test_metric_names_are_checked_against_what_the_model_logs():
+    params = {"model.lr": {"values": [1e-3]}}
+    with pytest.raises(SweepConfigError, match="'val/auc' is not one the model logs"):
+        create_custom_sweep_config(config="configs/demo.yaml", parameters=params, metric_name="val/auc")
+    with pytest.raises(SweepConfigError, match="needs a name of its own"):
+        create_custom_sweep_config(config="configs/demo.yaml", parameters=params, metric_name="val/auroc",
+                                   objective={"val/auroc": 1.0})
+    loss = create_custom_sweep_config(config="configs/demo.yaml", parameters=params, metric_name="val/loss")
+    assert loss["metric"] == {"name": "val/loss", "goal": "minimize"}
+
+
+def test_asking_a_preset_with_an_objective_for_a_plain_metric_drops_the_objective():
+    sweep = get_sweep_config("full_optimization", config="configs/demo.yaml", metric_name="val/balanced_acc")
+    assert sweep["metric"]["name"] == "val/balanced_acc"
+    assert not any(c.startswith("--sweep.objective") for c in sweep["command"])
+    assert "--sweep.metric=val/balanced_acc" in sweep["command"]
+
+
+def test_swapping_the_config_rechecks_hyperband_brackets(tmp_path):
+    short = tmp_path / "short.yaml"
+    short.write_text("trainer:\n  max_epochs: 2\n")
+    sweep = get_sweep_config("base", config="configs/demo.yaml")  # min_iter 3
+    with pytest.raises(SweepConfigError, match="never be reached"):
+        replace_config(sweep, str(short))
