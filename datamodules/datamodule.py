@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -244,7 +245,18 @@ class XrayDataModule(pl.LightningDataModule):
         device the batch was moved to, vectorized over the batch."""
         x, *rest = batch
         training = self.trainer is not None and self.trainer.training
-        return [self.batch_transform(x, train=training), *rest]
+        return [self.batch_transform(x, train=training, generator=self._augment_generator(x.device)), *rest]
+
+    def _augment_generator(self, device: torch.device) -> torch.Generator:
+        """One generator per rank and device, seeded from the run's seed and the rank: every
+        rank starts from the same global seed, and would otherwise augment its images alike."""
+        generator = getattr(self, "_generator", None)
+        if generator is None or generator.device != device:
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            generator = torch.Generator(device=device)
+            generator.manual_seed((torch.initial_seed() + 1_000_003 * rank) % 2**63)
+            self._generator = generator
+        return generator
 
     def _drop_unreadable(self) -> None:
         def check(record: Record) -> Optional[str]:
@@ -278,7 +290,8 @@ class XrayDataModule(pl.LightningDataModule):
     ) -> DataLoader:
         workers = self.hparams.num_workers
         # A last training batch of one image breaks BatchNorm (and is a noisy step anyway).
-        drop_last = train and len(dataset) > self.hparams.batch_size
+        world = self.trainer.world_size if self.trainer is not None else 1
+        drop_last = train and math.ceil(len(dataset) / world) > self.hparams.batch_size  # per-rank shard
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,

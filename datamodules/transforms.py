@@ -57,15 +57,16 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _uniform(n: int, lo: float, hi: float, like: torch.Tensor) -> torch.Tensor:
-    return torch.empty(n, device=like.device, dtype=like.dtype).uniform_(lo, hi)
+def _uniform(n: int, lo: float, hi: float, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.empty(n, device=like.device, dtype=like.dtype).uniform_(lo, hi, generator=generator)
 
 
 class BatchAugment(nn.Module):
     """Random flip, rotation + zoom and brightness/contrast for a batch (B, C, H, W) in [0, 1].
 
-    Each image draws its own parameters (as torchvision's per-image transforms do), from the
-    global torch generator of the batch's device, so `seed_everything` makes runs repeatable.
+    Each image draws its own parameters (as torchvision's per-image transforms do), from
+    `generator` (the data module gives each DDP rank its own, seeded from the run's seed, so
+    ranks do not augment their images alike) or else the device's global generator.
     """
 
     def __init__(
@@ -80,25 +81,26 @@ class BatchAugment(nn.Module):
         self.hflip_prob, self.rotation_degrees = hflip_prob, rotation_degrees
         self.scale_jitter, self.intensity_jitter = scale_jitter, intensity_jitter
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        g = generator
         if self.hflip_prob > 0:
-            flip = torch.rand(len(x), device=x.device) < self.hflip_prob
+            flip = torch.rand(len(x), device=x.device, generator=g) < self.hflip_prob
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         if self.rotation_degrees > 0 or self.scale_jitter > 0:
-            x = self._affine(x)
+            x = self._affine(x, g)
         if self.intensity_jitter > 0:
             j = self.intensity_jitter
-            brightness = _uniform(len(x), max(0.0, 1 - j), 1 + j, x)[:, None, None, None]
+            brightness = _uniform(len(x), max(0.0, 1 - j), 1 + j, x, g)[:, None, None, None]
             x = (x * brightness).clamp_(0.0, 1.0)
-            contrast = _uniform(len(x), max(0.0, 1 - j), 1 + j, x)[:, None, None, None]
+            contrast = _uniform(len(x), max(0.0, 1 - j), 1 + j, x, g)[:, None, None, None]
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = (x * contrast + mean * (1 - contrast)).clamp_(0.0, 1.0)
         return x
 
-    def _affine(self, x: torch.Tensor) -> torch.Tensor:
+    def _affine(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         n, _, h, w = x.shape
-        angle = _uniform(n, -self.rotation_degrees, self.rotation_degrees, x) * (math.pi / 180)
-        scale = _uniform(n, 1 - self.scale_jitter, 1 + self.scale_jitter, x)
+        angle = _uniform(n, -self.rotation_degrees, self.rotation_degrees, x, g) * (math.pi / 180)
+        scale = _uniform(n, 1 - self.scale_jitter, 1 + self.scale_jitter, x, g)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         zero = torch.zeros_like(cos)
         # Output -> input sampling matrix in grid_sample's normalised coordinates; the h/w
@@ -115,10 +117,10 @@ class BatchPreset(nn.Module):
         super().__init__()
         self.augment, self.mean, self.std = augment, mean, std
 
-    def forward(self, x: torch.Tensor, *, train: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         x = to_unit(x)
         if train and self.augment is not None:
-            x = self.augment(x)
+            x = self.augment(x, generator)
         return (x - self.mean) / self.std
 
 

@@ -162,6 +162,8 @@ def test_training_batches_are_augmented_and_eval_batches_are_not(hand_data, tmp_
 
     class Trainer:
         training = True
+        global_rank = 0
+        world_size = 1
 
     data.trainer = Trainer()
     train_x = data.on_after_batch_transfer(batch, 0)[0]

@@ -177,3 +177,29 @@ def test_batches_have_the_configured_size_and_shape(hand_data):
 def test_default_class_order_makes_the_abnormal_class_positive(hand_data):
     assert dm(hand_data).class_names == ["normal", "abnormal"]  # not alphabetical
     assert dm(hand_data, classes=["abnormal", "normal"]).class_names == ["abnormal", "normal"]
+
+
+def test_ddp_ranks_augment_the_same_images_differently_but_repeatably(hand_data):
+    from types import SimpleNamespace
+
+    def augmented(rank: int) -> torch.Tensor:
+        torch.manual_seed(42)  # seed_everything gives every rank the same global seed
+        data = dm(hand_data, image_size=16)
+        data.trainer = SimpleNamespace(training=True, global_rank=rank, world_size=2)
+        batch = [torch.full((4, 1, 16, 16), 0.5), torch.zeros(4), torch.arange(4)]
+        batch[0][:, :, :, :4] = 1.0  # an asymmetric image, so flips and rotations show
+        return data.on_after_batch_transfer(batch, 0)[0]
+
+    assert not torch.allclose(augmented(0), augmented(1))
+    assert torch.equal(augmented(1), augmented(1))
+
+
+def test_train_batches_are_kept_when_each_rank_gets_fewer_images_than_a_batch(hand_data):
+    from types import SimpleNamespace
+
+    data = dm(hand_data, batch_size=8, image_size=8)
+    data.setup("fit")
+    data.trainer = SimpleNamespace(world_size=8, training=True, global_rank=0)
+    assert data.train_dataloader().drop_last is False  # 4-5 images per rank: dropping would leave none
+    data.trainer = SimpleNamespace(world_size=1, training=True, global_rank=0)
+    assert data.train_dataloader().drop_last is True
