@@ -25,6 +25,7 @@ from typing import Literal, Optional
 from urllib.parse import urlparse
 
 from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -36,7 +37,7 @@ from datamodules.records import DataError
 from models.backbones import UnknownBackboneError, WeightsError
 from models.classifier import XrayClassifier
 from models.reporting import ConfusionWriter, ImageSampleLogger, PredictionWriter
-from sweeps.callbacks import Diverged, DivergenceGuard, GracefulStop, RunStopped, SweepMetric
+from sweeps.callbacks import Diverged, RunGuard, RunStopped, SweepMetric
 from sweeps.conditions import apply_conditions
 from sweeps.history import HISTORY_FILE
 
@@ -214,8 +215,7 @@ class XrayCLI(LightningCLI):
         metric = sweep.metric or run.monitor
         callbacks: list[Callback] = [
             self.checkpoint,
-            GracefulStop(self.run_dir / "checkpoints"),
-            DivergenceGuard(),
+            RunGuard(self.run_dir / "checkpoints"),
             SweepMetric(metric, sweep.objective, self.run_dir / HISTORY_FILE),
             ConfusionWriter(self.run_dir),
             PredictionWriter(self.run_dir),
@@ -325,7 +325,7 @@ def main() -> int:
         print(f"error: out of GPU memory ({e}); lower data.batch_size or data.image_size, "
               "or use --trainer.precision=bf16-mixed", file=sys.stderr)
         return 4
-    except (*USER_ERRORS, ValueError) as e:
+    except (*USER_ERRORS, ValueError, MisconfigurationException) as e:
         # One paragraph a user can act on; XRAY_DEBUG=1 shows the traceback.
         if os.environ.get("XRAY_DEBUG"):
             raise

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 class PoisonWeights(Callback):
     """Turns the weights into NaN after `after_steps` optimizer steps: the loss diverges."""
 
-    def __init__(self, after_steps: int = 2) -> None:
+    def __init__(self, after_steps: int = 0) -> None:
         self.after_steps = after_steps
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

@@ -49,12 +49,18 @@ CLI_CASES = {
     "unknown class": (["--data.classes=[normal,oa]"], "unknown label(s) ['abnormal']"),
     "bad objective json": (["--sweep.metric=val/objective", "--sweep.objective={bad"], "sweep.objective"),
     "bad condition": (["--sweep.when+=model.momentum"], "CHILD:PARENT=VALUE1|VALUE2"),
+    "gpu asked, none there": (["--trainer.accelerator=gpu"], "gpu"),
 }
 
 
 @pytest.mark.parametrize("case", list(CLI_CASES))
 def test_cli_bad_input(case, monkeypatch, capsys, hand_data, tmp_path):
     extra, expected = CLI_CASES[case]
+    if case == "gpu asked, none there":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("model: [unclosed\n  lr: 0.1\n")
     extra = [a.replace("{bad_yaml}", str(bad_yaml)) for a in extra]
