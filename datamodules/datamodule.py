@@ -235,8 +235,12 @@ class XrayDataModule(pl.LightningDataModule):
         """Build (once, under a lock) or open the preprocessing cache; with skip_bad_files the
         files it could not read are left out exactly as _drop_unreadable does."""
         hp = self.hparams
-        self.cache = ensure_cache([r.path for r in self.records], hp.cache_dir, image_size=hp.image_size,
-                                  dtype=hp.cache_dtype, skip_bad_files=hp.skip_bad_files)  # fmt: skip
+        try:
+            self.cache = ensure_cache([r.path for r in self.records], hp.cache_dir, image_size=hp.image_size,
+                                      dtype=hp.cache_dtype, skip_bad_files=hp.skip_bad_files)  # fmt: skip
+        except ImageReadError as e:  # name the file as configured, not by its absolute path
+            as_configured = {os.path.abspath(r.path): r.path for r in self.records}
+            raise ImageReadError(as_configured.get(os.path.abspath(e.path or ""), e.path), e.reason) from None
         reasons = {r: self.cache.bad.get(os.path.abspath(r.path)) for r in self.records}
         self._drop({r: f"{r.rel}: {reason}" for r, reason in reasons.items() if reason})
 
