@@ -10,18 +10,15 @@ and so do we.
 from __future__ import annotations
 
 import json
-import math
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
 from sweeps.conditions import WHEN_PREFIX, format_value, parse_condition
-from sweeps.history import HISTORY_FILE, read_history
+from sweeps.history import HISTORY_FILE, best_of, read_history, write_atomic
 from sweeps.main import UsageError
 from sweeps.params import YACS_ALIASES
 
@@ -43,13 +40,6 @@ def from_cli(value: Any) -> Any:
     if isinstance(parsed, str) and _NUMBER.match(parsed):
         return float(parsed)  # YAML 1.1 reads 1e-5 as a string; jsonargparse reads a float
     return value if parsed is None else parsed
-
-
-def best_of(history: list[float], goal: str) -> Optional[float]:
-    values = [v for v in history if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not values:
-        return None
-    return max(values) if goal == "maximize" else min(values)
 
 
 def goal_of(sweep: dict) -> tuple[str, str]:
@@ -280,21 +270,6 @@ def _print_table(rows: list[list[str]]) -> None:
 def _base_configs(sweep: dict) -> list[str]:
     command = [str(c) for c in sweep.get("command") or []]
     return [command[i + 1] for i, c in enumerate(command[:-1]) if c == "--config"]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Readers never see half a file; permissions as for any new file (mkstemp gives 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def export_yaml(path: Path, sweep: dict, run: dict, config: dict) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from sweeps.config import SweepConfigError, render_yaml
+from sweeps.history import write_atomic
 from sweeps.params import ParameterError
 from sweeps.presets import SWEEP_CONFIGS, get_sweep_config
 
@@ -32,15 +31,6 @@ HEADER = (
 
 class UsageError(ValueError):
     pass
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a sweep file is not
-    os.replace(tmp, path)
 
 
 def _build(args: argparse.Namespace, name: str) -> dict:
@@ -73,7 +63,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"{len(rendered)} sweep files up to date")
         return 0
     for path, text in rendered.items():
-        _write_atomic(path, text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, text)
         print(f"wrote {path}")
     return 0
 

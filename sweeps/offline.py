@@ -36,7 +36,7 @@ from typing import Any, Optional
 import yaml
 
 from sweeps.agent import agent_argv
-from sweeps.history import HISTORY_FILE, read_history
+from sweeps.history import HISTORY_FILE, best_of, read_history, write_json_atomic
 from sweeps.hyperband import hyperband_stop
 from sweeps.launch import child_env, gpu_slots, prepare_sweep
 from sweeps.progress import Progress, format_params
@@ -173,17 +173,6 @@ def failure_reason(log: Path, code: int) -> str:
     if code < 0:
         return f"killed by signal {signal.Signals(-code).name}"
     return f"exit code {code}"
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def best_of(history: list, goal: str) -> Optional[float]:
-    values = [v for v in history if isinstance(v, (int, float)) and math.isfinite(v)]
-    return (max(values) if goal == "maximize" else min(values)) if values else None
 
 
 @dataclass

@@ -30,8 +30,8 @@ from sweeps.analysis import (
     goal_of,
     load_offline_runs,
     runs_table,
-    write_atomic,
 )
+from sweeps.history import write_atomic
 from sweeps.main import UsageError
 
 # Two slashes, or a leading / ~ ./ X:\ : a file path; "val/auroc" stays.
