@@ -416,3 +416,14 @@ def test_end_to_end_with_cli_and_demo_data(tmp_path, monkeypatch):
         assert len(t.user_attrs["history"]) == 2 and t.value is not None
         assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
         assert list((run_dir / "wandb").glob("offline-run-*"))
+    # `best --export` reproduces the best run through cli.py fit: the very same history
+    best_yaml = tmp_path / "best.yaml"
+    assert main(["best", str(tmp_path / "out"), "--export", str(best_yaml)]) == 0
+    best = max(trials, key=lambda t: t.value)
+    done = subprocess.run([sys.executable, "cli.py", "fit", "--config", "configs/demo.yaml", "--config", str(best_yaml),
+                           f"--run.root={tmp_path / 'again'}", "--run.name=best", "--run.wandb=disabled"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = [json.loads(line)["val/auroc"] for line in
+             (tmp_path / "again" / "demo" / "best" / "sweep_history.jsonl").read_text().splitlines()]
+    assert again == pytest.approx(best.user_attrs["history"], abs=1e-6)
