@@ -300,6 +300,8 @@ def cli_main(args: Optional[list[str]] = None) -> XrayCLI:
         )
     except BaseException:
         for run_dir in _CREATED_RUN_DIRS:
+            if os.environ.get(RUN_DIR_ENV) == str(run_dir):
+                del os.environ[RUN_DIR_ENV]  # ours, meant for our DDP children only
             with contextlib.suppress(OSError):
                 run_dir.rmdir()  # only if still empty: never delete what a run wrote
         raise
