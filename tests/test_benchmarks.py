@@ -32,3 +32,12 @@ def test_sweep_efficiency_benchmark_prints_epochs_and_best(tmp_path):
     assert any(line.split()[:2] == ["full", "2"] for line in lines)
     assert any(line.split()[:2] == ["hyperband", "2"] for line in lines)
     assert "fewer epochs" in out.stdout and "best metric" in out.stdout
+
+
+@pytest.mark.slow
+def test_runner_overhead_benchmark_prints_both_and_the_ratio(tmp_path):
+    cmd = [PYTHON, "benchmarks/runner_overhead.py", "--runs", "2", "--work", str(tmp_path / "w")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for figure in ("direct   launch->first step", "runner   launch->first step", "ratio runner/direct"):
+        assert figure in out.stdout, out.stdout
