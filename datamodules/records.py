@@ -134,7 +134,11 @@ def assign_splits(records: list[Record], *, val_fraction: float, test_fraction: 
     for r in records:
         if r.split:
             given[r.patient_id].add(r.split)
-    leaking = [f"{p}: {sorted(s)}" for p, s in given.items() if len(s) > 1]
+    # Name the images, not the patient IDs: those are often medical record numbers.
+    first_image = {}
+    for r in records:
+        first_image.setdefault(r.patient_id, r.rel)
+    leaking = [f"the patient of {first_image[p]}: {sorted(s)}" for p, s in given.items() if len(s) > 1]
     if leaking:
         raise DataError(f"{len(leaking)} patient(s) appear in more than one split:{_listing(leaking)}")
     todo: dict[str, list[Record]] = defaultdict(list)

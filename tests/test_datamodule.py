@@ -70,8 +70,9 @@ def test_given_splits_are_kept_and_leaks_refused(tmp_path):
     assert [r.split for r in data.records] == ["train"] * 4 + ["val"] * 2
     rows[5]["patient_id"] = "p0"  # p0 now in train and val
     write_manifest(tmp_path, rows)
-    with pytest.raises(DataError, match="1 patient.*more than one split"):
+    with pytest.raises(DataError, match="1 patient.*more than one split") as error:
         dm(tmp_path)
+    assert "0.png" in str(error.value) and "p0" not in str(error.value)  # images named, not patient IDs
 
 
 @pytest.mark.parametrize(
