@@ -28,8 +28,8 @@ if str(ROOT) not in sys.path:
 from sweeps.config import create_custom_sweep_config, render_yaml  # noqa: E402
 
 CONSTANTS = {
-    "data.demo_count": 60,
-    "data.demo_size": 64,
+    "demo.count": 60,
+    "demo.size": 64,
     "data.image_size": 32,
     "data.num_workers": 0,
     "trainer.max_epochs": 1,
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/xray-runner-overhead"))
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
-    constants = dict(CONSTANTS, **{"data.data_root": str(args.work / "data")})
+    constants = dict(CONSTANTS, **{"data.root": str(args.work / "data")})
     lrs = [round(1e-3 * (i + 1), 6) for i in range(args.runs)]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "benchmarks"), CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
 

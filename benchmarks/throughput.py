@@ -120,7 +120,7 @@ def plain_loop(args, device: str, compiled: bool) -> dict:
 def _datamodule(args, *, cache: bool, workers: int, image_size: int):
     from datamodules.datamodule import XrayDataModule
 
-    return XrayDataModule(data_root=str(args.data), demo=None, image_size=image_size,
+    return XrayDataModule(root=str(args.data), image_size=image_size,
                           batch_size=args.batch_size, num_workers=workers,
                           cache_dir=str(args.work / "cache") if cache else None)  # fmt: skip
 
@@ -172,7 +172,7 @@ def cli_fit(args, device: str, compiled: bool) -> dict:
     timer = {"class_path": "benchmarks.throughput.StepTimer", "init_args": {"warmup": args.warmup}}
     argv = [
         "fit", "--config", str(ROOT / "configs/demo.yaml"),
-        f"--data.data_root={args.data}", "--data.demo=null", f"--data.cache_dir={args.work / 'cache'}",
+        f"--data.root={args.data}", "--demo.body_part=null", f"--data.cache_dir={args.work / 'cache'}",
         f"--data.image_size={args.image_size}", f"--data.batch_size={args.batch_size}",
         f"--data.num_workers={args.workers}",
         f"--model.backbone={args.backbone}", f"--model.channels_last={device == 'cuda'}",

@@ -16,7 +16,7 @@ cheap, and any tool that rewrites a file changes its mtime. A changed key builds
 entry next to the old ones (delete cache_dir to reclaim the space).
 
 Sharing: the entry is built in a temporary directory and renamed into place (atomic), under
-an exclusive `fcntl.flock`, so concurrent runs and DDP ranks build it once and the others
+an exclusive file lock (`filelock`, flock on POSIX), so concurrent runs and DDP ranks build it once and the others
 wait and reuse it; a killed builder leaves no entry (its temp directory is removed by the
 next builder). Readers open images.npy with `np.load(mmap_mode="r")`: pages come from the
 OS page cache, shared by every process on the machine, never copied per worker.
@@ -26,7 +26,6 @@ flock works on local disks and on NFSv4; on other network filesystems use a loca
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -42,6 +41,7 @@ from typing import Literal, Optional
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from datamodules import readers, transforms
 from datamodules.readers import ImageReadError, read_image
@@ -94,16 +94,16 @@ def cache_key(paths: Sequence[str | os.PathLike], *, image_size: int, dtype: Cac
 
 @contextlib.contextmanager
 def _locked(lock_path: Path, what: str) -> Iterator[None]:
-    with open(lock_path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("Waiting for another process to finish building %s", what)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    lock = FileLock(lock_path)  # flock on POSIX; the same library guards the sweep storage
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        log.info("Waiting for another process to finish building %s", what)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _load(entry_dir: Path) -> Optional[CacheEntry]:

@@ -84,7 +84,7 @@ class _OversampledDataset(Dataset):
 class XrayDataModule(pl.LightningDataModule):
     def __init__(
         self,
-        data_root: str = "data/ra_hand",
+        root: str = "data/ra_hand",
         manifest: Optional[str] = None,
         classes: Optional[list[str]] = None,
         image_size: int = 224,
@@ -100,18 +100,14 @@ class XrayDataModule(pl.LightningDataModule):
         scale_jitter: float = 0.1,
         intensity_jitter: float = 0.1,
         predict_split: Literal["train", "val", "test", "all"] = "test",
-        demo: Optional[Literal["hand", "foot"]] = None,
-        demo_count: int = 400,
-        demo_size: int = 256,
-        demo_severity: float = 1.0,
         cache_dir: Optional[str] = None,
         cache_dtype: CacheDtype = "uint16",
     ) -> None:
         """
         Args:
-            data_root: folder with root/{train,val,test}/{class}/file, root/{class}/file or a manifest.
-            manifest: CSV `path,label[,split][,patient_id]`, relative to data_root; default
-                data_root/manifest.csv when it exists, else the folder layout.
+            root: folder with root/{train,val,test}/{class}/file, root/{class}/file or a manifest.
+            manifest: CSV `path,label[,split][,patient_id]`, relative to root; default
+                root/manifest.csv when it exists, else the folder layout.
             classes: class names in label order (e.g. [normal, abnormal]: the last is the
                 positive class of binary metrics); default: sorted names found in the data.
             image_size: side of the square network input; images are resized keeping their
@@ -130,10 +126,6 @@ class XrayDataModule(pl.LightningDataModule):
             scale_jitter: training augmentation, relative zoom range.
             intensity_jitter: training augmentation, brightness/contrast range.
             predict_split: which split `predict` runs on.
-            demo: generate a synthetic hand or foot data set into data_root when it has none.
-            demo_count: number of images of the generated demo data set.
-            demo_size: side of the generated demo images in pixels.
-            demo_severity: scale of the disease signs in the demo images (1.0 subtle, 2.0 plain).
             cache_dir: preprocessing cache: decode, normalise and resize every image once into a
                 memory-mapped array under this folder, shared by all runs, sweeps and loader
                 workers on the machine (rebuilt when a file, image_size or cache_dtype changes).
@@ -151,12 +143,7 @@ class XrayDataModule(pl.LightningDataModule):
         for name, value in (("image_size", image_size), ("batch_size", batch_size)):
             if value < 1:
                 raise DataError(f"data.{name} must be >= 1, got {value}")
-        self.root = Path(data_root).expanduser()
-        if demo is not None and not any(self.root.glob("*")):
-            from datamodules.synthetic import generate
-
-            generate(self.root, body_part=demo, count=demo_count, size=(demo_size, demo_size), seed=split_seed,
-                     severity=demo_severity)
+        self.root = Path(root).expanduser()
         records, source = self._load_records(manifest)
         self.class_names = check_labels(records, classes, source)
         self.class_index = {name: i for i, name in enumerate(self.class_names)}
@@ -174,11 +161,11 @@ class XrayDataModule(pl.LightningDataModule):
     def _load_records(self, manifest: Optional[str]) -> tuple[list[Record], str]:
         if not self.root.is_dir():
             raise DataError(
-                f"Data root {self.root} does not exist. Point data.data_root at a folder laid out as "
+                f"Data root {self.root} does not exist. Point data.root at a folder laid out as "
                 "root/{train,val,test}/{class}/image or root/{class}/image, or holding a manifest.csv "
                 "(path,label[,split][,patient_id]); or make a synthetic demo set with "
                 f"`python -m datamodules.synthetic --out {self.root} --body-part hand --count 400` "
-                "(or set data.demo=hand to generate it on first use)."
+                "(or set demo.body_part=hand to generate it on first use)."
             )
         manifest_path = Path(manifest) if manifest else self.root / "manifest.csv"
         if manifest and not manifest_path.is_absolute() and not manifest_path.exists():

@@ -99,7 +99,7 @@ def read_manifest(manifest: Path, root: Path) -> list[Record]:
     if missing:
         raise DataError(
             f"Manifest {manifest}: {len(missing)} of {len(rows)} file(s) do not exist "
-            f"(paths are relative to data_root {root}):{_listing(missing)}"
+            f"(paths are relative to data.root {root}):{_listing(missing)}"
         )
     return records
 

@@ -9,9 +9,9 @@ Two stages, one implementation of each idea:
   augmentations (flip, affine, intensity) vectorized over the batch, then normalisation.
   On a GPU this costs far less than doing it in CPU workers, which are the bottleneck.
 
-`TrainPreset` and `EvalPreset` (torchvision presets.py style: keyword-only arguments, an
-augmentation only when its strength is above zero) apply both stages to one image; they are
-thin wrappers, not a second implementation.
+`EvalPreset` applies both evaluation stages to one image, a thin wrapper (not a second
+implementation) for code that handles single images. The augmentation strengths have one
+default each, in XrayDataModule's signature (the config schema); here they are required.
 """
 
 from __future__ import annotations
@@ -72,10 +72,10 @@ class BatchAugment(nn.Module):
     def __init__(
         self,
         *,
-        hflip_prob: float = 0.5,
-        rotation_degrees: float = 10.0,
-        scale_jitter: float = 0.1,
-        intensity_jitter: float = 0.1,
+        hflip_prob: float,
+        rotation_degrees: float,
+        scale_jitter: float,
+        intensity_jitter: float,
     ) -> None:
         super().__init__()
         self.hflip_prob, self.rotation_degrees = hflip_prob, rotation_degrees
@@ -122,27 +122,6 @@ class BatchPreset(nn.Module):
         if train and self.augment is not None:
             x = self.augment(x, generator)
         return (x - self.mean) / self.std
-
-
-class TrainPreset:
-    def __init__(
-        self,
-        *,
-        image_size: int,
-        hflip_prob: float = 0.5,
-        rotation_degrees: float = 10.0,
-        scale_jitter: float = 0.1,
-        intensity_jitter: float = 0.1,
-        mean: float = XRAY_MEAN,
-        std: float = XRAY_STD,
-    ) -> None:
-        self.resize = ResizePad(image_size)
-        augment = BatchAugment(hflip_prob=hflip_prob, rotation_degrees=rotation_degrees,
-                               scale_jitter=scale_jitter, intensity_jitter=intensity_jitter)  # fmt: skip
-        self.batch = BatchPreset(augment, mean=mean, std=std)
-
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        return self.batch(self.resize(to_unit(img))[None], train=True)[0]
 
 
 class EvalPreset:

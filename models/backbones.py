@@ -22,13 +22,15 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import Literal, get_args
 from urllib.error import URLError
 
 import torch
 from torch import nn
 from torchvision.models import get_model, get_model_builder, get_model_weights
 
-_NAMES = (
+# The supported architectures: a Literal, so that --help lists them and sweeps can check values.
+BackboneName = Literal[
     "resnet18",
     "resnet34",
     "resnet50",
@@ -39,8 +41,9 @@ _NAMES = (
     "efficientnet_b3",
     "convnext_tiny",
     "mobilenet_v3_large",
-    "regnet_y_800mf",
-)
+    "regnet_y_800mf"
+]
+_NAMES: tuple[str, ...] = get_args(BackboneName)
 BACKBONES: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
     {n: get_model_builder(n) for n in _NAMES}
 )
@@ -248,6 +251,7 @@ def _load(
 
 __all__ = [
     "BACKBONES",
+    "BackboneName",
     "UnknownBackboneError",
     "WeightsError",
     "available_backbones",

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau, StepLR
 
-from models.backbones import build_backbone
-from models.metrics import ClassificationMetrics
+from models.backbones import BackboneName, build_backbone
+from models.metrics import ClassificationMetrics, logged_metric_names
 
 _OPTIMIZERS = {
     "adamw": lambda params, lr, wd, momentum: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
@@ -31,7 +31,7 @@ _OPTIMIZERS = {
 class XrayClassifier(pl.LightningModule):
     def __init__(
         self,
-        backbone: str = "resnet18",
+        backbone: BackboneName = "resnet18",
         weights: str = "none",
         num_classes: int = 2,
         class_names: Optional[list[str]] = None,
@@ -51,7 +51,7 @@ class XrayClassifier(pl.LightningModule):
     ) -> None:
         """
         Args:
-            backbone: torchvision architecture name (see models.backbones.BACKBONES).
+            backbone: torchvision architecture.
             weights: "none", "default" (torchvision's pretrained weights, downloaded when online)
                 or the path of a local .pth file (air-gapped sites).
             num_classes: number of classes; linked from the data module.
@@ -136,10 +136,7 @@ class XrayClassifier(pl.LightningModule):
         self._log_epoch_metrics("test", self.test_metrics)
 
     def metric_names(self, stage: Literal["val", "test"] = "val") -> list[str]:
-        keys = list(self.val_metrics.multiclass.keys())
-        if self.val_metrics.binary is not None:
-            keys += [k for k in self.val_metrics.binary.keys() if k not in keys]
-        return [f"{stage}/{k}" for k in ["loss", *keys]]
+        return logged_metric_names(self.hparams.num_classes, stage)
 
     def current_metrics(self, stage: Literal["val", "test"] = "val") -> dict[str, torch.Tensor]:
         """This epoch's metrics so far, e.g. {"val/auroc": ...}; collective under DDP, so

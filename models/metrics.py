@@ -21,8 +21,8 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-# One place for metric names: sweeps, checkpoints and the offline runner refer to these.
-METRIC_NAMES = ("loss", "acc", "balanced_acc", "auroc", "f1", "sensitivity", "specificity")
+# The sweep metric and checkpoint monitor when none is given.
+DEFAULT_METRIC = "val/auroc"
 
 
 class ClassificationMetrics(nn.Module):
@@ -66,6 +66,13 @@ class ClassificationMetrics(nn.Module):
             values.update(self.binary.compute())
         return values
 
+    def names(self) -> list[str]:
+        """The keys compute() returns, in order: the one list of what a task logs."""
+        names = list(self.multiclass.keys())
+        if self.binary is not None:
+            names += [k for k in self.binary.keys() if k not in names]
+        return names
+
     def compute_confusion(self) -> torch.Tensor:
         return self.confusion.compute()
 
@@ -74,3 +81,9 @@ class ClassificationMetrics(nn.Module):
         self.confusion.reset()
         if self.binary is not None:
             self.binary.reset()
+
+
+def logged_metric_names(num_classes: int, stage: str = "val") -> list[str]:
+    """Every metric the classifier logs for `stage` on a task of `num_classes` classes, e.g.
+    val/loss, val/auroc, ...; sweeps check their metric and objective against this list."""
+    return [f"{stage}/loss", *(f"{stage}/{k}" for k in ClassificationMetrics(num_classes).names())]

@@ -3,8 +3,11 @@
 Faithful to W&B's `sweeps/hyperband_stopping.py` (`hyperband_stop_runs`):
   * a run's history is the list of finite values of the sweep metric, one per validation
     epoch, in order (negated when the goal is maximize, so that lower is always better);
+  * bands: from max_iter and s when max_iter is given (W&B checks it first, even when
+    min_iter is given too), else min_iter * eta**k;
   * band b compares runs after their b-th value; its threshold is
-    sorted(values at b over ALL runs that reached b, any state)[int(len / eta)];
+    sorted(values at b over ALL runs that reached b, any state)[int((1.0 / eta) * len)]
+    (W&B's expression: for a non-integer eta it can differ by one from int(len / eta));
   * a RUNNING run is judged at the largest band it reached: it stops when its value there
     (strict, the default) or its best value so far (strict: false) is above the threshold.
 """
@@ -14,8 +17,6 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-
-from sweeps.config import hyperband_bands
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,20 @@ class StopDecision:
                 f"bracket threshold {self.threshold:.4g}")
 
 
+def hyperband_bands(early_terminate: dict) -> list[int]:
+    """The iterations at which W&B's hyperband compares runs."""
+    eta = early_terminate.get("eta", 3)
+    if "max_iter" in early_terminate:
+        band, bands = float(early_terminate["max_iter"]), []
+        for _ in range(int(early_terminate["s"])):
+            band /= eta
+            if band < 1:
+                break
+            bands.append(int(band))
+        return sorted(bands)
+    return [int(early_terminate["min_iter"] * eta**k) for k in range(100)]
+
+
 def _finite(history: Sequence[float | None]) -> list[float]:
     return [float(v) for v in history if isinstance(v, (int, float)) and math.isfinite(v)]
 
@@ -40,7 +55,7 @@ def thresholds(histories: Sequence[Sequence[float]], bands: Sequence[int], eta: 
     out = {}
     for band in bands:
         values = sorted(h[band - 1] for h in histories if len(h) >= band)
-        out[band] = values[int(len(values) / eta)] if values else math.inf
+        out[band] = values[int((1.0 / eta) * len(values))] if values else math.inf
     return out
 
 

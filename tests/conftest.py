@@ -38,7 +38,7 @@ def _hermetic(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
     monkeypatch.delenv("WANDB_RUN_ID", raising=False)
     monkeypatch.delenv("XRAY_RUN_DIR", raising=False)
-    from sweeps.stop import StopSignal
+    from sweeps.contract.signals import StopSignal
 
     StopSignal.reset()
     yield
@@ -65,8 +65,8 @@ def fit_args(hand_data, tmp_path):
             subcommand,
             "--config",
             str(config),
-            f"--data.data_root={hand_data}",
-            "--data.demo=null",
+            f"--data.root={hand_data}",
+            "--demo.body_part=null",
             f"--run.root={tmp_path / 'runs'}",
             *TINY,
             *extra,
@@ -80,3 +80,20 @@ def run_dirs(tmp_path: Path) -> list[Path]:
 
 
 PYTHON = sys.executable
+
+
+def parse_cli(argv: list[str]):
+    """Parse a command line with the real CLI, instantiating nothing; returns the subcommand's config."""
+    from datamodules.datamodule import XrayDataModule
+    from models.classifier import XrayClassifier
+    from training.cli import XrayCLI
+
+    class _ParseOnly(XrayCLI):
+        def before_instantiate_classes(self) -> None: ...
+
+        def instantiate_classes(self) -> None: ...
+
+        def _run_subcommand(self, subcommand: str) -> None: ...
+
+    cli = _ParseOnly(XrayClassifier, XrayDataModule, args=argv, auto_configure_optimizers=False)
+    return cli.config[cli.config.subcommand]

@@ -9,7 +9,8 @@ import optuna
 import pytest
 import yaml
 
-from sweeps.analysis import best_config, from_cli, load_offline_runs, show_best
+from sweeps.analysis import best_config, load_offline_runs, show_best
+from sweeps.analysis.results import from_cli
 
 SWEEP = {
     "program": "cli.py",
@@ -75,7 +76,7 @@ def make_sweep_dir(root: Path, trials=TRIALS, sweep: dict = SWEEP) -> Path:
             f"{e},{10 * (e + 1)},,0.5,{v}\n{e},{10 * (e + 1)},0.6,,\n" for e, v in enumerate(history)))
         (run_dir / "output.log").write_text("training...\n")
         nested: dict = {}
-        for path, value in {**params, "data.data_root": "/secret/patients"}.items():
+        for path, value in {**params, "data.root": "/secret/patients"}.items():
             head, leaf = path.split(".")
             nested.setdefault(head, {})[leaf] = value
         (run_dir / "config.yaml").write_text(yaml.safe_dump(nested))
@@ -124,7 +125,7 @@ def test_export_is_a_lightningcli_config(sweep_dir, tmp_path, capsys):
     assert "configs/demo.yaml --config best.yaml" in best_yaml.read_text()
     assert not list(tmp_path.glob(".best.yaml.*"))  # no temp file left behind
 
-    from sweeps.params import parse_cli
+    from conftest import parse_cli
 
     cfg = parse_cli(["fit", "--config", "configs/demo.yaml", "--config", str(best_yaml)])
     assert cfg.model.lr == 5e-4 and cfg.model.optimizer == "adamw" and cfg.data.batch_size == 32

@@ -43,8 +43,8 @@ CLI_CASES = {
     "dropout out of range": (["--model.dropout=1.5"], "model.dropout must be in [0, 1)"),
     "unknown option": (["--model.lrr=0.1"], "lrr"),
     "unknown choice": (["--model.optimizer=lamb"], "model.optimizer"),
-    "missing data root": (["--data.data_root=/nonexistent/ra_hand"], "python -m datamodules.synthetic"),
-    "unknown backbone": (["--model.backbone=resnet51"], "Did you mean 'resnet50'"),
+    "missing data root": (["--data.root=/nonexistent/ra_hand"], "python -m datamodules.synthetic"),
+    "unknown backbone": (["--model.backbone=resnet51"], "resnet50"),
     "missing weights file": (["--model.weights=/nonexistent/resnet18.pth"], "/nonexistent/resnet18.pth"),
     "unknown class": (["--data.classes=[normal,oa]"], "unknown label(s) ['abnormal']"),
     "bad objective json": (["--sweep.metric=val/objective", "--sweep.objective={bad"], "sweep.objective"),
@@ -64,7 +64,7 @@ def test_cli_bad_input(case, monkeypatch, capsys, hand_data, tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("model: [unclosed\n  lr: 0.1\n")
     extra = [a.replace("{bad_yaml}", str(bad_yaml)) for a in extra]
-    args = ["fit", "--config", "configs/demo.yaml", f"--data.data_root={hand_data}", "--data.demo=null",
+    args = ["fit", "--config", "configs/demo.yaml", f"--data.root={hand_data}", "--demo.body_part=null",
             f"--run.root={tmp_path / 'runs'}", *TINY, *extra]
     code, err = run_cli(monkeypatch, capsys, args)
     assert code == 2, err
@@ -76,7 +76,7 @@ def test_cli_bad_input(case, monkeypatch, capsys, hand_data, tmp_path):
 @pytest.mark.parametrize("workers", [0, 1])
 def test_corrupt_image_mid_data_names_the_file(workers, monkeypatch, capsys, hand_data, tmp_path):
     root, _ = corrupt_copy(hand_data, tmp_path)
-    args = ["fit", "--config", "configs/demo.yaml", f"--data.data_root={root}", "--data.demo=null",
+    args = ["fit", "--config", "configs/demo.yaml", f"--data.root={root}", "--demo.body_part=null",
             f"--run.root={tmp_path / 'runs'}", *TINY, f"--data.num_workers={workers}",
             "--trainer.limit_train_batches=null", "--trainer.limit_val_batches=null"]
     code, err = run_cli(monkeypatch, capsys, args)
@@ -86,7 +86,7 @@ def test_corrupt_image_mid_data_names_the_file(workers, monkeypatch, capsys, han
 
 def test_corrupt_images_skipped_and_counted_when_asked(monkeypatch, caplog, hand_data, tmp_path):
     root, _ = corrupt_copy(hand_data, tmp_path)
-    args = ["fit", "--config", "configs/demo.yaml", f"--data.data_root={root}", "--data.demo=null",
+    args = ["fit", "--config", "configs/demo.yaml", f"--data.root={root}", "--demo.body_part=null",
             f"--run.root={tmp_path / 'runs'}", *TINY, "--data.skip_bad_files=true"]
     monkeypatch.setattr(sys, "argv", ["cli.py", *args])
     assert cli.main() == 0
@@ -106,7 +106,7 @@ def test_malformed_manifest(manifest, expected, monkeypatch, capsys, tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "manifest.csv").write_bytes(manifest)
     code, err = run_cli(monkeypatch, capsys, ["fit", "--config", "configs/demo.yaml",
-                                              f"--data.data_root={tmp_path / 'data'}", "--data.demo=null"])
+                                              f"--data.root={tmp_path / 'data'}", "--demo.body_part=null"])
     assert code == 2 and expected in err and "manifest.csv" in err, err
 
 
@@ -158,7 +158,7 @@ def test_synthetic_bad_input(case, tmp_path, capsys):
 def test_entry_points_as_processes_print_no_traceback(tmp_path):
     """The same through real processes, as a user sees it."""
     cases = [
-        [PYTHON, "cli.py", "fit", "--config", "configs/demo.yaml", "--data.data_root=/nonexistent", "--data.demo=null"],
+        [PYTHON, "cli.py", "fit", "--config", "configs/demo.yaml", "--data.root=/nonexistent", "--demo.body_part=null"],
         [PYTHON, "-m", "sweeps", "run", "sweeps/nope.yaml"],
         [PYTHON, "-m", "datamodules.synthetic", "--out", str(tmp_path / "x"), "--count", "0"],
     ]

@@ -26,7 +26,7 @@ def dm(root, cache_dir, **kw) -> XrayDataModule:
     kw.setdefault("num_workers", 0)
     kw.setdefault("image_size", 32)
     kw.setdefault("batch_size", 4)
-    return XrayDataModule(data_root=str(root), cache_dir=str(cache_dir), **kw)
+    return XrayDataModule(root=str(root), cache_dir=str(cache_dir), **kw)
 
 
 def entries(cache_dir: Path) -> list[Path]:
@@ -81,7 +81,7 @@ def test_concurrent_builders_build_once_and_agree(hand_data, tmp_path):
 def test_cached_samples_equal_the_uncached_pipeline(hand_data, tmp_path, dtype, tolerance):
     cached = dm(hand_data, tmp_path / "c", cache_dtype=dtype)
     cached.setup("fit")
-    plain = XrayDataModule(data_root=str(hand_data), num_workers=0, image_size=32, batch_size=4)
+    plain = XrayDataModule(root=str(hand_data), num_workers=0, image_size=32, batch_size=4)
     plain.setup("fit")
     for split in ("train", "val"):
         for i in (0, 3):
@@ -148,7 +148,7 @@ def test_batch_augment_is_per_image_and_off_at_zero():
     assert torch.equal(off(x), x)
     flipped = BatchAugment(hflip_prob=1.0, rotation_degrees=0, scale_jitter=0, intensity_jitter=0)(x)
     assert torch.equal(flipped, x.flip(-1))
-    out = BatchAugment(rotation_degrees=20, scale_jitter=0.2, intensity_jitter=0.2)(x)
+    out = BatchAugment(hflip_prob=0.5, rotation_degrees=20, scale_jitter=0.2, intensity_jitter=0.2)(x)
     assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
     # Each image draws its own parameters: the changes are not all alike.
     change = (out - x).abs().mean(dim=(1, 2, 3))

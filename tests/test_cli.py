@@ -43,8 +43,8 @@ def test_second_identical_run_gets_its_own_directory(fit_args, tmp_path):
 
 def test_second_identical_command_line_run_succeeds(hand_data, tmp_path):
     """As a user would type it twice: two processes, two run directories."""
-    cmd = [PYTHON, "cli.py", "fit", "--config", "configs/demo.yaml", f"--data.data_root={hand_data}",
-           "--data.demo=null", f"--run.root={tmp_path / 'runs'}", "--trainer.fast_dev_run=1",
+    cmd = [PYTHON, "cli.py", "fit", "--config", "configs/demo.yaml", f"--data.root={hand_data}",
+           "--demo.body_part=null", f"--run.root={tmp_path / 'runs'}", "--trainer.fast_dev_run=1",
            "--data.image_size=32", "--data.num_workers=0", "--run.wandb=disabled"]
     for _ in range(2):
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -112,7 +112,7 @@ def test_objective_with_unknown_metric_is_rejected(fit_args):
 
 @pytest.mark.parametrize(("optimizer", "expected"), [("sgd", 0.5), ("adamw", 0.9)])
 def test_conditional_parameter_applies_only_under_its_parent_value(optimizer, expected):
-    from sweeps.params import parse_cli
+    from conftest import parse_cli
 
     cfg = parse_cli(["fit", "--config", "configs/demo.yaml", "--sweep.when+=model.momentum:model.optimizer=sgd",
                      f"--model.optimizer={optimizer}", "--model.momentum=0.5"])
@@ -121,7 +121,7 @@ def test_conditional_parameter_applies_only_under_its_parent_value(optimizer, ex
 
 
 def test_wandb_mode_never_goes_online_without_login(monkeypatch):
-    from cli import resolve_wandb_mode
+    from training.loggers import resolve_wandb_mode
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

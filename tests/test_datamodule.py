@@ -35,7 +35,7 @@ def dm(root, **kw) -> XrayDataModule:
     kw.setdefault("num_workers", 0)
     kw.setdefault("image_size", 32)
     kw.setdefault("batch_size", 4)
-    return XrayDataModule(data_root=str(root), **kw)
+    return XrayDataModule(root=str(root), **kw)
 
 
 def test_folder_layout_with_splits(tmp_path):
@@ -96,13 +96,26 @@ def test_unknown_label_lists_allowed_classes(hand_data):
 
 
 def test_missing_root_says_how_to_get_data(tmp_path):
-    with pytest.raises(DataError, match="(?s)does not exist.*python -m datamodules.synthetic.*data.demo=hand"):
+    with pytest.raises(DataError, match="(?s)does not exist.*python -m datamodules.synthetic.*demo.body_part=hand"):
         dm(tmp_path / "nope")
 
 
-def test_demo_data_is_generated_on_first_use(tmp_path):
-    data = dm(tmp_path / "demo", demo="foot", demo_count=12, demo_size=48)
+def test_constructing_the_data_module_writes_nothing(tmp_path):
+    with pytest.raises(DataError):
+        dm(tmp_path / "empty")
+    assert not (tmp_path / "empty").exists()
+
+
+def test_demo_data_is_generated_on_first_use_by_the_cli(tmp_path):
+    from training.cli import ensure_demo_data
+    from training.options import DemoOptions
+
+    ensure_demo_data(str(tmp_path / "demo"), DemoOptions(body_part="foot", count=12, size=48), seed=0)
+    data = dm(tmp_path / "demo")
     assert len(data.records) == 12 and (tmp_path / "demo" / "manifest.csv").is_file()
+    before = sorted(p.name for p in (tmp_path / "demo").iterdir())
+    ensure_demo_data(str(tmp_path / "demo"), DemoOptions(body_part="hand", count=4, size=48), seed=0)
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == before  # never over a data set
 
 
 def test_corrupt_image_fails_naming_the_file_or_is_skipped_and_counted(hand_data, tmp_path):

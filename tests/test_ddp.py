@@ -23,7 +23,7 @@ AGENT_KILL_DELAY = 30  # wandb_agent.py: SIGKILL this long after SIGTERM
 def ddp_command(hand_data, tmp_path, *extra):
     return [
         PYTHON, "cli.py", "fit", "--config", "configs/demo.yaml",
-        f"--data.data_root={hand_data}", "--data.demo=null", f"--run.root={tmp_path / 'runs'}",
+        f"--data.root={hand_data}", "--demo.body_part=null", f"--run.root={tmp_path / 'runs'}",
         "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
         "--data.num_workers=0", "--data.image_size=32", "--data.batch_size=4",
         "--trainer.enable_progress_bar=false", "--run.wandb=offline", *extra,
@@ -70,7 +70,7 @@ def test_ddp_two_processes_give_one_run_with_synchronized_metrics(hand_data, tmp
 
     from datamodules.datamodule import XrayDataModule
 
-    n_val = len(XrayDataModule(data_root=str(hand_data), classes=["normal", "abnormal"]).split_records["val"])
+    n_val = len(XrayDataModule(root=str(hand_data), classes=["normal", "abnormal"]).split_records["val"])
     with open(run_dir / "confusion_val.csv") as f:
         matrix = [[int(v) for v in row[1:]] for row in list(csv.reader(f))[1:]]
     total = sum(map(sum, matrix))

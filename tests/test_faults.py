@@ -21,12 +21,12 @@ from conftest import ROOT
 from test_offline_runner import counted, fake, load, points, write  # noqa: F401  (fake is a fixture)
 
 from sweeps.analysis import load_offline_runs
-from sweeps.config import create_custom_sweep_config
+from sweeps.files import create_custom_sweep_config
 
 TESTS = Path(__file__).resolve().parent
 
 TINY_CONSTANTS = {
-    "data.demo": "null",
+    "demo.body_part": "null",
     "data.image_size": 32,
     "data.batch_size": 8,
     "data.num_workers": 0,
@@ -56,7 +56,7 @@ def test_injected_faults_are_recorded_as_failed_with_reasons_and_the_sweep_goes_
     faults = ["fault_callbacks.PoisonWeights", "fault_callbacks.OutOfMemory", "fault_callbacks.KillSelf", "null"]
     sweep = create_custom_sweep_config(
         method="grid", name="faults", config="configs/demo.yaml",
-        parameters={"trainer.callbacks": {"values": faults}, "data.data_root": {"value": str(hand_data)},
+        parameters={"trainer.callbacks": {"values": faults}, "data.root": {"value": str(hand_data)},
                     **{k: {"value": v} for k, v in TINY_CONSTANTS.items()}},
     )
     done = run_runner(sweep, tmp_path, "--max-failures", "5")
@@ -84,7 +84,7 @@ def test_failures_in_a_row_stop_the_sweep_with_a_message(hand_data, tmp_path):
         method="grid", name="allbad", config="configs/demo.yaml",
         parameters={"trainer.callbacks": {"value": "fault_callbacks.PoisonWeights"},
                     "model.lr": {"values": [1e-3, 2e-3, 3e-3, 4e-3]},
-                    "data.data_root": {"value": str(hand_data)}, **{k: {"value": v} for k, v in TINY_CONSTANTS.items()}},
+                    "data.root": {"value": str(hand_data)}, **{k: {"value": v} for k, v in TINY_CONSTANTS.items()}},
     )
     done = run_runner(sweep, tmp_path, "--max-failures", "2")
     assert done.returncode == 1

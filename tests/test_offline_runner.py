@@ -19,10 +19,10 @@ import optuna
 import pytest
 import yaml
 
-from sweeps import offline
-from sweeps.agent import agent_argv
 from sweeps.main import main
-from sweeps.space import build_space
+from sweeps.runner import agent_argv, build_space
+from sweeps.runner import runner as runner_loop
+from sweeps.runner import storage as runner_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC = "val/score"
@@ -64,7 +64,7 @@ while mode == "hang" and not stop:
 def fake(tmp_path, monkeypatch):
     program = tmp_path / "fake_cli.py"
     program.write_text(textwrap.dedent(FAKE_CLI))
-    monkeypatch.setattr(offline, "POLL_S", 0.05)
+    monkeypatch.setattr(runner_loop, "POLL_S", 0.05)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU slots without importing torch
 
     def sweep(parameters: dict, method: str = "grid", **extra) -> dict:
@@ -126,7 +126,6 @@ def test_grid_visits_every_point_once_and_writes_the_contract(fake, tmp_path):
 
 
 def test_offline_dir_readable_by_analysis(fake, tmp_path):
-    pytest.importorskip("sweeps.analysis")
     from sweeps.analysis import load_offline_runs
 
     assert run(tmp_path, fake({"x": {"values": [0.2, 0.8]}})) == 0
@@ -241,7 +240,8 @@ def test_failures_in_a_row_stop_the_sweep(fake, tmp_path, capsys):
     assert "3 runs failed in a row" in capsys.readouterr().out
 
 
-def test_gpu_slots_env_and_ddp_arguments(fake, tmp_path):
+def test_gpu_slots_env_and_ddp_arguments(fake, tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # no scheduler allocation: --gpus are device ids
     sweep = fake({"x": {"values": [0.1, 0.2, 0.3, 0.4]}})
     assert run(tmp_path, sweep, "--gpus", "0,1", "--project", "p1", "--wandb", "disabled") == 0
     envs = [json.loads((tmp_path / "out" / t.user_attrs["run_dir"] / "env.json").read_text()) for t in load(tmp_path)]
@@ -291,7 +291,7 @@ def test_resume_after_sigkill(fake, tmp_path, monkeypatch):
     proc.wait()
     orphan = json.loads(next(p for p in out.glob("runs/*/run.json")
                              if json.loads(p.read_text())["state"] == "running").read_text())
-    monkeypatch.setattr(offline, "KILL_AFTER_S", 5.0)
+    monkeypatch.setattr(runner_loop, "KILL_AFTER_S", 5.0)
     before = {t.number: t.value for t in load(tmp_path) if t.state == optuna.trial.TrialState.COMPLETE}
     assert main(["run", sweep_file, "--out", str(out), "--quiet"]) == 0
     trials = load(tmp_path)
@@ -378,7 +378,7 @@ def test_two_runners_share_postgresql(fake, tmp_path):
         for p in procs:
             output, _ = p.communicate(timeout=180)
             assert p.returncode == 0, output
-        trials = load(tmp_path, storage=offline.driver_url(storage))  # psycopg2 when no psycopg 3
+        trials = load(tmp_path, storage=runner_storage.driver_url(storage))  # psycopg2 when no psycopg 3
         assert sorted(points(trials)) == [(x,) for x in xs] and len(counted(trials)) == len(trials)
     finally:
         subprocess.run([*as_pg, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
@@ -395,7 +395,7 @@ def test_end_to_end_with_cli_and_demo_data(tmp_path, monkeypatch):
         pytest.skip(f"datamodules.synthetic does not import: {e}")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     constants = {
-        "data.data_root": str(tmp_path / "demo"), "data.demo_count": 40, "data.demo_size": 64,
+        "data.root": str(tmp_path / "demo"), "demo.count": 40, "demo.size": 64,
         "data.image_size": 32, "trainer.max_epochs": 2, "data.num_workers": 0, "model.backbone": "resnet18",
         "data.batch_size": 8, "trainer.enable_progress_bar": False, "run.test_after_fit": False,
     }
@@ -427,3 +427,23 @@ def test_end_to_end_with_cli_and_demo_data(tmp_path, monkeypatch):
     again = [json.loads(line)["val/auroc"] for line in
              (tmp_path / "again" / "demo" / "best" / "sweep_history.jsonl").read_text().splitlines()]
     assert again == pytest.approx(best.user_attrs["history"], abs=1e-6)
+
+
+def test_gpu_slots_stay_inside_an_inherited_allocation(monkeypatch):
+    from sweeps.runner import gpu_slots
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # as SLURM / Kubernetes set it
+    assert gpu_slots(None, 1, None) == ["2", "3"]
+    assert gpu_slots("1", 1, None) == ["3"]  # --gpus indexes into the allocation
+    assert gpu_slots(None, 2, None) == ["2,3"]
+    assert gpu_slots(None, 1, None, trials_per_gpu=2) == ["2", "3", "2", "3"]
+    with pytest.raises(ValueError, match="outside the 2 GPU"):
+        gpu_slots("2", 1, None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aa,GPU-bb,-1,GPU-cc")  # UUIDs; CUDA stops at -1
+    assert gpu_slots(None, 1, None) == ["GPU-aa", "GPU-bb"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert gpu_slots(None, 1, 3) == ["0", "1", "2"]
+    assert gpu_slots(None, 2, None, trials_per_gpu=3) == ["0,1", "2,3"] * 3

@@ -55,7 +55,7 @@ def test_phi_fixture_really_holds_phi(dicom_with_phi):
 def test_no_dicom_header_value_reaches_any_run_output(dicom_with_phi, tmp_path):
     from conftest import TINY
 
-    common = ["--config", "configs/demo.yaml", f"--data.data_root={dicom_with_phi}", "--data.demo=null",
+    common = ["--config", "configs/demo.yaml", f"--data.root={dicom_with_phi}", "--demo.body_part=null",
               f"--run.root={tmp_path / 'runs'}", *TINY, "--run.wandb=offline", "--run.log_images=true"]
     fit = cli_main(["fit", *common, "--trainer.max_epochs=2"])
     cli_main(["predict", *common, f"--ckpt_path={fit.run_dir / 'checkpoints' / 'last.ckpt'}"])
@@ -68,10 +68,10 @@ def test_no_dicom_header_value_reaches_any_run_output(dicom_with_phi, tmp_path):
 def test_logged_paths_are_relative_to_the_data_root(dicom_with_phi, tmp_path):
     from conftest import TINY
 
-    fit = cli_main(["fit", "--config", "configs/demo.yaml", f"--data.data_root={dicom_with_phi}", "--data.demo=null",
+    fit = cli_main(["fit", "--config", "configs/demo.yaml", f"--data.root={dicom_with_phi}", "--demo.body_part=null",
                     f"--run.root={tmp_path / 'runs'}", *TINY, "--run.test_after_fit=false"])
-    pred = cli_main(["predict", "--config", "configs/demo.yaml", f"--data.data_root={dicom_with_phi}",
-                     "--data.demo=null", f"--run.root={tmp_path / 'runs'}", *TINY,
+    pred = cli_main(["predict", "--config", "configs/demo.yaml", f"--data.root={dicom_with_phi}",
+                     "--demo.body_part=null", f"--run.root={tmp_path / 'runs'}", *TINY,
                      f"--ckpt_path={fit.run_dir / 'checkpoints' / 'last.ckpt'}"])
     text = (pred.run_dir / "predictions.csv").read_text()
     assert "images/" in text and str(dicom_with_phi) not in text

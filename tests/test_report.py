@@ -7,7 +7,7 @@ import re
 import pytest
 from test_analysis import TRIALS, make_sweep_dir
 
-from sweeps.report import scrub, write_report
+from sweeps.analysis.report import scrub, write_report
 
 pytest.importorskip("plotly")
 

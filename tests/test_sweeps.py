@@ -8,19 +8,14 @@ import random
 
 import pytest
 import yaml
-from conftest import SWEEP_FILES
+from conftest import SWEEP_FILES, parse_cli
 
-from sweeps.agent import agent_argv, cli_args
-from sweeps.config import (
-    DISTRIBUTIONS,
-    SweepConfigError,
-    create_custom_sweep_config,
-    hyperband_bands,
-    replace_config,
-)
+from sweeps.errors import ParameterError, SweepConfigError
+from sweeps.files import SWEEP_CONFIGS, create_custom_sweep_config, get_sweep_config, replace_config
+from sweeps.files.schema import DISTRIBUTIONS
+from sweeps.hyperband import hyperband_bands
 from sweeps.main import main as sweeps_main
-from sweeps.params import ParameterError, parse_cli
-from sweeps.presets import SWEEP_CONFIGS, get_sweep_config
+from sweeps.runner import agent_argv, cli_args
 
 # W&B's schema: additionalProperties is false at the top level (from W&B's sweeps package)
 WANDB_TOP_LEVEL = {"method", "name", "description", "project", "entity", "program", "job", "image_uri",
@@ -84,7 +79,7 @@ def _sample(spec: dict, rng: random.Random):
 
 
 def _conditions(sweep: dict) -> dict[str, tuple[str, list[str]]]:
-    from sweeps.conditions import parse_condition
+    from sweeps.contract.conditions import parse_condition
 
     out = {}
     for item in sweep["command"]:
@@ -219,7 +214,7 @@ def test_wandb_backend_starts_one_agent_per_gpu(monkeypatch, capsys):
 
     import wandb
 
-    from sweeps import wandb_backend
+    from sweeps.runner import wandb_agents
 
     started = []
 
@@ -232,10 +227,11 @@ def test_wandb_backend_starts_one_agent_per_gpu(monkeypatch, capsys):
 
     monkeypatch.setattr(wandb, "sweep", lambda sweep, project=None, entity=None: "abc123")
     monkeypatch.setattr(subprocess, "Popen", FakeProc)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     args = argparse.Namespace(cfg="configs/demo.yaml", gpus="0,1,2,3", gpus_per_trial=1, workers=None,
-                              count=10, project="xray", entity="lab")
+                              trials_per_gpu=1, count=10, project="xray", entity="lab")
     sweep = yaml.safe_load(open("sweeps/learning_rate.yaml"))
-    assert wandb_backend.run_wandb_sweep(sweep, args) == 0
+    assert wandb_agents.run_wandb_sweep(sweep, args) == 0
     assert [gpu for _, gpu in started] == ["0", "1", "2", "3"]
     cmd = started[0][0]
     assert cmd[:4] == [sys.executable, "-m", "wandb", "agent"]

@@ -9,12 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Optional
 
-from sweeps.config import (
-    SweepConfigError,
-    create_custom_sweep_config,
-    merge_custom_params,
-    validation_metrics,
-)
+from sweeps.errors import SweepConfigError
+from sweeps.files.build import create_custom_sweep_config, merge_custom_params, validation_metrics
 
 _LR = {"distribution": "log_uniform_values", "min": 1.0e-5, "max": 3.0e-3}
 _WD = {"distribution": "log_uniform_values", "min": 1.0e-6, "max": 1.0e-2}
@@ -117,7 +113,7 @@ def get_sweep_config(
     preset = copy.deepcopy(SWEEP_CONFIGS[name])
     preset["parameters"] = merge_custom_params(preset["parameters"], custom_params)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if overrides.get("metric_name") in validation_metrics():
+    if overrides.get("metric_name") in validation_metrics(None):
         preset.pop("objective", None)  # asking for a plain metric replaces the preset's objective
     preset.update(overrides)
     preset["name"] = sweep_name or name

@@ -20,19 +20,19 @@ from typing import Any, Optional
 
 import yaml
 
-from sweeps.analysis import (
+from sweeps.analysis.results import (
     COMPLETED,
-    _run_config,
     applied_params,
     best_config,
     best_run,
     fmt,
     goal_of,
     load_offline_runs,
+    run_config,
     runs_table,
 )
-from sweeps.history import write_atomic
-from sweeps.main import UsageError
+from sweeps.errors import UsageError
+from sweeps.files.io import write_atomic
 
 # Two slashes, or a leading / ~ ./ X:\ : a file path; "val/auroc" stays.
 _PATH = re.compile(r"""(?<![\w.~-])(?:[A-Za-z]:[\\/]|~/|\.{1,2}/|/)[^\s'",;)]*|[\w.~-]+(?:[/\\][\w.~-]+){2,}""")
@@ -134,7 +134,7 @@ def study_of(sweep_dir: Path, sweep: dict, runs: list[dict]):
 
     _, goal = goal_of(sweep)
     done = _completed(runs)
-    applied = [applied_params(sweep, r["params"], _run_config(sweep_dir, r)) for r in done]
+    applied = [applied_params(sweep, r["params"], run_config(sweep_dir, r)) for r in done]
     specs = sweep.get("parameters") or {}
     dists = {}
     for name in dict.fromkeys(n for a in applied for n in a):
@@ -209,7 +209,7 @@ def summary_html(sweep: dict, runs: list[dict], best: Optional[dict], sweep_dir:
     if best is None:
         parts.append(_note("No completed run yet: the best configuration appears when a run finishes."))
         return "\n".join(parts)
-    config = _run_config(sweep_dir, best)
+    config = run_config(sweep_dir, best)
     parts.append(f"<h3>Best run {html.escape(best['name'])} ({html.escape(best['state'])}): "
                  f"{html.escape(metric)} = {html.escape(fmt(best['value']))}</h3>")
     flat = applied_params(sweep, best["params"], config)

@@ -1,13 +1,11 @@
-"""Files of a sweep: sweep_history.jsonl (one JSON line per validation epoch of a run,
-written by the run and read by the offline runner, the analysis and the report), and the
-atomic writes every sweep file goes through (readers never see half a file)."""
+"""sweep_history.jsonl: one JSON line per validation epoch of a run, written by the run and
+read by the offline runner, the analysis and the report."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -43,23 +41,3 @@ def best_of(history: list, goal: str) -> Optional[float]:
     """The best finite value of a history: what W&B's bayes uses for a run."""
     values = [v for v in history if isinstance(v, (int, float)) and math.isfinite(v)]
     return (max(values) if goal == "maximize" else min(values)) if values else None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename, with the permissions of any new file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    write_atomic(path, json.dumps(data, indent=1, default=str))

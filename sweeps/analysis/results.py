@@ -1,5 +1,5 @@
-"""`python -m sweeps best DIR|ENTITY/PROJECT/ID [--export best.yaml]`: the runs of a sweep,
-best first, and the best run's parameters as a LightningCLI config.
+"""The runs of a sweep, offline or on W&B, as one list of records; ranking, the table of runs,
+and the best run's parameters as a LightningCLI config (what `best` and `report` show).
 
 An offline sweep directory holds sweep.yaml, the Optuna storage optuna.db (one trial per run,
 the run's facts in user_attrs) and runs/NNNN/ (run.json, sweep_history.jsonl, config.yaml).
@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from sweeps.conditions import WHEN_PREFIX, format_value, parse_condition
-from sweeps.history import HISTORY_FILE, best_of, read_history, write_atomic
-from sweeps.main import UsageError
-from sweeps.params import YACS_ALIASES
+from models.metrics import DEFAULT_METRIC
+from sweeps.contract.conditions import WHEN_PREFIX, format_value, parse_condition
+from sweeps.contract.history import HISTORY_FILE, best_of, read_history
+from sweeps.errors import UsageError
+from sweeps.files.params import YACS_ALIASES
 
 COMPLETED = ("finished", "stopped")  # Optuna state COMPLETE: value = best of history
 _WANDB_PATH = re.compile(r"^[\w.-]+/[\w.-]+/[\w-]+$")
@@ -44,7 +44,7 @@ def from_cli(value: Any) -> Any:
 
 def goal_of(sweep: dict) -> tuple[str, str]:
     metric = sweep.get("metric") or {}
-    return str(metric.get("name") or "val/auroc"), str(metric.get("goal") or "maximize")
+    return str(metric.get("name") or DEFAULT_METRIC), str(metric.get("goal") or "maximize")
 
 
 def conditions(sweep: dict) -> list[tuple[str, str, list[str]]]:
@@ -172,7 +172,7 @@ def load_offline_runs(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
     return sweep, runs
 
 
-def _run_config(sweep_dir: Path, run: dict) -> Optional[dict]:
+def run_config(sweep_dir: Path, run: dict) -> Optional[dict]:
     try:
         return yaml.safe_load((sweep_dir / run["run_dir"] / "config.yaml").read_text())
     except (OSError, yaml.YAMLError, TypeError):
@@ -257,68 +257,3 @@ def runs_table(sweep: dict, runs: list[dict]) -> list[list[str]]:
 def best_run(sweep: dict, runs: list[dict]) -> Optional[dict]:
     ranked = rank(runs, goal_of(sweep)[1])
     return ranked[0] if ranked and ranked[0]["state"] in COMPLETED and ranked[0]["value"] is not None else None
-
-
-def _print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    widths[1] = min(widths[1], 40)  # a long failure reason must not push the params off screen
-    for r in rows:
-        cells = [c if len(c) <= w else c[: w - 1] + "…" for c, w in zip(r, widths)]
-        print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
-
-
-def _base_configs(sweep: dict) -> list[str]:
-    command = [str(c) for c in sweep.get("command") or []]
-    return [command[i + 1] for i, c in enumerate(command[:-1]) if c == "--config"]
-
-
-def export_yaml(path: Path, sweep: dict, run: dict, config: dict) -> None:
-    metric, _ = goal_of(sweep)
-    base = " ".join(f"--config {c}" for c in _base_configs(sweep)) or "--config <your config>"
-    header = (
-        f"# Best run of sweep {sweep.get('name', '')}: {run['name']}, {metric} = {fmt(run['value'])}\n"
-        f"# Reproduce: python cli.py fit {base} --config {path.name}\n"
-    )
-    write_atomic(path, header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False))
-
-
-def _show_best(source: str, export: Optional[str]) -> int:
-    if export and not Path(export).parent.is_dir():
-        raise UsageError(f"cannot export to {export}: directory {Path(export).parent} does not exist")
-    local = Path(source)
-    if local.exists() or not _WANDB_PATH.match(source):
-        sweep, runs = load_offline_runs(local)
-        for run in runs:
-            run["config"] = _run_config(local, run)
-    else:
-        sweep, runs = load_wandb_runs(source)
-    metric, goal = goal_of(sweep)
-    counts = {s: sum(r["state"] == s for r in runs) for s in dict.fromkeys(r["state"] for r in runs)}
-    print(f"sweep {sweep.get('name', source)}: {len(runs)} runs "
-          f"({', '.join(f'{n} {s}' for s, n in counts.items()) or 'none'}); {metric}, {goal}")
-    if runs:
-        _print_table(runs_table(sweep, runs))
-    best = best_run(sweep, runs)
-    if best is None:
-        raise UsageError(f"no completed run in {source} yet (finished or stopped runs have a {metric})")
-    config = best_config(sweep, best["params"], best.get("config"))
-    print(f"\nbest: run {best['name']} ({best['state']}), {metric} = {fmt(best['value'])}")
-    flat = applied_params(sweep, best["params"], best.get("config"))
-    for name, value in flat.items():
-        print(f"  {name}: {fmt(value)}")
-    if best["run_dir"]:
-        print(f"run dir: {local / best['run_dir']}")
-    if export:
-        export_yaml(Path(export), sweep, best, config)
-        print(f"wrote {export}; train it with: python cli.py fit "
-              f"{' '.join(f'--config {c}' for c in _base_configs(sweep))} --config {export}")
-    return 0
-
-
-def show_best(source: str, export: Optional[str] = None) -> int:
-    """Print the runs best first and the best run; optionally export it. Returns the exit code."""
-    try:
-        return _show_best(source, export)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2

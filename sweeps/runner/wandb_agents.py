@@ -11,8 +11,8 @@ import math
 import subprocess
 import sys
 
-from sweeps.launch import child_env, gpu_slots, prepare_sweep
-from sweeps.main import UsageError
+from sweeps.errors import UsageError
+from sweeps.runner.launch import child_env, gpu_slots, prepare_sweep
 
 
 def run_wandb_sweep(sweep: dict, args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def run_wandb_sweep(sweep: dict, args: argparse.Namespace) -> int:
     if args.count:
         sweep = dict(sweep, run_cap=args.count)  # W&B stops handing out runs at the cap
     try:
-        slots = gpu_slots(args.gpus, args.gpus_per_trial, args.workers)
+        slots = gpu_slots(args.gpus, args.gpus_per_trial, args.workers, args.trials_per_gpu)
     except ValueError as e:
         raise UsageError(str(e)) from None
     try:

@@ -1,5 +1,6 @@
-"""Parameter names: the CLI paths a sweep may set, the old tool's yacs aliases, and a
-parse-only view of the CLI used to check that a sweep's argv lands where it should."""
+"""Parameter names: the CLI paths a sweep may set (read from the signatures and option
+dataclasses that make up the CLI's schema, without importing the CLI) and the old tool's
+yacs aliases."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import logging
 import typing
 from dataclasses import fields
 from typing import Any, Optional
+
+from sweeps.errors import ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +38,13 @@ YACS_ALIASES = {
     "MODEL.DROPOUT": "model.dropout",
     "MODEL.IMAGE_SIZE": "data.image_size",
     "MODEL.PRETRAINED": "model.weights",
-    "DATASET.ROOT": "data.data_root",
+    "DATASET.ROOT": "data.root",
     "DATA.BALANCING": "data.balancing",
     "WORKERS": "data.num_workers",
 }
 
 # Set by the data module through link_arguments: not free parameters.
 _LINKED = {"model.num_classes", "model.class_names", "model.class_weights"}
-
-
-class ParameterError(ValueError):
-    """An unknown or invalid sweep parameter; the message names it and what is allowed."""
 
 
 def _signature_params(cls: type, prefix: str) -> dict[str, Any]:
@@ -62,15 +61,16 @@ def cli_parameters() -> dict[str, Any]:
     """Every CLI path a sweep may set, with its type annotation."""
     from lightning.pytorch import Trainer
 
-    from cli import RunOptions, SweepOptions
     from datamodules.datamodule import XrayDataModule
     from models.classifier import XrayClassifier
+    from sweeps.contract.options import SweepOptions
+    from training.options import DemoOptions, RunOptions
 
     paths: dict[str, Any] = {"seed_everything": int}
     paths.update(_signature_params(XrayClassifier, "model"))
     paths.update(_signature_params(XrayDataModule, "data"))
     paths.update(_signature_params(Trainer, "trainer"))
-    for prefix, dc in (("run", RunOptions), ("sweep", SweepOptions)):
+    for prefix, dc in (("run", RunOptions), ("sweep", SweepOptions), ("demo", DemoOptions)):
         hints = typing.get_type_hints(dc)
         paths.update({f"{prefix}.{f.name}": hints[f.name] for f in fields(dc)})
     return {k: v for k, v in paths.items() if k not in _LINKED}
@@ -104,20 +104,3 @@ def resolve_name(name: str, known: Optional[dict[str, Any]] = None) -> str:
         f"Unknown sweep parameter {name!r}: parameters are CLI paths such as model.lr, data.batch_size, "
         f"trainer.max_epochs.{hint}"
     )
-
-
-def parse_cli(argv: list[str]):
-    """Parse a command line with the real CLI, instantiating nothing; returns the subcommand's config."""
-    from cli import XrayCLI
-    from datamodules.datamodule import XrayDataModule
-    from models.classifier import XrayClassifier
-
-    class _ParseOnly(XrayCLI):
-        def before_instantiate_classes(self) -> None: ...
-
-        def instantiate_classes(self) -> None: ...
-
-        def _run_subcommand(self, subcommand: str) -> None: ...
-
-    cli = _ParseOnly(XrayClassifier, XrayDataModule, args=argv, auto_configure_optimizers=False)
-    return cli.config[cli.config.subcommand]

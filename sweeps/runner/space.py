@@ -21,20 +21,19 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from sweeps.config import SweepConfigError, infer_distribution
+from sweeps.errors import RunnerError
+from sweeps.files.schema import infer_distribution
 
 UNSUPPORTED = ("normal", "log_normal", "q_normal", "q_log_normal", "beta", "q_beta")
 SUPPORTED = ("constant", "categorical", "categorical_w_probabilities", "int_uniform", "uniform",
              "q_uniform", "log_uniform_values", "inv_log_uniform_values", "q_log_uniform_values")
 
 
-class RunnerError(SweepConfigError):
-    """Bad input for the offline runner; main prints `error: ...` and exits 2."""
-
+MAX_GRID_POINTS = 100_000  # a grid larger than this is a mistake (10 x 10 values ... is 10^10)
 
 @dataclass
 class Param:
@@ -139,9 +138,13 @@ class Space:
         decoded = {p.name: p.decode(sampled[p.name]) for p in self.params}
         return {n: decoded[n] if n in decoded else self.constants[n] for n in self.order}
 
-    def grid_points(self) -> list[dict]:
+    def grid_size(self) -> int:
+        return math.prod(len(p.grid or []) for p in self.params)
+
+    def grid_points(self) -> Iterator[dict]:
+        """The grid in W&B's order, one point at a time (never the whole product in memory)."""
         names = [p.name for p in self.params]
-        return [dict(zip(names, combo)) for combo in itertools.product(*(p.grid for p in self.params))]
+        return (dict(zip(names, combo)) for combo in itertools.product(*(p.grid for p in self.params)))
 
     def key(self, params: dict) -> tuple:
         return tuple((p.name, repr(params.get(p.name))) for p in self.params)
@@ -161,14 +164,19 @@ def build_space(sweep: dict) -> Space:
             constants[name] = spec["value"]
         else:
             params.append(param)
-    return Space(method, constants, params, list(parameters))
+    space = Space(method, constants, params, list(parameters))
+    if method == "grid" and space.grid_size() > MAX_GRID_POINTS:
+        sizes = " x ".join(f"{len(p.grid)} ({p.name})" for p in params)
+        raise RunnerError(f"the grid has {space.grid_size():,} points ({sizes}), more than the {MAX_GRID_POINTS:,} "
+                          "a sweep can run; use method random or bayes, or fewer values")
+    return space
 
 
 def make_sampler(space: Space, seed: Optional[int]):
+    """grid: the runner enqueues every point itself (fixed parameters), so the sampler is never
+    asked; Optuna's GridSampler is not used, since it fails on trials it did not plan."""
     import optuna
 
-    if space.method == "grid" and space.params:
-        return optuna.samplers.GridSampler({p.name: p.grid for p in space.params}, seed=seed)
     if space.method == "bayes":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     return optuna.samplers.RandomSampler(seed=seed)

@@ -1,0 +1,96 @@
+"""`python -m sweeps best DIR|ENTITY/PROJECT/ID [--export best.yaml]`: the runs of a sweep,
+best first, and the best run's parameters as a LightningCLI config."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from sweeps.analysis.results import (
+    _WANDB_PATH,
+    applied_params,
+    best_config,
+    best_run,
+    fmt,
+    goal_of,
+    load_offline_runs,
+    load_wandb_runs,
+    run_config,
+    runs_table,
+)
+from sweeps.errors import UsageError
+from sweeps.files.io import write_atomic
+
+
+def _one_line(text: object) -> str:
+    """Text for a YAML comment: nothing that YAML reads as a line break (\n, \r, NEL, LS, PS)."""
+    return "".join(ch if ch.isprintable() else " " for ch in str(text))
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    widths[1] = min(widths[1], 40)  # a long failure reason must not push the params off screen
+    for r in rows:
+        cells = [c if len(c) <= w else c[: w - 1] + "…" for c, w in zip(r, widths)]
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+
+
+def _base_configs(sweep: dict) -> list[str]:
+    command = [str(c) for c in sweep.get("command") or []]
+    return [command[i + 1] for i, c in enumerate(command[:-1]) if c == "--config"]
+
+
+def export_yaml(path: Path, sweep: dict, run: dict, config: dict) -> None:
+    metric, _ = goal_of(sweep)
+    base = " ".join(f"--config {c}" for c in _base_configs(sweep)) or "--config <your config>"
+    header = (
+        f"# Best run of sweep {_one_line(sweep.get('name', ''))}: {_one_line(run['name'])}, "
+        f"{_one_line(metric)} = {fmt(run['value'])}\n"
+        f"# Reproduce: {_one_line(f'python cli.py fit {base} --config {path.name}')}\n"
+    )
+    write_atomic(path, header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False))
+
+
+def _show_best(source: str, export: Optional[str]) -> int:
+    if export and not Path(export).parent.is_dir():
+        raise UsageError(f"cannot export to {export}: directory {Path(export).parent} does not exist")
+    local = Path(source)
+    if local.exists() or not _WANDB_PATH.match(source):
+        sweep, runs = load_offline_runs(local)
+        for run in runs:
+            run["config"] = run_config(local, run)
+    else:
+        sweep, runs = load_wandb_runs(source)
+    metric, goal = goal_of(sweep)
+    counts = {s: sum(r["state"] == s for r in runs) for s in dict.fromkeys(r["state"] for r in runs)}
+    print(f"sweep {sweep.get('name', source)}: {len(runs)} runs "
+          f"({', '.join(f'{n} {s}' for s, n in counts.items()) or 'none'}); {metric}, {goal}")
+    if runs:
+        _print_table(runs_table(sweep, runs))
+    best = best_run(sweep, runs)
+    if best is None:
+        raise UsageError(f"no completed run in {source} yet (finished or stopped runs have a {metric})")
+    config = best_config(sweep, best["params"], best.get("config"))
+    print(f"\nbest: run {best['name']} ({best['state']}), {metric} = {fmt(best['value'])}")
+    flat = applied_params(sweep, best["params"], best.get("config"))
+    for name, value in flat.items():
+        print(f"  {name}: {fmt(value)}")
+    if best["run_dir"]:
+        print(f"run dir: {local / best['run_dir']}")
+    if export:
+        export_yaml(Path(export), sweep, best, config)
+        print(f"wrote {export}; train it with: python cli.py fit "
+              f"{' '.join(f'--config {c}' for c in _base_configs(sweep))} --config {export}")
+    return 0
+
+
+def show_best(source: str, export: Optional[str] = None) -> int:
+    """Print the runs best first and the best run; optionally export it. Returns the exit code."""
+    try:
+        return _show_best(source, export)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,92 @@
+"""RunGuard: stops a run cleanly on SIGTERM and fails it fast on a NaN/inf training loss.
+
+The W&B agent stops a run with SIGTERM to the main process only and SIGKILL 30 s later.
+Lightning's own SIGTERM handler runs a collective inside the signal handler, which can
+deadlock when the signal lands inside another collective. Here the handler only sets a flag;
+every few batches all ranks agree on it with one all-reduce (every rank is at the same batch,
+so no rank waits alone), save `last.ckpt` and raise RunStopped, which the CLI turns into a
+finished W&B run and exit code 0. The same all-reduce fails the run fast when the training
+loss is NaN or infinite (Diverged).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from sweeps.contract.lightning_adapter import keep_sigterm_handler
+from sweeps.contract.signals import StopSignal
+
+
+class RunStopped(Exception):
+    """Raised on every rank once all ranks agreed to stop after SIGTERM."""
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite: the run fails fast with this reason."""
+
+
+class RunGuard(Callback):
+    """Stops a run cleanly on SIGTERM and fails it fast on a NaN/inf training loss.
+
+    Every `every` batches all ranks exchange two flags in one all-reduce: "a SIGTERM arrived"
+    and "the training loss is not finite". Every rank runs the same number of batches, so
+    every rank takes part in the same collectives and none waits alone; checking every few
+    batches keeps the cost (a host sync, a tiny collective) off most steps. A NaN on one rank
+    reaches the others only through the gradients, hence the agreement for it too.
+    """
+
+    def __init__(self, checkpoint_dir: Optional[Path] = None, every: int = 4) -> None:
+        self.checkpoint_dir, self.every = checkpoint_dir, max(1, every)
+        self.stopped = False
+        self._calls: dict[str, int] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        StopSignal.install()
+        keep_sigterm_handler(trainer, StopSignal.install)
+
+    def _due(self, loop: str) -> bool:
+        self._calls[loop] = self._calls.get(loop, 0) + 1
+        return self._calls[loop] % self.every == 1 or self.every == 1
+
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Optional[torch.Tensor] = None) -> None:
+        bad = loss is not None and not bool(torch.isfinite(loss.detach()).all())
+        flags = torch.tensor([float(StopSignal.requested), float(bad)], device=pl_module.device)
+        if trainer.world_size > 1:
+            flags = trainer.strategy.reduce(flags, reduce_op="sum")
+        stop, diverged = bool(flags[0] > 0), bool(flags[1] > 0)
+        if diverged:
+            value = float(loss) if loss is not None else math.nan
+            raise Diverged(
+                f"training diverged: loss is {value:g} on some rank at epoch {trainer.current_epoch}, "
+                f"step {trainer.global_step} (try a lower model.lr)"
+            )
+        if not stop:
+            return
+        self.stopped = True
+        if self.checkpoint_dir is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
+            trainer.save_checkpoint(str(Path(self.checkpoint_dir) / "last.ckpt"))
+        raise RunStopped("stopped by SIGTERM")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._due("train"):
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self._check(trainer, pl_module, loss)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._due("val"):
+            self._check(trainer, pl_module)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._due("test"):
+            self._check(trainer, pl_module)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        # predict shards are uneven across ranks, so a collective here could wait forever
+        if trainer.world_size == 1 and self._due("predict"):
+            self._check(trainer, pl_module)

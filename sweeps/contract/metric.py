@@ -1,0 +1,71 @@
+"""SweepMetric: the sweep metric, exactly once per validation epoch.
+
+W&B's hyperband counts the history rows that contain the sweep metric, so the metric must
+appear exactly once per validation epoch, with `epoch` in the same row, never during the
+sanity check, from rank 0 only. Lightning's epoch-end logging already writes one row per
+validation epoch on rank 0 with `epoch` in it; this callback adds a combined objective to
+that same row, checks that the metric is one the model logs, warns when validation runs more
+or less than once per epoch, and appends each value to `sweep_history.jsonl` in the run
+directory for the offline runner.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from sweeps.contract.history import append_history
+
+log = logging.getLogger(__name__)
+
+
+def objective_value(objective: dict[str, float], metrics: dict[str, torch.Tensor]) -> float:
+    """Weighted sum of metrics, e.g. {"val/auroc": 0.7, "val/balanced_acc": 0.3}."""
+    return float(sum(weight * float(metrics[name]) for name, weight in objective.items()))
+
+
+class SweepMetric(Callback):
+    def __init__(self, metric: str, objective: Optional[dict[str, float]] = None, history_file: Optional[Path] = None):
+        self.metric, self.objective, self.history_file = metric, objective, history_file
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.val_check_interval != 1.0 or (trainer.check_val_every_n_epoch or 1) != 1:
+            log.warning(
+                "trainer.val_check_interval=%s / check_val_every_n_epoch=%s: the sweep metric %s is logged "
+                "once per validation, so hyperband's min_iter/max_iter count validations, not epochs.",
+                trainer.val_check_interval, trainer.check_val_every_n_epoch, self.metric,
+            )
+        logged = list(getattr(pl_module, "metric_names", lambda stage: [])("val"))
+        if self.objective:
+            # val/loss is logged by Lightning after this callback runs, so it cannot take part.
+            available = [n for n in logged if n != "val/loss"]
+            unknown = sorted(set(self.objective) - set(available))
+            if unknown:
+                raise ValueError(f"sweep.objective names unknown metric(s) {unknown}; allowed: {available}")
+        elif logged and self.metric not in logged:
+            # e.g. val/sensitivity on a 3-class task: the run would never log it, hyperband never sees it
+            raise ValueError(f"sweep.metric {self.metric!r} is not logged by this model "
+                             f"({pl_module.hparams.get('num_classes', '?')} classes); it logs {logged}")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.objective or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = objective_value(self.objective, pl_module.current_metrics("val"))
+        # Logged in the same epoch-end row as the module's val/* metrics and `epoch`.
+        pl_module.log(self.metric, value)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero:
+            return
+        if self.history_file is None:
+            return
+        value = trainer.callback_metrics.get(self.metric)
+        value = float(value) if value is not None else math.nan
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, self.metric: value}
+        append_history(self.history_file, row)

@@ -1,0 +1,166 @@
+"""`python -m sweeps run SWEEP.yaml`: the same W&B sweep file, no W&B server, Optuna for
+sampling and storage.
+
+Methods: grid -> every point of the product of the parameters' values, in W&B's order, each
+run once (int_uniform and q_uniform are enumerated as W&B's grid does); the points are
+enqueued into the study one at a time by the runner (the study's sampler is Optuna's
+GridSampler over the same space) so that a point held by another runner or done before a
+restart is never run twice. random -> RandomSampler(seed). bayes -> TPESampler(seed,
+multivariate=True), Optuna's model-based sampler (W&B uses a Gaussian process; both model
+the best value of each run's history).
+
+Storage: sweep.yaml, optuna.db (or --storage URL) and runs/NNNN/ under the sweep directory;
+one trial per run with the run's facts in user_attrs (see README, "Offline sweeps").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from sweeps.errors import RunnerError, SweepConfigError
+from sweeps.files.io import write_atomic
+from sweeps.files.params import YACS_ALIASES, cli_parameters, resolve_name
+from sweeps.files.schema import GOALS, check_early_terminate, max_epochs_of
+from sweeps.runner.jobs import find_root
+from sweeps.runner.launch import gpu_slots, prepare_sweep
+from sweeps.runner.progress import Progress
+from sweeps.runner.runner import LaunchSettings, Runner
+from sweeps.runner.space import build_space, make_sampler
+from sweeps.runner.storage import Storage, mask_password
+
+DEFAULT_COUNT = 10
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _slots(args: argparse.Namespace) -> list[Optional[str]]:
+    try:
+        return gpu_slots(args.gpus, args.gpus_per_trial, args.workers, args.trials_per_gpu)
+    except ValueError as e:
+        raise RunnerError(str(e)) from e
+
+
+def _same_sweep(a: dict, b: dict) -> bool:
+    keys = ("method", "metric", "parameters", "early_terminate", "command")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def check_name(name: str) -> str:
+    """A sweep name becomes a directory and a study name: letters, digits, . _ - only."""
+    if not NAME.fullmatch(name) or name in (".", ".."):
+        raise RunnerError(f"sweep name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+                          "(at most 100 characters, no path separators or line breaks)")
+    return name
+
+
+def config_files(sweep: dict, root: Path) -> list[str]:
+    """The LightningCLI configs in the sweep's command, as the run will find them."""
+    command = [str(c) for c in sweep.get("command") or []]
+    found = [command[i + 1] for i, c in enumerate(command[:-1]) if c == "--config"]
+    return [p if Path(p).is_absolute() else str(root / p) for p in found]
+
+
+def check_sweep(sweep: dict, root: Path) -> dict:
+    """What W&B's controller would refuse, refused here before anything is written or run:
+    the metric and its goal, hyperband settings, parameter names the CLI does not know."""
+    metric = sweep.get("metric")
+    if not isinstance(metric, dict) or not metric.get("name"):
+        raise RunnerError("the sweep has no metric.name; the offline runner ranks runs by it")
+    goal = metric.get("goal", "minimize")
+    if goal not in GOALS:
+        raise RunnerError(f"metric.goal {goal!r} is not allowed; W&B accepts {' or '.join(GOALS)}")
+    space = build_space(sweep)  # bad parameters fail here
+    if Path(str(sweep.get("program") or "")).name != "cli.py":
+        return space  # another program (a stand-in in tests): its options are its own
+    known = cli_parameters()
+    unknown = [n for n in sweep["parameters"] if n not in known]
+    if unknown:
+        hints = []
+        for name in unknown:
+            try:
+                resolve_name(name, known)
+                hints.append(f"{name} (the old tool's name; the CLI needs {YACS_ALIASES.get(name.upper())})")
+            except SweepConfigError as e:
+                hints.append(str(e))
+        raise RunnerError(f"the CLI has no option for sweep parameter(s) {unknown}; every run would fail. "
+                          + " ".join(hints))
+    if sweep.get("early_terminate") is not None:
+        check_early_terminate(sweep["early_terminate"], max_epochs_of(config_files(sweep, root), sweep["parameters"]))
+    return space
+
+
+def run_offline(sweep: dict, args: argparse.Namespace) -> int:
+    sweep_file = getattr(args, "sweep_file", None)
+    name = check_name(str(sweep.get("name") or (Path(sweep_file).stem if sweep_file else "sweep")))
+    root = find_root(sweep, sweep_file)
+    if args.cfg:
+        cfg = Path(args.cfg)
+        if not cfg.is_file() and (root / cfg).is_file():
+            cfg = root / cfg
+        if cfg.is_file() and cfg.resolve().parent != root / cfg.parent:
+            cfg = cfg.resolve()  # the run starts in the repository root, not here
+        args.cfg = str(cfg)
+    for option in ("count", "workers", "max_failures", "gpus_per_trial", "trials_per_gpu"):
+        value = getattr(args, option, None)
+        if value is not None and value < 1:
+            raise RunnerError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+    sweep = prepare_sweep(sweep, args.cfg, args.gpus_per_trial)
+    space = check_sweep(sweep, root)
+    slots = _slots(args)
+    if space.method == "grid":
+        size = space.grid_size()
+        count = min(args.count, size) if args.count else size
+    else:
+        count = args.count or sweep.get("run_cap") or DEFAULT_COUNT
+        if not args.count and not sweep.get("run_cap"):
+            print(f"{sweep['method']} sweep: {count} runs (--count N for more)")
+    sweep_dir = Path(args.out or Path("sweep_runs") / name).resolve()
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunnerError(f"cannot create the sweep directory {sweep_dir}: {e.strerror} (--out)") from None
+    sweep_yaml = sweep_dir / "sweep.yaml"
+    if sweep_yaml.is_file():
+        previous = yaml.safe_load(sweep_yaml.read_text()) or {}
+        if not _same_sweep(previous, sweep):
+            raise RunnerError(f"{sweep_dir} holds a different sweep ({sweep_yaml}); give another --out")
+    url = args.storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
+    direction = "maximize" if sweep["metric"].get("goal") == "maximize" else "minimize"
+    try:
+        store = Storage(url, name, direction, make_sampler(space, args.seed))
+    except Exception as e:  # a bad URL, no server, a missing driver: one line, password masked
+        with contextlib.suppress(OSError):
+            sweep_dir.rmdir()  # only if still empty
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise RunnerError(f"cannot open sweep storage {mask_password(url)}: {type(e).__name__}: "
+                          f"{mask_password(first)}") from None
+    try:
+        write_atomic(sweep_yaml, yaml.safe_dump(sweep, sort_keys=False))
+    except OSError as e:
+        raise RunnerError(f"cannot write {sweep_yaml}: {e.strerror} (--out)") from None
+    progress = Progress(count, live=not args.quiet and sys.stdout.isatty())
+    settings = LaunchSettings(wandb=args.wandb, project=args.project, entity=args.entity,
+                              max_failures=args.max_failures)
+    runner = Runner(sweep, space, store, sweep_dir=sweep_dir, root=root, slots=slots, count=count,
+                    progress=progress, settings=settings)
+    print(f"sweep {name}: {sweep['method']}, {count} runs, {len(slots)} at a time; directory {sweep_dir}")
+    code = runner.run()
+    if runner.stopping and code == 130:
+        print(f"sweep {name} interrupted; rerun the same command to continue")
+    if runner.best is not None:
+        value, params, run_dir = runner.best
+        print(f"best run: {runner.metric}={value:.6g} in {sweep_dir / run_dir}")
+        for key, val in params.items():
+            print(f"  {key}: {val}")
+    else:
+        print(f"no run finished with a value of the sweep metric {runner.metric}", file=sys.stderr)
+        if code == 0:
+            code = 1  # every run failed, or none logged the metric: a sweep with no result is an error
+    print(f"sweep directory: {sweep_dir}  (python -m sweeps best {sweep_dir})")
+    return code

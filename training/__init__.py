@@ -1,0 +1,7 @@
+"""One training process: the LightningCLI (XrayCLI), its option groups, run directories and
+loggers. Imports models, datamodules and the in-run sweep contract (sweeps.contract) only."""
+
+from training.cli import XrayCLI, cli_main, main
+from training.options import DemoOptions, RunOptions
+
+__all__ = ["DemoOptions", "RunOptions", "XrayCLI", "cli_main", "main"]

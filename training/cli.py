@@ -1,0 +1,248 @@
+"""XrayCLI: the LightningCLI of this project, importable without side effects.
+
+`python cli.py fit --config configs/ra_hand.yaml` runs `main()`; tests and notebooks call
+`cli_main(args)`. Every run writes into its own directory runs/<experiment>/<run id>/
+(config.yaml, checkpoints/, metrics.csv, wandb/). W&B logs offline unless the run is under a
+W&B agent or the user asks for online and is logged in; CSV metrics are always written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from datamodules.datamodule import XrayDataModule
+from datamodules.readers import ImageReadError
+from datamodules.records import DataError
+from models.backbones import UnknownBackboneError, WeightsError
+from models.classifier import XrayClassifier
+from models.reporting import ConfusionWriter, ImageSampleLogger, PredictionWriter
+from sweeps.contract import (
+    HISTORY_FILE,
+    Diverged,
+    RunGuard,
+    RunStopped,
+    StopSignal,
+    SweepMetric,
+    SweepOptions,
+    apply_conditions,
+)
+from sweeps.contract.lightning_adapter import ddp_children
+from training.loggers import default_loggers, finish_wandb
+from training.options import DemoOptions, RunOptions
+from training.rundir import RUN_DIR_ENV, make_run_dir
+
+log = logging.getLogger("cli")
+_CREATED_RUN_DIRS: list[Path] = []  # removed again when a run fails before writing anything
+USER_ERRORS = (DataError, ImageReadError, UnknownBackboneError, WeightsError, FileNotFoundError)
+_PRINT_CONFIG = "--print_config"
+
+
+def _quiet_expected_warnings() -> None:
+    # The run directory also holds config.yaml and wandb/; CSVLogger only writes metrics.csv there.
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    # Every run has its own directory, so a checkpoint from another run always "changes dirpath".
+    warnings.filterwarnings("ignore", message="The dirpath has changed from")
+
+
+def check_config_files(args: list[str]) -> None:
+    """Name the file when a --config is not valid YAML (jsonargparse only says where in it)."""
+    import yaml
+
+    for flag, value in zip(args, args[1:]):
+        if flag in ("--config", "-c") and Path(value).is_file():
+            try:
+                yaml.safe_load(Path(value).read_text())
+            except yaml.YAMLError as e:
+                raise ValueError(f"config file {value} is not valid YAML: {e}") from None
+
+
+def default_precision() -> str:
+    """bf16 autocast on GPUs that support it (fast, no loss scaling), full precision elsewhere."""
+    import torch
+
+    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def ensure_demo_data(root: str, demo: DemoOptions, seed: int) -> None:
+    """Generate the built-in demo data set into `root` when it is missing or empty."""
+    path = Path(root).expanduser()
+    if demo.body_part is None or (path.is_dir() and any(path.iterdir())):
+        return
+    from datamodules.synthetic import generate
+
+    generate(path, body_part=demo.body_part, count=demo.count, size=(demo.size, demo.size), seed=seed,
+             severity=demo.severity)
+
+
+class XrayCLI(LightningCLI):
+    run_dir: Path
+    stopped = False
+    dropped_conditionals: list[str]
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_class_arguments(RunOptions, "run")
+        parser.add_class_arguments(SweepOptions, "sweep")
+        parser.add_class_arguments(DemoOptions, "demo")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data.class_weights", "model.class_weights", apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        args = list(sys.argv[1:] if args is None else args)
+        check_config_files(args)
+        # --print_config prints and exits inside parse_args: hold it back until the
+        # conditions are applied, so that it shows what the run will use.
+        printing = any(a == _PRINT_CONFIG or a.startswith(_PRINT_CONFIG + "=") for a in args)
+        without_print = [a for a in args if a != _PRINT_CONFIG and not a.startswith(_PRINT_CONFIG + "=")]
+        self.config = parser.parse_args(without_print)
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else self.config
+        kept, self.dropped_conditionals = apply_conditions(args, cfg)
+        for note in self.dropped_conditionals:
+            log.warning("sweep: %s", note)
+        if self.dropped_conditionals or printing:
+            self.config = parser.parse_args(kept)
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        inherited = os.environ.get(RUN_DIR_ENV)
+        if inherited:
+            self.run_dir = Path(inherited)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            configs = cfg.get("config") or []
+            experiment = cfg.run.experiment or (Path(str(configs[0])).stem if configs else "default")
+            self.run_dir = make_run_dir(Path(cfg.run.root), experiment, cfg.run.name)
+            _CREATED_RUN_DIRS.append(self.run_dir)
+            # DDP children re-run this script; they must find the same directory.
+            os.environ[RUN_DIR_ENV] = str(self.run_dir)
+            self._set_env = True
+        cfg.trainer.default_root_dir = str(self.run_dir)
+        ensure_demo_data(cfg.data.root, cfg.demo, seed=cfg.data.split_seed)
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        cfg = self.config_init[self.subcommand]
+        run, sweep = cfg.run, cfg.sweep
+        if cfg.trainer.get("precision") is None:
+            kwargs["precision"] = default_precision()
+        loggers = cfg.trainer.get("logger")
+        if loggers is None or loggers is True:
+            kwargs["logger"] = default_loggers(run, self.run_dir)
+        self.checkpoint = ModelCheckpoint(
+            dirpath=self.run_dir / "checkpoints",
+            filename="best-{epoch:03d}",
+            monitor=run.monitor,
+            mode=run.monitor_mode,
+            save_last=True,
+        )
+        metric = sweep.metric or run.monitor
+        callbacks: list[Callback] = [
+            self.checkpoint,
+            RunGuard(self.run_dir / "checkpoints"),
+            SweepMetric(metric, sweep.objective, self.run_dir / HISTORY_FILE),
+            ConfusionWriter(self.run_dir),
+            PredictionWriter(self.run_dir),
+        ]
+        if run.log_images:
+            callbacks.append(ImageSampleLogger())
+        user_callbacks = cfg.trainer.get("callbacks") or []
+        if not isinstance(user_callbacks, list):  # `--trainer.callbacks=pkg.Callback` gives one
+            user_callbacks = [user_callbacks]
+        kwargs["callbacks"] = [*user_callbacks, *callbacks]
+        return super().instantiate_trainer(**kwargs)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            if StopSignal.requested:
+                raise RunStopped("SIGTERM before training started")
+            super()._run_subcommand(subcommand)
+            finish_wandb(self.trainer, exit_code=0)
+        except RunStopped:
+            self.stopped = True
+            self._finish_stopped_run()
+        finally:
+            if getattr(self, "_set_env", False):
+                os.environ.pop(RUN_DIR_ENV, None)
+
+    def _finish_stopped_run(self) -> None:
+        """The agent stopped us: close the logs as finished and leave no DDP child behind."""
+        trainer = self.trainer
+        log.warning("Run stopped by SIGTERM; last checkpoint in %s", self.run_dir / "checkpoints")
+        for logger in trainer.loggers:
+            logger.save()
+        finish_wandb(self.trainer, exit_code=0)
+        for proc in ddp_children(trainer):
+            try:
+                proc.wait(timeout=20)
+            except Exception:
+                proc.kill()
+
+    def after_fit(self) -> None:
+        if not self.config_init[self.subcommand].run.test_after_fit or not self.datamodule.has_split("test"):
+            return
+        best = self.checkpoint.best_model_path if not self.trainer.fast_dev_run else ""
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+def cli_main(args: Optional[list[str]] = None) -> XrayCLI:
+    StopSignal.install()
+    _quiet_expected_warnings()
+    try:
+        return XrayCLI(
+            XrayClassifier,
+            XrayDataModule,
+            args=args,
+            seed_everything_default=42,
+            auto_configure_optimizers=False,
+            trainer_defaults={"log_every_n_steps": 10},
+            # Raise instead of printing the whole usage: main() prints one paragraph.
+            parser_kwargs={"exit_on_error": False},
+        )
+    except BaseException:
+        for run_dir in _CREATED_RUN_DIRS:
+            if os.environ.get(RUN_DIR_ENV) == str(run_dir):
+                del os.environ[RUN_DIR_ENV]  # ours, meant for our DDP children only
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only if still empty: never delete what a run wrote
+        raise
+    finally:
+        _CREATED_RUN_DIRS.clear()
+
+
+def main() -> int:
+    try:
+        cli_main()
+    except ArgumentError as e:
+        print(f"error: {e}\n(options: python cli.py fit --help)", file=sys.stderr)
+        return 2
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except MemoryError as e:  # torch.OutOfMemoryError is not one; caught below by name
+        print(f"error: out of memory: {e}", file=sys.stderr)
+        return 4
+    except RuntimeError as e:
+        if type(e).__name__ != "OutOfMemoryError":
+            raise
+        print(f"error: out of GPU memory ({e}); lower data.batch_size or data.image_size, "
+              "or use --trainer.precision=bf16-mixed", file=sys.stderr)
+        return 4
+    except (*USER_ERRORS, ValueError, MisconfigurationException) as e:
+        # One paragraph a user can act on; XRAY_DEBUG=1 shows the traceback.
+        if os.environ.get("XRAY_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

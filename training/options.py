@@ -1,0 +1,59 @@
+"""Option groups of the CLI besides trainer/model/data: where a run writes and how it logs
+(`run.*`) and the built-in demo data set (`demo.*`). Plain dataclasses: their fields and
+docstrings are the schema and the `--help` text, and the sweep tools read the names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from models.metrics import DEFAULT_METRIC
+
+
+@dataclass
+class RunOptions:
+    """Where a run writes and how it logs.
+
+    Args:
+        root: runs go to root/<experiment>/<name>/.
+        experiment: default: the stem of the first --config file.
+        name: run directory name; default: W&B run id under an agent, else a timestamp.
+            A taken name gets a suffix, so a second identical command never collides.
+        wandb: auto (online under a W&B agent, else offline), online (falls back to offline
+            when not logged in), offline (sync later with `wandb sync`), or disabled.
+        project: W&B project; default: $WANDB_PROJECT, else xray-classifier.
+        entity: W&B entity (team or user); default: the logged-in user's.
+        monitor: metric that selects the best checkpoint.
+        monitor_mode: max or min.
+        test_after_fit: evaluate the best checkpoint on the test split after fit.
+        log_images: log a few validation images to W&B (pixels only, never DICOM headers).
+    """
+
+    root: str = "runs"
+    experiment: Optional[str] = None
+    name: Optional[str] = None
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: Optional[str] = None
+    entity: Optional[str] = None
+    monitor: str = DEFAULT_METRIC
+    monitor_mode: Literal["max", "min"] = "max"
+    test_after_fit: bool = True
+    log_images: bool = False
+
+
+@dataclass
+class DemoOptions:
+    """The built-in synthetic data set, generated into data.root before the data is read
+    when that folder is empty or missing (no patient data, nothing downloaded).
+
+    Args:
+        body_part: hand or foot phantoms; null: no demo data (the default).
+        count: number of images.
+        size: side of the generated images in pixels.
+        severity: scale of the disease signs (1.0 subtle, 2.0 plain).
+    """
+
+    body_part: Optional[Literal["hand", "foot"]] = None
+    count: int = 400
+    size: int = 256
+    severity: float = 1.0

@@ -1,0 +1,25 @@
+"""Every run writes into a directory of its own: runs/<experiment>/<name>/."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+RUN_DIR_ENV = "XRAY_RUN_DIR"  # set by the offline runner, and by rank 0 for its DDP children
+
+
+def make_run_dir(root: Path, experiment: str, name: Optional[str]) -> Path:
+    """A fresh directory for this run; never reuses one (SaveConfigCallback would refuse it)."""
+    base = name or os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    (root / experiment).mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        candidate = root / experiment / (base if i == 1 else f"{base}-{i}")
+        try:
+            candidate.mkdir()  # atomic: concurrent runs never share a directory
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"Too many runs named {base} under {root / experiment}")
