@@ -11,10 +11,11 @@ Missing splits are made with a seed at patient level: no patient in two splits.
 
 Only files inside the data root are read: a manifest row such as `../../x.png` or
 `/elsewhere/x.png`, or a symlink (file, class or split folder) that leads out of the root, is
-refused unless `allow_outside_root` is set. Such files are then named `outside-root/line-N`
-(manifest line N) or `outside-root/N` (the N-th one found in the folders) wherever a path is
-shown or written: their real paths, and even their file names, which hospital exports often
-build from patient names and record numbers, never reach a log or an output file.
+refused unless `allow_outside_root` is set. Their records are then named `outside-root/line-N`
+(manifest line N) or `outside-root/N` (the N-th one found in the folders), so skip reports and
+predictions.csv show neither their real paths nor even their file names, which hospital
+exports often build from patient names and record numbers. (An error that stops the run names
+the file as configured, as for any other file.)
 
 Labels are compared as people read them: see `normalize_label`.
 """
@@ -155,7 +156,7 @@ def read_manifest(manifest: Path, root: Path, *, allow_outside_root: bool = Fals
             continue
         given = rel
         path = Path(rel) if Path(rel).is_absolute() else root / rel
-        # Checked before anything else touches the file: nothing outside the root is even probed.
+        # Checked first, so that a refused file is never opened.
         if not _inside(path, real_root):
             outside.append(f"line {line}: {given}")
             if not allow_outside_root:
