@@ -95,6 +95,7 @@ class XrayDataModule(pl.LightningDataModule):
         test_fraction: float = 0.15,
         split_seed: int = 42,
         skip_bad_files: bool = False,
+        allow_outside_root: bool = False,
         hflip_prob: float = 0.5,
         rotation_degrees: float = 10.0,
         scale_jitter: float = 0.1,
@@ -121,6 +122,11 @@ class XrayDataModule(pl.LightningDataModule):
             split_seed: seed of the patient-level split.
             skip_bad_files: decode every image once before training and leave out unreadable
                 ones, reporting how many; off: an unreadable image stops the run naming the file.
+            allow_outside_root: read manifest rows and symlinks that lead outside the data root
+                (off: they stop the run, listed). Their paths and file names (often patient names)
+                are not written to outputs or skip reports: those call them outside-root/line-N
+                (manifest line N) or outside-root/N. An unreadable one that stops the run is
+                named as configured.
             hflip_prob: training augmentation, probability of a horizontal flip.
             rotation_degrees: training augmentation, maximum rotation.
             scale_jitter: training augmentation, relative zoom range.
@@ -171,10 +177,11 @@ class XrayDataModule(pl.LightningDataModule):
         if manifest and not manifest_path.is_absolute() and not manifest_path.exists():
             manifest_path = self.root / manifest
         if manifest_path.is_file():
-            return read_manifest(manifest_path, self.root), str(manifest_path)
+            records = read_manifest(manifest_path, self.root, allow_outside_root=self.hparams.allow_outside_root)
+            return records, str(manifest_path)
         if manifest:
             raise DataError(f"data.manifest {manifest} does not exist (looked in . and {self.root})")
-        records = scan_folder(self.root)
+        records = scan_folder(self.root, allow_outside_root=self.hparams.allow_outside_root)
         if not records:
             raise DataError(
                 f"No images found under {self.root}: expected root/{{train,val,test}}/{{class}}/image, "

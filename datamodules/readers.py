@@ -11,6 +11,12 @@ inverted so bone is bright in every image. The Presentation LUT Shape is deliber
 ignored: in DX objects it only restates the photometric interpretation, and applying
 both would invert MONOCHROME1 twice.
 
+Decompression bombs: a small file can declare or inflate to an enormous image (a 12.5 MB
+RLE DICOM declaring 20000 x 20000 decodes to gigabytes; deflate reaches ~1000:1). The size a
+file declares is checked against MAX_PIXELS and MAX_PIXEL_BYTES before anything is decoded,
+a deflated DICOM data set is inflated with a bound, and Pillow's decompression-bomb warning
+is an error.
+
 Privacy: only image-pixel tags are parsed from DICOM files (`specific_tags`), so patient
 name, ID and the like are never even read, let alone returned, logged or put in an
 error message.
@@ -20,13 +26,23 @@ from __future__ import annotations
 
 import os
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pydicom.uid
 from PIL import Image
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+
+# Decompression-bomb limits on what a file declares. The largest radiographs are about
+# 4300 x 3500 pixels of one 16-bit sample: 15 M pixels, 30 MB.
+MAX_PIXELS = 2**26  # per frame (67 M, e.g. 8192 x 8192): its float64/float32 copies stay near 0.5 GB each
+MAX_PIXEL_BYTES = 2**30  # pixel data of all frames as stored: 1 GiB
+_INFLATE_HEAD = 2**20  # inflated first from a deflated DICOM: holds the elements before the pixels
+_INFLATE_SLACK = 2**24  # room for the other elements of a deflated data set (overlays, icons, private)
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 _DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
@@ -113,11 +129,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def _read_pil(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now, so truncated files fail here and not later
-            return _pil_to_float(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:  # reads the header only
+                _check_size(path, img.width * img.height, 0, f"{img.height} x {img.width} pixels")
+                img.load()  # decode now, so truncated files fail here and not later
+                return _pil_to_float(img)
     except ImageReadError:
         raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageReadError(path, f"too large to decode safely: {exc}") from exc
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
         raise ImageReadError(
             path, f"not a readable PNG/JPEG/DICOM file ({type(exc).__name__}: {exc})"
@@ -153,7 +174,9 @@ def _read_dicom(path: Path) -> np.ndarray:
         with warnings.catch_warnings():
             # pydicom warns about odd element values by quoting them; stay silent instead.
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True, specific_tags=_DICOM_PIXEL_TAGS)
+            ds = _dcmread(path)
+    except ImageReadError:
+        raise
     except Exception as exc:
         raise ImageReadError(path, f"not a valid DICOM file ({type(exc).__name__})") from exc
     if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -161,6 +184,7 @@ def _read_dicom(path: Path) -> np.ndarray:
             path, "DICOM file has no pixel data (is it a report, DICOMDIR or structured report?)"
         )
     _ensure_transfer_syntax(ds)
+    _check_declared_size(path, ds)  # before the decoder allocates what the header declares
     tsyntax = ds.file_meta.TransferSyntaxUID
     try:
         with warnings.catch_warnings():
@@ -173,6 +197,69 @@ def _read_dicom(path: Path) -> np.ndarray:
         return _dicom_to_float(arr, ds)
     except Exception as exc:
         raise ImageReadError(path, f"invalid DICOM display attributes ({type(exc).__name__}: {exc})") from exc
+
+
+def _dcmread(path: Path) -> pydicom.Dataset:
+    """pydicom.dcmread, except that a deflated data set is inflated here, with a bound.
+
+    For Deflated Explicit VR Little Endian (PS3.5 A.5) everything after the file meta is one
+    raw deflate stream, which pydicom 3 inflates whole with `zlib.decompress` before parsing.
+    Here a first part is inflated to read the declared image size (refused if too large), and
+    the rest only up to what that size needs; then pydicom parses the inflated bytes. The file
+    meta is read exactly as pydicom's own `read_partial` does, so both agree on the syntax.
+    """
+    with open(path, "rb") as f:
+        read_preamble(f, True)
+        meta = _read_file_meta_info(f)
+        if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+            f.seek(0)
+            return pydicom.dcmread(f, force=True, specific_tags=_DICOM_PIXEL_TAGS)
+        zipped = f.read()
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    head = inflater.decompress(zipped, _INFLATE_HEAD)
+    try:
+        header = pydicom.dcmread(DicomBytesIO(head), force=True, stop_before_pixels=True,
+                                 specific_tags=_DICOM_PIXEL_TAGS)  # fmt: skip
+    except Exception:
+        header = pydicom.Dataset()
+    # The size elements sort before the pixel data, so they are in `head` unless a huge element
+    # precedes them; then only the overall cap applies.
+    budget = (_check_declared_size(path, header) if "Rows" in header else MAX_PIXEL_BYTES) + _INFLATE_SLACK
+    rest = inflater.decompress(inflater.unconsumed_tail, max(1, budget + 1 - len(head)))
+    if len(head) + len(rest) > budget:
+        raise ImageReadError(
+            path, f"deflated data set inflates to more than {budget >> 20} MiB, more than the image it "
+            "declares needs (a decompression bomb?)"
+        )
+    if not inflater.eof:
+        raise ImageReadError(path, "not a valid DICOM file (deflated data set is truncated)")
+    ds = pydicom.dcmread(DicomBytesIO(head + rest), force=True, specific_tags=_DICOM_PIXEL_TAGS)
+    ds.file_meta = meta
+    return ds
+
+
+def _check_declared_size(path: Path, ds: pydicom.Dataset) -> int:
+    """Refuse an image whose header declares more than MAX_PIXELS per frame or MAX_PIXEL_BYTES in
+    all; return the declared pixel data size in bytes."""
+    try:
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        samples, frames = int(ds.get("SamplesPerPixel") or 1), max(1, int(ds.get("NumberOfFrames") or 1))
+        bits = int(ds.get("BitsAllocated") or 8)
+    except (TypeError, ValueError) as exc:
+        raise ImageReadError(path, f"invalid DICOM image size attributes ({type(exc).__name__}: {exc})") from exc
+    pixels = rows * cols * samples
+    nbytes = pixels * frames * max(1, -(-bits // 8))
+    shape = f"{rows} x {cols} pixels x {samples} sample(s) x {frames} frame(s) at {bits} bits, {nbytes >> 20} MiB"
+    _check_size(path, pixels, nbytes, shape)
+    return nbytes
+
+
+def _check_size(path: Path, pixels: int, nbytes: int, shape: str) -> None:
+    if pixels > MAX_PIXELS or nbytes > MAX_PIXEL_BYTES:
+        raise ImageReadError(
+            path, f"declares an image of {shape}, more than this reader decodes ({MAX_PIXELS / 1e6:.0f} M "
+            f"pixels per frame, {MAX_PIXEL_BYTES >> 20} MiB of pixel data): a damaged file or a decompression bomb?"
+        )
 
 
 def _ensure_transfer_syntax(ds: pydicom.Dataset) -> None:

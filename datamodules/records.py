@@ -8,12 +8,25 @@ Two layouts are accepted under a data root:
     root/manifest.csv  path,label[,split][,patient_id]   (paths relative to root)
 
 Missing splits are made with a seed at patient level: no patient in two splits.
+
+Only files inside the data root are read: a manifest row such as `../../x.png` or
+`/elsewhere/x.png`, or a symlink (file, class or split folder) that leads out of the root, is
+refused unless `allow_outside_root` is set. Their records are then named `outside-root/line-N`
+(manifest line N) or `outside-root/N` (the N-th one found in the folders), so skip reports and
+predictions.csv show neither their real paths nor even their file names, which hospital
+exports often build from patient names and record numbers. (An error that stops the run names
+the file as configured, as for any other file.)
+
+Labels are compared as people read them: see `normalize_label`.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
+import os
 import random
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +34,11 @@ from typing import Optional
 
 from datamodules.readers import IMAGE_SUFFIXES
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "val", "test")
+OUTSIDE_ROOT = "outside-root"  # prefix of the neutral names of files outside the data root
+_OPT_IN = "set data.allow_outside_root=true to read them"
 
 
 class DataError(ValueError):
@@ -30,8 +47,8 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Record:
-    path: Path  # absolute
-    rel: str  # relative to the data root: the only form that may reach a logger
+    path: Path  # as configured: data root / manifest path
+    rel: str  # relative to the data root, or outside-root/...: the only form that may reach a logger
     label: str
     patient_id: str
     split: Optional[str] = None
@@ -47,20 +64,68 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def scan_folder(root: Path) -> list[Record]:
+def normalize_label(raw: str) -> str:
+    """A label as people read it: format characters (category Cf: zero-width space, BOM, soft
+    hyphen, ...) removed, Unicode NFC (macOS writes folder names decomposed, NFD), whitespace
+    runs (NBSP included) made one space, and none around it.
+
+    These variants show the same text, so they are merged silently. Labels that differ only in
+    letter case are not: `check_labels` warns about them and keeps them apart.
+    """
+    text = "".join(ch for ch in raw if unicodedata.category(ch) != "Cf")
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def _real_root(root: Path) -> Path:
+    return Path(os.path.realpath(root))
+
+
+def _inside(path: Path, real_root: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(real_root)
+
+
+def _first_outside(root: Path, real_root: Path, rel: str) -> str:
+    """The shortest leading part of `rel` that leads out of the root: the symlinked split or
+    class folder (with a trailing /) rather than every file under it."""
+    parts = rel.split("/")
+    for n in range(1, len(parts)):
+        if not _inside(root.joinpath(*parts[:n]), real_root):
+            return "/".join(parts[:n]) + "/"
+    return rel
+
+
+def scan_folder(root: Path, *, allow_outside_root: bool = False) -> list[Record]:
     """Records from root/{split}/{class}/file or root/{class}/file."""
     split_dirs = [root / s for s in SPLITS if (root / s).is_dir()]
-    records = []
+    real_root = _real_root(root)
+    records, empty, outside, n_outside = [], [], {}, 0
     for base, split in [(d, d.name) for d in split_dirs] or [(root, None)]:
         for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            label = normalize_label(class_dir.name)
+            if not label:
+                empty.append(repr(class_dir.relative_to(root).as_posix()))
+                continue
             for path in sorted(class_dir.rglob("*")):
                 if _is_image(path):
                     rel = path.relative_to(root).as_posix()
-                    records.append(Record(path, rel, class_dir.name, rel, split))
+                    if not _inside(path, real_root):
+                        outside[_first_outside(root, real_root, rel)] = None
+                        n_outside += 1
+                        rel = f"{OUTSIDE_ROOT}/{n_outside}"
+                        if not allow_outside_root:
+                            continue
+                    records.append(Record(path, rel, label, rel, split))
+    if empty:
+        raise DataError(f"{root}: class folder name(s) with no visible characters:{_listing(empty)}")
+    if outside and not allow_outside_root:
+        raise DataError(
+            f"{root}: {n_outside} image(s) lead outside the data root through symlinks:"
+            f"{_listing(list(outside))}\nFiles outside the data root are not read; {_OPT_IN}."
+        )
     return records
 
 
-def read_manifest(manifest: Path, root: Path) -> list[Record]:
+def read_manifest(manifest: Path, root: Path, *, allow_outside_root: bool = False) -> list[Record]:
     """Records from a CSV manifest; paths are relative to `root` (or absolute)."""
     try:
         with open(manifest, newline="") as f:
@@ -78,9 +143,10 @@ def read_manifest(manifest: Path, root: Path) -> list[Record]:
         )
     if not rows:
         raise DataError(f"Manifest {manifest} has a header but no rows")
-    records, missing, bad = [], [], []
+    real_root = _real_root(root)
+    records, missing, bad, outside = [], [], [], []
     for line, row in enumerate(rows, start=2):
-        rel, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+        rel, label = (row.get("path") or "").strip(), normalize_label(row.get("label") or "")
         split = (row.get("split") or "").strip() or None
         if not rel or not label:
             bad.append(f"line {line}: empty path or label")
@@ -88,14 +154,28 @@ def read_manifest(manifest: Path, root: Path) -> list[Record]:
         if split is not None and split not in SPLITS:
             bad.append(f"line {line}: split {split!r} is not one of {list(SPLITS)}")
             continue
+        given = rel
         path = Path(rel) if Path(rel).is_absolute() else root / rel
+        # Checked first, so that a refused file is never opened.
+        if not _inside(path, real_root):
+            outside.append(f"line {line}: {given}")
+            if not allow_outside_root:
+                continue
+            rel = f"{OUTSIDE_ROOT}/line-{line}"
+        elif Path(rel).is_absolute() or ".." in Path(rel).parts:
+            rel = Path(os.path.realpath(path)).relative_to(real_root).as_posix()
         if not path.is_file():
-            missing.append(f"line {line}: {rel}")
+            missing.append(f"line {line}: {given}")
             continue
         patient = (row.get("patient_id") or "").strip() or rel
         records.append(Record(path, rel, label, patient, split))
     if bad:
         raise DataError(f"Manifest {manifest} has {len(bad)} invalid row(s):{_listing(bad)}")
+    if outside and not allow_outside_root:
+        raise DataError(
+            f"Manifest {manifest}: {len(outside)} row(s) point outside the data root {root}:"
+            f"{_listing(outside)}\nFiles outside the data root are not read; {_OPT_IN}."
+        )
     if missing:
         raise DataError(
             f"Manifest {manifest}: {len(missing)} of {len(rows)} file(s) do not exist "
@@ -110,14 +190,27 @@ NEGATIVE_NAMES = ("normal", "negative", "healthy", "control", "no", "0")
 def check_labels(records: list[Record], classes: Optional[list[str]], source: str) -> list[str]:
     """Class names in label order: `classes` if given (every label must be in it), else sorted,
     except that for two classes a "normal"-like name comes first, so the abnormal class is the
-    positive class of sensitivity, specificity and F1."""
+    positive class of sensitivity, specificity and F1.
+
+    Labels that differ only in letter case ("Normal", "normal") stay separate classes, since the
+    data says so, but a warning names them: almost always one class written two ways."""
     found = sorted({r.label for r in records})
+    by_case: dict[str, list[str]] = defaultdict(list)
+    for label in found:
+        by_case[label.casefold()].append(label)
+    for variants in (v for v in by_case.values() if len(v) > 1):
+        log.warning("%s: labels %s differ only in letter case and are kept as separate classes; "
+                    "if they are one class, write them the same way in the data",
+                    source, " and ".join(map(repr, variants)))
     if classes is None:
         if len(found) < 2:
             raise DataError(f"{source}: found {len(found)} class(es) {found}; a classifier needs at least 2")
         if len(found) == 2 and found[1].lower() in NEGATIVE_NAMES and found[0].lower() not in NEGATIVE_NAMES:
             found.reverse()
         return found
+    classes = [normalize_label(c) for c in classes]
+    if "" in classes or len(set(classes)) < len(classes):
+        raise DataError(f"data.classes {classes} has an empty or repeated name (after normalize_label)")
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise DataError(f"{source}: unknown label(s) {unknown}; data.classes allows {list(classes)}")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau, StepLR
 
+from datamodules.csvsafe import spreadsheet_safe
 from models.backbones import BackboneName, build_backbone
 from models.metrics import ClassificationMetrics, logged_metric_names
 
@@ -184,6 +185,6 @@ def write_confusion_csv(path: Path, confusion: torch.Tensor, class_names: list[s
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["true\\pred", *class_names])
+        writer.writerow(["true\\pred", *map(spreadsheet_safe, class_names)])
         for name, row in zip(class_names, confusion.tolist()):
-            writer.writerow([name, *row])
+            writer.writerow([spreadsheet_safe(name), *row])

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.loggers import WandbLogger
 
+from datamodules.csvsafe import spreadsheet_safe
 from models.classifier import write_confusion_csv
 
 
@@ -81,6 +82,6 @@ class PredictionWriter(BasePredictionWriter):
                 for index, probs in zip(batch["index"].tolist(), batch["probs"]):
                     record = records[index]
                     writer.writerow(
-                        [record.rel, record.label, names[int(torch.argmax(probs))], *[f"{p:.6f}" for p in probs.tolist()]]
+                        [*map(spreadsheet_safe, (record.rel, record.label, names[int(torch.argmax(probs))])), *[f"{p:.6f}" for p in probs.tolist()]]
                     )
         self.path = path
