@@ -71,7 +71,9 @@ def intervals(scores, labels, patient, threshold, n_resamples, seed) -> dict[str
     """{method: {metric: (low, high)}} for one data set; both patient methods share resamples."""
     stats = {
         "auroc": lambda w: auroc(scores, labels, w),
-        "sensitivity": lambda w: metrics_from_counts(**confusion_counts(scores, labels, threshold, w))["sensitivity"],
+        "sensitivity": lambda w: metrics_from_counts(**confusion_counts(scores, labels, threshold, w))[
+            "sensitivity"
+        ],
     }
     n = len(scores)
     estimate = {k: float(f(np.ones((1, n)))[0]) for k, f in stats.items()}
@@ -98,14 +100,20 @@ def timing(n_images: int, n_resamples: int, seed: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--datasets", type=int, default=2000)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--patients", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mu", type=float, default=1.19, help="class separation; 1.19 -> true AUROC 0.80")
-    parser.add_argument("--var-patient", type=float, default=0.5, help="share of score variance shared by a patient")
-    parser.add_argument("--threshold", type=float, default=0.35, help="fixed cut; 0.35 -> true sensitivity 0.80")
+    parser.add_argument(
+        "--var-patient", type=float, default=0.5, help="share of score variance shared by a patient"
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.35, help="fixed cut; 0.35 -> true sensitivity 0.80"
+    )
     parser.add_argument("--timing-images", type=int, default=5000)
     parser.add_argument("--timing-resamples", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="30 data sets, 200 resamples, 60 patients")
@@ -129,23 +137,26 @@ def main(argv: list[str] | None = None) -> dict:
     per_dataset = (time.perf_counter() - start) / max(args.datasets, 1)
 
     summary = {}
-    print(f"\n{'metric':<12}{'interval':<20}{'coverage':>9}{'+-SE':>7}{'miss low':>10}{'miss high':>10}{'width':>8}")
+    header = f"{'metric':<12}{'interval':<20}{'coverage':>9}{'+-SE':>7}{'miss low':>10}{'miss high':>10}"
+    print(f"\n{header}{'width':>8}")
     for k, true in truth.items():
         est = np.array(results["estimate"][k])[:, 0]
         for method in METHODS:
             b = np.array(results[method][k])
-            low_miss, high_miss = np.mean(b[:, 1] < true), np.mean(b[:, 0] > true)  # interval below / above truth
+            low_miss = np.mean(b[:, 1] < true)  # the whole interval below the truth
+            high_miss = np.mean(b[:, 0] > true)
             cover = 1 - low_miss - high_miss
             se = np.sqrt(cover * (1 - cover) / len(b))
             summary[(k, method)] = cover
             print(f"{k:<12}{method:<20}{cover:>9.3f}{se:>7.3f}{low_miss:>10.3f}{high_miss:>10.3f}"
                   f"{np.mean(b[:, 1] - b[:, 0]):>8.3f}")  # fmt: skip
-        print(f"{k:<12}{'(mean estimate)':<20}{est.mean():>9.4f}   truth {true:.4f}, SD of estimates {est.std():.4f}")
-    print(f"\ntime per simulated data set: {per_dataset:.3f} s (3 intervals x 2 metrics, {args.resamples} resamples, "
-          f"+ jackknife)")  # fmt: skip
+        print(f"{k:<12}{'(mean estimate)':<20}{est.mean():>9.4f}   truth {true:.4f}, "
+              f"SD of estimates {est.std():.4f}")  # fmt: skip
+    print(f"\ntime per simulated data set: {per_dataset:.3f} s "
+          f"(3 intervals x 2 metrics, {args.resamples} resamples, + jackknife)")  # fmt: skip
     seconds = timing(args.timing_images, args.timing_resamples, args.seed)
-    print(f"time for {args.timing_resamples} resamples of {args.timing_images} images (AUROC, AP, 7 threshold "
-          f"metrics, patient bootstrap): {seconds:.2f} s")  # fmt: skip
+    print(f"time for {args.timing_resamples} resamples of {args.timing_images} images "
+          f"(AUROC, AP, 7 threshold metrics, patient bootstrap): {seconds:.2f} s")  # fmt: skip
     return {"coverage": summary, "per_dataset_s": per_dataset, "timing_s": seconds}
 
 

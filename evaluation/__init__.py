@@ -1,8 +1,8 @@
 """Test-set statistics with patient-level confidence intervals (numpy only, no Lightning).
 
-    choice = choose_threshold("youden", val_probs[:, 1], val_labels)    # on VALIDATION
-    report = build_report(test_probs, test_labels, test_patient_ids, ["normal", "abnormal"], choice)
-    print(format_table(report)); logger.log_metrics(summary_metrics(report, prefix="test/"))
+choice = choose_threshold("youden", val_probs[:, 1], val_labels)    # on VALIDATION
+report = build_report(test_probs, test_labels, test_patient_ids, ["normal", "abnormal"], choice)
+print(format_table(report)); logger.log_metrics(summary_metrics(report, prefix="test/"))
 """
 
 from evaluation.bootstrap import Interval, bootstrap_samples, cluster_bootstrap, jackknife_samples

@@ -71,9 +71,7 @@ def patient_index(n_images: int, patient_ids: np.ndarray | list | None) -> np.nd
     return np.unique(ids, return_inverse=True)[1].reshape(-1)
 
 
-def resample_weights(
-    patient: np.ndarray, n_resamples: int, rng: np.random.Generator
-) -> Iterator[np.ndarray]:
+def resample_weights(patient: np.ndarray, n_resamples: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """Chunks of image weights (b, N): each row draws P patients with replacement from P."""
     n_patients = int(patient.max()) + 1
     chunk = max(1, CHUNK_ELEMENTS // max(len(patient), n_patients))

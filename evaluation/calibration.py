@@ -53,7 +53,9 @@ def expected_calibration_error(
     return _out(_divide(gap, w.sum(axis=1)), single)
 
 
-def brier_score(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray | float:
+def brier_score(
+    probs: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray | float:
     """Binary: mean (p_positive - y)^2, in [0, 1]. Multiclass: mean over images of the sum over
     classes of (p_c - [y == c])^2, in [0, 2] (the binary form counts one class, not both)."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)

@@ -43,7 +43,9 @@ def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ranked_group_sums(scores: np.ndarray, labels: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ranked_group_sums(
+    scores: np.ndarray, labels: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Positive and negative weight per distinct score, highest score first: (B, G) each.
 
     Sorting happens once per call (not per resample); tied scores are merged into one group so
@@ -90,7 +92,9 @@ def auroc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = N
     return _out(_auroc_from_groups(*_ranked_group_sums(scores, labels, w)), single)
 
 
-def average_precision(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray | float:
+def average_precision(
+    scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray | float:
     """Average precision (area under the precision-recall steps) for ``labels == 1``."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     w, single = as_weights(weights, len(scores))

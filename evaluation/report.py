@@ -29,7 +29,17 @@ from evaluation.metrics import (
 from evaluation.threshold import FALLBACK, ThresholdChoice
 
 ROC_POINTS = 200  # enough to draw the curve; the full curve has one point per distinct score
-ORDER = ("auroc", "average_precision", "sensitivity", "specificity", "ppv", "npv", "acc", "balanced_acc", "f1")
+ORDER = (
+    "auroc",
+    "average_precision",
+    "sensitivity",
+    "specificity",
+    "ppv",
+    "npv",
+    "acc",
+    "balanced_acc",
+    "f1",
+)
 
 
 def _downsample(curve: dict[str, np.ndarray], n: int = ROC_POINTS) -> dict[str, list]:
@@ -37,7 +47,9 @@ def _downsample(curve: dict[str, np.ndarray], n: int = ROC_POINTS) -> dict[str, 
     return {k: [float(x) if np.isfinite(x) else None for x in v[keep]] for k, v in curve.items()}
 
 
-def _statistic(probs: np.ndarray, labels: np.ndarray, threshold: float | None, names: Sequence[str], n_bins: int):
+def _statistic(
+    probs: np.ndarray, labels: np.ndarray, threshold: float | None, names: Sequence[str], n_bins: int
+):
     """weights -> every metric of the section, for the point estimate and the bootstrap alike."""
     metrics = (
         functools.partial(binary_metrics, probs[:, 1], labels, threshold)
@@ -67,7 +79,11 @@ def _section(probs, labels, patient_ids, threshold, names, *, n_resamples, seed,
         matrix = [[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]]
         at = metrics_from_counts(**counts)
         roc = _downsample(roc_curve(probs[:, 1], labels))
-        roc["operating_point"] = {"threshold": threshold, "fpr": 1 - at["specificity"], "tpr": at["sensitivity"]}
+        roc["operating_point"] = {
+            "threshold": threshold,
+            "fpr": 1 - at["specificity"],
+            "tpr": at["sensitivity"],
+        }
         roc = {"binary": roc}
     else:
         matrix = np.zeros((c, c))
@@ -78,8 +94,12 @@ def _section(probs, labels, patient_ids, threshold, names, *, n_resamples, seed,
         "metrics": {k: intervals[k].to_dict() for k in ordered},
         "calibration": calibration,
         "roc": _jsonable(roc),
-        "confusion_matrix": {"rows": "true", "columns": "predicted", "labels": list(names),
-                             "matrix": [[int(x) for x in row] for row in matrix]},  # fmt: skip
+        "confusion_matrix": {
+            "rows": "true",
+            "columns": "predicted",
+            "labels": list(names),
+            "matrix": [[int(x) for x in row] for row in matrix],
+        },
     }
 
 
@@ -125,16 +145,21 @@ def build_report(
             (``aggregate_patients``); the image-level threshold is applied to the result.
     """
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(np.int64)
-    if probs.ndim != 2 or probs.shape[1] < 2 or probs.shape[0] != len(labels) or len(class_names) != probs.shape[1]:
-        raise ValueError(f"need probs (N, C>=2), labels (N,), C class_names; got {probs.shape}, {labels.shape}, "
-                         f"{len(class_names)} names")  # fmt: skip
+    n, c = probs.shape if probs.ndim == 2 else (len(probs), 0)
+    if n == 0:
+        raise ValueError(f"no images to evaluate in split {split!r}")
+    if c < 2 or n != len(labels) or len(class_names) != c:
+        raise ValueError(f"need probs (N, C>=2), labels (N,) and C class_names; got probs {probs.shape}, "
+                         f"labels {labels.shape}, {len(class_names)} names")  # fmt: skip
     if len(labels) and (labels.min() < 0 or labels.max() >= probs.shape[1]):
         raise ValueError(f"labels must be in 0..{probs.shape[1] - 1}")
     binary = probs.shape[1] == 2
     if not binary and threshold is not None:
         raise ValueError("a threshold applies to binary tasks only; multiclass predictions are the argmax")
     if binary and threshold is None:
-        threshold = ThresholdChoice(FALLBACK, str(FALLBACK), True, "no threshold chosen on validation; 0.5 used")
+        threshold = ThresholdChoice(
+            FALLBACK, str(FALLBACK), True, "no threshold chosen on validation; 0.5 used"
+        )
     cut = threshold.value if binary else None
     patient = patient_index(len(labels), patient_ids)
     n_patients = int(patient.max()) + 1 if len(patient) else 0
@@ -143,8 +168,13 @@ def build_report(
         "split": split,
         "task": "binary" if binary else "multiclass",
         "class_names": list(class_names),
-        "ci": {"method": "percentile", "confidence": confidence, "n_resamples": n_resamples, "seed": seed,
-               "resampling_unit": "patient" if patient_ids is not None else "image (no patient ids)"},  # fmt: skip
+        "ci": {
+            "method": "percentile",
+            "confidence": confidence,
+            "n_resamples": n_resamples,
+            "seed": seed,
+            "resampling_unit": "patient" if patient_ids is not None else "image (no patient ids)",
+        },
         "threshold": threshold.to_dict() if binary else None,
     }
     p_probs, p_labels = aggregate_patients(probs, labels, patient, patient_aggregation)
@@ -212,7 +242,9 @@ def format_table(report: dict) -> str:
             how += f" (val sensitivity {th['val_sensitivity']:.3f}, specificity {th['val_specificity']:.3f})"
         lines.append(f"threshold {th['value']:.4g}: {how}")
     level = f"{100 * ci['confidence']:g}% CI"
-    lines.append(f"  {'metric':<22}{'value':>7}  {level}, {ci['n_resamples']} resamples by {ci['resampling_unit']}")
+    lines.append(
+        f"  {'metric':<22}{'value':>7}  {level}, {ci['n_resamples']} resamples by {ci['resampling_unit']}"
+    )
     lines += _rows(report)
     if report["patient_level"] is not None:
         lines.append(f"patient level ({report['patient_level']['aggregation']} of each patient's images):")

@@ -65,7 +65,9 @@ class ThresholdChoice:
 
     def to_dict(self) -> dict:
         """JSON/checkpoint-ready (NaN -> None)."""
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> ThresholdChoice:
@@ -99,7 +101,9 @@ def parse_threshold(spec: str | float) -> ThresholdSpec:
         try:
             value = float(target)
         except ValueError:
-            raise ValueError(f"eval.threshold: got {spec!r}, target {target!r} is not a number; {ALLOWED}") from None
+            raise ValueError(
+                f"eval.threshold: got {spec!r}, target {target!r} is not a number; {ALLOWED}"
+            ) from None
         if not _in_unit_interval(value):
             raise ValueError(f"eval.threshold: got {spec!r}, target {value} outside (0, 1); {ALLOWED}")
         return ThresholdSpec(name, value, text)  # type: ignore[arg-type]
@@ -117,13 +121,17 @@ def _achieved(value: float, probs: np.ndarray, labels: np.ndarray) -> tuple[floa
     return m["sensitivity"], m["specificity"]
 
 
-def choose_threshold(spec: ThresholdSpec | str | float, probs_pos: np.ndarray, labels: np.ndarray) -> ThresholdChoice:
+def choose_threshold(
+    spec: ThresholdSpec | str | float, probs_pos: np.ndarray, labels: np.ndarray
+) -> ThresholdChoice:
     """Apply the rule to validation positive-class probabilities ``probs_pos`` and 0/1 ``labels``."""
     spec = spec if isinstance(spec, ThresholdSpec) else parse_threshold(spec)
     probs = np.asarray(probs_pos, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
     if probs.shape != labels.shape:
         raise ValueError(f"probs_pos and labels differ in length: {probs.shape[0]} vs {labels.shape[0]}")
+    if not np.isfinite(probs).all():
+        raise ValueError(f"probs_pos holds {np.sum(~np.isfinite(probs))} non-finite values (NaN/inf)")
     if spec.kind == "fixed":
         return ThresholdChoice(spec.target, spec.text, False, None, *_achieved(spec.target, probs, labels))
     n_pos = int(np.sum(labels == 1))
@@ -149,4 +157,6 @@ def choose_threshold(spec: ThresholdSpec | str | float, probs_pos: np.ndarray, l
     else:
         ok = np.flatnonzero(spec_ >= spec.target)  # never empty: the added top candidate calls nobody
         best = ok[np.lexsort((candidates[ok], sens[ok]))[-1]]  # max sensitivity, then highest threshold
-    return ThresholdChoice(float(candidates[best]), spec.text, False, None, float(sens[best]), float(spec_[best]))
+    return ThresholdChoice(
+        float(candidates[best]), spec.text, False, None, float(sens[best]), float(spec_[best])
+    )

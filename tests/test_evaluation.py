@@ -74,7 +74,9 @@ def _brute_force(probs, labels, kind, target):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("spec", ["sensitivity:0.9", "specificity:0.95", "sensitivity:0.75", "specificity:0.6"])
+@pytest.mark.parametrize(
+    "spec", ["sensitivity:0.9", "specificity:0.95", "sensitivity:0.75", "specificity:0.6"]
+)
 def test_target_rules_give_the_best_other_metric_by_brute_force(seed, spec):
     probs, labels = binary_data(seed, n=120, ties=seed == 2)
     kind, target = spec.split(":")
@@ -106,7 +108,9 @@ def test_fixed_threshold_is_returned_as_is(spec):
     assert choice.val_sensitivity == np.mean(probs[labels == 1] >= 0.3)
 
 
-@pytest.mark.parametrize("bad", ["sens:0.9", "sensitivity:1.5", "youdn", "-0.1", 2, "2", "specificity:0", True])
+@pytest.mark.parametrize(
+    "bad", ["sens:0.9", "sensitivity:1.5", "youdn", "-0.1", 2, "2", "specificity:0", True]
+)
 def test_bad_threshold_specs_raise_naming_the_option_and_the_value(bad):
     with pytest.raises(ValueError) as err:
         parse_threshold(bad)
@@ -138,7 +142,9 @@ def test_binary_metrics_at_unit_weights_equal_torchmetrics(ties):
     m = binary_metrics(probs, labels, 0.55)  # no score equals 0.55: torchmetrics calls > where we call >=
     # torchmetrics returns float32
     assert m["auroc"] == pytest.approx(float(tmf.binary_auroc(t(probs), t(labels))), abs=1e-6)
-    assert m["average_precision"] == pytest.approx(float(tmf.binary_average_precision(t(probs), t(labels))), abs=1e-6)
+    assert m["average_precision"] == pytest.approx(
+        float(tmf.binary_average_precision(t(probs), t(labels))), abs=1e-6
+    )
     for name, fn in [("sensitivity", tmf.binary_recall), ("specificity", tmf.binary_specificity),
                      ("ppv", tmf.binary_precision), ("acc", tmf.binary_accuracy), ("f1", tmf.binary_f1_score),
                      ("npv", tmf.binary_negative_predictive_value)]:  # fmt: skip
@@ -164,7 +170,9 @@ def test_multiclass_auroc_per_class_and_macro_equal_torchmetrics():
     per_class = tmf.multiclass_auroc(t(probs), t(labels), 4, average=None).numpy()
     np.testing.assert_allclose([m[f"auroc/{k}"] for k in range(4)], per_class, atol=1e-6)
     assert m["auroc"] == pytest.approx(float(tmf.multiclass_auroc(t(probs), t(labels), 4)), abs=1e-6)
-    assert m["balanced_acc"] == pytest.approx(float(tmf.multiclass_accuracy(t(probs), t(labels), 4, average="macro")))
+    assert m["balanced_acc"] == pytest.approx(
+        float(tmf.multiclass_accuracy(t(probs), t(labels), 4, average="macro"))
+    )
     assert m["acc"] == pytest.approx(float(tmf.multiclass_accuracy(t(probs), t(labels), 4, average="micro")))
 
 
@@ -179,7 +187,9 @@ def test_integer_weights_equal_the_metrics_on_explicitly_repeated_data():
         for name, value in single.items():
             assert batch[name][row] == pytest.approx(value, abs=1e-12), name
         p2 = np.stack([1 - probs, probs], axis=1)
-        assert expected_calibration_error(p2, labels, 15, w) == pytest.approx(expected_calibration_error(p2[rep], labels[rep]))
+        assert expected_calibration_error(p2, labels, 15, w) == pytest.approx(
+            expected_calibration_error(p2[rep], labels[rep])
+        )
         assert brier_score(p2, labels, w) == pytest.approx(brier_score(p2[rep], labels[rep]))
     multi = rng.dirichlet(np.ones(3), 200)
     y3 = rng.integers(0, 3, 200)
@@ -231,7 +241,9 @@ def test_two_patient_bootstrap_matches_the_enumerable_distribution():
     # or BB with probabilities 1/4, 1/2, 1/4; the image mean is then 0, 3/4 or 1 (B's images
     # come along together, so AB is 3/4, not 1/2).
     values = np.array([0.0, 1.0, 1.0, 1.0])
-    draws = bootstrap_samples({"mean": weighted_mean(values)}, 4, ["A", "B", "B", "B"], n_resamples=20000)["mean"]
+    draws = bootstrap_samples({"mean": weighted_mean(values)}, 4, ["A", "B", "B", "B"], n_resamples=20000)[
+        "mean"
+    ]
     freq = {v: np.mean(np.isclose(draws, v)) for v in (0.0, 0.75, 1.0)}
     assert sum(freq.values()) == 1
     assert freq == pytest.approx({0.0: 0.25, 0.75: 0.5, 1.0: 0.25}, abs=0.015)
@@ -257,7 +269,10 @@ def test_same_seed_gives_identical_intervals_and_another_seed_different_ones():
     b = cluster_bootstrap(stat, 150, ids, n_resamples=300, seed=11)
     c = cluster_bootstrap(stat, 150, ids, n_resamples=300, seed=12)
     assert a == b
-    assert a["auroc"].estimate == c["auroc"].estimate and (a["auroc"].low, a["auroc"].high) != (c["auroc"].low, c["auroc"].high)
+    assert a["auroc"].estimate == c["auroc"].estimate and (a["auroc"].low, a["auroc"].high) != (
+        c["auroc"].low,
+        c["auroc"].high,
+    )
 
 
 def test_cluster_bootstrap_resamples_patients_not_images():
@@ -266,8 +281,12 @@ def test_cluster_bootstrap_resamples_patients_not_images():
     dup_probs, dup_labels, dup_ids = np.repeat(probs, 4), np.repeat(labels, 4), np.repeat(ids, 4)
     kw = dict(n_resamples=500, seed=3)
     original = cluster_bootstrap(functools.partial(binary_metrics, probs, labels, 0.5), 80, ids, **kw)
-    by_patient = cluster_bootstrap(functools.partial(binary_metrics, dup_probs, dup_labels, 0.5), 320, dup_ids, **kw)
-    by_image = cluster_bootstrap(functools.partial(binary_metrics, dup_probs, dup_labels, 0.5), 320, None, **kw)
+    by_patient = cluster_bootstrap(
+        functools.partial(binary_metrics, dup_probs, dup_labels, 0.5), 320, dup_ids, **kw
+    )
+    by_image = cluster_bootstrap(
+        functools.partial(binary_metrics, dup_probs, dup_labels, 0.5), 320, None, **kw
+    )
     for name in ("auroc", "sensitivity", "specificity"):
         o, p, i = original[name], by_patient[name], by_image[name]
         assert (p.estimate, p.low, p.high) == pytest.approx((o.estimate, o.low, o.high), abs=1e-12)
@@ -302,7 +321,9 @@ def test_ece_matches_torchmetrics_binary_and_multiclass():
     assert ece == pytest.approx(float(tmf.binary_calibration_error(t(p), t(y), n_bins=15)), abs=1e-7)
     probs, y3 = rng.dirichlet(np.ones(3), 400), rng.integers(0, 3, 400)
     ece3 = expected_calibration_error(probs, y3, n_bins=10)
-    assert ece3 == pytest.approx(float(tmf.multiclass_calibration_error(t(probs), t(y3), 3, n_bins=10)), abs=1e-6)
+    assert ece3 == pytest.approx(
+        float(tmf.multiclass_calibration_error(t(probs), t(y3), 3, n_bins=10)), abs=1e-6
+    )
 
 
 def test_brier_and_reliability_bins_by_hand():
@@ -310,7 +331,9 @@ def test_brier_and_reliability_bins_by_hand():
     y = np.array([0, 1, 1, 0])
     assert brier_score(p, y) == pytest.approx(np.mean([0.01, 0.36, 0.04, 0.9025]))
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
-    assert brier_score(probs, np.array([0, 1])) == pytest.approx((0.09 + 0.04 + 0.01 + 0.01 + 0.81 + 0.64) / 2)
+    assert brier_score(probs, np.array([0, 1])) == pytest.approx(
+        (0.09 + 0.04 + 0.01 + 0.01 + 0.81 + 0.64) / 2
+    )
     bins = reliability_bins(p, y, n_bins=5)
     assert bins["count"] == [1, 0, 1, 0, 2] and bins["mean_predicted"][1] is None
     assert bins["observed"] == [0.0, None, 1.0, None, 0.5]
@@ -364,7 +387,9 @@ def test_report_counts_per_class_and_point_estimates():
     assert (op["tpr"], op["fpr"]) == pytest.approx((point["sensitivity"], 1 - point["specificity"]))
     assert len(report["roc"]["binary"]["fpr"]) <= 200
     matrix = report["confusion_matrix"]["matrix"]
-    assert matrix[1][1] == int(np.sum((probs[:, 1] >= 0.45) & (labels == 1))) and sum(map(sum, matrix)) == len(labels)
+    assert matrix[1][1] == int(np.sum((probs[:, 1] >= 0.45) & (labels == 1))) and sum(
+        map(sum, matrix)
+    ) == len(labels)
     assert report["patient_level"]["metrics"]["auroc"]["estimate"] is not None
 
 
@@ -380,8 +405,9 @@ def test_summary_metrics_and_table_name_every_figure():
     choice = choose_threshold("sensitivity:0.9", probs[:, 1], labels)
     report = build_report(probs, labels, ids, ["normal", "abnormal"], choice, n_resamples=100)
     flat = summary_metrics(report, prefix="test/")
-    for key in ("test/sensitivity", "test/sensitivity_ci_low", "test/sensitivity_ci_high", "test/auroc",
-                "test/ece", "test/brier_ci_high", "test/threshold", "test/patient/auroc", "test/patient/f1_ci_low"):  # fmt: skip
+    keys = ["sensitivity", "sensitivity_ci_low", "sensitivity_ci_high", "auroc", "ece", "brier_ci_high",
+            "threshold", "patient/auroc", "patient/f1_ci_low"]  # fmt: skip
+    for key in (f"test/{k}" for k in keys):
         assert isinstance(flat[key], float), key
     assert flat["test/sensitivity"] == report["metrics"]["sensitivity"]["estimate"]
     table = format_table(report)
@@ -398,7 +424,9 @@ def test_report_marks_a_missing_threshold_and_handles_multiclass():
     rng = np.random.default_rng(13)
     probs3, y3 = rng.dirichlet(np.ones(3), len(labels)), rng.integers(0, 3, len(labels))
     report3 = build_report(probs3, y3, ids, ["a", "b", "c"], None, n_resamples=50)
-    assert {"auroc", "auroc/a", "auroc/c", "balanced_acc"} <= set(report3["metrics"]) and report3["threshold"] is None
+    assert {"auroc", "auroc/a", "auroc/c", "balanced_acc"} <= set(report3["metrics"]) and report3[
+        "threshold"
+    ] is None
     with pytest.raises(ValueError, match="binary"):
         build_report(probs3, y3, ids, ["a", "b", "c"], ThresholdChoice(0.5, "0.5"))
 
@@ -407,7 +435,9 @@ def test_report_marks_a_missing_threshold_and_handles_multiclass():
 
 
 def test_coverage_benchmark_runs_with_the_tiniest_settings(capsys):
-    spec = importlib.util.spec_from_file_location("bootstrap_coverage", ROOT / "benchmarks" / "bootstrap_coverage.py")
+    spec = importlib.util.spec_from_file_location(
+        "bootstrap_coverage", ROOT / "benchmarks" / "bootstrap_coverage.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     result = module.main(["--datasets", "3", "--resamples", "50", "--patients", "20",
