@@ -12,9 +12,13 @@ statistic is any function ``weights (B, N) -> {name: values (B,)}`` (see evaluat
 evaluated for a whole chunk of resamples at once. The estimate is the statistic at weights
 all 1, i.e. on the data as observed.
 
-Intervals: percentile (default) or BCa (bias-corrected and accelerated, Efron 1987; the
-acceleration from a leave-one-PATIENT-out jackknife). benchmarks/bootstrap_coverage.py
-measures the coverage of both on simulated clustered data with known truth.
+Intervals: BCa (default: bias-corrected and accelerated, Efron 1987, with the acceleration
+from a leave-one-PATIENT-out jackknife) or percentile. Metrics like AUROC and sensitivity are
+bounded and their sampling distributions skewed near 0.8-1; the percentile interval then
+misses more often on one side. benchmarks/bootstrap_coverage.py (simulated clustered cohorts,
+known truth, 2000 data sets; see benchmarks/README.md) measured 95% BCa intervals covering
+95.0% (AUROC) and 94.6% (sensitivity) with 150 patients, and 93.7% / 94.3% with 60 patients,
+against 94.3% / 93.6% and 92.9% / 91.4% for the percentile interval.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import numpy as np
 Statistic = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 # One chunk of resamples holds at most this many weights (float64: 32 MiB), whatever N is.
 CHUNK_ELEMENTS = 1 << 22
+# BCa's jackknife costs one evaluation per patient; beyond this many, groups of patients.
+MAX_JACKKNIFE_GROUPS = 2000
 
 
 @dataclass(frozen=True)
@@ -116,13 +122,24 @@ def jackknife_samples(
     statistics: Statistic | Mapping[str, Callable[[np.ndarray], np.ndarray]],
     n_images: int,
     patient_ids: np.ndarray | list | None = None,
+    *,
+    max_groups: int = MAX_JACKKNIFE_GROUPS,
+    seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Each statistic with one patient left out at a time: (P,) values, for the BCa acceleration."""
-    patient = patient_index(n_images, patient_ids)
-    n_patients = int(patient.max()) + 1
+    """Each statistic with one patient left out at a time: (P,) values, for the BCa acceleration.
+
+    Above ``max_groups`` patients, random groups of patients (seeded) are left out together:
+    the acceleration formula is a ratio of sums, which grouping leaves unbiased, and the cost
+    stays at ``max_groups`` evaluations however large the data set.
+    """
+    group = patient_index(n_images, patient_ids)
+    n_groups = int(group.max()) + 1
+    if n_groups > max_groups:
+        group = np.random.default_rng(seed).permutation(n_groups)[group] % max_groups
+        n_groups = max_groups
     chunk = max(1, CHUNK_ELEMENTS // n_images)
-    chunks = ((patient[None, :] != np.arange(s, min(s + chunk, n_patients))[:, None]).astype(np.float64)
-              for s in range(0, n_patients, chunk))  # fmt: skip
+    chunks = ((group[None, :] != np.arange(s, min(s + chunk, n_groups))[:, None]).astype(np.float64)
+              for s in range(0, n_groups, chunk))  # fmt: skip
     return _evaluate(_as_statistic(statistics), chunks)
 
 
@@ -156,7 +173,9 @@ def bca_interval(
     a = float(np.sum(d**3) / denom) if denom > 0 else 0.0
     levels = []
     for z in (normal.inv_cdf((1 - confidence) / 2), normal.inv_cdf((1 + confidence) / 2)):
-        levels.append(normal.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))))
+        shrink = 1 - a * (z0 + z)
+        # shrink -> 0+ sends the level to 0 or 1; past 0 the formula has no meaning: keep the limit
+        levels.append(normal.cdf(z0 + (z0 + z) / shrink) if shrink > 0 else float(z0 + z > 0))
     low, high = np.quantile(ok, levels)
     return float(low), float(high)
 
@@ -169,7 +188,7 @@ def cluster_bootstrap(
     n_resamples: int = 2000,
     seed: int = 0,
     confidence: float = 0.95,
-    method: Literal["percentile", "bca"] = "percentile",
+    method: Literal["bca", "percentile"] = "bca",
 ) -> dict[str, Interval]:
     """Estimate and ``confidence`` interval of each statistic by resampling patients.
 
@@ -181,7 +200,8 @@ def cluster_bootstrap(
         n_resamples: resamples drawn; 2000 keeps the Monte Carlo error of a 95% percentile
             endpoint well below the sampling error of a few hundred patients.
         seed: the same seed, data and settings give the same intervals.
-        method: ``percentile`` or ``bca`` (costs one extra evaluation per patient).
+        method: ``bca`` (default; costs one extra evaluation per patient, at most
+            ``MAX_JACKKNIFE_GROUPS``) or ``percentile``; see the module docstring for why.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1); got {confidence}")
@@ -190,7 +210,7 @@ def cluster_bootstrap(
     statistic = _as_statistic(statistics)
     estimates = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in statistic(np.ones((1, n_images))).items()}
     samples = bootstrap_samples(statistic, n_images, patient_ids, n_resamples=n_resamples, seed=seed)
-    jackknife = jackknife_samples(statistic, n_images, patient_ids) if method == "bca" else {}
+    jackknife = jackknife_samples(statistic, n_images, patient_ids, seed=seed) if method == "bca" else {}
     out = {}
     for name, values in samples.items():
         if method == "bca":

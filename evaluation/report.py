@@ -68,10 +68,10 @@ def _statistic(
     return statistic
 
 
-def _section(probs, labels, patient_ids, threshold, names, *, n_resamples, seed, confidence, n_bins) -> dict:
+def _section(probs, labels, patient_ids, threshold, names, *, n_bins, **bootstrap) -> dict:
     n, c = probs.shape
-    intervals = cluster_bootstrap(_statistic(probs, labels, threshold, names, n_bins), n, patient_ids,
-                                  n_resamples=n_resamples, seed=seed, confidence=confidence)  # fmt: skip
+    statistic = _statistic(probs, labels, threshold, names, n_bins)
+    intervals = cluster_bootstrap(statistic, n, patient_ids, **bootstrap)
     calibration = {k: intervals.pop(k).to_dict() for k in ("ece", "brier")}
     calibration.update(n_bins=n_bins, reliability=reliability_bins(probs, labels, n_bins))
     if threshold is not None:
@@ -130,6 +130,7 @@ def build_report(
     split: str = "test",
     confidence: float = 0.95,
     n_bins: int = 15,
+    ci_method: Literal["bca", "percentile"] = "bca",
 ) -> dict:
     """Every figure of ``split`` with estimate, ci_low, ci_high (patient-level bootstrap).
 
@@ -143,6 +144,7 @@ def build_report(
             (``choose_threshold``); None: 0.5, marked as a fallback in the report.
         patient_aggregation: how the patient-level section combines a patient's images
             (``aggregate_patients``); the image-level threshold is applied to the result.
+        ci_method: ``bca`` or ``percentile`` (``cluster_bootstrap``).
     """
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(np.int64)
     n, c = probs.shape if probs.ndim == 2 else (len(probs), 0)
@@ -163,13 +165,13 @@ def build_report(
     cut = threshold.value if binary else None
     patient = patient_index(len(labels), patient_ids)
     n_patients = int(patient.max()) + 1 if len(patient) else 0
-    settings = dict(n_resamples=n_resamples, seed=seed, confidence=confidence, n_bins=n_bins)
+    settings = dict(n_resamples=n_resamples, seed=seed, confidence=confidence, method=ci_method)
     report = {
         "split": split,
         "task": "binary" if binary else "multiclass",
         "class_names": list(class_names),
         "ci": {
-            "method": "percentile",
+            "method": ci_method,
             "confidence": confidence,
             "n_resamples": n_resamples,
             "seed": seed,
@@ -184,13 +186,13 @@ def build_report(
         "images_per_class": _per_class(labels, class_names),
         "patients_per_class": _per_class(p_labels, class_names),
     }
-    report.update(_section(probs, labels, patient_ids, cut, class_names, **settings))
+    report.update(_section(probs, labels, patient_ids, cut, class_names, n_bins=n_bins, **settings))
     report["patient_level"] = None
     if n_patients < len(labels):  # some patient has more than one image
         report["patient_level"] = {
             "aggregation": patient_aggregation,
             "threshold_note": "the image-level threshold applied to the aggregated probability",
-            **_section(p_probs, p_labels, None, cut, class_names, **settings),
+            **_section(p_probs, p_labels, None, cut, class_names, n_bins=n_bins, **settings),
         }
     return report
 
@@ -241,7 +243,7 @@ def format_table(report: dict) -> str:
         if not th["fallback"] and th["val_sensitivity"] is not None and th["val_specificity"] is not None:
             how += f" (val sensitivity {th['val_sensitivity']:.3f}, specificity {th['val_specificity']:.3f})"
         lines.append(f"threshold {th['value']:.4g}: {how}")
-    level = f"{100 * ci['confidence']:g}% CI"
+    level = f"{100 * ci['confidence']:g}% CI ({ci['method']})"
     lines.append(
         f"  {'metric':<22}{'value':>7}  {level}, {ci['n_resamples']} resamples by {ci['resampling_unit']}"
     )

@@ -35,7 +35,7 @@ from evaluation import (
     roc_curve,
     summary_metrics,
 )
-from evaluation.bootstrap import bca_interval, percentile_interval
+from evaluation.bootstrap import bca_interval, jackknife_samples, percentile_interval
 
 
 def binary_data(seed: int, n: int = 300, ties: bool = False):
@@ -301,6 +301,19 @@ def test_resamples_where_a_statistic_is_undefined_are_dropped_and_counted():
     result = cluster_bootstrap(stat, 10, None, n_resamples=1000, seed=0)["sensitivity"]
     assert result.n_dropped == np.isnan(draws).sum() and 250 < result.n_dropped < 450
     assert result.n_resamples + result.n_dropped == 1000 and math.isfinite(result.low)
+
+
+def test_jackknife_leaves_out_whole_patients_and_groups_them_beyond_the_cap():
+    values = np.repeat([1.0, 2.0, 3.0, 10.0], [1, 2, 3, 4])  # patient k has k+1 images of one value
+    ids = np.repeat(["d", "c", "b", "a"], [1, 2, 3, 4])  # sorted-id order: a, b, c, d
+    jack = jackknife_samples({"mean": weighted_mean(values)}, 10, ids)["mean"]
+    np.testing.assert_allclose(jack, [(1 + 4 + 9) / 6, (1 + 4 + 40) / 7, (1 + 9 + 40) / 8, (4 + 9 + 40) / 9])
+    grouped = jackknife_samples({"mean": weighted_mean(values)}, 10, ids, max_groups=2)["mean"]
+    # two groups of two patients: each value is the mean of the other group's two patients
+    pair_mean = {frozenset(p): values[np.isin(ids, list(p))].mean() for p in
+                 [("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d")]}  # fmt: skip
+    complementary = [(pair_mean[p], pair_mean[frozenset("abcd") - p]) for p in pair_mean]
+    assert any(np.allclose(sorted(grouped), sorted(pair)) for pair in complementary)
 
 
 def test_bca_without_bias_or_skew_is_the_percentile_interval():
