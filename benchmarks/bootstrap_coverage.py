@@ -17,7 +17,7 @@ gets by ignoring patient ids). Prints coverage (with its Monte Carlo standard er
 share of misses below/above, mean interval width, and the time for 2000 resamples of 5,000
 images with AUROC and every threshold metric.
 
-    python benchmarks/bootstrap_coverage.py            # 2000 data sets x 150 patients: ~4 min, one core
+    python benchmarks/bootstrap_coverage.py            # 2000 data sets x 150 patients: 2-3 min, one core
     python benchmarks/bootstrap_coverage.py --quick    # a few seconds
 """
 

@@ -3,9 +3,9 @@
 Images of one patient are correlated (same bones, same scanner, same disease), so they are
 not independent observations: resampling images treats a patient with four views as four
 patients and gives intervals that are too narrow. We resample PATIENTS with replacement;
-every image of a drawn patient comes along, as often as the patient was drawn (Davison &
-Hinkley 1997, sec. 3.8, "resampling clusters"). Without patient ids each image is its own
-patient, the ordinary bootstrap.
+every image of a drawn patient comes along, as often as the patient was drawn (resampling
+at the top level of hierarchical data: Davison & Hinkley 1997, sec. 3.8). Without patient
+ids each image is its own patient, the ordinary bootstrap.
 
 A resample is a vector of integer weights per image (how often its patient was drawn), so a
 statistic is any function ``weights (B, N) -> {name: values (B,)}`` (see evaluation.metrics),
