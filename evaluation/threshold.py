@@ -2,7 +2,9 @@
 
 The threshold is chosen on the VALIDATION split and then frozen: choosing it on the test
 split would make the test sensitivity/specificity optimistic (the threshold would be fitted
-to the very noise it is then scored on). A prediction is positive when ``prob >= threshold``.
+to the very noise it is then scored on). A prediction is positive when ``prob >= threshold``
+(torchmetrics' Binary* metrics call ``prob > threshold``: score at a chosen threshold with
+evaluation.metrics, or an image scoring exactly the threshold is counted the other way).
 
 Rules (the config option ``eval.threshold``):
 
