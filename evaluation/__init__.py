@@ -1,0 +1,54 @@
+"""Test-set statistics with patient-level confidence intervals (numpy only, no Lightning).
+
+choice = choose_threshold("youden", val_probs[:, 1], val_labels)    # on VALIDATION
+report = build_report(test_probs, test_labels, test_patient_ids, ["normal", "abnormal"], choice)
+print(format_table(report)); logger.log_metrics(summary_metrics(report, prefix="test/"))
+"""
+
+from evaluation.bootstrap import Interval, bootstrap_samples, cluster_bootstrap, jackknife_samples
+from evaluation.calibration import (
+    apply_temperature,
+    brier_score,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+)
+from evaluation.metrics import (
+    aggregate_patients,
+    auroc,
+    average_precision,
+    binary_metrics,
+    confusion_counts,
+    metrics_from_counts,
+    multiclass_metrics,
+    roc_curve,
+)
+from evaluation.report import build_report, format_table, summary_metrics
+from evaluation.threshold import ThresholdChoice, ThresholdSpec, choose_threshold, parse_threshold
+
+__all__ = [
+    "Interval",
+    "ThresholdChoice",
+    "ThresholdSpec",
+    "aggregate_patients",
+    "apply_temperature",
+    "auroc",
+    "average_precision",
+    "binary_metrics",
+    "bootstrap_samples",
+    "brier_score",
+    "build_report",
+    "choose_threshold",
+    "cluster_bootstrap",
+    "confusion_counts",
+    "expected_calibration_error",
+    "fit_temperature",
+    "format_table",
+    "jackknife_samples",
+    "metrics_from_counts",
+    "multiclass_metrics",
+    "parse_threshold",
+    "reliability_bins",
+    "roc_curve",
+    "summary_metrics",
+]

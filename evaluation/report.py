@@ -1,0 +1,254 @@
+"""The evaluation report of one split: every figure with its 95% patient-level bootstrap CI.
+
+``build_report`` returns a JSON-ready dict (for the HTML report and for storage next to the
+checkpoint), ``summary_metrics`` flattens it to logger names (``test/sensitivity``,
+``test/sensitivity_ci_low``, ``test/patient/auroc``...), ``format_table`` prints it.
+
+The report holds counts, never patient ids: it is meant to leave the hospital.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from evaluation.bootstrap import cluster_bootstrap, patient_index
+from evaluation.calibration import brier_score, expected_calibration_error, reliability_bins
+from evaluation.metrics import (
+    aggregate_patients,
+    binary_metrics,
+    confusion_counts,
+    metrics_from_counts,
+    multiclass_metrics,
+    roc_curve,
+)
+from evaluation.threshold import FALLBACK, ThresholdChoice
+
+ROC_POINTS = 200  # enough to draw the curve; the full curve has one point per distinct score
+ORDER = (
+    "auroc",
+    "average_precision",
+    "sensitivity",
+    "specificity",
+    "ppv",
+    "npv",
+    "acc",
+    "balanced_acc",
+    "f1",
+)
+
+
+def _downsample(curve: dict[str, np.ndarray], n: int = ROC_POINTS) -> dict[str, list]:
+    keep = np.unique(np.round(np.linspace(0, len(curve["fpr"]) - 1, n)).astype(int))
+    return {k: [float(x) if np.isfinite(x) else None for x in v[keep]] for k, v in curve.items()}
+
+
+def _statistic(
+    probs: np.ndarray, labels: np.ndarray, threshold: float | None, names: Sequence[str], n_bins: int
+):
+    """weights -> every metric of the section, for the point estimate and the bootstrap alike."""
+    metrics = (
+        functools.partial(binary_metrics, probs[:, 1], labels, threshold)
+        if threshold is not None
+        else functools.partial(multiclass_metrics, probs, labels)
+    )
+
+    def statistic(weights: np.ndarray) -> dict[str, np.ndarray]:
+        # multiclass_metrics names per-class AUROC by index (auroc/0); the report by class name
+        values = {f"auroc/{names[int(k[6:])]}" if k.startswith("auroc/") else k: v
+                  for k, v in metrics(weights=weights).items()}  # fmt: skip
+        values["ece"] = expected_calibration_error(probs, labels, n_bins, weights)
+        values["brier"] = brier_score(probs, labels, weights)
+        return values
+
+    return statistic
+
+
+def _section(probs, labels, patient_ids, threshold, names, *, n_bins, **bootstrap) -> dict:
+    n, c = probs.shape
+    statistic = _statistic(probs, labels, threshold, names, n_bins)
+    intervals = cluster_bootstrap(statistic, n, patient_ids, **bootstrap)
+    calibration = {k: intervals.pop(k).to_dict() for k in ("ece", "brier")}
+    calibration.update(n_bins=n_bins, reliability=reliability_bins(probs, labels, n_bins))
+    if threshold is not None:
+        counts = confusion_counts(probs[:, 1], labels, threshold)
+        matrix = [[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]]
+        at = metrics_from_counts(**counts)
+        roc = _downsample(roc_curve(probs[:, 1], labels))
+        roc["operating_point"] = {
+            "threshold": threshold,
+            "fpr": 1 - at["specificity"],
+            "tpr": at["sensitivity"],
+        }
+        roc = {"binary": roc}
+    else:
+        matrix = np.zeros((c, c))
+        np.add.at(matrix, (labels, probs.argmax(axis=1)), 1)
+        roc = {names[k]: _downsample(roc_curve(probs[:, k], labels == k)) for k in range(c)}
+    ordered = sorted(intervals, key=lambda k: (ORDER.index(k.split("/")[0]), k))
+    return {
+        "metrics": {k: intervals[k].to_dict() for k in ordered},
+        "calibration": calibration,
+        "roc": _jsonable(roc),
+        "confusion_matrix": {
+            "rows": "true",
+            "columns": "predicted",
+            "labels": list(names),
+            "matrix": [[int(x) for x in row] for row in matrix],
+        },
+    }
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
+def _per_class(labels: np.ndarray, names: Sequence[str]) -> dict[str, int]:
+    return {name: int(n) for name, n in zip(names, np.bincount(labels, minlength=len(names)))}
+
+
+def build_report(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    patient_ids: np.ndarray | Sequence | None,
+    class_names: Sequence[str],
+    threshold: ThresholdChoice | None,
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    patient_aggregation: Literal["mean", "max"] = "mean",
+    split: str = "test",
+    confidence: float = 0.95,
+    n_bins: int = 15,
+    ci_method: Literal["bca", "percentile"] = "bca",
+) -> dict:
+    """Every figure of ``split`` with estimate, ci_low, ci_high (patient-level bootstrap).
+
+    Args:
+        probs: (N, C) class probabilities; binary when C == 2 (class 1 positive).
+        labels: (N,) integer labels.
+        patient_ids: (N,) one id per image, or None when unknown (each image its own patient;
+            the report then says so, because the CIs are too narrow if patients repeat).
+        class_names: C names.
+        threshold: binary only, the operating point chosen on VALIDATION
+            (``choose_threshold``); None: 0.5, marked as a fallback in the report.
+        patient_aggregation: how the patient-level section combines a patient's images
+            (``aggregate_patients``); the image-level threshold is applied to the result.
+        ci_method: ``bca`` or ``percentile`` (``cluster_bootstrap``).
+    """
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(np.int64)
+    n, c = probs.shape if probs.ndim == 2 else (len(probs), 0)
+    if n == 0:
+        raise ValueError(f"no images to evaluate in split {split!r}")
+    if c < 2 or n != len(labels) or len(class_names) != c:
+        raise ValueError(f"need probs (N, C>=2), labels (N,) and C class_names; got probs {probs.shape}, "
+                         f"labels {labels.shape}, {len(class_names)} names")  # fmt: skip
+    if len(labels) and (labels.min() < 0 or labels.max() >= probs.shape[1]):
+        raise ValueError(f"labels must be in 0..{probs.shape[1] - 1}")
+    binary = probs.shape[1] == 2
+    if not binary and threshold is not None:
+        raise ValueError("a threshold applies to binary tasks only; multiclass predictions are the argmax")
+    if binary and threshold is None:
+        threshold = ThresholdChoice(
+            FALLBACK, str(FALLBACK), True, "no threshold chosen on validation; 0.5 used"
+        )
+    cut = threshold.value if binary else None
+    patient = patient_index(len(labels), patient_ids)
+    n_patients = int(patient.max()) + 1 if len(patient) else 0
+    settings = dict(n_resamples=n_resamples, seed=seed, confidence=confidence, method=ci_method)
+    report = {
+        "split": split,
+        "task": "binary" if binary else "multiclass",
+        "class_names": list(class_names),
+        "ci": {
+            "method": ci_method,
+            "confidence": confidence,
+            "n_resamples": n_resamples,
+            "seed": seed,
+            "resampling_unit": "patient" if patient_ids is not None else "image (no patient ids)",
+        },
+        "threshold": threshold.to_dict() if binary else None,
+    }
+    p_probs, p_labels = aggregate_patients(probs, labels, patient, patient_aggregation)
+    report["counts"] = {
+        "images": len(labels),
+        "patients": n_patients,
+        "images_per_class": _per_class(labels, class_names),
+        "patients_per_class": _per_class(p_labels, class_names),
+    }
+    report.update(_section(probs, labels, patient_ids, cut, class_names, n_bins=n_bins, **settings))
+    report["patient_level"] = None
+    if n_patients < len(labels):  # some patient has more than one image
+        report["patient_level"] = {
+            "aggregation": patient_aggregation,
+            "threshold_note": "the image-level threshold applied to the aggregated probability",
+            **_section(p_probs, p_labels, None, cut, class_names, n_bins=n_bins, **settings),
+        }
+    return report
+
+
+def summary_metrics(report: dict, prefix: str = "test/") -> dict[str, float]:
+    """Flat {name: float} for loggers: ``{prefix}{metric}``, ``..._ci_low``, ``..._ci_high``,
+    ECE and Brier likewise, the threshold, the counts, and ``{prefix}patient/...``. NaN if undefined."""
+
+    def flat(section: dict, pre: str) -> dict[str, float]:
+        out = {}
+        for name, iv in {**section["metrics"], "ece": section["calibration"]["ece"],
+                         "brier": section["calibration"]["brier"]}.items():  # fmt: skip
+            for suffix, key in (("", "estimate"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
+                out[f"{pre}{name}{suffix}"] = math.nan if iv[key] is None else float(iv[key])
+        return out
+
+    out = flat(report, prefix)
+    if report["threshold"] is not None:
+        out[f"{prefix}threshold"] = float(report["threshold"]["value"])
+    out[f"{prefix}n_images"] = float(report["counts"]["images"])
+    out[f"{prefix}n_patients"] = float(report["counts"]["patients"])
+    if report["patient_level"] is not None:
+        out.update(flat(report["patient_level"], f"{prefix}patient/"))
+    return out
+
+
+def _rows(section: dict) -> list[str]:
+    rows = []
+    for name, iv in {**section["metrics"], "ece": section["calibration"]["ece"],
+                     "brier": section["calibration"]["brier"]}.items():  # fmt: skip
+        est = "n/a" if iv["estimate"] is None else f"{iv['estimate']:.3f}"
+        ci = "" if iv["ci_low"] is None else f"({iv['ci_low']:.3f}-{iv['ci_high']:.3f})"
+        dropped = f"  [{iv['n_dropped']} resamples undefined]" if iv["n_dropped"] else ""
+        rows.append(f"  {name:<22}{est:>7}  {ci}{dropped}")
+    return rows
+
+
+def format_table(report: dict) -> str:
+    """A short table: metric, estimate, CI; the threshold line and the counts line first."""
+    counts, ci = report["counts"], report["ci"]
+    per_class = ", ".join(f"{name} {counts['images_per_class'][name]}/{counts['patients_per_class'][name]}"
+                          for name in report["class_names"])  # fmt: skip
+    lines = [f"{report['split']}: {counts['images']} images, {counts['patients']} patients "
+             f"(images/patients per class: {per_class})"]  # fmt: skip
+    th = report["threshold"]
+    if th is not None:
+        how = f"fallback: {th['reason']}" if th["fallback"] else f"rule {th['rule']} chosen on validation"
+        if not th["fallback"] and th["val_sensitivity"] is not None and th["val_specificity"] is not None:
+            how += f" (val sensitivity {th['val_sensitivity']:.3f}, specificity {th['val_specificity']:.3f})"
+        lines.append(f"threshold {th['value']:.4g}: {how}")
+    level = f"{100 * ci['confidence']:g}% CI ({ci['method']})"
+    lines.append(
+        f"  {'metric':<22}{'value':>7}  {level}, {ci['n_resamples']} resamples by {ci['resampling_unit']}"
+    )
+    lines += _rows(report)
+    if report["patient_level"] is not None:
+        lines.append(f"patient level ({report['patient_level']['aggregation']} of each patient's images):")
+        lines += _rows(report["patient_level"])
+    return "\n".join(lines)
