@@ -280,8 +280,12 @@ class XrayDataModule(pl.LightningDataModule):
     def has_split(self, split: str) -> bool:
         return bool(self.split_records.get(split))
 
-    def predict_records(self) -> list[Record]:
-        return self._datasets["predict"].records
+    def records_of(self, split: str) -> list[Record]:
+        """The records of `split` ("train", "val", "test" or "predict") in the order its dataset
+        indexes them: batches carry that index."""
+        if split in self._datasets:
+            return self._datasets[split].records
+        return self.split_records[split]
 
     def _loader(
         self, dataset: Dataset, *, shuffle: bool = False, sampler: Optional[Sampler] = None, train: bool = False

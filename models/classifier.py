@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau, StepLR
@@ -98,8 +99,13 @@ class XrayClassifier(pl.LightningModule):
         )
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.val_metrics = ClassificationMetrics(num_classes)
-        self.test_metrics = ClassificationMetrics(num_classes)
         self.last_confusion: dict[str, torch.Tensor] = {}
+        # Every image's logits of the last val/test epoch, gathered from all ranks, by dataset
+        # index: the evaluation (threshold on val, report with CIs on test) works on these.
+        self.epoch_outputs: dict[str, dict[str, np.ndarray]] = {}
+        self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
+        self.log_eval_metrics = True  # off while the CLI collects outputs without logging
+        self.operating_point = None  # training.evaluate.OperatingPoint, set by the CLI; saved in checkpoints
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -123,27 +129,60 @@ class XrayClassifier(pl.LightningModule):
         self._eval_step(batch, "val", self.val_metrics)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_metrics)
+        self._eval_step(batch, "test", None)
 
-    def _eval_step(self, batch, stage: str, metrics: ClassificationMetrics) -> None:
+    def _eval_step(self, batch, stage: str, metrics: Optional[ClassificationMetrics]) -> None:
         loss, logits, y = self.model_step(batch)
-        metrics.update(logits.float().softmax(dim=1), y)
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, prog_bar=stage == "val", batch_size=len(y))
+        if metrics is not None:
+            metrics.update(logits.float().softmax(dim=1), y)
+        self._outputs[stage].append((logits.detach().float(), y.detach(), batch[2].detach()))
+        if self.log_eval_metrics:
+            self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, prog_bar=stage == "val",
+                     batch_size=len(y))
+
+    def on_validation_epoch_start(self) -> None:
+        self._outputs["val"] = []
+
+    def on_test_epoch_start(self) -> None:
+        self._outputs["test"] = []
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val", self.val_metrics)
+        self._gather_outputs("val")
+        if self.log_eval_metrics:
+            self._log_epoch_metrics("val", self.val_metrics)
+        else:
+            self.val_metrics.reset()
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test", self.test_metrics)
+        # Test figures (at the operating point chosen on validation, with CIs) are computed from
+        # the gathered outputs by the CLI's evaluation report; here only the loss is logged.
+        self._gather_outputs("test")
+
+    def _gather_outputs(self, stage: str) -> None:
+        """All ranks' outputs in dataset order; DistributedSampler's padding duplicates dropped."""
+        parts = self._outputs[stage]
+        self._outputs[stage] = []
+        if not parts:
+            return
+        logits, labels, index = (torch.cat(t) for t in zip(*parts))
+        if self.trainer is not None and self.trainer.world_size > 1:
+            logits, labels, index = (self.all_gather(t).flatten(0, 1) for t in (logits, labels, index))
+        index_np = index.cpu().numpy()
+        _, first = np.unique(index_np, return_index=True)
+        self.epoch_outputs[stage] = {"logits": logits.cpu().numpy()[first], "labels": labels.cpu().numpy()[first],
+                                     "index": index_np[first]}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.operating_point is not None:
+            checkpoint["operating_point"] = self.operating_point.to_dict()
 
     def metric_names(self, stage: Literal["val", "test"] = "val") -> list[str]:
         return logged_metric_names(self.hparams.num_classes, stage)
 
-    def current_metrics(self, stage: Literal["val", "test"] = "val") -> dict[str, torch.Tensor]:
+    def current_metrics(self, stage: Literal["val"] = "val") -> dict[str, torch.Tensor]:
         """This epoch's metrics so far, e.g. {"val/auroc": ...}; collective under DDP, so
         every rank must call it (torchmetrics caches the result until the next update)."""
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        return {f"{stage}/{k}": v for k, v in metrics.compute().items()}
+        return {f"{stage}/{k}": v for k, v in self.val_metrics.compute().items()}
 
     def _log_epoch_metrics(self, stage: Literal["val", "test"], metrics: ClassificationMetrics) -> None:
         # torchmetrics has already reduced across ranks; sync_dist only averages equal values.
@@ -153,7 +192,7 @@ class XrayClassifier(pl.LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         x, _, index = batch
-        return {"index": index, "probs": self(x).float().softmax(dim=1)}
+        return {"index": index, "logits": self(x).float()}
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -7,6 +7,7 @@ live leaves the machine.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -19,29 +20,17 @@ from models.classifier import write_confusion_csv
 
 
 class ConfusionWriter(Callback):
-    """confusion_val.csv after every validation (the last one stays) and confusion_test.csv,
-    plus a W&B table for the test confusion matrix."""
+    """confusion_val.csv after every validation (the last one stays). The test confusion matrix,
+    at the operating point chosen on validation, comes with the test report."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
 
-    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        confusion = getattr(pl_module, "last_confusion", {}).get(stage)
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        confusion = getattr(pl_module, "last_confusion", {}).get("val")
         if trainer.sanity_checking or confusion is None or not trainer.is_global_zero:
             return
-        names = pl_module.class_names
-        write_confusion_csv(self.run_dir / f"confusion_{stage}.csv", confusion, names)
-        if stage == "test":
-            for logger in trainer.loggers:
-                if isinstance(logger, WandbLogger):
-                    rows = [[t, p, int(confusion[i, j])] for i, t in enumerate(names) for j, p in enumerate(names)]
-                    logger.log_table("test/confusion_matrix", columns=["true", "predicted", "count"], data=rows)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write(trainer, pl_module, "val")
-
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write(trainer, pl_module, "test")
+        write_confusion_csv(self.run_dir / "confusion_val.csv", confusion, pl_module.class_names)
 
 
 class ImageSampleLogger(Callback):
@@ -63,25 +52,37 @@ class ImageSampleLogger(Callback):
 
 
 class PredictionWriter(BasePredictionWriter):
-    """predictions.csv (predictions-rank{R}.csv under DDP): path relative to the data root,
-    the true label when known, the predicted class and one probability column per class."""
+    """predictions.csv (predictions-rank{R}.csv under DDP): path relative to the data root, the
+    true label when known, one probability column per class, and the decision: for binary
+    tasks the threshold of the model's operating point (chosen on validation) and the label at
+    it, else the most probable class. `rows(index) -> (relative path, label)` is given by the
+    CLI, which knows the data; this writer does not reach into the data module."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, rows: Callable[[int], tuple[str, str]]) -> None:
         super().__init__(write_interval="epoch")
-        self.run_dir = Path(run_dir)
+        self.run_dir, self.rows = Path(run_dir), rows
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        records = trainer.datamodule.predict_records()
         names = pl_module.class_names
+        point = pl_module.operating_point
+        threshold = point.threshold.value if point is not None and point.threshold is not None else None
         suffix = f"-rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         path = self.run_dir / f"predictions{suffix}.csv"
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["path", "label", "predicted", *[f"prob_{n}" for n in names]])
+            header = ["path", "label", *[f"prob_{spreadsheet_safe(n)}" for n in names]]
+            writer.writerow([*header, *(["threshold"] if len(names) == 2 else []), "predicted"])
             for batch in predictions:
-                for index, probs in zip(batch["index"].tolist(), batch["probs"]):
-                    record = records[index]
-                    writer.writerow(
-                        [*map(spreadsheet_safe, (record.rel, record.label, names[int(torch.argmax(probs))])), *[f"{p:.6f}" for p in probs.tolist()]]
-                    )
+                logits = batch["logits"].cpu().numpy()
+                probs = point.probabilities(logits) if point is not None else torch.softmax(
+                    batch["logits"], 1).cpu().numpy()
+                for index, p in zip(batch["index"].tolist(), probs):
+                    rel, label = self.rows(index)
+                    if len(names) == 2:
+                        cut = 0.5 if threshold is None else threshold
+                        decision = [f"{cut:.6g}", names[int(p[1] >= cut)]]
+                    else:
+                        decision = [names[int(p.argmax())]]
+                    writer.writerow([*map(spreadsheet_safe, (rel, label)), *[f"{v:.6f}" for v in p],
+                                     *map(spreadsheet_safe, decision)])
         self.path = path

@@ -39,8 +39,16 @@ from sweeps.contract import (
     apply_conditions,
 )
 from sweeps.contract.lightning_adapter import ddp_children
-from training.loggers import default_loggers, finish_wandb
-from training.options import DemoOptions, RunOptions
+from training.evaluate import (
+    EvaluationReport,
+    OperatingPoint,
+    choose_operating_point,
+    fixed_operating_point,
+    read_operating_point,
+    store_operating_point,
+)
+from training.loggers import default_loggers, finish_wandb, update_summary
+from training.options import DemoOptions, EvalOptions, RunOptions
 from training.rundir import RUN_DIR_ENV, make_run_dir
 
 log = logging.getLogger("cli")
@@ -95,6 +103,7 @@ class XrayCLI(LightningCLI):
         parser.add_class_arguments(RunOptions, "run")
         parser.add_class_arguments(SweepOptions, "sweep")
         parser.add_class_arguments(DemoOptions, "demo")
+        parser.add_class_arguments(EvalOptions, "eval")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.class_weights", "model.class_weights", apply_on="instantiate")
@@ -153,7 +162,8 @@ class XrayCLI(LightningCLI):
             RunGuard(self.run_dir / "checkpoints"),
             SweepMetric(metric, sweep.objective, self.run_dir / HISTORY_FILE),
             ConfusionWriter(self.run_dir),
-            PredictionWriter(self.run_dir),
+            EvaluationReport(self.run_dir, cfg.eval, self._patient_ids),
+            PredictionWriter(self.run_dir, self._predict_row),
         ]
         if run.log_images:
             callbacks.append(ImageSampleLogger())
@@ -189,11 +199,68 @@ class XrayCLI(LightningCLI):
             except Exception:
                 proc.kill()
 
+    # ---- evaluation: the operating point from validation, the test report ----------------------
+
+    def _patient_ids(self, split: str) -> list[str]:
+        return [r.patient_id for r in self.datamodule.records_of(split)]
+
+    def _predict_row(self, index: int) -> tuple[str, str]:
+        record = self.datamodule.records_of("predict")[index]
+        return record.rel, record.label
+
+    def _validation_outputs(self, ckpt_path: Optional[str]) -> Optional[dict]:
+        """The validation split through the checkpoint's weights, logging nothing (W&B's
+        hyperband must see no extra row); the test split is not touched."""
+        if not self.datamodule.has_split("val"):
+            return None
+        self.model.log_eval_metrics = False
+        try:
+            self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
+        finally:
+            self.model.log_eval_metrics = True
+        return self.model.epoch_outputs.get("val")
+
+    def _operating_point(self, ckpt_path: Optional[str], *, choose: bool = False) -> Optional[OperatingPoint]:
+        """The checkpoint's operating point when chosen with these settings, else one chosen now
+        on validation (a fixed threshold needs none)."""
+        options: EvalOptions = self.config_init[self.subcommand].eval
+        fixed = fixed_operating_point(options, self.model.hparams.num_classes)
+        if fixed is not None:
+            return fixed
+        stored = None if choose else read_operating_point(ckpt_path)
+        if stored is not None and stored.matches(options):
+            return stored
+        outputs = self._validation_outputs(ckpt_path)
+        if outputs is None:
+            log.warning("eval.threshold=%s: no validation split to choose it on and none stored in the "
+                        "checkpoint; binary decisions use 0.5", options.threshold)
+            return None
+        return choose_operating_point(outputs["logits"], outputs["labels"], options)
+
+    def before_test(self) -> None:
+        self.model.operating_point = self._operating_point(self.config_init[self.subcommand].get("ckpt_path"))
+
+    def before_predict(self) -> None:
+        self.model.operating_point = self._operating_point(self.config_init[self.subcommand].get("ckpt_path"))
+
     def after_fit(self) -> None:
+        if self.trainer.fast_dev_run or self.trainer.interrupted:
+            return
+        best = self.checkpoint.best_model_path or None
+        point = self._operating_point(best, choose=True)
+        self.model.operating_point = point
+        if point is not None:
+            if self.trainer.is_global_zero:
+                store_operating_point([best, self.checkpoint.last_model_path], point)
+            summary = {"eval/temperature": point.temperature}
+            if point.threshold is not None:
+                summary.update({"eval/threshold": point.threshold.value,
+                                "eval/threshold_rule": point.threshold.rule,
+                                "eval/threshold_fallback": point.threshold.fallback})
+            update_summary(self.trainer, summary)
         if not self.config_init[self.subcommand].run.test_after_fit or not self.datamodule.has_split("test"):
             return
-        best = self.checkpoint.best_model_path if not self.trainer.fast_dev_run else ""
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
 
 
 def cli_main(args: Optional[list[str]] = None) -> XrayCLI:

@@ -57,3 +57,35 @@ class DemoOptions:
     count: int = 400
     size: int = 256
     severity: float = 1.0
+
+
+@dataclass
+class EvalOptions:
+    """How test figures are made: the operating point comes from VALIDATION, never from test.
+
+    Args:
+        threshold: binary tasks' operating point on the positive-class probability, chosen on
+            the validation split at the end of fit (best checkpoint): youden (max sensitivity +
+            specificity - 1), sensitivity:0.90 (highest specificity with validation sensitivity
+            >= 0.90), specificity:0.95 (highest sensitivity with specificity >= 0.95), or a
+            fixed number in (0, 1) such as 0.5. Used by test, predict and the test after fit.
+        temperature_scaling: fit a temperature on the validation logits (calibration) before
+            the threshold is chosen.
+        patient_aggregation: how a patient's images combine into patient-level figures
+            (mean or max of their probabilities).
+        bootstrap_resamples: patient-level bootstrap resamples for the 95% intervals.
+        bootstrap_seed: seed of the bootstrap (same seed, same intervals).
+    """
+
+    threshold: str = "youden"
+    temperature_scaling: bool = False
+    patient_aggregation: Literal["mean", "max"] = "mean"
+    bootstrap_resamples: int = 2000
+    bootstrap_seed: int = 0
+
+    def __post_init__(self) -> None:
+        from evaluation import parse_threshold
+
+        parse_threshold(self.threshold)  # a bad spec fails at parse time, naming eval.threshold
+        if self.bootstrap_resamples < 100:
+            raise ValueError(f"eval.bootstrap_resamples must be >= 100, got {self.bootstrap_resamples}")

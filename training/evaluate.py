@@ -1,0 +1,188 @@
+"""The evaluation contract of a run: the operating point is chosen on VALIDATION (never on
+test), stored with the model, and every test figure is reported with its patient-level 95%
+confidence interval.
+
+* After fit, the best checkpoint is run over the validation split (quietly: nothing is
+  logged, so W&B's hyperband sees no extra row), temperature scaling is fitted on its logits
+  when asked, then the threshold rule (`eval.threshold`) is applied to its probabilities.
+  The result (OperatingPoint) goes into the checkpoint files and the run summary.
+* `test` and `predict` use the checkpoint's operating point when it was chosen with the same
+  settings; otherwise (another rule asked, or an older checkpoint) it is chosen again on the
+  validation split, never on test.
+* On test, EvaluationReport writes test_report.json (figures, CIs, threshold, counts,
+  calibration, ROC, confusion matrix; no patient is named), logs the same figures to the
+  loggers and the W&B summary, and prints a short table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+
+from evaluation import (
+    ThresholdChoice,
+    apply_temperature,
+    brier_score,
+    build_report,
+    choose_threshold,
+    expected_calibration_error,
+    fit_temperature,
+    format_table,
+    parse_threshold,
+    reliability_bins,
+    summary_metrics,
+)
+from models.classifier import write_confusion_csv
+from training.loggers import update_summary
+from training.options import EvalOptions
+
+log = logging.getLogger("cli")
+CHECKPOINT_KEY = "operating_point"
+REPORT_FILE = "test_report.json"
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """How a model's logits become decisions: a temperature, and for binary tasks a threshold
+    on the positive-class probability (`prob >= threshold` is positive)."""
+
+    threshold: Optional[ThresholdChoice]
+    temperature: float = 1.0
+    temperature_scaling: bool = False
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return apply_temperature(np.asarray(logits, dtype=np.float64), self.temperature)
+
+    def matches(self, options: EvalOptions) -> bool:
+        """Chosen with these settings (so it can be reused instead of chosen again)?"""
+        rule_same = self.threshold is None or self.threshold.rule == str(parse_threshold(options.threshold).text)
+        return rule_same and self.temperature_scaling == options.temperature_scaling
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold.to_dict() if self.threshold else None,
+                "temperature": self.temperature, "temperature_scaling": self.temperature_scaling}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> OperatingPoint:
+        threshold = ThresholdChoice.from_dict(data["threshold"]) if data.get("threshold") else None
+        return cls(threshold, float(data.get("temperature", 1.0)), bool(data.get("temperature_scaling", False)))
+
+
+def choose_operating_point(logits: np.ndarray, labels: np.ndarray, options: EvalOptions) -> OperatingPoint:
+    """On validation outputs only: temperature (if asked) first, then the threshold rule."""
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels).astype(np.int64)
+    temperature = 1.0
+    if options.temperature_scaling:
+        temperature = float(fit_temperature(logits, labels))
+    if logits.shape[1] != 2:
+        return OperatingPoint(None, temperature, options.temperature_scaling)
+    probs = apply_temperature(logits, temperature)
+    choice = choose_threshold(parse_threshold(options.threshold), probs[:, 1], labels)
+    if choice.fallback:
+        log.warning("eval.threshold=%s could not be applied: %s. Using %.2f; test figures at this threshold "
+                    "are not an operating point chosen on validation.", options.threshold, choice.reason,
+                    choice.value)
+    return OperatingPoint(choice, temperature, options.temperature_scaling)
+
+
+def fixed_operating_point(options: EvalOptions, num_classes: int) -> Optional[OperatingPoint]:
+    """A fixed number needs no validation data (unless temperature scaling is on)."""
+    spec = parse_threshold(options.threshold)
+    if spec.kind != "fixed" or options.temperature_scaling:
+        return None
+    threshold = ThresholdChoice(float(spec.target), spec.text) if num_classes == 2 else None
+    return OperatingPoint(threshold, 1.0, False)
+
+
+def read_operating_point(ckpt_path: Optional[str]) -> Optional[OperatingPoint]:
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return None
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    stored = checkpoint.get(CHECKPOINT_KEY)
+    return OperatingPoint.from_dict(stored) if stored else None
+
+
+def store_operating_point(ckpt_paths: Sequence[str], point: OperatingPoint) -> None:
+    """Add the operating point to checkpoint files already written (atomically)."""
+    for path in ckpt_paths:
+        if not path or not Path(path).is_file():
+            continue
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint[CHECKPOINT_KEY] = point.to_dict()
+        fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".ckpt.")
+        os.close(fd)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def calibration_summary(logits: np.ndarray, labels: np.ndarray, point: OperatingPoint, n_bins: int = 15) -> dict:
+    probs = point.probabilities(logits)
+    labels = np.asarray(labels).astype(np.int64)
+    return {"images": int(len(labels)), "ece": float(expected_calibration_error(probs, labels, n_bins)),
+            "brier": float(brier_score(probs, labels)), "reliability": reliability_bins(probs, labels, n_bins)}
+
+
+class EvaluationReport(Callback):
+    """test_report.json, the run summary and a printed table for every test of the run."""
+
+    def __init__(self, run_dir: Path, options: EvalOptions, patient_ids: Callable[[str], Sequence[str]]) -> None:
+        self.run_dir, self.options, self.patient_ids = Path(run_dir), options, patient_ids
+        self.report: Optional[dict] = None
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        outputs = pl_module.epoch_outputs.get("test")
+        if not trainer.is_global_zero or outputs is None or trainer.sanity_checking:
+            return
+        point: OperatingPoint = pl_module.operating_point or OperatingPoint(None)
+        probs = point.probabilities(outputs["logits"])
+        ids = np.asarray(self.patient_ids("test"), dtype=object)[outputs["index"]]
+        report = build_report(probs, outputs["labels"], ids, pl_module.class_names,
+                              point.threshold if probs.shape[1] == 2 else None,
+                              n_resamples=self.options.bootstrap_resamples, seed=self.options.bootstrap_seed,
+                              patient_aggregation=self.options.patient_aggregation)
+        report["temperature"] = {"value": point.temperature, "fitted_on_validation": point.temperature_scaling}
+        val = pl_module.epoch_outputs.get("val")
+        report["validation_calibration"] = calibration_summary(val["logits"], val["labels"], point) \
+            if val is not None else None
+        self.report = report
+        (self.run_dir / REPORT_FILE).write_text(json.dumps(report, indent=1, allow_nan=False,
+                                                           default=_json_default))
+        matrix = report["confusion_matrix"]["matrix"]
+        write_confusion_csv(self.run_dir / "confusion_test.csv", torch.tensor(matrix), pl_module.class_names)
+        names = pl_module.class_names
+        rows = [[t, p, int(matrix[i][j])] for i, t in enumerate(names) for j, p in enumerate(names)]
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table("test/confusion_matrix", columns=["true", "predicted", "count"], data=rows)
+        summary = summary_metrics(report, prefix="test/")
+        if report["validation_calibration"] is not None:
+            summary["val/ece_best"] = report["validation_calibration"]["ece"]
+            summary["val/brier_best"] = report["validation_calibration"]["brier"]
+        finite = {k: v for k, v in summary.items() if isinstance(v, float) and math.isfinite(v)}
+        for logger in trainer.loggers:
+            logger.log_metrics(finite, step=trainer.global_step)
+        update_summary(trainer, finite)
+        print(f"\n{format_table(report)}\n(test_report.json in {self.run_dir})", flush=True)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
