@@ -86,7 +86,7 @@ def test_report_has_every_figure_with_its_interval_and_counts_and_no_patient(fit
     report = _report(cli.run_dir)
     assert {"auroc", "average_precision", "sensitivity", "specificity", "ppv", "npv", "acc", "balanced_acc",
             "f1"} <= set(report["metrics"])
-    for name, figure in report["metrics"].items():
+    for figure in report["metrics"].values():
         if figure["ci_low"] is not None:
             assert figure["ci_low"] <= figure["estimate"] + 1e-9 and figure["estimate"] <= figure["ci_high"] + 1e-9
     test = cli.datamodule.split_records["test"]

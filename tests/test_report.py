@@ -77,3 +77,50 @@ def test_report_errors(tmp_path, capsys):
 def test_scrub_keeps_metric_names():
     assert scrub("val/auroc is NaN at /data/x/y.png") == "val/auroc is NaN at <path>"
     assert scrub("cannot read data/ra_hand/p1.png") == "cannot read <path>"
+
+
+def _test_report_json(path) -> dict:
+    """A real report (evaluation.build_report) on synthetic scores of 40 patients, 2 images each."""
+    import json
+
+    import numpy as np
+
+    from evaluation import build_report, choose_threshold
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(rng.integers(0, 2, 40), 2)
+    scores = 1 / (1 + np.exp(-(2.0 * labels - 1 + rng.normal(0, 1, len(labels)))))
+    probs = np.stack([1 - scores, scores], axis=1)
+    choice = choose_threshold("youden", scores, labels)
+    report = build_report(probs, labels, np.repeat([f"MRN{i:05d}" for i in range(40)], 2), ["normal", "abnormal"],
+                          choice, n_resamples=200)
+    path.write_text(json.dumps(report))
+    return report
+
+
+def test_report_shows_the_best_runs_test_figures_with_their_intervals(tmp_path):
+    sweep_dir = make_sweep_dir(tmp_path)
+    report = _test_report_json(sweep_dir / "runs" / "0004" / "test_report.json")
+    text = write_report(sweep_dir).read_text()
+    _check_offline(text)
+    assert '<section id="test">' in text and "Test figures of the best run (0004)" in text
+    sens = report["metrics"]["sensitivity"]
+    assert f"{sens['ci_low']:.3f} – {sens['ci_high']:.3f}" in text  # the CI table
+    assert "patient: auroc" in text  # the patient-level rows
+    assert "ROC curve (test)" in text and "operating point" in text and "Reliability diagram (test)" in text
+    assert "Confusion matrix at the threshold" in text
+    assert text.count('class="plotly-graph-div"') == 6
+    assert "MRN" not in text  # counts only, never a patient
+    assert "80 images of 40 patients" in text
+
+
+def test_best_prints_the_best_runs_test_figures(tmp_path, capsys):
+    from sweeps.analysis import show_best
+
+    sweep_dir = make_sweep_dir(tmp_path)
+    report = _test_report_json(sweep_dir / "runs" / "0004" / "test_report.json")
+    assert show_best(str(sweep_dir)) == 0
+    out = capsys.readouterr().out
+    sens = report["metrics"]["sensitivity"]
+    assert "test figures of the best run" in out
+    assert f"({sens['ci_low']:.3f}-{sens['ci_high']:.3f})" in out and "MRN" not in out

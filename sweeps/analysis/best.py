@@ -21,6 +21,7 @@ from sweeps.analysis.results import (
     run_config,
     runs_table,
 )
+from sweeps.analysis.test_figures import read_test_report
 from sweeps.errors import UsageError
 from sweeps.files.io import write_atomic
 
@@ -80,6 +81,11 @@ def _show_best(source: str, export: Optional[str]) -> int:
         print(f"  {name}: {fmt(value)}")
     if best["run_dir"]:
         print(f"run dir: {local / best['run_dir']}")
+        report = read_test_report(local, best)
+        if report is not None:
+            from evaluation import format_table
+
+            print(f"\ntest figures of the best run (operating point chosen on validation):\n{format_table(report)}")
     if export:
         export_yaml(Path(export), sweep, best, config)
         print(f"wrote {export}; train it with: python cli.py fit "

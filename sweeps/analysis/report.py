@@ -1,7 +1,8 @@
 """`python -m sweeps report DIR`: one self-contained HTML page about an offline sweep.
 
 Plots: optimization history, parallel coordinates, parameter importance and learning
-curves, plus a summary and the table of runs. plotly.js is inlined once, so the page opens
+curves, plus a summary, the best run's test figures with their 95% intervals (ROC with the
+operating point, reliability diagram, confusion matrix at the threshold) and the table of runs. plotly.js is inlined once, so the page opens
 on an air-gapped machine. The page shows parameters, metrics and run directory names only:
 no file system paths, nothing from the data (path-like text in failure reasons is masked).
 A sweep with no completed run still gets a page (the plots say what they are waiting for),
@@ -31,6 +32,7 @@ from sweeps.analysis.results import (
     run_config,
     runs_table,
 )
+from sweeps.analysis.test_figures import read_test_report, section_html
 from sweeps.errors import UsageError
 from sweeps.files.io import write_atomic
 
@@ -255,6 +257,10 @@ def render(sweep_dir: Path, sweep: dict, runs: list[dict]) -> str:
             f'<li class="failed">{html.escape(r["name"])}: {html.escape(r["state"])}'
             f'{html.escape(" - " + scrub(r["reason"])) if r["reason"] else ""}</li>' for r in failed) + "</ul>"
     sections.append(("curves", "Learning curves", body))
+
+    if best is not None:
+        sections.insert(1, ("test", f"Test figures of the best run ({html.escape(best['name'])})",
+                            section_html(read_test_report(sweep_dir, best), figure, _table)))
 
     rows = runs_table(sweep, runs)
     rows = [rows[0], *([r[0], scrub(r[1]), *r[2:]] for r in rows[1:])]

@@ -1,0 +1,112 @@
+"""The best run's test figures in the report and in `best`: read from the run's
+test_report.json (written by the run; see training/evaluate.py), never recomputed here.
+
+The page shows the CI table, the ROC curve with the operating point (chosen on validation)
+marked, the reliability diagram, and the confusion matrix at the threshold. Counts only:
+test_report.json names no patient, and nothing else is read.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+REPORT_FILE = "test_report.json"
+
+
+def read_test_report(sweep_dir: Path, run: dict) -> Optional[dict]:
+    if not run.get("run_dir"):
+        return None
+    try:
+        report = json.loads((Path(sweep_dir) / run["run_dir"] / REPORT_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return report if isinstance(report, dict) and "metrics" in report else None
+
+
+def _cell(figure: dict) -> tuple[str, str]:
+    est = "n/a" if figure.get("estimate") is None else f"{figure['estimate']:.3f}"
+    ci = "" if figure.get("ci_low") is None else f"{figure['ci_low']:.3f} – {figure['ci_high']:.3f}"
+    return est, ci
+
+
+def ci_rows(report: dict) -> list[list[str]]:
+    """Header + one row per figure (image level, then patient level when there is one)."""
+    rows = [["figure", "estimate", "95% CI"]]
+    for prefix, section in (("", report), ("patient: ", report.get("patient_level"))):
+        if not section:
+            continue
+        figures = {**section["metrics"], "ece": section["calibration"]["ece"],
+                   "brier": section["calibration"]["brier"]}
+        rows += [[prefix + name, *_cell(fig)] for name, fig in figures.items()]
+    return rows
+
+
+def caption(report: dict) -> str:
+    counts, th = report["counts"], report.get("threshold")
+    per_class = ", ".join(f"{name}: {counts['images_per_class'][name]} images / "
+                          f"{counts['patients_per_class'][name]} patients" for name in report["class_names"])
+    text = (f"Test split: {counts['images']} images of {counts['patients']} patients ({per_class}). "
+            f"Intervals: {report['ci']['method']} patient-level bootstrap, {report['ci']['n_resamples']} "
+            f"resamples by {report['ci']['resampling_unit']}.")
+    if th:
+        how = f"fallback ({th['reason']})" if th["fallback"] else f"rule {th['rule']}, chosen on validation"
+        text += f" Threshold {th['value']:.4g}: {how}."
+    return text
+
+
+def roc_figure(report: dict):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, curve in report["roc"].items():
+        label = "ROC" if name == "binary" else f"{name} vs rest"
+        fig.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=label))
+        point = curve.get("operating_point")
+        if point and point.get("fpr") is not None:
+            fig.add_trace(go.Scatter(x=[point["fpr"]], y=[point["tpr"]], mode="markers", name="operating point",
+                                     marker={"size": 12, "symbol": "x", "color": "#b00020"},
+                                     hovertext=[f"threshold {point['threshold']:.4g}"]))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "#999"},
+                             name="chance", hoverinfo="skip"))
+    fig.update_layout(title="ROC curve (test)", xaxis_title="1 - specificity", yaxis_title="sensitivity",
+                      width=560, height=480)
+    return fig
+
+
+def reliability_figure(report: dict):
+    import plotly.graph_objects as go
+
+    bins = report["calibration"]["reliability"]
+    used = [i for i, n in enumerate(bins["count"]) if n]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[bins["mean_predicted"][i] for i in used], y=[bins["observed"][i] for i in used],
+                             mode="lines+markers", name="observed",
+                             hovertext=[f"{bins['count'][i]} images" for i in used]))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "#999"},
+                             name="perfect calibration", hoverinfo="skip"))
+    fig.update_layout(title="Reliability diagram (test)", xaxis_title="mean predicted probability",
+                      yaxis_title="observed frequency", width=560, height=480)
+    return fig
+
+
+def confusion_rows(report: dict) -> list[list[Any]]:
+    cm = report["confusion_matrix"]
+    return [["true \\ predicted", *cm["labels"]], *([name, *row] for name, row in zip(cm["labels"], cm["matrix"]))]
+
+
+def section_html(report: Optional[dict], figure: Callable, table: Callable[[list], str]) -> str:
+    if report is None:
+        return ('<p class="note">The best run has no test_report.json (no test split, run.test_after_fit '
+                'off, or the run was stopped before its test).</p>')
+    return "\n".join([
+        f"<p>{html.escape(caption(report))}</p>",
+        table(ci_rows(report)),
+        figure(roc_figure(report)),
+        figure(reliability_figure(report)),
+        "<h3>Confusion matrix at the threshold (test)</h3>",
+        table(confusion_rows(report)),
+    ])
