@@ -8,6 +8,7 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -17,7 +18,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.cache import CacheDtype, CachedXrayDataset, CacheEntry, ensure_cache
 from datamodules.readers import ImageReadError, read_image
-from datamodules.records import DataError, Record, assign_splits, check_labels, read_manifest, scan_folder
+from datamodules.records import (
+    DataError,
+    Record,
+    assign_folds,
+    assign_splits,
+    check_labels,
+    read_manifest,
+    scan_folder,
+)
 from datamodules.transforms import BatchAugment, BatchPreset, ResizePad
 
 log = logging.getLogger(__name__)
@@ -103,6 +112,8 @@ class XrayDataModule(pl.LightningDataModule):
         predict_split: Literal["train", "val", "test", "all"] = "test",
         cache_dir: Optional[str] = None,
         cache_dtype: CacheDtype = "uint16",
+        folds: int = 0,
+        fold: Optional[int] = None,
     ) -> None:
         """
         Args:
@@ -138,6 +149,10 @@ class XrayDataModule(pl.LightningDataModule):
                 Needs images x image_size^2 x (1 or 2) bytes of disk. Default: no cache.
             cache_dtype: pixel type in the cache: uint16 keeps 16-bit radiographs' depth,
                 uint8 halves disk and page-cache use.
+            folds: k of k-fold cross-validation over the images not in the test split (train
+                and val merged; whole patients, label-stratified, fixed by split_seed); 0: none.
+                `--cv.folds` trains all folds as one run; this option trains one (see fold).
+            fold: with folds, the fold used for validation (0..folds-1); the others train.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -154,6 +169,17 @@ class XrayDataModule(pl.LightningDataModule):
         self.class_names = check_labels(records, classes, source)
         self.class_index = {name: i for i, name in enumerate(self.class_names)}
         self.records = assign_splits(records, val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed)
+        self.fold_of: dict[str, int] = {}
+        if folds:
+            self.fold_of = assign_folds([r for r in self.records if r.split != "test"], folds=folds, seed=split_seed)
+            if fold is not None:
+                if not 0 <= fold < folds:
+                    raise DataError(f"data.fold must be in 0..{folds - 1} (data.folds={folds}), got {fold}")
+                self.records = [r if r.split == "test" else
+                                replace(r, split="val" if self.fold_of[r.patient_id] == fold else "train")
+                                for r in self.records]
+        elif fold is not None:
+            raise DataError(f"data.fold={fold} needs data.folds (the number of folds), e.g. data.folds=5")
         self.split_records = {s: [r for r in self.records if r.split == s] for s in ("train", "val", "test")}
         if not self.split_records["train"]:
             raise DataError(f"{source}: the training split is empty")

@@ -257,3 +257,32 @@ def assign_splits(records: list[Record], *, val_fraction: float, test_fraction: 
         replace(r, split=r.split or (next(iter(given[r.patient_id])) if r.patient_id in given else split_of[r.patient_id]))
         for r in records
     ]
+
+
+def assign_folds(records: list[Record], *, folds: int, seed: int) -> dict[str, int]:
+    """Patient -> fold (0..folds-1) for k-fold cross-validation over `records` (the images not
+    in the test split): whole patients, stratified by each patient's most common label, the
+    same for the same seed. Patients of each label are shuffled and dealt round-robin, the
+    deal continuing across labels so that fold sizes differ by at most one patient."""
+    if folds < 2:
+        raise DataError(f"data.folds must be at least 2 for cross-validation, got {folds}")
+    labels_of: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        labels_of[r.patient_id][r.label] += 1
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for patient, counts in sorted(labels_of.items()):
+        by_label[counts.most_common(1)[0][0]].append(patient)
+    smallest = min(by_label.items(), key=lambda kv: len(kv[1])) if by_label else ("", [])
+    if len(smallest[1]) < folds:
+        raise DataError(f"data.folds={folds} is more than the {len(smallest[1])} patient(s) of class "
+                        f"{smallest[0]!r} outside the test split: every fold needs one of each class. "
+                        "Use fewer folds.")
+    rng = random.Random(seed)
+    fold_of, position = {}, 0
+    for label in sorted(by_label):
+        patients = by_label[label]
+        rng.shuffle(patients)
+        for patient in patients:
+            fold_of[patient] = position % folds
+            position += 1
+    return fold_of

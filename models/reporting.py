@@ -63,26 +63,27 @@ class PredictionWriter(BasePredictionWriter):
         self.run_dir, self.rows = Path(run_dir), rows
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        names = pl_module.class_names
         point = pl_module.operating_point
-        threshold = point.threshold.value if point is not None and point.threshold is not None else None
         suffix = f"-rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        path = self.run_dir / f"predictions{suffix}.csv"
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            header = ["path", "label", *[f"prob_{spreadsheet_safe(n)}" for n in names]]
-            writer.writerow([*header, *(["threshold"] if len(names) == 2 else []), "predicted"])
-            for batch in predictions:
-                logits = batch["logits"].cpu().numpy()
-                probs = point.probabilities(logits) if point is not None else torch.softmax(
-                    batch["logits"], 1).cpu().numpy()
-                for index, p in zip(batch["index"].tolist(), probs):
-                    rel, label = self.rows(index)
-                    if len(names) == 2:
-                        cut = 0.5 if threshold is None else threshold
-                        decision = [f"{cut:.6g}", names[int(p[1] >= cut)]]
-                    else:
-                        decision = [names[int(p.argmax())]]
-                    writer.writerow([*map(spreadsheet_safe, (rel, label)), *[f"{v:.6f}" for v in p],
-                                     *map(spreadsheet_safe, decision)])
-        self.path = path
+        rows = []
+        for batch in predictions:
+            logits = batch["logits"].cpu()
+            probs = point.probabilities(logits.numpy()) if point is not None else torch.softmax(logits, 1).numpy()
+            rows += [(*self.rows(index), p) for index, p in zip(batch["index"].tolist(), probs)]
+        self.path = write_predictions(self.run_dir / f"predictions{suffix}.csv", rows, pl_module.class_names, point)
+
+
+def write_predictions(path: Path, rows, names: list[str], point) -> Path:
+    """rows: (relative path, label, probabilities); binary decisions at the point's threshold
+    (0.5 without one), else the most probable class."""
+    threshold = point.threshold.value if point is not None and point.threshold is not None else 0.5
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        header = ["path", "label", *[f"prob_{spreadsheet_safe(n)}" for n in names]]
+        writer.writerow([*header, *(["threshold"] if len(names) == 2 else []), "predicted"])
+        for rel, label, p in rows:
+            decision = [f"{threshold:.6g}", names[int(p[1] >= threshold)]] if len(names) == 2 else \
+                [names[int(p.argmax())]]
+            writer.writerow([*map(spreadsheet_safe, (rel, label)), *[f"{v:.6f}" for v in p],
+                             *map(spreadsheet_safe, decision)])
+    return path

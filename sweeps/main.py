@@ -47,6 +47,7 @@ def build_sweep(args: argparse.Namespace, preset: str | None) -> dict:
             config=configs,
             run_cap=args.count,
             project=args.project,
+            cv_folds=args.cv,
         )
     return get_sweep_config(
         preset,
@@ -57,6 +58,7 @@ def build_sweep(args: argparse.Namespace, preset: str | None) -> dict:
         metric_name=args.metric,
         run_cap=args.count,
         project=args.project,
+        cv_folds=args.cv,
     )
 
 
@@ -144,6 +146,8 @@ def _sweep_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", help="metric to optimize, e.g. val/auroc (goal from the preset)")
     parser.add_argument("--custom_params", help='JSON: {"model.lr": {"values": [0.001, 0.01]}, ...}')
     parser.add_argument("--project", help="W&B project")
+    parser.add_argument("--cv", type=int, metavar="K",
+                        help="cross-validated trials: each run trains K patient-level folds (--cv.folds=K)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from datamodules.datamodule import XrayDataModule
 from datamodules.readers import ImageReadError
@@ -39,16 +39,18 @@ from sweeps.contract import (
     apply_conditions,
 )
 from sweeps.contract.lightning_adapter import ddp_children
+from training.cv import CrossValidation, predict_with_ensemble, save_fold_outputs
 from training.evaluate import (
     EvaluationReport,
     OperatingPoint,
     choose_operating_point,
     fixed_operating_point,
+    publish_report,
     read_operating_point,
     store_operating_point,
 )
 from training.loggers import default_loggers, finish_wandb, update_summary
-from training.options import DemoOptions, EvalOptions, RunOptions
+from training.options import CVOptions, DemoOptions, EvalOptions, RunOptions
 from training.rundir import RUN_DIR_ENV, make_run_dir
 
 log = logging.getLogger("cli")
@@ -104,6 +106,7 @@ class XrayCLI(LightningCLI):
         parser.add_class_arguments(SweepOptions, "sweep")
         parser.add_class_arguments(DemoOptions, "demo")
         parser.add_class_arguments(EvalOptions, "eval")
+        parser.add_class_arguments(CVOptions, "cv")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.class_weights", "model.class_weights", apply_on="instantiate")
@@ -119,6 +122,7 @@ class XrayCLI(LightningCLI):
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else self.config
         kept, self.dropped_conditionals = apply_conditions(args, cfg)
+        self.args = [a for a in kept if a != _PRINT_CONFIG and not a.startswith(_PRINT_CONFIG + "=")]
         for note in self.dropped_conditionals:
             log.warning("sweep: %s", note)
         if self.dropped_conditionals or printing:
@@ -126,6 +130,13 @@ class XrayCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
+        self.cross_validating = self.subcommand == "fit" and cfg.cv.folds >= 2
+        if self.cross_validating:
+            # This process only runs the folds (each a process of its own) and logs their mean.
+            self.fold_devices = (cfg.trainer.get("accelerator"), cfg.trainer.get("devices"))
+            if cfg.data.get("fold") is not None:
+                raise ValueError(f"cv.folds trains every fold; data.fold={cfg.data.fold} trains one: give one of them")
+            cfg.data.folds, cfg.trainer.devices, cfg.trainer.strategy = cfg.cv.folds, 1, "auto"
         inherited = os.environ.get(RUN_DIR_ENV)
         if inherited:
             self.run_dir = Path(inherited)
@@ -177,7 +188,12 @@ class XrayCLI(LightningCLI):
         try:
             if StopSignal.requested:
                 raise RunStopped("SIGTERM before training started")
-            super()._run_subcommand(subcommand)
+            if self.cross_validating:
+                self._cross_validate()
+            elif subcommand == "predict" and self.config_init[subcommand].cv.run_dir:
+                self._predict_with_fold_ensemble()
+            else:
+                super()._run_subcommand(subcommand)
             finish_wandb(self.trainer, exit_code=0)
         except RunStopped:
             self.stopped = True
@@ -185,6 +201,25 @@ class XrayCLI(LightningCLI):
         finally:
             if getattr(self, "_set_env", False):
                 os.environ.pop(RUN_DIR_ENV, None)
+
+    def _cross_validate(self) -> None:
+        cfg = self.config_init[self.subcommand]
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, SaveConfigCallback):  # the run's config.yaml, as a fit writes it
+                callback.setup(self.trainer, self.model, stage="fit")
+        cv = CrossValidation(self, self.args, cfg.sweep.metric or cfg.run.monitor, self.fold_devices)
+        cv.train()
+        report = cv.evaluate()
+        point = self.model.operating_point
+        if point is not None and point.threshold is not None:
+            update_summary(self.trainer, {"eval/threshold": point.threshold.value,
+                                          "eval/threshold_rule": f"{point.threshold.rule} (out-of-fold)"})
+        if report is not None and cfg.run.test_after_fit:
+            publish_report(report, self.run_dir, self.trainer, self.model.class_names)
+
+    def _predict_with_fold_ensemble(self) -> None:
+        cfg = self.config_init[self.subcommand]
+        self.model.operating_point = predict_with_ensemble(self, Path(cfg.cv.run_dir))
 
     def _finish_stopped_run(self) -> None:
         """The agent stopped us: close the logs as finished and leave no DDP child behind."""
@@ -258,9 +293,10 @@ class XrayCLI(LightningCLI):
                                 "eval/threshold_rule": point.threshold.rule,
                                 "eval/threshold_fallback": point.threshold.fallback})
             update_summary(self.trainer, summary)
-        if not self.config_init[self.subcommand].run.test_after_fit or not self.datamodule.has_split("test"):
-            return
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
+        if self.config_init[self.subcommand].run.test_after_fit and self.datamodule.has_split("test"):
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
+        if self.datamodule.hparams.fold is not None and self.trainer.is_global_zero:
+            save_fold_outputs(self)  # a fold of a cross-validated run: its outputs for the parent
 
 
 def cli_main(args: Optional[list[str]] = None) -> XrayCLI:

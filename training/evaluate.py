@@ -139,8 +139,42 @@ def calibration_summary(logits: np.ndarray, labels: np.ndarray, point: Operating
             "brier": float(brier_score(probs, labels)), "reliability": reliability_bins(probs, labels, n_bins)}
 
 
+def test_report_of(probs: np.ndarray, labels: np.ndarray, patient_ids: Sequence[str], class_names: Sequence[str],
+                   point: OperatingPoint, options: EvalOptions) -> dict:
+    """The test report (evaluation.build_report) at the operating point, with its temperature."""
+    report = build_report(probs, labels, np.asarray(patient_ids, dtype=object), list(class_names),
+                          point.threshold if probs.shape[1] == 2 else None,
+                          n_resamples=options.bootstrap_resamples, seed=options.bootstrap_seed,
+                          patient_aggregation=options.patient_aggregation)
+    report["temperature"] = {"value": point.temperature, "fitted_on_validation": point.temperature_scaling}
+    return report
+
+
+def publish_report(report: dict, run_dir: Path, trainer: pl.Trainer, class_names: Sequence[str]) -> None:
+    """test_report.json, confusion_test.csv, the figures in the loggers and the W&B summary,
+    and the table on the console. Rank 0 only."""
+    if not trainer.is_global_zero:
+        return
+    (Path(run_dir) / REPORT_FILE).write_text(json.dumps(report, indent=1, allow_nan=False, default=_json_default))
+    matrix = report["confusion_matrix"]["matrix"]
+    write_confusion_csv(Path(run_dir) / "confusion_test.csv", torch.tensor(matrix), list(class_names))
+    rows = [[t, p, int(matrix[i][j])] for i, t in enumerate(class_names) for j, p in enumerate(class_names)]
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_table("test/confusion_matrix", columns=["true", "predicted", "count"], data=rows)
+    summary = summary_metrics(report, prefix="test/")
+    if report.get("validation_calibration") is not None:
+        summary["val/ece_best"] = report["validation_calibration"]["ece"]
+        summary["val/brier_best"] = report["validation_calibration"]["brier"]
+    finite = {k: v for k, v in summary.items() if isinstance(v, float) and math.isfinite(v)}
+    for logger in trainer.loggers:
+        logger.log_metrics(finite, step=trainer.global_step)
+    update_summary(trainer, finite)
+    print(f"\n{format_table(report)}\n(test_report.json in {run_dir})", flush=True)
+
+
 class EvaluationReport(Callback):
-    """test_report.json, the run summary and a printed table for every test of the run."""
+    """The test report of every test of the run, from the outputs the model gathered."""
 
     def __init__(self, run_dir: Path, options: EvalOptions, patient_ids: Callable[[str], Sequence[str]]) -> None:
         self.run_dir, self.options, self.patient_ids = Path(run_dir), options, patient_ids
@@ -153,33 +187,12 @@ class EvaluationReport(Callback):
         point: OperatingPoint = pl_module.operating_point or OperatingPoint(None)
         probs = point.probabilities(outputs["logits"])
         ids = np.asarray(self.patient_ids("test"), dtype=object)[outputs["index"]]
-        report = build_report(probs, outputs["labels"], ids, pl_module.class_names,
-                              point.threshold if probs.shape[1] == 2 else None,
-                              n_resamples=self.options.bootstrap_resamples, seed=self.options.bootstrap_seed,
-                              patient_aggregation=self.options.patient_aggregation)
-        report["temperature"] = {"value": point.temperature, "fitted_on_validation": point.temperature_scaling}
+        report = test_report_of(probs, outputs["labels"], ids, pl_module.class_names, point, self.options)
         val = pl_module.epoch_outputs.get("val")
         report["validation_calibration"] = calibration_summary(val["logits"], val["labels"], point) \
             if val is not None else None
         self.report = report
-        (self.run_dir / REPORT_FILE).write_text(json.dumps(report, indent=1, allow_nan=False,
-                                                           default=_json_default))
-        matrix = report["confusion_matrix"]["matrix"]
-        write_confusion_csv(self.run_dir / "confusion_test.csv", torch.tensor(matrix), pl_module.class_names)
-        names = pl_module.class_names
-        rows = [[t, p, int(matrix[i][j])] for i, t in enumerate(names) for j, p in enumerate(names)]
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_table("test/confusion_matrix", columns=["true", "predicted", "count"], data=rows)
-        summary = summary_metrics(report, prefix="test/")
-        if report["validation_calibration"] is not None:
-            summary["val/ece_best"] = report["validation_calibration"]["ece"]
-            summary["val/brier_best"] = report["validation_calibration"]["brier"]
-        finite = {k: v for k, v in summary.items() if isinstance(v, float) and math.isfinite(v)}
-        for logger in trainer.loggers:
-            logger.log_metrics(finite, step=trainer.global_step)
-        update_summary(trainer, finite)
-        print(f"\n{format_table(report)}\n(test_report.json in {self.run_dir})", flush=True)
+        publish_report(report, self.run_dir, trainer, pl_module.class_names)
 
 
 def _json_default(value: Any) -> Any:

@@ -89,3 +89,26 @@ class EvalOptions:
         parse_threshold(self.threshold)  # a bad spec fails at parse time, naming eval.threshold
         if self.bootstrap_resamples < 100:
             raise ValueError(f"eval.bootstrap_resamples must be >= 100, got {self.bootstrap_resamples}")
+
+
+@dataclass
+class CVOptions:
+    """Cross-validated trials: one run trains k patient-level folds.
+
+    Args:
+        folds: train this many folds over the images not in the test split as ONE run (one
+            W&B run, one sweep trial): the sweep metric is the folds' mean, logged once per
+            epoch when every fold has finished that epoch (hyperband's iteration is an
+            epoch); the operating point is chosen on the out-of-fold predictions; test is
+            scored by the fold ensemble. Folds run in parallel, one per device (trainer.devices;
+            on CPU, that many processes), else one after the other. 0: no cross-validation.
+        run_dir: with `predict`: the directory of a cross-validated run whose fold ensemble
+            (mean of the folds' probabilities, the run's operating point) makes the predictions.
+    """
+
+    folds: int = 0
+    run_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.folds == 1 or self.folds < 0:
+            raise ValueError(f"cv.folds must be 0 (off) or at least 2, got {self.folds}")

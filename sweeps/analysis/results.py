@@ -86,11 +86,22 @@ def applied_params(sweep: dict, params: dict, run_config: Optional[dict] = None)
     return values
 
 
+def command_options(sweep: dict) -> dict:
+    """Options fixed in the sweep's command (`--cv.folds=5`, DDP settings, ...), as a run saw them."""
+    found = {}
+    for item in sweep.get("command") or []:
+        item = str(item)
+        if item.startswith("--") and "=" in item and not item.startswith(("--sweep.", "--config")):
+            key, value = item[2:].split("=", 1)
+            found[key] = from_cli(value)
+    return found
+
+
 def best_config(sweep: dict, params: dict, run_config: Optional[dict] = None) -> dict:
     """The nested LightningCLI config of a run's swept values, without sweep.*/run.* settings
     and without conditional children that did not apply."""
     nested: dict = {}
-    for path, value in applied_params(sweep, params, run_config).items():
+    for path, value in {**command_options(sweep), **applied_params(sweep, params, run_config)}.items():
         if path.split(".")[0] in ("sweep", "run", "config"):
             continue
         *parents, leaf = path.split(".")

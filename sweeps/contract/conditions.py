@@ -37,7 +37,8 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def _drop_argument(args: list[str], key: str) -> list[str]:
+def drop_argument(args: list[str], key: str) -> list[str]:
+    """`args` without `--key=value` and `--key value`."""
     flag = f"--{key}"
     kept, skip = [], False
     for i, arg in enumerate(args):
@@ -62,7 +63,7 @@ def apply_conditions(args: list[str], cfg: Any) -> tuple[list[str], list[str]]:
         parent_value = format_value(cfg.get(parent))
         if parent_value in allowed:
             continue
-        without = _drop_argument(args, child)
+        without = drop_argument(args, child)
         if without != args:
             notes.append(f"{child} not applied: it applies only when {parent} is one of {allowed}, not {parent_value}")
             args = without

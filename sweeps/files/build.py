@@ -98,8 +98,12 @@ def create_custom_sweep_config(
     description: Optional[str] = None,
     run_cap: Optional[int] = None,
     project: Optional[str] = None,
+    cv_folds: Optional[int] = None,
 ) -> dict:
-    """A W&B sweep config that trains `config` with `python cli.py fit`."""
+    """A W&B sweep config that trains `config` with `python cli.py fit` (cross-validated over
+    `cv_folds` patient-level folds per trial when given: the command carries `--cv.folds`)."""
+    if cv_folds is not None and (not isinstance(cv_folds, int) or cv_folds < 2):
+        raise SweepConfigError(f"--cv must be a number of folds >= 2, got {cv_folds!r}")
     if method not in METHODS:
         raise SweepConfigError(f"method {method!r} is not one of {list(METHODS)}")
     if not parameters:
@@ -147,6 +151,8 @@ def create_custom_sweep_config(
     command.append(f"--sweep.metric={metric_name}")
     if objective:
         command.append(f"--sweep.objective={json.dumps(objective, sort_keys=True)}")
+    if cv_folds:
+        command.append(f"--cv.folds={cv_folds}")  # one trial = k folds; the metric is their mean per epoch
     command += conditions
     command.append("${args}")
     sweep: dict[str, Any] = {"program": "cli.py"}

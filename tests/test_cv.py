@@ -1,0 +1,181 @@
+"""Cross-validated trials: patient-level stratified folds, one command = one run with one
+fold mean per epoch, the operating point on out-of-fold predictions, the ensemble on test,
+SIGTERM, and a CV sweep through the offline runner."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import PYTHON, ROOT, TINY
+
+from datamodules.datamodule import XrayDataModule
+from datamodules.records import DataError
+from training.cli import cli_main
+
+
+def dm(root, **kw) -> XrayDataModule:
+    return XrayDataModule(root=str(root), classes=["normal", "abnormal"], num_workers=0, **kw)
+
+
+def test_folds_are_patient_level_stratified_deterministic_and_leave_test_alone(hand_data):
+    plain = dm(hand_data)
+    folds = [dm(hand_data, folds=3, fold=k) for k in range(3)]
+    test = {r.rel for r in plain.split_records["test"]}
+    non_test = {r.rel for r in plain.records} - test
+    for data in folds:
+        assert {r.rel for r in data.split_records["test"]} == test  # the test split is never in a fold
+        assert {r.rel for r in data.split_records["train"] + data.split_records["val"]} == non_test
+        assert {r.label for r in data.split_records["val"]} == {"normal", "abnormal"}  # stratified
+        train_patients = {r.patient_id for r in data.split_records["train"]}
+        assert not train_patients & {r.patient_id for r in data.split_records["val"]}
+    vals = [{r.rel for r in data.split_records["val"]} for data in folds]
+    assert set().union(*vals) == non_test and sum(map(len, vals)) == len(non_test)  # each image once
+    patients = [{r.patient_id for r in data.split_records["val"]} for data in folds]
+    assert all(not a & b for i, a in enumerate(patients) for b in patients[i + 1:])  # no patient in two folds
+    sizes = sorted(len(p) for p in patients)
+    assert sizes[-1] - sizes[0] <= 2
+    again = dm(hand_data, folds=3, fold=1)
+    assert [r.rel for r in again.split_records["val"]] == [r.rel for r in folds[1].split_records["val"]]
+    other = dm(hand_data, folds=3, fold=1, split_seed=7)
+    assert {r.rel for r in other.split_records["val"]} != vals[1]
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"folds": 1, "fold": 0}, "data.folds must be at least 2"),
+    ({"folds": 40, "fold": 0}, "data.folds=40 is more than"),
+    ({"folds": 3, "fold": 3}, r"data.fold must be in 0..2"),
+    ({"fold": 1}, "data.fold=1 needs data.folds"),
+])
+def test_bad_fold_settings_are_refused_naming_the_option(hand_data, kw, message):
+    with pytest.raises(DataError, match=message):
+        dm(hand_data, **kw)
+
+
+def test_cv_options_are_checked(fit_args):
+    with pytest.raises(ValueError, match="cv.folds must be 0"):
+        cli_main(fit_args("configs/demo.yaml", "--cv.folds=1"))
+    with pytest.raises(ValueError, match="cv.folds trains every fold"):
+        cli_main(fit_args("configs/demo.yaml", "--cv.folds=2", "--data.fold=0"))
+
+
+def test_two_fold_run_end_to_end(fit_args, tmp_path):
+    from wandb_records import history, run_file
+
+    from evaluation import choose_threshold
+
+    cli = cli_main(fit_args("configs/demo.yaml", "--cv.folds=2", "--trainer.devices=2", "--trainer.max_epochs=2",
+                            "--run.wandb=offline", "--eval.bootstrap_resamples=200",
+                            "--trainer.limit_val_batches=1.0", "--trainer.limit_test_batches=1.0"))
+    run_dir = cli.run_dir
+    assert [p.name for p in (tmp_path / "runs").glob("*/*")] == [run_dir.name]  # one run
+    for k in range(2):
+        assert (run_dir / f"fold_{k}" / "checkpoints" / "last.ckpt").is_file()
+        assert (run_dir / f"fold_{k}" / "test_report.json").is_file()  # each fold's own test figures
+    rows = [json.loads(line) for line in (run_dir / "sweep_history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]  # the fold mean once per epoch
+    for r in rows:
+        folds = [r["val/auroc/fold_0"], r["val/auroc/fold_1"]]
+        assert r["val/auroc"] == pytest.approx(np.mean(folds)) and r["val/auroc_std"] == pytest.approx(np.std(folds))
+    logged = [r for r in history(run_file(run_dir)) if "val/auroc" in r]
+    assert [r["epoch"] for r in logged] == [0, 1]  # one W&B run, one row per iteration
+    # out-of-fold predictions: every image outside the test split once, by the fold that did not train on it
+    oof = list(csv.DictReader(open(run_dir / "oof_predictions.csv")))
+    non_test = [r for r in cli.datamodule.records if r.split != "test"]
+    assert sorted(r["path"] for r in oof) == sorted(r.rel for r in non_test)
+    fold_of = {r.rel: cli.datamodule.fold_of[r.patient_id] for r in non_test}
+    assert all(int(r["fold"]) == fold_of[r["path"]] for r in oof)
+    saved = json.loads((run_dir / "cv.json").read_text())
+    labels = np.array([r["label"] == "abnormal" for r in oof], dtype=int)
+    expected = choose_threshold("youden", np.array([float(r["prob_abnormal"]) for r in oof]), labels)
+    assert saved["operating_point"]["threshold"]["value"] == pytest.approx(expected.value, rel=1e-5)
+    report = json.loads((run_dir / "test_report.json").read_text())
+    assert report["ensemble"]["folds"] == 2 and len(report["ensemble"]["fold_test"]) == 2
+    assert report["threshold"]["value"] == pytest.approx(expected.value, rel=1e-5)
+    assert report["counts"]["images"] == len(cli.datamodule.split_records["test"])
+    assert (run_dir / "config.yaml").is_file()
+    # predict with the fold ensemble, at the CV run's operating point
+    pred = cli_main([*fit_args("configs/demo.yaml", subcommand="predict"), f"--cv.run_dir={run_dir}"])
+    rows = list(csv.DictReader(open(pred.run_dir / "predictions.csv")))
+    assert len(rows) == report["counts"]["images"]
+    assert all(float(r["threshold"]) == pytest.approx(expected.value, rel=1e-5) for r in rows)
+
+
+def test_sigterm_stops_every_fold_cleanly(hand_data, tmp_path):
+    import psutil
+
+    args = [PYTHON, "cli.py", "fit", "--config", "configs/demo.yaml", f"--data.root={hand_data}",
+            "--demo.body_part=null", f"--run.root={tmp_path / 'runs'}", "--run.name=cv", *TINY,
+            "--cv.folds=2", "--trainer.devices=2", "--trainer.max_epochs=200", "--run.wandb=offline"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir = tmp_path / "runs" / "demo" / "cv"
+    deadline = time.monotonic() + 240
+    # wait until both folds are training (each has logged a validation epoch)
+    while not all((run_dir / f"fold_{k}" / "sweep_history.jsonl").is_file() for k in range(2)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "slow"
+        time.sleep(0.2)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 2
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
+    for k in range(2):
+        assert (run_dir / f"fold_{k}" / "checkpoints" / "last.ckpt").is_file()
+    assert not (run_dir / "fold_0" / "fold_done.json").exists()
+
+
+def test_a_fold_that_fails_fails_the_run_with_its_reason(fit_args, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    from training.cv import FoldFailed
+
+    with pytest.raises(FoldFailed, match="fold 0 of 2 failed: .*out of GPU memory"):
+        cli_main(fit_args("configs/demo.yaml", "--cv.folds=2", "--trainer.devices=1",
+                          "--trainer.callbacks+=fault_callbacks.OutOfMemory"))
+
+
+def test_generate_makes_a_cv_sweep_from_any_preset_and_export_keeps_the_folds(tmp_path):
+    import yaml
+
+    from sweeps.main import main
+
+    out = tmp_path / "cv.yaml"
+    assert main(["generate", "--sweep_config", "base", "--cfg", "configs/demo.yaml", "--cv", "5",
+                 "-o", str(out)]) == 0
+    sweep = yaml.safe_load(out.read_text())
+    assert "--cv.folds=5" in sweep["command"]
+    assert sweep["command"].index("--cv.folds=5") < sweep["command"].index("${args}")
+    from sweeps.analysis.results import best_config
+
+    assert best_config(sweep, {"model.lr": 0.001})["cv"] == {"folds": 5}
+
+
+@pytest.mark.slow
+def test_cv_sweep_through_the_offline_runner(hand_data, tmp_path):
+    import yaml
+
+    from sweeps.files import create_custom_sweep_config
+
+    tiny = {a.split("=")[0][2:]: yaml.safe_load(a.split("=", 1)[1]) for a in TINY}
+    sweep = create_custom_sweep_config(
+        method="grid", name="cv", config="configs/demo.yaml", cv_folds=2,
+        parameters={"model.lr": {"values": [1e-3, 3e-3]}, "data.root": {"value": str(hand_data)},
+                    "demo.body_part": {"value": "null"}, **{k: {"value": v} for k, v in tiny.items()},
+                    "trainer.devices": {"value": 2}, "trainer.max_epochs": {"value": 2}})
+    path = tmp_path / "cv.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    out = subprocess.run([PYTHON, "-m", "sweeps", "run", str(path), "--out", str(tmp_path / "sweep"), "--quiet"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    runs = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("runs/*/run.json"))]
+    assert [r["state"] for r in runs] == ["finished", "finished"]
+    assert all(len(r["history"]) == 2 for r in runs)
+    assert Counter(p.name for p in (tmp_path / "sweep").glob("runs/*/fold_*")) == {"fold_0": 2, "fold_1": 2}
