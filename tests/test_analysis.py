@@ -237,3 +237,21 @@ def test_wandb_unreachable(monkeypatch, capsys):
     assert show_best("team/xray/abc123") == 2
     err = capsys.readouterr().err
     assert "team/xray/abc123" in err and "offline sweep directory" in err and "Traceback" not in err
+
+
+def test_cross_validated_runs_show_mean_and_spread_across_folds(tmp_path, capsys):
+    """best's table and the report's optimisation history show mean ± sd for CV runs."""
+    import json as _json
+
+    from sweeps.analysis.report import write_report
+
+    sweep_dir = make_sweep_dir(tmp_path)
+    for path in sorted((sweep_dir / "runs").glob("*/sweep_history.jsonl")):
+        rows = [_json.loads(line) for line in path.read_text().splitlines()]
+        for row in rows:
+            row["val/auroc_std"] = 0.0123
+        path.write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    assert show_best(str(sweep_dir)) == 0
+    assert "± 0.0123" in capsys.readouterr().out
+    text = write_report(sweep_dir).read_text()
+    assert '"error_y":{"array":[0.0123' in text.replace(" ", "")

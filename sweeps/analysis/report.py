@@ -100,9 +100,12 @@ def history_figure(sweep: dict, runs: list[dict]):
     for state, symbol in (("finished", "circle"), ("stopped", "x")):
         part = [r for r in done if r["state"] == state]
         if part:
+            # cross-validated runs: error bars of one standard deviation across folds
+            spread = [r.get("std") or 0.0 for r in part]
             fig.add_scatter(x=[r["number"] for r in part], y=[r["value"] for r in part], mode="markers",
                             name=state, marker={"symbol": symbol, "size": 9},
-                            text=[f"run {r['name']}" for r in part])
+                            text=[f"run {r['name']}" for r in part],
+                            error_y={"type": "data", "array": spread, "visible": any(spread)})
     best, best_so_far = None, []
     for r in done:
         better = best is None or (r["value"] > best if goal == "maximize" else r["value"] < best)

@@ -135,7 +135,27 @@ def _run_record(sweep_dir: Path, number: int, attrs: dict, value: Optional[float
         "run_dir": run_dir,
         "reason": attrs.get("reason"),
         "wall_s": attrs.get("wall_s"),
+        "std": fold_spread(sweep_dir / run_dir / HISTORY_FILE, metric, value),
     }
+
+
+def fold_spread(history_file: Path, metric: str, value: Optional[float]) -> Optional[float]:
+    """A cross-validated run's standard deviation across folds at its best epoch (the row whose
+    fold mean is the run's value), from `<metric>_std` in its history; None for other runs."""
+    if value is None:
+        return None
+    try:
+        lines = Path(history_file).read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row.get(f"{metric}_std"), (int, float)) and row.get(metric) == value:
+            return float(row[f"{metric}_std"])
+    return None
 
 
 def load_offline_runs(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
@@ -210,6 +230,10 @@ def load_wandb_runs(path: str) -> tuple[dict, list[dict]]:
                 value = float(run.summary[metric])
             config = {k: v["value"] if isinstance(v, dict) and set(v) == {"value"} else v
                       for k, v in dict(run.config).items()}
+            spread = None
+            if isinstance(run.summary.get(f"{metric}_std"), (int, float)):  # a cross-validated run
+                stds = {row[metric]: row[f"{metric}_std"] for row in run.scan_history(keys=[metric, f"{metric}_std"])}
+                spread = stds.get(value)
             # W&B has no "stopped": a run the agent stops exits 0 (finished); killed = stopped by hand
             state = {"crashed": "failed", "killed": "stopped"}.get(run.state, run.state)
             runs.append({
@@ -217,7 +241,7 @@ def load_wandb_runs(path: str) -> tuple[dict, list[dict]]:
                 "value": value if state in COMPLETED else None, "history": history,
                 "params": {k: config[k] for k in sweep.get("parameters") or {} if k in config},
                 "run_dir": None, "reason": None, "wall_s": run.summary.get("_runtime"),
-                "config": config,
+                "config": config, "std": spread,
             })
     except UsageError:
         raise
@@ -260,7 +284,8 @@ def runs_table(sweep: dict, runs: list[dict]) -> list[list[str]]:
         state = run["state"] + (f": {run['reason']}" if run["reason"] and run["state"] not in COMPLETED else "")
         # a running run shows its best so far; a failed one has no result
         value = run["value"] if run["state"] != "running" else best_of(run["history"], goal)
-        rows.append([run["name"], state, "-" if value is None else fmt(value), str(len(run["history"])),
+        shown = "-" if value is None else fmt(value) + (f" ± {fmt(run['std'])}" if run.get("std") is not None else "")
+        rows.append([run["name"], state, shown, str(len(run["history"])),
                      *(fmt(applied[n]) if n in applied else "-" for n in names)])
     return rows
 
