@@ -179,3 +179,48 @@ def test_cv_sweep_through_the_offline_runner(hand_data, tmp_path):
     assert [r["state"] for r in runs] == ["finished", "finished"]
     assert all(len(r["history"]) == 2 for r in runs)
     assert Counter(p.name for p in (tmp_path / "sweep").glob("runs/*/fold_*")) == {"fold_0": 2, "fold_1": 2}
+
+
+@pytest.mark.slow
+def test_hyperband_stops_a_poor_cv_trial_early_in_the_offline_runner(hand_data, tmp_path):
+    """Three CV trials; the last is made poor deterministically (its objective is the same
+    AUROC weighted 0.05): hyperband (min_iter 1) stops it after its first fold-mean epoch."""
+    import yaml
+
+    from wandb_records import history, run_file
+
+    tiny = {a.split("=")[0][2:]: yaml.safe_load(a.split("=", 1)[1]) for a in TINY if "wandb" not in a}
+    objectives = [{"val/auroc": 1.0}, {"val/auroc": 0.9}, {"val/auroc": 0.05}]
+    sweep = {
+        "program": "cli.py", "name": "cvhb", "method": "grid",
+        "metric": {"name": "val/objective", "goal": "maximize"},
+        "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 3},
+        "parameters": {"sweep.objective": {"values": objectives}, "data.root": {"value": str(hand_data)},
+                       "demo.body_part": {"value": "null"}, **{k: {"value": v} for k, v in tiny.items()},
+                       "trainer.devices": {"value": 2}, "trainer.max_epochs": {"value": 4},
+                       "trainer.limit_val_batches": {"value": 1.0}},
+        "command": ["${env}", "${interpreter}", "${program}", "fit", "--config", "configs/demo.yaml",
+                    "--sweep.metric=val/objective", "--cv.folds=2", "${args}"],
+    }
+    path = tmp_path / "cvhb.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    out = subprocess.run([PYTHON, "-m", "sweeps", "run", str(path), "--out", str(tmp_path / "sweep"), "--quiet"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, out.stdout + out.stderr
+    runs = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("runs/*/run.json"))]
+    assert [r["state"] for r in runs] == ["finished", "finished", "stopped"], [r.get("reason") for r in runs]
+    assert len(runs[2]["history"]) < 4 and "hyperband" in runs[2]["reason"]
+    stopped_dir = tmp_path / "sweep" / runs[2]["run_dir"]
+    for k in range(2):  # both folds of the stopped trial ended cleanly
+        assert (stopped_dir / f"fold_{k}" / "checkpoints" / "last.ckpt").is_file()
+    rows = [r for r in history(run_file(stopped_dir)) if "val/objective" in r]
+    assert [r["epoch"] for r in rows] == list(range(len(rows))) and len(rows) == len(runs[2]["history"])
+
+
+@pytest.mark.slow
+def test_cv_selection_benchmark_prints_its_figures(tmp_path):
+    cmd = [PYTHON, "benchmarks/cv_selection.py", "--seeds", "1", "--folds", "2", "--quick", "--images", "80",
+           "--work", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "truly better" in out.stdout and "2-fold CV" in out.stdout and "one validation split" in out.stdout
