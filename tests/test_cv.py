@@ -186,7 +186,6 @@ def test_hyperband_stops_a_poor_cv_trial_early_in_the_offline_runner(hand_data, 
     """Three CV trials; the last is made poor deterministically (its objective is the same
     AUROC weighted 0.05): hyperband (min_iter 1) stops it after its first fold-mean epoch."""
     import yaml
-
     from wandb_records import history, run_file
 
     tiny = {a.split("=")[0][2:]: yaml.safe_load(a.split("=", 1)[1]) for a in TINY if "wandb" not in a}
