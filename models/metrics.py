@@ -12,22 +12,37 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     BinaryAUROC,
+    BinaryAveragePrecision,
+    BinaryCalibrationError,
     BinaryF1Score,
     BinaryRecall,
+    BinarySensitivityAtSpecificity,
     BinarySpecificity,
     MulticlassAccuracy,
     MulticlassAUROC,
+    MulticlassCalibrationError,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
 )
 
 # The sweep metric and checkpoint monitor when none is given.
 DEFAULT_METRIC = "val/auroc"
+# Metrics (without the stage prefix) for which lower is better: a sweep on them minimizes.
+LOWER_IS_BETTER = ("loss", "ece")
+
+
+class SensitivityAtSpecificity(BinarySensitivityAtSpecificity):
+    """The best sensitivity among thresholds with specificity >= min_specificity (torchmetrics
+    also returns that threshold; a logged metric is one number)."""
+
+    def compute(self) -> torch.Tensor:
+        return super().compute()[0]
 
 
 class ClassificationMetrics(nn.Module):
-    """Accuracy, balanced accuracy (mean per-class recall), AUROC, F1, and for binary
-    tasks sensitivity and specificity; plus a confusion matrix."""
+    """Accuracy, balanced accuracy (mean per-class recall), AUROC, F1, expected calibration
+    error (15 bins); for binary tasks also average precision, sensitivity and specificity (at
+    0.5) and the best sensitivity at specificity >= 0.90 (threshold-free); a confusion matrix."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -39,14 +54,18 @@ class ClassificationMetrics(nn.Module):
         if num_classes > 2:
             multiclass["auroc"] = MulticlassAUROC(num_classes)
             multiclass["f1"] = MulticlassF1Score(num_classes, average="macro")
+            multiclass["ece"] = MulticlassCalibrationError(num_classes, n_bins=15)
         self.multiclass = MetricCollection(multiclass)
         self.binary = (
             MetricCollection(
                 {
                     "auroc": BinaryAUROC(),
+                    "average_precision": BinaryAveragePrecision(),
                     "f1": BinaryF1Score(),
                     "sensitivity": BinaryRecall(),
                     "specificity": BinarySpecificity(),
+                    "sensitivity_at_spec90": SensitivityAtSpecificity(min_specificity=0.9),
+                    "ece": BinaryCalibrationError(n_bins=15),
                 }
             )
             if num_classes == 2

@@ -262,3 +262,18 @@ def test_swapping_the_config_rechecks_hyperband_brackets(tmp_path):
     sweep = get_sweep_config("base", config="configs/demo.yaml")  # min_iter 3
     with pytest.raises(SweepConfigError, match="never be reached"):
         replace_config(sweep, str(short))
+
+
+def test_sweeps_may_optimise_exactly_what_the_model_logs_per_task(tmp_path):
+    params = {"model.lr": {"values": [1e-3]}}
+    ece = create_custom_sweep_config(config="configs/demo.yaml", parameters=params, metric_name="val/ece")
+    assert ece["metric"] == {"name": "val/ece", "goal": "minimize"}
+    spec90 = create_custom_sweep_config(config="configs/demo.yaml", parameters=params,
+                                        metric_name="val/sensitivity_at_spec90")
+    assert spec90["metric"]["goal"] == "maximize"
+    three = tmp_path / "three.yaml"
+    three.write_text("data:\n  classes: [normal, oa, ra]\n")
+    for name in ("val/sensitivity_at_spec90", "val/sensitivity", "val/average_precision"):
+        with pytest.raises(SweepConfigError, match=f"'{name}' is not one the model logs for 3 classes"):
+            create_custom_sweep_config(config=str(three), parameters=params, metric_name=name)
+    assert create_custom_sweep_config(config=str(three), parameters=params, metric_name="val/ece")

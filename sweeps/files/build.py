@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from models.metrics import DEFAULT_METRIC, logged_metric_names
+from models.metrics import DEFAULT_METRIC, LOWER_IS_BETTER, logged_metric_names
 from sweeps.contract.conditions import format_condition
 from sweeps.errors import SweepConfigError
 from sweeps.files.params import cli_parameters, resolve_name
@@ -110,7 +110,8 @@ def create_custom_sweep_config(
         raise SweepConfigError("a sweep needs at least one parameter")
     configs = check_configs(config)
     metric_name = check_metric(metric_name, objective, task_classes(configs))
-    metric_goal = metric_goal or ("minimize" if metric_name == "val/loss" else "maximize")
+    lower = metric_name.split("/", 1)[-1] in LOWER_IS_BETTER
+    metric_goal = metric_goal or ("minimize" if lower else "maximize")
     if metric_goal not in GOALS:
         raise SweepConfigError(f"metric goal {metric_goal!r} is not one of {list(GOALS)}")
     known = cli_parameters()
