@@ -92,7 +92,7 @@ def build_backbone(
     if num_classes < 1 or in_chans < 1:
         raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes} and {in_chans}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
 
     model = get_model(name, weights=None, num_classes=num_classes)
     stem_name = _replace_stem(model, in_chans)

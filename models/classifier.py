@@ -76,8 +76,6 @@ class XrayClassifier(pl.LightningModule):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
         if lr <= 0:
             raise ValueError(f"model.lr must be > 0, got {lr}")
         if class_weights is not None and len(class_weights) != num_classes:
@@ -99,7 +97,6 @@ class XrayClassifier(pl.LightningModule):
         )
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.val_metrics = ClassificationMetrics(num_classes)
-        self.last_confusion: dict[str, torch.Tensor] = {}
         # Every image's logits of the last val/test epoch, gathered from all ranks, by dataset
         # index: the evaluation (threshold on val, report with CIs on test) works on these.
         self.epoch_outputs: dict[str, dict[str, np.ndarray]] = {}
@@ -187,7 +184,6 @@ class XrayClassifier(pl.LightningModule):
     def _log_epoch_metrics(self, stage: Literal["val", "test"], metrics: ClassificationMetrics) -> None:
         # torchmetrics has already reduced across ranks; sync_dist only averages equal values.
         self.log_dict(self.current_metrics(stage), prog_bar=False, sync_dist=True)
-        self.last_confusion[stage] = metrics.compute_confusion().cpu()
         metrics.reset()
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:

@@ -21,7 +21,6 @@ from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
     MulticlassCalibrationError,
-    MulticlassConfusionMatrix,
     MulticlassF1Score,
 )
 
@@ -42,7 +41,7 @@ class SensitivityAtSpecificity(BinarySensitivityAtSpecificity):
 class ClassificationMetrics(nn.Module):
     """Accuracy, balanced accuracy (mean per-class recall), AUROC, F1, expected calibration
     error (15 bins); for binary tasks also average precision, sensitivity and specificity (at
-    0.5) and the best sensitivity at specificity >= 0.90 (threshold-free); a confusion matrix."""
+    0.5) and the best sensitivity at specificity >= 0.90 (threshold-free)."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -71,11 +70,9 @@ class ClassificationMetrics(nn.Module):
             if num_classes == 2
             else None
         )
-        self.confusion = MulticlassConfusionMatrix(num_classes)
 
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
         self.multiclass.update(probs, target)
-        self.confusion.update(probs, target)
         if self.binary is not None:
             self.binary.update(probs[:, 1], target)
 
@@ -92,12 +89,8 @@ class ClassificationMetrics(nn.Module):
             names += [k for k in self.binary.keys() if k not in names]
         return names
 
-    def compute_confusion(self) -> torch.Tensor:
-        return self.confusion.compute()
-
     def reset(self) -> None:
         self.multiclass.reset()
-        self.confusion.reset()
         if self.binary is not None:
             self.binary.reset()
 

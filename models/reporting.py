@@ -27,9 +27,14 @@ class ConfusionWriter(Callback):
         self.run_dir = Path(run_dir)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        confusion = getattr(pl_module, "last_confusion", {}).get("val")
-        if trainer.sanity_checking or confusion is None or not trainer.is_global_zero:
+        outputs = getattr(pl_module, "epoch_outputs", {}).get("val")
+        if trainer.sanity_checking or outputs is None or not trainer.is_global_zero:
             return
+        classes = len(pl_module.class_names)
+        predicted = outputs["logits"].argmax(axis=1)
+        confusion = torch.zeros(classes, classes, dtype=torch.long)
+        confusion.index_put_((torch.as_tensor(outputs["labels"]), torch.as_tensor(predicted)),
+                             torch.ones(len(predicted), dtype=torch.long), accumulate=True)
         write_confusion_csv(self.run_dir / "confusion_val.csv", confusion, pl_module.class_names)
 
 
