@@ -11,15 +11,33 @@ from typing import Optional
 RUN_DIR_ENV = "XRAY_RUN_DIR"  # set by the offline runner, and by rank 0 for its DDP children
 
 
+class RunDirError(ValueError):
+    """The run directory cannot be made; cli.py prints it as one `error:` paragraph."""
+
+
+def inherited_run_dir(path: str) -> Path:
+    """The directory the offline runner (or rank 0) chose, made if missing."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create the run directory {path} ({RUN_DIR_ENV}): {e.strerror or e}") from None
+    return Path(path)
+
+
 def make_run_dir(root: Path, experiment: str, name: Optional[str]) -> Path:
     """A fresh directory for this run; never reuses one (SaveConfigCallback would refuse it)."""
     base = name or os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
-    (root / experiment).mkdir(parents=True, exist_ok=True)
-    for i in range(1, 1000):
-        candidate = root / experiment / (base if i == 1 else f"{base}-{i}")
-        try:
-            candidate.mkdir()  # atomic: concurrent runs never share a directory
-            return candidate
-        except FileExistsError:
-            continue
+    try:
+        (root / experiment).mkdir(parents=True, exist_ok=True)
+        for i in range(1, 1000):
+            candidate = root / experiment / (base if i == 1 else f"{base}-{i}")
+            try:
+                candidate.mkdir()  # atomic: concurrent runs never share a directory
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as e:  # read-only, a file where a folder should be, no space: one line, not a traceback
+        raise RunDirError(f"cannot create a run directory under {root / experiment}: {e.strerror or e} "
+                          "(set --run.root to a writable folder)") from None
     raise FileExistsError(f"Too many runs named {base} under {root / experiment}")
+

@@ -27,8 +27,27 @@ def driver_url(url: str) -> str:
     return url
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,:;)\]]")  # not a trailing "." or ":"
+_USERINFO = re.compile(r"^([^:]+://[^:@/]*:)[^\s]*@")  # up to the last @: a password may hold @ or /
+# Query or connection-string parameters that carry a secret (?password=, sslpassword=, token=, ...)
+_SECRET = re.compile(r"(?i)(?<![\w-])([\w-]*(?:password|passwd|pwd|secret|token|key|credential)[\w-]*)"
+                     r"(\s*=\s*)([^\s&;'\"]+)")
+
+
+def _mask_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: the pattern below still masks user:password@
+        pass
+    return _USERINFO.sub(r"\1***@", url)
+
+
 def mask_password(text: str) -> str:
-    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+    """`text` with the passwords of the URLs in it masked (user:***@, :***@, user:p@ss@ alike)
+    and secret parameters (password=, passwd=, pwd=, token=, secret=, key=, ...) masked."""
+    return _SECRET.sub(r"\1\2***", _URL.sub(lambda m: _mask_url(m.group()), text))
 
 
 class Storage:
