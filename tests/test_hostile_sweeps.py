@@ -90,13 +90,14 @@ sys.exit(2)
 def test_a_failed_run_stores_its_reason_without_the_file_name(fake, tmp_path, capsys):  # noqa: F811
     program = tmp_path / "failing_cli.py"
     program.write_text(FAILING_PROGRAM)
-    sweep = dict(fake({"x": {"values": [0.1]}}), program=str(program))
-    assert run(tmp_path, sweep) == 1  # no run has a result
+    sweep = dict(fake({"x": {"values": [0.1, 0.2]}}), program=str(program))
+    code = run(tmp_path, sweep)
     out = tmp_path / "out"
     stored = [json.dumps(t.user_attrs) for t in load(tmp_path)]
     stored += [p.read_text() for p in out.glob("runs/*/run.json")]
     assert stored and all("cannot read image <path>" in s for s in stored)
     assert not any(part in s for s in stored for part in PATIENT_PARTS)
+    assert code == 1  # no run has a result
     assert main(["best", str(out)]) == 2  # no completed run; the table is printed first
     shown = capsys.readouterr()
     assert "cannot read image <path>" in shown.out and not any(p in shown.out + shown.err for p in PATIENT_PARTS)
@@ -243,16 +244,17 @@ def test_a_sweep_with_no_result_exits_non_zero(case, fake, tmp_path, capsys):  #
 def test_unknown_parameter_names_refused_before_the_first_launch(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     sweep = {"program": "cli.py", "name": "typo", "method": "grid", "metric": {"name": "val/auroc", "goal": "maximize"},
-             "parameters": {"model.lrr": {"values": [0.1]}, "data.batch_size": {"value": 8}},
+             "parameters": {"model.lrr": {"values": [0.1, 0.2]}, "data.batch_size": {"value": 8}},
              "command": ["${env}", "${interpreter}", "${program}", "fit", "--config", "configs/demo.yaml", "${args}"]}
     assert run(tmp_path, sweep) == 2
     assert "model.lrr" in error_of(capsys) and not (tmp_path / "out" / "runs").exists()
 
 
-@pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "a/../../escape", "x\nrun.wandb: online", "..", ""])
+@pytest.mark.parametrize("name", ["../escape", "{tmp}/escape", "a/../../escape", "x\nrun.wandb: online", "..", ""])
 def test_sweep_names_are_validated(name, fake, tmp_path, capsys, monkeypatch):  # noqa: F811
     monkeypatch.chdir(tmp_path)
-    sweep = dict(fake({"x": {"values": [0.1]}}), name=name)
+    name = name.replace("{tmp}", str(tmp_path))
+    sweep = dict(fake({"x": {"values": [0.1, 0.2]}}), name=name)
     path = write(tmp_path, sweep, "named.yaml")
     code = main(["run", path, "--quiet"])
     if name == "":  # no name: the file's stem, a valid one
