@@ -49,7 +49,7 @@ from training.evaluate import (
 )
 from training.loggers import default_loggers, finish_wandb, update_summary
 from training.options import DemoOptions, EvalOptions, RunOptions
-from training.rundir import RUN_DIR_ENV, inherited_run_dir, make_run_dir
+from training.rundir import RUN_DIR_ENV, make_run_dir
 
 log = logging.getLogger("cli")
 _CREATED_RUN_DIRS: list[Path] = []  # removed again when a run fails before writing anything
@@ -128,7 +128,8 @@ class XrayCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         inherited = os.environ.get(RUN_DIR_ENV)
         if inherited:
-            self.run_dir = inherited_run_dir(inherited)
+            self.run_dir = Path(inherited)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         else:
             configs = cfg.get("config") or []
             experiment = cfg.run.experiment or (Path(str(configs[0])).stem if configs else "default")

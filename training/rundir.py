@@ -12,16 +12,11 @@ RUN_DIR_ENV = "XRAY_RUN_DIR"  # set by the offline runner, and by rank 0 for its
 
 
 class RunDirError(ValueError):
-    """The run directory cannot be made; cli.py prints it as one `error:` paragraph."""
+    """No run directory can be made under run.root; cli.py prints it as one `error:` paragraph."""
 
-
-def inherited_run_dir(path: str) -> Path:
-    """The directory the offline runner (or rank 0) chose, made if missing."""
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"cannot create the run directory {path} ({RUN_DIR_ENV}): {e.strerror or e}") from None
-    return Path(path)
+    def __init__(self, where: Path, error: OSError) -> None:
+        super().__init__(f"cannot create a run directory under {where}: {error.strerror or error} "
+                         "(set --run.root to a writable folder)")
 
 
 def make_run_dir(root: Path, experiment: str, name: Optional[str]) -> Path:
@@ -29,15 +24,15 @@ def make_run_dir(root: Path, experiment: str, name: Optional[str]) -> Path:
     base = name or os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
     try:
         (root / experiment).mkdir(parents=True, exist_ok=True)
-        for i in range(1, 1000):
-            candidate = root / experiment / (base if i == 1 else f"{base}-{i}")
-            try:
-                candidate.mkdir()  # atomic: concurrent runs never share a directory
-                return candidate
-            except FileExistsError:
-                continue
-    except OSError as e:  # read-only, a file where a folder should be, no space: one line, not a traceback
-        raise RunDirError(f"cannot create a run directory under {root / experiment}: {e.strerror or e} "
-                          "(set --run.root to a writable folder)") from None
+    except OSError as e:  # read-only, a file where a folder goes, no space: not a traceback
+        raise RunDirError(root / experiment, e) from None
+    for i in range(1, 1000):
+        candidate = root / experiment / (base if i == 1 else f"{base}-{i}")
+        try:
+            candidate.mkdir()  # atomic: concurrent runs never share a directory
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise RunDirError(root / experiment, e) from None
     raise FileExistsError(f"Too many runs named {base} under {root / experiment}")
-

@@ -27,9 +27,15 @@ def driver_url(url: str) -> str:
     return url
 
 
+def mask_password(text: str) -> str:
+    """`text` with the password of every URL in it masked by SQLAlchemy's own rendering
+    (user:***@, :***@; user:p@ss@ and user:a/b@ too), and secret parameters masked
+    (?password=***, sslpassword=, passwd=, pwd=, token=, secret=, key= ..., also libpq's `k=v`)."""
+    return _SECRET.sub(r"\1\2***", _URL.sub(lambda m: _mask_url(m.group()), text))
+
+
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,:;)\]]")  # not a trailing "." or ":"
 _USERINFO = re.compile(r"^([^:]+://[^:@/]*:)[^\s]*@")  # up to the last @: a password may hold @ or /
-# Query or connection-string parameters that carry a secret (?password=, sslpassword=, token=, ...)
 _SECRET = re.compile(r"(?i)(?<![\w-])([\w-]*(?:password|passwd|pwd|secret|token|key|credential)[\w-]*)"
                      r"(\s*=\s*)([^\s&;'\"]+)")
 
@@ -42,12 +48,6 @@ def _mask_url(url: str) -> str:
     except Exception:  # not a URL SQLAlchemy reads: the pattern below still masks user:password@
         pass
     return _USERINFO.sub(r"\1***@", url)
-
-
-def mask_password(text: str) -> str:
-    """`text` with the passwords of the URLs in it masked (user:***@, :***@, user:p@ss@ alike)
-    and secret parameters (password=, passwd=, pwd=, token=, secret=, key=, ...) masked."""
-    return _SECRET.sub(r"\1\2***", _URL.sub(lambda m: _mask_url(m.group()), text))
 
 
 class Storage:
