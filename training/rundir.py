@@ -11,10 +11,21 @@ from typing import Optional
 RUN_DIR_ENV = "XRAY_RUN_DIR"  # set by the offline runner, and by rank 0 for its DDP children
 
 
+class RunDirError(ValueError):
+    """No run directory can be made under run.root; cli.py prints it as one `error:` paragraph."""
+
+    def __init__(self, where: Path, error: OSError) -> None:
+        super().__init__(f"cannot create a run directory under {where}: {error.strerror or error} "
+                         "(set --run.root to a writable folder)")
+
+
 def make_run_dir(root: Path, experiment: str, name: Optional[str]) -> Path:
     """A fresh directory for this run; never reuses one (SaveConfigCallback would refuse it)."""
     base = name or os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
-    (root / experiment).mkdir(parents=True, exist_ok=True)
+    try:
+        (root / experiment).mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # read-only, a file where a folder goes, no space: not a traceback
+        raise RunDirError(root / experiment, e) from None
     for i in range(1, 1000):
         candidate = root / experiment / (base if i == 1 else f"{base}-{i}")
         try:
@@ -22,4 +33,6 @@ def make_run_dir(root: Path, experiment: str, name: Optional[str]) -> Path:
             return candidate
         except FileExistsError:
             continue
+        except OSError as e:
+            raise RunDirError(root / experiment, e) from None
     raise FileExistsError(f"Too many runs named {base} under {root / experiment}")

@@ -87,7 +87,10 @@ def _show_best(source: str, export: Optional[str]) -> int:
 
             print(f"\ntest figures of the best run (operating point chosen on validation):\n{format_table(report)}")
     if export:
-        export_yaml(Path(export), sweep, best, config)
+        try:
+            export_yaml(Path(export), sweep, best, config)
+        except OSError as e:  # a directory of that name, a read-only file system, a full disk
+            raise UsageError(f"cannot write {export}: {e.strerror or e} (--export)") from None
         print(f"wrote {export}; train it with: python cli.py fit "
               f"{' '.join(f'--config {c}' for c in _base_configs(sweep))} --config {export}")
     return 0

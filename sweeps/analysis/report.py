@@ -288,5 +288,8 @@ def write_report(sweep_dir: Path, out: Optional[str] = None) -> Path:
         import plotly  # noqa: F401
     except ImportError as e:
         raise UsageError("the report needs plotly: pip install plotly") from e
-    write_atomic(path, render(sweep_dir, sweep, runs))
+    try:
+        write_atomic(path, render(sweep_dir, sweep, runs))
+    except OSError as e:  # a directory of that name, a read-only file system, a full disk
+        raise UsageError(f"cannot write {path}: {e.strerror or e}" + (" (--out)" if out else "")) from None
     return path

@@ -160,7 +160,7 @@ def fold_spread(history_file: Path, metric: str, value: Optional[float]) -> Opti
 
 def load_offline_runs(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
     """(sweep config, runs in trial order) from the Optuna storage, or from the run.json files
-    when the sweep used another storage (--storage URL) and no optuna.db lies here."""
+    when the sweep used another storage (--storage URL) or its optuna.db lost its trials."""
     sweep_dir = Path(sweep_dir)
     sweep_file = sweep_dir / "sweep.yaml"
     if not sweep_dir.is_dir():
@@ -174,11 +174,11 @@ def load_offline_runs(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
     metric, goal = goal_of(sweep)
     db = sweep_dir / "optuna.db"
     runs = []
-    if db.is_file():
+    if db.is_file() and db.stat().st_size:  # 0 bytes (truncated): opening it would write tables into it
         import optuna
 
         storage = f"sqlite:///{db.resolve()}"
-        names = optuna.get_all_study_names(storage)
+        names = _study_names(db, storage)
         name = sweep.get("name")
         if name not in names:
             if len(names) != 1:
@@ -189,18 +189,39 @@ def load_offline_runs(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
             runs.append(_run_record(sweep_dir, trial.number, trial.user_attrs, trial.value, trial.params,
                                     metric, goal))
     else:
-        run_files = sorted((sweep_dir / "runs").glob("*/run.json"))
-        if not run_files:
+        runs = _recorded_runs(sweep_dir, metric, goal)
+        if not runs:
             raise UsageError(f"{sweep_dir} is not a sweep directory: no optuna.db and no runs/*/run.json")
-        for i, path in enumerate(run_files):
-            try:
-                attrs = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                attrs = {"state": "running"}
-            attrs.setdefault("run_dir", path.parent.relative_to(sweep_dir).as_posix())
-            number = int(path.parent.name) if path.parent.name.isdigit() else i
-            runs.append(_run_record(sweep_dir, number, attrs, None, {}, metric, goal))
+    if not runs:  # an optuna.db whose trials were lost (emptied, or a new study in their place)
+        runs = _recorded_runs(sweep_dir, metric, goal)
     return sweep, runs
+
+
+def _study_names(db: Path, storage: str) -> list[str]:
+    """The studies in an optuna.db; a damaged file is an error that says what to do."""
+    import optuna
+    import sqlalchemy.exc
+
+    try:
+        return optuna.get_all_study_names(storage)
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]  # not a database, damaged, another Optuna's schema
+        raise UsageError(f"cannot read the sweep storage {db}: {type(e).__name__}: {first}. If it is damaged, "
+                         f"move it aside: the runs are then read from {db.parent / 'runs'}/*/run.json") from None
+
+
+def _recorded_runs(sweep_dir: Path, metric: str, goal: str) -> list[dict]:
+    """The runs from their runs/*/run.json records (what the runner writes next to the storage)."""
+    runs = []
+    for i, path in enumerate(sorted((sweep_dir / "runs").glob("*/run.json"))):
+        try:
+            attrs = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            attrs = {"state": "running"}
+        attrs.setdefault("run_dir", path.parent.relative_to(sweep_dir).as_posix())
+        number = int(path.parent.name) if path.parent.name.isdigit() else i
+        runs.append(_run_record(sweep_dir, number, attrs, None, {}, metric, goal))
+    return runs
 
 
 def run_config(sweep_dir: Path, run: dict) -> Optional[dict]:

@@ -33,14 +33,74 @@ def write_json_atomic(path: Path, data: dict) -> None:
     write_atomic(path, json.dumps(data, indent=1, default=str))
 
 
+# W&B sweep files are a few kilobytes. These caps refuse, at load time and naming the file, what
+# would otherwise explode later: a "billion laughs" of nested aliases is a few hundred bytes and
+# expands to billions of nodes when the agent's argv or a copy of the sweep is built.
+MAX_SWEEP_BYTES = 1 << 20
+MAX_NODES = 100_000  # YAML nodes once aliases are expanded
+MAX_VALUES = 10_000  # values of one parameter
+
+
+class _TooLarge(yaml.YAMLError):
+    pass
+
+
+def _expanded_size(node: yaml.Node, memo: dict) -> int:
+    """Nodes of the document once every alias is replaced by what it names (shared nodes count
+    each time they are used); stops as soon as the count passes MAX_NODES."""
+    key = id(node)
+    if key in memo:
+        if memo[key] is None:
+            raise _TooLarge("an alias refers to a node that contains it (a recursive structure)")
+        return memo[key]
+    memo[key] = None
+    children = node.value if isinstance(node, yaml.SequenceNode) else \
+        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+    size = 1
+    for child in children:
+        size += _expanded_size(child, memo)
+        if size > MAX_NODES:
+            raise _TooLarge(f"it expands to more than {MAX_NODES:,} YAML nodes (nested aliases, "
+                            "a 'billion laughs'?); write the values out")
+    memo[key] = size
+    return size
+
+
+class _SweepLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that measures the document, aliases expanded, before building it."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        _expanded_size(node, {})
+        return node
+
+
 def load_sweep(path: str | os.PathLike) -> dict:
-    """A W&B sweep file as a dict; a clear error for a file that is missing or not a sweep."""
+    """A W&B sweep file as a dict; a clear error for a file that is missing, not a sweep, or too large."""
     try:
-        sweep = yaml.safe_load(Path(path).read_text())
+        with open(path, "rb") as f:
+            data = f.read(MAX_SWEEP_BYTES + 1)
     except OSError as e:
         raise UsageError(f"Cannot read sweep file {path}: {e.strerror}") from e
+    if len(data) > MAX_SWEEP_BYTES:
+        raise UsageError(f"Sweep file {path} is larger than {MAX_SWEEP_BYTES >> 20} MiB; W&B sweep files are a "
+                         "few kilobytes")
+    try:
+        sweep = yaml.load(data.decode("utf-8"), Loader=_SweepLoader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError:
+        raise UsageError(f"Sweep file {path} is not UTF-8 text") from None
+    except _TooLarge as e:
+        raise UsageError(f"Sweep file {path} is refused: {e}") from None
+    except RecursionError:
+        raise UsageError(f"Sweep file {path} is nested too deeply to be a sweep") from None
     except yaml.YAMLError as e:
         raise UsageError(f"Sweep file {path} is not valid YAML: {e}") from e
     if not isinstance(sweep, dict) or "parameters" not in sweep or "method" not in sweep:
         raise UsageError(f"Sweep file {path} lacks `method` and `parameters`; is it a W&B sweep file?")
+    parameters = sweep["parameters"] if isinstance(sweep["parameters"], dict) else {}
+    for name, spec in parameters.items():
+        values = spec.get("values") if isinstance(spec, dict) else None
+        if isinstance(values, list) and len(values) > MAX_VALUES:
+            raise UsageError(f"Sweep file {path}: parameters.{name} has {len(values):,} values, more than "
+                             f"{MAX_VALUES:,}; use a distribution (min/max) instead")
     return sweep

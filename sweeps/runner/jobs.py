@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sweeps.errors import RunnerError
+from sweeps.runner.reasons import mask_paths
 
 KILL_AFTER_S = 30.0  # as the W&B agent: SIGKILL this long after SIGTERM
 
@@ -44,6 +45,11 @@ def _me() -> dict:
 
 
 def failure_reason(log: Path, code: int) -> str:
+    """Why a run failed, with file names masked (mask_paths)."""
+    return mask_paths(_failure_reason(log, code))
+
+
+def _failure_reason(log: Path, code: int) -> str:
     """The `error:` line, else the last line of a traceback, else the exit code."""
     try:
         lines = [ln.rstrip() for ln in log.read_text(errors="replace").splitlines()]

@@ -3,11 +3,12 @@ sampling and storage.
 
 Methods: grid -> every point of the product of the parameters' values, in W&B's order, each
 run once (int_uniform and q_uniform are enumerated as W&B's grid does); the points are
-enqueued into the study one at a time by the runner (the study's sampler is Optuna's
-GridSampler over the same space) so that a point held by another runner or done before a
-restart is never run twice. random -> RandomSampler(seed). bayes -> TPESampler(seed,
-multivariate=True), Optuna's model-based sampler (W&B uses a Gaussian process; both model
-the best value of each run's history).
+enqueued into the study one at a time by the runner, so that a point held by another runner
+or done before a restart is never run twice. random -> RandomSampler. bayes ->
+TPESampler(multivariate=True), Optuna's model-based sampler (W&B uses a Gaussian process;
+both model the best value of each run's history). Both are seeded per trial from (--seed,
+trial number): runners sharing a sweep draw distinct configurations, and one runner's are
+reproducible (sweeps/runner/sampler.py).
 
 Storage: sweep.yaml, optuna.db (or --storage URL) and runs/NNNN/ under the sweep directory;
 one trial per run with the run's facts in user_attrs (see README, "Offline sweeps").
@@ -95,6 +96,20 @@ def check_sweep(sweep: dict, root: Path) -> dict:
     return space
 
 
+def check_not_lost(store: Storage, sweep_dir: Path, shown_url: str) -> None:
+    """A study with no trials next to run records: the storage was lost (an optuna.db truncated
+    to 0 bytes, deleted, or another --storage). Starting afresh would repeat every finished run."""
+    records = list(sweep_dir.glob("runs/*/run.json"))
+    if records and not store.trials():
+        raise RunnerError(
+            f"{sweep_dir} holds {len(records)} run record(s) (runs/*/run.json) but the sweep storage {shown_url} "
+            "holds none of their trials: the storage was lost, emptied or truncated (or --storage names "
+            "another one), and starting over would run every finished run again. Restore the storage "
+            f"(e.g. optuna.db from a backup) or give the --storage the sweep used; to start afresh, move "
+            f"{sweep_dir / 'runs'} aside or give another --out. `python -m sweeps best {sweep_dir}` still "
+            "lists the finished runs from their run.json files.")
+
+
 def run_offline(sweep: dict, args: argparse.Namespace) -> int:
     sweep_file = getattr(args, "sweep_file", None)
     name = check_name(str(sweep.get("name") or (Path(sweep_file).stem if sweep_file else "sweep")))
@@ -140,6 +155,7 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise RunnerError(f"cannot open sweep storage {mask_password(url)}: {type(e).__name__}: "
                           f"{mask_password(first)}") from None
+    check_not_lost(store, sweep_dir, mask_password(url))
     try:
         write_atomic(sweep_yaml, yaml.safe_dump(sweep, sort_keys=False))
     except OSError as e:

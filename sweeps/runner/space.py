@@ -174,9 +174,12 @@ def build_space(sweep: dict) -> Space:
 
 def make_sampler(space: Space, seed: Optional[int]):
     """grid: the runner enqueues every point itself (fixed parameters), so the sampler is never
-    asked; Optuna's GridSampler is not used, since it fails on trials it did not plan."""
+    asked; Optuna's GridSampler is not used, since it fails on trials it did not plan.
+    random/bayes: seeded per trial from (seed, trial number), see sweeps/runner/sampler.py."""
     import optuna
 
+    from sweeps.runner.sampler import PerTrialSeed
+
     if space.method == "bayes":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-    return optuna.samplers.RandomSampler(seed=seed)
+        return PerTrialSeed(lambda s: optuna.samplers.TPESampler(seed=s, multivariate=True), seed)
+    return PerTrialSeed(lambda s: optuna.samplers.RandomSampler(seed=s), seed)

@@ -28,7 +28,26 @@ def driver_url(url: str) -> str:
 
 
 def mask_password(text: str) -> str:
-    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+    """`text` with the password of every URL in it masked by SQLAlchemy's own rendering
+    (user:***@, :***@; user:p@ss@ and user:a/b@ too), and secret parameters masked
+    (?password=***, sslpassword=, passwd=, pwd=, token=, secret=, key= ..., also libpq's `k=v`)."""
+    return _SECRET.sub(r"\1\2***", _URL.sub(lambda m: _mask_url(m.group()), text))
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,:;)\]]")  # not a trailing "." or ":"
+_USERINFO = re.compile(r"^([^:]+://[^:@/]*:)[^\s]*@")  # up to the last @: a password may hold @ or /
+_SECRET = re.compile(r"(?i)(?<![\w-])([\w-]*(?:password|passwd|pwd|secret|token|key|credential)[\w-]*)"
+                     r"(\s*=\s*)([^\s&;'\"]+)")
+
+
+def _mask_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: the pattern below still masks user:password@
+        pass
+    return _USERINFO.sub(r"\1***@", url)
 
 
 class Storage:

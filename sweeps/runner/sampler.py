@@ -1,0 +1,52 @@
+"""A sampler seeded per trial, so that runners sharing a sweep draw different configurations.
+
+Optuna's samplers draw from their own random generator: two runners started with the same
+`--seed` on one study would draw the same sequence, each configuration twice. Here the
+sampler is made anew for every trial with a seed derived from (seed, trial number). Trial
+numbers are unique within a study, whichever runner asks, so runners draw distinct
+configurations; one runner with one seed gets the same trial numbers, hence the same
+configurations, every time. A random sweep's trial N draws the same configuration whether
+one runner or several ran the trials before it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any, Optional
+
+import optuna
+from optuna.samplers import BaseSampler
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """A 32-bit seed for trial `number` of a sweep run with `--seed seed`."""
+    return random.Random(f"{seed}/{number}").getrandbits(32)
+
+
+class PerTrialSeed(BaseSampler):
+    """Delegates to `make(seed)`, made again in before_trial with trial_seed(seed, number)."""
+
+    def __init__(self, make: Callable[[Optional[int]], BaseSampler], seed: Optional[int]) -> None:
+        self._make, self._seed = make, seed
+        self._sampler = make(seed)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self._seed is not None:
+            self._sampler = self._make(trial_seed(self._seed, trial.number))
+        self._sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space: dict) -> dict:
+        return self._sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name: str, param_distribution) -> Any:
+        return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._sampler.reseed_rng()
