@@ -406,3 +406,15 @@ def test_cli_with_an_unwritable_run_root(how, tmp_path):
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "error: cannot create a run directory" in done.stderr, done.stderr[-3000:]
     assert str(root) in done.stderr and "--run.root" in done.stderr
+
+
+def test_cli_with_an_unwritable_inherited_run_dir(tmp_path):
+    """XRAY_RUN_DIR (set by the offline runner, or by hand to resume) where no directory can be made."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", XRAY_RUN_DIR=str(blocker / "run"))
+    done = subprocess.run([sys.executable, "cli.py", "fit", "--config", "configs/demo.yaml",
+                           f"--data.root={tmp_path / 'data'}", "--demo.body_part=null"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "error: cannot create a run directory" in done.stderr

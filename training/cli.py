@@ -51,7 +51,7 @@ from training.evaluate import (
 )
 from training.loggers import default_loggers, finish_wandb, update_summary
 from training.options import CVOptions, DemoOptions, EvalOptions, RunOptions
-from training.rundir import RUN_DIR_ENV, make_run_dir
+from training.rundir import RUN_DIR_ENV, RunDirError, make_run_dir
 
 log = logging.getLogger("cli")
 _CREATED_RUN_DIRS: list[Path] = []  # removed again when a run fails before writing anything
@@ -140,7 +140,10 @@ class XrayCLI(LightningCLI):
         inherited = os.environ.get(RUN_DIR_ENV)
         if inherited:
             self.run_dir = Path(inherited)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise RunDirError(self.run_dir, e) from None
         else:
             configs = cfg.get("config") or []
             experiment = cfg.run.experiment or (Path(str(configs[0])).stem if configs else "default")
