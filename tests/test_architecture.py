@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, ROOT
 
-PACKAGES = ("cli", "training", "models", "datamodules", "sweeps")
+PACKAGES = ("cli", "training", "models", "datamodules", "sweeps", "evaluation")
 
 
 def _module_name(path: Path) -> str:
@@ -95,6 +95,13 @@ def test_in_run_contract_imports_nothing_from_the_orchestration():
     for module in contract:
         for dep in graph[module]:
             assert dep.startswith("sweeps.contract") or dep.split(".")[0] in ("models", "datamodules"), (module, dep)
+
+
+def test_evaluation_is_pure_statistics():
+    graph = project_imports()
+    for module, deps in graph.items():
+        if module.startswith("evaluation"):
+            assert all(d.startswith("evaluation") for d in deps), (module, deps)
 
 
 def test_training_and_cli_use_only_the_contract_of_sweeps():
