@@ -164,3 +164,18 @@ def test_bad_threshold_spec_is_refused_naming_the_option(value, expected, fit_ar
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and expected in err and value in err and "Traceback" not in err
+
+
+def test_without_patient_ids_each_image_is_its_own_patient_and_the_report_says_so(fit_args, hand_data, tmp_path,
+                                                                                  caplog):
+    import shutil
+
+    copy = tmp_path / "nopid"
+    shutil.copytree(hand_data, copy)
+    lines = (copy / "manifest.csv").read_text().splitlines()
+    (copy / "manifest.csv").write_text("\n".join(",".join(line.split(",")[:2]) for line in lines) + "\n")
+    args = [a if not a.startswith("--data.root=") else f"--data.root={copy}" for a in fit_args("configs/demo.yaml")]
+    cli = cli_main([*args, *FAST, "--eval.patient_aggregation=max"])
+    report = _report(cli.run_dir)
+    assert report["ci"]["resampling_unit"] == "image (no patient ids)" and report["patient_level"] is None
+    assert "no patient_id" in caplog.text

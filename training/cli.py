@@ -239,8 +239,16 @@ class XrayCLI(LightningCLI):
 
     # ---- evaluation: the operating point from validation, the test report ----------------------
 
-    def _patient_ids(self, split: str) -> list[str]:
-        return [r.patient_id for r in self.datamodule.records_of(split)]
+    def _patient_ids(self, split: str) -> Optional[list[str]]:
+        """Patient of each image of `split`; None when the data names no patients (each image
+        is then its own patient, and the report says so)."""
+        records = self.datamodule.records_of(split)
+        if all(r.patient_id == r.rel for r in records):
+            log.warning("eval: the data has no patient_id, so each image counts as its own patient; if patients "
+                        "have several images (both hands, views), the intervals are too narrow and there are no "
+                        "patient-level figures. Add a patient_id column to the manifest.")
+            return None
+        return [r.patient_id for r in records]
 
     def _predict_row(self, index: int) -> tuple[str, str]:
         record = self.datamodule.records_of("predict")[index]

@@ -207,8 +207,8 @@ class CrossValidation:
             probs.append(point.probabilities(o["test_logits"][[row_of[r] for r in order]]))
         records = [by_rel[r] for r in order]
         labels = np.array([cli.datamodule.class_index[r.label] for r in records])
-        report = test_report_of(np.mean(probs, axis=0), labels, [r.patient_id for r in records], cli.model.class_names,
-                                point, cfg.eval)
+        ids = None if all(r.patient_id == r.rel for r in records) else [r.patient_id for r in records]
+        report = test_report_of(np.mean(probs, axis=0), labels, ids, cli.model.class_names, point, cfg.eval)
         report["ensemble"] = {"folds": self.folds, "how": "mean of the folds' probabilities",
                               "fold_test": [_fold_figures(fold_dir(self.run_dir, i)) for i in range(self.folds)]}
         return report

@@ -139,10 +139,12 @@ def calibration_summary(logits: np.ndarray, labels: np.ndarray, point: Operating
             "brier": float(brier_score(probs, labels)), "reliability": reliability_bins(probs, labels, n_bins)}
 
 
-def test_report_of(probs: np.ndarray, labels: np.ndarray, patient_ids: Sequence[str], class_names: Sequence[str],
+def test_report_of(probs: np.ndarray, labels: np.ndarray, patient_ids: Optional[Sequence[str]],
+                   class_names: Sequence[str],
                    point: OperatingPoint, options: EvalOptions) -> dict:
     """The test report (evaluation.build_report) at the operating point, with its temperature."""
-    report = build_report(probs, labels, np.asarray(patient_ids, dtype=object), list(class_names),
+    ids = None if patient_ids is None else np.asarray(patient_ids, dtype=object)
+    report = build_report(probs, labels, ids, list(class_names),
                           point.threshold if probs.shape[1] == 2 else None,
                           n_resamples=options.bootstrap_resamples, seed=options.bootstrap_seed,
                           patient_aggregation=options.patient_aggregation)
@@ -176,7 +178,8 @@ def publish_report(report: dict, run_dir: Path, trainer: pl.Trainer, class_names
 class EvaluationReport(Callback):
     """The test report of every test of the run, from the outputs the model gathered."""
 
-    def __init__(self, run_dir: Path, options: EvalOptions, patient_ids: Callable[[str], Sequence[str]]) -> None:
+    def __init__(self, run_dir: Path, options: EvalOptions,
+                 patient_ids: Callable[[str], Optional[Sequence[str]]]) -> None:
         self.run_dir, self.options, self.patient_ids = Path(run_dir), options, patient_ids
         self.report: Optional[dict] = None
 
@@ -186,7 +189,8 @@ class EvaluationReport(Callback):
             return
         point: OperatingPoint = pl_module.operating_point or OperatingPoint(None)
         probs = point.probabilities(outputs["logits"])
-        ids = np.asarray(self.patient_ids("test"), dtype=object)[outputs["index"]]
+        ids = self.patient_ids("test")
+        ids = None if ids is None else np.asarray(ids, dtype=object)[outputs["index"]]
         report = test_report_of(probs, outputs["labels"], ids, pl_module.class_names, point, self.options)
         val = pl_module.epoch_outputs.get("val")
         report["validation_calibration"] = calibration_summary(val["logits"], val["labels"], point) \
