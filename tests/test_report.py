@@ -18,6 +18,9 @@ def _check_offline(text: str) -> None:
     assert len(PLOTLY_JS_BANNER.findall(text)) == 1  # plotly.js inline, exactly once
     assert not re.search(r"<script[^>]*\bsrc=", text)  # nothing loaded from anywhere
     assert "cdn.plot.ly/plotly" not in text
+    first_figure = text.find('class="plotly-graph-div"')
+    if first_figure >= 0:  # a figure placed before plotly.js would stay blank in the browser
+        assert PLOTLY_JS_BANNER.search(text).start() < first_figure
 
 
 def test_report(tmp_path):

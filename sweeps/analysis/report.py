@@ -232,6 +232,9 @@ def render(sweep_dir: Path, sweep: dict, runs: list[dict]) -> str:
     best = best_run(sweep, runs)
     name = str(sweep.get("name") or sweep_dir.name)
     sections = [("summary", "Summary", summary_html(sweep, runs, best, sweep_dir))]
+    if best is not None:  # rendered in page order: the first figure on the page carries plotly.js
+        sections.append(("test", f"Test figures of the best run ({html.escape(best['name'])})",
+                         section_html(read_test_report(sweep_dir, best), figure, _table)))
 
     if done:
         sections.append(("history", "Optimization history", figure(history_figure(sweep, runs))))
@@ -260,10 +263,6 @@ def render(sweep_dir: Path, sweep: dict, runs: list[dict]) -> str:
             f'<li class="failed">{html.escape(r["name"])}: {html.escape(r["state"])}'
             f'{html.escape(" - " + scrub(r["reason"])) if r["reason"] else ""}</li>' for r in failed) + "</ul>"
     sections.append(("curves", "Learning curves", body))
-
-    if best is not None:
-        sections.insert(1, ("test", f"Test figures of the best run ({html.escape(best['name'])})",
-                            section_html(read_test_report(sweep_dir, best), figure, _table)))
 
     rows = runs_table(sweep, runs)
     rows = [rows[0], *([r[0], scrub(r[1]), *r[2:]] for r in rows[1:])]
