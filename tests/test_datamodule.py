@@ -107,7 +107,7 @@ def test_constructing_the_data_module_writes_nothing(tmp_path):
 
 
 def test_demo_data_is_generated_on_first_use_by_the_cli(tmp_path):
-    from training.cli import ensure_demo_data
+    from training.setup import ensure_demo_data
     from training.options import DemoOptions
 
     ensure_demo_data(str(tmp_path / "demo"), DemoOptions(body_part="foot", count=12, size=48), seed=0)

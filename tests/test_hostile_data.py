@@ -192,11 +192,13 @@ def test_confusion_and_prediction_csv_cells_are_spreadsheet_safe(tmp_path):
                                                       ["-1", "1", "2"]]  # fmt: skip
 
     records = [Record(Path("x"), "@evil.png", "=1+1", "p")]
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(predict_records=lambda: records), global_rank=0, world_size=1)
-    writer = PredictionWriter(tmp_path)
-    writer.write_on_epoch_end(trainer, SimpleNamespace(class_names=names),
-                              [{"index": torch.tensor([0]), "probs": torch.tensor([[0.9, 0.1]])}], None)  # fmt: skip
-    assert _read_rows(tmp_path / "predictions.csv")[1] == ["'@evil.png", "'=1+1", "'=1+1", "0.900000", "0.100000"]
+    trainer = SimpleNamespace(global_rank=0, world_size=1)
+    writer = PredictionWriter(tmp_path, rows=lambda i: (records[i].rel, records[i].label))
+    writer.write_on_epoch_end(trainer, SimpleNamespace(class_names=names, operating_point=None),
+                              [{"index": torch.tensor([0]), "logits": torch.log(torch.tensor([[0.9, 0.1]]))}], None)
+    rows = _read_rows(tmp_path / "predictions.csv")
+    assert rows[0] == ["path", "label", "prob_'=1+1", "prob_-1", "threshold", "predicted"]
+    assert rows[1] == ["'@evil.png", "'=1+1", "0.900000", "0.100000", "0.5", "'=1+1"]
 
 
 def test_label_variants_that_look_the_same_are_one_class(tmp_path):
