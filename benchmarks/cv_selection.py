@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--images", type=int, default=240)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="tiny images and epochs (seconds per run)")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     epochs = 1 if args.quick else args.epochs
     data = work / "data"
     common = ["--config", "configs/demo.yaml", f"--data.root={data}", "--demo.body_part=hand",
-              f"--demo.count={args.images}", "--demo.size=96", "--demo.severity=1.5", f"--data.image_size={size}",
+              f"--demo.count={args.images}", "--demo.size=128", "--demo.severity=2.0", f"--data.image_size={size}",
               "--data.batch_size=16", f"--trainer.max_epochs={epochs}", "--run.wandb=disabled",
               "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
               "--eval.bootstrap_resamples=200", "--data.val_fraction=0.15", "--data.test_fraction=0.3"]
