@@ -4,6 +4,7 @@ so that runs take a fraction of a second."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,11 +15,13 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Optional
 
 import optuna
 import pytest
 import yaml
 
+from sweeps.contract.history import read_history
 from sweeps.main import main
 from sweeps.runner import agent_argv, build_space
 from sweeps.runner import runner as runner_loop
@@ -28,18 +31,46 @@ ROOT = Path(__file__).resolve().parents[1]
 METRIC = "val/score"
 
 FAKE_CLI = r'''
-import json, os, signal, sys, time
+import json, os, signal, sys, threading, time, zipfile
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
 stop = []
-signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))
+signal.signal(signal.SIGTERM, lambda s, f: stop.append("SIGTERM"))
+lifeline = os.environ.pop("XRAY_RUNNER_LIFELINE", None)  # cli.py's contract: stop when the runner is gone
+if lifeline:
+    def watch(fd=int(lifeline)):
+        while os.read(fd, 1):
+            pass
+        stop.append("lifeline")
+    threading.Thread(target=watch, daemon=True).start()
 run_dir = os.environ["XRAY_RUN_DIR"]
+ckpt_dir, history = os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, "sweep_history.jsonl")
 with open(os.path.join(run_dir, "env.json"), "w") as f:
     json.dump({"argv": sys.argv, "python": sys.executable, "pid": os.getpid(),
-               **{k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "WANDB_MODE", "WANDB_PROJECT")}}, f)
+               **{k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "WANDB_MODE", "WANDB_PROJECT",
+                                                 "XRAY_RUNNER_LIFELINE")}}, f)
+def save(epoch):  # last.ckpt: a zip, as torch.save writes; "epoch" is the next epoch to train
+    os.makedirs(ckpt_dir, exist_ok=True)
+    with zipfile.ZipFile(os.path.join(ckpt_dir, "tmp.ckpt"), "w") as z:
+        z.writestr("state.json", json.dumps({"epoch": epoch}))
+    os.replace(os.path.join(ckpt_dir, "tmp.ckpt"), os.path.join(ckpt_dir, "last.ckpt"))
+def rows():
+    return [json.loads(line) for line in open(history)] if os.path.exists(history) else []
 metric = args.get("sweep.metric", "val/score")
 x = float(args.get("x", 0.5))
 mode = args.get("mode", "ok")
 epochs, delay = int(args.get("epochs", 3)), float(args.get("delay", 0.02))
+start = 0
+if "ckpt_path" in args:
+    try:
+        with zipfile.ZipFile(args["ckpt_path"]) as z:
+            start = json.loads(z.read("state.json"))["epoch"]
+    except Exception as e:
+        print(f"cannot resume from the checkpoint ({e}): training starts over from epoch 0")
+    kept = [r for r in rows() if "phase" not in r and r["epoch"] < start]
+    with open(history, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+with open(os.path.join(run_dir, "starts.jsonl"), "a") as f:
+    f.write(json.dumps({"pid": os.getpid(), "epoch": start, "time": time.time()}) + "\n")
 if mode == "error":
     print("error: model.lr must be positive, got -1", file=sys.stderr)
     sys.exit(2)
@@ -47,14 +78,25 @@ if mode == "crash":
     raise RuntimeError("CUDA out of memory (fake)")
 if mode == "kill":
     os.kill(os.getpid(), signal.SIGKILL)
-for epoch in range(epochs):
+with open(history, "a") as f:
+    f.write(json.dumps({"phase": "fit", "epochs": epochs}) + "\n")
+for epoch in range(start, epochs):
     end = time.time() + delay
     while time.time() < end and not stop:
         time.sleep(0.01)
     if stop:
+        save(epoch)
+        with open(os.path.join(run_dir, "stopped.json"), "w") as f:
+            json.dump({"by": stop[0], "epoch": epoch, "time": time.time()}, f)
         sys.exit(0)
-    with open(os.path.join(run_dir, "sweep_history.jsonl"), "a") as f:
+    with open(history, "a") as f:
         f.write(json.dumps({"epoch": epoch, "step": epoch, metric: x * (1 + epoch) / epochs}) + "\n")
+    save(epoch + 1)
+with open(history, "a") as f:
+    f.write(json.dumps({"phase": "after_fit", "epoch": epochs}) + "\n")
+time.sleep(float(args.get("test_delay", 0)))  # the test after fit; a stop now does not cut it
+with open(os.path.join(run_dir, "test.json"), "w") as f:
+    json.dump({"stopped_during_test": bool(stop)}, f)
 while mode == "hang" and not stop:
     time.sleep(0.05)
 '''
@@ -280,30 +322,67 @@ def _run_states(out: Path) -> list[str]:
     return states
 
 
-def test_resume_after_sigkill(fake, tmp_path, monkeypatch):
+def _alive(pid: int) -> bool:
+    """A process that is not a zombie (a run of a killed runner is nobody's child to reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _going(out: Path) -> Optional[dict]:
+    """run.json of a running run that has finished at least one epoch."""
+    for path in out.glob("runs/*/run.json"):
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            record = json.loads(path.read_text())
+            if record["state"] == "running" and read_history(path.parent / "sweep_history.jsonl", METRIC):
+                return record
+    return None
+
+
+def test_resume_after_sigkill(fake, tmp_path):
+    """SIGKILL of the runner: its run notices at once (the lifeline), saves its checkpoint and
+    exits 0; the sweep started again retries that trial (its heartbeat stopped) and continues
+    the run from its checkpoint, in its directory, with one continuous history; every point
+    runs once and nothing finished is lost."""
     xs = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
-    sweep = fake({"x": {"values": xs}, "epochs": {"value": 4}, "delay": {"value": 0.15}})
+    sweep = fake({"x": {"values": xs}, "epochs": {"value": 6}, "delay": {"value": 0.15}})
     sweep_file = write(tmp_path, sweep)
-    proc = _runner(tmp_path, sweep_file)
+    proc = _runner(tmp_path, sweep_file, "--heartbeat", "1")
     out = tmp_path / "out"
-    _wait_for(lambda: _run_states(out).count("finished") >= 2 and "running" in _run_states(out))
+    _wait_for(lambda: _run_states(out).count("finished") >= 2 and _going(out))
     proc.kill()
+    killed = time.monotonic()
     proc.wait()
-    orphan = json.loads(next(p for p in out.glob("runs/*/run.json")
-                             if json.loads(p.read_text())["state"] == "running").read_text())
-    monkeypatch.setattr(runner_loop, "KILL_AFTER_S", 5.0)
+    orphan = _going(out) or next(json.loads(p.read_text()) for p in out.glob("runs/*/run.json")
+                                 if json.loads(p.read_text())["state"] == "running")
+    _wait_for(lambda: not _alive(orphan["child"]["pid"]), timeout=35)
+    outlived = time.monotonic() - killed
+    run_dir = out / orphan["run_dir"]
+    stopped = json.loads((run_dir / "stopped.json").read_text())
+    assert stopped["by"] == "lifeline" and outlived < 5, (stopped, outlived)
+    print(f"the run outlived its SIGKILLed runner by {outlived:.2f} s")
     before = {t.number: t.value for t in load(tmp_path) if t.state == optuna.trial.TrialState.COMPLETE}
-    assert main(["run", sweep_file, "--out", str(out), "--quiet"]) == 0
+    assert main(["run", sweep_file, "--out", str(out), "--quiet", "--heartbeat", "1"]) == 0
     trials = load(tmp_path)
     assert sorted(points(trials)) == [(x,) for x in xs]  # every point once, none lost or repeated
     assert all({t.number: t.value for t in trials}[n] == v for n, v in before.items())  # finished kept
-    interrupted = [t for t in trials if t.user_attrs.get("state") == "interrupted"]
-    assert len(interrupted) == 1 and interrupted[0].state == optuna.trial.TrialState.FAIL
-    rerun = [t for t in trials if t.user_attrs.get("rerun_of") == interrupted[0].number]
-    assert len(rerun) == 1 and rerun[0].user_attrs["state"] == "finished"
-    assert rerun[0].user_attrs["run_dir"] != interrupted[0].user_attrs["run_dir"]
-    with pytest.raises(ProcessLookupError):  # the orphaned run was stopped, not left running
-        os.kill(orphan["child"]["pid"], 0)
+    dead = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.number for t in dead] == [orphan["trial"]]
+    rerun = [t for t in trials if t.user_attrs.get("rerun_of") == orphan["trial"]]
+    assert len(rerun) == 1 and rerun[0].user_attrs["state"] == "finished" and rerun[0].user_attrs["resumed"]
+    assert rerun[0].user_attrs["run_dir"] == orphan["run_dir"]  # continued in place, from its checkpoint
+    x = rerun[0].user_attrs["params"]["x"]
+    curve = [x * (1 + e) / 6 for e in range(6)]
+    assert rerun[0].user_attrs["history"] == pytest.approx(curve)  # one row per epoch, none twice
+    assert rerun[0].intermediate_values == pytest.approx(dict(enumerate(curve)))  # optuna-dashboard's curve
+    starts = [json.loads(line)["epoch"] for line in (run_dir / "starts.jsonl").read_text().splitlines()]
+    assert starts == [0, stopped["epoch"]] and stopped["epoch"] >= 1  # lost at most the epoch in progress
+    assert "--ckpt_path=" + str(run_dir.resolve() / "checkpoints" / "last.ckpt") in rerun[0].user_attrs["argv"]
+    from sweeps.analysis import load_offline_runs
+
+    _, runs = load_offline_runs(out)
+    assert {r["number"]: r["state"] for r in runs}[orphan["trial"]] == "interrupted"
 
 
 def test_interrupt_stops_runs_and_a_rerun_continues(fake, tmp_path):

@@ -37,6 +37,7 @@ from sweeps.contract import (
     SweepMetric,
     SweepOptions,
     apply_conditions,
+    watch_runner,
 )
 from sweeps.contract.lightning_adapter import ddp_children
 from training.evaluate import (
@@ -49,7 +50,7 @@ from training.evaluate import (
 )
 from training.loggers import default_loggers, finish_wandb, update_summary
 from training.options import DemoOptions, EvalOptions, RunOptions
-from training.rundir import RUN_DIR_ENV, make_run_dir
+from training.rundir import RUN_DIR_ENV, checkpoint_problem, make_run_dir, resumed_run_dir
 
 log = logging.getLogger("cli")
 _CREATED_RUN_DIRS: list[Path] = []  # removed again when a run fails before writing anything
@@ -127,9 +128,15 @@ class XrayCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
         inherited = os.environ.get(RUN_DIR_ENV)
-        if inherited:
-            self.run_dir = Path(inherited)
+        resumed = resumed_run_dir(cfg.get("ckpt_path")) if self.subcommand == "fit" else None
+        if self.subcommand == "fit" and cfg.get("ckpt_path"):
+            self._resume(cfg)
+        if inherited or resumed:
+            self.run_dir = Path(inherited) if inherited else resumed
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if resumed and not inherited:
+                os.environ[RUN_DIR_ENV] = str(self.run_dir)  # for DDP children
+                self._set_env = True
         else:
             configs = cfg.get("config") or []
             experiment = cfg.run.experiment or (Path(str(configs[0])).stem if configs else "default")
@@ -140,6 +147,16 @@ class XrayCLI(LightningCLI):
             self._set_env = True
         cfg.trainer.default_root_dir = str(self.run_dir)
         ensure_demo_data(cfg.data.root, cfg.demo, seed=cfg.data.split_seed)
+
+    def _resume(self, cfg) -> None:
+        """`fit --ckpt_path`: continue that run; its directory may already hold config.yaml.
+        An unreadable checkpoint starts the training over, saying so (every rank decides the
+        same, from the same file and argv)."""
+        self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
+        problem = checkpoint_problem(str(cfg.ckpt_path))
+        if problem is not None:
+            log.warning("cannot resume from the checkpoint (%s): training starts over from epoch 0", problem)
+            cfg.ckpt_path = None
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         cfg = self.config_init[self.subcommand]
@@ -157,9 +174,10 @@ class XrayCLI(LightningCLI):
             save_last=True,
         )
         metric = sweep.metric or run.monitor
+        self.guard = RunGuard(self.run_dir / "checkpoints")
         callbacks: list[Callback] = [
             self.checkpoint,
-            RunGuard(self.run_dir / "checkpoints"),
+            self.guard,
             SweepMetric(metric, sweep.objective, self.run_dir / HISTORY_FILE),
             ConfusionWriter(self.run_dir),
             EvaluationReport(self.run_dir, cfg.eval, self._patient_ids),
@@ -176,7 +194,7 @@ class XrayCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             if StopSignal.requested:
-                raise RunStopped("SIGTERM before training started")
+                raise RunStopped(f"stopped by {StopSignal.reason} before training started")
             super()._run_subcommand(subcommand)
             finish_wandb(self.trainer, exit_code=0)
         except RunStopped:
@@ -189,7 +207,10 @@ class XrayCLI(LightningCLI):
     def _finish_stopped_run(self) -> None:
         """The agent stopped us: close the logs as finished and leave no DDP child behind."""
         trainer = self.trainer
-        log.warning("Run stopped by SIGTERM; last checkpoint in %s", self.run_dir / "checkpoints")
+        log.warning("Run stopped by %s; last checkpoint in %s", StopSignal.reason, self.run_dir / "checkpoints")
+        if getattr(self, "guard", None) is not None and self.guard.training_done:
+            log.warning("Training had ended; the test after fit was skipped because the run was stopped "
+                        "(it did not finish within %.0f s of the stop)", self.guard.finish_grace_s)
         for logger in trainer.loggers:
             logger.save()
         finish_wandb(self.trainer, exit_code=0)
@@ -260,11 +281,14 @@ class XrayCLI(LightningCLI):
             update_summary(self.trainer, summary)
         if not self.config_init[self.subcommand].run.test_after_fit or not self.datamodule.has_split("test"):
             return
+        if StopSignal.requested and not self.guard.grace_left():
+            raise RunStopped(f"stopped by {StopSignal.reason} after training; the test after fit was skipped")
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
 
 
 def cli_main(args: Optional[list[str]] = None) -> XrayCLI:
     StopSignal.install()
+    watch_runner()  # started by the offline runner: stop when it is gone
     _quiet_expected_warnings()
     try:
         return XrayCLI(
