@@ -298,8 +298,9 @@ def test_gpu_slots_env_and_ddp_arguments(fake, tmp_path, monkeypatch):
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and env["WANDB_MODE"] == "offline"
 
 
-def _runner(tmp_path: Path, sweep_file: str, *extra: str, out: str = "out") -> subprocess.Popen:
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+def _runner(tmp_path: Path, sweep_file: str, *extra: str, out: str = "out",
+            env: Optional[dict] = None) -> subprocess.Popen:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", **(env or {}))
     return subprocess.Popen([sys.executable, "-m", "sweeps", "run", sweep_file, "--out", str(tmp_path / out),
                              "--quiet", *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -414,6 +415,168 @@ def test_two_runners_share_sqlite_storage(fake, tmp_path):
     rnd = load(tmp_path, storage=storage, name="rnd")
     assert len(counted(rnd)) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in counted(rnd))
     assert {t.user_attrs["run_dir"] for t in trials} == {f"runs/{t.number:04d}" for t in trials}
+
+
+SITECUSTOMIZE = """
+import os, socket
+if os.environ.get("FAKE_HOSTNAME"):
+    socket.gethostname = lambda: os.environ["FAKE_HOSTNAME"]
+"""
+
+
+def test_a_dead_runner_on_another_host_is_retried_by_a_live_one(fake, tmp_path):
+    """Two runners on one storage, presenting different host names; one is SIGKILLed while its
+    run is going. The live one must see, by Optuna's heartbeat alone, that the trial is dead,
+    fail it and run its configuration again, continuing the run from its checkpoint; every
+    point runs once (--count exact) and the live runner exits 0."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    xs = [round(0.1 * i, 1) for i in range(1, 7)]
+    sweep_file = write(tmp_path, fake({"x": {"values": xs}, "epochs": {"value": 6}, "delay": {"value": 0.25}}))
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    procs = {host: _runner(tmp_path, sweep_file, "--storage", storage, "--heartbeat", "1", out=f"out-{host}",
+                           env={"PYTHONPATH": str(tmp_path / "site"), "FAKE_HOSTNAME": host})
+             for host in ("host-a", "host-b")}
+    _wait_for(lambda: _going(tmp_path / "out-host-a"))
+    procs["host-a"].kill()
+    killed = time.time()
+    procs["host-a"].wait()
+    orphan = _going(tmp_path / "out-host-a")
+    assert orphan is not None and orphan["runner"]["host"] == "host-a"
+    output, _ = procs["host-b"].communicate(timeout=180)
+    assert procs["host-b"].returncode == 0, output
+    trials = load(tmp_path, storage=storage)
+    assert sorted(points(trials)) == [(x,) for x in xs] and len(counted(trials)) == len(xs)
+    dead = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.number for t in dead] == [orphan["trial"]]
+    (rerun,) = [t for t in trials if t.user_attrs.get("rerun_of") == orphan["trial"]]
+    assert rerun.user_attrs["runner"]["host"] == "host-b" and rerun.user_attrs["resumed"]
+    run_dir = Path(rerun.user_attrs["run_path"])
+    assert run_dir == (tmp_path / "out-host-a" / orphan["run_dir"]).resolve()  # A's run, continued by B
+    starts = [json.loads(line) for line in (run_dir / "starts.jsonl").read_text().splitlines()]
+    assert len(starts) == 2 and starts[1]["epoch"] >= 1
+    retried_after = starts[1]["time"] - killed
+    print(f"the dead host's run continued on the live host {retried_after:.1f} s after the kill")
+    assert retried_after < 10  # heartbeat 1 s: failed after 3 missed beats, retried at the next check
+    assert f"run {orphan['trial']:04d} lost its runner" in output
+
+
+def test_hyperband_spares_a_run_that_finished_training(fake, tmp_path):
+    """The worst run reaches the hyperband band at its last epoch: it has finished training and
+    is in its test after fit. It must not be stopped (its test figures would be lost)."""
+    et = {"type": "hyperband", "min_iter": 2, "eta": 2}
+    sweep = fake({"x": {"values": [1.0, 0.9, 0.1]}, "epochs": {"value": 2}, "delay": {"value": 0.1},
+                  "test_delay": {"value": 1.5}}, early_terminate=et)
+    assert run(tmp_path, sweep, "--workers", "1") == 0
+    worst = next(t for t in load(tmp_path) if t.user_attrs["params"]["x"] == 0.1)
+    assert (worst.user_attrs["state"], worst.user_attrs["reason"]) == ("finished", None)
+    test = json.loads((tmp_path / "out" / worst.user_attrs["run_dir"] / "test.json").read_text())
+    assert test == {"stopped_during_test": False}
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_an_interrupted_run_continues_from_its_checkpoint(fake, tmp_path, corrupt):
+    """SIGINT to the runner stops its run cleanly (checkpoint saved); the next start continues
+    that run from the checkpoint in its directory. An unreadable checkpoint: it starts over in a
+    fresh directory, and the runner says so."""
+    sweep_file = write(tmp_path, fake({"x": {"values": [0.3]}, "epochs": {"value": 8}, "delay": {"value": 0.25}}))
+    proc = _runner(tmp_path, sweep_file, "--heartbeat", "1")
+    out = tmp_path / "out"
+    _wait_for(lambda: _going(out))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    first, waiting = load(tmp_path)  # the interrupted trial, and its parameters enqueued again
+    assert first.user_attrs["state"] == "interrupted" and waiting.state == optuna.trial.TrialState.WAITING
+    run_dir = out / first.user_attrs["run_dir"]
+    if corrupt:
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    rerun_proc = _runner(tmp_path, sweep_file)
+    output, _ = rerun_proc.communicate(timeout=120)
+    assert rerun_proc.returncode == 0, output
+    (rerun,) = [t for t in load(tmp_path) if t.user_attrs.get("rerun_of") == first.number]
+    assert rerun.user_attrs["state"] == "finished"
+    assert rerun.user_attrs["history"] == pytest.approx([0.3 * (1 + e) / 8 for e in range(8)])
+    if corrupt:
+        assert "checkpoint" in output and "unreadable" in output and "starts over" in output
+        assert rerun.user_attrs["run_dir"] != first.user_attrs["run_dir"] and not rerun.user_attrs["resumed"]
+    else:
+        assert rerun.user_attrs["run_dir"] == first.user_attrs["run_dir"] and rerun.user_attrs["resumed"]
+        starts = [json.loads(line)["epoch"] for line in (run_dir / "starts.jsonl").read_text().splitlines()]
+        assert starts[0] == 0 and starts[1] >= 1 and len(starts) == 2
+
+
+def test_bad_runner_options_name_the_option(fake, tmp_path, capsys):
+    sweep = fake({"x": {"values": [0.5]}, "epochs": {"value": 1}})
+    cases = [
+        (["--heartbeat", "0.2"], "--heartbeat 0.2 is shorter than the runner's poll interval"),
+        (["--heartbeat", "2.5"], "--heartbeat 2.5: give whole seconds"),
+        (["--storage", "redis://localhost:6379/0"], "--storage redis://localhost:6379/0: it is not a database URL"),
+        (["--storage", "sqlite://"], "an in-memory SQLite database"),
+        (["--trials-per-gpu", "0"], "--trials-per-gpu must be at least 1"),
+        (["--min-free-gpu-mem", "4"], "--min-free-gpu-mem: the runs use no GPU"),
+    ]
+    for extra, message in cases:
+        assert run(tmp_path, sweep, *extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
+        assert not (tmp_path / "out").exists(), extra
+    # runners of one sweep must agree on the heartbeat, or one takes another's live runs for dead
+    assert run(tmp_path, sweep, "--heartbeat", "2") == 0
+    assert run(tmp_path, sweep, "--heartbeat", "3") == 2
+    assert "the runners of this sweep beat every 2 s" in capsys.readouterr().err
+    assert run(tmp_path, sweep) == 0  # without --heartbeat: the sweep's own
+
+
+def test_memory_guard_starts_runs_only_on_gpus_with_free_memory(fake, tmp_path, monkeypatch, capsys):
+    from sweeps.runner import placement
+
+    clock = [1000.0]
+    free = {"0": 20.0, "1": 2.0, "GPU-x": 20.0}
+    guard = placement.GpuMemoryGuard(8, free_gb=lambda: dict(free), settle_s=30, clock=lambda: clock[0])
+    assert guard.blocked(None) is None and guard.blocked("0") is None
+    assert "below --min-free-gpu-mem 8" in guard.blocked("1") and "GPU 1 has 2.0 GB" in guard.blocked("1")
+    assert guard.blocked("0,1") is not None  # a DDP slot needs every GPU of its group
+    guard.started("0")
+    assert "may still be allocating" in guard.blocked("0")  # the run just started there has not allocated yet
+    clock[0] += 31
+    free["0"] = 6.0
+    assert "GPU 0 has 6.0 GB free" in guard.blocked("0")
+    assert guard.blocked("GPU-x") is None  # UUIDs as CUDA_VISIBLE_DEVICES gives them
+    # in the runner: two GPUs, two runs per GPU, GPU 1 nearly full: every run goes to GPU 0
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(placement, "nvidia_smi_free_gb", lambda: {"0": 40.0, "1": 1.5})
+    monkeypatch.setattr(placement, "SETTLE_S", 0.0)
+    sweep = fake({"x": {"values": [0.1, 0.2, 0.3, 0.4]}, "epochs": {"value": 2}})
+    assert run(tmp_path, sweep, "--gpus", "0,1", "--trials-per-gpu", "2", "--min-free-gpu-mem", "8") == 0
+    envs = [json.loads((tmp_path / "out" / t.user_attrs["run_dir"] / "env.json").read_text()) for t in load(tmp_path)]
+    assert len(envs) == 4 and {e["CUDA_VISIBLE_DEVICES"] for e in envs} == {"0"}
+    assert "waiting to start a run: GPU 1 has 1.5 GB free, below --min-free-gpu-mem 8" in capsys.readouterr().out
+
+
+def test_the_lifeline_stops_a_run_whose_runner_died_and_kills_one_that_does_not_stop():
+    """The run's end (sweeps/contract/lifeline.py) in a child process: when the write end closes,
+    the stop flag is set at once; a process that ignores it is killed HARD_STOP_S later."""
+    code = textwrap.dedent("""
+        import os, sys, time
+        from sweeps.contract import lifeline
+        from sweeps.contract.signals import StopSignal
+        lifeline.HARD_STOP_S = float(sys.argv[1])
+        r, w = os.pipe()
+        os.environ[lifeline.LIFELINE_ENV] = str(r)
+        assert lifeline.watch_runner() and lifeline.LIFELINE_ENV not in os.environ  # not for DDP children
+        t0 = time.monotonic()
+        os.close(w)  # the runner is gone
+        while not StopSignal.requested:
+            time.sleep(0.01)
+        print(f"stop {StopSignal.reason} {time.monotonic() - t0:.3f}", flush=True)
+        time.sleep(30)  # ignores the flag
+    """)
+    done = subprocess.run([sys.executable, "-c", code, "0.5"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          start_new_session=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    words = done.stdout.split()
+    assert words[:6] == ["stop", "the", "sweep", "runner", "is", "gone"] and float(words[6]) < 1.0
+    assert "did not stop within" in done.stderr
 
 
 # ---- slow: PostgreSQL storage and the real cli.py ----------------------------------------------

@@ -29,9 +29,10 @@ from sweeps.errors import RunnerError, SweepConfigError
 from sweeps.files.io import write_atomic
 from sweeps.files.params import YACS_ALIASES, cli_parameters, resolve_name
 from sweeps.files.schema import GOALS, check_early_terminate, max_epochs_of
+from sweeps.runner import placement
 from sweeps.runner.jobs import find_root
 from sweeps.runner.launch import gpu_slots, prepare_sweep
-from sweeps.runner.placement import GpuMemoryGuard, nvidia_smi_free_gb
+from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress
 from sweeps.runner.runner import POLL_S, LaunchSettings, Runner
 from sweeps.runner.space import build_space, make_sampler
@@ -69,7 +70,7 @@ def memory_guard(min_free_gb: Optional[float], slots: list[Optional[str]]) -> Op
     if not any(slots):
         raise RunnerError("--min-free-gpu-mem: the runs use no GPU (no visible GPUs, or CUDA_VISIBLE_DEVICES empty)")
     try:
-        nvidia_smi_free_gb()
+        placement.nvidia_smi_free_gb()
     except (OSError, subprocess.SubprocessError) as e:
         raise RunnerError(f"--min-free-gpu-mem needs nvidia-smi to read the GPUs' free memory: {e}") from None
     return GpuMemoryGuard(min_free_gb)
@@ -151,6 +152,10 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
         count = args.count or sweep.get("run_cap") or DEFAULT_COUNT
         if not args.count and not sweep.get("run_cap"):
             print(f"{sweep['method']} sweep: {count} runs (--count N for more)")
+    problem = heartbeat_problem(args.storage) if args.storage else None
+    if problem is not None:
+        raise RunnerError(f"--storage {mask_password(args.storage)}: {problem}; the runners' heartbeats "
+                          "(--heartbeat), which let any runner retry the runs of a dead one, need such a database")
     sweep_dir = Path(args.out or Path("sweep_runs") / name).resolve()
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -162,10 +167,6 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
         if not _same_sweep(previous, sweep):
             raise RunnerError(f"{sweep_dir} holds a different sweep ({sweep_yaml}); give another --out")
     url = args.storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
-    problem = heartbeat_problem(url)
-    if problem is not None:
-        raise RunnerError(f"--storage {mask_password(url)}: {problem}; the runners' heartbeats (--heartbeat), "
-                          "which let any runner retry the runs of a dead one, need such a database")
     direction = "maximize" if sweep["metric"].get("goal") == "maximize" else "minimize"
     try:
         store = Storage(url, name, direction, make_sampler(space, args.seed), heartbeat=heartbeat)

@@ -40,9 +40,11 @@ def nvidia_smi_free_gb() -> dict[str, float]:
 class GpuMemoryGuard:
     """Says why no run may start on a slot now (or None); `started` records a start."""
 
-    def __init__(self, min_free_gb: float, free_gb: Callable[[], dict[str, float]] = nvidia_smi_free_gb,
-                 settle_s: float = SETTLE_S, clock: Callable[[], float] = time.monotonic) -> None:
-        self.min_free_gb, self.free_gb, self.settle_s, self.clock = min_free_gb, free_gb, settle_s, clock
+    def __init__(self, min_free_gb: float, free_gb: Optional[Callable[[], dict[str, float]]] = None,
+                 settle_s: Optional[float] = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.min_free_gb, self.clock = min_free_gb, clock
+        self.free_gb = free_gb or nvidia_smi_free_gb
+        self.settle_s = SETTLE_S if settle_s is None else settle_s
         self._started: dict[str, float] = {}
         self._read_at = -math.inf
         self._free: dict[str, float] = {}
