@@ -66,7 +66,7 @@ if "ckpt_path" in args:
             start = json.loads(z.read("state.json"))["epoch"]
     except Exception as e:
         print(f"cannot resume from the checkpoint ({e}): training starts over from epoch 0")
-    kept = [r for r in rows() if "phase" not in r and r["epoch"] < start]
+    kept = [r for r in rows() if r["epoch"] < start]
     with open(history, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
 with open(os.path.join(run_dir, "starts.jsonl"), "a") as f:
@@ -78,8 +78,10 @@ if mode == "crash":
     raise RuntimeError("CUDA out of memory (fake)")
 if mode == "kill":
     os.kill(os.getpid(), signal.SIGKILL)
-with open(history, "a") as f:
-    f.write(json.dumps({"phase": "fit", "epochs": epochs}) + "\n")
+def training(done):
+    with open(os.path.join(run_dir, "training.json"), "w") as f:
+        json.dump({"epochs": epochs, "done": done}, f)
+training(False)
 for epoch in range(start, epochs):
     end = time.time() + delay
     while time.time() < end and not stop:
@@ -92,8 +94,7 @@ for epoch in range(start, epochs):
     with open(history, "a") as f:
         f.write(json.dumps({"epoch": epoch, "step": epoch, metric: x * (1 + epoch) / epochs}) + "\n")
     save(epoch + 1)
-with open(history, "a") as f:
-    f.write(json.dumps({"phase": "after_fit", "epoch": epochs}) + "\n")
+training(True)
 time.sleep(float(args.get("test_delay", 0)))  # the test after fit; a stop now does not cut it
 with open(os.path.join(run_dir, "test.json"), "w") as f:
     json.dump({"stopped_during_test": bool(stop)}, f)

@@ -1,5 +1,5 @@
 """Every run writes into a directory of its own: runs/<experiment>/<name>/. A run continued
-from its checkpoint (`fit --ckpt_path <run dir>/checkpoints/last.ckpt`) writes into the
+from its last checkpoint (`fit --ckpt_path <run dir>/checkpoints/last.ckpt`) writes into the
 same directory, so that its files, and its sweep-metric history, stay one run."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 RUN_DIR_ENV = "XRAY_RUN_DIR"  # set by the offline runner, and by rank 0 for its DDP children
+LIGHTNING_NAMES = ("last", "best", "hpc")  # ckpt_path values Lightning resolves itself
 
 
 def make_run_dir(root: Path, experiment: str, name: Optional[str]) -> Path:
@@ -35,7 +36,8 @@ def resumed_run_dir(ckpt_path: Optional[str]) -> Optional[Path]:
         return None
     path = Path(ckpt_path).expanduser()
     run_dir = path.parent.parent
-    if path.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file():
+    # last.ckpt continues the run; resuming from another checkpoint (best-*) starts a branch elsewhere
+    if path.name.startswith("last") and path.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file():
         return run_dir.resolve()
     return None
 
@@ -44,6 +46,8 @@ def checkpoint_problem(ckpt_path: str) -> Optional[str]:
     """Why a checkpoint cannot be resumed from (missing, truncated, corrupt), or None.
     torch.save writes a zip archive with a CRC per entry; the archive is checked whole, then
     loaded memory-mapped (tensors are not read), as Lightning will load it."""
+    if ckpt_path in LIGHTNING_NAMES or ckpt_path.startswith("registry"):
+        return None  # Lightning finds these itself
     path = Path(ckpt_path).expanduser()
     if path.is_dir():
         return None  # a sharded checkpoint (FSDP, DeepSpeed): Lightning's own to check

@@ -30,8 +30,8 @@ _EXPORTS = {
     "LIFELINE_ENV": "lifeline",
     "watch_runner": "lifeline",
     "truncate_history": "history",
-    "mark_training_done": "history",
-    "mark_training_start": "history",
+    "TRAINING_FILE": "history",
+    "write_training": "history",
     "training_done": "history",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,8 +1,7 @@
 """sweep_history.jsonl: one JSON line per validation epoch of a run, written by the run and
-read by the offline runner, the analysis and the report. Two more lines tell the runner when
-training is complete (what follows is evaluation, which hyperband must not cut): at the start
-of training {"phase": "fit", "epochs": N} (the validations it will run, when known), and
-after training {"phase": "after_fit"}."""
+read by the offline runner, the analysis and the report. training.json tells the runner when
+training is complete (what follows is evaluation, which hyperband must not cut): the
+validations the run plans ({"epochs": N}, when known) and, after training, {"done": true}."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 HISTORY_FILE = "sweep_history.jsonl"
-FIT, AFTER_FIT = "fit", "after_fit"
+TRAINING_FILE = "training.json"
 
 
 def append_history(path: Path, row: dict) -> None:
@@ -51,14 +50,14 @@ def read_history(path: Path, metric: str) -> list[Optional[float]]:
 
 
 def truncate_history(path: Path, from_epoch: int) -> int:
-    """Drop the rows of epochs >= `from_epoch` (and any after-fit mark): a run resumed from a
+    """Drop the rows of epochs >= `from_epoch`: a run resumed from a
     checkpoint trains those epochs again, and its history must stay one row per epoch.
     Returns how many rows were dropped."""
     path = Path(path)
     if not path.is_file():
         return 0
     rows = _rows(path)
-    kept = [r for r in rows if "phase" not in r and isinstance(r.get("epoch"), int) and r["epoch"] < from_epoch]
+    kept = [r for r in rows if isinstance(r.get("epoch"), int) and r["epoch"] < from_epoch]
     if len(kept) == len(rows):
         return 0
     tmp = path.with_name(path.name + ".tmp")
@@ -70,23 +69,24 @@ def truncate_history(path: Path, from_epoch: int) -> int:
     return len(rows) - len(kept)
 
 
-def mark_training_start(path: Path, epochs: Optional[int]) -> None:
-    append_history(path, {"phase": FIT, "epochs": epochs})
+def write_training(path: Path, epochs: Optional[int], done: bool) -> None:
+    """training.json: the validations this run plans (None: not known) and whether training ended."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"epochs": epochs, "done": done}))
+    os.replace(tmp, path)
 
 
-def mark_training_done(path: Path, epoch: int) -> None:
-    append_history(path, {"phase": AFTER_FIT, "epoch": epoch})
-
-
-def training_done(path: Path, metric: str) -> bool:
-    """Whether the run has finished training: it said so, or it has validated as many times as
-    it planned (its last epoch's row is there; the after-fit line may be a moment away)."""
-    rows = _rows(path)
-    if any(r.get("phase") == AFTER_FIT for r in rows):
-        return True
-    planned = [r.get("epochs") for r in rows if r.get("phase") == FIT]
-    epochs = planned[-1] if planned else None
-    return isinstance(epochs, int) and epochs > 0 and sum(metric in r for r in rows) >= epochs
+def training_done(path: Path, validations: int) -> bool:
+    """Whether a run has finished training: it said so, or it has validated as often as it
+    planned (its last epoch's row is there; the end of fit may be a moment away)."""
+    try:
+        state = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    epochs = state.get("epochs") if isinstance(state, dict) else None
+    return (isinstance(state, dict) and state.get("done") is True) or \
+        (isinstance(epochs, int) and epochs > 0 and validations >= epochs)
 
 
 def best_of(history: list, goal: str) -> Optional[float]:

@@ -7,8 +7,8 @@ validation epoch on rank 0 with `epoch` in it; this callback adds a combined obj
 that same row, checks that the metric is one the model logs, warns when validation runs more
 or less than once per epoch, and appends each value to `sweep_history.jsonl` in the run
 directory for the offline runner. A run resumed from a checkpoint first drops the rows of the
-epochs it trains again, so that the history stays one row per epoch. The planned epochs and the
-end of training are marked there too (the runner's hyperband leaves a trained run alone).
+epochs it trains again, so that the history stays one row per epoch. training.json next to it
+says how many epochs the run plans and when training ended (hyperband leaves such a run alone).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from sweeps.contract.history import append_history, mark_training_done, mark_training_start, truncate_history
+from sweeps.contract.history import TRAINING_FILE, append_history, truncate_history, write_training
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,12 @@ class SweepMetric(Callback):
                             trainer.current_epoch, dropped, self.history_file.name)
             once_per_epoch = trainer.val_check_interval == 1.0 and (trainer.check_val_every_n_epoch or 1) == 1
             epochs = trainer.max_epochs if once_per_epoch and trainer.max_steps == -1 else None
-            mark_training_start(self.history_file, epochs if epochs and epochs > 0 else None)
+            write_training(self.history_file.with_name(TRAINING_FILE), epochs if epochs and epochs > 0 else None,
+                           done=False)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.history_file is not None and trainer.is_global_zero and not trainer.interrupted:
-            mark_training_done(self.history_file, trainer.current_epoch)
+            write_training(self.history_file.with_name(TRAINING_FILE), trainer.max_epochs, done=True)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.objective or trainer.sanity_checking or trainer.state.fn != "fit":

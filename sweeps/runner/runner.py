@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from sweeps.contract.history import HISTORY_FILE, best_of, read_history, training_done
+import sweeps.runner.recovery as recovery
+from sweeps.contract.history import HISTORY_FILE, TRAINING_FILE, best_of, read_history, training_done
 from sweeps.files.io import write_json_atomic
 from sweeps.hyperband import hyperband_stop
-from sweeps.runner import recovery
 from sweeps.runner.jobs import CHECKPOINT, KILL_AFTER_S, Job, fresh_run_dir, owner, resume_point
 from sweeps.runner.launch import agent_argv, child_env
 from sweeps.runner.liveness import Heartbeat, Lifeline, quiet_heartbeat_warnings, retry_attrs
 from sweeps.runner.placement import GpuMemoryGuard
-from sweeps.runner.progress import Progress, format_params
+from sweeps.runner.progress import Progress, format_params, tally
 from sweeps.runner.space import Space
 from sweeps.runner.storage import GRACE_BEATS, Storage
 
@@ -66,6 +66,7 @@ class Runner:
         self.me = owner()
         self.jobs: dict[int, Job] = {}
         self.others = 0  # trials other runners are running (they may need a retry)
+        self.finished_at = 0.0  # time.monotonic() when our last run ended
         self.failures_in_row = 0
         self.stopping: Optional[str] = None  # why no more runs are launched
         self.exit_code = 0
@@ -209,7 +210,7 @@ class Runner:
                         job.trial.report(history[step], step)
             job.reported = len(history)
         if history and not job.trained:
-            job.trained = training_done(path, self.metric)
+            job.trained = training_done(job.run_dir / TRAINING_FILE, len(history))
 
     def apply_hyperband(self) -> None:
         trials = self.trials()
@@ -231,6 +232,7 @@ class Runner:
 
         job.kill_group()  # nothing of a finished run may linger (DDP children, GPU memory)
         self.heart.discard(job.trial_id)
+        self.finished_at = time.monotonic()
         self._read(job)
         state, reason = job.outcome(code)
         value = best_of(job.history, self.goal) if state in ("finished", "stopped") else None
@@ -262,22 +264,8 @@ class Runner:
             self.failures_in_row = 0
 
     def refresh(self) -> None:
-        from optuna.trial import TrialState
-
-        counts = {"finished": 0, "stopped": 0, "failed": 0, "running": 0}
-        best = None
-        for t in self.trials():
-            state = t.user_attrs.get("state")
-            if t.state == TrialState.RUNNING and state == "running":
-                counts["running"] += 1
-            elif state in COUNTED and t.state.is_finished():
-                counts[state] += 1
-            if t.state == TrialState.COMPLETE and t.value is not None:
-                better = best is None or (t.value > best[0] if self.goal == "maximize" else t.value < best[0])
-                if better:
-                    best = (t.value, t.user_attrs.get("params") or t.params, t.user_attrs.get("run_dir", ""))
-        self.best = best
-        self.progress.update(counts, best)
+        counts, self.best = tally(self.trials(), self.goal)
+        self.progress.update(counts, self.best)
 
     # -- main loop
     def run(self) -> int:
@@ -313,6 +301,10 @@ class Runner:
                 if time.monotonic() - last_refresh > 2:
                     self.refresh()
                     last_refresh = time.monotonic()
+                if not self.jobs and exhausted and not self.stopping and last_recover < self.finished_at:
+                    self.recover()  # before leaving: are other runners' runs still going?
+                    last_recover, exhausted = time.monotonic(), False
+                    continue
                 if not self.jobs and (self.stopping or (exhausted and not self.others)):
                     break
                 if not self.jobs and exhausted and not waiting_noted:
