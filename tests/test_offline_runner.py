@@ -157,6 +157,7 @@ def test_grid_visits_every_point_once_and_writes_the_contract(fake, tmp_path):
         assert attrs["run_dir"] == f"runs/{t.number:04d}" and attrs["state"] == "finished"
         x = attrs["params"]["x"]
         assert attrs["history"] == pytest.approx([x / 2, x]) and t.value == max(attrs["history"])
+        assert t.intermediate_values == pytest.approx({0: x / 2, 1: x})  # optuna-dashboard's learning curve
         assert attrs["exit_code"] == 0 and attrs["wall_s"] > 0 and attrs["reason"] is None
         # the argv is the agent's, "null" stays the string null
         assert attrs["argv"] == agent_argv(sweep, attrs["params"])

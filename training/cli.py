@@ -124,13 +124,14 @@ class XrayCLI(LightningCLI):
             log.warning("sweep: %s", note)
         if self.dropped_conditionals or printing:
             self.config = parser.parse_args(kept)
+        self._resume_from = None
+        if sub == "fit" and self.config[sub].get("ckpt_path"):
+            self._resume(self.config[sub])  # before LightningCLI reads the checkpoint's hyperparameters
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
         inherited = os.environ.get(RUN_DIR_ENV)
-        resumed = resumed_run_dir(cfg.get("ckpt_path")) if self.subcommand == "fit" else None
-        if self.subcommand == "fit" and cfg.get("ckpt_path"):
-            self._resume(cfg)
+        resumed = resumed_run_dir(self._resume_from)
         if inherited or resumed:
             self.run_dir = Path(inherited) if inherited else resumed
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -152,6 +153,7 @@ class XrayCLI(LightningCLI):
         """`fit --ckpt_path`: continue that run; its directory may already hold config.yaml.
         An unreadable checkpoint starts the training over, saying so (every rank decides the
         same, from the same file and argv)."""
+        self._resume_from = str(cfg.ckpt_path)
         self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
         problem = checkpoint_problem(str(cfg.ckpt_path))
         if problem is not None:
