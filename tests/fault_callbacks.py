@@ -51,7 +51,8 @@ class SigtermAfterFit(Callback):
         os.kill(os.getpid(), signal.SIGTERM)
         while not StopSignal.requested:  # the handler runs at the next bytecode of the main thread
             pass
-        StopSignal.requested_at -= self.long_ago
+        if self.long_ago:
+            StopSignal.requested_at -= self.long_ago
 
 
 class LateSigtermAfterFit(SigtermAfterFit):

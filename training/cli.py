@@ -63,6 +63,8 @@ def _quiet_expected_warnings() -> None:
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     # Every run has its own directory, so a checkpoint from another run always "changes dirpath".
     warnings.filterwarnings("ignore", message="The dirpath has changed from")
+    # A run continued from its last.ckpt writes into its own checkpoints/ again.
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
 def check_config_files(args: list[str]) -> None:
