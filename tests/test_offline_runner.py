@@ -431,11 +431,15 @@ def test_a_dead_runner_on_another_host_is_retried_by_a_live_one(fake, tmp_path):
     run is going. The live one must see, by Optuna's heartbeat alone, that the trial is dead,
     fail it and run its configuration again, continuing the run from its checkpoint; every
     point runs once (--count exact) and the live runner exits 0."""
+    dead_runner_is_retried(fake, tmp_path, f"sqlite:///{tmp_path / 'shared.db'}")
+
+
+def dead_runner_is_retried(fake, tmp_path: Path, storage: str, load_url: Optional[str] = None) -> None:
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
     xs = [round(0.1 * i, 1) for i in range(1, 7)]
-    sweep_file = write(tmp_path, fake({"x": {"values": xs}, "epochs": {"value": 6}, "delay": {"value": 0.25}}))
-    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    sweep = fake({"x": {"values": xs}, "epochs": {"value": 6}, "delay": {"value": 0.25}})
+    sweep_file = write(tmp_path, dict(sweep, name="dead"), "dead.yaml")
     procs = {host: _runner(tmp_path, sweep_file, "--storage", storage, "--heartbeat", "1", out=f"out-{host}",
                            env={"PYTHONPATH": str(tmp_path / "site"), "FAKE_HOSTNAME": host})
              for host in ("host-a", "host-b")}
@@ -447,7 +451,7 @@ def test_a_dead_runner_on_another_host_is_retried_by_a_live_one(fake, tmp_path):
     assert orphan is not None and orphan["runner"]["host"] == "host-a"
     output, _ = procs["host-b"].communicate(timeout=180)
     assert procs["host-b"].returncode == 0, output
-    trials = load(tmp_path, storage=storage)
+    trials = load(tmp_path, storage=load_url or storage, name="dead")
     assert sorted(points(trials)) == [(x,) for x in xs] and len(counted(trials)) == len(xs)
     dead = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert [t.number for t in dead] == [orphan["trial"]]
@@ -624,6 +628,8 @@ def test_two_runners_share_postgresql(fake, tmp_path):
             assert p.returncode == 0, output
         trials = load(tmp_path, storage=runner_storage.driver_url(storage))  # psycopg2 when no psycopg 3
         assert sorted(points(trials)) == [(x,) for x in xs] and len(counted(trials)) == len(trials)
+        # a dead runner on another host, retried by a live one: PostgreSQL's clock and locks
+        dead_runner_is_retried(fake, tmp_path, storage, runner_storage.driver_url(storage))
     finally:
         subprocess.run([*as_pg, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(pg_dir, ignore_errors=True)
