@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # The torch/torchvision builds this project is tested with (any torch >= 2.4 works).
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo train test test-slow test-all lint sweeps clean
+.PHONY: setup demo train test test-slow test-all lint sweeps clean bench-gpu
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test-slow: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m "not gpu"
+
+# Every GPU figure of benchmarks/README.md on one GPU, < 8 minutes, into benchmarks/gpu.json.
+bench-gpu: setup
+	$(BIN)/python benchmarks/gpu.py --out benchmarks/gpu.json
 
 lint: setup
 	$(BIN)/ruff check .

@@ -178,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="GPUs per run (DDP inside a run)")
     run.add_argument("--trials_per_gpu", "--trials-per-gpu", dest="trials_per_gpu", type=int, default=1,
                      help="runs sharing one GPU (small models)")
+    run.add_argument("--min_free_gpu_mem", "--min-free-gpu-mem", dest="min_free_gpu_mem", type=float,
+                     metavar="GB", help="start a run on a GPU only while it has at least GB free (nvidia-smi)")
+    run.add_argument("--heartbeat", type=float, metavar="S",
+                     help="seconds between the runner's heartbeats in the storage; a run whose runner misses 3 "
+                          "is retried by any live runner, from its checkpoint (default: the sweep's, else 10; "
+                          "all runners of a sweep use the same)")
     run.add_argument("--storage", help="Optuna storage URL (default: SQLite in the sweep directory)")
     run.add_argument("--out", help="sweep directory (default sweep_runs/<sweep name>)")
     run.add_argument("--seed", type=int, default=0, help="sampler seed: same seed, same configs")

@@ -37,3 +37,25 @@ class KillSelf(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step >= 1:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SigtermAfterFit(Callback):
+    """SIGTERM right after training ended: W&B's controller (or the offline runner's death)
+    stopping a run that reached its last band, while its test after fit is still to come."""
+
+    long_ago = 0.0  # seconds the stop is made to look older than it is
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        from sweeps.contract.signals import StopSignal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        while not StopSignal.requested:  # the handler runs at the next bytecode of the main thread
+            pass
+        if self.long_ago:
+            StopSignal.requested_at -= self.long_ago
+
+
+class LateSigtermAfterFit(SigtermAfterFit):
+    """The same stop, but past the grace already: the test after fit no longer fits."""
+
+    long_ago = 1000.0

@@ -3,6 +3,7 @@ The targets (ratios) are for real hardware and are not asserted here."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -41,3 +42,19 @@ def test_runner_overhead_benchmark_prints_both_and_the_ratio(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     for figure in ("direct   launch->first step", "runner   launch->first step", "ratio runner/direct"):
         assert figure in out.stdout, out.stdout
+
+
+def test_gpu_benchmark_tiny_writes_every_figure(tmp_path):
+    """`make bench-gpu`'s script on CPU with the tiniest settings: every phase runs and lands in
+    the JSON file (the figures themselves mean nothing on CPU)."""
+    out = tmp_path / "gpu.json"
+    cmd = [PYTHON, "benchmarks/gpu.py", "--tiny", "--out", str(out), "--work", str(tmp_path / "work")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["tiny"] and set(result["phases"]) == {"throughput", "loader", "sweep"}
+    model = result["phases"]["throughput"]["resnet18"]
+    assert model["plain_eager"]["images_per_s"] > 0 and model["cli_fit_eager"]["images_per_s"] > 0
+    assert result["phases"]["loader"]["cache_over_raw"] > 0
+    sweep = result["phases"]["sweep"]
+    assert sweep["k1"]["runs_per_hour"] > 0 and sweep["k2"]["speedup_vs_k1"] > 0

@@ -3,8 +3,10 @@ injected into real `cli.py` runs launched by the real offline runner (tests/faul
 except the four-runner race, which uses the fast fake program of test_offline_runner.py.
 
 Also covered elsewhere: SIGTERM to a 2-process DDP run at four landing moments
-(test_ddp.py), a corrupt image mid-data (test_bad_inputs.py), SIGKILL of the runner and
-resume (test_offline_runner.py::test_resume_after_sigkill)."""
+(test_ddp.py), a corrupt image mid-data (test_bad_inputs.py), with the fake program
+(test_offline_runner.py): SIGKILL of the runner and resume from the checkpoint, a dead runner
+on another host retried by a live one, SIGINT and continue from the checkpoint (and from an
+unreadable one), hyperband meeting a run that finished training, the lifeline's hard stop."""
 
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, run_dirs
 from test_offline_runner import counted, fake, load, points, write  # noqa: F401  (fake is a fixture)
 
 from sweeps.analysis import load_offline_runs
@@ -112,3 +115,115 @@ def test_four_runners_on_one_sqlite_sweep_lose_and_duplicate_nothing(fake, tmp_p
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in counted(trials))
     runs = [json.loads(p.read_text()) for p in tmp_path.glob("out*/runs/*/run.json")]
     assert len(runs) == len(xs) and all(r["state"] == "finished" for r in runs)
+
+
+def _group_alive(pgid: int) -> list[int]:
+    """Processes (not zombies) of a process group: a run, its DDP ranks, its loader workers."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _metric_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "sweep_history.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return [r for r in rows if "val/auroc" in r]
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_runner_leaves_no_process_and_the_sweep_continues_the_run(hand_data, tmp_path):
+    """Injects: SIGKILL of `python -m sweeps run` while its real cli.py run is training. Must
+    hold: the run notices (the lifeline), saves last.ckpt and is gone, with every process of its
+    group, within 35 s; the sweep started again continues that run from last.ckpt in its
+    directory (each epoch once in its history) and completes every point once."""
+    constants = dict(TINY_CONSTANTS, **{"trainer.max_epochs": 4, "trainer.limit_train_batches": 4})
+    sweep = create_custom_sweep_config(
+        method="grid", name="killed", config="configs/demo.yaml",
+        parameters={"model.lr": {"values": [1e-3, 2e-3]}, "data.root": {"value": str(hand_data)},
+                    **{k: {"value": v} for k, v in constants.items()}},
+    )
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    env = dict(os.environ, PYTHONPATH=str(TESTS), CUDA_VISIBLE_DEVICES="")
+    runner = subprocess.Popen([sys.executable, "-m", "sweeps", "run", str(path), "--out", str(tmp_path / "out"),
+                               "--quiet", "--heartbeat", "1"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    record, deadline = None, time.monotonic() + 400
+    while record is None:
+        assert time.monotonic() < deadline and runner.poll() is None, "no run reached its first epoch"
+        time.sleep(0.2)
+        for run_json in (tmp_path / "out").glob("runs/*/run.json"):
+            info = json.loads(run_json.read_text())
+            if info["state"] == "running" and _metric_rows(run_json.parent):
+                record = info
+    runner.kill()
+    killed = time.monotonic()
+    runner.wait()
+    pgid = record["child"]["pid"]  # the runner starts each run as a process group of its own
+    while _group_alive(pgid):
+        assert time.monotonic() - killed < 35, f"processes of the run still alive: {_group_alive(pgid)}"
+        time.sleep(0.2)
+    print(f"the run outlived its SIGKILLed runner by {time.monotonic() - killed:.1f} s")
+    run_dir = tmp_path / "out" / record["run_dir"]
+    log = (run_dir / "output.log").read_text()
+    assert "the sweep runner that started this run is gone" in log and (run_dir / "checkpoints/last.ckpt").is_file()
+    trained_before = len(_metric_rows(run_dir))
+    done = run_runner(sweep, tmp_path, "--heartbeat", "1")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _, runs = load_offline_runs(tmp_path / "out")
+    counted_runs = [r for r in runs if r["state"] in ("finished", "stopped", "failed")]
+    assert sorted(float(r["params"]["model.lr"]) for r in counted_runs) == [0.001, 0.002]
+    assert all(r["state"] == "finished" for r in counted_runs)
+    assert [r["state"] for r in runs if r["number"] == record["trial"]] == ["interrupted"]
+    continued = [r for r in counted_runs if r["run_dir"] == record["run_dir"]]
+    assert len(continued) == 1, runs  # the same directory: continued, not started again
+    assert [r["epoch"] for r in _metric_rows(run_dir)] == [0, 1, 2, 3]  # one continuous history
+    assert "continues run" in done.stdout and trained_before >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("late", [False, True])
+def test_a_stop_after_training_lets_the_test_finish_within_the_grace(fit_args, tmp_path, caplog, late):
+    """Injects: SIGTERM right after training (the agent stopping a run at its last band).
+    Must hold: the test after fit still runs when it fits in the grace; past the grace it is
+    skipped, the run says why and still ends as a clean stop (checkpoints there, exit path 0)."""
+    from training.cli import cli_main
+
+    fault = "fault_callbacks.LateSigtermAfterFit" if late else "fault_callbacks.SigtermAfterFit"
+    cli = cli_main(fit_args("configs/demo.yaml", "--run.test_after_fit=true", "--trainer.max_epochs=2",
+                            f"--trainer.callbacks+={fault}"))
+    (run_dir,) = run_dirs(tmp_path)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    if late:
+        assert cli.stopped and not (run_dir / "test_report.json").exists()
+        assert "the test after fit was skipped because the run was stopped" in caplog.text
+    else:
+        assert not cli.stopped and (run_dir / "test_report.json").is_file()
+        assert "after training ended: the evaluation goes on" in caplog.text
+
+
+@pytest.mark.slow
+def test_resume_by_hand_continues_the_run_in_its_directory(fit_args, tmp_path, caplog):
+    """What the README tells W&B-agent users: `cli.py fit --config <run dir>/config.yaml
+    --ckpt_path <run dir>/checkpoints/last.ckpt`. Must hold: the same directory, each epoch once
+    in the sweep history; an unreadable checkpoint starts over, saying so."""
+    from training.cli import cli_main
+
+    cli_main(fit_args("configs/demo.yaml", "--trainer.max_epochs=2", "--run.test_after_fit=false"))
+    (run_dir,) = run_dirs(tmp_path)
+    first = _metric_rows(run_dir)
+    resume = ["fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(run_dir / "checkpoints/last.ckpt")]
+    cli_main([*resume, "--trainer.max_epochs=3"])
+    assert run_dirs(tmp_path) == [run_dir]
+    rows = _metric_rows(run_dir)
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[:2] == first
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    cli_main([*resume, "--trainer.max_epochs=1"])
+    assert "training starts over from epoch 0" in caplog.text
+    assert [r["epoch"] for r in _metric_rows(run_dir)] == [0] and run_dirs(tmp_path) == [run_dir]

@@ -4,6 +4,7 @@ so that runs take a fraction of a second."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,11 +15,13 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Optional
 
 import optuna
 import pytest
 import yaml
 
+from sweeps.contract.history import read_history
 from sweeps.main import main
 from sweeps.runner import agent_argv, build_space
 from sweeps.runner import runner as runner_loop
@@ -28,18 +31,46 @@ ROOT = Path(__file__).resolve().parents[1]
 METRIC = "val/score"
 
 FAKE_CLI = r'''
-import json, os, signal, sys, time
+import json, os, signal, sys, threading, time, zipfile
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
 stop = []
-signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))
+signal.signal(signal.SIGTERM, lambda s, f: stop.append("SIGTERM"))
+lifeline = os.environ.pop("XRAY_RUNNER_LIFELINE", None)  # cli.py's contract: stop when the runner is gone
+if lifeline:
+    def watch(fd=int(lifeline)):
+        while os.read(fd, 1):
+            pass
+        stop.append("lifeline")
+    threading.Thread(target=watch, daemon=True).start()
 run_dir = os.environ["XRAY_RUN_DIR"]
+ckpt_dir, history = os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, "sweep_history.jsonl")
 with open(os.path.join(run_dir, "env.json"), "w") as f:
     json.dump({"argv": sys.argv, "python": sys.executable, "pid": os.getpid(),
-               **{k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "WANDB_MODE", "WANDB_PROJECT")}}, f)
+               **{k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "WANDB_MODE", "WANDB_PROJECT",
+                                                 "XRAY_RUNNER_LIFELINE")}}, f)
+def save(epoch):  # last.ckpt: a zip, as torch.save writes; "epoch" is the next epoch to train
+    os.makedirs(ckpt_dir, exist_ok=True)
+    with zipfile.ZipFile(os.path.join(ckpt_dir, "tmp.ckpt"), "w") as z:
+        z.writestr("state.json", json.dumps({"epoch": epoch}))
+    os.replace(os.path.join(ckpt_dir, "tmp.ckpt"), os.path.join(ckpt_dir, "last.ckpt"))
+def rows():
+    return [json.loads(line) for line in open(history)] if os.path.exists(history) else []
 metric = args.get("sweep.metric", "val/score")
 x = float(args.get("x", 0.5))
 mode = args.get("mode", "ok")
 epochs, delay = int(args.get("epochs", 3)), float(args.get("delay", 0.02))
+start = 0
+if "ckpt_path" in args:
+    try:
+        with zipfile.ZipFile(args["ckpt_path"]) as z:
+            start = json.loads(z.read("state.json"))["epoch"]
+    except Exception as e:
+        print(f"cannot resume from the checkpoint ({e}): training starts over from epoch 0")
+    kept = [r for r in rows() if r["epoch"] < start]
+    with open(history, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+with open(os.path.join(run_dir, "starts.jsonl"), "a") as f:
+    f.write(json.dumps({"pid": os.getpid(), "epoch": start, "time": time.time()}) + "\n")
 if mode == "error":
     print("error: model.lr must be positive, got -1", file=sys.stderr)
     sys.exit(2)
@@ -47,14 +78,26 @@ if mode == "crash":
     raise RuntimeError("CUDA out of memory (fake)")
 if mode == "kill":
     os.kill(os.getpid(), signal.SIGKILL)
-for epoch in range(epochs):
+def training(done):
+    with open(os.path.join(run_dir, "training.json"), "w") as f:
+        json.dump({"epochs": epochs, "done": done}, f)
+training(False)
+for epoch in range(start, epochs):
     end = time.time() + delay
     while time.time() < end and not stop:
         time.sleep(0.01)
     if stop:
+        save(epoch)
+        with open(os.path.join(run_dir, "stopped.json"), "w") as f:
+            json.dump({"by": stop[0], "epoch": epoch, "time": time.time()}, f)
         sys.exit(0)
-    with open(os.path.join(run_dir, "sweep_history.jsonl"), "a") as f:
+    with open(history, "a") as f:
         f.write(json.dumps({"epoch": epoch, "step": epoch, metric: x * (1 + epoch) / epochs}) + "\n")
+    save(epoch + 1)
+training(True)
+time.sleep(float(args.get("test_delay", 0)))  # the test after fit; a stop now does not cut it
+with open(os.path.join(run_dir, "test.json"), "w") as f:
+    json.dump({"stopped_during_test": bool(stop)}, f)
 while mode == "hang" and not stop:
     time.sleep(0.05)
 '''
@@ -114,6 +157,7 @@ def test_grid_visits_every_point_once_and_writes_the_contract(fake, tmp_path):
         assert attrs["run_dir"] == f"runs/{t.number:04d}" and attrs["state"] == "finished"
         x = attrs["params"]["x"]
         assert attrs["history"] == pytest.approx([x / 2, x]) and t.value == max(attrs["history"])
+        assert t.intermediate_values == pytest.approx({0: x / 2, 1: x})  # optuna-dashboard's learning curve
         assert attrs["exit_code"] == 0 and attrs["wall_s"] > 0 and attrs["reason"] is None
         # the argv is the agent's, "null" stays the string null
         assert attrs["argv"] == agent_argv(sweep, attrs["params"])
@@ -256,8 +300,9 @@ def test_gpu_slots_env_and_ddp_arguments(fake, tmp_path, monkeypatch):
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and env["WANDB_MODE"] == "offline"
 
 
-def _runner(tmp_path: Path, sweep_file: str, *extra: str, out: str = "out") -> subprocess.Popen:
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+def _runner(tmp_path: Path, sweep_file: str, *extra: str, out: str = "out",
+            env: Optional[dict] = None) -> subprocess.Popen:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", **(env or {}))
     return subprocess.Popen([sys.executable, "-m", "sweeps", "run", sweep_file, "--out", str(tmp_path / out),
                              "--quiet", *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -280,30 +325,67 @@ def _run_states(out: Path) -> list[str]:
     return states
 
 
-def test_resume_after_sigkill(fake, tmp_path, monkeypatch):
+def _alive(pid: int) -> bool:
+    """A process that is not a zombie (a run of a killed runner is nobody's child to reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _going(out: Path) -> Optional[dict]:
+    """run.json of a running run that has finished at least one epoch."""
+    for path in out.glob("runs/*/run.json"):
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            record = json.loads(path.read_text())
+            if record["state"] == "running" and read_history(path.parent / "sweep_history.jsonl", METRIC):
+                return record
+    return None
+
+
+def test_resume_after_sigkill(fake, tmp_path):
+    """SIGKILL of the runner: its run notices at once (the lifeline), saves its checkpoint and
+    exits 0; the sweep started again retries that trial (its heartbeat stopped) and continues
+    the run from its checkpoint, in its directory, with one continuous history; every point
+    runs once and nothing finished is lost."""
     xs = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
-    sweep = fake({"x": {"values": xs}, "epochs": {"value": 4}, "delay": {"value": 0.15}})
+    sweep = fake({"x": {"values": xs}, "epochs": {"value": 6}, "delay": {"value": 0.15}})
     sweep_file = write(tmp_path, sweep)
-    proc = _runner(tmp_path, sweep_file)
+    proc = _runner(tmp_path, sweep_file, "--heartbeat", "1")
     out = tmp_path / "out"
-    _wait_for(lambda: _run_states(out).count("finished") >= 2 and "running" in _run_states(out))
+    _wait_for(lambda: _run_states(out).count("finished") >= 2 and _going(out))
     proc.kill()
+    killed = time.monotonic()
     proc.wait()
-    orphan = json.loads(next(p for p in out.glob("runs/*/run.json")
-                             if json.loads(p.read_text())["state"] == "running").read_text())
-    monkeypatch.setattr(runner_loop, "KILL_AFTER_S", 5.0)
+    orphan = _going(out) or next(json.loads(p.read_text()) for p in out.glob("runs/*/run.json")
+                                 if json.loads(p.read_text())["state"] == "running")
+    _wait_for(lambda: not _alive(orphan["child"]["pid"]), timeout=35)
+    outlived = time.monotonic() - killed
+    run_dir = out / orphan["run_dir"]
+    stopped = json.loads((run_dir / "stopped.json").read_text())
+    assert stopped["by"] == "lifeline" and outlived < 5, (stopped, outlived)
+    print(f"the run outlived its SIGKILLed runner by {outlived:.2f} s")
     before = {t.number: t.value for t in load(tmp_path) if t.state == optuna.trial.TrialState.COMPLETE}
-    assert main(["run", sweep_file, "--out", str(out), "--quiet"]) == 0
+    assert main(["run", sweep_file, "--out", str(out), "--quiet", "--heartbeat", "1"]) == 0
     trials = load(tmp_path)
     assert sorted(points(trials)) == [(x,) for x in xs]  # every point once, none lost or repeated
     assert all({t.number: t.value for t in trials}[n] == v for n, v in before.items())  # finished kept
-    interrupted = [t for t in trials if t.user_attrs.get("state") == "interrupted"]
-    assert len(interrupted) == 1 and interrupted[0].state == optuna.trial.TrialState.FAIL
-    rerun = [t for t in trials if t.user_attrs.get("rerun_of") == interrupted[0].number]
-    assert len(rerun) == 1 and rerun[0].user_attrs["state"] == "finished"
-    assert rerun[0].user_attrs["run_dir"] != interrupted[0].user_attrs["run_dir"]
-    with pytest.raises(ProcessLookupError):  # the orphaned run was stopped, not left running
-        os.kill(orphan["child"]["pid"], 0)
+    dead = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.number for t in dead] == [orphan["trial"]]
+    rerun = [t for t in trials if t.user_attrs.get("rerun_of") == orphan["trial"]]
+    assert len(rerun) == 1 and rerun[0].user_attrs["state"] == "finished" and rerun[0].user_attrs["resumed"]
+    assert rerun[0].user_attrs["run_dir"] == orphan["run_dir"]  # continued in place, from its checkpoint
+    x = rerun[0].user_attrs["params"]["x"]
+    curve = [x * (1 + e) / 6 for e in range(6)]
+    assert rerun[0].user_attrs["history"] == pytest.approx(curve)  # one row per epoch, none twice
+    assert rerun[0].intermediate_values == pytest.approx(dict(enumerate(curve)))  # optuna-dashboard's curve
+    starts = [json.loads(line)["epoch"] for line in (run_dir / "starts.jsonl").read_text().splitlines()]
+    assert starts == [0, stopped["epoch"]] and stopped["epoch"] >= 1  # lost at most the epoch in progress
+    assert "--ckpt_path=" + str(run_dir.resolve() / "checkpoints" / "last.ckpt") in rerun[0].user_attrs["argv"]
+    from sweeps.analysis import load_offline_runs
+
+    _, runs = load_offline_runs(out)
+    assert {r["number"]: r["state"] for r in runs}[orphan["trial"]] == "interrupted"
 
 
 def test_interrupt_stops_runs_and_a_rerun_continues(fake, tmp_path):
@@ -335,6 +417,172 @@ def test_two_runners_share_sqlite_storage(fake, tmp_path):
     rnd = load(tmp_path, storage=storage, name="rnd")
     assert len(counted(rnd)) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in counted(rnd))
     assert {t.user_attrs["run_dir"] for t in trials} == {f"runs/{t.number:04d}" for t in trials}
+
+
+SITECUSTOMIZE = """
+import os, socket
+if os.environ.get("FAKE_HOSTNAME"):
+    socket.gethostname = lambda: os.environ["FAKE_HOSTNAME"]
+"""
+
+
+def test_a_dead_runner_on_another_host_is_retried_by_a_live_one(fake, tmp_path):
+    """Two runners on one storage, presenting different host names; one is SIGKILLed while its
+    run is going. The live one must see, by Optuna's heartbeat alone, that the trial is dead,
+    fail it and run its configuration again, continuing the run from its checkpoint; every
+    point runs once (--count exact) and the live runner exits 0."""
+    dead_runner_is_retried(fake, tmp_path, f"sqlite:///{tmp_path / 'shared.db'}")
+
+
+def dead_runner_is_retried(fake, tmp_path: Path, storage: str, load_url: Optional[str] = None) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    xs = [round(0.1 * i, 1) for i in range(1, 7)]
+    sweep = fake({"x": {"values": xs}, "epochs": {"value": 6}, "delay": {"value": 0.25}})
+    sweep_file = write(tmp_path, dict(sweep, name="dead"), "dead.yaml")
+    procs = {host: _runner(tmp_path, sweep_file, "--storage", storage, "--heartbeat", "1", out=f"out-{host}",
+                           env={"PYTHONPATH": str(tmp_path / "site"), "FAKE_HOSTNAME": host})
+             for host in ("host-a", "host-b")}
+    _wait_for(lambda: _going(tmp_path / "out-host-a"))
+    procs["host-a"].kill()
+    killed = time.time()
+    procs["host-a"].wait()
+    orphan = _going(tmp_path / "out-host-a")
+    assert orphan is not None and orphan["runner"]["host"] == "host-a"
+    output, _ = procs["host-b"].communicate(timeout=180)
+    assert procs["host-b"].returncode == 0, output
+    trials = load(tmp_path, storage=load_url or storage, name="dead")
+    assert sorted(points(trials)) == [(x,) for x in xs] and len(counted(trials)) == len(xs)
+    dead = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.number for t in dead] == [orphan["trial"]]
+    (rerun,) = [t for t in trials if t.user_attrs.get("rerun_of") == orphan["trial"]]
+    assert rerun.user_attrs["runner"]["host"] == "host-b" and rerun.user_attrs["resumed"]
+    run_dir = Path(rerun.user_attrs["run_path"])
+    assert run_dir == (tmp_path / "out-host-a" / orphan["run_dir"]).resolve()  # A's run, continued by B
+    starts = [json.loads(line) for line in (run_dir / "starts.jsonl").read_text().splitlines()]
+    assert len(starts) == 2 and starts[1]["epoch"] >= 1
+    retried_after = starts[1]["time"] - killed
+    print(f"the dead host's run continued on the live host {retried_after:.1f} s after the kill")
+    assert retried_after < 10  # heartbeat 1 s: failed after 3 missed beats, retried at the next check
+    assert f"run {orphan['trial']:04d} lost its runner" in output
+
+
+def test_hyperband_spares_a_run_that_finished_training(fake, tmp_path):
+    """The worst run reaches the hyperband band at its last epoch: it has finished training and
+    is in its test after fit. It must not be stopped (its test figures would be lost)."""
+    et = {"type": "hyperband", "min_iter": 2, "eta": 2}
+    sweep = fake({"x": {"values": [1.0, 0.9, 0.1]}, "epochs": {"value": 2}, "delay": {"value": 0.1},
+                  "test_delay": {"value": 1.5}}, early_terminate=et)
+    assert run(tmp_path, sweep, "--workers", "1") == 0
+    worst = next(t for t in load(tmp_path) if t.user_attrs["params"]["x"] == 0.1)
+    assert (worst.user_attrs["state"], worst.user_attrs["reason"]) == ("finished", None)
+    test = json.loads((tmp_path / "out" / worst.user_attrs["run_dir"] / "test.json").read_text())
+    assert test == {"stopped_during_test": False}
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_an_interrupted_run_continues_from_its_checkpoint(fake, tmp_path, corrupt):
+    """SIGINT to the runner stops its run cleanly (checkpoint saved); the next start continues
+    that run from the checkpoint in its directory. An unreadable checkpoint: it starts over in a
+    fresh directory, and the runner says so."""
+    sweep_file = write(tmp_path, fake({"x": {"values": [0.3]}, "epochs": {"value": 8}, "delay": {"value": 0.25}}))
+    proc = _runner(tmp_path, sweep_file, "--heartbeat", "1")
+    out = tmp_path / "out"
+    _wait_for(lambda: _going(out))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    first, waiting = load(tmp_path)  # the interrupted trial, and its parameters enqueued again
+    assert first.user_attrs["state"] == "interrupted" and waiting.state == optuna.trial.TrialState.WAITING
+    run_dir = out / first.user_attrs["run_dir"]
+    if corrupt:
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    rerun_proc = _runner(tmp_path, sweep_file)
+    output, _ = rerun_proc.communicate(timeout=120)
+    assert rerun_proc.returncode == 0, output
+    (rerun,) = [t for t in load(tmp_path) if t.user_attrs.get("rerun_of") == first.number]
+    assert rerun.user_attrs["state"] == "finished"
+    assert rerun.user_attrs["history"] == pytest.approx([0.3 * (1 + e) / 8 for e in range(8)])
+    if corrupt:
+        assert "checkpoint" in output and "unreadable" in output and "starts over" in output
+        assert rerun.user_attrs["run_dir"] != first.user_attrs["run_dir"] and not rerun.user_attrs["resumed"]
+    else:
+        assert rerun.user_attrs["run_dir"] == first.user_attrs["run_dir"] and rerun.user_attrs["resumed"]
+        starts = [json.loads(line)["epoch"] for line in (run_dir / "starts.jsonl").read_text().splitlines()]
+        assert starts[0] == 0 and starts[1] >= 1 and len(starts) == 2
+
+
+def test_bad_runner_options_name_the_option(fake, tmp_path, capsys):
+    sweep = fake({"x": {"values": [0.5]}, "epochs": {"value": 1}})
+    cases = [
+        (["--heartbeat", "0.2"], "--heartbeat 0.2 is shorter than the runner's poll interval"),
+        (["--heartbeat", "2.5"], "--heartbeat 2.5: give whole seconds"),
+        (["--storage", "redis://localhost:6379/0"], "--storage redis://localhost:6379/0: it is not a database URL"),
+        (["--storage", "sqlite://"], "an in-memory SQLite database"),
+        (["--trials-per-gpu", "0"], "--trials-per-gpu must be at least 1"),
+        (["--min-free-gpu-mem", "4"], "--min-free-gpu-mem: the runs use no GPU"),
+    ]
+    for extra, message in cases:
+        assert run(tmp_path, sweep, *extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
+        assert not (tmp_path / "out").exists(), extra
+    # runners of one sweep must agree on the heartbeat, or one takes another's live runs for dead
+    assert run(tmp_path, sweep, "--heartbeat", "2") == 0
+    assert run(tmp_path, sweep, "--heartbeat", "3") == 2
+    assert "the runners of this sweep beat every 2 s" in capsys.readouterr().err
+    assert run(tmp_path, sweep) == 0  # without --heartbeat: the sweep's own
+
+
+def test_memory_guard_starts_runs_only_on_gpus_with_free_memory(fake, tmp_path, monkeypatch, capsys):
+    from sweeps.runner import placement
+
+    clock = [1000.0]
+    free = {"0": 20.0, "1": 2.0, "GPU-x": 20.0}
+    guard = placement.GpuMemoryGuard(8, free_gb=lambda: dict(free), settle_s=30, clock=lambda: clock[0])
+    assert guard.blocked(None) is None and guard.blocked("0") is None
+    assert "below --min-free-gpu-mem 8" in guard.blocked("1") and "GPU 1 has 2.0 GB" in guard.blocked("1")
+    assert guard.blocked("0,1") is not None  # a DDP slot needs every GPU of its group
+    guard.started("0")
+    assert "may still be allocating" in guard.blocked("0")  # the run just started there has not allocated yet
+    clock[0] += 31
+    free["0"] = 6.0
+    assert "GPU 0 has 6.0 GB free" in guard.blocked("0")
+    assert guard.blocked("GPU-x") is None  # UUIDs as CUDA_VISIBLE_DEVICES gives them
+    # in the runner: two GPUs, two runs per GPU, GPU 1 nearly full: every run goes to GPU 0
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(placement, "nvidia_smi_free_gb", lambda: {"0": 40.0, "1": 1.5})
+    monkeypatch.setattr(placement, "SETTLE_S", 0.0)
+    sweep = fake({"x": {"values": [0.1, 0.2, 0.3, 0.4]}, "epochs": {"value": 2}})
+    assert run(tmp_path, sweep, "--gpus", "0,1", "--trials-per-gpu", "2", "--min-free-gpu-mem", "8") == 0
+    envs = [json.loads((tmp_path / "out" / t.user_attrs["run_dir"] / "env.json").read_text()) for t in load(tmp_path)]
+    assert len(envs) == 4 and {e["CUDA_VISIBLE_DEVICES"] for e in envs} == {"0"}
+    assert "waiting to start a run: GPU 1 has 1.5 GB free, below --min-free-gpu-mem 8" in capsys.readouterr().out
+
+
+def test_the_lifeline_stops_a_run_whose_runner_died_and_kills_one_that_does_not_stop():
+    """The run's end (sweeps/contract/lifeline.py) in a child process: when the write end closes,
+    the stop flag is set at once; a process that ignores it is killed HARD_STOP_S later."""
+    code = textwrap.dedent("""
+        import os, sys, time
+        from sweeps.contract import lifeline
+        from sweeps.contract.signals import StopSignal
+        lifeline.HARD_STOP_S = float(sys.argv[1])
+        r, w = os.pipe()
+        os.environ[lifeline.LIFELINE_ENV] = str(r)
+        assert lifeline.watch_runner() and lifeline.LIFELINE_ENV not in os.environ  # not for DDP children
+        t0 = time.monotonic()
+        os.close(w)  # the runner is gone
+        while not StopSignal.requested:
+            time.sleep(0.01)
+        print(f"stop {StopSignal.reason} {time.monotonic() - t0:.3f}", flush=True)
+        time.sleep(30)  # ignores the flag
+    """)
+    done = subprocess.run([sys.executable, "-c", code, "0.5"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          start_new_session=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    words = done.stdout.split()
+    assert words[:6] == ["stop", "the", "sweep", "runner", "is", "gone"] and float(words[6]) < 1.0
+    assert "did not stop within" in done.stderr
 
 
 # ---- slow: PostgreSQL storage and the real cli.py ----------------------------------------------
@@ -380,6 +628,8 @@ def test_two_runners_share_postgresql(fake, tmp_path):
             assert p.returncode == 0, output
         trials = load(tmp_path, storage=runner_storage.driver_url(storage))  # psycopg2 when no psycopg 3
         assert sorted(points(trials)) == [(x,) for x in xs] and len(counted(trials)) == len(trials)
+        # a dead runner on another host, retried by a live one: PostgreSQL's clock and locks
+        dead_runner_is_retried(fake, tmp_path, storage, runner_storage.driver_url(storage))
     finally:
         subprocess.run([*as_pg, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(pg_dir, ignore_errors=True)

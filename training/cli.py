@@ -37,6 +37,7 @@ from sweeps.contract import (
     SweepMetric,
     SweepOptions,
     apply_conditions,
+    watch_runner,
 )
 from sweeps.contract.lightning_adapter import ddp_children
 from training.cv import CrossValidation, predict_with_ensemble, save_fold_outputs
@@ -51,7 +52,7 @@ from training.evaluate import (
 )
 from training.loggers import default_loggers, finish_wandb, update_summary
 from training.options import CVOptions, DemoOptions, EvalOptions, RunOptions
-from training.rundir import RUN_DIR_ENV, RunDirError, make_run_dir
+from training.rundir import RUN_DIR_ENV, RunDirError, checkpoint_problem, make_run_dir, resumed_run_dir
 from training.setup import check_config_files, default_precision, ensure_demo_data
 
 log = logging.getLogger("cli")
@@ -65,6 +66,8 @@ def _quiet_expected_warnings() -> None:
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     # Every run has its own directory, so a checkpoint from another run always "changes dirpath".
     warnings.filterwarnings("ignore", message="The dirpath has changed from")
+    # A run continued from its last.ckpt writes into its own checkpoints/ again.
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
 class XrayCLI(LightningCLI):
@@ -98,6 +101,9 @@ class XrayCLI(LightningCLI):
             log.warning("sweep: %s", note)
         if self.dropped_conditionals or printing:
             self.config = parser.parse_args(kept)
+        self._resume_from = None
+        if sub == "fit" and self.config[sub].get("ckpt_path"):
+            self._resume(self.config[sub])  # before LightningCLI reads the checkpoint's hyperparameters
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
@@ -109,12 +115,16 @@ class XrayCLI(LightningCLI):
                 raise ValueError(f"cv.folds trains every fold; data.fold={cfg.data.fold} trains one: give one of them")
             cfg.data.folds, cfg.trainer.devices, cfg.trainer.strategy = cfg.cv.folds, 1, "auto"
         inherited = os.environ.get(RUN_DIR_ENV)
-        if inherited:
-            self.run_dir = Path(inherited)
+        resumed = resumed_run_dir(self._resume_from)
+        if inherited or resumed:
+            self.run_dir = Path(inherited) if inherited else resumed
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise RunDirError(self.run_dir, e) from None
+            if resumed and not inherited:
+                os.environ[RUN_DIR_ENV] = str(self.run_dir)  # for DDP children
+                self._set_env = True
         else:
             configs = cfg.get("config") or []
             experiment = cfg.run.experiment or (Path(str(configs[0])).stem if configs else "default")
@@ -125,6 +135,17 @@ class XrayCLI(LightningCLI):
             self._set_env = True
         cfg.trainer.default_root_dir = str(self.run_dir)
         ensure_demo_data(cfg.data.root, cfg.demo, seed=cfg.data.split_seed)
+
+    def _resume(self, cfg) -> None:
+        """`fit --ckpt_path`: continue that run; its directory may already hold config.yaml.
+        An unreadable checkpoint starts the training over, saying so (every rank decides the
+        same, from the same file and argv)."""
+        self._resume_from = str(cfg.ckpt_path)
+        self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
+        problem = checkpoint_problem(str(cfg.ckpt_path))
+        if problem is not None:
+            log.warning("cannot resume from the checkpoint (%s): training starts over from epoch 0", problem)
+            cfg.ckpt_path = None
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         cfg = self.config_init[self.subcommand]
@@ -142,9 +163,10 @@ class XrayCLI(LightningCLI):
             save_last=True,
         )
         metric = sweep.metric or run.monitor
+        self.guard = RunGuard(self.run_dir / "checkpoints")
         callbacks: list[Callback] = [
             self.checkpoint,
-            RunGuard(self.run_dir / "checkpoints"),
+            self.guard,
             SweepMetric(metric, sweep.objective, self.run_dir / HISTORY_FILE),
             ConfusionWriter(self.run_dir),
             EvaluationReport(self.run_dir, cfg.eval, self._patient_ids),
@@ -161,7 +183,7 @@ class XrayCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             if StopSignal.requested:
-                raise RunStopped("SIGTERM before training started")
+                raise RunStopped(f"stopped by {StopSignal.reason} before training started")
             if self.cross_validating:
                 self._cross_validate()
             elif subcommand == "predict" and self.config_init[subcommand].cv.run_dir:
@@ -198,7 +220,10 @@ class XrayCLI(LightningCLI):
     def _finish_stopped_run(self) -> None:
         """The agent stopped us: close the logs as finished and leave no DDP child behind."""
         trainer = self.trainer
-        log.warning("Run stopped by SIGTERM; last checkpoint in %s", self.run_dir / "checkpoints")
+        log.warning("Run stopped by %s; last checkpoint in %s", StopSignal.reason, self.run_dir / "checkpoints")
+        if getattr(self, "guard", None) is not None and self.guard.training_done:
+            log.warning("Training had ended; the test after fit was skipped because the run was stopped "
+                        "(it did not finish within %.0f s of the stop)", self.guard.finish_grace_s)
         for logger in trainer.loggers:
             logger.save()
         finish_wandb(self.trainer, exit_code=0)
@@ -276,6 +301,8 @@ class XrayCLI(LightningCLI):
                                 "eval/threshold_fallback": point.threshold.fallback})
             update_summary(self.trainer, summary)
         if self.config_init[self.subcommand].run.test_after_fit and self.datamodule.has_split("test"):
+            if StopSignal.requested and not self.guard.grace_left():
+                raise RunStopped(f"stopped by {StopSignal.reason} after training; the test after fit was skipped")
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
         if self.datamodule.hparams.fold is not None and self.trainer.is_global_zero:
             save_fold_outputs(self)  # a fold of a cross-validated run: its outputs for the parent
@@ -283,6 +310,7 @@ class XrayCLI(LightningCLI):
 
 def cli_main(args: Optional[list[str]] = None) -> XrayCLI:
     StopSignal.install()
+    watch_runner()  # started by the offline runner: stop when it is gone
     _quiet_expected_warnings()
     try:
         return XrayCLI(

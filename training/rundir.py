@@ -1,14 +1,18 @@
-"""Every run writes into a directory of its own: runs/<experiment>/<name>/."""
+"""Every run writes into a directory of its own: runs/<experiment>/<name>/. A run continued
+from its last checkpoint (`fit --ckpt_path <run dir>/checkpoints/last.ckpt`) writes into the
+same directory, so that its files, and its sweep-metric history, stay one run."""
 
 from __future__ import annotations
 
 import os
 import time
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Optional
 
 RUN_DIR_ENV = "XRAY_RUN_DIR"  # set by the offline runner, and by rank 0 for its DDP children
+LIGHTNING_NAMES = ("last", "best", "hpc")  # ckpt_path values Lightning resolves itself
 
 
 class RunDirError(ValueError):
@@ -36,3 +40,40 @@ def make_run_dir(root: Path, experiment: str, name: Optional[str]) -> Path:
         except OSError as e:
             raise RunDirError(root / experiment, e) from None
     raise FileExistsError(f"Too many runs named {base} under {root / experiment}")
+
+
+def resumed_run_dir(ckpt_path: Optional[str]) -> Optional[Path]:
+    """The run directory a checkpoint belongs to (`<run dir>/checkpoints/X.ckpt` next to the
+    run's config.yaml), which a resumed fit continues; None for a checkpoint from elsewhere."""
+    if not ckpt_path:
+        return None
+    path = Path(ckpt_path).expanduser()
+    run_dir = path.parent.parent
+    # last.ckpt continues the run; resuming from another checkpoint (best-*) starts a branch elsewhere
+    if path.name.startswith("last") and path.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file():
+        return run_dir.resolve()
+    return None
+
+
+def checkpoint_problem(ckpt_path: str) -> Optional[str]:
+    """Why a checkpoint cannot be resumed from (missing, truncated, corrupt), or None.
+    torch.save writes a zip archive with a CRC per entry; the archive is checked whole, then
+    loaded memory-mapped (tensors are not read), as Lightning will load it."""
+    if ckpt_path in LIGHTNING_NAMES or ckpt_path.startswith("registry"):
+        return None  # Lightning finds these itself
+    path = Path(ckpt_path).expanduser()
+    if path.is_dir():
+        return None  # a sharded checkpoint (FSDP, DeepSpeed): Lightning's own to check
+    if not path.is_file():
+        return f"{path} does not exist"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            return f"{path}: entry {bad} is corrupt"
+        import torch
+
+        torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as e:  # any reason means the same: this file cannot be resumed from
+        return f"{path}: {type(e).__name__}: {e}"
+    return None

@@ -186,8 +186,10 @@ def load_offline_runs(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
             name = names[0]
         study = optuna.load_study(study_name=name, storage=storage)
         for trial in study.get_trials(deepcopy=False):
-            runs.append(_run_record(sweep_dir, trial.number, trial.user_attrs, trial.value, trial.params,
-                                    metric, goal))
+            attrs = trial.user_attrs
+            if trial.state == optuna.trial.TrialState.FAIL and attrs.get("state") in (None, "running"):
+                attrs = dict(attrs, state="interrupted")  # failed by a heartbeat check: its runner died
+            runs.append(_run_record(sweep_dir, trial.number, attrs, trial.value, trial.params, metric, goal))
     else:
         runs = _recorded_runs(sweep_dir, metric, goal)
         if not runs:

@@ -1,6 +1,6 @@
 """The in-run contract: what runs inside a training process started by a W&B agent or the
-offline runner (stop flag and SIGTERM handling, run guard, sweep metric, conditional
-parameters, history file, the run's own options).
+offline runner (stop flag and SIGTERM handling, the runner's lifeline, run guard, sweep
+metric, conditional parameters, history file, the run's own options).
 
 cli.py imports this unit, models and datamodules only; nothing here imports the
 orchestration (sweep files, runner, analysis). Names load on first use, so that cli.py can
@@ -27,6 +27,12 @@ _EXPORTS = {
     "read_history": "history",
     "best_of": "history",
     "SweepOptions": "options",
+    "LIFELINE_ENV": "lifeline",
+    "watch_runner": "lifeline",
+    "truncate_history": "history",
+    "TRAINING_FILE": "history",
+    "write_training": "history",
+    "training_done": "history",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -7,10 +7,16 @@ every few batches all ranks agree on it with one all-reduce (every rank is at th
 so no rank waits alone), save `last.ckpt` and raise RunStopped, which the CLI turns into a
 finished W&B run and exit code 0. The same all-reduce fails the run fast when the training
 loss is NaN or infinite (Diverged).
+
+A stop that arrives after training ended (the agent's controller, or the runner's death, at
+the last epoch) lets the evaluation after fit go on for `finish_grace_s` seconds from the stop,
+so that the test fits inside the agent's 30 s before SIGKILL; past that the run stops, saying
+that the test was skipped (the checkpoints of the finished training are all there).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Optional
@@ -21,6 +27,9 @@ from lightning.pytorch.callbacks import Callback
 
 from sweeps.contract.lightning_adapter import keep_sigterm_handler
 from sweeps.contract.signals import StopSignal
+
+FINISH_GRACE_S = 20.0  # of the agent's 30 s: what is left covers saving and closing W&B
+log = logging.getLogger(__name__)
 
 
 class RunStopped(Exception):
@@ -41,10 +50,20 @@ class RunGuard(Callback):
     reaches the others only through the gradients, hence the agreement for it too.
     """
 
-    def __init__(self, checkpoint_dir: Optional[Path] = None, every: int = 4) -> None:
-        self.checkpoint_dir, self.every = checkpoint_dir, max(1, every)
+    def __init__(self, checkpoint_dir: Optional[Path] = None, every: int = 4,
+                 finish_grace_s: float = FINISH_GRACE_S) -> None:
+        self.checkpoint_dir, self.every, self.finish_grace_s = checkpoint_dir, max(1, every), finish_grace_s
         self.stopped = False
+        self.training_done = False  # fit ended: what runs now is evaluation
+        self._noted = False
         self._calls: dict[str, int] = {}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.training_done = not trainer.interrupted
+
+    def grace_left(self) -> bool:
+        """After training, whether a stop that arrived still leaves time for the evaluation."""
+        return self.training_done and StopSignal.seconds_since() <= self.finish_grace_s
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         StopSignal.install()
@@ -56,10 +75,12 @@ class RunGuard(Callback):
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Optional[torch.Tensor] = None) -> None:
         bad = loss is not None and not bool(torch.isfinite(loss.detach()).all())
-        flags = torch.tensor([float(StopSignal.requested), float(bad)], device=pl_module.device)
+        # Only the rank that got the signal knows when; the third flag carries "past the grace".
+        late = StopSignal.requested and StopSignal.seconds_since() > self.finish_grace_s
+        flags = torch.tensor([float(StopSignal.requested), float(bad), float(late)], device=pl_module.device)
         if trainer.world_size > 1:
             flags = trainer.strategy.reduce(flags, reduce_op="sum")
-        stop, diverged = bool(flags[0] > 0), bool(flags[1] > 0)
+        stop, diverged, late = bool(flags[0] > 0), bool(flags[1] > 0), bool(flags[2] > 0)
         if diverged:
             value = float(loss) if loss is not None else math.nan
             raise Diverged(
@@ -68,10 +89,16 @@ class RunGuard(Callback):
             )
         if not stop:
             return
+        if self.training_done and not late:
+            if not self._noted:
+                self._noted = True
+                log.warning("stop requested (%s) after training ended: the evaluation goes on for up to %.0f s",
+                            StopSignal.reason, self.finish_grace_s)
+            return
         self.stopped = True
         if self.checkpoint_dir is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
             trainer.save_checkpoint(str(Path(self.checkpoint_dir) / "last.ckpt"))
-        raise RunStopped("stopped by SIGTERM")
+        raise RunStopped(f"stopped by {StopSignal.reason}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._due("train"):

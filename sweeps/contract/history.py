@@ -1,5 +1,7 @@
 """sweep_history.jsonl: one JSON line per validation epoch of a run, written by the run and
-read by the offline runner, the analysis and the report."""
+read by the offline runner, the analysis and the report. training.json tells the runner when
+training is complete (what follows is evaluation, which hyperband must not cut): the
+validations the run plans ({"epochs": N}, when known) and, after training, {"done": true}."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 HISTORY_FILE = "sweep_history.jsonl"
+TRAINING_FILE = "training.json"
 
 
 def append_history(path: Path, row: dict) -> None:
@@ -20,21 +23,70 @@ def append_history(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_history(path: Path, metric: str) -> list[Optional[float]]:
-    """The sweep metric per validation epoch; None where it was not finite."""
-    out: list[Optional[float]] = []
+def _rows(path: Path) -> list[dict]:
     try:
         lines = Path(path).read_text().splitlines()
     except OSError:
-        return out
+        return []
+    rows = []
     for line in lines:
         try:
-            value = json.loads(line).get(metric)
-        except (json.JSONDecodeError, AttributeError):
+            row = json.loads(line)
+        except json.JSONDecodeError:
             continue  # a line being written right now
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def read_history(path: Path, metric: str) -> list[Optional[float]]:
+    """The sweep metric per validation epoch; None where it was not finite."""
+    out: list[Optional[float]] = []
+    for row in _rows(path):
+        value = row.get(metric)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out.append(float(value) if math.isfinite(value) else None)
     return out
+
+
+def truncate_history(path: Path, from_epoch: int) -> int:
+    """Drop the rows of epochs >= `from_epoch`: a run resumed from a
+    checkpoint trains those epochs again, and its history must stay one row per epoch.
+    Returns how many rows were dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    rows = _rows(path)
+    kept = [r for r in rows if isinstance(r.get("epoch"), int) and r["epoch"] < from_epoch]
+    if len(kept) == len(rows):
+        return 0
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(rows) - len(kept)
+
+
+def write_training(path: Path, epochs: Optional[int], done: bool) -> None:
+    """training.json: the validations this run plans (None: not known) and whether training ended."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"epochs": epochs, "done": done}))
+    os.replace(tmp, path)
+
+
+def training_done(path: Path, validations: int) -> bool:
+    """Whether a run has finished training: it said so, or it has validated as often as it
+    planned (its last epoch's row is there; the end of fit may be a moment away)."""
+    try:
+        state = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    epochs = state.get("epochs") if isinstance(state, dict) else None
+    return (isinstance(state, dict) and state.get("done") is True) or \
+        (isinstance(epochs, int) and epochs > 0 and validations >= epochs)
 
 
 def best_of(history: list, goal: str) -> Optional[float]:

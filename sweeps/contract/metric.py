@@ -6,7 +6,9 @@ sanity check, from rank 0 only. Lightning's epoch-end logging already writes one
 validation epoch on rank 0 with `epoch` in it; this callback adds a combined objective to
 that same row, checks that the metric is one the model logs, warns when validation runs more
 or less than once per epoch, and appends each value to `sweep_history.jsonl` in the run
-directory for the offline runner.
+directory for the offline runner. A run resumed from a checkpoint first drops the rows of the
+epochs it trains again, so that the history stays one row per epoch. training.json next to it
+says how many epochs the run plans and when training ended (hyperband leaves such a run alone).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from sweeps.contract.history import append_history
+from sweeps.contract.history import TRAINING_FILE, append_history, truncate_history, write_training
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,22 @@ class SweepMetric(Callback):
             # e.g. val/sensitivity on a 3-class task: the run would never log it, hyperband never sees it
             raise ValueError(f"sweep.metric {self.metric!r} is not logged by this model "
                              f"({pl_module.hparams.get('num_classes', '?')} classes); it logs {logged}")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After a checkpoint was restored, current_epoch is the first epoch that trains now.
+        if self.history_file is not None and trainer.is_global_zero:
+            dropped = truncate_history(self.history_file, trainer.current_epoch)
+            if dropped:
+                log.warning("resumed at epoch %d: dropped %d row(s) of %s that this run trains again",
+                            trainer.current_epoch, dropped, self.history_file.name)
+            once_per_epoch = trainer.val_check_interval == 1.0 and (trainer.check_val_every_n_epoch or 1) == 1
+            epochs = trainer.max_epochs if once_per_epoch and trainer.max_steps == -1 else None
+            write_training(self.history_file.with_name(TRAINING_FILE), epochs if epochs and epochs > 0 else None,
+                           done=False)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.history_file is not None and trainer.is_global_zero and not trainer.interrupted:
+            write_training(self.history_file.with_name(TRAINING_FILE), trainer.max_epochs, done=True)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.objective or trainer.sanity_checking or trainer.state.fn != "fit":

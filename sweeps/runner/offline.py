@@ -19,22 +19,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
+import sweeps.runner.placement as placement
 from sweeps.errors import RunnerError, SweepConfigError
 from sweeps.files.io import write_atomic
 from sweeps.files.params import YACS_ALIASES, cli_parameters, resolve_name
 from sweeps.files.schema import GOALS, check_early_terminate, max_epochs_of
 from sweeps.runner.jobs import find_root
 from sweeps.runner.launch import gpu_slots, prepare_sweep
+from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress
-from sweeps.runner.runner import LaunchSettings, Runner
+from sweeps.runner.runner import POLL_S, LaunchSettings, Runner
 from sweeps.runner.space import build_space, make_sampler
-from sweeps.runner.storage import Storage, mask_password
+from sweeps.runner.storage import Storage, heartbeat_problem, mask_password
 
 DEFAULT_COUNT = 10
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -45,6 +48,33 @@ def _slots(args: argparse.Namespace) -> list[Optional[str]]:
         return gpu_slots(args.gpus, args.gpus_per_trial, args.workers, args.trials_per_gpu)
     except ValueError as e:
         raise RunnerError(str(e)) from e
+
+
+def check_heartbeat(seconds: Optional[float]) -> Optional[int]:
+    """--heartbeat: whole seconds (Optuna's heartbeat_interval), longer than a poll of the runs."""
+    if seconds is None:
+        return None  # the sweep's own, else the default
+    if seconds <= POLL_S:
+        raise RunnerError(f"--heartbeat {seconds:g} is shorter than the runner's poll interval ({POLL_S:g} s); "
+                          "give whole seconds, e.g. --heartbeat 10")
+    if seconds != int(seconds):
+        raise RunnerError(f"--heartbeat {seconds:g}: give whole seconds (Optuna's heartbeat_interval)")
+    return int(seconds)
+
+
+def memory_guard(min_free_gb: Optional[float], slots: list[Optional[str]]) -> Optional[GpuMemoryGuard]:
+    """--min-free-gpu-mem: the guard, after checking that there are GPUs and a way to read them."""
+    if min_free_gb is None:
+        return None
+    if min_free_gb <= 0:
+        raise RunnerError(f"--min-free-gpu-mem must be a positive number of GB, got {min_free_gb:g}")
+    if not any(slots):
+        raise RunnerError("--min-free-gpu-mem: the runs use no GPU (no visible GPUs, or CUDA_VISIBLE_DEVICES empty)")
+    try:
+        placement.nvidia_smi_free_gb()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RunnerError(f"--min-free-gpu-mem needs nvidia-smi to read the GPUs' free memory: {e}") from None
+    return GpuMemoryGuard(min_free_gb)
 
 
 def _same_sweep(a: dict, b: dict) -> bool:
@@ -125,9 +155,11 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
         value = getattr(args, option, None)
         if value is not None and value < 1:
             raise RunnerError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+    heartbeat = check_heartbeat(args.heartbeat)
     sweep = prepare_sweep(sweep, args.cfg, args.gpus_per_trial)
     space = check_sweep(sweep, root)
     slots = _slots(args)
+    gpu_guard = memory_guard(args.min_free_gpu_mem, slots)
     if space.method == "grid":
         size = space.grid_size()
         count = min(args.count, size) if args.count else size
@@ -135,6 +167,10 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
         count = args.count or sweep.get("run_cap") or DEFAULT_COUNT
         if not args.count and not sweep.get("run_cap"):
             print(f"{sweep['method']} sweep: {count} runs (--count N for more)")
+    problem = heartbeat_problem(args.storage) if args.storage else None
+    if problem is not None:
+        raise RunnerError(f"--storage {mask_password(args.storage)}: {problem}; the runners' heartbeats "
+                          "(--heartbeat), which let any runner retry the runs of a dead one, need such a database")
     sweep_dir = Path(args.out or Path("sweep_runs") / name).resolve()
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +184,9 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
     url = args.storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
     direction = "maximize" if sweep["metric"].get("goal") == "maximize" else "minimize"
     try:
-        store = Storage(url, name, direction, make_sampler(space, args.seed))
+        store = Storage(url, name, direction, make_sampler(space, args.seed), heartbeat=heartbeat)
+    except RunnerError:
+        raise
     except Exception as e:  # a bad URL, no server, a missing driver: one line, password masked
         with contextlib.suppress(OSError):
             sweep_dir.rmdir()  # only if still empty
@@ -164,7 +202,7 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
     settings = LaunchSettings(wandb=args.wandb, project=args.project, entity=args.entity,
                               max_failures=args.max_failures)
     runner = Runner(sweep, space, store, sweep_dir=sweep_dir, root=root, slots=slots, count=count,
-                    progress=progress, settings=settings)
+                    progress=progress, settings=settings, gpu_guard=gpu_guard)
     print(f"sweep {name}: {sweep['method']}, {count} runs, {len(slots)} at a time; directory {sweep_dir}")
     code = runner.run()
     if runner.stopping and code == 130:

@@ -8,6 +8,24 @@ import sys
 from typing import Optional, TextIO
 
 
+def tally(trials: list, goal: str) -> tuple[dict[str, int], Optional[tuple[float, dict, str]]]:
+    """Runs by state (as the runner records them in user_attrs) and the best (value, params, run dir)."""
+    from optuna.trial import TrialState
+
+    counts = {"finished": 0, "stopped": 0, "failed": 0, "running": 0}
+    best = None
+    for t in trials:
+        state = t.user_attrs.get("state")
+        if t.state == TrialState.RUNNING and state == "running":
+            counts["running"] += 1
+        elif state in ("finished", "stopped", "failed") and t.state.is_finished():
+            counts[state] += 1
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            if best is None or (t.value > best[0] if goal == "maximize" else t.value < best[0]):
+                best = (t.value, t.user_attrs.get("params") or t.params, t.user_attrs.get("run_dir", ""))
+    return counts, best
+
+
 def format_params(params: dict, limit: int = 6) -> str:
     items = [f"{k}={v}" for k, v in list(params.items())[:limit]]
     more = len(params) - limit

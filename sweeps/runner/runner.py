@@ -1,10 +1,10 @@
 """The offline runner's loop: ask Optuna for trials, launch runs into free slots, poll them,
-apply hyperband, record results; recover what a dead runner left behind."""
+apply hyperband, record results; retry what a dead runner left behind (liveness.py), and
+continue interrupted runs from their checkpoint (jobs.resume_point)."""
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
 import os
@@ -15,17 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from sweeps.contract.history import HISTORY_FILE, best_of, read_history
+import sweeps.runner.recovery as recovery
+from sweeps.contract.history import HISTORY_FILE, TRAINING_FILE, best_of, read_history, training_done
 from sweeps.files.io import write_json_atomic
 from sweeps.hyperband import hyperband_stop
-from sweeps.runner.jobs import KILL_AFTER_S, Job, _alive, _me, _proc_start, failure_reason
+from sweeps.runner.jobs import CHECKPOINT, KILL_AFTER_S, Job, fresh_run_dir, owner, resume_point
 from sweeps.runner.launch import agent_argv, child_env
-from sweeps.runner.progress import Progress, format_params
+from sweeps.runner.liveness import Heartbeat, Lifeline, quiet_heartbeat_warnings, retry_attrs
+from sweeps.runner.placement import GpuMemoryGuard
+from sweeps.runner.progress import Progress, format_params, tally
 from sweeps.runner.space import Space
-from sweeps.runner.storage import Storage
+from sweeps.runner.storage import GRACE_BEATS, Storage
 
 POLL_S = 0.5  # how often running runs are checked (exit, history, hyperband)
-ORPHAN_GRACE_S = 60.0  # a RUNNING trial with no owner recorded is left alone this long
 COUNTED = ("finished", "stopped", "failed")  # runs that count towards --count once done
 
 
@@ -53,63 +55,44 @@ class Runner:
     until `count` runs are done; built whole by its constructor."""
 
     def __init__(self, sweep: dict, space: Space, store: Storage, *, sweep_dir: Path, root: Path,
-                 slots: list[Optional[str]], count: int, progress: Progress, settings: LaunchSettings) -> None:
+                 slots: list[Optional[str]], count: int, progress: Progress, settings: LaunchSettings,
+                 gpu_guard: Optional[GpuMemoryGuard] = None) -> None:
         self.sweep, self.space, self.store, self.study = sweep, space, store, store.study
         self.sweep_dir, self.root, self.slots, self.count = sweep_dir, root, slots, count
-        self.progress, self.settings = progress, settings
+        self.progress, self.settings, self.gpu_guard = progress, settings, gpu_guard
         metric = sweep["metric"]
         self.metric, self.goal = str(metric["name"]), str(metric.get("goal", "minimize"))
         self.early = sweep.get("early_terminate")
-        self.me = _me()
+        self.me = owner()
         self.jobs: dict[int, Job] = {}
+        self.others = 0  # trials other runners are running (they may need a retry)
+        self.finished_at = 0.0  # time.monotonic() when our last run ended
         self.failures_in_row = 0
         self.stopping: Optional[str] = None  # why no more runs are launched
         self.exit_code = 0
         self.best: Optional[tuple[float, dict, str]] = None
+        self._guard_noted: set[str] = set()
 
     def trials(self) -> list:
         return self.store.trials()
 
     def recover(self) -> None:
-        """Trials left RUNNING by a runner that is gone: stop their run if it still goes,
-        mark them interrupted (FAIL) and enqueue their parameters again."""
+        """Retry what dead runners left (recovery.py); stop our own runs whose trial another
+        runner failed for want of our heartbeat: they run elsewhere now."""
         from optuna.trial import TrialState
 
-        now = time.time()
-        with self.store.critical():
-            for t in self.trials():
-                if t.state != TrialState.RUNNING:
-                    continue
-                owner = t.user_attrs.get("runner")
-                if owner is None:
-                    started = t.datetime_start.timestamp() if t.datetime_start else now
-                    if now - started < ORPHAN_GRACE_S:
-                        continue
-                elif owner.get("host") != self.me["host"] or _alive(owner):
-                    continue  # another runner's, alive or on another machine
-                child = t.user_attrs.get("child")
-                if _alive(child):
-                    self._stop_orphan(child["pid"])
-                run_dir = self.sweep_dir / t.user_attrs.get("run_dir", "")
-                history = read_history(run_dir / HISTORY_FILE, self.metric) if t.user_attrs.get("run_dir") else []
-                attrs = dict(t.user_attrs, state="interrupted", history=history,
-                             reason="the runner ended while the run was going; it runs again")
-                self.store.set_attrs(t.number, {k: attrs[k] for k in ("state", "history", "reason")})
-                if (run_dir / "run.json").is_file():
-                    write_json_atomic(run_dir / "run.json", attrs)
-                self.study.tell(t.number, state=TrialState.FAIL)
-                self.study.enqueue_trial(dict(t.params), user_attrs={"rerun_of": t.number})
-                self.progress.event(f"run {t.number:04d} was interrupted; its parameters run again")
-
-    @staticmethod
-    def _stop_orphan(pid: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + KILL_AFTER_S
-        while time.monotonic() < deadline and _alive({"pid": pid}):
-            time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+        retried, trials = recovery.recover(self.store, self.sweep_dir, set(self.jobs))
+        for t in retried:
+            self.progress.event(f"run {t.number:04d} lost its runner (no heartbeat for "
+                                f"{GRACE_BEATS * self.store.heartbeat} s); its parameters run again")
+        states = {t.number: t.state for t in trials}
+        for number, job in self.jobs.items():
+            if states.get(number, TrialState.RUNNING) != TrialState.RUNNING and not job.lost:
+                job.lost = True  # its directory is the retry's now: no last save, no run.json
+                job.kill_group()
+                self.progress.event(f"run {number:04d}: another runner found no heartbeat from this one and "
+                                    "runs it again; stopping it here")
+        self.others = sum(t.state == TrialState.RUNNING and t.number not in self.jobs for t in trials)
 
     def next_trial(self):
         """A new trial to run, or None when --count is reached or the grid is done."""
@@ -128,14 +111,18 @@ class Runner:
                     if point is None:
                         return None
                     self.study.enqueue_trial(point)
-                trial = self.study.ask(self.space.distributions)
-                trial.set_user_attr("runner", self.me)
+                with quiet_heartbeat_warnings():
+                    trial = self.study.ask(self.space.distributions)
+                trial_id = self.store.trial_id(trial.number)
+                self.heart.add(trial_id)  # first beat before the owner record: an owned trial has one
+                trial.set_user_attr("runner", dict(self.me, heartbeat=self.store.heartbeat))
                 surplus = self._surplus(trial)
                 if surplus is None:
                     return trial
                 trial.set_user_attr("state", "surplus")
                 trial.set_user_attr("reason", surplus)
                 self.study.tell(trial, state=TrialState.FAIL)
+                self.heart.discard(trial_id)
                 if "count" in surplus:
                     return None
         return None
@@ -153,45 +140,53 @@ class Runner:
         return None
 
     # -- runs
+    def _free_slot(self) -> Optional[int]:
+        busy = {job.slot for job in self.jobs.values()}
+        for index, slot in enumerate(self.slots):
+            why = self.gpu_guard.blocked(slot) if self.gpu_guard and index not in busy else None
+            if why and "below" in why and slot not in self._guard_noted:
+                self._guard_noted.add(slot)
+                self.progress.event(f"waiting to start a run: {why}")
+            if index not in busy and why is None:
+                self._guard_noted.discard(slot)
+                return index
+        return None
+
     def launch(self, trial, index: int) -> None:
         slot = self.slots[index]
         params = self.space.values(trial.params)
         argv = agent_argv(self.sweep, params)
         number = trial.number
-        run_dir = self.sweep_dir / "runs" / f"{number:04d}"
-        for i in itertools.count(2):
-            try:
-                run_dir.mkdir(parents=True)
-                break
-            except FileExistsError:
-                run_dir = self.sweep_dir / "runs" / f"{number:04d}-r{i}"
+        resumed, note = resume_point(trial.user_attrs.get("resume"))
+        if resumed is not None:
+            argv = [*argv, f"--ckpt_path={resumed / CHECKPOINT}"]  # the same parameters, the same directory
+        run_dir = resumed or fresh_run_dir(self.sweep_dir, number)
         env = child_env(XRAY_RUN_DIR=str(run_dir.resolve()), WANDB_MODE=self.settings.wandb,
                         WANDB_PROJECT=self.settings.project, WANDB_ENTITY=self.settings.entity,
-                        CUDA_VISIBLE_DEVICES=slot)
-        with open(run_dir / "output.log", "wb") as log:
+                        CUDA_VISIBLE_DEVICES=slot, **self.lifeline.env())
+        with open(run_dir / "output.log", "ab") as log:  # a continued run keeps its earlier log
             proc = subprocess.Popen(argv, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    pass_fds=(self.lifeline.read_fd,))
+        if self.gpu_guard:
+            self.gpu_guard.started(slot)
         attrs = {
-            "run_dir": os.path.relpath(run_dir, self.sweep_dir), "state": "running", "reason": None,
-            "history": [], "argv": argv, "exit_code": None, "wall_s": 0.0,
-            "params": json.loads(json.dumps(params, default=str)),
-            "runner": self.me, "child": {"pid": proc.pid, "start": _proc_start(proc.pid)},
-            "slot": slot,
+            "run_dir": os.path.relpath(run_dir, self.sweep_dir), "run_path": str(run_dir.resolve()),
+            "state": "running", "reason": None, "history": [], "argv": argv, "exit_code": None, "wall_s": 0.0,
+            "params": json.loads(json.dumps(params, default=str)), "resumed": resumed is not None,
+            "runner": self.me, "child": {"pid": proc.pid}, "slot": slot,
         }
         self.store.set_attrs(trial.number, {k: v for k, v in attrs.items() if k != "runner"})
         write_json_atomic(run_dir / "run.json", dict(attrs, trial=number))
-        self.jobs[number] = Job(trial, proc, index, run_dir, attrs)
+        self.jobs[number] = Job(trial, proc, index, run_dir, attrs, trial_id=self.store.trial_id(number))
         where = f" on GPU {slot}" if slot else ""
-        self.progress.event(f"run {number:04d} started{where}: {format_params(params)}")
+        self.progress.event(f"run {number:04d} started{where}: {format_params(params)}"
+                            + (f"; {note}" if note else ""))
 
     def poll(self) -> None:
         for number, job in list(self.jobs.items()):
             code = job.proc.poll()
-            history = read_history(job.run_dir / HISTORY_FILE, self.metric)
-            if history != job.history:
-                job.history = history
-                with contextlib.suppress(Exception):  # a busy database only delays the live view
-                    job.trial.set_user_attr("history", history)
+            self._read(job)
             if code is not None:
                 self.finish(job, code)
                 del self.jobs[number]
@@ -201,10 +196,30 @@ class Runner:
         if self.early and self.jobs:
             self.apply_hyperband()
 
+    def _read(self, job: Job) -> None:
+        """The run's history so far: live view, Optuna intermediate values, the after-fit mark."""
+        path = job.run_dir / HISTORY_FILE
+        history = read_history(path, self.metric)
+        if history != job.history:
+            job.history = history
+            with contextlib.suppress(Exception):  # a busy database only delays the live view
+                job.trial.set_user_attr("history", history)
+            for step in range(job.reported, len(history)):
+                if history[step] is not None:  # learning curves in optuna-dashboard
+                    with contextlib.suppress(Exception):
+                        job.trial.report(history[step], step)
+            job.reported = len(history)
+        if history and not job.trained:
+            job.trained = training_done(job.run_dir / TRAINING_FILE, len(history))
+
     def apply_hyperband(self) -> None:
-        histories = {t.number: t.user_attrs.get("history") or [] for t in self.trials()}
+        trials = self.trials()
+        continued = {t.user_attrs.get("rerun_of") for t in trials if t.user_attrs.get("resumed")}
+        histories = {t.number: t.user_attrs.get("history") or [] for t in trials if t.number not in continued}
         histories.update({n: job.history for n, job in self.jobs.items()})
-        candidates = [n for n, job in self.jobs.items() if job.stop_reason is None and not job.interrupted]
+        # A run that finished training is never cut: its test after fit would be lost.
+        candidates = [n for n, job in self.jobs.items()
+                      if job.stop_reason is None and not (job.interrupted or job.lost or job.trained)]
         for decision in hyperband_stop(histories, candidates, self.early, self.goal):
             job = self.jobs[decision.run]
             job.stop_reason = decision.reason(self.metric, self.goal)
@@ -212,35 +227,33 @@ class Runner:
             self.progress.event(f"run {decision.run:04d} stopping: {job.stop_reason}")
 
     def finish(self, job: Job, code: int) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         job.kill_group()  # nothing of a finished run may linger (DDP children, GPU memory)
-        history = read_history(job.run_dir / HISTORY_FILE, self.metric)
-        by_us = job.term_at is not None
-        if job.interrupted:
-            state, reason = "interrupted", "the runner was interrupted; the run goes again on the next start"
-        elif code == 0 or (by_us and code < 0 and job.stop_reason):
-            state = "stopped" if job.stop_reason else "finished"
-            reason = job.stop_reason
-            if code < 0:
-                reason = f"{reason} (did not exit within {KILL_AFTER_S:g} s of SIGTERM; killed)"
-        else:
-            state, reason = "failed", failure_reason(job.run_dir / "output.log", code)
-        value = best_of(history, self.goal) if state in ("finished", "stopped") else None
-        attrs = dict(job.attrs, state=state, reason=reason, history=history, exit_code=code,
+        self.heart.discard(job.trial_id)
+        self.finished_at = time.monotonic()
+        self._read(job)
+        state, reason = job.outcome(code)
+        value = best_of(job.history, self.goal) if state in ("finished", "stopped") else None
+        attrs = dict(job.attrs, state=state, reason=reason, history=job.history, exit_code=code,
                      wall_s=round(time.monotonic() - job.started, 3))
-        write_json_atomic(job.run_dir / "run.json", dict(attrs, trial=job.trial.number, value=value))
-        self.store.set_attrs(job.trial.number, {k: attrs[k] for k in
-                                                   ("state", "reason", "history", "exit_code", "wall_s")})
-        if value is None:
-            self.study.tell(job.trial, state=TrialState.FAIL)
-        else:
-            self.study.tell(job.trial, value)
-        if state == "interrupted":
-            self.study.enqueue_trial(dict(job.trial.params), user_attrs={"rerun_of": job.trial.number})
-        number = f"run {job.trial.number:04d}"
-        shown = f" {self.metric}={value:.4g}" if value is not None else ""
-        self.progress.event(f"{number} {state}{shown}" + (f": {reason}" if reason else ""))
+        number = job.trial.number
+        if not job.lost:
+            write_json_atomic(job.run_dir / "run.json", dict(attrs, trial=number, value=value))
+            try:
+                self.store.set_attrs(number, {k: attrs[k] for k in ("state", "reason", "history", "exit_code",
+                                                                    "wall_s")})
+                if value is None:
+                    self.study.tell(job.trial, state=TrialState.FAIL)
+                else:
+                    self.study.tell(job.trial, value)
+            except UpdateFinishedTrialError:  # failed as stale by another runner meanwhile: it runs again there
+                job.lost, state, reason = True, "interrupted", "another runner found no heartbeat from this runner"
+        if state == "interrupted" and not job.lost:
+            self.study.enqueue_trial(dict(job.trial.params), user_attrs=retry_attrs(number, attrs["run_path"]))
+        shown = f" {self.metric}={value:.4g}" if value is not None and state != "interrupted" else ""
+        self.progress.event(f"run {number:04d} {state}{shown}" + (f": {reason}" if reason else ""))
         if state == "failed":
             self.failures_in_row += 1
             if self.failures_in_row >= self.settings.max_failures and not self.stopping:
@@ -251,26 +264,11 @@ class Runner:
             self.failures_in_row = 0
 
     def refresh(self) -> None:
-        from optuna.trial import TrialState
-
-        counts = {"finished": 0, "stopped": 0, "failed": 0, "running": 0}
-        best = None
-        for t in self.trials():
-            state = t.user_attrs.get("state")
-            if t.state == TrialState.RUNNING and state == "running":
-                counts["running"] += 1
-            elif state in COUNTED and t.state.is_finished():
-                counts[state] += 1
-            if t.state == TrialState.COMPLETE and t.value is not None:
-                better = best is None or (t.value > best[0] if self.goal == "maximize" else t.value < best[0])
-                if better:
-                    best = (t.value, t.user_attrs.get("params") or t.params, t.user_attrs.get("run_dir", ""))
-        self.best = best
-        self.progress.update(counts, best)
+        counts, self.best = tally(self.trials(), self.goal)
+        self.progress.update(counts, self.best)
 
     # -- main loop
     def run(self) -> int:
-        slots = self.slots
         def interrupt(signum, frame):
             if self.stopping and self.stopping.startswith("interrupted"):
                 for job in self.jobs.values():
@@ -284,33 +282,43 @@ class Runner:
             self.progress.event(f"{signal.Signals(signum).name}: stopping the runs (again to kill them)")
 
         old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.heart, self.lifeline = Heartbeat(self.store.storage, self.store.heartbeat), Lifeline()
         try:
             self.recover()
-            exhausted = False
-            last_refresh = 0.0
+            exhausted, waiting_noted = False, False
+            last_refresh = last_recover = time.monotonic()
             while True:
                 self.poll()
-                busy = {job.slot for job in self.jobs.values()}
-                free = [i for i in range(len(slots)) if i not in busy]
-                while free and not exhausted and not self.stopping:
+                if time.monotonic() - last_recover >= self.store.heartbeat:
+                    self.recover()  # a retry may be waiting now: ask again
+                    last_recover, exhausted = time.monotonic(), False
+                while not exhausted and not self.stopping and (index := self._free_slot()) is not None:
                     trial = self.next_trial()
                     if trial is None:
                         exhausted = True
                         break
-                    self.launch(trial, free.pop(0))
+                    self.launch(trial, index)
                 if time.monotonic() - last_refresh > 2:
                     self.refresh()
                     last_refresh = time.monotonic()
-                if not self.jobs and (exhausted or self.stopping):
+                if not self.jobs and exhausted and not self.stopping and last_recover < self.finished_at:
+                    self.recover()  # before leaving: are other runners' runs still going?
+                    last_recover, exhausted = time.monotonic(), False
+                    continue
+                if not self.jobs and (self.stopping or (exhausted and not self.others)):
                     break
+                if not self.jobs and exhausted and not waiting_noted:
+                    waiting_noted = True
+                    self.progress.event(f"waiting for {self.others} run(s) of other runners: should one lose its "
+                                        "runner, this runner runs it again")
                 time.sleep(POLL_S)
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
             for job in self.jobs.values():  # only on an unexpected error: leave nothing behind
                 job.kill_group()
+            self.heart.close()
+            self.lifeline.close()
         self.refresh()
         self.progress.close()
         return self.exit_code
-
-

@@ -6,6 +6,11 @@ machines share a sweep. Runners must agree on --count and never run a grid point
 "count the launched runs, then ask for a trial" is done under a lock: a file lock next to a
 SQLite database, an advisory lock on PostgreSQL; elsewhere the runner re-checks each asked
 trial and cancels it as surplus (see Runner._surplus).
+
+Liveness is Optuna's: the storage keeps a heartbeat per running trial (`heartbeat_interval`),
+a trial silent for GRACE_BEATS intervals is failed by `fail_stale_trials` (called by every
+live runner, under the lock so that one of them retries it) and its parameters are enqueued
+again by the stale-trial callback (sweeps/runner/liveness.py).
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from sweeps.errors import RunnerError
+from sweeps.runner.liveness import RetryStaleTrials, quiet_heartbeat_warnings
+
+GRACE_BEATS = 3  # missed heartbeats before a trial is failed: one late beat is not a death
+DEFAULT_HEARTBEAT_S = 10
+HEARTBEAT_ATTR = "heartbeat_s"  # the study's interval: every runner of a sweep uses the same
 
 
 def driver_url(url: str) -> str:
@@ -25,6 +37,21 @@ def driver_url(url: str) -> str:
             and importlib.util.find_spec("psycopg2") is not None:
         return "postgresql+psycopg2://" + url[len("postgresql://"):]
     return url
+
+
+def heartbeat_problem(url: str) -> Optional[str]:
+    """Why Optuna cannot keep heartbeats that other runners see in this storage, or None."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except Exception:
+        return ("it is not a database URL that Optuna's RDBStorage can use, and only that storage keeps "
+                "heartbeats (sqlite:///FILE, postgresql://..., mysql://...)")
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        return "an in-memory SQLite database lives in one process: no other runner sees its heartbeats"
+    return None
 
 
 def mask_password(text: str) -> str:
@@ -53,7 +80,8 @@ def _mask_url(url: str) -> str:
 class Storage:
     """The study (created or loaded) and its lock; built whole by the constructor."""
 
-    def __init__(self, url: str, study_name: str, direction: str, sampler: Any) -> None:
+    def __init__(self, url: str, study_name: str, direction: str, sampler: Any, *,
+                 heartbeat: Optional[int] = None) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -71,10 +99,25 @@ class Storage:
             self._pg = sqlalchemy.create_engine(url, poolclass=NullPool)
         self.key = zlib.crc32(study_name.encode())
         self.locked = self.lock_path is not None or self._pg is not None
-        with self.critical():  # two runners creating the tables at once collide
-            self.storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-            self.study = optuna.create_study(storage=self.storage, study_name=study_name, direction=direction,
-                                             sampler=sampler, load_if_exists=True)
+        self.retry = RetryStaleTrials()
+        agreed = None
+        with self.critical(), quiet_heartbeat_warnings():  # two runners creating the tables at once collide
+            for _ in range(2):  # a second time only to take the sweep's own interval
+                self.heartbeat = heartbeat or agreed or DEFAULT_HEARTBEAT_S
+                self.storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=self.heartbeat,
+                    grace_period=GRACE_BEATS * self.heartbeat, heartbeat_stale_trial_callback=self.retry)
+                self.study = optuna.create_study(storage=self.storage, study_name=study_name, direction=direction,
+                                                 sampler=sampler, load_if_exists=True)
+                agreed = self.study.user_attrs.get(HEARTBEAT_ATTR)
+                if agreed is None:
+                    self.study.set_user_attr(HEARTBEAT_ATTR, self.heartbeat)
+                if agreed in (None, self.heartbeat):
+                    break
+                if heartbeat is not None:
+                    raise RunnerError(f"--heartbeat {heartbeat}: the runners of this sweep beat every {agreed} s (set "
+                                      "when it was created), and all must agree, or one would take another's live "
+                                      f"runs for dead; give --heartbeat {agreed} or leave it out")
         self.study_id = self.storage.get_study_id_from_name(study_name)
 
     @contextlib.contextmanager
@@ -100,7 +143,18 @@ class Storage:
         return self.study.get_trials(deepcopy=False)
 
     def set_attrs(self, number: int, attrs: dict) -> None:
-        """Set user attributes of trial `number`, in any state (Trial.set_user_attr needs a live trial)."""
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        """Set user attributes of trial `number` by number (Optuna refuses once it is finished)."""
+        trial_id = self.trial_id(number)
         for key, value in attrs.items():
             self.storage.set_trial_user_attr(trial_id, key, value)
+
+    def trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def fail_stale(self) -> None:
+        """Fail the trials whose runner stopped heart-beating (Optuna's own check); call it
+        inside critical() so that exactly one runner retries each."""
+        import optuna
+
+        with quiet_heartbeat_warnings():
+            optuna.storages.fail_stale_trials(self.study)

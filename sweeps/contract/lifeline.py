@@ -1,0 +1,79 @@
+"""The lifeline: a run started by the offline runner stops when that runner is gone, however
+it died (SIGKILL, the OOM killer, a lost SSH session).
+
+The runner creates a pipe, keeps its write end and never writes to it, and passes the read
+end to each run (an inherited file descriptor named in XRAY_RUNNER_LIFELINE). The kernel
+closes the write end when the runner's process ends, for any reason, so a thread blocked on
+reading the pipe gets end-of-file at that moment. The thread then sets the stop flag, and
+the run stops the way a W&B agent's SIGTERM stops it: every rank agrees at the next check
+(RunGuard), `last.ckpt` is saved, W&B is finished, DDP children end, exit code 0. Should the
+run not be gone within HARD_STOP_S (stuck outside training: a cache build, a hung
+collective), the thread kills its own process group, as the agent's SIGKILL after 30 s would.
+
+Why not PR_SET_PDEATHSIG: it is Linux-only, it fires when the parent *thread* that forked the
+child ends rather than the parent process, it covers only the direct child (not DDP ranks or
+loader workers), it must be set between fork and exec (preexec_fn, unsafe with threads), and
+it delivers a bare signal, so the run could not tell "my runner died" from "stop now". The
+pipe needs none of that: any process that holds the read end learns of the death; only rank 0
+watches (the variable is removed before DDP children start), and the others follow it through
+the all-reduced flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import stat
+import threading
+import time
+
+from sweeps.contract.signals import StopSignal
+
+LIFELINE_ENV = "XRAY_RUNNER_LIFELINE"  # the read end's file descriptor number
+HARD_STOP_S = 25.0  # then the process group is killed: within the agent's 30 s grace
+
+log = logging.getLogger(__name__)
+_watching = threading.Event()
+
+
+def watch_runner() -> bool:
+    """Start watching the runner's lifeline when this process was given one; idempotent.
+    The variable is removed first, so that DDP children (which re-run the script with a copy
+    of the environment, without the descriptor) do not take another file for it."""
+    value = os.environ.pop(LIFELINE_ENV, None)
+    if value is None or _watching.is_set():
+        return False
+    try:
+        fd = int(value)
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise OSError(f"descriptor {fd} is not a pipe")
+    except (ValueError, OSError) as e:
+        log.warning("%s=%s is not a lifeline pipe (%s); the run will not notice its runner's death", LIFELINE_ENV,
+                    value, e)
+        return False
+    _watching.set()
+    threading.Thread(target=_watch, args=(fd,), name="runner-lifeline", daemon=True).start()
+    return True
+
+
+def _watch(fd: int) -> None:
+    while True:
+        try:
+            if os.read(fd, 1) == b"":
+                break  # end of file: the runner's write end is closed, the runner is gone
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    StopSignal.request("the sweep runner is gone")
+    log.warning("the sweep runner that started this run is gone: stopping (last.ckpt is saved; the sweep "
+                "continues this run from it when it is started again)")
+    time.sleep(HARD_STOP_S)
+    log.error("the run did not stop within %.0f s of its runner's death; killing it", HARD_STOP_S)
+    if os.getpgrp() == os.getpid():  # the runner started us as a group: DDP ranks and workers too
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)

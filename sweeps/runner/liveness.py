@@ -1,0 +1,119 @@
+"""How runners and runs learn that the other side is gone, with one mechanism each:
+
+* runner -> storage: Optuna's heartbeat. The runner records a heartbeat for every trial it
+  runs (a thread, every `interval` seconds, as Optuna's own `study.optimize` does for its
+  trials; the runner asks and tells trials itself, so it beats for them itself). Any live
+  runner, on any host, calls `fail_stale_trials`: trials whose heartbeat is older than the
+  grace period are failed by Optuna, and `RetryStaleTrials` (the equivalent of Optuna's
+  RetryHeartbeatStaleTrialCallback) enqueues their parameters again, naming the run directory
+  to continue from its checkpoint.
+* runner -> run: the lifeline pipe (sweeps/contract/lifeline.py has the run's end). The
+  runner holds the only write end; when its process ends, for any reason, each run reads
+  end-of-file and stops cleanly, saving last.ckpt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from typing import Any, Optional
+
+from sweeps.contract.lifeline import LIFELINE_ENV
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def quiet_heartbeat_warnings() -> Iterator[None]:
+    """Optuna marks heartbeats experimental and warns when a trial is asked outside
+    study.optimize with heartbeats on; the runner records the heartbeats itself."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
+
+
+def retry_attrs(number: int, run_path: Optional[str]) -> dict:
+    """user_attrs of the trial that runs trial `number`'s parameters again: which run it
+    replaces and the directory whose checkpoint it continues from (absolute: runners share the
+    storage, not necessarily the same --out)."""
+    attrs: dict[str, Any] = {"rerun_of": number}
+    if run_path:
+        attrs["resume"] = {"run_path": run_path, "of": number}
+    return attrs
+
+
+class RetryStaleTrials:
+    """Optuna's heartbeat_stale_trial_callback: the failed trial's parameters go back into the
+    queue (any runner takes them), with the run directory to continue."""
+
+    def __init__(self) -> None:
+        self.retried: list[Any] = []  # the stale FrozenTrials, for the runner to report
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number, trial.user_attrs.get("run_path")))
+        self.retried.append(trial)
+
+    def pop(self) -> list[Any]:
+        out, self.retried = self.retried, []
+        return out
+
+
+class Heartbeat:
+    """Records Optuna heartbeats for the trials this runner runs, every `interval` seconds, in
+    a thread of its own: a main loop busy for a while (a slow ask, a lock held by another
+    runner) must not make its trials look dead."""
+
+    def __init__(self, storage: Any, interval: int) -> None:
+        self.storage, self.interval = storage, interval
+        self._ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="optuna-heartbeat", daemon=True)
+        self._thread.start()
+
+    def add(self, trial_id: int) -> None:
+        """Beat for this trial from now on; the first beat is recorded before this returns."""
+        self.storage.record_heartbeat(trial_id)
+        with self._lock:
+            self._ids.add(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self._ids.discard(trial_id)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = sorted(self._ids)
+            for trial_id in ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as e:  # a busy or unreachable database: try again next beat
+                    log.warning("heartbeat of trial %d not recorded: %s", trial_id, e)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class Lifeline:
+    """The runner's end of the lifeline: a pipe whose write end only this process holds (it
+    is not inheritable, so no run gets it); each run inherits the read end."""
+
+    def __init__(self) -> None:
+        self.read_fd, self._write_fd = os.pipe()
+
+    def env(self) -> dict[str, str]:
+        return {LIFELINE_ENV: str(self.read_fd)}
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
