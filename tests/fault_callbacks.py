@@ -37,3 +37,53 @@ class KillSelf(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step >= 1:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class WorsenAfterEpoch(Callback):
+    """From the training epoch after `epoch` on, scrambles every weight before the epoch starts
+    (seeded noise ten times the weight's mean magnitude): every later checkpoint is far worse than
+    the one of `epoch`, and its predictions differ from it."""
+
+    def __init__(self, epoch: int = 0, scale: float = 10.0) -> None:
+        self.epoch, self.scale = epoch, scale
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch <= self.epoch:
+            return
+        generator = torch.Generator().manual_seed(1000 + trainer.current_epoch)
+        with torch.no_grad():
+            for p in pl_module.parameters():
+                noise = torch.randn(p.shape, generator=generator).to(p.device, p.dtype)
+                p.add_(noise * self.scale * (float(p.abs().mean()) or 1.0))
+
+
+def _replace_images(batch, make) -> None:
+    x, y = batch[0], batch[1]
+    with torch.no_grad():
+        x.copy_(make(x, y))
+
+
+class Blindfold(Callback):
+    """Every image the model sees (training and validation) is blank: it cannot learn, its
+    outputs are equal for all images, so its validation AUROC is exactly 0.5 every epoch."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        _replace_images(batch, lambda x, y: torch.zeros_like(x))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        _replace_images(batch, lambda x, y: torch.zeros_like(x))
+
+
+class LabelInImage(Callback):
+    """Every image the model sees is its label painted over the whole frame (-1 or +1): a task
+    any network learns within an epoch, so the run scores well from the start."""
+
+    @staticmethod
+    def _paint(x, y):
+        return (2.0 * y.to(x.dtype) - 1.0).view(-1, *([1] * (x.dim() - 1))).expand_as(x)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        _replace_images(batch, self._paint)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        _replace_images(batch, self._paint)
