@@ -5,9 +5,11 @@ so that runs take a fraction of a second."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +40,9 @@ with open(os.path.join(run_dir, "env.json"), "w") as f:
                **{k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "WANDB_MODE", "WANDB_PROJECT")}}, f)
 metric = args.get("sweep.metric", "val/score")
 x = float(args.get("x", 0.5))
+if "peak" in args:  # a known optimum: the score falls with the distance of (x, y) from the peak
+    px, py = map(float, args["peak"].split(","))
+    x = 1 - (x - px) ** 2 - (float(args["y"]) - py) ** 2
 mode = args.get("mode", "ok")
 epochs, delay = int(args.get("epochs", 3)), float(args.get("delay", 0.02))
 if mode == "error":
@@ -142,6 +147,24 @@ def test_same_seed_same_sequence(fake, tmp_path, method):
         assert run(tmp_path, sweep, "--count", "4", "--seed", seed, "--workers", "1", out=out) == 0
     seqs = {out: [t.user_attrs["params"] for t in load(tmp_path, out)] for out in "abc"}
     assert len(seqs["a"]) == 4 and seqs["a"] == seqs["b"] and seqs["a"] != seqs["c"]
+
+
+def test_bayes_models_the_function_after_its_startup_trials(fake, tmp_path):
+    """TPE samples at random for its first 10 trials (Optuna's n_startup_trials), then from its
+    model: on a function with a known optimum the later configurations gather near it."""
+    peak = (0.73, 0.2)
+    sweep = fake({"x": {"min": 0.0, "max": 1.0}, "y": {"min": 0.0, "max": 1.0},
+                  "peak": {"value": ",".join(map(str, peak))}, "epochs": {"value": 1}, "delay": {"value": 0.0}},
+                 method="bayes")
+    assert run(tmp_path, sweep, "--count", "30", "--seed", "0", "--workers", "1") == 0
+    trials = sorted(counted(load(tmp_path)), key=lambda t: t.number)
+    assert len(trials) == 30
+    distance = [math.dist((t.user_attrs["params"]["x"], t.user_attrs["params"]["y"]), peak) for t in trials]
+    startup, modelled = distance[:10], distance[10:]
+    # random sampling puts 7% of the square (radius 0.15) near the peak: about 1.4 of 20 trials
+    assert sum(d < 0.15 for d in modelled) >= 6, distance
+    assert statistics.median(modelled) < 0.5 * statistics.median(startup), distance
+    assert min(modelled) < 0.05, distance
 
 
 SUPPORTED = {
