@@ -75,12 +75,21 @@ class Blindfold(Callback):
 
 
 class LabelInImage(Callback):
-    """Every image the model sees is its label painted over the whole frame (-1 or +1): a task
-    any network learns within an epoch, so the run scores well from the start."""
+    """Every image the model sees is brightened or darkened by its label (two standard deviations
+    up for class 1, down for class 0): a task any network learns within an epoch or two, so the
+    run scores well from the start. Training ends after `epochs` epochs, whatever
+    trainer.max_epochs says."""
+
+    def __init__(self, epochs: int = 3) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
 
     @staticmethod
     def _paint(x, y):
-        return (2.0 * y.to(x.dtype) - 1.0).view(-1, *([1] * (x.dim() - 1))).expand_as(x)
+        return x + 2.0 * (2.0 * y.to(x.dtype) - 1.0).view(-1, *([1] * (x.dim() - 1)))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         _replace_images(batch, self._paint)

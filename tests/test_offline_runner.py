@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -450,6 +451,59 @@ def test_end_to_end_with_cli_and_demo_data(tmp_path, monkeypatch):
     again = [json.loads(line)["val/auroc"] for line in
              (tmp_path / "again" / "demo" / "best" / "sweep_history.jsonl").read_text().splitlines()]
     assert again == pytest.approx(best.user_attrs["history"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_hyperband_stops_a_real_cli_run_cleanly(hand_data, tmp_path, monkeypatch):
+    """Two real cli.py runs, one after the other. The first sees its labels painted into the
+    images (fault_callbacks.LabelInImage: val AUROC near 1, three epochs); the second sees blank
+    images (fault_callbacks.Blindfold: exactly 0.5) and would train 30 epochs. After its second
+    epoch (min_iter 2) it is below the bracket threshold (eta 3 with two runs: the better one), so
+    the runner stops it by SIGTERM: `stopped`, exit 0, last.ckpt written, W&B run finished, counted as a
+    completed trial; `best` and `report` read the directory."""
+    from wandb_records import exit_code, run_file
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests"))  # the children import fault_callbacks
+    constants = {
+        "data.root": str(hand_data), "demo.body_part": "null", "data.image_size": 32, "data.batch_size": 8,
+        "data.num_workers": 0, "trainer.max_epochs": 30, "trainer.limit_train_batches": 2,
+        "trainer.limit_val_batches": 2, "trainer.limit_test_batches": 1, "trainer.enable_progress_bar": False,
+        "eval.bootstrap_resamples": 200, "run.wandb": "offline",
+    }
+    good, blind = "fault_callbacks.LabelInImage", "fault_callbacks.Blindfold"
+    sweep = {
+        "program": "cli.py", "name": "hb", "method": "grid", "metric": {"name": "val/auroc", "goal": "maximize"},
+        "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 3},
+        "parameters": {"trainer.callbacks": {"values": [good, blind]}, **{k: {"value": v} for k, v in constants.items()}},
+        "command": ["${env}", "${interpreter}", "${program}", "fit", "--config", "configs/demo.yaml",
+                    "--sweep.metric=val/auroc", "${args}"],
+    }
+    out = tmp_path / "out"
+    assert main(["run", write(tmp_path, sweep), "--out", str(out), "--quiet", "--workers", "1"]) == 0
+    trials = {t.user_attrs["params"]["trainer.callbacks"]: t for t in load(tmp_path, name="hb")}
+    finished, stopped = trials[good], trials[blind]
+    log = (out / stopped.user_attrs["run_dir"] / "output.log").read_text()[-3000:]
+    assert finished.user_attrs["state"] == "finished" and finished.user_attrs["history"][1] > 0.9
+    assert stopped.user_attrs["state"] == "stopped", log
+    assert re.match(r"hyperband: val/auroc 0.5 after [26] epoch\(s\) below", stopped.user_attrs["reason"])
+    assert stopped.user_attrs["exit_code"] == 0, log  # SIGTERM -> clean exit, not killed
+    history = stopped.user_attrs["history"]
+    assert 2 <= len(history) < 30 and set(history) == {0.5}  # stopped early, mid-training
+    # counted as a completed trial, with its best value
+    assert stopped.state == optuna.trial.TrialState.COMPLETE and stopped.value == 0.5
+    run_dir = out / stopped.user_attrs["run_dir"]
+    assert json.loads((run_dir / "run.json").read_text())["state"] == "stopped"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert exit_code(run_file(run_dir)) == 0  # the W&B run was finished, not left crashed
+    # best and report on the very directory the runner wrote
+    assert main(["best", str(out), "--export", str(tmp_path / "best.yaml")]) == 0
+    assert yaml.safe_load((tmp_path / "best.yaml").read_text())["trainer"]["callbacks"] == good
+    assert main(["report", str(out)]) == 0
+    text = (out / "report.html").read_text()
+    number = stopped.user_attrs["run_dir"].split("/")[-1]
+    assert f"{number} (stopped)" in text and f"{number} stopped" in text  # dashed curve + its marker
+    assert f"Best run {finished.user_attrs['run_dir'].split('/')[-1]}" in text
 
 
 def test_gpu_slots_stay_inside_an_inherited_allocation(monkeypatch):

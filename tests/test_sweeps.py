@@ -262,3 +262,17 @@ def test_swapping_the_config_rechecks_hyperband_brackets(tmp_path):
     sweep = get_sweep_config("base", config="configs/demo.yaml")  # min_iter 3
     with pytest.raises(SweepConfigError, match="never be reached"):
         replace_config(sweep, str(short))
+
+
+def test_every_cli_option_is_a_known_sweep_parameter():
+    """The sweep tools read the parameter names from the CLI's signatures and option groups; a
+    group missing there (eval.* was) makes every sweep over it fail before launching."""
+    from sweeps.files import cli_parameters
+
+    cfg = parse_cli(["fit", "--config", "configs/demo.yaml"])
+    known = cli_parameters()
+    linked = {"model.num_classes", "model.class_names", "model.class_weights"}
+    groups = ("model", "data", "trainer", "run", "sweep", "demo", "eval")
+    paths = {f"{group}.{key}" for group in groups for key in cfg[group].keys() if "." not in key}
+    missing = sorted(paths - set(known) - linked)
+    assert not missing and {"eval.threshold", "eval.bootstrap_resamples"} <= set(known), missing
