@@ -1,12 +1,13 @@
 # make demo : the main job on built-in synthetic data (creates .venv on first use)
 # make test : the fast test suite (CPU, no network); make test-slow: multi-process/end-to-end tests
+# make test-gpu: the GPU paths (bf16, channels_last, compile, DDP on two GPUs, GPU slots); skip without CUDA
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # The torch/torchvision builds this project is tested with (any torch >= 2.4 works).
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo train test test-slow test-all lint sweeps clean
+.PHONY: setup demo train test test-slow test-all test-gpu lint sweeps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,9 @@ test-slow: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m "not gpu"
+
+test-gpu: setup
+	$(BIN)/python -m pytest -q -m gpu
 
 lint: setup
 	$(BIN)/ruff check .
