@@ -96,3 +96,13 @@ class LabelInImage(Callback):
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         _replace_images(batch, self._paint)
+
+
+class Beacon(Callback):
+    """Writes where training is (`epoch batch` per training batch, rank 0) to beacon.txt in the run
+    directory, so that a test can act at a moment of training instead of after a guessed sleep."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.is_global_zero:
+            with open(os.path.join(trainer.default_root_dir, "beacon.txt"), "a") as f:
+                f.write(f"{trainer.current_epoch} {batch_idx}\n")
