@@ -1,12 +1,13 @@
 # make demo : the main job on built-in synthetic data (creates .venv on first use)
 # make test : the fast test suite (CPU, no network); make test-slow: multi-process/end-to-end tests
+# make test-gpu: the GPU paths (bf16, channels_last, compile, DDP on two GPUs, GPU slots); skip without CUDA
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # The torch/torchvision builds this project is tested with (any torch >= 2.4 works).
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo train test test-slow test-all lint sweeps clean bench-gpu
+.PHONY: setup demo train test test-slow test-all test-gpu lint sweeps clean bench-gpu
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,9 @@ test-all: setup
 # Every GPU figure of benchmarks/README.md on one GPU, < 8 minutes, into benchmarks/gpu.json.
 bench-gpu: setup
 	$(BIN)/python benchmarks/gpu.py --out benchmarks/gpu.json
+
+test-gpu: setup
+	$(BIN)/python -m pytest -q -m gpu
 
 lint: setup
 	$(BIN)/ruff check .

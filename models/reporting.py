@@ -50,10 +50,13 @@ class ImageSampleLogger(Callback):
             return
         self.done = True
         x, y = batch[0][: self.count].float().cpu(), batch[1][: self.count].tolist()
-        x = (x - x.amin(dim=(1, 2, 3), keepdim=True)) / (x.amax(dim=(1, 2, 3), keepdim=True) - x.amin(dim=(1, 2, 3), keepdim=True) + 1e-6)
+        low, high = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+        # 8-bit pixels, stretched per image: wandb (0.31) casts float pixels to uint8 without
+        # scaling, so [0, 1] floats would arrive as black images.
+        pixels = ((x - low) / (high - low + 1e-6) * 255).round().to(torch.uint8)[:, 0].numpy()
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image("val/examples", images=list(x), caption=[pl_module.class_names[i] for i in y])
+                logger.log_image("val/examples", images=list(pixels), caption=[pl_module.class_names[i] for i in y])
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -8,6 +8,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 import yaml
 from conftest import CONFIGS, PYTHON, ROOT, run_dirs
 
@@ -33,6 +34,62 @@ def test_every_config_parses_and_runs_a_tiny_fit(config, fit_args, tmp_path):
     assert (run_dir / "confusion_test.csv").is_file()
 
 
+def _figures(report: dict) -> dict[str, float]:
+    """Every number of a test report, by its path (the validation calibration left out: the
+    test after fit has the validation outputs at hand, a separate `test` needs none)."""
+    out: dict[str, float] = {}
+
+    def walk(value, path: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{path}/{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{path}/{i}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[path] = float(value)
+
+    walk({k: v for k, v in report.items() if k != "validation_calibration"}, "")
+    return out
+
+
+def test_test_after_fit_uses_the_best_checkpoint_not_the_last(fit_args):
+    """Three epochs; from the second on the weights are scrambled (fault_callbacks.WorsenAfterEpoch),
+    so the best checkpoint (by val/loss) is epoch 0 and the last one is far worse. The test
+    after fit must report exactly what `cli.py test` reports on the best checkpoint."""
+    monitor = ["--run.monitor=val/loss", "--run.monitor_mode=min", "--trainer.limit_test_batches=3",
+               "--eval.bootstrap_resamples=200"]
+    fit = cli_main(fit_args("configs/demo.yaml", "--trainer.max_epochs=3", *monitor,
+                            "--trainer.callbacks+=fault_callbacks.WorsenAfterEpoch"))
+    checkpoints = fit.run_dir / "checkpoints"
+    best = checkpoints / "best-epoch=000.ckpt"
+    assert fit.checkpoint.best_model_path == str(best)
+    rows = read_csv(fit.run_dir / "metrics.csv")
+    val_loss = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    assert len(val_loss) == 3 and val_loss[0] < min(val_loss[1:])  # the premise: best != last
+    # last.ckpt is the last epoch's (Lightning 2.6's save_last=True would have left it at the best)
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["epoch"] == 2
+
+    def test(ckpt) -> tuple[dict, dict]:
+        cli = fit if ckpt is None else cli_main([*fit_args(subcommand="test"), *monitor, f"--ckpt_path={ckpt}"])
+        rows = read_csv(cli.run_dir / "metrics.csv")
+        logged = {k: float(v) for r in rows for k, v in r.items() if k.startswith("test/") and v}
+        assert len([r for r in rows if r.get("test/loss")]) == 1  # one test, once
+        return _figures(json.loads((cli.run_dir / "test_report.json").read_text())), logged
+
+    (after_fit, logged), (on_best, best_logged) = test(None), test(best)
+    on_last, last_logged = test(checkpoints / "last.ckpt")
+    assert after_fit.keys() == on_best.keys() and "/metrics/auroc/estimate" in after_fit
+    assert after_fit == pytest.approx(on_best, rel=1e-6, abs=1e-9, nan_ok=True)
+    assert logged["test/loss"] == pytest.approx(best_logged["test/loss"], rel=1e-6)
+    # the check can tell the two checkpoints apart
+    assert on_last != pytest.approx(on_best, rel=1e-3, nan_ok=True)
+    assert last_logged["test/loss"] != pytest.approx(best_logged["test/loss"], rel=1e-3)
+    # the test/* rows of the fit's metrics.csv come from the same report
+    assert logged["test/auroc"] == pytest.approx(after_fit["/metrics/auroc/estimate"], rel=1e-6)
+    assert logged["test/threshold"] == pytest.approx(after_fit["/threshold/value"], rel=1e-6)
+
+
 def test_second_identical_run_gets_its_own_directory(fit_args, tmp_path):
     args = fit_args("configs/demo.yaml", "--run.name=same", "--run.test_after_fit=false")
     first = cli_main(args).run_dir
@@ -52,15 +109,96 @@ def test_second_identical_command_line_run_succeeds(hand_data, tmp_path):
     assert len(run_dirs(tmp_path)) == 2
 
 
-def test_class_count_and_weights_reach_the_model_through_links(fit_args):
+def _labelled_batch(cli, split: str = "train") -> list:
+    """One batch of `split` as the model sees it (pixels normalised), holding both classes."""
+    dm = cli.datamodule
+    loader = {"train": dm.train_dataloader, "val": dm.val_dataloader}[split]()
+    xs, ys, idx = zip(*loader)
+    batch = [torch.cat(xs), torch.cat(ys), torch.cat(idx)]
+    assert set(batch[1].tolist()) == {0, 1}, "the check needs both classes in the batch"
+    return dm.on_after_batch_transfer(batch, 0)
+
+
+def test_class_weights_reach_the_loss(fit_args):
     cli = cli_main(fit_args("configs/demo.yaml", "--data.balancing=class_weights", "--trainer.fast_dev_run=1"))
     assert cli.model.hparams.num_classes == cli.datamodule.num_classes == 2
     assert cli.model.class_names == ["normal", "abnormal"]
-    weights = cli.model.hparams.class_weights
-    counts = cli.datamodule.train_class_counts
-    assert weights == cli.datamodule.class_weights
-    # inverse frequency: the rarer class weighs more, and the weighted counts are equal
-    assert weights[0] * counts[0] == pytest.approx(weights[1] * counts[1], rel=1e-4)
+    # inverse frequency (mean 1), from the training split's labels counted here
+    labels = [r.label for r in cli.datamodule.split_records["train"]]
+    counts = [labels.count("normal"), labels.count("abnormal")]
+    weights = [len(labels) / (2 * c) for c in counts]
+    assert cli.model.hparams.class_weights == pytest.approx(weights, rel=1e-5)
+    assert weights[0] != pytest.approx(weights[1], rel=0.05)  # unequal: the check below can tell
+    # the loss the model trains on is the weighted cross-entropy, computed by hand
+    model = cli.model.eval()
+    x, y, _ = _labelled_batch(cli)
+    with torch.no_grad():
+        loss, logits, _ = model.model_step([x, y])
+    logits, w = logits.double(), torch.tensor(weights, dtype=torch.float64)[y]
+    nll = torch.logsumexp(logits, dim=1) - logits[torch.arange(len(y)), y]
+    assert float(loss) == pytest.approx(float((w * nll).sum() / w.sum()), rel=1e-5)
+    assert float(loss) != pytest.approx(float(nll.mean()), rel=1e-3)  # not the unweighted loss
+
+
+def test_classification_metrics_equal_hand_computed_values():
+    from models.metrics import ClassificationMetrics
+
+    # positive-class probabilities and labels; at the 0.5 cut: TP 2, FN 2, FP 1, TN 2
+    p = torch.tensor([0.9, 0.8, 0.4, 0.3, 0.6, 0.2, 0.1])
+    y = torch.tensor([1, 1, 1, 1, 0, 0, 0])
+    metrics = ClassificationMetrics(2)
+    metrics.update(torch.stack([1 - p, p], dim=1), y)
+    values = {k: float(v) for k, v in metrics.compute().items()}
+    assert values == pytest.approx({
+        "auroc": 10 / 12,  # positive above negative in 10 of the 4 x 3 pairs
+        "sensitivity": 2 / 4, "specificity": 2 / 3, "acc": 4 / 7,
+        "balanced_acc": (2 / 4 + 2 / 3) / 2, "f1": 2 * 2 / (2 * 2 + 1 + 2)}, rel=1e-6)
+    assert metrics.compute_confusion().tolist() == [[2, 1], [2, 2]]  # rows true, columns predicted
+
+
+def _auroc(scores, positive) -> float:
+    pos = [s for s, t in zip(scores, positive) if t]
+    neg = [s for s, t in zip(scores, positive) if not t]
+    return sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+
+
+def test_positive_class_is_the_last_of_data_classes(fit_args):
+    """classes: [abnormal, normal] makes `normal` the positive class of every binary figure:
+    validation metrics and the test report equal hand-computed ones with normal positive."""
+    cli = cli_main(fit_args("configs/demo.yaml", "--data.classes=[abnormal, normal]", "--trainer.limit_val_batches=4",
+                            "--trainer.limit_test_batches=4", "--eval.bootstrap_resamples=200"))
+    assert cli.model.class_names == ["abnormal", "normal"]
+    records = {"val": cli.datamodule.records_of("val"), "test": cli.datamodule.records_of("test")}
+    expected = {}
+    for split in ("val", "test"):
+        out = cli.model.epoch_outputs[split]
+        normal = [records[split][i].label == "normal" for i in out["index"]]
+        assert out["labels"].tolist() == [int(n) for n in normal]  # label 1 is normal
+        assert 0 < sum(normal) < len(normal), f"the {split} check needs both classes"
+        expected[split] = (torch.softmax(torch.as_tensor(out["logits"], dtype=torch.float64), 1)[:, 1].tolist(), normal)
+
+    # validation: torchmetrics' figures at 0.5 (strictly above), logged once for the one epoch
+    scores, normal = expected["val"]
+    predicted = [s > 0.5 for s in scores]
+    [row] = [r for r in read_csv(cli.run_dir / "metrics.csv") if r.get("val/auroc")]
+    tp = sum(p and n for p, n in zip(predicted, normal))
+    tn = sum(not p and not n for p, n in zip(predicted, normal))
+    logged = {k: float(row[f"val/{k}"]) for k in ("auroc", "sensitivity", "specificity", "acc")}
+    assert logged == pytest.approx({"auroc": _auroc(scores, normal), "sensitivity": tp / sum(normal),
+                                    "specificity": tn / (len(normal) - sum(normal)),
+                                    "acc": (tp + tn) / len(normal)}, abs=1e-5)
+
+    # test report: at the threshold chosen on validation (probability >= threshold is positive)
+    report = json.loads((cli.run_dir / "test_report.json").read_text())
+    scores, normal = expected["test"]
+    cut = report["threshold"]["value"]
+    predicted = [s >= cut for s in scores]
+    tp = sum(p and n for p, n in zip(predicted, normal))
+    tn = sum(not p and not n for p, n in zip(predicted, normal))
+    figures = {k: report["metrics"][k]["estimate"] for k in ("auroc", "sensitivity", "specificity")}
+    assert figures == pytest.approx({"auroc": _auroc(scores, normal), "sensitivity": tp / sum(normal),
+                                     "specificity": tn / (len(normal) - sum(normal))}, abs=1e-9)
+    assert report["counts"]["images_per_class"] == {"abnormal": len(normal) - sum(normal), "normal": sum(normal)}
 
 
 def test_predict_writes_per_image_probabilities(fit_args, hand_data):

@@ -100,7 +100,7 @@ def _wait_for(predicate, timeout: float) -> bool:
     while time.monotonic() < end:
         if predicate():
             return True
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling interval, not a guess at timing
     return False
 
 
@@ -109,15 +109,33 @@ def _history_lines(run_dir) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-# Where the signal lands: during start-up (imports, process-group set-up), right when the
-# first validation has ended (ranks inside the end-of-validation collectives), shortly after,
-# and mid-training a few epochs in.
+def _training_at(run_dir) -> tuple[int, int]:
+    """(epoch, batch) of the last training batch started, from fault_callbacks.Beacon; (-1, -1) before."""
+    path = run_dir / "beacon.txt"
+    lines = path.read_text().split("\n") if path.exists() else []
+    done = [line for line in lines[:-1] if line]  # the last piece may be half-written
+    return tuple(map(int, done[-1].split())) if done else (-1, -1)
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """The process has installed a SIGTERM handler (Linux: SigCgt in /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(mask, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+# Where the signal lands, each a state waited for: during start-up (cli.py's stop flag is
+# installed, imports and process-group set-up still to come), right when the first validation
+# has ended (ranks inside the end-of-validation collectives), at the first training batch after
+# it, and mid-epoch a few epochs in.
 LANDINGS = {
-    "startup": lambda run_dir: None,
-    "end_of_validation": lambda run_dir: _wait_for(lambda: _history_lines(run_dir) >= 1, 240),
-    "just_after_validation": lambda run_dir: _wait_for(lambda: _history_lines(run_dir) >= 1, 240)
-    and time.sleep(0.15),
-    "mid_training": lambda run_dir: _wait_for(lambda: _history_lines(run_dir) >= 2, 240) and time.sleep(0.6),
+    "startup": lambda proc, run_dir: _wait_for(lambda: _catches_sigterm(proc.pid), 120),
+    "end_of_validation": lambda proc, run_dir: _wait_for(lambda: _history_lines(run_dir) >= 1, 240),
+    "just_after_validation": lambda proc, run_dir: _wait_for(lambda: _training_at(run_dir) >= (1, 0), 240),
+    "mid_training": lambda proc, run_dir: _wait_for(lambda: _training_at(run_dir) >= (2, 1), 240),
 }
 
 
@@ -127,15 +145,17 @@ def test_sigterm_to_ddp_main_process_exits_zero_with_no_process_left(landing, ha
     from wandb_records import exit_code, run_file
 
     cmd = ddp_command(hand_data, tmp_path, "--trainer.max_epochs=200", "--trainer.limit_train_batches=3",
-                      "--trainer.limit_val_batches=2", "--run.name=stopme")
+                      "--trainer.limit_val_batches=2", "--run.name=stopme",
+                      "--trainer.callbacks+=fault_callbacks.Beacon")
     run_dir = tmp_path / "runs" / "demo" / "stopme"
     log = open(tmp_path / "output.log", "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    if landing == "startup":
-        time.sleep(1.0)
-    else:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"))  # the ranks import fault_callbacks
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if landing != "startup":
         assert _wait_for(lambda: len(_cli_processes(proc.pid)) == 2, 120), "DDP child never started"
-        LANDINGS[landing](run_dir)
+    assert LANDINGS[landing](proc, run_dir), f"never reached the {landing} moment"
+    if landing == "startup":
+        assert len(_cli_processes(proc.pid)) == 1 and not run_dir.exists()  # really before training
     family = _cli_processes(proc.pid)
     os.kill(proc.pid, signal.SIGTERM)  # like the agent: the direct child only
     try:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from test_analysis import TRIALS, make_sweep_dir
 
 from sweeps.analysis.report import scrub, write_report
-
-pytest.importorskip("plotly")
 
 PLOTLY_JS_BANNER = re.compile(r"\* plotly\.js v\d")
 

@@ -277,3 +277,17 @@ def test_sweeps_may_optimise_exactly_what_the_model_logs_per_task(tmp_path):
         with pytest.raises(SweepConfigError, match=f"'{name}' is not one the model logs for 3 classes"):
             create_custom_sweep_config(config=str(three), parameters=params, metric_name=name)
     assert create_custom_sweep_config(config=str(three), parameters=params, metric_name="val/ece")
+
+
+def test_every_cli_option_is_a_known_sweep_parameter():
+    """The sweep tools read the parameter names from the CLI's signatures and option groups; a
+    group missing there (eval.* was) makes every sweep over it fail before launching."""
+    from sweeps.files import cli_parameters
+
+    cfg = parse_cli(["fit", "--config", "configs/demo.yaml"])
+    known = cli_parameters()
+    linked = {"model.num_classes", "model.class_names", "model.class_weights"}
+    groups = ("model", "data", "trainer", "run", "sweep", "demo", "eval", "cv")
+    paths = {f"{group}.{key}" for group in groups for key in cfg[group].keys() if "." not in key}
+    missing = sorted(paths - set(known) - linked)
+    assert not missing and {"eval.threshold", "eval.bootstrap_resamples", "cv.folds"} <= set(known), missing

@@ -160,12 +160,17 @@ class XrayCLI(LightningCLI):
             filename="best-{epoch:03d}",
             monitor=run.monitor,
             mode=run.monitor_mode,
-            save_last=True,
+        )
+        # last.ckpt: the latest epoch. Not save_last=True: since Lightning 2.6 that writes last.ckpt
+        # only when a best checkpoint is written at the same step, i.e. it stays the best epoch.
+        self.last_checkpoint = ModelCheckpoint(
+            dirpath=self.run_dir / "checkpoints", filename="last", monitor=None, enable_version_counter=False
         )
         metric = sweep.metric or run.monitor
         self.guard = RunGuard(self.run_dir / "checkpoints")
         callbacks: list[Callback] = [
             self.checkpoint,
+            self.last_checkpoint,
             self.guard,
             SweepMetric(metric, sweep.objective, self.run_dir / HISTORY_FILE),
             ConfusionWriter(self.run_dir),
@@ -293,7 +298,7 @@ class XrayCLI(LightningCLI):
         self.model.operating_point = point
         if point is not None:
             if self.trainer.is_global_zero:
-                store_operating_point([best, self.checkpoint.last_model_path], point)
+                store_operating_point([best, self.last_checkpoint.best_model_path], point)
             summary = {"eval/temperature": point.temperature}
             if point.threshold is not None:
                 summary.update({"eval/threshold": point.threshold.value,

@@ -64,13 +64,15 @@ def cli_parameters() -> dict[str, Any]:
     from datamodules.datamodule import XrayDataModule
     from models.classifier import XrayClassifier
     from sweeps.contract.options import SweepOptions
-    from training.options import DemoOptions, RunOptions
+    from training.options import CVOptions, DemoOptions, EvalOptions, RunOptions
 
     paths: dict[str, Any] = {"seed_everything": int}
     paths.update(_signature_params(XrayClassifier, "model"))
     paths.update(_signature_params(XrayDataModule, "data"))
     paths.update(_signature_params(Trainer, "trainer"))
-    for prefix, dc in (("run", RunOptions), ("sweep", SweepOptions), ("demo", DemoOptions)):
+    groups = (("run", RunOptions), ("sweep", SweepOptions), ("demo", DemoOptions), ("eval", EvalOptions),
+              ("cv", CVOptions))
+    for prefix, dc in groups:
         hints = typing.get_type_hints(dc)
         paths.update({f"{prefix}.{f.name}": hints[f.name] for f in fields(dc)})
     return {k: v for k, v in paths.items() if k not in _LINKED}
