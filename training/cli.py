@@ -20,7 +20,7 @@ from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.datamodule import XrayDataModule
 from datamodules.readers import ImageReadError
@@ -40,13 +40,13 @@ from sweeps.contract import (
     watch_runner,
 )
 from sweeps.contract.lightning_adapter import ddp_children
-from training.cv import CrossValidation, predict_with_ensemble, save_fold_outputs
+from training.cv import cross_validate, predict_with_ensemble, save_fold_outputs
 from training.evaluate import (
     EvaluationReport,
     OperatingPoint,
     choose_operating_point,
     fixed_operating_point,
-    publish_report,
+    patient_ids_of,
     read_operating_point,
     store_operating_point,
 )
@@ -190,9 +190,9 @@ class XrayCLI(LightningCLI):
             if StopSignal.requested:
                 raise RunStopped(f"stopped by {StopSignal.reason} before training started")
             if self.cross_validating:
-                self._cross_validate()
+                cross_validate(self, self.fold_devices)
             elif subcommand == "predict" and self.config_init[subcommand].cv.run_dir:
-                self._predict_with_fold_ensemble()
+                self.model.operating_point = predict_with_ensemble(self, Path(self.config_init[subcommand].cv.run_dir))
             else:
                 super()._run_subcommand(subcommand)
             finish_wandb(self.trainer, exit_code=0)
@@ -202,25 +202,6 @@ class XrayCLI(LightningCLI):
         finally:
             if getattr(self, "_set_env", False):
                 os.environ.pop(RUN_DIR_ENV, None)
-
-    def _cross_validate(self) -> None:
-        cfg = self.config_init[self.subcommand]
-        for callback in self.trainer.callbacks:
-            if isinstance(callback, SaveConfigCallback):  # the run's config.yaml, as a fit writes it
-                callback.setup(self.trainer, self.model, stage="fit")
-        cv = CrossValidation(self, self.args, cfg.sweep.metric or cfg.run.monitor, self.fold_devices)
-        cv.train()
-        report = cv.evaluate()
-        point = self.model.operating_point
-        if point is not None and point.threshold is not None:
-            update_summary(self.trainer, {"eval/threshold": point.threshold.value,
-                                          "eval/threshold_rule": f"{point.threshold.rule} (out-of-fold)"})
-        if report is not None and cfg.run.test_after_fit:
-            publish_report(report, self.run_dir, self.trainer, self.model.class_names)
-
-    def _predict_with_fold_ensemble(self) -> None:
-        cfg = self.config_init[self.subcommand]
-        self.model.operating_point = predict_with_ensemble(self, Path(cfg.cv.run_dir))
 
     def _finish_stopped_run(self) -> None:
         """The agent stopped us: close the logs as finished and leave no DDP child behind."""
@@ -241,15 +222,7 @@ class XrayCLI(LightningCLI):
     # ---- evaluation: the operating point from validation, the test report ----------------------
 
     def _patient_ids(self, split: str) -> Optional[list[str]]:
-        """Patient of each image of `split`; None when the data names no patients (each image
-        is then its own patient, and the report says so)."""
-        records = self.datamodule.records_of(split)
-        if all(r.patient_id == r.rel for r in records):
-            log.warning("eval: the data has no patient_id, so each image counts as its own patient; if patients "
-                        "have several images (both hands, views), the intervals are too narrow and there are no "
-                        "patient-level figures. Add a patient_id column to the manifest.")
-            return None
-        return [r.patient_id for r in records]
+        return patient_ids_of(self.datamodule.records_of(split))
 
     def _predict_row(self, index: int) -> tuple[str, str]:
         record = self.datamodule.records_of("predict")[index]

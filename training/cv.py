@@ -35,7 +35,14 @@ import numpy as np
 
 from datamodules.csvsafe import spreadsheet_safe
 from sweeps.contract import HISTORY_FILE, RunStopped, StopSignal, append_history
-from training.evaluate import OperatingPoint, choose_operating_point, test_report_of
+from training.evaluate import (
+    OperatingPoint,
+    choose_operating_point,
+    patient_ids_of,
+    publish_report,
+    test_report_of,
+)
+from training.loggers import update_summary
 from training.rundir import RUN_DIR_ENV
 
 log = logging.getLogger("cli")
@@ -207,8 +214,8 @@ class CrossValidation:
             probs.append(point.probabilities(o["test_logits"][[row_of[r] for r in order]]))
         records = [by_rel[r] for r in order]
         labels = np.array([cli.datamodule.class_index[r.label] for r in records])
-        ids = None if all(r.patient_id == r.rel for r in records) else [r.patient_id for r in records]
-        report = test_report_of(np.mean(probs, axis=0), labels, ids, cli.model.class_names, point, cfg.eval)
+        report = test_report_of(np.mean(probs, axis=0), labels, patient_ids_of(records), cli.model.class_names, point,
+                                cfg.eval)
         report["ensemble"] = {"folds": self.folds, "how": "mean of the folds' probabilities",
                               "fold_test": [_fold_figures(fold_dir(self.run_dir, i)) for i in range(self.folds)]}
         return report
@@ -251,6 +258,25 @@ def save_fold_outputs(cli) -> None:
              test_rel=test_rel, test_logits=test_logits,
              best_checkpoint=np.array(best.relative_to(cli.run_dir).as_posix() if best.name else ""))
     (cli.run_dir / FOLD_DONE).write_text(json.dumps({"fold": cli.datamodule.hparams.fold}))
+
+
+def cross_validate(cli, devices: tuple) -> None:
+    """The whole CV run in the parent process: config.yaml, the folds, then the evaluation."""
+    from lightning.pytorch.cli import SaveConfigCallback
+
+    cfg = cli.config_init[cli.subcommand]
+    for callback in cli.trainer.callbacks:
+        if isinstance(callback, SaveConfigCallback):  # the run's config.yaml, as a fit writes it
+            callback.setup(cli.trainer, cli.model, stage="fit")
+    cv = CrossValidation(cli, cli.args, cfg.sweep.metric or cfg.run.monitor, devices)
+    cv.train()
+    report = cv.evaluate()
+    point = cli.model.operating_point
+    if point is not None and point.threshold is not None:
+        update_summary(cli.trainer, {"eval/threshold": point.threshold.value,
+                                     "eval/threshold_rule": f"{point.threshold.rule} (out-of-fold)"})
+    if report is not None and cfg.run.test_after_fit:
+        publish_report(report, cli.run_dir, cli.trainer, cli.model.class_names)
 
 
 def predict_with_ensemble(cli, run_dir: Path) -> OperatingPoint:

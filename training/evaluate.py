@@ -139,6 +139,17 @@ def calibration_summary(logits: np.ndarray, labels: np.ndarray, point: Operating
             "brier": float(brier_score(probs, labels)), "reliability": reliability_bins(probs, labels, n_bins)}
 
 
+def patient_ids_of(records: Sequence) -> Optional[list[str]]:
+    """Patient of each record; None when the data names no patients (each image is then its own
+    patient, and the report says so)."""
+    if all(r.patient_id == r.rel for r in records):
+        log.warning("eval: the data has no patient_id, so each image counts as its own patient; if patients have "
+                    "several images (both hands, views), the intervals are too narrow and there are no "
+                    "patient-level figures. Add a patient_id column to the manifest.")
+        return None
+    return [r.patient_id for r in records]
+
+
 def test_report_of(probs: np.ndarray, labels: np.ndarray, patient_ids: Optional[Sequence[str]],
                    class_names: Sequence[str],
                    point: OperatingPoint, options: EvalOptions) -> dict:
