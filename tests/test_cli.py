@@ -152,8 +152,13 @@ def test_classification_metrics_equal_hand_computed_values():
     assert values == pytest.approx({
         "auroc": 10 / 12,  # positive above negative in 10 of the 4 x 3 pairs
         "sensitivity": 2 / 4, "specificity": 2 / 3, "acc": 4 / 7,
-        "balanced_acc": (2 / 4 + 2 / 3) / 2, "f1": 2 * 2 / (2 * 2 + 1 + 2)}, rel=1e-6)
-    assert metrics.compute_confusion().tolist() == [[2, 1], [2, 2]]  # rows true, columns predicted
+        "balanced_acc": (2 / 4 + 2 / 3) / 2, "f1": 2 * 2 / (2 * 2 + 1 + 2),
+        # precision at each positive, by descending score: 1/1, 2/2, 3/4, 4/5
+        "average_precision": (1 + 1 + 3 / 4 + 4 / 5) / 4,
+        # specificity >= 0.9 of 3 negatives means no false positive: cut above 0.6, 2 of 4 found
+        "sensitivity_at_spec90": 2 / 4,
+        # 15 bins: every score alone in its bin, so ECE is the mean |label - score|
+        "ece": (0.1 + 0.2 + 0.6 + 0.7 + 0.6 + 0.2 + 0.1) / 7}, rel=1e-6)
 
 
 def _auroc(scores, positive) -> float:
