@@ -177,6 +177,7 @@ def _runner(sweep_file: str, storage: str, out: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["random", "bayes"])
 def test_two_runners_draw_distinct_configurations(fake, tmp_path, method):  # noqa: F811
     sweep = fake({"x": {"min": 0.0, "max": 1.0}, "epochs": {"value": 3}, "delay": {"value": 0.3}}, method=method)
