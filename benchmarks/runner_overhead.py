@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sweeps.config import create_custom_sweep_config, render_yaml  # noqa: E402
+from sweeps.files import create_custom_sweep_config, render_yaml  # noqa: E402
 
 CONSTANTS = {
     "demo.count": 60,

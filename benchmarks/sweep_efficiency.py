@@ -24,10 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sweeps.config import create_custom_sweep_config, render_yaml  # noqa: E402
-from sweeps.history import best_of  # noqa: E402
-
-from sweeps.analysis import goal_of, load_offline_runs  # noqa: E402
+from sweeps.analysis.results import goal_of, load_offline_runs  # noqa: E402
+from sweeps.contract.history import best_of  # noqa: E402
+from sweeps.files import create_custom_sweep_config, render_yaml  # noqa: E402
 
 
 def make_sweep(args: argparse.Namespace, name: str, hyperband: bool) -> dict:

@@ -76,3 +76,46 @@ def test_run_at_threshold_is_kept(goal):
     et = {"type": "hyperband", "min_iter": 1, "eta": 2}
     histories = {"a": [sign * 1.0], "r": [sign * 2.0]}  # threshold sorted[1] = the worse one = r itself
     assert stopped(histories, ["r"], et, goal) == []
+
+
+def test_max_iter_and_s_come_first_as_wandb_reads_them():
+    from sweeps.hyperband import hyperband_bands
+
+    # W&B checks max_iter before min_iter: max_iter 27, s 2, eta 3 -> bands 3 and 9, not 1, 3, 9, ...
+    assert hyperband_bands({"min_iter": 1, "max_iter": 27, "s": 2, "eta": 3}) == [3, 9]
+    assert hyperband_bands({"min_iter": 2, "eta": 3})[:3] == [2, 6, 18]
+
+
+def test_threshold_index_for_a_non_integer_eta_is_wandbs():
+    # 33 values, eta 2.2: W&B takes sorted[int((1.0 / 2.2) * 33)] = sorted[15]; int(33 / 2.2) is 14
+    values = [[float(v)] for v in range(33)]
+    assert int((1.0 / 2.2) * 33) == 15 and int(33 / 2.2) == 14
+    assert thresholds(values, [1], 2.2) == {1: 15.0}
+
+
+@pytest.mark.parametrize(("early_terminate", "message"), [
+    ({"type": "hyperband", "max_iter": 2, "s": 2, "eta": 3}, "gives no hyperband bracket"),  # max_iter < eta
+    ({"type": "hyperband", "min_iter": 1, "s": 1.5, "max_iter": 9}, "early_terminate.s must be a whole number"),
+    ({"type": "hyperband", "min_iter": 1, "strict": "yes"}, "strict must be true or false"),
+    ({"type": "envelope", "min_iter": 1}, "only type hyperband"),
+    ({"type": "hyperband", "min_iter": 1, "max_iter": 9}, "max_iter needs s"),
+])
+def test_configurations_wandb_refuses_are_refused_before_launching(early_terminate, message, tmp_path, capsys,
+                                                                   monkeypatch):
+    """Through `python -m sweeps run` without --cfg: nothing is launched, nothing is written."""
+    import yaml
+
+    from sweeps.main import main
+
+    program = tmp_path / "stand_in.py"
+    program.write_text("raise SystemExit('must not run')\n")
+    sweep = {"program": str(program), "name": "hb", "method": "random",
+             "metric": {"name": "val/auroc", "goal": "maximize"}, "early_terminate": early_terminate,
+             "parameters": {"x": {"values": [1, 2]}},
+             "command": ["${env}", "${interpreter}", "${program}", "${args}"]}
+    path = tmp_path / "hb.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--count", "1", "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -107,6 +107,8 @@ def check_sweep(sweep: dict, root: Path) -> dict:
     if goal not in GOALS:
         raise RunnerError(f"metric.goal {goal!r} is not allowed; W&B accepts {' or '.join(GOALS)}")
     space = build_space(sweep)  # bad parameters fail here
+    if sweep.get("early_terminate") is not None:
+        check_early_terminate(sweep["early_terminate"], max_epochs_of(config_files(sweep, root), sweep["parameters"]))
     if Path(str(sweep.get("program") or "")).name != "cli.py":
         return space  # another program (a stand-in in tests): its options are its own
     known = cli_parameters()
@@ -121,8 +123,6 @@ def check_sweep(sweep: dict, root: Path) -> dict:
                 hints.append(str(e))
         raise RunnerError(f"the CLI has no option for sweep parameter(s) {unknown}; every run would fail. "
                           + " ".join(hints))
-    if sweep.get("early_terminate") is not None:
-        check_early_terminate(sweep["early_terminate"], max_epochs_of(config_files(sweep, root), sweep["parameters"]))
     return space
 
 
