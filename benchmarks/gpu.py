@@ -120,7 +120,7 @@ class PeakGpuMemory:
 def phase_sweep(tiny: bool, work: Path) -> dict:
     from sweeps.files.build import create_custom_sweep_config, render_yaml
 
-    runs = 2 if tiny else 4
+    runs = 1 if tiny else 4  # tiny: one run per setting, only to exercise the path
     data = work / "demo"
     if not (data / "manifest.csv").is_file():  # made once, before runs that start together
         from datamodules.synthetic import generate
