@@ -44,6 +44,7 @@ def test_runner_overhead_benchmark_prints_both_and_the_ratio(tmp_path):
         assert figure in out.stdout, out.stdout
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_tiny_writes_every_figure(tmp_path):
     """`make bench-gpu`'s script on CPU with the tiniest settings: every phase runs and lands in
     the JSON file (the figures themselves mean nothing on CPU)."""
