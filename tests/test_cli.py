@@ -53,12 +53,13 @@ def _figures(report: dict) -> dict[str, float]:
     return out
 
 
-def test_test_after_fit_uses_the_best_checkpoint_not_the_last(fit_args):
+@pytest.mark.parametrize("threshold", ["youden", "0.5"])  # chosen on validation, or fixed (no validation pass)
+def test_test_after_fit_uses_the_best_checkpoint_not_the_last(fit_args, threshold):
     """Three epochs; from the second on the weights are scrambled (fault_callbacks.WorsenAfterEpoch),
     so the best checkpoint (by val/loss) is epoch 0 and the last one is far worse. The test
     after fit must report exactly what `cli.py test` reports on the best checkpoint."""
     monitor = ["--run.monitor=val/loss", "--run.monitor_mode=min", "--trainer.limit_test_batches=3",
-               "--eval.bootstrap_resamples=200"]
+               "--eval.bootstrap_resamples=200", f"--eval.threshold={threshold}"]
     fit = cli_main(fit_args("configs/demo.yaml", "--trainer.max_epochs=3", *monitor,
                             "--trainer.callbacks+=fault_callbacks.WorsenAfterEpoch"))
     checkpoints = fit.run_dir / "checkpoints"
