@@ -53,12 +53,13 @@ def _figures(report: dict) -> dict[str, float]:
     return out
 
 
-def test_test_after_fit_uses_the_best_checkpoint_not_the_last(fit_args):
+@pytest.mark.parametrize("threshold", ["youden", "0.5"])  # chosen on validation, or fixed (no validation pass)
+def test_test_after_fit_uses_the_best_checkpoint_not_the_last(fit_args, threshold):
     """Three epochs; from the second on the weights are scrambled (fault_callbacks.WorsenAfterEpoch),
     so the best checkpoint (by val/loss) is epoch 0 and the last one is far worse. The test
     after fit must report exactly what `cli.py test` reports on the best checkpoint."""
     monitor = ["--run.monitor=val/loss", "--run.monitor_mode=min", "--trainer.limit_test_batches=3",
-               "--eval.bootstrap_resamples=200"]
+               "--eval.bootstrap_resamples=200", f"--eval.threshold={threshold}"]
     fit = cli_main(fit_args("configs/demo.yaml", "--trainer.max_epochs=3", *monitor,
                             "--trainer.callbacks+=fault_callbacks.WorsenAfterEpoch"))
     checkpoints = fit.run_dir / "checkpoints"
@@ -67,8 +68,12 @@ def test_test_after_fit_uses_the_best_checkpoint_not_the_last(fit_args):
     rows = read_csv(fit.run_dir / "metrics.csv")
     val_loss = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
     assert len(val_loss) == 3 and val_loss[0] < min(val_loss[1:])  # the premise: best != last
-    # last.ckpt is the last epoch's (Lightning 2.6's save_last=True would have left it at the best)
-    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["epoch"] == 2
+    # last.ckpt is the last epoch's (Lightning 2.6's save_last=True would have left it at the best),
+    # and both carry the operating point chosen on validation with the best weights
+    last = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 2
+    stored = torch.load(best, weights_only=False)["operating_point"]
+    assert stored is not None and last["operating_point"] == stored
 
     def test(ckpt) -> tuple[dict, dict]:
         cli = fit if ckpt is None else cli_main([*fit_args(subcommand="test"), *monitor, f"--ckpt_path={ckpt}"])

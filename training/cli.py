@@ -266,12 +266,15 @@ class XrayCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.trainer.fast_dev_run or self.trainer.interrupted:
             return
+        # Read both paths first: validating from a checkpoint restores the callbacks' state as it
+        # was when that checkpoint was written (the last one's path may not be known there yet).
         best = self.checkpoint.best_model_path or None
+        last = self.last_checkpoint.best_model_path or None
         point = self._operating_point(best, choose=True)
         self.model.operating_point = point
         if point is not None:
             if self.trainer.is_global_zero:
-                store_operating_point([best, self.last_checkpoint.best_model_path], point)
+                store_operating_point([best, last], point)
             summary = {"eval/temperature": point.temperature}
             if point.threshold is not None:
                 summary.update({"eval/threshold": point.threshold.value,
