@@ -123,51 +123,66 @@ class XrayClassifier(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_metrics)
+        self._eval_step(batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test", None)
+        self._eval_step(batch, "test")
 
-    def _eval_step(self, batch, stage: str, metrics: Optional[ClassificationMetrics]) -> None:
-        loss, logits, y = self.model_step(batch)
-        if metrics is not None:
-            metrics.update(logits.float().softmax(dim=1), y)
+    def _eval_step(self, batch, stage: str) -> None:
+        _, logits, y = self.model_step(batch)
         self._outputs[stage].append((logits.detach().float(), y.detach(), batch[2].detach()))
-        if self.log_eval_metrics:
-            self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, prog_bar=stage == "val",
-                     batch_size=len(y))
 
     def on_validation_epoch_start(self) -> None:
         self._outputs["val"] = []
+        self.epoch_outputs.pop("val", None)
 
     def on_test_epoch_start(self) -> None:
         self._outputs["test"] = []
+        self.epoch_outputs.pop("test", None)
 
     def on_validation_epoch_end(self) -> None:
-        self._gather_outputs("val")
         if self.log_eval_metrics:
-            self._log_epoch_metrics("val", self.val_metrics)
+            values = self.current_metrics("val")
+            if values:  # sync_dist only averages the equal values of the ranks
+                self.log("val/loss", values.pop("val/loss"), prog_bar=True, sync_dist=True)
+                self.log_dict(values, prog_bar=False, sync_dist=True)
         else:
-            self.val_metrics.reset()
+            self.gathered_outputs("val")
 
     def on_test_epoch_end(self) -> None:
         # Test figures (at the operating point chosen on validation, with CIs) are computed from
         # the gathered outputs by the CLI's evaluation report; here only the loss is logged.
-        self._gather_outputs("test")
+        outputs = self.gathered_outputs("test")
+        if self.log_eval_metrics and outputs is not None:
+            self.log("test/loss", self._loss_of(outputs), sync_dist=True)
+
+    def gathered_outputs(self, stage: str) -> Optional[dict[str, np.ndarray]]:
+        """This epoch's outputs of every rank, once per image in dataset order (the padding
+        DistributedSampler adds to even out the ranks is dropped); None when there are none.
+        Collective under DDP the first time in an epoch: every rank must call it."""
+        if stage not in self.epoch_outputs:
+            self._gather_outputs(stage)
+        return self.epoch_outputs.get(stage)
 
     def _gather_outputs(self, stage: str) -> None:
-        """All ranks' outputs in dataset order; DistributedSampler's padding duplicates dropped."""
         parts = self._outputs[stage]
         self._outputs[stage] = []
         if not parts:
             return
         logits, labels, index = (torch.cat(t) for t in zip(*parts))
-        if self.trainer is not None and self.trainer.world_size > 1:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
             logits, labels, index = (self.all_gather(t).flatten(0, 1) for t in (logits, labels, index))
         index_np = index.cpu().numpy()
         _, first = np.unique(index_np, return_index=True)
         self.epoch_outputs[stage] = {"logits": logits.cpu().numpy()[first], "labels": labels.cpu().numpy()[first],
                                      "index": index_np[first]}
+
+    def _loss_of(self, outputs: dict[str, np.ndarray]) -> torch.Tensor:
+        """The training loss over the whole split (each image once), not a mean of batch means."""
+        weight = self.loss_weights.cpu() if self.loss_weights is not None else None
+        return F.cross_entropy(torch.from_numpy(outputs["logits"]), torch.from_numpy(outputs["labels"]).long(),
+                               weight=weight, label_smoothing=self.hparams.label_smoothing)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.operating_point is not None:
@@ -177,14 +192,21 @@ class XrayClassifier(pl.LightningModule):
         return logged_metric_names(self.hparams.num_classes, stage)
 
     def current_metrics(self, stage: Literal["val"] = "val") -> dict[str, torch.Tensor]:
-        """This epoch's metrics so far, e.g. {"val/auroc": ...}; collective under DDP, so
-        every rank must call it (torchmetrics caches the result until the next update)."""
-        return {f"{stage}/{k}": v for k, v in self.val_metrics.compute().items()}
-
-    def _log_epoch_metrics(self, stage: Literal["val", "test"], metrics: ClassificationMetrics) -> None:
-        # torchmetrics has already reduced across ranks; sync_dist only averages equal values.
-        self.log_dict(self.current_metrics(stage), prog_bar=False, sync_dist=True)
-        metrics.reset()
+        """This epoch's metrics, e.g. {"val/loss": ..., "val/auroc": ...}, over every image of
+        the split exactly once, from the gathered outputs (so DistributedSampler's padding
+        counts nowhere). Every rank computes the same values from the same outputs. Collective
+        under DDP the first time in an epoch: every rank must call it."""
+        outputs = self.gathered_outputs(stage)
+        if outputs is None:
+            return {}
+        logits = torch.from_numpy(outputs["logits"]).to(self.device)
+        labels = torch.from_numpy(outputs["labels"]).long().to(self.device)
+        self.val_metrics.reset()
+        self.val_metrics.update(logits.softmax(dim=1), labels)
+        values = {f"{stage}/loss": self._loss_of(outputs)}
+        values.update({f"{stage}/{k}": v for k, v in self.val_metrics.compute().items()})
+        self.val_metrics.reset()
+        return values
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         x, _, index = batch

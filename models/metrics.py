@@ -2,7 +2,10 @@
 
 All metrics take class probabilities of shape (N, C). For binary tasks (C == 2) class 1
 is the positive class (e.g. "abnormal"), so sensitivity, specificity and F1 refer to it.
-torchmetrics keeps the states and synchronises them across DDP ranks in `compute()`.
+The classifier feeds them the outputs of every rank, gathered once per image (so the padding
+DistributedSampler adds under DDP counts nowhere), and every rank computes the same values:
+torchmetrics' own synchronisation across ranks is off, as it would count every image once per
+rank.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from torchmetrics.classification import (
 DEFAULT_METRIC = "val/auroc"
 # Metrics (without the stage prefix) for which lower is better: a sweep on them minimizes.
 LOWER_IS_BETTER = ("loss", "ece")
+# Every rank holds every image's outputs already; torchmetrics must not add them up again.
+LOCAL = {"sync_on_compute": False}
 
 
 class SensitivityAtSpecificity(BinarySensitivityAtSpecificity):
@@ -47,24 +52,24 @@ class ClassificationMetrics(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         multiclass = {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
+            "acc": MulticlassAccuracy(num_classes, average="micro", **LOCAL),
+            "balanced_acc": MulticlassAccuracy(num_classes, average="macro", **LOCAL),
         }
         if num_classes > 2:
-            multiclass["auroc"] = MulticlassAUROC(num_classes)
-            multiclass["f1"] = MulticlassF1Score(num_classes, average="macro")
-            multiclass["ece"] = MulticlassCalibrationError(num_classes, n_bins=15)
+            multiclass["auroc"] = MulticlassAUROC(num_classes, **LOCAL)
+            multiclass["f1"] = MulticlassF1Score(num_classes, average="macro", **LOCAL)
+            multiclass["ece"] = MulticlassCalibrationError(num_classes, n_bins=15, **LOCAL)
         self.multiclass = MetricCollection(multiclass)
         self.binary = (
             MetricCollection(
                 {
-                    "auroc": BinaryAUROC(),
-                    "average_precision": BinaryAveragePrecision(),
-                    "f1": BinaryF1Score(),
-                    "sensitivity": BinaryRecall(),
-                    "specificity": BinarySpecificity(),
-                    "sensitivity_at_spec90": SensitivityAtSpecificity(min_specificity=0.9),
-                    "ece": BinaryCalibrationError(n_bins=15),
+                    "auroc": BinaryAUROC(**LOCAL),
+                    "average_precision": BinaryAveragePrecision(**LOCAL),
+                    "f1": BinaryF1Score(**LOCAL),
+                    "sensitivity": BinaryRecall(**LOCAL),
+                    "specificity": BinarySpecificity(**LOCAL),
+                    "sensitivity_at_spec90": SensitivityAtSpecificity(min_specificity=0.9, **LOCAL),
+                    "ece": BinaryCalibrationError(n_bins=15, **LOCAL),
                 }
             )
             if num_classes == 2

@@ -39,6 +39,20 @@ class KillSelf(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class KillSelfInFold(Callback):
+    """SIGKILL in fold $KILL_FOLD of a cross-validated run when it starts epoch `epoch` (its
+    last.ckpt holds the epochs before): a node failure in the middle of a CV run. The fold comes
+    from the environment so that the rerun is the very same command, without the failure."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        fold = os.environ.get("KILL_FOLD")
+        if fold is not None and trainer.datamodule.hparams.fold == int(fold) and trainer.current_epoch >= self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class SigtermAfterFit(Callback):
     """SIGTERM right after training ended: W&B's controller (or the offline runner's death)
     stopping a run that reached its last band, while its test after fit is still to come."""

@@ -204,10 +204,33 @@ def test_metric_names_come_from_the_models_metric_collection():
 
     for classes in (2, 3):
         model = XrayClassifier(backbone="resnet18", num_classes=classes)
-        model.val_metrics.update(torch.softmax(torch.randn(12, classes), 1), torch.arange(12) % classes)
-        logged = set(model.current_metrics("val")) | {"val/loss"}
+        model._outputs["val"] = [(torch.randn(12, classes), torch.arange(12) % classes, torch.arange(12))]
+        logged = set(model.current_metrics("val"))
         assert set(logged_metric_names(classes)) == logged == set(validation_metrics(classes))
     assert "val/sensitivity" not in validation_metrics(3)
+
+
+def test_validation_metrics_count_each_image_once_whatever_the_sampler_repeats():
+    """Under DDP, DistributedSampler pads the ranks to equal length by repeating images; the
+    logged metrics and the confusion matrix must both count every image exactly once."""
+    import torch
+
+    from models.classifier import XrayClassifier
+
+    model = XrayClassifier(backbone="resnet18", num_classes=2)
+    model.log_eval_metrics = False
+    right, wrong = torch.tensor([[0.0, 4.0]]), torch.tensor([[4.0, 0.0]])
+    images = torch.zeros(1, 1, 32, 32)
+    model.on_validation_epoch_start()
+    # image 0 predicted wrongly, images 1..3 rightly; image 0 comes again as padding
+    for index, logits in ((0, wrong), (1, right), (2, right), (3, right), (0, wrong)):
+        model.forward = lambda x, logits=logits: logits
+        model.validation_step((images, torch.tensor([1]), torch.tensor([index])), index)
+    values = model.current_metrics("val")
+    assert float(values["val/acc"]) == pytest.approx(3 / 4)
+    expected_loss = torch.nn.functional.cross_entropy(torch.cat([wrong, right, right, right]), torch.ones(4).long())
+    assert float(values["val/loss"]) == pytest.approx(float(expected_loss))
+    assert list(model.epoch_outputs["val"]["index"]) == [0, 1, 2, 3]
 
 
 def test_backbone_choices_are_the_factorys_names():

@@ -155,6 +155,7 @@ def test_synthetic_bad_input(case, tmp_path, capsys):
     assert not any(p.name.startswith(".out.tmp") for p in tmp_path.iterdir())
 
 
+@pytest.mark.slow  # several processes, 10-40 s on two cores
 def test_entry_points_as_processes_print_no_traceback(tmp_path):
     """The same through real processes, as a user sees it."""
     cases = [

@@ -103,6 +103,7 @@ def test_second_identical_run_gets_its_own_directory(fit_args, tmp_path):
     assert (first / "config.yaml").is_file() and (second / "config.yaml").is_file()
 
 
+@pytest.mark.slow  # several processes, 10-40 s on two cores
 def test_second_identical_command_line_run_succeeds(hand_data, tmp_path):
     """As a user would type it twice: two processes, two run directories."""
     cmd = [PYTHON, "cli.py", "fit", "--config", "configs/demo.yaml", f"--data.root={hand_data}",

@@ -133,6 +133,7 @@ def test_sigterm_stops_every_fold_cleanly(hand_data, tmp_path):
     assert not (run_dir / "fold_0" / "fold_done.json").exists()
 
 
+@pytest.mark.slow  # several processes, 10-40 s on two cores
 def test_a_fold_that_fails_fails_the_run_with_its_reason(fit_args, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     from training.cv import FoldFailed
@@ -140,6 +141,51 @@ def test_a_fold_that_fails_fails_the_run_with_its_reason(fit_args, monkeypatch):
     with pytest.raises(FoldFailed, match="fold 0 of 2 failed: .*out of GPU memory"):
         cli_main(fit_args("configs/demo.yaml", "--cv.folds=2", "--trainer.devices=1",
                           "--trainer.callbacks+=fault_callbacks.OutOfMemory"))
+
+
+@pytest.mark.slow
+def test_a_killed_cv_run_rerun_keeps_its_finished_folds_and_continues_the_rest(fit_args, tmp_path, monkeypatch):
+    from training.cv import FoldFailed
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run_dir = tmp_path / "cv_run"
+    monkeypatch.setenv("XRAY_RUN_DIR", str(run_dir))  # as the offline runner continues a trial
+    args = fit_args("configs/demo.yaml", "--cv.folds=2", "--trainer.devices=1", "--trainer.max_epochs=2",
+                    "--trainer.callbacks+=fault_callbacks.KillSelfInFold")
+    monkeypatch.setenv("KILL_FOLD", "1")
+    with pytest.raises(FoldFailed, match="fold 1 of 2 failed"):
+        cli_main(args)
+    monkeypatch.delenv("KILL_FOLD")
+    fold0, fold1 = run_dir / "fold_0", run_dir / "fold_1"
+    assert (fold0 / "fold_done.json").is_file() and not (fold1 / "fold_done.json").exists()
+    kept = {p: p.stat().st_mtime_ns for p in (fold0 / "fold_done.json", fold0 / "checkpoints" / "last.ckpt")}
+    first_epoch = (fold1 / "sweep_history.jsonl").read_text().splitlines()
+    assert len(first_epoch) == 1  # fold 1 died starting its second epoch
+
+    cli = cli_main(args)  # the same command again
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the finished fold was not trained again
+    assert "Restoring states from the checkpoint" in (fold1 / "output.log").read_text()
+    rows = (fold1 / "sweep_history.jsonl").read_text().splitlines()
+    assert rows[:1] == first_epoch and [json.loads(r)["epoch"] for r in rows] == [0, 1]
+    parent = [json.loads(r) for r in (run_dir / "sweep_history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in parent] == [0, 1]  # the fold mean once per epoch, across both attempts
+    assert (run_dir / "cv.json").is_file() and (run_dir / "test_report.json").is_file()
+    assert cli.run_dir == run_dir
+    # the same directory with other settings: refused, naming it, rather than mixing folds
+    with pytest.raises(ValueError, match="holds a cross-validated run with other settings"):
+        cli_main([*args, "--model.lr=0.01"])
+
+
+def test_the_runner_continues_an_interrupted_cv_trial_in_its_directory(tmp_path):
+    from sweeps.runner.jobs import resume_point
+
+    run_dir = tmp_path / "runs" / "0003"
+    (run_dir / "fold_0" / "checkpoints").mkdir(parents=True)
+    resumed, note = resume_point({"run_path": str(run_dir), "of": 3})
+    assert resumed == run_dir and "folds that finished are kept" in note
+    plain = tmp_path / "runs" / "0004"
+    plain.mkdir()
+    assert resume_point({"run_path": str(plain), "of": 4})[0] is None  # no checkpoint, no folds: starts over
 
 
 def test_generate_makes_a_cv_sweep_from_any_preset_and_export_keeps_the_folds(tmp_path):

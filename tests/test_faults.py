@@ -96,6 +96,7 @@ def test_failures_in_a_row_stop_the_sweep_with_a_message(hand_data, tmp_path):
     assert [r["state"] for r in runs] == ["failed", "failed"]
 
 
+@pytest.mark.slow  # several processes, 10-40 s on two cores
 def test_four_runners_on_one_sqlite_sweep_lose_and_duplicate_nothing(fake, tmp_path):  # noqa: F811
     """Injects: four runner processes started at once on one SQLite file, a 12-point grid.
     Must hold: every point run exactly once, every trial accounted for, all runners exit 0."""

@@ -412,6 +412,7 @@ def test_resume_after_sigkill(fake, tmp_path):
     assert {r["number"]: r["state"] for r in runs}[orphan["trial"]] == "interrupted"
 
 
+@pytest.mark.slow  # several processes, 10-40 s on two cores
 def test_interrupt_stops_runs_and_a_rerun_continues(fake, tmp_path):
     sweep = fake({"x": {"values": [0.1, 0.2, 0.3]}, "mode": {"value": "hang"}, "epochs": {"value": 1}})
     sweep_file = write(tmp_path, sweep)
@@ -425,6 +426,7 @@ def test_interrupt_stops_runs_and_a_rerun_continues(fake, tmp_path):
     assert len([t for t in trials if t.state == optuna.trial.TrialState.WAITING]) == 1  # enqueued again
 
 
+@pytest.mark.slow  # several processes, 10-40 s on two cores
 def test_two_runners_share_sqlite_storage(fake, tmp_path):
     xs = [round(0.1 * i, 1) for i in range(1, 7)]
     grid = fake({"x": {"values": xs}, "epochs": {"value": 2}, "delay": {"value": 0.05}})
@@ -450,6 +452,7 @@ if os.environ.get("FAKE_HOSTNAME"):
 """
 
 
+@pytest.mark.slow  # several processes, 10-40 s on two cores
 def test_a_dead_runner_on_another_host_is_retried_by_a_live_one(fake, tmp_path):
     """Two runners on one storage, presenting different host names; one is SIGKILLed while its
     run is going. The live one must see, by Optuna's heartbeat alone, that the trial is dead,
@@ -504,6 +507,7 @@ def test_hyperband_spares_a_run_that_finished_training(fake, tmp_path):
     assert test == {"stopped_during_test": False}
 
 
+@pytest.mark.slow  # several processes, 10-40 s on two cores
 @pytest.mark.parametrize("corrupt", [False, True])
 def test_an_interrupted_run_continues_from_its_checkpoint(fake, tmp_path, corrupt):
     """SIGINT to the runner stops its run cleanly (checkpoint saved); the next start continues

@@ -15,7 +15,8 @@ as ONE run (one W&B run, one sweep trial), so W&B agents and the offline runner 
   models' probabilities), with patient-level CIs, next to each fold's own test figures.
 * SIGTERM stops every fold cleanly (each saves last.ckpt) and the run exits 0; a fold that
   fails fails the run with the fold's reason. Folds that finished are kept: the same command
-  with the same run directory (XRAY_RUN_DIR, as the offline runner sets it) trains only the rest.
+  with the same run directory (XRAY_RUN_DIR, as the offline runner sets it when it continues
+  an interrupted trial) trains only the rest, each unfinished fold from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any, Optional
 import numpy as np
 
 from datamodules.csvsafe import spreadsheet_safe
-from sweeps.contract import HISTORY_FILE, RunStopped, StopSignal, append_history
+from sweeps.contract import FOLD_DIR, HISTORY_FILE, RunStopped, StopSignal, append_history
 from training.evaluate import (
     OperatingPoint,
     choose_operating_point,
@@ -43,7 +44,7 @@ from training.evaluate import (
     test_report_of,
 )
 from training.loggers import update_summary
-from training.rundir import RUN_DIR_ENV
+from training.rundir import RUN_DIR_ENV, checkpoint_problem
 
 log = logging.getLogger("cli")
 FOLD_OUTPUTS = "fold_outputs.npz"  # a fold's validation (out-of-fold) and test logits, by relative path
@@ -59,7 +60,7 @@ class FoldFailed(ValueError):
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
-    return Path(run_dir) / f"fold_{fold}"
+    return Path(run_dir) / FOLD_DIR.format(fold)
 
 
 def fold_slots(accelerator: Any, devices: Any) -> list[Optional[str]]:
@@ -156,14 +157,22 @@ class CrossValidation:
     def _launch(self, fold: int, slot: Optional[str]) -> subprocess.Popen:
         directory = fold_dir(self.run_dir, fold)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / HISTORY_FILE).unlink(missing_ok=True)  # a fold that did not finish starts over
+        argv = fold_argv(self.args, self.folds, fold)
+        last = directory / "checkpoints" / "last.ckpt"
+        if last.is_file() and checkpoint_problem(str(last)) is None:
+            # A fold stopped or killed before: it continues from its last epoch (its history
+            # is cut back to that epoch by the run itself).
+            argv.append(f"--ckpt_path={last}")
+            started = "continues from its last checkpoint"
+        else:
+            (directory / HISTORY_FILE).unlink(missing_ok=True)  # no checkpoint: the fold starts over
+            started = "started"
         env = dict(os.environ, **{RUN_DIR_ENV: str(directory)})
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
-        with open(directory / "output.log", "wb") as out:
-            log.info("cv: fold %d of %d started%s", fold, self.folds, f" on GPU {slot}" if slot else "")
-            return subprocess.Popen(fold_argv(self.args, self.folds, fold), env=env, stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with open(directory / "output.log", "ab") as out:  # a continued fold keeps its earlier log
+            log.info("cv: fold %d of %d %s%s", fold, self.folds, started, f" on GPU {slot}" if slot else "")
+            return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def _stop(self, running: dict) -> None:
         for proc, _ in running.values():
@@ -267,7 +276,8 @@ def cross_validate(cli, devices: tuple) -> None:
     cfg = cli.config_init[cli.subcommand]
     for callback in cli.trainer.callbacks:
         if isinstance(callback, SaveConfigCallback):  # the run's config.yaml, as a fit writes it
-            callback.setup(cli.trainer, cli.model, stage="fit")
+            if not _continues_same_run(cli.run_dir, callback):
+                callback.setup(cli.trainer, cli.model, stage="fit")
     cv = CrossValidation(cli, cli.args, cfg.sweep.metric or cfg.run.monitor, devices)
     cv.train()
     report = cv.evaluate()
@@ -277,6 +287,20 @@ def cross_validate(cli, devices: tuple) -> None:
                                      "eval/threshold_rule": f"{point.threshold.rule} (out-of-fold)"})
     if report is not None and cfg.run.test_after_fit:
         publish_report(report, cli.run_dir, cli.trainer, cli.model.class_names)
+
+
+def _continues_same_run(run_dir: Path, saving) -> bool:
+    """True when run_dir holds folds of this very run (the same command again, to train the
+    folds that did not finish); refused when they were trained with other settings, whose
+    folds must not be mixed with these."""
+    saved = Path(run_dir) / saving.config_filename
+    if not (saved.is_file() and fold_dir(run_dir, 0).is_dir()):
+        return False
+    if saved.read_text() != saving.parser.dump(saving.config, skip_none=False):
+        raise ValueError(f"run directory {run_dir} holds a cross-validated run with other settings (its "
+                         f"{saving.config_filename} differs from this command's): its folds cannot be reused; "
+                         "run in a new directory, or repeat the command that made it")
+    return True
 
 
 def predict_with_ensemble(cli, run_dir: Path) -> OperatingPoint:

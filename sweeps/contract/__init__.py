@@ -31,6 +31,7 @@ _EXPORTS = {
     "watch_runner": "lifeline",
     "truncate_history": "history",
     "TRAINING_FILE": "history",
+    "FOLD_DIR": "history",
     "write_training": "history",
     "training_done": "history",
 }

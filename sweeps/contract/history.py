@@ -13,6 +13,9 @@ from typing import Optional
 
 HISTORY_FILE = "sweep_history.jsonl"
 TRAINING_FILE = "training.json"
+# A cross-validated run trains fold i in <run dir>/fold_i and has no checkpoint of its own: the
+# runner continues such a run in its directory, where the folds that finished are kept.
+FOLD_DIR = "fold_{}"
 
 
 def append_history(path: Path, row: dict) -> None:

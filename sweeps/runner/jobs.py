@@ -1,5 +1,6 @@
 """One run of an offline sweep: its process, why it failed, and where an interrupted run
-continues (its own directory, from checkpoints/last.ckpt)."""
+continues (its own directory, from checkpoints/last.ckpt; a cross-validated run from the folds
+it keeps there)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from sweeps.contract.history import FOLD_DIR
 from sweeps.errors import RunnerError
 from sweeps.runner.reasons import mask_paths
 
@@ -47,6 +49,8 @@ def resume_point(resume: Optional[dict]) -> tuple[Optional[Path], str]:
     ckpt = run_dir / CHECKPOINT
     if not run_dir.is_dir():
         return None, f"{of}'s directory {run_dir} is not reachable here: it starts over"
+    if not ckpt.is_file() and (run_dir / FOLD_DIR.format(0)).is_dir():
+        return run_dir, f"continues {of}, a cross-validated run, in its directory: the folds that finished are kept"
     if not ckpt.is_file():
         return None, f"{of} left no checkpoint: it starts over"
     problem = checkpoint_problem(ckpt)

@@ -158,7 +158,7 @@ class Runner:
         argv = agent_argv(self.sweep, params)
         number = trial.number
         resumed, note = resume_point(trial.user_attrs.get("resume"))
-        if resumed is not None:
+        if resumed is not None and (resumed / CHECKPOINT).is_file():
             argv = [*argv, f"--ckpt_path={resumed / CHECKPOINT}"]  # the same parameters, the same directory
         run_dir = resumed or fresh_run_dir(self.sweep_dir, number)
         env = child_env(XRAY_RUN_DIR=str(run_dir.resolve()), WANDB_MODE=self.settings.wandb,
