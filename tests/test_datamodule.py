@@ -106,7 +106,7 @@ def test_constructing_the_data_module_writes_nothing(tmp_path):
     assert not (tmp_path / "empty").exists()
 
 
-def test_demo_data_is_generated_on_first_use_by_the_cli(tmp_path):
+def test_demo_data_is_generated_on_first_use_by_the_cli(tmp_path, caplog):
     from training.options import DemoOptions
     from training.setup import ensure_demo_data
 
@@ -114,8 +114,15 @@ def test_demo_data_is_generated_on_first_use_by_the_cli(tmp_path):
     data = dm(tmp_path / "demo")
     assert len(data.records) == 12 and (tmp_path / "demo" / "manifest.csv").is_file()
     before = sorted(p.name for p in (tmp_path / "demo").iterdir())
-    ensure_demo_data(str(tmp_path / "demo"), DemoOptions(body_part="hand", count=4, size=48), seed=0)
+    with caplog.at_level("WARNING", logger="cli"):
+        ensure_demo_data(str(tmp_path / "demo"), DemoOptions(body_part="foot", count=12, size=48), seed=0)
+        assert not caplog.records  # the same settings: the folder is simply used
+        ensure_demo_data(str(tmp_path / "demo"), DemoOptions(body_part="hand", count=4, size=48), seed=0)
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == before  # never over a data set
+    # ...but a demo folder made with other settings says so (an old demo that learns less)
+    [warning] = caplog.records
+    assert "demo.body_part foot here, hand asked" in warning.getMessage()
+    assert "demo.count 12 here, 4 asked" in warning.getMessage() and "delete the folder" in warning.getMessage()
 
 
 def test_corrupt_image_fails_naming_the_file_or_is_skipped_and_counted(hand_data, tmp_path):

@@ -50,7 +50,7 @@ ckpt_dir, history = os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, 
 with open(os.path.join(run_dir, "env.json"), "w") as f:
     json.dump({"argv": sys.argv, "python": sys.executable, "pid": os.getpid(),
                **{k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "WANDB_MODE", "WANDB_PROJECT",
-                                                 "XRAY_RUNNER_LIFELINE")}}, f)
+                                                 "XRAY_RUNNER_LIFELINE", "OMP_NUM_THREADS")}}, f)
 def save(epoch):  # last.ckpt: a zip, as torch.save writes; "epoch" is the next epoch to train
     os.makedirs(ckpt_dir, exist_ok=True)
     with zipfile.ZipFile(os.path.join(ckpt_dir, "tmp.ckpt"), "w") as z:
@@ -322,6 +322,23 @@ def test_gpu_slots_env_and_ddp_arguments(fake, tmp_path, monkeypatch):
     assert all(t.user_attrs["argv"][-3:-1] == ["--trainer.devices=2", "--trainer.strategy=ddp"] for t in trials)
     env = json.loads((tmp_path / "ddp" / trials[0].user_attrs["run_dir"] / "env.json").read_text())
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and env["WANDB_MODE"] == "offline"
+
+
+def test_parallel_cpu_runs_split_the_cores_between_them(fake, tmp_path, monkeypatch):
+    """Two runs on the CPU each get half the cores (not one thread per core each, which
+    oversubscribes); a value the user set, one run at a time, and GPU runs are left alone."""
+    from sweeps.runner.launch import cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    sweep = fake({"x": {"values": [0.1, 0.2]}})
+    assert run(tmp_path, sweep, "--workers", "2") == 0
+    envs = [json.loads((tmp_path / "out" / t.user_attrs["run_dir"] / "env.json").read_text()) for t in load(tmp_path)]
+    assert [e["OMP_NUM_THREADS"] for e in envs] == [str(max(1, cores // 2))] * 2
+    assert cpu_threads([None]) is None and cpu_threads(["0", "1"]) is None
+    assert cpu_threads([None] * (4 * cores)) == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads([None, None]) is None  # the user's own setting stays
 
 
 def _runner(tmp_path: Path, sweep_file: str, *extra: str, out: str = "out",

@@ -20,7 +20,7 @@ from sweeps.contract.history import HISTORY_FILE, TRAINING_FILE, best_of, read_h
 from sweeps.files.io import write_json_atomic
 from sweeps.hyperband import hyperband_stop
 from sweeps.runner.jobs import CHECKPOINT, KILL_AFTER_S, Job, fresh_run_dir, owner, resume_point
-from sweeps.runner.launch import agent_argv, child_env
+from sweeps.runner.launch import agent_argv, child_env, cpu_threads
 from sweeps.runner.liveness import Heartbeat, Lifeline, quiet_heartbeat_warnings, retry_attrs
 from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress, format_params, tally
@@ -163,7 +163,7 @@ class Runner:
         run_dir = resumed or fresh_run_dir(self.sweep_dir, number)
         env = child_env(XRAY_RUN_DIR=str(run_dir.resolve()), WANDB_MODE=self.settings.wandb,
                         WANDB_PROJECT=self.settings.project, WANDB_ENTITY=self.settings.entity,
-                        CUDA_VISIBLE_DEVICES=slot, **self.lifeline.env())
+                        CUDA_VISIBLE_DEVICES=slot, OMP_NUM_THREADS=cpu_threads(self.slots), **self.lifeline.env())
         with open(run_dir / "output.log", "ab") as log:  # a continued run keeps its earlier log
             proc = subprocess.Popen(argv, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True,

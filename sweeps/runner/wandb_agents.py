@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from sweeps.errors import UsageError
-from sweeps.runner.launch import child_env, gpu_slots, prepare_sweep
+from sweeps.runner.launch import child_env, cpu_threads, gpu_slots, prepare_sweep
 
 
 def run_wandb_sweep(sweep: dict, args: argparse.Namespace) -> int:
@@ -35,7 +35,7 @@ def run_wandb_sweep(sweep: dict, args: argparse.Namespace) -> int:
     per_agent = math.ceil(args.count / len(slots)) if args.count else None
     procs = []
     for slot in slots:
-        env = child_env(CUDA_VISIBLE_DEVICES=slot)
+        env = child_env(CUDA_VISIBLE_DEVICES=slot, OMP_NUM_THREADS=cpu_threads(slots))
         cmd = [sys.executable, "-m", "wandb", "agent", *(["--count", str(per_agent)] if per_agent else []), path]
         procs.append(subprocess.Popen(cmd, env=env))
     try:
