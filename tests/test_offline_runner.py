@@ -327,7 +327,7 @@ def test_gpu_slots_env_and_ddp_arguments(fake, tmp_path, monkeypatch):
 def test_parallel_cpu_runs_split_the_cores_between_them(fake, tmp_path, monkeypatch):
     """Two runs on the CPU each get half the cores (not one thread per core each, which
     oversubscribes); a value the user set, one run at a time, and GPU runs are left alone."""
-    from sweeps.runner.launch import cpu_threads
+    from sweeps.contract.threads import cpu_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = len(os.sched_getaffinity(0))

@@ -35,7 +35,7 @@ from typing import Any, Optional
 import numpy as np
 
 from datamodules.csvsafe import spreadsheet_safe
-from sweeps.contract import FOLD_DIR, HISTORY_FILE, RunStopped, StopSignal, append_history
+from sweeps.contract import FOLD_DIR, HISTORY_FILE, RunStopped, StopSignal, append_history, cpu_threads
 from training.evaluate import (
     OperatingPoint,
     choose_operating_point,
@@ -170,6 +170,9 @@ class CrossValidation:
         env = dict(os.environ, **{RUN_DIR_ENV: str(directory)})
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
+        threads = cpu_threads(self.slots)  # parallel folds on the CPU share its cores
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = threads
         with open(directory / "output.log", "ab") as out:  # a continued fold keeps its earlier log
             log.info("cv: fold %d of %d %s%s", fold, self.folds, started, f" on GPU {slot}" if slot else "")
             return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -32,6 +32,7 @@ _EXPORTS = {
     "truncate_history": "history",
     "TRAINING_FILE": "history",
     "FOLD_DIR": "history",
+    "cpu_threads": "threads",
     "write_training": "history",
     "training_done": "history",
 }

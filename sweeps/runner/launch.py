@@ -112,18 +112,6 @@ def gpu_slots(gpus: Optional[str], gpus_per_trial: int, workers: Optional[int],
     return slots[:workers] if workers else slots
 
 
-def cpu_threads(slots: list[Optional[str]]) -> Optional[str]:
-    """OMP_NUM_THREADS for each of several runs that share the CPU (no GPU slots): the cores
-    split between them, since N runs that each start one thread per core slow each other down
-    (on two cores, two runs of one thread finish the demo in 2.2 minutes, one run of two threads
-    at a time in 3.2). None leaves the variable alone: GPU runs, one run at a time, or a value
-    the user set."""
-    if "OMP_NUM_THREADS" in os.environ or len(slots) < 2 or any(s is not None for s in slots):
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return str(max(1, cores // len(slots)))
-
-
 def child_env(**extra: Optional[str]) -> dict[str, str]:
     """The environment of a run or an agent: ours, with this interpreter's directory first on
     PATH, since the agent runs `/usr/bin/env python` (a venv that is not activated, too)."""

@@ -17,10 +17,11 @@ from typing import Optional
 
 import sweeps.runner.recovery as recovery
 from sweeps.contract.history import HISTORY_FILE, TRAINING_FILE, best_of, read_history, training_done
+from sweeps.contract.threads import cpu_threads
 from sweeps.files.io import write_json_atomic
 from sweeps.hyperband import hyperband_stop
 from sweeps.runner.jobs import CHECKPOINT, KILL_AFTER_S, Job, fresh_run_dir, owner, resume_point
-from sweeps.runner.launch import agent_argv, child_env, cpu_threads
+from sweeps.runner.launch import agent_argv, child_env
 from sweeps.runner.liveness import Heartbeat, Lifeline, quiet_heartbeat_warnings, retry_attrs
 from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress, format_params, tally

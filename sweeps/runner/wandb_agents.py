@@ -11,8 +11,9 @@ import math
 import subprocess
 import sys
 
+from sweeps.contract.threads import cpu_threads
 from sweeps.errors import UsageError
-from sweeps.runner.launch import child_env, cpu_threads, gpu_slots, prepare_sweep
+from sweeps.runner.launch import child_env, gpu_slots, prepare_sweep
 
 
 def run_wandb_sweep(sweep: dict, args: argparse.Namespace) -> int:
