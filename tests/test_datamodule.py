@@ -123,6 +123,9 @@ def test_demo_data_is_generated_on_first_use_by_the_cli(tmp_path, caplog):
     [warning] = caplog.records
     assert "demo.body_part foot here, hand asked" in warning.getMessage()
     assert "demo.count 12 here, 4 asked" in warning.getMessage() and "delete the folder" in warning.getMessage()
+    for junk in ("[1, 2]", "{not json", ""):  # a damaged record: the folder is used, nothing raised
+        (tmp_path / "demo" / "demo.json").write_text(junk)
+        ensure_demo_data(str(tmp_path / "demo"), DemoOptions(body_part="hand", count=4, size=48), seed=0)
 
 
 def test_corrupt_image_fails_naming_the_file_or_is_skipped_and_counted(hand_data, tmp_path):

@@ -48,6 +48,8 @@ def ensure_demo_data(root: str, demo: DemoOptions, seed: int) -> None:
             made = json.loads((path / DEMO_RECORD).read_text())
         except (OSError, ValueError):
             return  # not made by this version (or not by the demo at all): nothing to compare
+        if not isinstance(made, dict):
+            return
         differ = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
         if differ:
             log.warning("demo data in %s was generated with other settings (%s): it is used as it is; delete "
