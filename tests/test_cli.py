@@ -53,7 +53,8 @@ def _figures(report: dict) -> dict[str, float]:
     return out
 
 
-@pytest.mark.parametrize("threshold", ["youden", "0.5"])  # chosen on validation, or fixed (no validation pass)
+# chosen on validation, or fixed (no validation pass; in make test-slow)
+@pytest.mark.parametrize("threshold", ["youden", pytest.param("0.5", marks=pytest.mark.slow)])
 def test_test_after_fit_uses_the_best_checkpoint_not_the_last(fit_args, threshold):
     """Three epochs; from the second on the weights are scrambled (fault_callbacks.WorsenAfterEpoch),
     so the best checkpoint (by val/loss) is epoch 0 and the last one is far worse. The test

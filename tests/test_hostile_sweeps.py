@@ -395,7 +395,7 @@ def test_generate_into_an_unwritable_path(how, tmp_path, capsys):
     assert "cannot write" in error_of(capsys)
 
 
-@pytest.mark.parametrize("how", ["under /dev/null", "under a file"])
+@pytest.mark.parametrize("how", ["under /dev/null", pytest.param("under a file", marks=pytest.mark.slow)])
 def test_cli_with_an_unwritable_run_root(how, tmp_path):
     """cli.py's --run.root where no directory can be made; as a process, as a user sees it."""
     root = _blocked(tmp_path, how)
@@ -409,6 +409,7 @@ def test_cli_with_an_unwritable_run_root(how, tmp_path):
     assert str(root) in done.stderr and "--run.root" in done.stderr
 
 
+@pytest.mark.slow  # a cli.py process, about 8 s on two cores
 def test_cli_with_an_unwritable_inherited_run_dir(tmp_path):
     """XRAY_RUN_DIR (set by the offline runner, or by hand to resume) where no directory can be made."""
     blocker = tmp_path / "file"

@@ -384,6 +384,7 @@ def _going(out: Path) -> Optional[dict]:
     return None
 
 
+@pytest.mark.slow  # several processes, 10-40 s on two cores
 def test_resume_after_sigkill(fake, tmp_path):
     """SIGKILL of the runner: its run notices at once (the lifeline), saves its checkpoint and
     exits 0; the sweep started again retries that trial (its heartbeat stopped) and continues
