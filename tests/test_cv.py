@@ -204,6 +204,18 @@ def test_generate_makes_a_cv_sweep_from_any_preset_and_export_keeps_the_folds(tm
     assert best_config(sweep, {"model.lr": 0.001})["cv"] == {"folds": 5}
 
 
+def _offline_sweep(tmp_path, sweep: dict, timeout: int) -> list[dict]:
+    """`python -m sweeps run` on `sweep` into tmp_path/sweep; every run's run.json, in order."""
+    import yaml
+
+    path = tmp_path / f"{sweep['name']}.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    out = subprocess.run([PYTHON, "-m", "sweeps", "run", str(path), "--out", str(tmp_path / "sweep"), "--quiet"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("runs/*/run.json"))]
+
+
 @pytest.mark.slow
 def test_cv_sweep_through_the_offline_runner(hand_data, tmp_path):
     import yaml
@@ -216,12 +228,7 @@ def test_cv_sweep_through_the_offline_runner(hand_data, tmp_path):
         parameters={"model.lr": {"values": [1e-3, 3e-3]}, "data.root": {"value": str(hand_data)},
                     "demo.body_part": {"value": "null"}, **{k: {"value": v} for k, v in tiny.items()},
                     "trainer.devices": {"value": 2}, "trainer.max_epochs": {"value": 2}})
-    path = tmp_path / "cv.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    out = subprocess.run([PYTHON, "-m", "sweeps", "run", str(path), "--out", str(tmp_path / "sweep"), "--quiet"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout + out.stderr
-    runs = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("runs/*/run.json"))]
+    runs = _offline_sweep(tmp_path, sweep, timeout=900)
     assert [r["state"] for r in runs] == ["finished", "finished"]
     assert all(len(r["history"]) == 2 for r in runs)
     assert Counter(p.name for p in (tmp_path / "sweep").glob("runs/*/fold_*")) == {"fold_0": 2, "fold_1": 2}
@@ -249,12 +256,7 @@ def test_hyperband_stops_a_poor_cv_trial_early_in_the_offline_runner(hand_data, 
         "command": ["${env}", "${interpreter}", "${program}", "fit", "--config", "configs/demo.yaml",
                     "--sweep.metric=val/objective", "--cv.folds=2", "${args}"],
     }
-    path = tmp_path / "cvhb.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    out = subprocess.run([PYTHON, "-m", "sweeps", "run", str(path), "--out", str(tmp_path / "sweep"), "--quiet"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=1500)
-    assert out.returncode == 0, out.stdout + out.stderr
-    runs = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("runs/*/run.json"))]
+    runs = _offline_sweep(tmp_path, sweep, timeout=1500)
     assert [r["state"] for r in runs] == ["finished", "finished", "stopped"], [r.get("reason") for r in runs]
     assert len(runs[2]["history"]) < 4 and "hyperband" in runs[2]["reason"]
     stopped_dir = tmp_path / "sweep" / runs[2]["run_dir"]
