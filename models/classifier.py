@@ -100,6 +100,7 @@ class XrayClassifier(pl.LightningModule):
         # Every image's logits of the last val/test epoch, gathered from all ranks, by dataset
         # index: the evaluation (threshold on val, report with CIs on test) works on these.
         self.epoch_outputs: dict[str, dict[str, np.ndarray]] = {}
+        self._epoch_metrics: dict[str, dict[str, torch.Tensor]] = {}  # computed once per epoch
         self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
         self.log_eval_metrics = True  # off while the CLI collects outputs without logging
         self.operating_point = None  # training.evaluate.OperatingPoint, set by the CLI; saved in checkpoints
@@ -135,6 +136,7 @@ class XrayClassifier(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._outputs["val"] = []
         self.epoch_outputs.pop("val", None)
+        self._epoch_metrics.pop("val", None)
 
     def on_test_epoch_start(self) -> None:
         self._outputs["test"] = []
@@ -142,7 +144,7 @@ class XrayClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.log_eval_metrics:
-            values = self.current_metrics("val")
+            values = dict(self.current_metrics("val"))
             if values:  # sync_dist only averages the equal values of the ranks
                 self.log("val/loss", values.pop("val/loss"), prog_bar=True, sync_dist=True)
                 self.log_dict(values, prog_bar=False, sync_dist=True)
@@ -196,6 +198,8 @@ class XrayClassifier(pl.LightningModule):
         the split exactly once, from the gathered outputs (so DistributedSampler's padding
         counts nowhere). Every rank computes the same values from the same outputs. Collective
         under DDP the first time in an epoch: every rank must call it."""
+        if stage in self._epoch_metrics:  # the sweep metric's callback asked first this epoch
+            return self._epoch_metrics[stage]
         outputs = self.gathered_outputs(stage)
         if outputs is None:
             return {}
@@ -206,6 +210,7 @@ class XrayClassifier(pl.LightningModule):
         values = {f"{stage}/loss": self._loss_of(outputs)}
         values.update({f"{stage}/{k}": v for k, v in self.val_metrics.compute().items()})
         self.val_metrics.reset()
+        self._epoch_metrics[stage] = values
         return values
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
