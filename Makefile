@@ -30,8 +30,11 @@ demo: setup
 train: setup
 	$(BIN)/python cli.py fit --config configs/demo.yaml
 
+# The fast suite in two worker processes (pytest-xdist): while one waits on a process start or
+# on disk, the other trains. The slow suite stays serial: its multi-process tests time signals.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow and not gpu"
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m "slow and not gpu"
