@@ -19,7 +19,7 @@ class Incomplete(Exception):
 
 
 def _decode(data: bytes) -> list:
-    pos, buf, kind, out = 7, b"", _FULL, []
+    pos, buf, pending, out = 7, b"", False, []
     while pos + 7 <= len(data):
         left = _BLOCK - pos % _BLOCK
         if left < 7:
@@ -34,12 +34,13 @@ def _decode(data: bytes) -> list:
             raise Incomplete
         pos += 7 + length
         buf = chunk if kind in (_FULL, _FIRST) else buf + chunk
-        if kind in (_FIRST, _MIDDLE):
+        pending = kind in (_FIRST, _MIDDLE)
+        if pending:
             continue
         record = pb.Record()
         record.ParseFromString(buf)
         out.append(record)
-    if kind in (_FIRST, _MIDDLE) or any(data[pos:]):  # a record or a header cut short
+    if pending or any(data[pos:]):  # a record or a header cut short
         raise Incomplete
     return out
 
