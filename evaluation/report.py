@@ -201,14 +201,11 @@ def build_report(
         p_threshold, note = None, None
         if binary and patient_threshold is not None:
             p_threshold = patient_threshold.to_dict()
-            note = (f"fallback: {patient_threshold.reason}" if patient_threshold.fallback else
-                    f"rule {patient_threshold.rule} chosen on validation patients ({patient_aggregation} of each "
-                    "patient's images)")  # fmt: skip
+            how = f"rule {patient_threshold.rule} chosen on validation patients"
+            note = f"fallback: {patient_threshold.reason}" if patient_threshold.fallback else how
         elif binary:
             p_threshold = threshold.to_dict()
-            note = (
-                "the image-level threshold applied to the aggregated probability (none chosen for patients)"
-            )
+            note = "the image-level threshold (none chosen on validation patients)"
         report["patient_level"] = {
             "aggregation": patient_aggregation,
             "threshold": p_threshold,
