@@ -70,6 +70,8 @@ PREVALENCE = 0.3
 METHODS = ("patient percentile", "patient BCa", "image percentile")
 SMALL_SENSITIVITIES = (0.95, 0.97, 0.99)
 SMALL_POSITIVES = (8, 12, 20)
+_nodes, _weights = np.polynomial.hermite_e.hermegauss(80)  # weight exp(-x^2/2): N(0, 1)
+GAUSS_HERMITE = (_nodes, _weights / _weights.sum())
 
 
 def simulate(rng: np.random.Generator, n_patients: int, mu: float, var_patient: float, label=None):
@@ -124,14 +126,14 @@ def timing(n_images: int, n_resamples: int, seed: int) -> dict[str, float]:
 def patient_sensitivity(cut: float, mu: float, var_patient: float) -> float:
     """P(some image of a positive patient scores >= cut), 2-4 images equally likely: Gauss-Hermite
     quadrature over the patient effect (given it, the images are independent)."""
-    nodes, weights = np.polynomial.hermite_e.hermegauss(80)  # weight exp(-x^2/2): N(0, 1)
-    weights = weights / weights.sum()
+    nodes, weights = GAUSS_HERMITE
     normal = NormalDist()
     noise_sd = np.sqrt(1 - var_patient)
     below = np.array([normal.cdf((cut - mu - np.sqrt(var_patient) * e) / noise_sd) for e in nodes])
     return float(np.mean([weights @ (1 - below**m) for m in (2, 3, 4)]))
 
 
+@functools.lru_cache
 def cut_for_patient_sensitivity(target: float, mu: float, var_patient: float) -> float:
     low, high = mu - 10, mu + 10  # patient_sensitivity falls with the cut
     for _ in range(100):

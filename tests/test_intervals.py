@@ -23,9 +23,11 @@ from evaluation import (
     clustered_clopper_pearson,
     effective_sample_size,
     format_table,
+    proportion_outcomes,
     summary_metrics,
 )
 from evaluation.binomial import beta_cdf
+from evaluation.metrics import PROPORTIONS
 
 
 def proportion(events: np.ndarray):
@@ -177,6 +179,19 @@ def test_report_names_the_method_of_every_interval():
     assert "MRN" not in json.dumps(report) + table
 
 
+def test_every_proportion_has_its_counts_and_multiclass_accuracy_too():
+    probs, labels, _ = bilateral(4)
+    outcomes = proportion_outcomes(probs, labels, 0.5)
+    assert tuple(outcomes) == PROPORTIONS
+    counts = {"sensitivity": (labels == 1), "ppv": probs[:, 1] >= 0.5, "acc": np.ones(len(labels), dtype=bool)}
+    for name, trials in counts.items():
+        np.testing.assert_array_equal(outcomes[name][0], trials)
+    perfect = np.eye(3)[np.arange(12) % 3] * 0.7 + 0.1  # every argmax right: accuracy 12 of 12
+    report = build_report(perfect, np.arange(12) % 3, np.arange(12) // 2, ["a", "b", "c"], None, n_resamples=50)
+    acc = report["metrics"]["acc"]
+    assert acc["method"] == "clopper-pearson" and acc["n_eff"] == 6 and acc["ci_low"] == pytest.approx(0.025 ** (1 / 6))
+
+
 def test_without_a_patient_threshold_the_report_says_the_image_one_is_used():
     probs, labels, ids = bilateral(3)
     report = build_report(probs, labels, ids, ["normal", "abnormal"], ThresholdChoice(0.5, "0.5"), n_resamples=50)
@@ -200,3 +215,16 @@ def test_small_cohort_benchmark_runs_with_the_tiniest_settings(capsys):
     assert module.patient_sensitivity(module.cut_for_patient_sensitivity(0.97, 1.19, 0.5), 1.19, 0.5) == (
         pytest.approx(0.97, abs=1e-6)
     )
+
+
+def test_html_table_and_caption_name_the_method_and_the_patient_threshold():
+    # sweeps/analysis/test_figures.py (the HTML report) reads test_report.json as written
+    from sweeps.analysis.test_figures import caption, ci_rows
+
+    (val_p, val_y, val_ids), (test_p, test_y, test_ids) = bilateral(1), bilateral(2)
+    report = build_report(test_p, test_y, test_ids, ["normal", "abnormal"], choose_threshold("youden", val_p[:, 1], val_y),
+                          n_resamples=50, patient_threshold=choose_patient_threshold("youden", val_p[:, 1], val_y, val_ids))  # fmt: skip
+    rows = {row[0]: row for row in ci_rows(json.loads(json.dumps(report)))}
+    assert rows["figure"][3] == "method" and rows["auroc"][3] == "bca"
+    assert rows["patient: sensitivity"][2:] == ["0.692 – 1.000", "clopper-pearson (n_eff=10.0)"]
+    assert "Patient level: max of each patient's images" in caption(report) and "validation patients" in caption(report)
