@@ -198,27 +198,20 @@ def build_report(
     report.update(_section(probs, labels, patient_ids, cut, class_names, n_bins=n_bins, **settings))
     report["patient_level"] = None
     if n_patients < len(labels):  # some patient has more than one image
-        p_threshold, note = None, None
-        if binary and patient_threshold is not None:
-            p_threshold = patient_threshold.to_dict()
-            how = f"rule {patient_threshold.rule} chosen on validation patients"
-            note = f"fallback: {patient_threshold.reason}" if patient_threshold.fallback else how
+        chosen = binary and patient_threshold is not None
+        p_choice = patient_threshold if chosen else threshold  # None for multiclass (argmax)
+        note = None
+        if chosen:
+            how = f"rule {p_choice.rule} chosen on validation patients"
+            note = f"fallback: {p_choice.reason}" if p_choice.fallback else how
         elif binary:
-            p_threshold = threshold.to_dict()
             note = "the image-level threshold (none chosen on validation patients)"
+        p_cut = p_choice.value if binary else None
         report["patient_level"] = {
             "aggregation": patient_aggregation,
-            "threshold": p_threshold,
+            "threshold": p_choice.to_dict() if binary else None,
             "threshold_note": note,
-            **_section(
-                p_probs,
-                p_labels,
-                None,
-                p_threshold and p_threshold["value"],
-                class_names,
-                n_bins=n_bins,
-                **settings,
-            ),
+            **_section(p_probs, p_labels, None, p_cut, class_names, n_bins=n_bins, **settings),
         }
     return report
 
