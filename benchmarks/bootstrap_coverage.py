@@ -17,7 +17,16 @@ gets by ignoring patient ids). Prints coverage (with its Monte Carlo standard er
 share of misses below/above, mean interval width, and the time for 2000 resamples of 5,000
 images with AUROC and every threshold metric.
 
+--small: the small cohorts where a sensitivity sits near 1 (true 0.95-0.99, 8-20 positive
+patients, negatives at prevalence 0.3): image level (clustered: each patient 2-4 images, the
+cut t = mu - Phi^-1(s) gives image-level sensitivity s) and patient level (a patient called
+positive when any image is, the report's default; the cut solved so that the patient-level
+truth is s, by quadrature over the patient effect). Per cell the report's intervals (BCa,
+exact Clopper-Pearson where the bootstrap collapses: evaluation/bootstrap.py) beside the
+old ones (BCa alone), on the same resamples.
+
     python benchmarks/bootstrap_coverage.py            # 2000 data sets x 150 patients: 2-3 min, one core
+    python benchmarks/bootstrap_coverage.py --small    # 9 cells x 2 levels x 600 data sets: a few min
     python benchmarks/bootstrap_coverage.py --quick    # a few seconds
 """
 
@@ -48,18 +57,30 @@ from evaluation.bootstrap import (  # noqa: E402
     jackknife_samples,
     percentile_interval,
 )
-from evaluation.metrics import auroc, binary_metrics, confusion_counts, metrics_from_counts  # noqa: E402
+from evaluation.metrics import (  # noqa: E402
+    auroc,
+    binary_metrics,
+    confusion_counts,
+    metrics_from_counts,
+    proportion_outcomes,
+)
+from evaluation.patients import aggregate_patients  # noqa: E402
 
 PREVALENCE = 0.3
 METHODS = ("patient percentile", "patient BCa", "image percentile")
+SMALL_SENSITIVITIES = (0.95, 0.97, 0.99)
+SMALL_POSITIVES = (8, 12, 20)
+_nodes, _weights = np.polynomial.hermite_e.hermegauss(80)  # weight exp(-x^2/2): N(0, 1)
+GAUSS_HERMITE = (_nodes, _weights / _weights.sum())
 
 
-def simulate(rng: np.random.Generator, n_patients: int, mu: float, var_patient: float):
-    """Scores, labels and patient index of one cohort (at least 2 patients of each class)."""
-    while True:
+def simulate(rng: np.random.Generator, n_patients: int, mu: float, var_patient: float, label=None):
+    """Scores, labels and patient index of one cohort (at least 2 patients of each class),
+    or of the patients' given labels."""
+    while label is None:
         label = (rng.random(n_patients) < PREVALENCE).astype(np.int64)
-        if 2 <= label.sum() <= n_patients - 2:
-            break
+        if not 2 <= label.sum() <= n_patients - 2:
+            label = None
     n_images = rng.integers(2, 5, n_patients)
     patient = np.repeat(np.arange(n_patients), n_images)
     effect = rng.normal(0.0, np.sqrt(var_patient), n_patients)[patient]
@@ -102,6 +123,77 @@ def timing(n_images: int, n_resamples: int, seed: int) -> dict[str, float]:
     return seconds
 
 
+def patient_sensitivity(cut: float, mu: float, var_patient: float) -> float:
+    """P(some image of a positive patient scores >= cut), 2-4 images equally likely: Gauss-Hermite
+    quadrature over the patient effect (given it, the images are independent)."""
+    nodes, weights = GAUSS_HERMITE
+    normal = NormalDist()
+    noise_sd = np.sqrt(1 - var_patient)
+    below = np.array([normal.cdf((cut - mu - np.sqrt(var_patient) * e) / noise_sd) for e in nodes])
+    return float(np.mean([weights @ (1 - below**m) for m in (2, 3, 4)]))
+
+
+@functools.lru_cache
+def cut_for_patient_sensitivity(target: float, mu: float, var_patient: float) -> float:
+    low, high = mu - 10, mu + 10  # patient_sensitivity falls with the cut
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if patient_sensitivity(mid, mu, var_patient) > target else (low, mid)
+    return (low + high) / 2
+
+
+def small_cell(rng, args, level: str, truth: float, n_pos: int) -> dict[str, float]:
+    """One cell: coverage of the report's interval and of BCa alone, share of exact intervals."""
+    if level == "image":
+        cut = args.mu - NormalDist().inv_cdf(truth)
+    else:
+        cut = cut_for_patient_sensitivity(truth, args.mu, args.var_patient)
+    n_neg = round(n_pos * (1 - PREVALENCE) / PREVALENCE)
+    label = np.r_[np.ones(n_pos, np.int64), np.zeros(n_neg, np.int64)]
+    rows = []
+    for i in range(args.small_datasets):
+        scores, labels, patient = simulate(rng, len(label), args.mu, args.var_patient, label)
+        probs = np.stack([1 - scores, scores], axis=1)  # only the order matters at a fixed cut
+        if level == "patient":
+            probs, labels = aggregate_patients(probs, labels, patient, "max")
+            patient = np.arange(len(labels))
+
+        def sensitivity(w, p=probs, y=labels):
+            return metrics_from_counts(**confusion_counts(p[:, 1], y, cut, w))["sensitivity"]
+
+        kw = dict(n_resamples=args.resamples, seed=args.seed + i)
+        outcomes = proportion_outcomes(probs, labels, cut)
+        new = cluster_bootstrap(
+            {"sensitivity": sensitivity}, len(labels), patient, proportions=outcomes, **kw
+        )
+        old = cluster_bootstrap({"sensitivity": sensitivity}, len(labels), patient, **kw)
+        new, old = new["sensitivity"], old["sensitivity"]
+        rows.append([new.low <= truth <= new.high, old.low <= truth <= old.high, new.method != old.method,
+                     new.low, new.high - new.low])  # fmt: skip
+    report, bca, exact, low, width = np.mean(rows, axis=0)
+    return {"report": report, "bca": bca, "exact_share": exact, "mean_low": low, "mean_width": width}
+
+
+def small_cohorts(args) -> dict:
+    """Coverage near sensitivity 1 with few positive patients: the report's method and BCa alone."""
+    rng = np.random.default_rng(args.seed)
+    print(f"\nsmall cohorts: {args.small_datasets} data sets per cell, {args.resamples} resamples, "
+          f"2-4 images per patient, patient share of variance {args.var_patient}, seed {args.seed}")  # fmt: skip
+    print(f"{'level':<8}{'truth':>6}{'pos':>5}{'report':>8}{'+-SE':>7}{'BCa alone':>10}"
+          f"{'exact used':>11}{'mean low':>9}{'mean width':>11}")  # fmt: skip
+    out = {}
+    for level in ("image", "patient"):
+        for truth in SMALL_SENSITIVITIES:
+            for n_pos in SMALL_POSITIVES:
+                c = out[(level, truth, n_pos)] = small_cell(rng, args, level, truth, n_pos)
+                se = np.sqrt(c["report"] * (1 - c["report"]) / args.small_datasets)
+                print(f"{level:<8}{truth:>6.2f}{n_pos:>5}{c['report']:>8.3f}{se:>7.3f}{c['bca']:>10.3f}"
+                      f"{c['exact_share']:>11.2f}{c['mean_low']:>9.3f}{c['mean_width']:>11.3f}")  # fmt: skip
+    print(f"lowest coverage of the report's intervals: {min(v['report'] for v in out.values()):.3f} "
+          f"(target >= 0.93); BCa alone: {min(v['bca'] for v in out.values()):.3f}")  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -120,7 +212,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--timing-images", type=int, default=5000)
     parser.add_argument("--timing-resamples", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="30 data sets, 200 resamples, 60 patients")
+    parser.add_argument("--small", action="store_true", help="only the small cohorts near sensitivity 1")
+    parser.add_argument("--small-datasets", type=int, default=600, help="data sets per small-cohort cell")
     args = parser.parse_args(argv)
+    if args.small:
+        return {"small": small_cohorts(args)}
     if args.quick:
         args.datasets, args.resamples, args.patients = 30, 200, 60
     normal = NormalDist()

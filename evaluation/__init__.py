@@ -1,10 +1,13 @@
 """Test-set statistics with patient-level confidence intervals (numpy only, no Lightning).
 
 choice = choose_threshold("youden", val_probs[:, 1], val_labels)    # on VALIDATION
-report = build_report(test_probs, test_labels, test_patient_ids, ["normal", "abnormal"], choice)
+patients = choose_patient_threshold("youden", val_probs[:, 1], val_labels, val_patient_ids)  # ditto
+report = build_report(test_probs, test_labels, test_patient_ids, ["normal", "abnormal"], choice,
+                      patient_threshold=patients)
 print(format_table(report)); logger.log_metrics(summary_metrics(report, prefix="test/"))
 """
 
+from evaluation.binomial import clopper_pearson, clustered_clopper_pearson, effective_sample_size
 from evaluation.bootstrap import Interval, bootstrap_samples, cluster_bootstrap, jackknife_samples
 from evaluation.calibration import (
     apply_temperature,
@@ -14,19 +17,21 @@ from evaluation.calibration import (
     reliability_bins,
 )
 from evaluation.metrics import (
-    aggregate_patients,
     auroc,
     average_precision,
     binary_metrics,
     confusion_counts,
     metrics_from_counts,
     multiclass_metrics,
+    proportion_outcomes,
     roc_curve,
 )
+from evaluation.patients import DEFAULT_AGGREGATION, aggregate_patients, choose_patient_threshold
 from evaluation.report import build_report, format_table, summary_metrics
 from evaluation.threshold import ThresholdChoice, ThresholdSpec, choose_threshold, parse_threshold
 
 __all__ = [
+    "DEFAULT_AGGREGATION",
     "Interval",
     "ThresholdChoice",
     "ThresholdSpec",
@@ -38,9 +43,13 @@ __all__ = [
     "bootstrap_samples",
     "brier_score",
     "build_report",
+    "choose_patient_threshold",
     "choose_threshold",
+    "clopper_pearson",
     "cluster_bootstrap",
+    "clustered_clopper_pearson",
     "confusion_counts",
+    "effective_sample_size",
     "expected_calibration_error",
     "fit_temperature",
     "format_table",
@@ -48,6 +57,7 @@ __all__ = [
     "metrics_from_counts",
     "multiclass_metrics",
     "parse_threshold",
+    "proportion_outcomes",
     "reliability_bins",
     "roc_curve",
     "summary_metrics",

@@ -15,11 +15,11 @@ For binary tasks class 1 is the positive class; predictions are ``score >= thres
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
 THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv", "acc", "balanced_acc", "f1")
+# The metrics that are one count over another (binomial proportions): their intervals may be exact.
+PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv", "acc")
 
 
 def as_weights(weights: np.ndarray | None, n: int) -> tuple[np.ndarray, bool]:
@@ -101,13 +101,38 @@ def average_precision(
     return _out(_ap_from_groups(*_ranked_group_sums(scores, labels, w)), single)
 
 
+def called_positive(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """The decision rule at an operating point: positive when ``score >= threshold``."""
+    return np.asarray(scores, dtype=np.float64) >= threshold
+
+
+def proportion_outcomes(
+    probs: np.ndarray, labels: np.ndarray, threshold: float | None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each proportion of ``PROPORTIONS`` as two masks over images: (in its denominator, in its
+    numerator), e.g. sensitivity: (label positive, called positive). Binary at ``threshold``;
+    multiclass (threshold None): accuracy of the argmax only."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    everyone = np.ones(len(labels), dtype=bool)
+    if threshold is None:
+        return {"acc": (everyone, probs.argmax(axis=1) == labels)}
+    positive, called = labels == 1, called_positive(probs[:, 1], threshold)
+    return {
+        "sensitivity": (positive, called),
+        "specificity": (~positive, ~called),
+        "ppv": (called, positive),
+        "npv": (~called, ~positive),
+        "acc": (everyone, called == positive),
+    }
+
+
 def confusion_counts(
     scores: np.ndarray, labels: np.ndarray, threshold: float, weights: np.ndarray | None = None
 ) -> dict[str, np.ndarray | float]:
     """Weighted tp, fn, fp, tn at ``score >= threshold``: one matrix product for all four."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels) == 1
     w, single = as_weights(weights, len(scores))
-    called = scores >= threshold
+    called = called_positive(scores, threshold)
     indicator = np.stack([labels & called, labels & ~called, ~labels & called, ~labels & ~called], axis=1)
     counts = w @ indicator.astype(np.float64)
     return {name: _out(counts[:, i], single) for i, name in enumerate(("tp", "fn", "fp", "tn"))}
@@ -178,42 +203,3 @@ def multiclass_metrics(
     values["balanced_acc"] = recall.mean(axis=1)
     values["acc"] = _divide(counts[:, c:].sum(axis=1), w.sum(axis=1))
     return {k: _out(v, single) for k, v in values.items()}
-
-
-def aggregate_patients(
-    probs: np.ndarray, labels: np.ndarray, patient_ids: np.ndarray, how: Literal["mean", "max"] = "mean"
-) -> tuple[np.ndarray, np.ndarray]:
-    """One row per patient (in sorted-id order): aggregated probabilities (P, C), labels (P,).
-
-    Probabilities: ``mean`` averages each class over the patient's images; ``max`` takes, for
-    binary tasks, the highest positive-class probability (p0 = 1 - p1: the patient is as
-    suspicious as their most suspicious image), and for multiclass the per-class maximum
-    renormalised to sum to 1.
-    Labels: binary, a patient is positive if any image is (the max label: one abnormal
-    radiograph makes an abnormal patient); multiclass, the most common label, ties -> the
-    highest class index.
-    """
-    if how not in ("mean", "max"):
-        raise ValueError(f"eval.patient_aggregation: got {how!r}; allowed: 'mean' or 'max'")
-    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
-    n, c = probs.shape
-    _, patient = np.unique(np.asarray(patient_ids), return_inverse=True)
-    n_patients = patient.max() + 1 if n else 0
-    if how == "mean":
-        out = np.zeros((n_patients, c))
-        np.add.at(out, patient, probs)
-        out /= np.bincount(patient, minlength=n_patients)[:, None]
-    else:
-        out = np.full((n_patients, c), -np.inf)
-        np.maximum.at(out, patient, probs)
-        if c == 2:
-            out[:, 0] = 1 - out[:, 1]
-        else:
-            out /= out.sum(axis=1, keepdims=True)
-    votes = np.zeros((n_patients, c), dtype=np.int64)
-    np.add.at(votes, (patient, labels), 1)
-    if c == 2:
-        patient_labels = (votes[:, 1] > 0).astype(np.int64)
-    else:  # argmax over reversed columns: the first maximum found is the highest class index
-        patient_labels = c - 1 - votes[:, ::-1].argmax(axis=1)
-    return out, patient_labels

@@ -16,16 +16,17 @@ from typing import Literal
 
 import numpy as np
 
-from evaluation.bootstrap import cluster_bootstrap, patient_index
+from evaluation.bootstrap import cluster_bootstrap, method_label, patient_index
 from evaluation.calibration import brier_score, expected_calibration_error, reliability_bins
 from evaluation.metrics import (
-    aggregate_patients,
     binary_metrics,
     confusion_counts,
     metrics_from_counts,
     multiclass_metrics,
+    proportion_outcomes,
     roc_curve,
 )
+from evaluation.patients import DEFAULT_AGGREGATION, Aggregation, aggregate_patients
 from evaluation.threshold import FALLBACK, ThresholdChoice
 
 ROC_POINTS = 200  # enough to draw the curve; the full curve has one point per distinct score
@@ -71,7 +72,9 @@ def _statistic(
 def _section(probs, labels, patient_ids, threshold, names, *, n_bins, **bootstrap) -> dict:
     n, c = probs.shape
     statistic = _statistic(probs, labels, threshold, names, n_bins)
-    intervals = cluster_bootstrap(statistic, n, patient_ids, **bootstrap)
+    intervals = cluster_bootstrap(
+        statistic, n, patient_ids, proportions=proportion_outcomes(probs, labels, threshold), **bootstrap
+    )
     calibration = {k: intervals.pop(k).to_dict() for k in ("ece", "brier")}
     calibration.update(n_bins=n_bins, reliability=reliability_bins(probs, labels, n_bins))
     if threshold is not None:
@@ -126,7 +129,8 @@ def build_report(
     *,
     n_resamples: int = 2000,
     seed: int = 0,
-    patient_aggregation: Literal["mean", "max"] = "mean",
+    patient_aggregation: Aggregation = DEFAULT_AGGREGATION,
+    patient_threshold: ThresholdChoice | None = None,
     split: str = "test",
     confidence: float = 0.95,
     n_bins: int = 15,
@@ -143,8 +147,13 @@ def build_report(
         threshold: binary only, the operating point chosen on VALIDATION
             (``choose_threshold``); None: 0.5, marked as a fallback in the report.
         patient_aggregation: how the patient-level section combines a patient's images
-            (``aggregate_patients``); the image-level threshold is applied to the result.
-        ci_method: ``bca`` or ``percentile`` (``cluster_bootstrap``).
+            (``aggregate_patients``; ``max`` agrees with "positive when any image is").
+        patient_threshold: binary only, the patient-level operating point chosen on VALIDATION
+            patients aggregated the same way (``choose_patient_threshold``); None: the
+            image-level threshold is applied to the aggregated probabilities, and the report
+            says so.
+        ci_method: ``bca`` or ``percentile`` (``cluster_bootstrap``); proportions at 0 or 1 get
+            an exact interval instead, named per figure (``method``).
     """
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(np.int64)
     n, c = probs.shape if probs.ndim == 2 else (len(probs), 0)
@@ -189,10 +198,20 @@ def build_report(
     report.update(_section(probs, labels, patient_ids, cut, class_names, n_bins=n_bins, **settings))
     report["patient_level"] = None
     if n_patients < len(labels):  # some patient has more than one image
+        chosen = binary and patient_threshold is not None
+        p_choice = patient_threshold if chosen else threshold  # None for multiclass (argmax)
+        note = None
+        if chosen:
+            how = f"rule {p_choice.rule} chosen on validation patients"
+            note = f"fallback: {p_choice.reason}" if p_choice.fallback else how
+        elif binary:
+            note = "the image-level threshold (none chosen on validation patients)"
+        p_cut = p_choice.value if binary else None
         report["patient_level"] = {
             "aggregation": patient_aggregation,
-            "threshold_note": "the image-level threshold applied to the aggregated probability",
-            **_section(p_probs, p_labels, None, cut, class_names, n_bins=n_bins, **settings),
+            "threshold": p_choice.to_dict() if binary else None,
+            "threshold_note": note,
+            **_section(p_probs, p_labels, None, p_cut, class_names, n_bins=n_bins, **settings),
         }
     return report
 
@@ -216,6 +235,8 @@ def summary_metrics(report: dict, prefix: str = "test/") -> dict[str, float]:
     out[f"{prefix}n_patients"] = float(report["counts"]["patients"])
     if report["patient_level"] is not None:
         out.update(flat(report["patient_level"], f"{prefix}patient/"))
+        if report["patient_level"].get("threshold") is not None:
+            out[f"{prefix}patient/threshold"] = float(report["patient_level"]["threshold"]["value"])
     return out
 
 
@@ -226,7 +247,8 @@ def _rows(section: dict) -> list[str]:
         est = "n/a" if iv["estimate"] is None else f"{iv['estimate']:.3f}"
         ci = "" if iv["ci_low"] is None else f"({iv['ci_low']:.3f}-{iv['ci_high']:.3f})"
         dropped = f"  [{iv['n_dropped']} resamples undefined]" if iv["n_dropped"] else ""
-        rows.append(f"  {name:<22}{est:>7}  {ci}{dropped}")
+        method = method_label(iv.get("method", ""), iv.get("n_eff"))
+        rows.append(f"  {name:<22}{est:>7}  {ci:<15}  {method}{dropped}")
     return rows
 
 
@@ -243,12 +265,16 @@ def format_table(report: dict) -> str:
         if not th["fallback"] and th["val_sensitivity"] is not None and th["val_specificity"] is not None:
             how += f" (val sensitivity {th['val_sensitivity']:.3f}, specificity {th['val_specificity']:.3f})"
         lines.append(f"threshold {th['value']:.4g}: {how}")
-    level = f"{100 * ci['confidence']:g}% CI ({ci['method']})"
-    lines.append(
-        f"  {'metric':<22}{'value':>7}  {level}, {ci['n_resamples']} resamples by {ci['resampling_unit']}"
-    )
+    level = f"{100 * ci['confidence']:g}% CI"
+    lines.append(f"  {'metric':<22}{'value':>7}  {level:<15}  method "
+                 f"({ci['method']}: {ci['n_resamples']} resamples by {ci['resampling_unit']})")  # fmt: skip
     lines += _rows(report)
-    if report["patient_level"] is not None:
-        lines.append(f"patient level ({report['patient_level']['aggregation']} of each patient's images):")
-        lines += _rows(report["patient_level"])
+    patients = report["patient_level"]
+    if patients is not None:
+        how = f"{patients['aggregation']} of each patient's images"
+        th = patients.get("threshold")
+        if th is not None:
+            how += f"; threshold {th['value']:.4g}, {patients['threshold_note']}"
+        lines.append(f"patient level ({how}):")
+        lines += _rows(patients)
     return "\n".join(lines)

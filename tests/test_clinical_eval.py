@@ -131,12 +131,21 @@ def test_test_and_predict_reuse_the_stored_threshold_and_test_reruns_with_anothe
 
 def test_patient_level_section_with_mean_or_max(fitted, tmp_path):
     cli, args = fitted
+    from evaluation import choose_patient_threshold
+
     report = _report(cli.run_dir)
-    assert report["patient_level"]["aggregation"] == "mean"  # the phantoms have two hands per patient
+    assert report["patient_level"]["aggregation"] == "max"  # two hands per patient: positive when any is
+    # the patient-level operating point: chosen after fit on the VALIDATION patients, max-aggregated
+    val = cli.model.epoch_outputs["val"]
+    ids = np.array([r.patient_id for r in cli.datamodule.records_of("val")], dtype=object)[val["index"]]
+    expected = choose_patient_threshold("youden", cli.model.operating_point.probabilities(val["logits"])[:, 1],
+                                        val["labels"], ids, "max")
+    assert report["patient_level"]["threshold"]["value"] == pytest.approx(expected.value)
+    assert report["patient_level"]["threshold_note"] == "rule youden chosen on validation patients"
     base = [a for a in args[1:] if not a.startswith("--run.root=")] + [f"--run.root={tmp_path / 'runs'}"]
-    top = cli_main(["test", *base, f"--ckpt_path={cli.checkpoint.best_model_path}",
-                    "--eval.patient_aggregation=max"])
-    assert _report(top.run_dir)["patient_level"]["aggregation"] == "max"
+    mean = cli_main(["test", *base, f"--ckpt_path={cli.checkpoint.best_model_path}",
+                     "--eval.patient_aggregation=mean"])
+    assert _report(mean.run_dir)["patient_level"]["aggregation"] == "mean"
 
 
 def test_temperature_scaling_is_fitted_on_validation_before_the_threshold(fit_args):

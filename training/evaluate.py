@@ -37,6 +37,7 @@ from evaluation import (
     apply_temperature,
     brier_score,
     build_report,
+    choose_patient_threshold,
     choose_threshold,
     expected_calibration_error,
     fit_temperature,
@@ -152,13 +153,14 @@ def patient_ids_of(records: Sequence) -> Optional[list[str]]:
 
 def test_report_of(probs: np.ndarray, labels: np.ndarray, patient_ids: Optional[Sequence[str]],
                    class_names: Sequence[str],
-                   point: OperatingPoint, options: EvalOptions) -> dict:
+                   point: OperatingPoint, options: EvalOptions,
+                   patient_threshold: Optional[ThresholdChoice] = None) -> dict:
     """The test report (evaluation.build_report) at the operating point, with its temperature."""
     ids = None if patient_ids is None else np.asarray(patient_ids, dtype=object)
     report = build_report(probs, labels, ids, list(class_names),
                           point.threshold if probs.shape[1] == 2 else None,
                           n_resamples=options.bootstrap_resamples, seed=options.bootstrap_seed,
-                          patient_aggregation=options.patient_aggregation)
+                          patient_aggregation=options.patient_aggregation, patient_threshold=patient_threshold)
     report["temperature"] = {"value": point.temperature, "fitted_on_validation": point.temperature_scaling}
     return report
 
@@ -202,8 +204,13 @@ class EvaluationReport(Callback):
         probs = point.probabilities(outputs["logits"])
         ids = self.patient_ids("test")
         ids = None if ids is None else np.asarray(ids, dtype=object)[outputs["index"]]
-        report = test_report_of(probs, outputs["labels"], ids, pl_module.class_names, point, self.options)
         val = pl_module.epoch_outputs.get("val")
+        val_ids = self.patient_ids("val") if val is not None and ids is not None and point.threshold else None
+        patient_threshold = None if val_ids is None else choose_patient_threshold(  # on validation patients
+            self.options.threshold, point.probabilities(val["logits"])[:, 1], val["labels"],
+            np.asarray(val_ids, dtype=object)[val["index"]], self.options.patient_aggregation)
+        report = test_report_of(probs, outputs["labels"], ids, pl_module.class_names, point, self.options,
+                                patient_threshold)
         report["validation_calibration"] = calibration_summary(val["logits"], val["labels"], point) \
             if val is not None else None
         self.report = report

@@ -71,15 +71,17 @@ class EvalOptions:
             fixed number in (0, 1) such as 0.5. Used by test, predict and the test after fit.
         temperature_scaling: fit a temperature on the validation logits (calibration) before
             the threshold is chosen.
-        patient_aggregation: how a patient's images combine into patient-level figures
-            (mean or max of their probabilities).
+        patient_aggregation: how a patient's images combine into patient-level figures: max
+            (a patient is positive when any image is; the default) or mean (all images show
+            the same finding, e.g. several views of one hand). The patient-level threshold is
+            chosen on validation patients aggregated the same way.
         bootstrap_resamples: patient-level bootstrap resamples for the 95% intervals.
         bootstrap_seed: seed of the bootstrap (same seed, same intervals).
     """
 
     threshold: str = "youden"
     temperature_scaling: bool = False
-    patient_aggregation: Literal["mean", "max"] = "mean"
+    patient_aggregation: Literal["mean", "max"] = "max"
     bootstrap_resamples: int = 2000
     bootstrap_seed: int = 0
 

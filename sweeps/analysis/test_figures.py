@@ -27,15 +27,16 @@ def read_test_report(sweep_dir: Path, run: dict) -> Optional[dict]:
     return report if isinstance(report, dict) and "metrics" in report else None
 
 
-def _cell(figure: dict) -> tuple[str, str]:
+def _cell(figure: dict) -> tuple[str, str, str]:
     est = "n/a" if figure.get("estimate") is None else f"{figure['estimate']:.3f}"
     ci = "" if figure.get("ci_low") is None else f"{figure['ci_low']:.3f} – {figure['ci_high']:.3f}"
-    return est, ci
+    n_eff = "" if figure.get("n_eff") is None else f" (n_eff={figure['n_eff']:.1f})"
+    return est, ci, figure.get("method", "") + n_eff  # bca, or clopper-pearson where it collapses
 
 
 def ci_rows(report: dict) -> list[list[str]]:
     """Header + one row per figure (image level, then patient level when there is one)."""
-    rows = [["figure", "estimate", "95% CI"]]
+    rows = [["figure", "estimate", "95% CI", "method"]]
     for prefix, section in (("", report), ("patient: ", report.get("patient_level"))):
         if not section:
             continue
@@ -51,10 +52,14 @@ def caption(report: dict) -> str:
                           f"{counts['patients_per_class'][name]} patients" for name in report["class_names"])
     text = (f"Test split: {counts['images']} images of {counts['patients']} patients ({per_class}). "
             f"Intervals: {report['ci']['method']} patient-level bootstrap, {report['ci']['n_resamples']} "
-            f"resamples by {report['ci']['resampling_unit']}.")
+            f"resamples by {report['ci']['resampling_unit']}; the method column names each figure's.")
     if th:
         how = f"fallback ({th['reason']})" if th["fallback"] else f"rule {th['rule']}, chosen on validation"
         text += f" Threshold {th['value']:.4g}: {how}."
+    patients = report.get("patient_level") or {}
+    if patients.get("threshold"):
+        text += (f" Patient level: {patients['aggregation']} of each patient's images, threshold "
+                 f"{patients['threshold']['value']:.4g} ({patients['threshold_note']}).")
     return text
 
 

@@ -1,0 +1,122 @@
+"""Exact (Clopper-Pearson) intervals for proportions, with patients as clusters.
+
+Where the patient bootstrap of a proportion collapses (an estimate of 0 or 1: every resample
+repeats it), the report uses these instead; see evaluation/bootstrap.py for when.
+
+Why Clopper-Pearson (Clopper & Pearson 1934): its coverage is at least nominal for every true
+proportion and every n (it inverts two exact binomial tests), where Wilson's and the
+bootstrap's fall short near 0 and 1 on small n (Brown, Cai & DasGupta 2001, Statistical
+Science 16:101-133): exactly the 8-of-8 case. Its price, a somewhat wider interval, is the
+right side to err on for a figure a reader takes as "the test finds all".
+
+Clusters: images of one patient tend to agree, so N images carry less than N binomial trials'
+information. The interval is computed for an effective sample size ``n_eff = p(1-p) / V``,
+V the variance of the ratio estimate over patients (Kish 1965, sec. 8.2; the Clopper-Pearson
+interval at n_eff is Korn & Graubard 1998, Survey Methodology 24:193-201). When every image
+agrees (p = 0 or 1) the data cannot tell how strongly a patient's images go together, so the
+most conservative value is taken: images of a patient agree always (intra-class correlation
+1), n_eff = (sum m_i)^2 / sum m_i^2, Kish's effective size for cluster sizes m_i: the number of
+patients when each contributes equally many images. n_eff is kept within [that, N]; with one
+image per patient it is N and the interval is the textbook exact one (8 of 8: 0.631-1).
+
+numpy and the standard library only: the beta quantile is a bisection on the regularised
+incomplete beta function (continued fraction, Press et al., Numerical Recipes 3rd ed. 6.4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    """Lentz's evaluation of the continued fraction of I_x(a, b) (Numerical Recipes 6.4)."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        m2 = 2 * m
+        for aa in (
+            m * (b - m) * x / ((qam + m2) * (a + m2)),
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+        ):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def beta_cdf(x: float, a: float, b: float) -> float:
+    """The regularised incomplete beta function I_x(a, b), a, b > 0 (real)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):  # the fraction converges fast on this side; else use symmetry
+        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def beta_ppf(q: float, a: float, b: float) -> float:
+    """The q-quantile of Beta(a, b): bisection to double precision (the CDF is monotone)."""
+    low, high = 0.0, 1.0
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        if mid in (low, high):
+            break
+        low, high = (mid, high) if beta_cdf(mid, a, b) < q else (low, mid)
+    return 0.5 * (low + high)
+
+
+def clopper_pearson(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact interval of a proportion, successes of n trials; both may be non-integer (n_eff)."""
+    if not n > 0 or not 0 <= successes <= n:
+        return math.nan, math.nan
+    alpha = 1.0 - confidence
+    low = 0.0 if successes == 0 else beta_ppf(alpha / 2, successes, n - successes + 1)
+    high = 1.0 if successes == n else beta_ppf(1 - alpha / 2, successes + 1, n - successes)
+    return low, high
+
+
+def effective_sample_size(trials: np.ndarray, events: np.ndarray, patient: np.ndarray) -> float:
+    """n_eff of the proportion events/trials over images grouped by ``patient`` (0..P-1 index).
+
+    ``trials`` marks the images in the denominator, ``events`` those (of them) in the numerator.
+    """
+    trials = np.asarray(trials, dtype=bool)
+    m = np.bincount(patient[trials])
+    y = np.bincount(patient[trials], weights=np.asarray(events, dtype=bool)[trials], minlength=len(m))
+    y, m = y[m > 0], m[m > 0].astype(np.float64)
+    n, k = m.sum(), len(m)
+    if n == 0:
+        return 0.0
+    n_min = n * n / np.sum(m * m)  # intra-class correlation 1: each patient one trial, by weight
+    p = y.sum() / n
+    if p in (0.0, 1.0) or k < 2:
+        return float(n_min)
+    # Linearised variance of the ratio estimate over patients (with-replacement, k/(k-1)).
+    variance = k / (k - 1) * np.sum((y - p * m) ** 2) / (n * n)
+    n_eff = p * (1 - p) / variance if variance > 0 else n
+    return float(min(max(n_eff, n_min), n))
+
+
+def clustered_clopper_pearson(
+    trials: np.ndarray, events: np.ndarray, patient: np.ndarray, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """(low, high, n_eff): Clopper-Pearson at the effective sample size of the clustered data."""
+    trials = np.asarray(trials, dtype=bool)
+    n = int(trials.sum())
+    if n == 0:
+        return math.nan, math.nan, 0.0
+    p = float(np.sum(np.asarray(events, dtype=bool) & trials)) / n
+    n_eff = effective_sample_size(trials, events, np.asarray(patient))
+    low, high = clopper_pearson(p * n_eff, n_eff, confidence)
+    return low, high, n_eff
