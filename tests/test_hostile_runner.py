@@ -3,9 +3,15 @@ GPU probe (issue 19 items 8, 11-14; issue 18 item 3). Fast, no processes except 
 
 from __future__ import annotations
 
+import itertools
+import sys
+
 import pytest
+from sqlalchemy.engine import make_url
+from test_offline_runner import fake, run  # noqa: F401  (fake is a fixture)
 
 from sweeps.main import build_parser
+from sweeps.runner.storage import check_url, mask_password
 
 SWEEP = "sweeps/quick_test.yaml"
 
@@ -46,3 +52,98 @@ def test_bad_numbers_are_refused_when_parsed_naming_the_option(option, value, ca
     line = err.strip().splitlines()[-1]
     assert f"argument {option}" in line or f"/{option}:" in line, line
     assert "at least" in line or "above" in line, line  # says what is allowed
+
+
+def error_of(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err
+
+
+# ----------------------------------------------------------------------------- storage URLs
+
+# Passwords built around SECRET, so that any part of one left visible is found.
+PASSWORDS = ["SECRET", "p@SECRET", "p@ss/SECRET", "SE CRET", "SE@CR ET/x", "SE:CRET", "SE?CRET", "SE#CRET",
+             "SE%40CRET", "SE%20CRET", "SECRET@", "@SECRET", "SÉCRET", "SE/CR/ET"]
+SCHEMES = ["postgresql", "postgresql+psycopg2", "mysql+pymysql", "mssql+pyodbc", "oracle+oracledb"]
+HOSTS = ["db", "127.0.0.1:1", "[::1]:5432", ""]
+
+
+def _url_forms() -> list[str]:
+    """The combinations SQLAlchemy reads (a few, such as p@SECRET before [::1]:5432, it refuses)."""
+    forms = [f"{scheme}://user:{password}@{host}/sweeps"
+             for scheme, password, host in itertools.product(SCHEMES, PASSWORDS, HOSTS)]
+    for password in PASSWORDS:
+        forms += [f"postgresql://user:{password}@db/sweeps?sslmode=require&connect_timeout=1",
+                  f"postgresql://user@db/sweeps?password={password}",
+                  f"postgresql://:{password}@/sweeps?host=/var/run/postgresql"]
+    accepted = []
+    for url in forms:
+        try:
+            make_url(url)
+        except Exception:
+            continue
+        accepted.append(url)
+    assert len(accepted) > 0.9 * len(forms)
+    return accepted
+
+
+@pytest.mark.parametrize("url", _url_forms())
+def test_no_part_of_a_password_is_shown(url):
+    """Every URL form SQLAlchemy reads with a password (user:pw@, :pw@, ?password=), with @, /,
+    spaces, : ? # and percent-escapes in the password: masked whole, user and database kept."""
+    shown = mask_password(url)
+    for piece in ("SECRET", "SE", "CR", "ET", "SÉ"):
+        assert piece not in shown.replace("sslmode", ""), (url, shown)
+    assert "***" in shown and ("user" in shown or url.startswith("postgresql://:")) and "sweeps" in shown
+    if "?password=" not in url:
+        assert shown.startswith(url.split("://")[0] + "://" + url.split("://")[1].split(":")[0] + ":***@")
+
+
+def test_masks_from_the_issue_and_the_kept_forms():
+    assert mask_password("postgresql://u:p@ss/secret@127.0.0.1:1/x") == "postgresql://u:***@127.0.0.1:1/x"
+    assert mask_password("postgresql://u:se cret@h") == "postgresql://u:***@h"
+    assert mask_password("postgresql://alice@db/s?password=s3 cr3t&token=t0k") == \
+        "postgresql://alice@db/s?password=***&token=***"
+    assert mask_password("cannot connect to postgresql://alice:s3cr3t@db/sweeps: refused") == \
+        "cannot connect to postgresql://alice:***@db/sweeps: refused"
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:p@ss/secret@127.0.0.1:1/x", "postgresql://u:s3@cr3t@127.0.0.1:1/x",
+                                 "mysql+pymysql://u:a@b@127.0.0.1:1/x"])
+def test_a_password_sqlalchemy_would_cut_at_an_at_is_refused_before_connecting(url, fake, tmp_path, capsys):  # noqa: F811
+    """SQLAlchemy ends the password at its first @ and takes the rest for the host: part of the
+    password would be looked up in DNS and sent to a server. Refused, masked, nothing created."""
+    assert run(tmp_path, fake({"x": {"values": [0.1]}}), "--storage", url) == 2
+    err = error_of(capsys)
+    assert "%40" in err and "***@127.0.0.1:1/x" in err
+    assert not any(piece in err for piece in ("ss/secret", "secret", "cr3t", "b@")), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_password_with_a_space_is_masked_in_the_runners_errors(fake, tmp_path, capsys):  # noqa: F811
+    url = "postgresql://u:se cret@127.0.0.1:1/x?connect_timeout=1"
+    assert run(tmp_path, fake({"x": {"values": [0.1]}}), "--storage", url) == 2  # nothing listens on port 1
+    err = error_of(capsys)
+    assert "cannot open sweep storage postgresql://u:***@127.0.0.1:1/x" in err and "cret" not in err
+
+
+def test_sqlite_storage_in_a_missing_folder_is_refused_not_created(fake, tmp_path, capsys):  # noqa: F811
+    missing = tmp_path / "nonexistent" / "dir"
+    assert run(tmp_path, fake({"x": {"values": [0.1]}}), "--storage", f"sqlite:///{missing}/x.db") == 2
+    err = error_of(capsys)
+    assert f"the folder {missing} does not exist" in err
+    assert not (tmp_path / "nonexistent").exists() and not (tmp_path / "out").exists()
+    check_url(f"sqlite:///{tmp_path}/x.db")  # an existing folder is fine
+    check_url("sqlite:///relative.db")
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:pw@127.0.0.1:1/x", "postgresql+psycopg2://u:pw@127.0.0.1:1/x",
+                                 "postgresql+psycopg://u:pw@127.0.0.1:1/x"])
+def test_postgresql_without_a_driver_says_what_to_install(url, fake, tmp_path, capsys, monkeypatch):  # noqa: F811
+    for module in ("psycopg", "psycopg2"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed: import fails, find_spec is None
+    assert run(tmp_path, fake({"x": {"values": [0.1]}}), "--storage", url) == 2
+    err = error_of(capsys)
+    assert "`postgres` extra" in err and "psycopg2-binary" in err and "postgresql+psycopg2://" in err, err
+    assert "pw" not in err.replace("psycopg", "")

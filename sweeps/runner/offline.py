@@ -37,7 +37,7 @@ from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress
 from sweeps.runner.runner import POLL_S, LaunchSettings, Runner
 from sweeps.runner.space import build_space, make_sampler
-from sweeps.runner.storage import Storage, heartbeat_problem, mask_password
+from sweeps.runner.storage import Storage, check_url, heartbeat_problem, mask_password
 
 DEFAULT_COUNT = 10
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -171,6 +171,8 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
     if problem is not None:
         raise RunnerError(f"--storage {mask_password(args.storage)}: {problem}; the runners' heartbeats "
                           "(--heartbeat), which let any runner retry the runs of a dead one, need such a database")
+    if args.storage:
+        check_url(args.storage)  # before the sweep directory is made
     sweep_dir = Path(args.out or Path("sweep_runs") / name).resolve()
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
