@@ -24,6 +24,7 @@ from sweeps.errors import SweepError, UsageError
 from sweeps.files import SWEEP_CONFIGS, create_custom_sweep_config, get_sweep_config, load_sweep, render_yaml
 from sweeps.files.build import merge_custom_params
 from sweeps.files.io import write_atomic
+from sweeps.text import visible
 
 SWEEP_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = "configs/ra_hand.yaml"
@@ -214,5 +215,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {visible(e, keep_newlines=True)}", file=sys.stderr)
         return 2

@@ -147,3 +147,61 @@ def test_postgresql_without_a_driver_says_what_to_install(url, fake, tmp_path, c
     err = error_of(capsys)
     assert "`postgres` extra" in err and "psycopg2-binary" in err and "postgresql+psycopg2://" in err, err
     assert "pw" not in err.replace("psycopg", "")
+
+
+# ----------------------------------------------------------------------------- terminal escapes
+
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07"  # clears the screen, retitles the window, rings the bell
+CONTROLS = [chr(c) for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)]] + ["\u2028", "\u2029", "\u202e", "\u200b"]
+
+
+def _shown_raw(text: str) -> list[str]:
+    """Characters a terminal would act on (the progress line's own \\r and erase-line aside)."""
+    return [ch for ch in text.replace("\r\x1b[K", "") if not ch.isprintable() and ch != "\n"]
+
+
+def test_visible_escapes_every_control_character():
+    from sweeps.text import visible
+
+    for ch in CONTROLS:
+        shown = visible(f"a{ch}b")
+        assert shown.startswith("a") and shown.endswith("b") and len(shown) > 3 and not _shown_raw(shown), repr(ch)
+    assert visible(HOSTILE) == "\\x1b[2J\\x1b]0;pwned\\x07"
+    assert visible("line 1\nline 2", keep_newlines=True) == "line 1\nline 2" and visible("a\nb") == "a\\nb"
+    assert visible("José 0.001 val/auroc ±") == "José 0.001 val/auroc ±"  # printable text is left alone
+
+
+def test_hostile_parameter_values_reach_the_terminal_escaped(fake, tmp_path, capsys):  # noqa: F811
+    """A categorical value with terminal escapes, through the runner's progress lines, its
+    summary, and `best` (table, best parameters)."""
+    from sweeps.main import main
+
+    sweep = fake({"x": {"values": [0.5]}, "tag": {"values": [HOSTILE, f"ok{HOSTILE}"]}, "epochs": {"value": 1}})
+    assert run(tmp_path, sweep) == 0
+    assert main(["best", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "run 0000 started" in out and "best: run" in out
+    assert out.count("\\x1b[2J\\x1b]0;pwned\\x07") >= 4 and not _shown_raw(out), out
+
+
+def test_the_live_status_line_escapes_the_best_parameters():
+    import io
+
+    from sweeps.runner.progress import Progress
+
+    stream = io.StringIO()
+    progress = Progress(4, live=True, stream=stream)
+    progress.update({"finished": 1, "stopped": 0, "failed": 0, "running": 1}, (0.9, {"tag": HOSTILE}, "runs/0000"))
+    progress.event(f"run 0001 failed: {HOSTILE}")
+    progress.close()
+    text = stream.getvalue()
+    assert "\\x1b]0;pwned" in text and not _shown_raw(text), repr(text)
+
+
+def test_error_lines_escape_the_values_they_name(tmp_path, capsys):
+    from sweeps.main import main
+
+    assert main(["best", str(tmp_path / f"missing{HOSTILE}")]) == 2
+    assert main(["report", str(tmp_path / f"missing{HOSTILE}")]) == 2
+    err = error_of(capsys)
+    assert err.count("missing\\x1b[2J") == 2 and not _shown_raw(err), repr(err)

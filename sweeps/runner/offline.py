@@ -38,6 +38,7 @@ from sweeps.runner.progress import Progress
 from sweeps.runner.runner import POLL_S, LaunchSettings, Runner
 from sweeps.runner.space import build_space, make_sampler
 from sweeps.runner.storage import Storage, check_url, heartbeat_problem, mask_password
+from sweeps.text import visible
 
 DEFAULT_COUNT = 10
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -211,11 +212,11 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
         print(f"sweep {name} interrupted; rerun the same command to continue")
     if runner.best is not None:
         value, params, run_dir = runner.best
-        print(f"best run: {runner.metric}={value:.6g} in {sweep_dir / run_dir}")
+        print(visible(f"best run: {runner.metric}={value:.6g} in {sweep_dir / run_dir}"))
         for key, val in params.items():
-            print(f"  {key}: {val}")
+            print(visible(f"  {key}: {val}"))
     else:
-        print(f"no run finished with a value of the sweep metric {runner.metric}", file=sys.stderr)
+        print(visible(f"no run finished with a value of the sweep metric {runner.metric}"), file=sys.stderr)
         if code == 0:
             code = 1  # every run failed, or none logged the metric: a sweep with no result is an error
     print(f"sweep directory: {sweep_dir}  (python -m sweeps best {sweep_dir})")
