@@ -4,8 +4,11 @@ GPU probe (issue 19 items 8, 11-14; issue 18 item 3). Fast, no processes except 
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 import sys
 
+import optuna
 import pytest
 from sqlalchemy.engine import make_url
 from test_offline_runner import fake, run  # noqa: F401  (fake is a fixture)
@@ -205,3 +208,121 @@ def test_error_lines_escape_the_values_they_name(tmp_path, capsys):
     assert main(["report", str(tmp_path / f"missing{HOSTILE}")]) == 2
     err = error_of(capsys)
     assert err.count("missing\\x1b[2J") == 2 and not _shown_raw(err), repr(err)
+
+
+# ----------------------------------------------------------------------------- a flaky nvidia-smi
+
+UUID0, UUID1 = "GPU-8932f937-d72c-4106-c12f-20bd9faed9f6", "GPU-1e0c3a55-0b2e-4a6f-9d7e-5c1f2a3b4c5d"
+SMI_OUTPUTS = {  # (stdout, exit code, seconds to hang)
+    "[N/A]": (f"0, {UUID0}, [N/A]\n1, {UUID1}, [N/A]\n", 0, 0),
+    "garbage": ("Failed to initialize NVML: Driver/library version mismatch\n", 0, 0),
+    "non-zero exit": ("", 9, 0),
+    "timeout": ("", 0, 30),
+    "empty": ("", 0, 0),
+}
+
+
+@pytest.fixture
+def smi(tmp_path, monkeypatch):
+    """A fake nvidia-smi first on PATH; `smi(stdout, code, hang)` rewrites what it does."""
+    from sweeps.runner import placement
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(placement, "PROBE_TIMEOUT_S", 0.5)
+
+    def set_to(stdout: str, code: int = 0, hang: float = 0) -> None:
+        script = bin_dir / "nvidia-smi"
+        (bin_dir / "out.txt").write_text(stdout)
+        body = f"exec sleep {hang}\n" if hang else f'cat "{bin_dir}/out.txt"\necho "nvidia-smi says no" >&2\nexit {code}\n'
+        script.write_text("#!/bin/sh\n" + body)
+        script.chmod(0o755)
+
+    return set_to
+
+
+HEALTHY = f"0, {UUID0}, 2048\n1, {UUID1}, 40960\n"  # GPU 0: 2 GB free, GPU 1: 40 GB
+
+
+@pytest.mark.parametrize("case", list(SMI_OUTPUTS))
+def test_a_failing_gpu_probe_waits_and_warns_once_never_raises(case, smi, caplog):
+    """At start-up: one clear error (not a ValueError). During the sweep: no new run on the GPU
+    for now, one warning, and runs start again when nvidia-smi answers again."""
+    from sweeps.runner import placement
+
+    smi(*SMI_OUTPUTS[case])
+    with pytest.raises(placement.GpuProbeError) as error:  # start-up: offline.py turns it into one error line
+        placement.check_slots(["0", "1"])
+    assert case != "[N/A]" or "no free memory for GPU(s) 0, 1" in str(error.value)
+
+    smi(HEALTHY)
+    clock = [0.0]
+    guard = placement.GpuMemoryGuard(8, settle_s=0, clock=lambda: clock[0])
+    assert guard.blocked("1") is None and "below" in guard.blocked("0")
+    smi(*SMI_OUTPUTS[case])
+    with caplog.at_level(logging.WARNING, logger="sweeps.runner.placement"):
+        for _ in range(4):  # several reads while it keeps failing
+            clock[0] += placement.RETRY_S
+            assert "free memory unknown" in guard.blocked("1")
+            assert "free memory unknown" in guard.blocked("0,1")
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 1, warnings
+        smi(HEALTHY)
+        clock[0] += placement.RETRY_S
+        assert guard.blocked("1") is None  # back: runs start again
+    if case != "[N/A]":  # nvidia-smi itself failed: its return is said too
+        assert "answers again" in caplog.records[-1].getMessage()
+
+
+def test_gpu_uuids_abbreviated_uuids_and_mig_ids(smi):
+    from sweeps.runner import placement
+
+    smi(HEALTHY)
+    guard = placement.GpuMemoryGuard(8, settle_s=0)
+    for name in (UUID0, UUID0[:12], "0"):  # GPU 0 has 2 GB free: blocked whatever its name
+        assert "2.0 GB free, below" in guard.blocked(name), name
+    for name in (UUID1, UUID1[:12], "1"):
+        assert guard.blocked(name) is None, name
+    assert "unknown" in guard.blocked("GPU-")  # a prefix of both names no GPU (CUDA needs a unique one)
+    mig = "MIG-4ad5e56c-4b43-5ad1-8e16-8d4f51ad4a5a"
+    assert "unknown" in guard.blocked(mig)
+    placement.check_slots([UUID0[:12], "1", None])
+    with pytest.raises(placement.GpuProbeError, match=f"GPU\\(s\\) {mig} \\(MIG instances"):
+        placement.check_slots(["0", mig])
+
+
+@pytest.mark.parametrize(("value", "ids"), [
+    ("2,3", ["2", "3"]), (" 1 , 2 ", ["1", "2"]), ("GPU-aa,GPU-bb,-1,GPU-cc", ["GPU-aa", "GPU-bb"]),
+    ("0,NoDevFiles,1", ["0"]), ("NoDevFiles", []), ("1abc,2", ["1", "2"]), ("0,0", []), ("", []), ("0,,1", ["0"]),
+    ("MIG-4ad5e56c-4b43-5ad1-8e16-8d4f51ad4a5a", ["MIG-4ad5e56c-4b43-5ad1-8e16-8d4f51ad4a5a"]),
+    ("MIG-GPU-8932f937/1/0", ["MIG-GPU-8932f937/1/0"]),
+])
+def test_visible_gpus_reads_cuda_visible_devices_as_cuda_does(value, ids, monkeypatch):
+    from sweeps.runner.launch import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    assert visible_gpus() == ids
+
+
+def test_a_flaky_gpu_probe_during_a_sweep_kills_no_run(fake, smi, tmp_path, monkeypatch, capsys, caplog):  # noqa: F811
+    """nvidia-smi fails on every second call: the sweep still runs every run to the end."""
+    from sweeps.runner import placement
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setattr(placement, "RETRY_S", 0.05)
+    monkeypatch.setattr(placement, "READ_EVERY_S", 0.0)
+    monkeypatch.setattr(placement, "SETTLE_S", 0.0)
+    smi(HEALTHY.replace("2048", "40960"))
+    script = tmp_path / "bin" / "nvidia-smi"
+    healthy = script.read_text()
+    flaky = tmp_path / "bin" / "calls"
+    script.write_text(f'#!/bin/sh\necho x >> "{flaky}"\n[ $(wc -l < "{flaky}") -gt 1 ] && '
+                      f'[ $(( $(wc -l < "{flaky}") % 2 )) -eq 0 ] && exit 3\n' + healthy.split("\n", 1)[1])
+    sweep = fake({"x": {"values": [0.1, 0.2, 0.3, 0.4]}, "epochs": {"value": 2}})
+    with caplog.at_level(logging.WARNING, logger="sweeps.runner.placement"):
+        assert run(tmp_path, sweep, "--min-free-gpu-mem", "8") == 0
+    trials = optuna.load_study(study_name="fake", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}").get_trials()
+    assert sorted(t.user_attrs["state"] for t in trials) == ["finished"] * 4
+    assert int(flaky.read_text().count("x")) >= 3  # it did fail during the sweep
+    assert any("cannot read the GPUs' free memory" in r.getMessage() for r in caplog.records)

@@ -72,7 +72,7 @@ def memory_guard(min_free_gb: Optional[float], slots: list[Optional[str]]) -> Op
     if not any(slots):
         raise RunnerError("--min-free-gpu-mem: the runs use no GPU (no visible GPUs, or CUDA_VISIBLE_DEVICES empty)")
     try:
-        placement.nvidia_smi_free_gb()
+        placement.check_slots(slots)
     except (OSError, subprocess.SubprocessError) as e:
         raise RunnerError(f"--min-free-gpu-mem needs nvidia-smi to read the GPUs' free memory: {e}") from None
     return GpuMemoryGuard(min_free_gb)
