@@ -275,6 +275,14 @@ def test_a_failing_gpu_probe_waits_and_warns_once_never_raises(case, smi, caplog
         assert "answers again" in caplog.records[-1].getMessage()
 
 
+@pytest.mark.parametrize("gb", [float("nan"), float("inf"), 0.0, -1.0])
+def test_the_guard_itself_refuses_a_threshold_that_would_disable_it(gb):
+    from sweeps.runner import placement
+
+    with pytest.raises(ValueError, match="--min-free-gpu-mem"):
+        placement.GpuMemoryGuard(gb, free_gb=lambda: {"0": 1.0})
+
+
 def test_gpu_uuids_abbreviated_uuids_and_mig_ids(smi):
     from sweeps.runner import placement
 

@@ -119,6 +119,8 @@ class GpuMemoryGuard:
 
     def __init__(self, min_free_gb: float, free_gb: Optional[Callable[[], dict[str, float]]] = None,
                  settle_s: Optional[float] = None, clock: Callable[[], float] = time.monotonic) -> None:
+        if not (math.isfinite(min_free_gb) and min_free_gb > 0):  # nan would compare False: no GPU ever full
+            raise ValueError(f"--min-free-gpu-mem must be a positive number of GB, got {min_free_gb}")
         self.min_free_gb, self.clock = min_free_gb, clock
         self.free_gb = free_gb or nvidia_smi_free_gb
         self.settle_s = SETTLE_S if settle_s is None else settle_s
