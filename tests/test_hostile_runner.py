@@ -1,5 +1,6 @@
 """Careless and hostile input to the offline runner's options, storage URLs, terminal output and
-GPU probe (issue 19 items 8, 11-14; issue 18 item 3). Fast, no processes except a fake nvidia-smi."""
+GPU probe (issue 19 items 8, 11-14; issue 18 item 3). Each test is an attack that once got
+through. Runs use the stand-in program of test_offline_runner.py; nvidia-smi is a script on PATH."""
 
 from __future__ import annotations
 
