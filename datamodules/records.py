@@ -17,7 +17,9 @@ predictions.csv show neither their real paths nor even their file names, which h
 exports often build from patient names and record numbers. (An error that stops the run names
 the file as configured, as for any other file.)
 
-Labels are compared as people read them: see `normalize_label`.
+Labels are compared as people read them: see `normalize_label`. Patient ids are compared more
+loosely still (`normalize_patient_id`): two ids that look alike are one patient, and a warning
+names the manifest lines that wrote them differently.
 """
 
 from __future__ import annotations
@@ -74,6 +76,26 @@ def normalize_label(raw: str) -> str:
     """
     text = "".join(ch for ch in raw if unicodedata.category(ch) != "Cf")
     return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def normalize_patient_id(raw: str) -> str:
+    """A patient id as `normalize_label` reads a label, but with Unicode NFKC instead of NFC, so
+    that compatibility forms (full-width "Ｐ０００２", ligatures, superscripts) also read as the
+    plain characters. Merging ids wrongly only keeps two patients together (a stricter split, a
+    wider interval); keeping look-alikes apart leaks a patient across splits."""
+    text = "".join(ch for ch in raw if unicodedata.category(ch) != "Cf")
+    return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
+def _warn_look_alike_ids(manifest: Path, written: dict[str, dict[str, int]]) -> None:
+    """One warning naming the lines (never the ids: often medical record numbers) where an id
+    was written differently from its look-alike."""
+    variants = [sorted(lines.values()) for lines in written.values() if len(lines) > 1]
+    if variants:
+        shown = [f"lines {', '.join(map(str, lines))}" for lines in variants]
+        log.warning("Manifest %s: %d patient id(s) are written in several ways that differ only in invisible "
+                    "characters, Unicode form or spacing; each is read as one patient (first line of each "
+                    "spelling):%s", manifest, len(variants), _listing(shown))
 
 
 def _real_root(root: Path) -> Path:
@@ -145,6 +167,7 @@ def read_manifest(manifest: Path, root: Path, *, allow_outside_root: bool = Fals
         raise DataError(f"Manifest {manifest} has a header but no rows")
     real_root = _real_root(root)
     records, missing, bad, outside = [], [], [], []
+    written: dict[str, dict[str, int]] = defaultdict(dict)  # normalised id -> {as written: first line}
     for line, row in enumerate(rows, start=2):
         rel, label = (row.get("path") or "").strip(), normalize_label(row.get("label") or "")
         split = (row.get("split") or "").strip() or None
@@ -167,8 +190,11 @@ def read_manifest(manifest: Path, root: Path, *, allow_outside_root: bool = Fals
         if not path.is_file():
             missing.append(f"line {line}: {given}")
             continue
-        patient = (row.get("patient_id") or "").strip() or rel
-        records.append(Record(path, rel, label, patient, split))
+        raw_id = row.get("patient_id") or ""
+        patient = normalize_patient_id(raw_id)
+        if patient:
+            written[patient].setdefault(raw_id.strip(), line)
+        records.append(Record(path, rel, label, patient or rel, split))
     if bad:
         raise DataError(f"Manifest {manifest} has {len(bad)} invalid row(s):{_listing(bad)}")
     if outside and not allow_outside_root:
@@ -181,6 +207,7 @@ def read_manifest(manifest: Path, root: Path, *, allow_outside_root: bool = Fals
             f"Manifest {manifest}: {len(missing)} of {len(rows)} file(s) do not exist "
             f"(paths are relative to data.root {root}):{_listing(missing)}"
         )
+    _warn_look_alike_ids(manifest, written)
     return records
 
 

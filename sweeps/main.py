@@ -19,10 +19,12 @@ import logging
 import sys
 from pathlib import Path
 
+from sweeps import argtypes
 from sweeps.errors import SweepError, UsageError
 from sweeps.files import SWEEP_CONFIGS, create_custom_sweep_config, get_sweep_config, load_sweep, render_yaml
 from sweeps.files.build import merge_custom_params
 from sweeps.files.io import write_atomic
+from sweeps.text import visible
 
 SWEEP_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = "configs/ra_hand.yaml"
@@ -146,7 +148,7 @@ def _sweep_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", help="metric to optimize, e.g. val/auroc (goal from the preset)")
     parser.add_argument("--custom_params", help='JSON: {"model.lr": {"values": [0.001, 0.01]}, ...}')
     parser.add_argument("--project", help="W&B project")
-    parser.add_argument("--cv", type=int, metavar="K",
+    parser.add_argument("--cv", type=argtypes.FOLDS, metavar="K",
                         help="cross-validated trials: each run trains K patient-level folds (--cv.folds=K)")
 
 
@@ -157,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="write sweep files from the presets")
     _sweep_flags(gen)
-    gen.add_argument("--count", type=int, help="run cap written into the sweep file")
+    gen.add_argument("--count", type=argtypes.COUNT, help="run cap written into the sweep file")
     gen.add_argument("-o", "--output", help="output file (with --sweep_config)")
     default_dir = SWEEP_DIR.relative_to(Path.cwd()) if SWEEP_DIR.is_relative_to(Path.cwd()) else SWEEP_DIR
     gen.add_argument("--out_dir", "--out-dir", dest="out_dir", default=str(default_dir),
@@ -169,28 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("sweep_file", nargs="?", help="a W&B sweep file; without it the sweep is built from the flags")
     _sweep_flags(run)
     run.add_argument("--backend", choices=["local", "wandb"], default="local")
-    run.add_argument("--count", type=int,
+    run.add_argument("--count", type=argtypes.COUNT,
                      help="runs in the whole sweep, counted across restarts and runners sharing a storage "
                           "(grid: default and at most all points; random/bayes: default run_cap, else 10)")
-    run.add_argument("--workers", type=int, help="parallel runs (default: one per GPU slot, else 1)")
+    run.add_argument("--workers", type=argtypes.WORKERS, help="parallel runs (default: one per GPU slot, else 1)")
     run.add_argument("--gpus", help="comma-separated indexes into the visible GPUs, one run per GPU")
-    run.add_argument("--gpus_per_trial", "--gpus-per-trial", dest="gpus_per_trial", type=int, default=1,
+    run.add_argument("--gpus_per_trial", "--gpus-per-trial", dest="gpus_per_trial", type=argtypes.PER_GPU, default=1,
                      help="GPUs per run (DDP inside a run)")
-    run.add_argument("--trials_per_gpu", "--trials-per-gpu", dest="trials_per_gpu", type=int, default=1,
+    run.add_argument("--trials_per_gpu", "--trials-per-gpu", dest="trials_per_gpu", type=argtypes.PER_GPU, default=1,
                      help="runs sharing one GPU (small models)")
-    run.add_argument("--min_free_gpu_mem", "--min-free-gpu-mem", dest="min_free_gpu_mem", type=float,
+    run.add_argument("--min_free_gpu_mem", "--min-free-gpu-mem", dest="min_free_gpu_mem", type=argtypes.GPU_MEM_GB,
                      metavar="GB", help="start a run on a GPU only while it has at least GB free (nvidia-smi)")
-    run.add_argument("--heartbeat", type=float, metavar="S",
+    run.add_argument("--heartbeat", type=argtypes.HEARTBEAT_S, metavar="S",
                      help="seconds between the runner's heartbeats in the storage; a run whose runner misses 3 "
                           "is retried by any live runner, from its checkpoint (default: the sweep's, else 10; "
                           "all runners of a sweep use the same)")
     run.add_argument("--storage", help="Optuna storage URL (default: SQLite in the sweep directory)")
     run.add_argument("--out", help="sweep directory (default sweep_runs/<sweep name>)")
-    run.add_argument("--seed", type=int, default=0, help="sampler seed: same seed, same configs")
+    run.add_argument("--seed", type=argtypes.SEED, default=0, help="sampler seed: same seed, same configs")
     run.add_argument("--entity", help="W&B entity")
     run.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline",
                      help="W&B logging of runs launched by the offline runner")
-    run.add_argument("--max_failures", "--max-failures", dest="max_failures", type=int, default=5,
+    run.add_argument("--max_failures", "--max-failures", dest="max_failures", type=argtypes.MAX_FAILURES, default=5,
                      help="stop after this many failures in a row")
     run.add_argument("--quiet", action="store_true", help="no live status line, only one line per event")
     run.set_defaults(func=cmd_run)
@@ -213,5 +215,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {visible(e, keep_newlines=True)}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from datamodules.records import DataError, Record, check_labels, read_manifest, scan_folder
+from datamodules.records import DataError, Record, assign_splits, check_labels, read_manifest, scan_folder
 
 PATIENT_FILE = "DOE^JANE_MRN778899.png"  # file names in hospital exports carry patient data
 
@@ -233,6 +233,65 @@ def test_label_empty_after_normalisation_is_refused(label, tmp_path):
     manifest = _manifest(root, [("images/a.png", "normal"), ("images/b.png", label)])
     with pytest.raises(DataError, match="line 3: empty path or label"):
         read_manifest(manifest, root)
+
+
+LOOK_ALIKE_IDS = [
+    ("Jos\u00e9", unicodedata.normalize("NFD", "Jos\u00e9")),  # NFC vs NFD (macOS)
+    ("P0002", "P0002\u200b"),  # zero-width space
+    ("P 3", "P\u00a03"),  # no-break space
+    ("P4", "\ufeffP4"),  # byte order mark pasted from another file
+    ("P0005", "\uff30\uff10\uff10\uff10\uff15"),  # full-width, as some input methods type it
+    ("P 6", "P \u2003 6"),  # a run of spaces of other widths
+]
+
+
+def _id_manifest(root: Path, rows: list[tuple[str, str, str, str]]) -> Path:
+    """path,label,split,patient_id rows, each with a small image."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split", "patient_id"])
+        for row in rows:
+            _png(root / row[0])
+            writer.writerow(row)
+    return root / "manifest.csv"
+
+
+@pytest.mark.parametrize(("written", "look_alike"), LOOK_ALIKE_IDS)
+def test_look_alike_patient_ids_are_one_patient(written, look_alike, tmp_path, caplog):
+    # Given splits: the same patient in train and test is the leak error, naming images, not ids.
+    root = tmp_path / "given"
+    rows = [("a.png", "normal", "train", written), ("b.png", "abnormal", "test", look_alike),
+            ("c.png", "normal", "val", "other")]
+    with caplog.at_level(logging.WARNING, logger="datamodules.records"):
+        records = read_manifest(_id_manifest(root, rows), root)
+    with pytest.raises(DataError, match="1 patient.*more than one split") as error:
+        assign_splits(records, val_fraction=0.2, test_fraction=0.2, seed=0)
+    assert "a.png" in str(error.value)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "lines 2, 3" in warnings[0] and "one patient" in warnings[0]
+    for text in [str(error.value), *warnings]:  # patient ids never reach a message
+        assert written not in text and look_alike not in text
+
+    # Automatic splits: the two images of that patient always land together, whatever the seed.
+    root = tmp_path / "auto"
+    rows = [(f"{i}.png", "normal" if i % 2 else "abnormal", "", f"other{i}") for i in range(20)]
+    rows += [("x.png", "normal", "", written), ("y.png", "normal", "", look_alike)]
+    records = read_manifest(_id_manifest(root, rows), root)
+    assert len({r.patient_id for r in records}) == 21  # the bootstrap counts one patient, not two
+    for seed in range(10):
+        split = {r.rel: r.split for r in assign_splits(records, val_fraction=0.3, test_fraction=0.3, seed=seed)}
+        assert split["x.png"] == split["y.png"], seed
+
+
+def test_patient_ids_that_differ_visibly_stay_apart(tmp_path, caplog):
+    root = tmp_path / "root"
+    rows = [("a.png", "normal", "train", "P1"), ("b.png", "abnormal", "test", "P-1"),
+            ("c.png", "normal", "val", "p1"), ("d.png", "normal", "train", " P1 ")]
+    with caplog.at_level(logging.WARNING, logger="datamodules.records"):
+        records = read_manifest(_id_manifest(root, rows), root)
+    assert [r.patient_id for r in records] == ["P1", "P-1", "p1", "P1"]
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]  # spaces around: not a variant
 
 
 # ----------------------------------------------------------------------------- decompression bombs

@@ -564,7 +564,6 @@ def test_bad_runner_options_name_the_option(fake, tmp_path, capsys):
         (["--heartbeat", "2.5"], "--heartbeat 2.5: give whole seconds"),
         (["--storage", "redis://localhost:6379/0"], "--storage redis://localhost:6379/0: it is not a database URL"),
         (["--storage", "sqlite://"], "an in-memory SQLite database"),
-        (["--trials-per-gpu", "0"], "--trials-per-gpu must be at least 1"),
         (["--min-free-gpu-mem", "4"], "--min-free-gpu-mem: the runs use no GPU"),
     ]
     for extra, message in cases:

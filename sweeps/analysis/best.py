@@ -24,14 +24,16 @@ from sweeps.analysis.results import (
 from sweeps.analysis.test_figures import read_test_report
 from sweeps.errors import UsageError
 from sweeps.files.io import write_atomic
+from sweeps.text import visible
 
 
 def _one_line(text: object) -> str:
     """Text for a YAML comment: nothing that YAML reads as a line break (\n, \r, NEL, LS, PS)."""
-    return "".join(ch if ch.isprintable() else " " for ch in str(text))
+    return visible(text)
 
 
 def _print_table(rows: list[list[str]]) -> None:
+    rows = [[visible(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     widths[1] = min(widths[1], 40)  # a long failure reason must not push the params off screen
     for r in rows:
@@ -67,25 +69,26 @@ def _show_best(source: str, export: Optional[str]) -> int:
         sweep, runs = load_wandb_runs(source)
     metric, goal = goal_of(sweep)
     counts = {s: sum(r["state"] == s for r in runs) for s in dict.fromkeys(r["state"] for r in runs)}
-    print(f"sweep {sweep.get('name', source)}: {len(runs)} runs "
-          f"({', '.join(f'{n} {s}' for s, n in counts.items()) or 'none'}); {metric}, {goal}")
+    print(visible(f"sweep {sweep.get('name', source)}: {len(runs)} runs "
+                  f"({', '.join(f'{n} {s}' for s, n in counts.items()) or 'none'}); {metric}, {goal}"))
     if runs:
         _print_table(runs_table(sweep, runs))
     best = best_run(sweep, runs)
     if best is None:
         raise UsageError(f"no completed run in {source} yet (finished or stopped runs have a {metric})")
     config = best_config(sweep, best["params"], best.get("config"))
-    print(f"\nbest: run {best['name']} ({best['state']}), {metric} = {fmt(best['value'])}")
+    print("\n" + visible(f"best: run {best['name']} ({best['state']}), {metric} = {fmt(best['value'])}"))
     flat = applied_params(sweep, best["params"], best.get("config"))
     for name, value in flat.items():
-        print(f"  {name}: {fmt(value)}")
+        print(visible(f"  {name}: {fmt(value)}"))
     if best["run_dir"]:
-        print(f"run dir: {local / best['run_dir']}")
+        print(visible(f"run dir: {local / best['run_dir']}"))
         report = read_test_report(local, best)
         if report is not None:
             from evaluation import format_table
 
-            print(f"\ntest figures of the best run (operating point chosen on validation):\n{format_table(report)}")
+            print(f"\ntest figures of the best run (operating point chosen on validation):\n"
+                  f"{visible(format_table(report), keep_newlines=True)}")
     if export:
         try:
             export_yaml(Path(export), sweep, best, config)
@@ -101,5 +104,5 @@ def show_best(source: str, export: Optional[str] = None) -> int:
     try:
         return _show_best(source, export)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {visible(e, keep_newlines=True)}", file=sys.stderr)
         return 2

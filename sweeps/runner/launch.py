@@ -19,6 +19,7 @@ from typing import Any, Optional
 from wandb.sdk.launch.sweeps import utils as sweep_utils
 
 from sweeps.files.build import replace_config
+from sweeps.runner.placement import parse_visible_devices
 
 
 def agent_argv(sweep: dict, params: dict[str, Any], *, args_json_file: str = "") -> list[str]:
@@ -68,12 +69,7 @@ def visible_gpus() -> list[str]:
     allocation, e.g. `2,3`, or to UUIDs), else every device torch sees."""
     inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
     if inherited is not None:
-        ids = []
-        for item in (g.strip() for g in inherited.split(",")):
-            if not item or item.startswith("-"):
-                break  # CUDA ignores an invalid entry and everything after it
-            ids.append(item)
-        return ids
+        return parse_visible_devices(inherited)
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]

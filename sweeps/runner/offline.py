@@ -37,7 +37,8 @@ from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress
 from sweeps.runner.runner import POLL_S, LaunchSettings, Runner
 from sweeps.runner.space import build_space, make_sampler
-from sweeps.runner.storage import Storage, heartbeat_problem, mask_password
+from sweeps.runner.storage import Storage, check_url, heartbeat_problem, mask_password
+from sweeps.text import visible
 
 DEFAULT_COUNT = 10
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -71,7 +72,7 @@ def memory_guard(min_free_gb: Optional[float], slots: list[Optional[str]]) -> Op
     if not any(slots):
         raise RunnerError("--min-free-gpu-mem: the runs use no GPU (no visible GPUs, or CUDA_VISIBLE_DEVICES empty)")
     try:
-        placement.nvidia_smi_free_gb()
+        placement.check_slots(slots)
     except (OSError, subprocess.SubprocessError) as e:
         raise RunnerError(f"--min-free-gpu-mem needs nvidia-smi to read the GPUs' free memory: {e}") from None
     return GpuMemoryGuard(min_free_gb)
@@ -171,6 +172,8 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
     if problem is not None:
         raise RunnerError(f"--storage {mask_password(args.storage)}: {problem}; the runners' heartbeats "
                           "(--heartbeat), which let any runner retry the runs of a dead one, need such a database")
+    if args.storage:
+        check_url(args.storage)  # before the sweep directory is made
     sweep_dir = Path(args.out or Path("sweep_runs") / name).resolve()
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -209,11 +212,11 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
         print(f"sweep {name} interrupted; rerun the same command to continue")
     if runner.best is not None:
         value, params, run_dir = runner.best
-        print(f"best run: {runner.metric}={value:.6g} in {sweep_dir / run_dir}")
+        print(visible(f"best run: {runner.metric}={value:.6g} in {sweep_dir / run_dir}"))
         for key, val in params.items():
-            print(f"  {key}: {val}")
+            print(visible(f"  {key}: {val}"))
     else:
-        print(f"no run finished with a value of the sweep metric {runner.metric}", file=sys.stderr)
+        print(visible(f"no run finished with a value of the sweep metric {runner.metric}"), file=sys.stderr)
         if code == 0:
             code = 1  # every run failed, or none logged the metric: a sweep with no result is an error
     print(f"sweep directory: {sweep_dir}  (python -m sweeps best {sweep_dir})")

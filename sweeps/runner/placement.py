@@ -10,48 +10,143 @@ orders agree on the usual node of identical GPUs; elsewhere set CUDA_DEVICE_ORDE
 A run allocates its memory during its first steps, so after a start the guard waits
 `settle_s` before it lets another run start on that GPU; otherwise several starts in one
 moment would all see the memory as free.
+
+A probe that fails (nvidia-smi missing now, exiting non-zero, timing out, printing [N/A] or
+garbage) never ends the sweep: the guard says "no new run on that GPU for now", warns once, and
+reads again RETRY_S later; running runs are not touched. At start-up, every GPU of every slot
+must be readable, or --min-free-gpu-mem is refused with the reason (a MIG instance, whose memory
+`nvidia-smi --query-gpu` does not report, is such a GPU).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 import subprocess
 import time
 from collections.abc import Callable
 from typing import Optional
 
+log = logging.getLogger(__name__)
+
 SETTLE_S = 30.0  # after a start on a GPU, before the next one there
 READ_EVERY_S = 5.0  # nvidia-smi at most this often
+PROBE_TIMEOUT_S = 15.0  # the runner's loop waits for nvidia-smi this long at most
+RETRY_S = 60.0  # after a failed read, the next one
+
+
+class GpuProbeError(subprocess.SubprocessError):
+    """nvidia-smi did not answer, failed, or printed nothing readable."""
 
 
 def nvidia_smi_free_gb() -> dict[str, float]:
-    """Free memory per GPU in GB (2**30 bytes), keyed by index and by UUID."""
-    out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,memory.free", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
+    """Free memory per GPU in GB (2**30 bytes), keyed by index and by UUID. A GPU whose memory
+    nvidia-smi does not report ([N/A]) is left out; no readable line at all is a GpuProbeError."""
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,memory.free", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as e:  # not installed, not executable, timed out
+        raise GpuProbeError(f"nvidia-smi: {e}") from None
+    if done.returncode != 0:
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        raise GpuProbeError(f"nvidia-smi exited with code {done.returncode}" + (f": {said[0][:200]}" if said else ""))
     free: dict[str, float] = {}
-    for line in out.splitlines():
+    rows = 0
+    for line in done.stdout.splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3:
-            index, uuid, mib = parts
-            free[index] = free[uuid] = float(mib) / 1024
+        if len(parts) != 3 or not parts[0].isdigit():
+            continue
+        rows += 1
+        index, uuid, mib = parts
+        try:
+            gb = float(mib) / 1024
+        except ValueError:  # [N/A], [Unknown Error], ...
+            continue
+        if math.isfinite(gb) and gb >= 0:
+            free[index] = free[uuid] = gb
+    if not rows:
+        raise GpuProbeError(f"nvidia-smi printed no GPU line: {done.stdout.strip()[:200]!r}")
     return free
 
 
+def free_of(free: dict[str, float], gpu: str) -> Optional[float]:
+    """The free GB of a GPU named as CUDA_VISIBLE_DEVICES names it (an index, a full or
+    abbreviated `GPU-<uuid>`, as CUDA accepts a unique prefix), or None when unknown (a
+    `MIG-<uuid>` instance, an [N/A] reading, a GPU nvidia-smi does not list)."""
+    if gpu in free:
+        return free[gpu]
+    if gpu.startswith("GPU-"):
+        matches = [gb for key, gb in free.items() if key.startswith(gpu)]
+        if len(matches) == 1:
+            return matches[0]
+    return None
+
+
+def parse_visible_devices(value: str) -> list[str]:
+    """CUDA_VISIBLE_DEVICES as CUDA reads it (the rules torch.cuda._parse_visible_devices
+    mirrors): indexes read like strtoul ("1abc" is 1), `GPU-` and `MIG-` ids; the first entry that
+    is none of these (-1, NoDevFiles, an empty one) ends the list; a repeated entry leaves none."""
+    ids: list[str] = []
+    for item in (g.strip() for g in value.split(",")):
+        digits = re.match(r"\+?(\d+)", item)
+        if item.startswith(("GPU-", "MIG-")):
+            name = item
+        elif digits:
+            name = str(int(digits.group(1)))
+        else:
+            break
+        if name in ids:
+            return []
+        ids.append(name)
+    return ids
+
+
+def check_slots(slots: list[Optional[str]]) -> None:
+    """Raise GpuProbeError unless nvidia-smi reports the free memory of every GPU of every slot."""
+    free = nvidia_smi_free_gb()
+    unknown = sorted({g for slot in slots if slot for g in slot.split(",") if free_of(free, g) is None})
+    if unknown:
+        mig = " (MIG instances: nvidia-smi reports the free memory of whole GPUs only)" \
+            if any(g.startswith("MIG-") for g in unknown) else ""
+        raise GpuProbeError(f"it reports no free memory for GPU(s) {', '.join(unknown)}{mig}; "
+                            "leave --min-free-gpu-mem out for them")
+
+
 class GpuMemoryGuard:
-    """Says why no run may start on a slot now (or None); `started` records a start."""
+    """Says why no run may start on a slot now (or None); `started` records a start. Never
+    raises: an unreadable GPU is one to wait for."""
 
     def __init__(self, min_free_gb: float, free_gb: Optional[Callable[[], dict[str, float]]] = None,
                  settle_s: Optional[float] = None, clock: Callable[[], float] = time.monotonic) -> None:
+        if not (math.isfinite(min_free_gb) and min_free_gb > 0):  # nan would compare False: no GPU ever full
+            raise ValueError(f"--min-free-gpu-mem must be a positive number of GB, got {min_free_gb}")
         self.min_free_gb, self.clock = min_free_gb, clock
         self.free_gb = free_gb or nvidia_smi_free_gb
         self.settle_s = SETTLE_S if settle_s is None else settle_s
         self._started: dict[str, float] = {}
         self._read_at = -math.inf
         self._free: dict[str, float] = {}
+        self._failure: Optional[str] = None  # why the last read failed
+        self._noted = False  # an unknown reading was reported: one warning until nvidia-smi answers again
 
     def _current(self) -> dict[str, float]:
-        if self.clock() - self._read_at >= READ_EVERY_S:
-            self._free, self._read_at = self.free_gb(), self.clock()
+        now = self.clock()
+        if now - self._read_at >= (RETRY_S if self._failure else READ_EVERY_S):
+            self._read_at = now
+            try:
+                self._free = self.free_gb()
+                if self._failure:
+                    log.warning("GPU memory guard: nvidia-smi answers again")
+                    self._noted = False
+                self._failure = None
+            except Exception as e:  # whatever the probe does, the runs already going must go on
+                if not self._noted:
+                    self._noted = True
+                    log.warning("GPU memory guard: cannot read the GPUs' free memory (%s: %s); no new run starts on a "
+                                "GPU until nvidia-smi answers (tried again every %g s); runs already going are not "
+                                "touched", type(e).__name__, e, RETRY_S)
+                self._free, self._failure = {}, f"{type(e).__name__}: {e}"
         return self._free
 
     def blocked(self, slot: Optional[str]) -> Optional[str]:
@@ -65,8 +160,16 @@ class GpuMemoryGuard:
                 return f"GPU {gpu}: the run started there {since:.0f} s ago may still be allocating memory"
         free = self._current()
         for gpu in gpus:
-            if gpu in free and free[gpu] < self.min_free_gb:
-                return f"GPU {gpu} has {free[gpu]:.1f} GB free, below --min-free-gpu-mem {self.min_free_gb:g}"
+            gb = free_of(free, gpu)
+            if gb is None:
+                if not self._noted:  # read, but without this GPU ([N/A])
+                    self._noted = True
+                    log.warning("GPU memory guard: nvidia-smi reports no free memory for GPU %s; no new run starts "
+                                "there until it does (runs already going are not touched)", gpu)
+                why = self._failure or "nvidia-smi does not report its free memory"
+                return f"GPU {gpu}: free memory unknown ({why})"
+            if gb < self.min_free_gb:
+                return f"GPU {gpu} has {gb:.1f} GB free, below --min-free-gpu-mem {self.min_free_gb:g}"
         return None
 
     def started(self, slot: Optional[str]) -> None:

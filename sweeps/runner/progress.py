@@ -7,6 +7,8 @@ import shutil
 import sys
 from typing import Optional, TextIO
 
+from sweeps.text import visible
+
 
 def tally(trials: list, goal: str) -> tuple[dict[str, int], Optional[tuple[float, dict, str]]]:
     """Runs by state (as the runner records them in user_attrs) and the best (value, params, run dir)."""
@@ -41,7 +43,7 @@ class Progress:
 
     def event(self, text: str) -> None:
         self._clear()
-        print(text, file=self.stream, flush=True)
+        print(visible(text), file=self.stream, flush=True)
         self.draw()
 
     def update(self, counts: dict[str, int], best: Optional[tuple[float, dict, str]]) -> None:
@@ -65,7 +67,7 @@ class Progress:
         if not self.live:
             return
         width = shutil.get_terminal_size((120, 20)).columns - 1
-        self.stream.write("\r\033[K" + self.status()[:width])
+        self.stream.write("\r\033[K" + visible(self.status())[:width])
         self.stream.flush()
         self._line_open = True
 

@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import unquote
 
 from sweeps.errors import RunnerError
 from sweeps.runner.liveness import RetryStaleTrials, quiet_heartbeat_warnings
@@ -55,26 +56,67 @@ def heartbeat_problem(url: str) -> Optional[str]:
 
 
 def mask_password(text: str) -> str:
-    """`text` with the password of every URL in it masked by SQLAlchemy's own rendering
-    (user:***@, :***@; user:p@ss@ and user:a/b@ too), and secret parameters masked
-    (?password=***, sslpassword=, passwd=, pwd=, token=, secret=, key= ..., also libpq's `k=v`)."""
-    return _SECRET.sub(r"\1\2***", _URL.sub(lambda m: _mask_url(m.group()), text))
+    """`text` with the password of every URL in it masked (user:***@, :***@), from the user's
+    own characters up to the URL's last @ (a password may hold @, / or spaces), and secret
+    parameters masked (?password=***, sslpassword=, passwd=, pwd=, token=, secret=, key= ...,
+    also libpq's `k=v`). A text that is one URL (a --storage value) is masked whole, spaces
+    included; in other text a URL ends at white space. Nothing is rendered by SQLAlchemy first:
+    its rendering percent-encodes a later @ (user:***@ss/secret%40host) and the mask missed it."""
+    if _WHOLE_URL.fullmatch(text):
+        return _mask_url(text, _SECRET_IN_URL)
+    return _SECRET.sub(r"\1\2***", _URL.sub(lambda m: _mask_url(m.group(), _SECRET), text))
 
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,:;)\]]")  # not a trailing "." or ":"
-_USERINFO = re.compile(r"^([^:]+://[^:@/]*:)[^\s]*@")  # up to the last @: a password may hold @ or /
-_SECRET = re.compile(r"(?i)(?<![\w-])([\w-]*(?:password|passwd|pwd|secret|token|key|credential)[\w-]*)"
-                     r"(\s*=\s*)([^\s&;'\"]+)")
+_WHOLE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\n\r]*")
+_USERINFO = re.compile(r"^([^:]+://[^:@/]*:).*@", re.DOTALL)  # up to the last @: a password may hold @, / or spaces
+_KEY = r"(?i)(?<![\w-])([\w-]*(?:password|passwd|pwd|secret|token|key|credential)[\w-]*)(\s*=\s*)"
+_SECRET = re.compile(_KEY + r"([^\s&;'\"]+)")
+_SECRET_IN_URL = re.compile(_KEY + r"([^&]+)")  # a whole URL's query value ends only at & (spaces too)
 
 
-def _mask_url(url: str) -> str:
+def _mask_url(url: str, secret: re.Pattern) -> str:
+    return secret.sub(r"\1\2***", _USERINFO.sub(r"\1***@", url))
+
+
+def check_url(url: str) -> None:
+    """Refuse, before anything connects or creates a file, a storage URL that would go wrong:
+    a password SQLAlchemy reads only in part (it ends a password at the first @ and takes the
+    rest for the host, so part of the password would be sent to DNS and the server), a SQLite
+    file in a folder that does not exist (a mistyped path: it is not created), a database whose
+    driver is not installed. URLs SQLAlchemy cannot read at all are left to the caller."""
     from sqlalchemy.engine import make_url
 
     try:
-        url = make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy reads: the pattern below still masks user:password@
-        pass
-    return _USERINFO.sub(r"\1***@", url)
+        parsed = make_url(driver_url(url))
+    except Exception:
+        return
+    shown = mask_password(url)
+    given = _USERINFO.match(url)
+    if given and parsed.password is not None:
+        written = url[given.end(1):url.rindex("@")]
+        cut = "@" in (parsed.host or "") + (parsed.database or "")  # not an @ in the query (?options=a@b)
+        if cut and unquote(written) != parsed.password:
+            raise RunnerError(f"--storage {shown}: its password holds an @, and SQLAlchemy would read the "
+                              "password only up to it and take the rest for the host; write @ in a password as "
+                              "%40 (percent-encode the password: urllib.parse.quote(password, safe=''))")
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and not parsed.database.startswith("file:"):
+        folder = Path(parsed.database).parent
+        if not folder.is_dir():
+            raise RunnerError(f"--storage {shown}: the folder {folder} does not exist (a mistyped path?); "
+                              "create it first, or leave --storage out for optuna.db in the sweep directory")
+    try:
+        parsed.get_dialect().import_dbapi()
+    except ImportError as e:
+        if parsed.get_backend_name() == "postgresql":
+            raise RunnerError(f"--storage {shown}: no PostgreSQL driver is installed ({e}); install the project's "
+                              "`postgres` extra (pip install -e '.[postgres]', i.e. psycopg2-binary) and write "
+                              "postgresql+psycopg2://... to select it") from None
+        raise RunnerError(f"--storage {shown}: the database driver for {parsed.drivername} is not installed "
+                          f"({e}); pip install it, or name an installed one (dialect+driver://...)") from None
+    except Exception:
+        return  # anything else is the connection's to report
 
 
 class Storage:
@@ -85,6 +127,7 @@ class Storage:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        check_url(url)
         url = driver_url(url)
         self.url, self.lock_path, self._pg = url, None, None
         kwargs = None

@@ -1,0 +1,48 @@
+"""argparse types for the numeric options of `python -m sweeps`: a value is finite and in its
+range when the command line is parsed, or argparse names the option and the allowed range
+(`argument --seed: ...`) before anything is read, written or started."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Optional
+
+SEED_MAX = 2**32 - 1  # numpy's RandomState, behind Optuna's samplers, takes seeds in [0, 2**32)
+
+
+def number(kind: type, lo: float, hi: float, why: str = "", *, lo_open: bool = False) -> Callable[[str], float]:
+    """A parser of `kind` (int or float) values in [lo, hi] ((lo, hi] with lo_open); `why` says
+    where the bound comes from."""
+
+    def parse(text: str):
+        value = _read(kind, text)
+        if value is None or not ((lo < value if lo_open else lo <= value) and value <= hi):
+            low = f"above {lo}" if lo_open else f"at least {lo}"
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'} {low} and at most {hi}"
+                + (f" ({why})" if why else ""))
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid <name> value" for other errors
+    return parse
+
+
+def _read(kind: type, text: str) -> Optional[float]:
+    try:
+        value = kind(text.strip())
+    except (ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None  # nan passes every comparison; inf overflows int()
+
+
+# The runner's options, one place for their ranges.
+COUNT = number(int, 1, 1_000_000, "runs in the whole sweep")
+WORKERS = number(int, 1, 1024, "parallel runs on this machine")
+PER_GPU = number(int, 1, 64)
+MAX_FAILURES = number(int, 1, 1_000_000)
+SEED = number(int, 0, SEED_MAX, "the samplers' random generators take 32-bit seeds")
+HEARTBEAT_S = number(float, 0, 3600, "seconds; a runner is taken for dead after 3 missed beats", lo_open=True)
+GPU_MEM_GB = number(float, 0, 4096, "GB", lo_open=True)
+FOLDS = number(int, 2, 1000, "folds per trial")
