@@ -46,7 +46,7 @@ import throughput  # noqa: E402  (benchmarks/throughput.py: the loop, cli fit an
 # only need to be at least as large as the image size.
 MODELS = {"gpu": [("resnet50", 224, 256, 256), ("densenet121", 512, 64, 512)], "tiny": [("resnet18", 32, 8, 48)]}
 # Share of --budget-s per phase (hard timeout of its child process).
-SHARES = {"throughput": 0.42, "loader": 0.16, "sweep": 0.42}
+SHARES = {"throughput": 0.40, "loader": 0.12, "sweep": 0.48}
 Record = Callable[[str, object], None]
 
 
@@ -89,7 +89,7 @@ def phase_throughput(tiny: bool, work: Path, left: Callable[[], float], record: 
         for backbone, size, batch, raw in models:
             args = settings(tiny, work, backbone, size, batch, data[raw])
             rows = out.setdefault(backbone, {"image_size": size, "batch_size": batch})
-            need = 90 if compiled else 20  # seconds a pair of measurements needs at least (compile ~40 s each)
+            need = 60 if compiled else 20  # seconds a pair of measurements needs at least (compile ~30 s each)
             if left() < need:
                 rows[f"plain_{mode}"] = rows[f"cli_fit_{mode}"] = {"skipped": f"{left():.0f} s of the phase left"}
                 record("models", out)
