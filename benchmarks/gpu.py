@@ -133,6 +133,26 @@ def run_phase(name: str, tiny: bool, work: Path, budget_s: float, part: Path) ->
     PHASES[name](tiny, work, lambda: deadline - time.monotonic(), record)
 
 
+def timed_rows(tree: object, where: str = "") -> list[tuple[str, dict]]:
+    """Every measurement in the results: the dicts that report images/s, by their path."""
+    if not isinstance(tree, dict):
+        return []
+    rows = [(where, tree)] if "images_per_s" in tree else []
+    for key, value in tree.items():
+        rows += timed_rows(value, f"{where}/{key}")
+    return rows
+
+
+def summary(name: str, figures: dict) -> None:
+    for where, row in timed_rows(figures, name):
+        extra = {k: row[k] for k in ("cudnn_benchmark", "gpu_busy_fraction_overlap", "gpu_mib_per_run") if k in row}
+        print(f"  {where:<44} {row['images_per_s']:>9.1f} images/s  ({row['images']} images timed)  "
+              + "  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()))
+    for key, value in figures.items():
+        if key == "error" or (isinstance(value, dict) and "skipped" in value):
+            print(f"  {name}/{key}: {value if key != 'error' else value.splitlines()[0]}")
+
+
 def run_child(cmd: list[str], timeout: float) -> tuple[int | None, str]:
     """Run a phase's child in its own process group, echoing its output; kill the group at the
     timeout (SIGTERM, then SIGKILL: runs the sweep runner started end with it). Returns the exit
@@ -219,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         result["phase_s"][name] = time.perf_counter() - t
         result["total_s"] = time.perf_counter() - start
         write()
-        print(f"{name}: {result['phase_s'][name]:.0f} s{' (FAILED: see its error in the JSON)' if code != 0 else ''}",
-              flush=True)  # fmt: skip
+        print(f"{name}: {result['phase_s'][name]:.0f} s{' (FAILED: see its error in the JSON)' if code != 0 else ''}")
+        summary(name, figures)
     write()
     print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s){'; failed: ' + ', '.join(failed) if failed else ''}")
     return 1 if failed else 0

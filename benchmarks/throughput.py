@@ -125,6 +125,8 @@ def replicated_manifest(data: Path, records: int) -> str:
     """A manifest (file name, relative to `data`) that lists data/manifest.csv's images again and
     again, each copy as a patient of its own, until it has `records` rows. Throughput needs many
     images per epoch, not many distinct ones: the cache decodes each file once."""
+    if not (data / "manifest.csv").is_file():
+        raise SystemExit(f"error: {data / 'manifest.csv'} not found: --data needs a manifest (path,label[,patient_id])")
     with (data / "manifest.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     copies = math.ceil(records / len(rows))

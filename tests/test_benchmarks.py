@@ -50,29 +50,21 @@ def test_runner_overhead_benchmark_prints_both_and_the_ratio(tmp_path):
         assert figure in out.stdout, out.stdout
 
 
-def timed_rows(tree, where="") -> list[tuple[str, dict]]:
-    """Every measurement in a benchmark's JSON: the dicts that report images/s."""
-    if not isinstance(tree, dict):
-        return []
-    rows = [(where, tree)] if "images_per_s" in tree else []
-    for key, value in tree.items():
-        rows += timed_rows(value, f"{where}/{key}")
-    return rows
-
-
 @pytest.mark.slow
 def test_gpu_benchmark_tiny_times_images_in_every_phase(tmp_path):
     """`make bench-gpu`'s script on CPU with the tiniest settings: every phase runs, and every timed
     measurement counted images (on the GPU, 256 images at batch 256 made each epoch one partial
     batch, which StepTimer never counts: cli_fit reported 0 images/s)."""
+    import gpu
+
     out = tmp_path / "gpu.json"
     cmd = [PYTHON, "benchmarks/gpu.py", "--tiny", "--out", str(out), "--work", str(tmp_path / "work")]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2000)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["tiny"] and set(result["phases"]) == {"throughput", "loader", "sweep"}
     assert "error" not in json.dumps(result) and "skipped" not in json.dumps(result)
-    rows = timed_rows(result["phases"])
+    rows = gpu.timed_rows(result["phases"])
     names = {name for name, _ in rows}
     assert {"/throughput/models/resnet18/plain_eager", "/throughput/models/resnet18/cli_fit_eager",
             "/loader/raw", "/loader/cache", "/sweep/k1", "/sweep/k2"} <= names, names  # fmt: skip
