@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import json
 import os
 import platform
@@ -48,6 +49,8 @@ MODELS = {"gpu": [("resnet50", 224, 256, 256), ("densenet121", 512, 64, 512)], "
 # Share of --budget-s per phase (hard timeout of its child process).
 SHARES = {"throughput": 0.36, "loader": 0.12, "sweep": 0.52}
 Record = Callable[[str, object], None]
+# Imported by the phases (cli.py, the runner) and often missing where only torch is installed.
+NEEDED = ("lightning", "torchmetrics", "torchvision", "jsonargparse", "wandb", "optuna", "pydicom", "plotly")
 
 
 def nvidia_smi(*query: str) -> list[str]:
@@ -204,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase:
         run_phase(args.phase, args.tiny, args.work, args.budget_s, args.part)
         return 0
+    missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"error: {sys.executable} lacks {', '.join(missing)} (pyproject.toml's dependencies); on a machine "
+              "with no network carry wheels: benchmarks/README.md, 'On a lent GPU machine'", file=sys.stderr)
+        return 2
     gpus = nvidia_smi("name", "memory.total", "driver_version")
     if not args.tiny and not gpus:
         print("error: nvidia-smi finds no GPU; `--tiny` checks the script on CPU", file=sys.stderr)
