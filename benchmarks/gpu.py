@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                     "torch": torch.__version__, "cuda": torch.version.cuda, "cpus": os.cpu_count(), "tiny": args.tiny,
                     "budget_s": args.budget_s, "phases": {}, "phase_s": {}}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.tiny:  # a check, not a timing: one thread per process (OpenMP barriers crawl on a busy CPU)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     def write() -> None:
         args.out.write_text(json.dumps(result, indent=1, default=str))
