@@ -17,19 +17,26 @@ Targets (issue): (b) compiled >= 0.95 x (a) compiled on GPU; cache >= 20 x raw p
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import json
+import math
 import os
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from first_step import FirstStep  # noqa: E402  (benchmarks/first_step.py)
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 
@@ -40,10 +47,12 @@ def _sync(device: str) -> None:
 
 class StepTimer(Callback):
     """Images/s over steady-state training steps: skips `warmup` steps (compile, cudnn autotune,
-    worker start) and the gaps between epochs (checkpointing, loader restart)."""
+    worker start) and, in every epoch, its first batch (the clock starts at its end) and the gap
+    to the next epoch (checkpointing, loader restart). An epoch of one batch therefore counts
+    nothing: size the data with `train_records` so that every epoch has several full batches."""
 
     def __init__(self, warmup: int = 3) -> None:
-        self.warmup, self.images, self.seconds, self._t0 = warmup, 0, 0.0, None
+        self.warmup, self.images, self.steps, self.seconds, self._t0 = warmup, 0, 0, 0.0, None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step < self.warmup:
@@ -52,7 +61,7 @@ class StepTimer(Callback):
             _sync(pl_module.device.type)
             self._t0 = time.perf_counter()
             return
-        self.images += len(batch[1])
+        self.images, self.steps = self.images + len(batch[1]), self.steps + 1
 
     def _close(self, pl_module) -> None:
         if self._t0 is not None:
@@ -70,6 +79,68 @@ class StepTimer(Callback):
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds else float("nan")
 
+    def figures(self) -> dict:
+        return {"images_per_s": self.images_per_s, "images": self.images, "steps": self.steps,
+                "seconds": self.seconds}  # fmt: skip
+
+
+class RunTimer(StepTimer, FirstStep):
+    """StepTimer for runs that the sweep runner starts (`trainer.callbacks: throughput.RunTimer`,
+    with benchmarks/ on PYTHONPATH): its figures and the GPU memory the run reserved go into
+    FirstStep's <run dir>/timing.json."""
+
+    def __init__(self, warmup: int = 5) -> None:
+        StepTimer.__init__(self, warmup)
+        FirstStep.__init__(self)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self.times.update(self.figures())
+        if pl_module.device.type == "cuda":  # this process trains on the GPU: its context exists
+            self.times["cuda_max_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
+            self.times["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        FirstStep.teardown(self, trainer, pl_module, stage)
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(on: bool) -> Iterator[None]:
+    """Set `torch.backends.cudnn.benchmark` for one measurement and restore it after: Lightning's
+    Trainer sets the global flag from `benchmark=` and never resets it
+    (lightning/pytorch/trainer/connectors/accelerator_connector.py, `_set_torch_flags`), so
+    without this one `cli_fit` would change the setting of every later measurement."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def train_records(batch_size: int, batches_per_epoch: int, train_share: float = 0.7) -> int:
+    """Records a data set needs so that its training split (`train_share` of it, 70% with the
+    default 15/15 validation/test split) holds `batches_per_epoch` full batches."""
+    return math.ceil(batches_per_epoch * batch_size / train_share) + batch_size  # patient-level split jitter
+
+
+def replicated_manifest(data: Path, records: int) -> str:
+    """A manifest (file name, relative to `data`) that lists data/manifest.csv's images again and
+    again, each copy as a patient of its own, until it has `records` rows. Throughput needs many
+    images per epoch, not many distinct ones: the cache decodes each file once."""
+    if not (data / "manifest.csv").is_file():
+        raise SystemExit(f"error: {data / 'manifest.csv'} not found: --data needs a manifest (path,label[,patient_id])")
+    with (data / "manifest.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    copies = math.ceil(records / len(rows))
+    name = f"manifest-x{copies}.csv"
+    if not (data / name).is_file():
+        tmp = data / f".{name}.tmp-{os.getpid()}"
+        with tmp.open("w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=[*(k for k in rows[0] if k != "patient_id"), "patient_id"])
+            out.writeheader()
+            for copy in range(copies):
+                out.writerows({**row, "patient_id": f"{row.get('patient_id') or row['path']}-{copy}"} for row in rows)
+        tmp.replace(data / name)
+    return name
+
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -85,6 +156,11 @@ def _cuda_peak(device: str) -> float:
 
 def plain_loop(args, device: str, compiled: bool) -> dict:
     """The ceiling: a hand-written training step on a fixed batch already on the device."""
+    with cudnn_benchmark(args.cudnn_benchmark):
+        return _plain_loop(args, device, compiled)
+
+
+def _plain_loop(args, device: str, compiled: bool) -> dict:
     from models.backbones import build_backbone
 
     torch.manual_seed(0)
@@ -113,14 +189,16 @@ def plain_loop(args, device: str, compiled: bool) -> dict:
     for _ in range(args.steps):
         step()
     _sync(device)
-    rate = args.steps * args.batch_size / (time.perf_counter() - t)
-    return {"images_per_s": rate, "warmup_s": warm_s, "cuda_peak_mib": _cuda_peak(device)}
+    seconds, images = time.perf_counter() - t, args.steps * args.batch_size
+    return {"images_per_s": images / seconds, "images": images, "steps": args.steps, "seconds": seconds,
+            "warmup_s": warm_s, "cuda_peak_mib": _cuda_peak(device),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark}  # fmt: skip
 
 
-def _datamodule(args, *, cache: bool, workers: int, image_size: int):
+def _datamodule(args, *, cache: bool, workers: int, image_size: int, manifest: Optional[str] = None):
     from datamodules.datamodule import XrayDataModule
 
-    return XrayDataModule(root=str(args.data), image_size=image_size,
+    return XrayDataModule(root=str(args.data), manifest=manifest, image_size=image_size,
                           batch_size=args.batch_size, num_workers=workers,
                           cache_dir=str(args.work / "cache") if cache else None)  # fmt: skip
 
@@ -135,9 +213,10 @@ def _worker_memory() -> dict:
     return {"workers_uss_mib": uss / 2**20, "workers_pss_mib": pss / 2**20}
 
 
-def loader_rate(args, *, cache: bool, workers: int, batches: int, image_size: int) -> dict:
+def loader_rate(args, *, cache: bool, workers: int, batches: int, image_size: int,
+                manifest: Optional[str] = None) -> dict:  # fmt: skip
     """Images/s the training loader alone delivers, after one warm-up batch; cycles epochs."""
-    data = _datamodule(args, cache=cache, workers=workers, image_size=image_size)
+    data = _datamodule(args, cache=cache, workers=workers, image_size=image_size, manifest=manifest)
     t = time.perf_counter()
     data.setup("fit")
     setup_s = time.perf_counter() - t
@@ -154,7 +233,8 @@ def loader_rate(args, *, cache: bool, workers: int, batches: int, image_size: in
         else:
             iterator = iter(loader)
     seconds = time.perf_counter() - t
-    out = {"images_per_s": images / seconds, "setup_s": setup_s, "batches": done}
+    out = {"images_per_s": images / seconds, "images": images, "seconds": seconds, "setup_s": setup_s,
+           "batches": done}  # fmt: skip
     if workers and cache:
         for _ in iterator:  # finish the epoch: together the workers have now touched every row
             pass
@@ -166,30 +246,36 @@ def loader_rate(args, *, cache: bool, workers: int, batches: int, image_size: in
 
 
 def cli_fit(args, device: str, compiled: bool) -> dict:
-    """The project's own path: `cli.py fit` in-process, fed from the cache, timed by StepTimer."""
+    """The project's own path: `cli.py fit` in-process, fed from the cache, timed by StepTimer.
+    The data set is args.data's images listed again and again, so that every epoch has
+    `args.batches_per_epoch` full batches (StepTimer counts none of an epoch of one batch)."""
     from cli import cli_main
 
+    manifest = replicated_manifest(args.data, train_records(args.batch_size, args.batches_per_epoch))
     timer = {"class_path": "benchmarks.throughput.StepTimer", "init_args": {"warmup": args.warmup}}
+    # StepTimer skips each epoch's first batch: enough steps that `args.steps` of them are timed.
+    steps = args.warmup + math.ceil(args.steps * args.batches_per_epoch / (args.batches_per_epoch - 1)) + 1
     argv = [
-        "fit", "--config", str(ROOT / "configs/demo.yaml"),
+        "fit", "--config", str(ROOT / "configs/demo.yaml"), f"--data.manifest={manifest}",
         f"--data.root={args.data}", "--demo.body_part=null", f"--data.cache_dir={args.work / 'cache'}",
         f"--data.image_size={args.image_size}", f"--data.batch_size={args.batch_size}",
         f"--data.num_workers={args.workers}",
         f"--model.backbone={args.backbone}", f"--model.channels_last={device == 'cuda'}",
         f"--model.compile={compiled}",
-        f"--trainer.accelerator={device}", "--trainer.devices=1", f"--trainer.benchmark={device == 'cuda'}",
-        f"--trainer.max_steps={args.warmup + args.steps + 1}", "--trainer.max_epochs=-1",
+        f"--trainer.accelerator={device}", "--trainer.devices=1", f"--trainer.benchmark={args.cudnn_benchmark}",
+        f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1",
         "--trainer.check_val_every_n_epoch=100000", "--trainer.num_sanity_val_steps=0",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false",
         f"--trainer.callbacks=[{json.dumps(timer)}]",
         "--run.wandb=disabled", "--run.test_after_fit=false", f"--run.root={args.work / 'runs'}",
     ]  # fmt: skip
     t = time.perf_counter()
-    cli = cli_main(argv)
+    with cudnn_benchmark(args.cudnn_benchmark):  # the same setting as plain_loop, restored after
+        cli = cli_main(argv)
     total_s = time.perf_counter() - t
     step_timer = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "StepTimer")
-    return {"images_per_s": step_timer.images_per_s, "total_s": total_s, "cuda_peak_mib": _cuda_peak(device),
-            "precision": str(cli.trainer.precision)}  # fmt: skip
+    return {**step_timer.figures(), "total_s": total_s, "cuda_peak_mib": _cuda_peak(device),
+            "precision": str(cli.trainer.precision), "cudnn_benchmark": args.cudnn_benchmark}  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -210,7 +296,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="also time torch.compile (default: on GPU only; on CPU it needs a C++ compiler)")
     p.add_argument("--skip", nargs="*", default=[], choices=["plain", "cli", "loader"], help="phases to leave out")
+    p.add_argument("--batches-per-epoch", type=int, default=4,
+                   help="full batches in each epoch of (b) (the images are listed again as needed; >= 2)")
+    p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None,
+                   help="cudnn.benchmark for (a) and (b) alike (default: on with CUDA; fixed input sizes)")
     args = p.parse_args(argv)
+    if args.batches_per_epoch < 2:
+        p.error(f"--batches-per-epoch {args.batches_per_epoch}: StepTimer needs >= 2 batches per epoch")
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     args.device = "cuda" if cuda else "cpu"
     gpu = {"backbone": "resnet50", "image_size": 224, "batch_size": 256, "steps": 50, "warmup": 15,
@@ -221,14 +313,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in (gpu if cuda else cpu).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.cudnn_benchmark is None:
+        args.cudnn_benchmark = cuda
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = args.device
-    if device == "cuda":
-        torch.backends.cudnn.benchmark = True
     if args.data is None:
         from datamodules.synthetic import generate
 
@@ -239,7 +331,7 @@ def main(argv=None) -> int:
         print(f"data: {args.data} ({args.count} png16 images {h}x{w}; {time.perf_counter() - t:.1f} s)")
     print(f"device={device} backbone={args.backbone} image_size={args.image_size} batch={args.batch_size} "
           f"steps={args.steps} warmup={args.warmup} workers={args.workers} cores={os.cpu_count()} "
-          f"torch={torch.__version__}")  # fmt: skip
+          f"cudnn.benchmark={args.cudnn_benchmark} (plain loop and cli.py fit alike) torch={torch.__version__}")  # fmt: skip
     rows: list[tuple[str, dict]] = []
     results: dict[str, dict] = {}
 
