@@ -22,7 +22,7 @@ from sweeps.contract.conditions import format_condition, format_value
 from sweeps.errors import SweepConfigError
 from sweeps.files.check import DEFAULT_OBJECTIVE_NAME, check_configs, check_for_cli
 from sweeps.files.params import cli_parameters, resolve_name
-from sweeps.files.schema import CONDITION_KEYS
+from sweeps.files.schema import CONDITION_KEYS, null_safe
 from sweeps.files.sweep import Sweep
 
 
@@ -43,6 +43,18 @@ def _conditions(specs: dict[str, Any]) -> list[str]:
         values = spec["parent_values"] if isinstance(spec["parent_values"], list) else [spec["parent_values"]]
         conditions.append(format_condition(path, parent, values))
     return conditions
+
+
+def _file_spec(spec: Any) -> Any:
+    """A preset's spec as a sweep file says it: no condition keys, None written `null` (the
+    agent formats values with str(), and the CLI reads `null`, not `None`)."""
+    if not isinstance(spec, dict):
+        return spec
+    out = {k: v for k, v in spec.items() if k not in CONDITION_KEYS}
+    for key in ("value", "values"):
+        if key in out:
+            out[key] = null_safe(out[key])
+    return out
 
 
 def _check_parent_values(sweep: Sweep) -> None:
@@ -96,9 +108,7 @@ def create_custom_sweep_config(
                             "method": method,
                             "metric": {"name": metric_name, "goal": metric_goal or ("minimize" if lower else "maximize")},
                             "early_terminate": early_terminate or None, "run_cap": int(run_cap) if run_cap else None,
-                            "parameters": dict(sorted((path, {k: v for k, v in spec.items() if k not in CONDITION_KEYS}
-                                                       if isinstance(spec, dict) else spec)
-                                                      for path, spec in specs.items())),
+                            "parameters": dict(sorted((path, _file_spec(spec)) for path, spec in specs.items())),
                             "command": command}
     sweep = Sweep.from_dict({k: v for k, v in data.items() if v is not None})
     check_for_cli(sweep, Path.cwd())

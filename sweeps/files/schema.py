@@ -74,17 +74,17 @@ def infer_distribution(name: str, spec: dict) -> str:
     raise SweepConfigError(f"parameters.{name} needs `value`, `values`, `min`/`max` or a `distribution`")
 
 
-def _null_safe(value: Any) -> Any:
+def null_safe(value: Any) -> Any:
     """The agent writes values with str(): None would become `None`, which the CLI rejects."""
     if value is None:
         return NULL
     if isinstance(value, list):
-        return [_null_safe(v) for v in value]
+        return [null_safe(v) for v in value]
     return value
 
 
 def parse_parameter(name: str, spec: Any, method: str) -> Parameter:
-    """One parameter of a sweep file, checked as W&B checks it; None values become `null`."""
+    """One parameter of a sweep file, checked as W&B checks it."""
     if not isinstance(spec, dict):
         raise SweepConfigError(f"parameters.{name} must be a mapping such as {{values: [...]}}, got {spec!r}")
     if "parameters" in spec:
@@ -125,11 +125,7 @@ def parse_parameter(name: str, spec: Any, method: str) -> Parameter:
     if method == "grid" and dist not in GRID_DISTRIBUTIONS:
         raise SweepConfigError(f"parameters.{name}: grid search needs categorical, constant, int_uniform or "
                                f"q_uniform parameters (`values` or `value`), not {dist} (W&B's rule)")
-    out = dict(spec)
-    for key in ("value", "values"):
-        if key in out:
-            out[key] = _null_safe(out[key])
-    return Parameter(name, dist, out)
+    return Parameter(name, dist, dict(spec))
 
 
 def check_choices(param: Parameter, annotation: Any) -> None:
