@@ -353,7 +353,7 @@ def test_a_non_object_line_in_a_finished_runs_history_is_skipped_as_the_runner_d
     assert "Best run 0004" in write_report(sweep_dir).read_text()
 
 
-@pytest.mark.parametrize("key", ["counts", "ci", "class_names", "threshold"])
+@pytest.mark.parametrize("key", ["counts", "ci", "class_names", "metrics", "threshold"])
 def test_a_damaged_test_report_is_named_and_the_rest_is_shown(key, tmp_path, capsys):
     from test_report import _test_report_json
 

@@ -27,13 +27,17 @@ def damage(error: Exception) -> str:
 
 
 def read_test_report(sweep_dir: Path, run: dict) -> Optional[dict]:
+    """The run's test report; None when it has none. One that is not a JSON object reads as an
+    empty one, so that it is named as damaged where it is shown."""
     if not run.get("run_dir"):
         return None
     try:
         report = json.loads((Path(sweep_dir) / run["run_dir"] / REPORT_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+    except OSError:
         return None
-    return report if isinstance(report, dict) and "metrics" in report else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def _cell(figure: dict) -> tuple[str, str]:
