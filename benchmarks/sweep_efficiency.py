@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sweeps.analysis.results import goal_of, load_offline_runs  # noqa: E402
+from sweeps.analysis.results import load_offline_runs  # noqa: E402
 from sweeps.contract.history import best_of  # noqa: E402
 from sweeps.files import create_custom_sweep_config, render_yaml  # noqa: E402
 
@@ -61,7 +61,7 @@ def run_sweep(args: argparse.Namespace, name: str, hyperband: bool) -> dict:
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", file=sys.stderr)
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
     sweep, runs = load_offline_runs(out)
-    _, goal = goal_of(sweep)
+    goal = sweep.goal
     bests = [b for b in (best_of(r["history"], goal) for r in runs) if b is not None]
     best = (max if goal == "maximize" else min)(bests) if bests else float("nan")
     return {"name": name, "runs": len(runs), "states": dict(Counter(r["state"] for r in runs)),

@@ -27,10 +27,10 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-# The sweep metric and checkpoint monitor when none is given.
-DEFAULT_METRIC = "val/auroc"
-# Metrics (without the stage prefix) for which lower is better: a sweep on them minimizes.
-LOWER_IS_BETTER = ("loss", "ece")
+from models.metric_names import ARGMAX, DEFAULT_METRIC, LOWER_IS_BETTER, logged_metric_names, metric_keys
+
+__all__ = ["DEFAULT_METRIC", "LOWER_IS_BETTER", "ClassificationMetrics", "logged_metric_names"]
+
 # Every rank holds every image's outputs already; torchmetrics must not add them up again.
 LOCAL = {"sync_on_compute": False}
 
@@ -52,29 +52,25 @@ class ClassificationMetrics(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         multiclass = {
-            "acc": MulticlassAccuracy(num_classes, average="micro", **LOCAL),
-            "balanced_acc": MulticlassAccuracy(num_classes, average="macro", **LOCAL),
+            "acc": lambda: MulticlassAccuracy(num_classes, average="micro", **LOCAL),
+            "balanced_acc": lambda: MulticlassAccuracy(num_classes, average="macro", **LOCAL),
+            "auroc": lambda: MulticlassAUROC(num_classes, **LOCAL),
+            "f1": lambda: MulticlassF1Score(num_classes, average="macro", **LOCAL),
+            "ece": lambda: MulticlassCalibrationError(num_classes, n_bins=15, **LOCAL),
         }
-        if num_classes > 2:
-            multiclass["auroc"] = MulticlassAUROC(num_classes, **LOCAL)
-            multiclass["f1"] = MulticlassF1Score(num_classes, average="macro", **LOCAL)
-            multiclass["ece"] = MulticlassCalibrationError(num_classes, n_bins=15, **LOCAL)
-        self.multiclass = MetricCollection(multiclass)
-        self.binary = (
-            MetricCollection(
-                {
-                    "auroc": BinaryAUROC(**LOCAL),
-                    "average_precision": BinaryAveragePrecision(**LOCAL),
-                    "f1": BinaryF1Score(**LOCAL),
-                    "sensitivity": BinaryRecall(**LOCAL),
-                    "specificity": BinarySpecificity(**LOCAL),
-                    "sensitivity_at_spec90": SensitivityAtSpecificity(min_specificity=0.9, **LOCAL),
-                    "ece": BinaryCalibrationError(n_bins=15, **LOCAL),
-                }
-            )
-            if num_classes == 2
-            else None
-        )
+        binary = {
+            "auroc": lambda: BinaryAUROC(**LOCAL),
+            "average_precision": lambda: BinaryAveragePrecision(**LOCAL),
+            "f1": lambda: BinaryF1Score(**LOCAL),
+            "sensitivity": lambda: BinaryRecall(**LOCAL),
+            "specificity": lambda: BinarySpecificity(**LOCAL),
+            "sensitivity_at_spec90": lambda: SensitivityAtSpecificity(min_specificity=0.9, **LOCAL),
+            "ece": lambda: BinaryCalibrationError(n_bins=15, **LOCAL),
+        }
+        # The names (models/metric_names.py) decide what is built: one list for the model and the sweeps.
+        keys, two = metric_keys(num_classes), num_classes == 2
+        self.multiclass = MetricCollection({k: multiclass[k]() for k in keys if k in ARGMAX or not two})
+        self.binary = MetricCollection({k: binary[k]() for k in keys if k not in ARGMAX}) if two else None
 
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
         self.multiclass.update(probs, target)
@@ -99,8 +95,3 @@ class ClassificationMetrics(nn.Module):
         if self.binary is not None:
             self.binary.reset()
 
-
-def logged_metric_names(num_classes: int, stage: str = "val") -> list[str]:
-    """Every metric the classifier logs for `stage` on a task of `num_classes` classes, e.g.
-    val/loss, val/auroc, ...; sweeps check their metric and objective against this list."""
-    return [f"{stage}/loss", *(f"{stage}/{k}" for k in ClassificationMetrics(num_classes).names())]

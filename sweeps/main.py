@@ -21,7 +21,14 @@ from pathlib import Path
 
 from sweeps import argtypes
 from sweeps.errors import SweepError, UsageError
-from sweeps.files import SWEEP_CONFIGS, create_custom_sweep_config, get_sweep_config, load_sweep, render_yaml
+from sweeps.files import (
+    SWEEP_CONFIGS,
+    Sweep,
+    create_custom_sweep_config,
+    get_sweep_config,
+    load_sweep,
+    render_yaml,
+)
 from sweeps.files.build import merge_custom_params
 from sweeps.files.io import write_atomic
 from sweeps.text import visible
@@ -112,12 +119,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("with a sweep file, --cfg takes one LightningCLI config")
         args.cfg = args.cfg[0] if args.cfg else None
     else:
-        sweep = build_sweep(args, _preset(args, default=DEFAULT_PRESET))
+        sweep = Sweep.from_dict(build_sweep(args, _preset(args, default=DEFAULT_PRESET)))
         args.cfg = None  # built with it already
     if args.backend == "wandb":
         from sweeps.runner import run_wandb_sweep
 
-        return run_wandb_sweep(sweep, args)
+        return run_wandb_sweep(sweep.to_dict(), args)
     from sweeps.runner import run_offline
 
     return run_offline(sweep, args)

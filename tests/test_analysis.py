@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from sweeps.analysis import best_config, load_offline_runs, show_best
-from sweeps.analysis.results import from_cli
+from sweeps.files import Sweep
 
 SWEEP = {
     "program": "cli.py",
@@ -54,7 +54,20 @@ TRIALS = [
 ]
 
 
-def make_sweep_dir(root: Path, trials=TRIALS, sweep: dict = SWEEP) -> Path:
+def saved_config(params: dict) -> dict:
+    """The config.yaml a run of SWEEP saves: its values as the CLI read them ("null" is None);
+    momentum keeps the config's 0.9 when the optimizer is not sgd (the condition dropped it)."""
+    used = {**params, "data.root": "/secret/patients", "sweep.when": ["model.momentum:model.optimizer=sgd"]}
+    if params.get("model.optimizer") != "sgd":
+        used["model.momentum"] = 0.9
+    nested: dict = {"seed_everything": 42}
+    for path, value in used.items():
+        head, leaf = path.split(".")
+        nested.setdefault(head, {})[leaf] = None if value == "null" else value
+    return nested
+
+
+def make_sweep_dir(root: Path, trials=TRIALS, sweep: dict = SWEEP, dists: dict = DISTS) -> Path:
     """An offline sweep directory as the runner writes it: sweep.yaml, optuna.db, runs/NNNN/."""
     sweep_dir = root / "sweep_runs" / sweep["name"]
     sweep_dir.mkdir(parents=True)
@@ -75,16 +88,12 @@ def make_sweep_dir(root: Path, trials=TRIALS, sweep: dict = SWEEP) -> Path:
         (run_dir / "metrics.csv").write_text("epoch,step,train/loss_epoch,val/loss,val/auroc\n" + "".join(
             f"{e},{10 * (e + 1)},,0.5,{v}\n{e},{10 * (e + 1)},0.6,,\n" for e, v in enumerate(history)))
         (run_dir / "output.log").write_text("training...\n")
-        nested: dict = {}
-        for path, value in {**params, "data.root": "/secret/patients"}.items():
-            head, leaf = path.split(".")
-            nested.setdefault(head, {})[leaf] = value
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(nested))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(saved_config(params)))
         completed = state in ("finished", "stopped")
         optuna_state = {"running": optuna.trial.TrialState.RUNNING}.get(
             state, optuna.trial.TrialState.COMPLETE if completed else optuna.trial.TrialState.FAIL)
         study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={k: DISTS[k] for k in params}, user_attrs=attrs, state=optuna_state,
+            params=params, distributions={k: dists[k] for k in params}, user_attrs=attrs, state=optuna_state,
             value=max(history) if completed else None))
     return sweep_dir
 
@@ -96,7 +105,7 @@ def sweep_dir(tmp_path) -> Path:
 
 def test_load_offline_runs(sweep_dir):
     sweep, runs = load_offline_runs(sweep_dir)
-    assert sweep["name"] == "fixture_sweep" and len(runs) == 7
+    assert sweep.name == "fixture_sweep" and len(runs) == 7
     assert [r["state"] for r in runs][:4] == ["finished", "finished", "stopped", "failed"]
     assert runs[4]["value"] == pytest.approx(0.91) and runs[3]["value"] is None
     assert runs[6]["history"] == [0.65]  # running: read live from sweep_history.jsonl
@@ -133,21 +142,49 @@ def test_export_is_a_lightningcli_config(sweep_dir, tmp_path, capsys):
     assert cfg.model.momentum == 0.9  # the class default, not the 0.95 the adamw run never used
 
 
-def test_best_config_keeps_applied_children_and_drops_sweep_keys():
-    sweep = dict(SWEEP, command=SWEEP["command"][:-1] + ["--sweep.when+=model.warmup_epochs:model.scheduler=cosine",
-                                                        "${args}"])
-    params = {"model.optimizer": "sgd", "model.momentum": "0.95", "sweep.metric": "val/auroc", "run.name": "x",
-              "model.warmup_epochs": 2, "seed_everything": 7, "TRAIN.LR": "1e-4"}
-    # scheduler is not swept: its value comes from the run's full config
-    assert best_config(sweep, params, {"model": {"scheduler": "step"}}) == {
-        "seed_everything": 7, "model": {"optimizer": "sgd", "momentum": 0.95, "lr": 1e-4}}
-    assert best_config(sweep, params, {"model": {"scheduler": "cosine"}})["model"]["warmup_epochs"] == 2
+def test_best_config_is_what_the_run_saved_without_children_that_did_not_apply():
+    sweep = Sweep.from_dict(dict(
+        SWEEP, parameters={**SWEEP["parameters"], "model.warmup_epochs": {"values": [0, 2]}, "seed_everything": {"value": 7}},
+        command=[*SWEEP["command"][:-1], "--sweep.when+=model.warmup_epochs:model.scheduler=cosine", "--cv.folds=5",
+                 "${args}"]))
+    config = {"seed_everything": 7, "trainer": {"gradient_clip_val": None, "max_epochs": 9}, "cv": {"folds": 5},
+              "model": {"lr": 1e-4, "optimizer": "sgd", "momentum": 0.95, "scheduler": "step", "warmup_epochs": 2},
+              "data": {"batch_size": 8, "root": "/secret"}, "sweep": {"metric": "val/auroc"}, "run": {"name": "x"}}
+    # scheduler is not swept: whether warmup_epochs applied is read from the run's config
+    assert best_config(sweep, config) == {
+        "seed_everything": 7, "trainer": {"gradient_clip_val": None}, "data": {"batch_size": 8}, "cv": {"folds": 5},
+        "model": {"lr": 1e-4, "optimizer": "sgd", "momentum": 0.95}}
+    config["model"]["scheduler"] = "cosine"
+    assert best_config(sweep, config)["model"]["warmup_epochs"] == 2
 
 
-@pytest.mark.parametrize("text, value", [("null", None), ("None", None), ("none", "none"), ("1e-5", 1e-5),
-                                         ("32", 32), ("true", True), ("resnet34", "resnet34"), (0.5, 0.5)])
-def test_from_cli(text, value):
-    assert from_cli(text) == value and type(from_cli(text)) is type(value)
+def test_export_takes_values_as_the_run_read_them(tmp_path, capsys):
+    """A str option swept over a number-like value ("0.5"): the agent's argv says `--eval.threshold=0.5`,
+    which the CLI reads as the string '0.5' (it is a str option); the export must say '0.5' too, or
+    `cli.py fit --config best.yaml` refuses it (the old export, rebuilt from the argv, wrote 0.5)."""
+    trials = [("finished", {"eval.threshold": value}, history, None)
+              for value, history in (("youden", [0.7, 0.8]), ("0.5", [0.8, 0.9]))]
+    sweep = dict(SWEEP, parameters={"eval.threshold": {"values": ["youden", "0.5"]}},
+                 command=[c for c in SWEEP["command"] if not c.startswith("--sweep.when")])
+    dists = {"eval.threshold": optuna.distributions.CategoricalDistribution(["youden", "0.5"])}
+    sweep_dir = make_sweep_dir(tmp_path, trials=trials, sweep=sweep, dists=dists)
+    best_yaml = tmp_path / "best.yaml"
+    assert show_best(str(sweep_dir), export=str(best_yaml)) == 0
+    assert yaml.safe_load(best_yaml.read_text()) == {"eval": {"threshold": "0.5"}}
+
+    from conftest import parse_cli
+
+    assert parse_cli(["fit", "--config", "configs/demo.yaml", "--config", str(best_yaml)]).eval.threshold == "0.5"
+
+
+def test_a_metric_without_goal_is_minimized_as_by_wandb_and_the_runner(tmp_path, capsys):
+    """W&B's default goal is minimize; the runner minimized such a sweep while `best` ranked it the other way."""
+    sweep_dir = make_sweep_dir(tmp_path, trials=[t for t in TRIALS if t[0] == "finished"],
+                               sweep=dict(SWEEP, metric={"name": "val/loss", "goal": "minimize"}))
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(dict(SWEEP, metric={"name": "val/loss"})))  # no goal
+    assert show_best(str(sweep_dir)) == 0
+    out = capsys.readouterr().out
+    assert "val/loss, minimize" in out and "best: run 0001" in out  # 0.80, the lowest value of the three
 
 
 def test_not_a_sweep_dir(tmp_path, capsys):
@@ -255,3 +292,102 @@ def test_cross_validated_runs_show_mean_and_spread_across_folds(tmp_path, capsys
     assert "± 0.0123" in capsys.readouterr().out
     text = write_report(sweep_dir).read_text()
     assert '"error_y":{"array":[0.0123' in text.replace(" ", "")
+
+
+# ---- damaged run records (issue 19, item 10): that run is unreadable, the others are shown -----------
+
+def _rewrite_json(path: Path, change) -> None:
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+RECORD_DAMAGE = {  # run.json of the best run (0004), read when the sweep has no optuna.db
+    "run.json is a JSON list": (lambda p: _rewrite_json(p, lambda a: [a]), "not a JSON object"),
+    "run.json is not JSON": (lambda p: p.write_text('{"state": "fini'), "cannot read run.json"),
+    '"history": 5': (lambda p: _rewrite_json(p, lambda a: dict(a, history=5)), "history is not a list"),
+    '"params": "lr"': (lambda p: _rewrite_json(p, lambda a: dict(a, params="lr")), "params is not a dict"),
+    '"state": 3': (lambda p: _rewrite_json(p, lambda a: dict(a, state=3)), "state is not a str"),
+    "run_dir outside the sweep": (lambda p: _rewrite_json(p, lambda a: dict(a, run_dir="../../elsewhere")),
+                                  "not inside the sweep directory"),
+}
+
+
+@pytest.mark.parametrize("case", list(RECORD_DAMAGE))
+def test_a_damaged_run_record_marks_that_run_unreadable(case, tmp_path, capsys):
+    damage, reason = RECORD_DAMAGE[case]
+    sweep_dir = make_sweep_dir(tmp_path)
+    (sweep_dir / "optuna.db").unlink()
+    damage(sweep_dir / "runs" / "0004" / "run.json")
+    assert show_best(str(sweep_dir)) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("0004"))
+    assert "unreadable" in row and reason in out, out
+    assert "best: run 0000" in out  # the next best, 0.85
+    assert "7 runs" in out and all(f"000{i}" in out for i in range(7))
+    from sweeps.analysis.report import write_report
+
+    text = write_report(sweep_dir).read_text()
+    assert "0004: unreadable" in text and "Best run 0000" in text
+
+
+def test_damaged_facts_in_the_optuna_storage_mark_that_run_unreadable(tmp_path, capsys):
+    sweep_dir = make_sweep_dir(tmp_path)
+    import sqlite3
+
+    with sqlite3.connect(sweep_dir / "optuna.db") as db:  # the trial is finished: Optuna would refuse to change it
+        db.execute("UPDATE trial_user_attributes SET value_json = '5' WHERE key = 'history' AND trial_id = "
+                   "(SELECT trial_id FROM trials WHERE number = 1)")
+    assert show_best(str(sweep_dir)) == 0
+    out = capsys.readouterr().out
+    assert next(line for line in out.splitlines() if line.startswith("0001")).split()[1] == "unreadable:"
+    assert "best: run 0004" in out
+
+
+def test_a_non_object_line_in_a_finished_runs_history_is_skipped_as_the_runner_does(tmp_path, capsys):
+    sweep_dir = make_sweep_dir(tmp_path)
+    for path in (sweep_dir / "runs").glob("*/sweep_history.jsonl"):
+        path.write_text('[1, 2]\n5\n"text"\nnull\n' + path.read_text())
+    assert show_best(str(sweep_dir)) == 0
+    assert "best: run 0004 (finished), val/auroc = 0.91" in capsys.readouterr().out
+    from sweeps.analysis.report import write_report
+
+    assert "Best run 0004" in write_report(sweep_dir).read_text()
+
+
+@pytest.mark.parametrize("key", ["counts", "ci", "class_names", "metrics", "threshold"])
+def test_a_damaged_test_report_is_named_and_the_rest_is_shown(key, tmp_path, capsys):
+    from test_report import _test_report_json
+
+    from sweeps.analysis.report import write_report
+
+    sweep_dir = make_sweep_dir(tmp_path)
+    path = sweep_dir / "runs" / "0004" / "test_report.json"
+    _test_report_json(path)
+    _rewrite_json(path, lambda report: {k: v for k, v in report.items() if k != key})
+    assert show_best(str(sweep_dir)) == 0
+    out = capsys.readouterr().out
+    assert "best: run 0004" in out and f"test_report.json is damaged (no '{key}')" in out
+    text = write_report(sweep_dir).read_text()
+    assert "Best run 0004" in text and '<section id="history">' in text and "0004" in text.split('id="runs"')[1]
+    if key != "threshold":  # the page shows the threshold only when there is one
+        assert f"test_report.json is damaged (no &#x27;{key}&#x27;)" in text
+
+
+@pytest.mark.parametrize("command", ["best", "report"])
+def test_best_and_report_do_not_import_torch_or_lightning(command, tmp_path):
+    """`python -m sweeps best|report` read files and optuna.db: torch and Lightning (seconds to import,
+    gigabytes on a login node) must stay out, also when the best run has test figures."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from test_report import _test_report_json
+
+    sweep_dir = make_sweep_dir(tmp_path)
+    _test_report_json(sweep_dir / "runs" / "0004" / "test_report.json")
+    program = ("import sys\nfrom sweeps.main import main\ncode = main(sys.argv[1:])\n"
+               "print('imported:', sorted(m for m in ('torch', 'lightning', 'torchmetrics') if m in sys.modules))\n"
+               "sys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", program, command, str(sweep_dir)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "imported: []" in done.stdout, done.stdout[-2000:]

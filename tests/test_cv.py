@@ -200,8 +200,10 @@ def test_generate_makes_a_cv_sweep_from_any_preset_and_export_keeps_the_folds(tm
     assert "--cv.folds=5" in sweep["command"]
     assert sweep["command"].index("--cv.folds=5") < sweep["command"].index("${args}")
     from sweeps.analysis.results import best_config
+    from sweeps.files import Sweep
 
-    assert best_config(sweep, {"model.lr": 0.001})["cv"] == {"folds": 5}
+    saved = {"model": {"lr": 0.001, "optimizer": "adamw"}, "cv": {"folds": 5, "run_dir": None}}  # a run's config.yaml
+    assert best_config(Sweep.from_dict(sweep), saved)["cv"] == {"folds": 5}
 
 
 def _offline_sweep(tmp_path, sweep: dict, timeout: int) -> list[dict]:

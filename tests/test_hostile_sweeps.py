@@ -18,6 +18,7 @@ from conftest import ROOT
 from test_analysis import make_sweep_dir
 from test_offline_runner import counted, fake, load, points, run, write  # noqa: F401  (fake is a fixture)
 
+from sweeps.files import Sweep
 from sweeps.files.io import MAX_VALUES, load_sweep
 from sweeps.main import main
 from sweeps.runner.jobs import failure_reason
@@ -154,8 +155,8 @@ def test_sweep_file_bombs_refused_at_load_naming_the_file(case, tmp_path, capsys
 
 def test_a_sweep_file_with_a_few_aliases_still_loads(tmp_path):
     path = tmp_path / "ok.yaml"
-    path.write_text("method: grid\nlrs: &lrs [0.1, 0.01]\nparameters:\n  a: {values: *lrs}\n  b: {values: *lrs}\n")
-    assert load_sweep(path)["parameters"]["b"] == {"values": [0.1, 0.01]}
+    path.write_text("method: grid\nparameters:\n  a: {values: &lrs [0.1, 0.01]}\n  b: {values: *lrs}\n")
+    assert load_sweep(path).parameters["b"].spec == {"values": [0.1, 0.01]}
 
 
 def test_a_huge_grid_is_refused_with_its_size_not_materialised(fake, tmp_path, capsys):  # noqa: F811
@@ -196,8 +197,8 @@ def test_runners_sharing_a_study_draw_distinct_configurations_and_one_runner_rep
     """The same, without processes: two samplers with one --seed on one study, asks interleaved."""
     from sweeps.runner.space import build_space, make_sampler
 
-    space = build_space({"method": method, "parameters": {"x": {"min": 0.0, "max": 1.0},
-                                                          "k": {"values": list(range(50))}}})
+    space = build_space(Sweep.from_dict({"method": method, "metric": {"name": "val/score"},
+                                         "parameters": {"x": {"min": 0.0, "max": 1.0}, "k": {"values": list(range(50))}}}))
 
     def draws(url: str, runners: int) -> list:
         studies = [optuna.create_study(storage=url, study_name="s", load_if_exists=True,

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from sweeps.contract.history import read_history
+from sweeps.files import Sweep
 from sweeps.main import main
 from sweeps.runner import agent_argv, build_space
 from sweeps.runner import runner as runner_loop
@@ -230,7 +231,7 @@ SUPPORTED = {
 
 def test_every_supported_distribution_within_bounds():
     sweep = {"method": "random", "parameters": {**{k: v[0] for k, v in SUPPORTED.items()}, "fixed": {"value": 7}}}
-    space = build_space(sweep)
+    space = build_space(Sweep.from_dict(sweep))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen: dict[str, list] = {k: [] for k in SUPPORTED}
     for _ in range(200):
@@ -264,9 +265,9 @@ def test_unsupported_distribution_is_a_clear_error(fake, tmp_path, capsys, dist)
 def test_grid_rejects_continuous_and_enumerates_int_and_q_uniform(fake, tmp_path, capsys):
     assert run(tmp_path, fake({"x": {"min": 0.0, "max": 1.0}})) == 2
     assert "grid search needs categorical" in capsys.readouterr().err
-    space = build_space({"method": "grid", "parameters": {
+    space = build_space(Sweep.from_dict({"method": "grid", "parameters": {
         "a": {"distribution": "int_uniform", "min": 1, "max": 3},
-        "b": {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25}}})
+        "b": {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25}}}))
     points = [space.values(p) for p in space.grid_points()]
     assert len(points) == 12 and {p["b"] for p in points} == {0.0, 0.25, 0.5, 0.75}  # W&B: arange, max out
 
@@ -784,7 +785,8 @@ def test_hyperband_stops_a_real_cli_run_cleanly(hand_data, tmp_path, monkeypatch
     assert exit_code(run_file(run_dir)) == 0  # the W&B run was finished, not left crashed
     # best and report on the very directory the runner wrote
     assert main(["best", str(out), "--export", str(tmp_path / "best.yaml")]) == 0
-    assert yaml.safe_load((tmp_path / "best.yaml").read_text())["trainer"]["callbacks"] == good
+    callbacks = yaml.safe_load((tmp_path / "best.yaml").read_text())["trainer"]["callbacks"]  # as the run saved them
+    assert [c["class_path"] if isinstance(c, dict) else c for c in callbacks] == [good]
     assert main(["report", str(out)]) == 0
     text = (out / "report.html").read_text()
     number = stopped.user_attrs["run_dir"].split("/")[-1]

@@ -34,6 +34,9 @@ def project(tmp_path, monkeypatch):
     """A checkout whose cli.py is the stand-in: the same configs, runs that take no time."""
     (tmp_path / "cli.py").write_text(textwrap.dedent(FAKE_CLI))
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    for config in ("ra_hand", "foot_xray", "foot"):  # their data roots: `run` checks them before launching
+        root = yaml.safe_load((tmp_path / "configs" / f"{config}.yaml").read_text())["data"]["root"]
+        (tmp_path / root).mkdir(parents=True, exist_ok=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(runner_loop, "POLL_S", 0.05)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
@@ -76,6 +79,20 @@ def test_old_command_runs_offline_and_builds_the_sweep(name, project):
     if name == "full_optimization":
         assert sweep["metric"]["name"] == "val/objective"
         assert any(str(c).startswith("--sweep.objective=") for c in sweep["command"])
+
+
+def test_a_missing_data_root_is_refused_before_launching_with_the_cfg_to_pass(project, capsys):
+    """`python -m sweeps run sweeps/quick_test.yaml` without --cfg trains configs/ra_hand.yaml, whose
+    data.root (data/ra_hand) a new user does not have: every run would fail on it."""
+    shutil.rmtree(project / "data")
+    sweep_file = project / "quick_test.yaml"
+    shutil.copy(ROOT / "sweeps" / "quick_test.yaml", sweep_file)
+    assert main(["run", str(sweep_file), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "data.root data/ra_hand (from ra_hand.yaml) does not exist" in err and "--cfg configs/demo.yaml" in err
+    assert not (project / "sweep_runs").exists()
+    # the demo config generates its data into its data.root: nothing to check
+    assert main(["run", str(sweep_file), "--cfg", "configs/demo.yaml", "--count", "1", "--quiet"]) == 0
 
 
 def test_sweep_config_defaults_to_base(project):

@@ -35,10 +35,10 @@ from sweeps.contract import (
     RunStopped,
     StopSignal,
     SweepMetric,
-    SweepOptions,
     apply_conditions,
     watch_runner,
 )
+from sweeps.contract.groups import LINKS, added_groups
 from sweeps.contract.lightning_adapter import ddp_children
 from training.cv import cross_validate, predict_with_ensemble, save_fold_outputs
 from training.evaluate import (
@@ -51,7 +51,7 @@ from training.evaluate import (
     store_operating_point,
 )
 from training.loggers import default_loggers, finish_wandb, update_summary
-from training.options import CVOptions, DemoOptions, EvalOptions, RunOptions
+from training.options import EvalOptions
 from training.rundir import RUN_DIR_ENV, RunDirError, checkpoint_problem, make_run_dir, resumed_run_dir
 from training.setup import check_config_files, default_precision, ensure_demo_data
 
@@ -76,14 +76,10 @@ class XrayCLI(LightningCLI):
     dropped_conditionals: list[str]
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_class_arguments(RunOptions, "run")
-        parser.add_class_arguments(SweepOptions, "sweep")
-        parser.add_class_arguments(DemoOptions, "demo")
-        parser.add_class_arguments(EvalOptions, "eval")
-        parser.add_class_arguments(CVOptions, "cv")
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-        parser.link_arguments("data.class_weights", "model.class_weights", apply_on="instantiate")
+        for group, cls in added_groups():  # the one list of groups and links: sweeps/contract/groups.py
+            parser.add_class_arguments(cls, group)
+        for source, target in LINKS:
+            parser.link_arguments(source, target, apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         args = list(sys.argv[1:] if args is None else args)

@@ -1,5 +1,5 @@
 """`python -m sweeps best DIR|ENTITY/PROJECT/ID [--export best.yaml]`: the runs of a sweep,
-best first, and the best run's parameters as a LightningCLI config."""
+best first, and what the best run used (from the config it saved) as a LightningCLI config."""
 
 from __future__ import annotations
 
@@ -9,21 +9,21 @@ from typing import Optional
 
 import yaml
 
+from sweeps.analysis.heldout import DAMAGE, damage, read_test_report
 from sweeps.analysis.results import (
     _WANDB_PATH,
-    applied_params,
+    UNREADABLE,
     best_config,
     best_run,
     fmt,
-    goal_of,
     load_offline_runs,
-    load_wandb_runs,
-    run_config,
     runs_table,
+    shown_params,
 )
-from sweeps.analysis.test_figures import read_test_report
+from sweeps.analysis.wandb_runs import load_wandb_runs
 from sweeps.errors import UsageError
 from sweeps.files.io import write_atomic
+from sweeps.files.sweep import Sweep
 from sweeps.text import visible
 
 
@@ -41,18 +41,16 @@ def _print_table(rows: list[list[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
 
 
-def _base_configs(sweep: dict) -> list[str]:
-    command = [str(c) for c in sweep.get("command") or []]
-    return [command[i + 1] for i, c in enumerate(command[:-1]) if c == "--config"]
+def _reproduce(sweep: Sweep, export: str) -> str:
+    base = " ".join(f"--config {c}" for c in sweep.config_files) or "--config <your config>"
+    return f"python cli.py fit {base} --config {export}"
 
 
-def export_yaml(path: Path, sweep: dict, run: dict, config: dict) -> None:
-    metric, _ = goal_of(sweep)
-    base = " ".join(f"--config {c}" for c in _base_configs(sweep)) or "--config <your config>"
+def export_yaml(path: Path, sweep: Sweep, run: dict, config: dict) -> None:
     header = (
-        f"# Best run of sweep {_one_line(sweep.get('name', ''))}: {_one_line(run['name'])}, "
-        f"{_one_line(metric)} = {fmt(run['value'])}\n"
-        f"# Reproduce: {_one_line(f'python cli.py fit {base} --config {path.name}')}\n"
+        f"# Best run of sweep {_one_line(sweep.name or '')}: {_one_line(run['name'])}, "
+        f"{_one_line(sweep.metric)} = {fmt(run['value'])}\n"
+        f"# Reproduce: {_one_line(_reproduce(sweep, path.name))}\n"
     )
     write_atomic(path, header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False))
 
@@ -63,23 +61,21 @@ def _show_best(source: str, export: Optional[str]) -> int:
     local = Path(source)
     if local.exists() or not _WANDB_PATH.match(source):
         sweep, runs = load_offline_runs(local)
-        for run in runs:
-            run["config"] = run_config(local, run)
     else:
         sweep, runs = load_wandb_runs(source)
-    metric, goal = goal_of(sweep)
     counts = {s: sum(r["state"] == s for r in runs) for s in dict.fromkeys(r["state"] for r in runs)}
-    print(visible(f"sweep {sweep.get('name', source)}: {len(runs)} runs "
-                  f"({', '.join(f'{n} {s}' for s, n in counts.items()) or 'none'}); {metric}, {goal}"))
+    print(visible(f"sweep {sweep.name or source}: {len(runs)} runs "
+                  f"({', '.join(f'{n} {s}' for s, n in counts.items()) or 'none'}); {sweep.metric}, {sweep.goal}"))
     if runs:
         _print_table(runs_table(sweep, runs))
+    for run in runs:  # the table cuts long reasons
+        if run["state"] == UNREADABLE:
+            print(f"run {run['name']} is unreadable: {run['reason']}")
     best = best_run(sweep, runs)
     if best is None:
-        raise UsageError(f"no completed run in {source} yet (finished or stopped runs have a {metric})")
-    config = best_config(sweep, best["params"], best.get("config"))
-    print("\n" + visible(f"best: run {best['name']} ({best['state']}), {metric} = {fmt(best['value'])}"))
-    flat = applied_params(sweep, best["params"], best.get("config"))
-    for name, value in flat.items():
+        raise UsageError(f"no completed run in {source} yet (finished or stopped runs have a {sweep.metric})")
+    print("\n" + visible(f"best: run {best['name']} ({best['state']}), {sweep.metric} = {fmt(best['value'])}"))
+    for name, value in shown_params(sweep, best).items():
         print(visible(f"  {name}: {fmt(value)}"))
     if best["run_dir"]:
         print(visible(f"run dir: {local / best['run_dir']}"))
@@ -87,15 +83,22 @@ def _show_best(source: str, export: Optional[str]) -> int:
         if report is not None:
             from evaluation import format_table
 
+            try:
+                figures = format_table(report)
+            except DAMAGE as e:
+                figures = f"not shown: {damage(e)}"
             print(f"\ntest figures of the best run (operating point chosen on validation):\n"
-                  f"{visible(format_table(report), keep_newlines=True)}")
+                  f"{visible(figures, keep_newlines=True)}")
     if export:
+        try:
+            config = best_config(sweep, best["config"])
+        except UsageError as e:
+            raise UsageError(f"cannot export run {best['name']}: {e}") from None
         try:
             export_yaml(Path(export), sweep, best, config)
         except OSError as e:  # a directory of that name, a read-only file system, a full disk
             raise UsageError(f"cannot write {export}: {e.strerror or e} (--export)") from None
-        print(f"wrote {export}; train it with: python cli.py fit "
-              f"{' '.join(f'--config {c}' for c in _base_configs(sweep))} --config {export}")
+        print(f"wrote {export}; train it with: {_reproduce(sweep, export)}")
     return 0
 
 

@@ -21,20 +21,19 @@ from typing import Any, Optional
 
 import yaml
 
+from sweeps.analysis.heldout import read_test_report, section_html
 from sweeps.analysis.results import (
     COMPLETED,
-    applied_params,
     best_config,
     best_run,
     fmt,
-    goal_of,
     load_offline_runs,
-    run_config,
     runs_table,
+    shown_params,
 )
-from sweeps.analysis.test_figures import read_test_report, section_html
 from sweeps.errors import UsageError
 from sweeps.files.io import write_atomic
+from sweeps.files.sweep import Sweep
 
 # Two slashes, or a leading / ~ ./ X:\ : a file path; "val/auroc" stays.
 _PATH = re.compile(r"""(?<![\w.~-])(?:[A-Za-z]:[\\/]|~/|\.{1,2}/|/)[^\s'",;)]*|[\w.~-]+(?:[/\\][\w.~-]+){2,}""")
@@ -91,10 +90,10 @@ def _tick_step(count: int) -> int:
     return max(1, math.ceil(count / 12))
 
 
-def history_figure(sweep: dict, runs: list[dict]):
+def history_figure(sweep: Sweep, runs: list[dict]):
     import plotly.graph_objects as go
 
-    metric, goal = goal_of(sweep)
+    metric, goal = sweep.metric, sweep.goal
     done = sorted(_completed(runs), key=lambda r: r["number"])
     fig = go.Figure()
     for state, symbol in (("finished", "circle"), ("stopped", "x")):
@@ -118,13 +117,13 @@ def history_figure(sweep: dict, runs: list[dict]):
     return fig
 
 
-def _distribution(spec: dict, values: list):
+def _distribution(distribution: str, values: list):
     import optuna.distributions as d
 
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     if numeric:
         lo, hi = min(values), max(values)
-        log = "log" in str(spec.get("distribution", "")) and lo > 0
+        log = "log" in distribution and lo > 0
         if all(isinstance(v, int) for v in values) and (not log or lo >= 1):
             return d.IntDistribution(lo, hi, log=log)
         return d.FloatDistribution(float(lo), float(hi), log=log)
@@ -132,18 +131,18 @@ def _distribution(spec: dict, values: list):
     return d.CategoricalDistribution(sorted(choices, key=lambda c: (c is not None, str(c))))
 
 
-def study_of(sweep_dir: Path, sweep: dict, runs: list[dict]):
+def study_of(sweep: Sweep, runs: list[dict]):
     """An in-memory Optuna study of the completed runs with the parameters they really used
     (conditional children that did not apply are left out): the input of Optuna's plots."""
     import optuna
 
-    _, goal = goal_of(sweep)
+    goal = sweep.goal
     done = _completed(runs)
-    applied = [applied_params(sweep, r["params"], run_config(sweep_dir, r)) for r in done]
-    specs = sweep.get("parameters") or {}
+    applied = [shown_params(sweep, r) for r in done]
     dists = {}
     for name in dict.fromkeys(n for a in applied for n in a):
-        dists[name] = _distribution(specs.get(name) or {}, [a[name] for a in applied if name in a])
+        param = sweep.parameters.get(name)
+        dists[name] = _distribution(param.distribution if param else "", [a[name] for a in applied if name in a])
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" on the console
     try:
@@ -175,10 +174,10 @@ def importance_figure(study, metric: str):
     return fig
 
 
-def curves_figure(sweep: dict, runs: list[dict]):
+def curves_figure(sweep: Sweep, runs: list[dict]):
     import plotly.graph_objects as go
 
-    metric, _ = goal_of(sweep)
+    metric = sweep.metric
     fig = go.Figure()
     dash = {"finished": "solid", "stopped": "dash"}
     for run in sorted(runs, key=lambda r: r["number"]):
@@ -202,8 +201,8 @@ def _duration(seconds: float) -> str:
     return f"{h}h {rest // 60:02d}m {rest % 60:02d}s" if h else f"{rest // 60}m {rest % 60:02d}s"
 
 
-def summary_html(sweep: dict, runs: list[dict], best: Optional[dict], sweep_dir: Path) -> str:
-    metric, goal = goal_of(sweep)
+def summary_html(sweep: Sweep, runs: list[dict], best: Optional[dict]) -> str:
+    metric = sweep.metric
     states = ["finished", "stopped", "failed", *dict.fromkeys(
         r["state"] for r in runs if r["state"] not in ("finished", "stopped", "failed"))]
     walls = [r["wall_s"] for r in runs if isinstance(r.get("wall_s"), (int, float))]
@@ -214,31 +213,34 @@ def summary_html(sweep: dict, runs: list[dict], best: Optional[dict], sweep_dir:
     if best is None:
         parts.append(_note("No completed run yet: the best configuration appears when a run finishes."))
         return "\n".join(parts)
-    config = run_config(sweep_dir, best)
     parts.append(f"<h3>Best run {html.escape(best['name'])} ({html.escape(best['state'])}): "
                  f"{html.escape(metric)} = {html.escape(fmt(best['value']))}</h3>")
-    flat = applied_params(sweep, best["params"], config)
+    flat = shown_params(sweep, best)
     parts.append(_table([["parameter", "value"], *([k, fmt(v)] for k, v in flat.items())]))
-    snippet = yaml.safe_dump(best_config(sweep, best["params"], config), sort_keys=False)
+    try:
+        snippet = yaml.safe_dump(best_config(sweep, best["config"]), sort_keys=False)
+    except UsageError as e:
+        parts.append(_note(f"Not exportable: {e}"))
+        return "\n".join(parts)
     parts.append("<p>As a LightningCLI config (<code>python -m sweeps best DIR --export best.yaml</code>):</p>"
                  f"<pre>{html.escape(snippet)}</pre>")
     return "\n".join(parts)
 
 
-def render(sweep_dir: Path, sweep: dict, runs: list[dict]) -> str:
-    metric, goal = goal_of(sweep)
+def render(sweep_dir: Path, sweep: Sweep, runs: list[dict]) -> str:
+    metric, goal = sweep.metric, sweep.goal
     figure = _Figures()
     done = _completed(runs)
     best = best_run(sweep, runs)
-    name = str(sweep.get("name") or sweep_dir.name)
-    sections = [("summary", "Summary", summary_html(sweep, runs, best, sweep_dir))]
+    name = sweep.name or sweep_dir.name
+    sections = [("summary", "Summary", summary_html(sweep, runs, best))]
     if best is not None:  # rendered in page order: the first figure on the page carries plotly.js
         sections.append(("test", f"Test figures of the best run ({html.escape(best['name'])})",
                          section_html(read_test_report(sweep_dir, best), figure, _table)))
 
     if done:
         sections.append(("history", "Optimization history", figure(history_figure(sweep, runs))))
-        study = study_of(sweep_dir, sweep, runs)
+        study = study_of(sweep, runs)
         sections.append(("parallel", "Parallel coordinates", figure(
             __import__("optuna").visualization.plot_parallel_coordinate(study, target_name=metric))))
     else:
@@ -269,7 +271,7 @@ def render(sweep_dir: Path, sweep: dict, runs: list[dict]) -> str:
     sections.append(("runs", "All runs (best first)", _table(rows) if runs else _note("No runs yet.")))
 
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    head = (f"<h1>Sweep {html.escape(name)}</h1><p>{html.escape(str(sweep.get('method', '')))} search, "
+    head = (f"<h1>Sweep {html.escape(name)}</h1><p>{html.escape(sweep.method)} search, "
             f"{html.escape(metric)} ({html.escape(goal)}), {len(runs)} runs; generated {stamp}.</p>")
     body = "\n".join(f'<section id="{sid}"><h2>{title}</h2>\n{content}</section>' for sid, title, content in sections)
     return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>Sweep {html.escape(name)}</title>"

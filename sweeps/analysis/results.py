@@ -1,69 +1,42 @@
 """The runs of a sweep, offline or on W&B, as one list of records; ranking, the table of runs,
-and the best run's parameters as a LightningCLI config (what `best` and `report` show).
+and the best run's settings as a LightningCLI config (what `best` and `report` show).
 
 An offline sweep directory holds sweep.yaml, the Optuna storage optuna.db (one trial per run,
 the run's facts in user_attrs) and runs/NNNN/ (run.json, sweep_history.jsonl, config.yaml).
 A W&B sweep is read with wandb.Api(); bayes there ranks runs by the best value in history,
-and so do we.
+and so do we. What a run used is read from the config it saved (config.yaml; a W&B run's
+config), never rebuilt from its command line. A damaged record makes its run `unreadable`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from models.metrics import DEFAULT_METRIC
-from sweeps.contract.conditions import WHEN_PREFIX, format_value, parse_condition
+from models.metric_names import DEFAULT_METRIC
 from sweeps.contract.history import HISTORY_FILE, best_of, read_history
-from sweeps.errors import UsageError
-from sweeps.files.params import YACS_ALIASES
+from sweeps.errors import SweepConfigError, UsageError
+from sweeps.files.schema import NULL
+from sweeps.files.sweep import Sweep
 
 COMPLETED = ("finished", "stopped")  # Optuna state COMPLETE: value = best of history
+UNREADABLE = "unreadable"  # a damaged run record: shown, never ranked
+CONFIG_FILE = "config.yaml"  # the config the run saved (LightningCLI's SaveConfigCallback)
 _WANDB_PATH = re.compile(r"^[\w.-]+/[\w.-]+/[\w-]+$")
-_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
-
-def from_cli(value: Any) -> Any:
-    """A value as the CLI reads it from the agent's `--name=value` (str() of the sampled value)."""
-    if not isinstance(value, str):
-        return value
-    if value in ("null", "None"):  # "None" is what str(None) gives; both mean null
-        return None
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
-        return value
-    if isinstance(parsed, str) and _NUMBER.match(parsed):
-        return float(parsed)  # YAML 1.1 reads 1e-5 as a string; jsonargparse reads a float
-    return value if parsed is None else parsed
-
-
-def goal_of(sweep: dict) -> tuple[str, str]:
-    metric = sweep.get("metric") or {}
-    return str(metric.get("name") or DEFAULT_METRIC), str(metric.get("goal") or "maximize")
-
-
-def conditions(sweep: dict) -> list[tuple[str, str, list[str]]]:
-    """The sweep's `--sweep.when+=CHILD:PARENT=V1|V2` command items, parsed."""
-    found = []
-    for item in sweep.get("command") or []:
-        item = str(item)
-        if not item.startswith(WHEN_PREFIX):
-            continue
-        spec = item[len(WHEN_PREFIX):].removeprefix("+").removeprefix("=")
-        specs = yaml.safe_load(spec) if spec.startswith("[") else [spec]
-        found += [parse_condition(str(s)) for s in specs]
-    return found
+_NOT_EXPORTED = ("sweep", "run", "config")  # how to sweep, where to write: not what was trained
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # a run's config is a few hundred lines
 
 
 def _lookup(config: Optional[dict], path: str) -> tuple[bool, Any]:
-    if not config:
+    """A dotted option in a nested config (config.yaml) or a flat one (a W&B run's config)."""
+    if not isinstance(config, dict):
         return False, None
-    if path in config:  # flat keys (W&B run.config)
+    if path in config:
         return True, config[path]
     node: Any = config
     for part in path.split("."):
@@ -73,36 +46,38 @@ def _lookup(config: Optional[dict], path: str) -> tuple[bool, Any]:
     return True, node
 
 
-def applied_params(sweep: dict, params: dict, run_config: Optional[dict] = None) -> dict:
-    """The swept values the run actually used: children whose condition failed are dropped.
-    A parent that was not swept is looked up in the run's full config, when there is one."""
-    values = {YACS_ALIASES.get(k, k): from_cli(v) for k, v in params.items()}
-    for child, parent, allowed in conditions(sweep):
-        if child not in values:
-            continue
-        known, parent_value = (True, values[parent]) if parent in values else _lookup(run_config, parent)
-        if known and format_value(parent_value) not in allowed:
-            del values[child]
+def used_settings(sweep: Sweep, config: Optional[dict], keys: Optional[list[str]] = None) -> dict:
+    """The swept options (or `keys`) as the run's saved config holds them; a conditional child
+    whose parent's value did not allow it is left out (its value came from the configs)."""
+    values = {}
+    for key in keys if keys is not None else list(sweep.parameters):
+        found, value = _lookup(config, key)
+        if found:
+            values[key] = value
+    for condition in sweep.conditions:
+        known, parent_value = _lookup(config, condition.parent)
+        if condition.child in values and known and not condition.holds(parent_value):
+            del values[condition.child]
     return values
 
 
-def command_options(sweep: dict) -> dict:
-    """Options fixed in the sweep's command (`--cv.folds=5`, DDP settings, ...), as a run saw them."""
-    found = {}
-    for item in sweep.get("command") or []:
-        item = str(item)
-        if item.startswith("--") and "=" in item and not item.startswith(("--sweep.", "--config")):
-            key, value = item[2:].split("=", 1)
-            found[key] = from_cli(value)
-    return found
+def shown_params(sweep: Sweep, run: dict) -> dict:
+    """What the table shows for a run: what it used, or, for a run that saved no config (it
+    failed before, or is not cli.py), the values it was given."""
+    if run.get("config") is not None:
+        return used_settings(sweep, run["config"])
+    return {k: None if v == NULL else v for k, v in run["params"].items()}
 
 
-def best_config(sweep: dict, params: dict, run_config: Optional[dict] = None) -> dict:
-    """The nested LightningCLI config of a run's swept values, without sweep.*/run.* settings
-    and without conditional children that did not apply."""
+def best_config(sweep: Sweep, config: Optional[dict]) -> dict:
+    """The nested LightningCLI config of what a run used: its swept options and the options the
+    sweep's command fixes (cv.folds, ...), without sweep.*/run.* settings."""
+    if not isinstance(config, dict):
+        raise UsageError("the run saved no readable config.yaml, so what it used is not known; export another run "
+                         "or rerun it")
     nested: dict = {}
-    for path, value in {**command_options(sweep), **applied_params(sweep, params, run_config)}.items():
-        if path.split(".")[0] in ("sweep", "run", "config"):
+    for path, value in used_settings(sweep, config, [*sweep.parameters, *sweep.fixed_options]).items():
+        if path.split(".")[0] in _NOT_EXPORTED:
             continue
         *parents, leaf = path.split(".")
         node = nested
@@ -116,15 +91,34 @@ def best_config(sweep: dict, params: dict, run_config: Optional[dict] = None) ->
 # ---- offline sweep directories --------------------------------------------------------------
 
 
-def _run_record(sweep_dir: Path, number: int, attrs: dict, value: Optional[float], fallback_params: dict,
-                metric: str, goal: str) -> dict:
-    run_dir = attrs.get("run_dir") or f"runs/{number:04d}"
+def record_problem(attrs: Any) -> Optional[str]:
+    """What makes a run record (run.json, a trial's facts) unreadable, or None."""
+    if not isinstance(attrs, dict):
+        return f"run.json is not a JSON object but a {type(attrs).__name__}"
+    for key, kind in (("history", list), ("params", dict), ("state", str), ("run_dir", str)):
+        if attrs.get(key) is not None and not isinstance(attrs[key], kind):
+            return f"its record's {key} is not a {kind.__name__} ({type(attrs[key]).__name__})"
+    run_dir = Path(attrs.get("run_dir") or "runs")
+    if run_dir.is_absolute() or ".." in run_dir.parts:
+        return "its record's run_dir is not inside the sweep directory"
+    return None
+
+
+def _run_record(sweep_dir: Path, sweep: Sweep, number: int, attrs: Any, value: Optional[float],
+                fallback_params: dict, run_dir: str, problem: Optional[str] = None) -> dict:
+    problem = problem or record_problem(attrs)
+    if problem is not None:
+        return {"number": number, "name": Path(run_dir).name, "state": UNREADABLE, "value": None, "history": [],
+                "params": {}, "run_dir": run_dir, "reason": problem, "wall_s": None, "std": None, "config": None}
+    run_dir = attrs.get("run_dir") or run_dir
+    metric, goal = sweep.metric or DEFAULT_METRIC, sweep.goal
     history = [float(v) for v in attrs.get("history") or [] if isinstance(v, (int, float))]
     if not history:  # a run still going: its history file is the live view
         history = [v for v in read_history(sweep_dir / run_dir / HISTORY_FILE, metric) if v is not None]
     state = attrs.get("state") or ("finished" if value is not None else "running")
     if value is None and state in COMPLETED:
         value = best_of(history, goal)
+    wall = attrs.get("wall_s")
     return {
         "number": number,
         "name": Path(run_dir).name,
@@ -133,10 +127,20 @@ def _run_record(sweep_dir: Path, number: int, attrs: dict, value: Optional[float
         "history": history,
         "params": dict(attrs.get("params") or fallback_params),
         "run_dir": run_dir,
-        "reason": attrs.get("reason"),
-        "wall_s": attrs.get("wall_s"),
+        "reason": None if attrs.get("reason") is None else str(attrs["reason"]),
+        "wall_s": wall if isinstance(wall, (int, float)) and not isinstance(wall, bool) else None,
         "std": fold_spread(sweep_dir / run_dir / HISTORY_FILE, metric, value),
+        "config": _saved_config(sweep_dir / run_dir),
     }
+
+
+def _saved_config(run_dir: Path) -> Optional[dict]:
+    """The config the run saved, or None (not written yet, not cli.py, damaged)."""
+    try:
+        config = yaml.load((run_dir / CONFIG_FILE).read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def fold_spread(history_file: Path, metric: str, value: Optional[float]) -> Optional[float]:
@@ -146,32 +150,39 @@ def fold_spread(history_file: Path, metric: str, value: Optional[float]) -> Opti
         return None
     try:
         lines = Path(history_file).read_text().splitlines()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
     for line in lines:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(row.get(f"{metric}_std"), (int, float)) and row.get(metric) == value:
-            return float(row[f"{metric}_std"])
+        if isinstance(row, dict) and isinstance(row.get(f"{metric}_std"), (int, float)) and row.get(metric) == value:
+            return float(row[f"{metric}_std"])  # a line that is not an object is skipped, as the runner does
     return None
 
 
-def load_offline_runs(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
-    """(sweep config, runs in trial order) from the Optuna storage, or from the run.json files
+def read_sweep(sweep_file: Path) -> Sweep:
+    """The sweep.yaml the runner wrote into a sweep directory."""
+    sweep_dir = sweep_file.parent
+    try:
+        data = yaml.safe_load(sweep_file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UsageError(f"{sweep_dir} is not a sweep directory: cannot read {sweep_file} ({e})") from e
+    try:
+        return Sweep.from_dict(data)
+    except SweepConfigError as e:
+        raise UsageError(f"{sweep_file} is not a W&B sweep config: {e}") from None
+
+
+def load_offline_runs(sweep_dir: str | Path) -> tuple[Sweep, list[dict]]:
+    """(the sweep, its runs in trial order) from the Optuna storage, or from the run.json files
     when the sweep used another storage (--storage URL) or its optuna.db lost its trials."""
     sweep_dir = Path(sweep_dir)
-    sweep_file = sweep_dir / "sweep.yaml"
     if not sweep_dir.is_dir():
         raise UsageError(f"{sweep_dir} is not a directory; give an offline sweep directory or ENTITY/PROJECT/SWEEP_ID")
-    try:
-        sweep = yaml.safe_load(sweep_file.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UsageError(f"{sweep_dir} is not a sweep directory: cannot read {sweep_file} ({e})") from e
-    if not isinstance(sweep, dict) or "parameters" not in sweep:
-        raise UsageError(f"{sweep_file} is not a W&B sweep config (no `parameters`)")
-    metric, goal = goal_of(sweep)
+    sweep_file = sweep_dir / "sweep.yaml"
+    sweep = read_sweep(sweep_file)
     db = sweep_dir / "optuna.db"
     runs = []
     if db.is_file() and db.stat().st_size:  # 0 bytes (truncated): opening it would write tables into it
@@ -179,7 +190,7 @@ def load_offline_runs(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
 
         storage = f"sqlite:///{db.resolve()}"
         names = _study_names(db, storage)
-        name = sweep.get("name")
+        name = sweep.name
         if name not in names:
             if len(names) != 1:
                 raise UsageError(f"{db} holds studies {names}, none named {name!r} as in {sweep_file}")
@@ -189,13 +200,14 @@ def load_offline_runs(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
             attrs = trial.user_attrs
             if trial.state == optuna.trial.TrialState.FAIL and attrs.get("state") in (None, "running"):
                 attrs = dict(attrs, state="interrupted")  # failed by a heartbeat check: its runner died
-            runs.append(_run_record(sweep_dir, trial.number, attrs, trial.value, trial.params, metric, goal))
+            runs.append(_run_record(sweep_dir, sweep, trial.number, attrs, trial.value, trial.params,
+                                    f"runs/{trial.number:04d}"))
     else:
-        runs = _recorded_runs(sweep_dir, metric, goal)
+        runs = _recorded_runs(sweep_dir, sweep)
         if not runs:
             raise UsageError(f"{sweep_dir} is not a sweep directory: no optuna.db and no runs/*/run.json")
     if not runs:  # an optuna.db whose trials were lost (emptied, or a new study in their place)
-        runs = _recorded_runs(sweep_dir, metric, goal)
+        runs = _recorded_runs(sweep_dir, sweep)
     return sweep, runs
 
 
@@ -212,68 +224,19 @@ def _study_names(db: Path, storage: str) -> list[str]:
                          f"move it aside: the runs are then read from {db.parent / 'runs'}/*/run.json") from None
 
 
-def _recorded_runs(sweep_dir: Path, metric: str, goal: str) -> list[dict]:
+def _recorded_runs(sweep_dir: Path, sweep: Sweep) -> list[dict]:
     """The runs from their runs/*/run.json records (what the runner writes next to the storage)."""
     runs = []
     for i, path in enumerate(sorted((sweep_dir / "runs").glob("*/run.json"))):
+        run_dir = path.parent.relative_to(sweep_dir).as_posix()
+        attrs, problem = None, None
         try:
             attrs = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            attrs = {"state": "running"}
-        attrs.setdefault("run_dir", path.parent.relative_to(sweep_dir).as_posix())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            problem = f"cannot read run.json ({type(e).__name__})"  # written atomically: damaged, not half-written
         number = int(path.parent.name) if path.parent.name.isdigit() else i
-        runs.append(_run_record(sweep_dir, number, attrs, None, {}, metric, goal))
+        runs.append(_run_record(sweep_dir, sweep, number, attrs, None, {}, run_dir, problem))
     return runs
-
-
-def run_config(sweep_dir: Path, run: dict) -> Optional[dict]:
-    try:
-        return yaml.safe_load((sweep_dir / run["run_dir"] / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError, TypeError):
-        return None
-
-
-# ---- W&B -------------------------------------------------------------------------------------
-
-
-def load_wandb_runs(path: str) -> tuple[dict, list[dict]]:
-    try:
-        import wandb
-
-        api = wandb.Api(timeout=20)
-        remote = api.sweep(path)
-        sweep = dict(remote.config)
-        metric, goal = goal_of(sweep)
-        runs = []
-        for i, run in enumerate(remote.runs):
-            history = [row[metric] for row in run.scan_history(keys=[metric])
-                       if isinstance(row.get(metric), (int, float))]
-            value = best_of(history, goal)
-            if value is None and isinstance(run.summary.get(metric), (int, float)):
-                value = float(run.summary[metric])
-            config = {k: v["value"] if isinstance(v, dict) and set(v) == {"value"} else v
-                      for k, v in dict(run.config).items()}
-            spread = None
-            if isinstance(run.summary.get(f"{metric}_std"), (int, float)):  # a cross-validated run
-                stds = {row[metric]: row[f"{metric}_std"] for row in run.scan_history(keys=[metric, f"{metric}_std"])}
-                spread = stds.get(value)
-            # W&B has no "stopped": a run the agent stops exits 0 (finished); killed = stopped by hand
-            state = {"crashed": "failed", "killed": "stopped"}.get(run.state, run.state)
-            runs.append({
-                "number": i, "name": run.name or run.id, "state": state,
-                "value": value if state in COMPLETED else None, "history": history,
-                "params": {k: config[k] for k in sweep.get("parameters") or {} if k in config},
-                "run_dir": None, "reason": None, "wall_s": run.summary.get("_runtime"),
-                "config": config, "std": spread,
-            })
-    except UsageError:
-        raise
-    except Exception as e:  # no key, no network, no such sweep: wandb raises many kinds
-        raise UsageError(
-            f"cannot read W&B sweep {path}: {str(e).rstrip('.')}. On a machine without W&B access use the offline "
-            f"sweep directory instead: python -m sweeps best sweep_runs/<sweep name>"
-        ) from e
-    return sweep, runs
 
 
 # ---- table and export ------------------------------------------------------------------------
@@ -290,29 +253,30 @@ def rank(runs: list[dict], goal: str) -> list[dict]:
     sign = -1 if goal == "maximize" else 1
 
     def key(run: dict) -> tuple:
-        if run["state"] in COMPLETED and run["value"] is not None:
+        if run["state"] in COMPLETED and run["value"] is not None and math.isfinite(run["value"]):
             return (0, sign * run["value"], run["number"])
         return (1 if run["state"] == "running" else 2, 0, run["number"])
 
     return sorted(runs, key=key)
 
 
-def runs_table(sweep: dict, runs: list[dict]) -> list[list[str]]:
+def runs_table(sweep: Sweep, runs: list[dict]) -> list[list[str]]:
     """Header + one row per run, best first: the same rows for the console and the report."""
-    metric, goal = goal_of(sweep)
-    names = list(sweep.get("parameters") or {})
-    rows = [["run", "state", f"{metric} ({goal[:3]})", "epochs", *names]]
-    for run in rank(runs, goal):
-        applied = applied_params(sweep, run["params"], run.get("config"))
+    names = list(sweep.parameters)
+    rows = [["run", "state", f"{sweep.metric} ({sweep.goal[:3]})", "epochs", *names]]
+    for run in rank(runs, sweep.goal):
+        used = shown_params(sweep, run)
         state = run["state"] + (f": {run['reason']}" if run["reason"] and run["state"] not in COMPLETED else "")
         # a running run shows its best so far; a failed one has no result
-        value = run["value"] if run["state"] != "running" else best_of(run["history"], goal)
+        value = run["value"] if run["state"] != "running" else best_of(run["history"], sweep.goal)
         shown = "-" if value is None else fmt(value) + (f" ± {fmt(run['std'])}" if run.get("std") is not None else "")
         rows.append([run["name"], state, shown, str(len(run["history"])),
-                     *(fmt(applied[n]) if n in applied else "-" for n in names)])
+                     *(fmt(used[n]) if n in used else "-" for n in names)])
     return rows
 
 
-def best_run(sweep: dict, runs: list[dict]) -> Optional[dict]:
-    ranked = rank(runs, goal_of(sweep)[1])
-    return ranked[0] if ranked and ranked[0]["state"] in COMPLETED and ranked[0]["value"] is not None else None
+def best_run(sweep: Sweep, runs: list[dict]) -> Optional[dict]:
+    ranked = rank(runs, sweep.goal)
+    best = ranked[0] if ranked else None
+    completed = best is not None and best["state"] in COMPLETED and best["value"] is not None
+    return best if completed and math.isfinite(best["value"]) else None

@@ -1,5 +1,6 @@
 """Reading and writing sweep files: the atomic writes every file of a sweep goes through
-(readers never see half a file) and the one loader of W&B sweep files."""
+(readers never see half a file) and the one loader of W&B sweep files, which refuses at load
+what would explode later and parses the rest into a Sweep (sweeps/files/sweep.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from sweeps.errors import UsageError
+from sweeps.errors import SweepConfigError, UsageError
+from sweeps.files.sweep import Sweep
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -75,8 +77,18 @@ class _SweepLoader(yaml.SafeLoader):
         return node
 
 
-def load_sweep(path: str | os.PathLike) -> dict:
-    """A W&B sweep file as a dict; a clear error for a file that is missing, not a sweep, or too large."""
+def load_sweep(path: str | os.PathLike) -> Sweep:
+    """A W&B sweep file, parsed and checked; a clear error naming the file for one that is
+    missing, not a sweep, too large, or that W&B would refuse."""
+    sweep = read_sweep_file(path)
+    try:
+        return Sweep.from_dict(sweep)
+    except SweepConfigError as e:
+        raise SweepConfigError(f"Sweep file {path}: {e}") from None
+
+
+def read_sweep_file(path: str | os.PathLike) -> dict:
+    """A W&B sweep file as a dict, refused when it is missing, not a sweep, or too large."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_SWEEP_BYTES + 1)

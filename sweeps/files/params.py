@@ -1,6 +1,7 @@
-"""Parameter names: the CLI paths a sweep may set (read from the signatures and option
-dataclasses that make up the CLI's schema, without importing the CLI) and the old tool's
-yacs aliases."""
+"""Parameter names: the CLI paths a sweep may set and the old tool's yacs aliases. The paths
+are read from the classes of the CLI's option groups (sweeps/contract/groups.py, the list the
+CLI builds its parser from): their signatures and dataclass fields. Those classes, and with
+them torch, are imported only when the names are checked."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import difflib
 import inspect
 import logging
 import typing
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from typing import Any, Optional
 
+from sweeps.contract.groups import GROUPS, LINKS, load
 from sweeps.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -43,10 +45,6 @@ YACS_ALIASES = {
     "WORKERS": "data.num_workers",
 }
 
-# Set by the data module through link_arguments: not free parameters.
-_LINKED = {"model.num_classes", "model.class_names", "model.class_weights"}
-
-
 def _signature_params(cls: type, prefix: str) -> dict[str, Any]:
     params = inspect.signature(cls.__init__).parameters
     hints = typing.get_type_hints(cls.__init__)
@@ -58,24 +56,17 @@ def _signature_params(cls: type, prefix: str) -> dict[str, Any]:
 
 
 def cli_parameters() -> dict[str, Any]:
-    """Every CLI path a sweep may set, with its type annotation."""
-    from lightning.pytorch import Trainer
-
-    from datamodules.datamodule import XrayDataModule
-    from models.classifier import XrayClassifier
-    from sweeps.contract.options import SweepOptions
-    from training.options import CVOptions, DemoOptions, EvalOptions, RunOptions
-
+    """Every CLI path a sweep may set, with its type annotation (linked options are not free)."""
     paths: dict[str, Any] = {"seed_everything": int}
-    paths.update(_signature_params(XrayClassifier, "model"))
-    paths.update(_signature_params(XrayDataModule, "data"))
-    paths.update(_signature_params(Trainer, "trainer"))
-    groups = (("run", RunOptions), ("sweep", SweepOptions), ("demo", DemoOptions), ("eval", EvalOptions),
-              ("cv", CVOptions))
-    for prefix, dc in groups:
-        hints = typing.get_type_hints(dc)
-        paths.update({f"{prefix}.{f.name}": hints[f.name] for f in fields(dc)})
-    return {k: v for k, v in paths.items() if k not in _LINKED}
+    for group in GROUPS:
+        cls = load(group)
+        if is_dataclass(cls):
+            hints = typing.get_type_hints(cls)
+            paths.update({f"{group}.{f.name}": hints[f.name] for f in fields(cls)})
+        else:
+            paths.update(_signature_params(cls, group))
+    linked = {target for _, target in LINKS}
+    return {k: v for k, v in paths.items() if k not in linked}
 
 
 def choices(annotation: Any) -> Optional[tuple]:

@@ -10,7 +10,8 @@ import copy
 from typing import Optional
 
 from sweeps.errors import SweepConfigError
-from sweeps.files.build import create_custom_sweep_config, merge_custom_params, validation_metrics
+from sweeps.files.build import create_custom_sweep_config, merge_custom_params
+from sweeps.files.check import validation_metrics
 
 _LR = {"distribution": "log_uniform_values", "min": 1.0e-5, "max": 3.0e-3}
 _WD = {"distribution": "log_uniform_values", "min": 1.0e-6, "max": 1.0e-2}

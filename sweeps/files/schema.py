@@ -1,10 +1,11 @@
-"""What a W&B sweep file may say, checked before anything is written or launched: the
-distributions and their keys (from W&B's sweep-config schema, which rejects unknown keys),
-values a Literal option allows, and hyperband early termination."""
+"""What one parameter and the early termination of a W&B sweep file may say (W&B's sweep-config
+schema, which rejects unknown keys): each parameter is parsed here, once, into a Parameter
+with its distribution; values a Literal option allows; hyperband settings."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,9 +35,24 @@ DISTRIBUTIONS: dict[str, tuple[set, set]] = {
     "beta": (set(), {"a", "b"}),
     "q_beta": (set(), {"a", "b", "q"}),
 }
-CONDITION_KEYS = {"parent", "parent_values"}  # ours; never written to a sweep file
+CONDITION_KEYS = {"parent", "parent_values"}  # presets' conditions; never written to a sweep file
 HYPERBAND_KEYS = {"type", "min_iter", "max_iter", "s", "eta", "strict"}
+GRID_DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "q_uniform")  # W&B's grid enumerates these
+NULL = "null"  # None as a sweep value: the agent writes values with str(), and the CLI reads `null`
 
+
+@dataclass(frozen=True)
+class Parameter:
+    """One sweep parameter: its CLI path, its W&B distribution and its W&B-ready spec."""
+
+    name: str
+    distribution: str
+    spec: dict
+
+    @property
+    def choices(self) -> list:
+        """The values of a constant or categorical parameter (none for a range)."""
+        return list(self.spec.get("values", [self.spec["value"]] if "value" in self.spec else []))
 
 
 def infer_distribution(name: str, spec: dict) -> str:
@@ -58,22 +74,25 @@ def infer_distribution(name: str, spec: dict) -> str:
     raise SweepConfigError(f"parameters.{name} needs `value`, `values`, `min`/`max` or a `distribution`")
 
 
-def _null_safe(value: Any) -> Any:
+def null_safe(value: Any) -> Any:
     """The agent writes values with str(): None would become `None`, which the CLI rejects."""
     if value is None:
-        return "null"
+        return NULL
     if isinstance(value, list):
-        return [_null_safe(v) for v in value]
+        return [null_safe(v) for v in value]
     return value
 
 
-def check_parameter(name: str, spec: dict, annotation: Any) -> dict:
-    """Validate one parameter spec; returns it W&B-ready (without condition keys)."""
+def parse_parameter(name: str, spec: Any, method: str) -> Parameter:
+    """One parameter of a sweep file, checked as W&B checks it."""
     if not isinstance(spec, dict):
         raise SweepConfigError(f"parameters.{name} must be a mapping such as {{values: [...]}}, got {spec!r}")
+    if "parameters" in spec:
+        raise SweepConfigError(f"parameters.{name}: nested parameters are not supported; parameters are CLI paths "
+                               "such as model.lr")
     dist = infer_distribution(name, spec)
     required, optional = DISTRIBUTIONS[dist]
-    allowed = required | optional | {"distribution"} | CONDITION_KEYS
+    allowed = required | optional | {"distribution"}
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise SweepConfigError(
@@ -84,7 +103,7 @@ def check_parameter(name: str, spec: dict, annotation: Any) -> dict:
         raise SweepConfigError(f"parameters.{name}: distribution {dist} needs {missing}")
     if "min" in spec and "max" in spec:
         lo, hi = spec["min"], spec["max"]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
+        if not all(_number(v) for v in (lo, hi)):
             raise SweepConfigError(f"parameters.{name}: min and max must be numbers, got {lo!r}, {hi!r}")
         if lo >= hi:
             raise SweepConfigError(f"parameters.{name}: min ({lo}) must be less than max ({hi})")
@@ -92,25 +111,31 @@ def check_parameter(name: str, spec: dict, annotation: Any) -> dict:
             raise SweepConfigError(f"parameters.{name}: {dist} needs min > 0, got {lo}")
         if dist == "int_uniform" and not all(isinstance(v, int) for v in (lo, hi)):
             raise SweepConfigError(f"parameters.{name}: int_uniform needs integer min and max, got {lo}, {hi}")
+    if "q" in spec and (not _number(spec["q"]) or spec["q"] <= 0):
+        raise SweepConfigError(f"parameters.{name}.q must be a number > 0, got {spec['q']!r}")
     if "values" in spec:
         values = spec["values"]
         if not isinstance(values, list) or not values:
             raise SweepConfigError(f"parameters.{name}.values must be a non-empty list, got {values!r}")
         if dist == "categorical_w_probabilities":
             probs = spec["probabilities"]
-            if len(probs) != len(values) or not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
+            if not isinstance(probs, list) or len(probs) != len(values) or not all(_number(p) for p in probs) \
+                    or not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
                 raise SweepConfigError(f"parameters.{name}.probabilities must match values and sum to 1")
+    if method == "grid" and dist not in GRID_DISTRIBUTIONS:
+        raise SweepConfigError(f"parameters.{name}: grid search needs categorical, constant, int_uniform or "
+                               f"q_uniform parameters (`values` or `value`), not {dist} (W&B's rule)")
+    return Parameter(name, dist, dict(spec))
+
+
+def check_choices(param: Parameter, annotation: Any) -> None:
+    """The values of a parameter whose CLI option is a Literal must be among its choices."""
     allowed_values = choices(annotation)
     if allowed_values:
-        given = spec.get("values", [spec["value"]] if "value" in spec else [])
-        bad = [v for v in given if (None if v == "null" else v) not in allowed_values]
+        bad = [v for v in param.choices if (None if v == NULL else v) not in allowed_values]
         if bad:
-            raise SweepConfigError(f"parameters.{name}: value(s) {bad} not allowed; choose from {list(allowed_values)}")
-    out = {k: v for k, v in spec.items() if k not in CONDITION_KEYS}
-    for key in ("value", "values"):
-        if key in out:
-            out[key] = _null_safe(out[key])
-    return out
+            raise SweepConfigError(f"parameters.{param.name}: value(s) {bad} not allowed; "
+                                   f"choose from {list(allowed_values)}")
 
 
 def check_early_terminate(early_terminate: dict, max_epochs: Optional[int]) -> dict:
@@ -162,13 +187,12 @@ def _whole(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def max_epochs_of(config_files: list[str], parameters: dict) -> Optional[int]:
+def max_epochs_of(config_files: list[str], parameters: dict[str, Parameter]) -> Optional[int]:
     """trainer.max_epochs as a run would see it: the sweep's largest value, else the configs'."""
-    spec = parameters.get("trainer.max_epochs")
-    if spec:
-        candidates = spec.get("values") or [spec.get("value")] or []
-        candidates += [spec["max"]] if "max" in spec else []
-        numbers = [c for c in candidates if isinstance(c, int)]
+    param = parameters.get("trainer.max_epochs")
+    if param is not None:
+        candidates = [*param.choices, *([param.spec["max"]] if "max" in param.spec else [])]
+        numbers = [c for c in candidates if _whole(c)]
         if numbers:
             return max(numbers)
     value = None

@@ -28,15 +28,16 @@ import yaml
 
 import sweeps.runner.placement as placement
 from sweeps.errors import RunnerError, SweepConfigError
+from sweeps.files.check import check_for_cli
 from sweeps.files.io import write_atomic
-from sweeps.files.params import YACS_ALIASES, cli_parameters, resolve_name
-from sweeps.files.schema import GOALS, check_early_terminate, max_epochs_of
+from sweeps.files.schema import NULL, read_config
+from sweeps.files.sweep import Sweep
 from sweeps.runner.jobs import find_root
 from sweeps.runner.launch import gpu_slots, prepare_sweep
 from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress
 from sweeps.runner.runner import POLL_S, LaunchSettings, Runner
-from sweeps.runner.space import build_space, make_sampler
+from sweeps.runner.space import Space, build_space, make_sampler
 from sweeps.runner.storage import Storage, check_url, heartbeat_problem, mask_password
 from sweeps.text import visible
 
@@ -78,9 +79,11 @@ def memory_guard(min_free_gb: Optional[float], slots: list[Optional[str]]) -> Op
     return GpuMemoryGuard(min_free_gb)
 
 
-def _same_sweep(a: dict, b: dict) -> bool:
-    keys = ("method", "metric", "parameters", "early_terminate", "command")
-    return all(a.get(k) == b.get(k) for k in keys)
+def _same_sweep(previous: str, sweep: Sweep) -> bool:
+    try:
+        return Sweep.from_dict(yaml.safe_load(previous)).same_runs(sweep)
+    except (yaml.YAMLError, SweepConfigError):
+        return False
 
 
 def check_name(name: str) -> str:
@@ -91,40 +94,44 @@ def check_name(name: str) -> str:
     return name
 
 
-def config_files(sweep: dict, root: Path) -> list[str]:
-    """The LightningCLI configs in the sweep's command, as the run will find them."""
-    command = [str(c) for c in sweep.get("command") or []]
-    found = [command[i + 1] for i, c in enumerate(command[:-1]) if c == "--config"]
-    return [p if Path(p).is_absolute() else str(root / p) for p in found]
-
-
-def check_sweep(sweep: dict, root: Path) -> dict:
-    """What W&B's controller would refuse, refused here before anything is written or run:
-    the metric and its goal, hyperband settings, parameter names the CLI does not know."""
-    metric = sweep.get("metric")
-    if not isinstance(metric, dict) or not metric.get("name"):
+def check_sweep(sweep: Sweep, root: Path) -> tuple[Space, list[str]]:
+    """What W&B's controller or every run would refuse, refused here before anything is written
+    or run (the file itself was checked when it was loaded): a metric to rank by, the parameter
+    space, and the checks against the CLI and its configs. Returns the space and the configs."""
+    if sweep.metric is None:
         raise RunnerError("the sweep has no metric.name; the offline runner ranks runs by it")
-    goal = metric.get("goal", "minimize")
-    if goal not in GOALS:
-        raise RunnerError(f"metric.goal {goal!r} is not allowed; W&B accepts {' or '.join(GOALS)}")
-    space = build_space(sweep)  # bad parameters fail here
-    if sweep.get("early_terminate") is not None:
-        check_early_terminate(sweep["early_terminate"], max_epochs_of(config_files(sweep, root), sweep["parameters"]))
-    if Path(str(sweep.get("program") or "")).name != "cli.py":
-        return space  # another program (a stand-in in tests): its options are its own
-    known = cli_parameters()
-    unknown = [n for n in sweep["parameters"] if n not in known]
-    if unknown:
-        hints = []
-        for name in unknown:
-            try:
-                resolve_name(name, known)
-                hints.append(f"{name} (the old tool's name; the CLI needs {YACS_ALIASES.get(name.upper())})")
-            except SweepConfigError as e:
-                hints.append(str(e))
-        raise RunnerError(f"the CLI has no option for sweep parameter(s) {unknown}; every run would fail. "
-                          + " ".join(hints))
-    return space
+    space = build_space(sweep)  # a distribution Optuna lacks, a grid too large
+    return space, check_for_cli(sweep, root)
+
+
+def check_data_root(sweep: Sweep, configs: list[str], root: Path) -> None:
+    """data.root must exist before runs of cli.py are launched (each would fail on it), unless
+    the runs generate the demo data set there (demo.body_part)."""
+    if Path(sweep.program or "cli.py").name != "cli.py":
+        return
+    found: dict[str, tuple[list, str]] = {}  # option -> (values, where they come from); the last wins
+    for path in configs:
+        config = read_config(path)
+        for group, key in (("data", "root"), ("demo", "body_part")):
+            section = config.get(group)
+            if isinstance(section, dict) and key in section:
+                found[f"{group}.{key}"] = ([section[key]], Path(path).name)
+    for option in ("data.root", "demo.body_part"):
+        if option in sweep.fixed_options:
+            found[option] = ([sweep.fixed_options[option]], "the sweep's command")
+        if option in sweep.parameters and sweep.parameters[option].choices:
+            found[option] = (sweep.parameters[option].choices, "the sweep's parameters")
+    demo = found.get("demo.body_part", ([None], ""))[0]
+    if any(v not in (None, NULL, "None") for v in demo) or "data.root" not in found:
+        return  # demo data is generated into data.root; no data.root: the CLI says so itself
+    values, source = found["data.root"]
+    missing = [str(v) for v in values if not (root / Path(str(v)).expanduser()).is_dir()]
+    if missing:
+        raise RunnerError(
+            f"data.root {', '.join(missing)} (from {source}) does not exist{f' in {root}' if root != Path.cwd() else ''}"
+            ": every run of this sweep would fail on it. Give the LightningCLI config of your data with --cfg, "
+            "e.g. `python -m sweeps run SWEEP.yaml --cfg configs/<your data>.yaml`, or `--cfg configs/demo.yaml` "
+            "to try it on the built-in demo data (generated on first use)")
 
 
 def check_not_lost(store: Storage, sweep_dir: Path, shown_url: str) -> None:
@@ -141,10 +148,10 @@ def check_not_lost(store: Storage, sweep_dir: Path, shown_url: str) -> None:
             "lists the finished runs from their run.json files.")
 
 
-def run_offline(sweep: dict, args: argparse.Namespace) -> int:
+def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
     sweep_file = getattr(args, "sweep_file", None)
-    name = check_name(str(sweep.get("name") or (Path(sweep_file).stem if sweep_file else "sweep")))
-    root = find_root(sweep, sweep_file)
+    name = check_name(sweep.name or (Path(sweep_file).stem if sweep_file else "sweep"))
+    root = find_root({"program": sweep.program}, sweep_file)
     if args.cfg:
         cfg = Path(args.cfg)
         if not cfg.is_file() and (root / cfg).is_file():
@@ -157,17 +164,18 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise RunnerError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
     heartbeat = check_heartbeat(args.heartbeat)
-    sweep = prepare_sweep(sweep, args.cfg, args.gpus_per_trial)
-    space = check_sweep(sweep, root)
+    sweep = Sweep.from_dict(prepare_sweep(sweep.to_dict(), args.cfg, args.gpus_per_trial))
+    space, configs = check_sweep(sweep, root)
+    check_data_root(sweep, configs, root)
     slots = _slots(args)
     gpu_guard = memory_guard(args.min_free_gpu_mem, slots)
     if space.method == "grid":
         size = space.grid_size()
         count = min(args.count, size) if args.count else size
     else:
-        count = args.count or sweep.get("run_cap") or DEFAULT_COUNT
-        if not args.count and not sweep.get("run_cap"):
-            print(f"{sweep['method']} sweep: {count} runs (--count N for more)")
+        count = args.count or sweep.run_cap or DEFAULT_COUNT
+        if not args.count and not sweep.run_cap:
+            print(f"{sweep.method} sweep: {count} runs (--count N for more)")
     problem = heartbeat_problem(args.storage) if args.storage else None
     if problem is not None:
         raise RunnerError(f"--storage {mask_password(args.storage)}: {problem}; the runners' heartbeats "
@@ -181,13 +189,11 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
         raise RunnerError(f"cannot create the sweep directory {sweep_dir}: {e.strerror} (--out)") from None
     sweep_yaml = sweep_dir / "sweep.yaml"
     if sweep_yaml.is_file():
-        previous = yaml.safe_load(sweep_yaml.read_text()) or {}
-        if not _same_sweep(previous, sweep):
+        if not _same_sweep(sweep_yaml.read_text(), sweep):
             raise RunnerError(f"{sweep_dir} holds a different sweep ({sweep_yaml}); give another --out")
     url = args.storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
-    direction = "maximize" if sweep["metric"].get("goal") == "maximize" else "minimize"
     try:
-        store = Storage(url, name, direction, make_sampler(space, args.seed), heartbeat=heartbeat)
+        store = Storage(url, name, sweep.goal, make_sampler(space, args.seed), heartbeat=heartbeat)
     except RunnerError:
         raise
     except Exception as e:  # a bad URL, no server, a missing driver: one line, password masked
@@ -198,15 +204,15 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
                           f"{mask_password(first)}") from None
     check_not_lost(store, sweep_dir, mask_password(url))
     try:
-        write_atomic(sweep_yaml, yaml.safe_dump(sweep, sort_keys=False))
+        write_atomic(sweep_yaml, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     except OSError as e:
         raise RunnerError(f"cannot write {sweep_yaml}: {e.strerror} (--out)") from None
     progress = Progress(count, live=not args.quiet and sys.stdout.isatty())
     settings = LaunchSettings(wandb=args.wandb, project=args.project, entity=args.entity,
                               max_failures=args.max_failures)
-    runner = Runner(sweep, space, store, sweep_dir=sweep_dir, root=root, slots=slots, count=count,
+    runner = Runner(sweep.to_dict(), space, store, sweep_dir=sweep_dir, root=root, slots=slots, count=count,
                     progress=progress, settings=settings, gpu_guard=gpu_guard)
-    print(f"sweep {name}: {sweep['method']}, {count} runs, {len(slots)} at a time; directory {sweep_dir}")
+    print(f"sweep {name}: {sweep.method}, {count} runs, {len(slots)} at a time; directory {sweep_dir}")
     code = runner.run()
     if runner.stopping and code == 130:
         print(f"sweep {name} interrupted; rerun the same command to continue")

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from sweeps.errors import RunnerError
-from sweeps.files.schema import infer_distribution
+from sweeps.files.schema import Parameter
+from sweeps.files.sweep import Sweep
 
 UNSUPPORTED = ("normal", "log_normal", "q_normal", "q_log_normal", "beta", "q_beta")
 SUPPORTED = ("constant", "categorical", "categorical_w_probabilities", "int_uniform", "uniform",
@@ -72,13 +73,11 @@ def _aligned(x: float, q: float) -> bool:
     return math.isclose(x / q, round(x / q), abs_tol=1e-9)
 
 
-def map_parameter(name: str, spec: dict, method: str) -> Optional[Param]:
-    """The Optuna form of one W&B parameter; None for a constant."""
+def map_parameter(param: Parameter, method: str) -> Optional[Param]:
+    """The Optuna form of one W&B parameter (parsed and checked by sweeps/files); None for a constant."""
     from optuna.distributions import FloatDistribution, IntDistribution
 
-    if not isinstance(spec, dict) or "parameters" in spec:
-        raise RunnerError(f"parameters.{name}: nested parameters are not supported by the offline runner")
-    dist = infer_distribution(name, spec)
+    name, spec, dist = param.name, param.spec, param.distribution
     if dist in UNSUPPORTED:
         raise RunnerError(
             f"parameters.{name}: distribution {dist} has no Optuna equivalent; the offline runner "
@@ -97,8 +96,7 @@ def map_parameter(name: str, spec: dict, method: str) -> Optional[Param]:
             n = math.ceil((hi - lo) / q - 1e-9)
             return _categorical(name, [_quantize(q)(lo + k * q) if not _is_int(q) else lo + k * q
                                        for k in range(n)])
-        raise RunnerError(f"parameters.{name}: grid search needs categorical, constant, int_uniform or "
-                          f"q_uniform parameters, not {dist} (W&B's rule)")
+        raise AssertionError(f"{dist} in a grid: refused by sweeps.files.schema.parse_parameter")
     if dist == "categorical":
         return _categorical(name, list(spec["values"]))
     if dist == "categorical_w_probabilities":
@@ -150,21 +148,16 @@ class Space:
         return tuple((p.name, repr(params.get(p.name))) for p in self.params)
 
 
-def build_space(sweep: dict) -> Space:
-    method = sweep.get("method")
-    if method not in ("grid", "random", "bayes"):
-        raise RunnerError(f"method {method!r}: the offline runner runs grid, random and bayes sweeps")
-    parameters = sweep.get("parameters") or {}
-    if not parameters:
-        raise RunnerError("the sweep has no parameters")
+def build_space(sweep: Sweep) -> Space:
+    method = sweep.method
     constants, params = {}, []
-    for name, spec in parameters.items():
-        param = map_parameter(name, spec, method)
+    for name, parameter in sweep.parameters.items():
+        param = map_parameter(parameter, method)
         if param is None:
-            constants[name] = spec["value"]
+            constants[name] = parameter.spec["value"]
         else:
             params.append(param)
-    space = Space(method, constants, params, list(parameters))
+    space = Space(method, constants, params, list(sweep.parameters))
     if method == "grid" and space.grid_size() > MAX_GRID_POINTS:
         sizes = " x ".join(f"{len(p.grid)} ({p.name})" for p in params)
         raise RunnerError(f"the grid has {space.grid_size():,} points ({sizes}), more than the {MAX_GRID_POINTS:,} "

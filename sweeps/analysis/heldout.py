@@ -3,7 +3,8 @@ test_report.json (written by the run; see training/evaluate.py), never recompute
 
 The page shows the CI table, the ROC curve with the operating point (chosen on validation)
 marked, the reliability diagram, and the confusion matrix at the threshold. Counts only:
-test_report.json names no patient, and nothing else is read.
+test_report.json names no patient, and nothing else is read. A damaged test_report.json (a
+key missing, a value of another type) is named in one line; the rest of the page is shown.
 """
 
 from __future__ import annotations
@@ -15,16 +16,28 @@ from pathlib import Path
 from typing import Any, Optional
 
 REPORT_FILE = "test_report.json"
+# What reading a test_report.json that lacks a key or holds a value of another type raises.
+DAMAGE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+def damage(error: Exception) -> str:
+    """One line about a damaged test_report.json."""
+    what = f"no {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {str(error)[:120]}"
+    return f"its {REPORT_FILE} is damaged ({what})"
 
 
 def read_test_report(sweep_dir: Path, run: dict) -> Optional[dict]:
+    """The run's test report; None when it has none. One that is not a JSON object reads as an
+    empty one, so that it is named as damaged where it is shown."""
     if not run.get("run_dir"):
         return None
     try:
         report = json.loads((Path(sweep_dir) / run["run_dir"] / REPORT_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+    except OSError:
         return None
-    return report if isinstance(report, dict) and "metrics" in report else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def _cell(figure: dict) -> tuple[str, str, str]:
@@ -107,11 +120,16 @@ def section_html(report: Optional[dict], figure: Callable, table: Callable[[list
     if report is None:
         return ('<p class="note">The best run has no test_report.json (no test split, run.test_after_fit '
                 'off, or the run was stopped before its test).</p>')
+    try:  # everything that reads the report, before any figure is rendered (the first carries plotly.js)
+        text, rows, confusion = caption(report), ci_rows(report), confusion_rows(report)
+        roc, reliability = roc_figure(report), reliability_figure(report)
+    except DAMAGE as e:
+        return f'<p class="note">The best run\'s test figures are not shown: {html.escape(damage(e))}.</p>'
     return "\n".join([
-        f"<p>{html.escape(caption(report))}</p>",
-        table(ci_rows(report)),
-        figure(roc_figure(report)),
-        figure(reliability_figure(report)),
+        f"<p>{html.escape(text)}</p>",
+        table(rows),
+        figure(roc),
+        figure(reliability),
         "<h3>Confusion matrix at the threshold (test)</h3>",
-        table(confusion_rows(report)),
+        table(confusion),
     ])

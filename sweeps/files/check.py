@@ -1,0 +1,105 @@
+"""A sweep checked against what it trains, once, before anything is written or launched: its
+LightningCLI configs exist, hyperband's brackets are reachable with their trainer.max_epochs,
+and, when the program is cli.py, every parameter is a CLI option with an allowed value and the
+metric is one the model logs for the task. Another program (the tests' stand-in) has options
+of its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from models.metric_names import DEFAULT_METRIC, logged_metric_names
+from sweeps.errors import SweepConfigError
+from sweeps.files.params import YACS_ALIASES, cli_parameters
+from sweeps.files.schema import check_choices, check_early_terminate, max_epochs_of, read_config
+from sweeps.files.sweep import Sweep
+
+DEFAULT_OBJECTIVE_NAME = "val/objective"
+
+
+def config_paths(sweep: Sweep, root: Path) -> list[str]:
+    """The sweep's LightningCLI configs as a run started in `root` finds them; each must exist."""
+    paths = []
+    for given in sweep.config_files:
+        path = given if Path(given).is_absolute() else str(Path(root) / given)
+        if not Path(path).is_file():
+            where = "" if Path(given).is_absolute() else f" (in {root})"
+            raise SweepConfigError(f"LightningCLI config {given} does not exist{where} (--cfg)")
+        paths.append(path)
+    return paths
+
+
+def task_classes(config_files: list[str]) -> Optional[int]:
+    """The number of classes the configs name (data.classes), if they name them."""
+    classes = None
+    for path in config_files:
+        classes = (read_config(path).get("data") or {}).get("classes", classes)
+    return len(classes) if isinstance(classes, list) else None
+
+
+def validation_metrics(num_classes: Optional[int]) -> list[str]:
+    """What the model logs on validation for this task; for an unknown number of classes,
+    what it logs for every task (a binary-only name then fails at the run's start instead)."""
+    if num_classes is not None:
+        return logged_metric_names(num_classes, "val")
+    binary, multi = logged_metric_names(2, "val"), logged_metric_names(3, "val")
+    return [*binary, *(m for m in multi if m not in binary)]
+
+
+def check_metric(name: Optional[str], objective: Optional[dict[str, float]], num_classes: Optional[int] = None) -> str:
+    """The sweep metric's name: a validation metric the model logs for this task, or, for a
+    combined objective, a name of its own (logged once per epoch by the SweepMetric callback)."""
+    valid = validation_metrics(num_classes)
+    task = f" for {num_classes} classes" if num_classes else ""
+    if objective:
+        name = name or DEFAULT_OBJECTIVE_NAME
+        if name in valid:
+            raise SweepConfigError(
+                f"metric {name!r} is a metric the model logs itself; a combined objective needs a name of its "
+                f"own, e.g. {DEFAULT_OBJECTIVE_NAME}"
+            )
+        bad = [k for k in objective if k not in valid or k.endswith("/loss")]
+        if bad:
+            raise SweepConfigError(f"objective terms {bad} are not allowed{task}; choose from {valid[1:]}")
+        return name
+    name = name or DEFAULT_METRIC
+    if name not in valid:
+        raise SweepConfigError(
+            f"metric {name!r} is not one the model logs{task}; choose from {valid} (sweeps optimize validation "
+            "metrics; test metrics are reported, not optimized, so the test split stays unbiased)"
+        )
+    return name
+
+
+def check_configs(sweep: Sweep, root: Path) -> list[str]:
+    """The configs exist and hyperband's brackets are reachable with them; returns their paths."""
+    configs = config_paths(sweep, root)
+    if sweep.early_terminate is not None:
+        check_early_terminate(sweep.early_terminate, max_epochs_of(configs, sweep.parameters))
+    return configs
+
+
+def check_for_cli(sweep: Sweep, root: Path) -> list[str]:
+    """Everything about `sweep` that depends on the configs and the CLI; returns the configs' paths."""
+    configs = check_configs(sweep, root)
+    if Path(sweep.program or "cli.py").name != "cli.py":
+        return configs
+    known = cli_parameters()
+    unknown = [name for name in sweep.parameters if name not in known]
+    if unknown:
+        import difflib
+
+        hints = []
+        for name in unknown:
+            alias = YACS_ALIASES.get(name) or YACS_ALIASES.get(name.upper())
+            close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+            hints.append(f"{name}: the old tool's name, the CLI's is {alias}" if alias else
+                         f"{name}: did you mean {', '.join(close)}?" if close else f"{name}: no similar option")
+        raise SweepConfigError(f"the CLI has no option for sweep parameter(s) {unknown}; every run would fail "
+                               f"({'; '.join(hints)}). Parameters are CLI paths such as model.lr, data.batch_size")
+    for param in sweep.parameters.values():
+        check_choices(param, known[param.name])
+    if sweep.metric is not None:
+        check_metric(sweep.metric, sweep.objective, task_classes(configs))
+    return configs
