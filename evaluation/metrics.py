@@ -19,6 +19,8 @@ from typing import Literal
 
 import numpy as np
 
+from evaluation.decision import called_positive
+
 THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv", "acc", "balanced_acc", "f1")
 
 
@@ -107,7 +109,7 @@ def confusion_counts(
     """Weighted tp, fn, fp, tn at ``score >= threshold``: one matrix product for all four."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels) == 1
     w, single = as_weights(weights, len(scores))
-    called = scores >= threshold
+    called = called_positive(scores, threshold)
     indicator = np.stack([labels & called, labels & ~called, ~labels & called, ~labels & ~called], axis=1)
     counts = w @ indicator.astype(np.float64)
     return {name: _out(counts[:, i], single) for i, name in enumerate(("tp", "fn", "fp", "tn"))}

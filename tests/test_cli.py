@@ -183,7 +183,7 @@ def test_positive_class_is_the_last_of_data_classes(fit_args):
     records = {"val": cli.datamodule.records_of("val"), "test": cli.datamodule.records_of("test")}
     expected = {}
     for split in ("val", "test"):
-        out = cli.model.epoch_outputs[split]
+        out = cli.evaluation.outputs[split]
         normal = [records[split][i].label == "normal" for i in out["index"]]
         assert out["labels"].tolist() == [int(n) for n in normal]  # label 1 is normal
         assert 0 < sum(normal) < len(normal), f"the {split} check needs both classes"
