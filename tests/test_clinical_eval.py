@@ -187,3 +187,25 @@ def test_without_patient_ids_each_image_is_its_own_patient_and_the_report_says_s
     report = _report(cli.run_dir)
     assert report["ci"]["resampling_unit"] == "image (no patient ids)" and report["patient_level"] is None
     assert "no patient_id" in caplog.text
+
+
+@pytest.mark.parametrize("logits, labels", [
+    ([[0.0, 3.0]], [1]),                                   # one image, one class
+    ([[2.0, -1.0], [0.5, 0.0], [3.0, 1.0]], [0, 0, 0]),    # one class
+    ([[4.0, -4.0], [-4.0, 4.0], [3.0, -2.0]], [0, 1, 0]),  # perfectly separated: T runs to 0
+], ids=["one image", "one class", "separated"])
+def test_temperature_on_a_degenerate_validation_split_falls_back_and_the_report_says_so(logits, labels):
+    from evaluation import fit_temperature
+    from training.evaluate import test_report_of
+    from training.operating_point import choose_operating_point
+    from training.options import EvalOptions
+
+    options = EvalOptions(threshold="0.5", temperature_scaling=True, bootstrap_resamples=100)
+    assert fit_temperature(np.array(logits), np.array(labels)) in (pytest.approx(0.01, rel=1e-3),
+                                                                    pytest.approx(100.0, rel=1e-3))  # the premise
+    point = choose_operating_point(np.array(logits), np.array(labels), options)
+    assert point.temperature == 1.0 and point.temperature_fallback
+    probs = point.probabilities(np.array([[0.0, 1.0], [1.0, 0.0], [0.2, 0.1], [0.0, 0.3]]))
+    report = test_report_of(probs, np.array([1, 0, 0, 1]), None, ["normal", "abnormal"], point, options)
+    assert report["temperature"]["fitted_on_validation"] is False and report["temperature"]["fallback"] is True
+    assert "temperature" in report["temperature"]["reason"]

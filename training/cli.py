@@ -143,7 +143,7 @@ class XrayCLI(LightningCLI):
         cfg = self.config_init[self.subcommand]
         run, sweep = cfg.run, cfg.sweep
         if cfg.trainer.get("precision") is None:
-            kwargs["precision"] = default_precision()
+            kwargs["precision"] = default_precision(cfg.trainer.get("accelerator", "auto"))
         loggers = cfg.trainer.get("logger")
         if loggers is None or loggers is True:
             kwargs["logger"] = default_loggers(run, self.run_dir)
