@@ -60,6 +60,8 @@ def _quiet_expected_warnings() -> None:
     warnings.filterwarnings("ignore", message="The dirpath has changed from")
     # A run continued from its last.ckpt writes into its own checkpoints/ again.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    # Under DDP: val/* and test/* are already global (training.evaluate), deliberately not synced.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
 
 
 class XrayCLI(LightningCLI):
