@@ -222,7 +222,9 @@ class Evaluation(Callback):
             return
         self._log_epoch("val", pl_module, out)
         if trainer.state.fn == "fit":  # for the checkpoints of these weights (on_save_checkpoint)
-            self._chosen = (trainer.global_step, choose_operating_point(out["logits"], out["labels"], self.options))
+            finite = np.isfinite(out["logits"]).all()  # diverged weights: RunGuard's to report, nothing to choose
+            self._chosen = (trainer.global_step, choose_operating_point(out["logits"], out["labels"], self.options)) \
+                if finite else None
         if trainer.is_global_zero:
             confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
             np.add.at(confusion, (out["labels"], out["logits"].argmax(axis=1)), 1)
