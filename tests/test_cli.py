@@ -70,11 +70,12 @@ def test_test_after_fit_uses_the_best_checkpoint_not_the_last(fit_args, threshol
     val_loss = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
     assert len(val_loss) == 3 and val_loss[0] < min(val_loss[1:])  # the premise: best != last
     # last.ckpt is the last epoch's (Lightning 2.6's save_last=True would have left it at the best),
-    # and both carry the operating point chosen on validation with the best weights
+    # and each carries the operating point chosen on validation with its own weights
     last = torch.load(checkpoints / "last.ckpt", weights_only=False)
     assert last["epoch"] == 2
     stored = torch.load(best, weights_only=False)["operating_point"]
-    assert stored is not None and last["operating_point"] == stored
+    assert stored is not None and last["operating_point"] is not None
+    assert fit.evaluation.point.to_dict() == stored  # the test after fit used the best weights' point
 
     def test(ckpt) -> tuple[dict, dict]:
         cli = fit if ckpt is None else cli_main([*fit_args(subcommand="test"), *monitor, f"--ckpt_path={ckpt}"])
@@ -354,7 +355,7 @@ def test_precision_follows_the_gpus_compute_capability_without_a_cuda_context(gp
     _no_cuda_context(monkeypatch)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     _fake_nvidia_smi(monkeypatch, [(0, "GPU-aaaa-1111", capability), (1, "GPU-bbbb-2222", "3.7")])
-    assert default_precision("auto") == expected
+    assert default_precision() == expected
     assert default_precision("gpu") == expected
 
 
@@ -368,7 +369,7 @@ def test_precision_is_that_of_the_gpu_this_process_sees(monkeypatch):
                               ("GPU-aaaa-1111,GPU-bbbb-2222", "16-mixed"), ("MIG-1234-5678", "bf16-mixed"),
                               ("", "32-true"), ("7", "32-true")):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-        assert default_precision("auto") == expected, visible
+        assert default_precision() == expected, visible
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert default_precision("cpu") == "32-true"  # asks nothing
     calls = len(seen)
@@ -388,4 +389,4 @@ def test_precision_without_a_driver_is_full_precision(monkeypatch):
 
     monkeypatch.setattr(subprocess, "run", missing)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert default_precision("auto") == "32-true"
+    assert default_precision() == "32-true"
