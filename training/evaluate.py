@@ -240,13 +240,12 @@ class Evaluation(Callback):
 
     def operating_point_for(self, trainer: pl.Trainer, model: pl.LightningModule, datamodule,
                             ckpt_path: Optional[str]) -> Optional[OperatingPoint]:
-        """Fixed; else the one stored with the checkpoint's weights when chosen with these
-        settings; else chosen now on validation through those weights."""
-        point = fixed_operating_point(self.options, model.hparams.num_classes)
-        stored = read_operating_point(ckpt_path)
-        if point is None and stored is not None and stored.matches(self.options):
-            point = stored
-        elif point is None:
+        """The one stored with the checkpoint's weights when chosen with these settings; else a
+        fixed threshold; else one chosen now on validation through those weights."""
+        point = read_operating_point(ckpt_path)
+        if point is None or not point.matches(self.options):
+            point = fixed_operating_point(self.options, model.hparams.num_classes)
+        if point is None:
             out = self.collect_validation(trainer, model, datamodule, ckpt_path)
             point = choose_operating_point(out["logits"], out["labels"], self.options) if out else None
         if point is None and model.hparams.num_classes == 2:
