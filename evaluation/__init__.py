@@ -12,10 +12,12 @@ from evaluation.bootstrap import Interval, bootstrap_samples, cluster_bootstrap,
 from evaluation.calibration import (
     apply_temperature,
     brier_score,
+    calibrated_temperature,
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
 )
+from evaluation.decision import called_positive
 from evaluation.metrics import (
     auroc,
     average_precision,
@@ -42,6 +44,8 @@ __all__ = [
     "binary_metrics",
     "bootstrap_samples",
     "brier_score",
+    "calibrated_temperature",
+    "called_positive",
     "build_report",
     "choose_patient_threshold",
     "choose_threshold",

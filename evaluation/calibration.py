@@ -135,3 +135,22 @@ def fit_temperature(
             b = lo + ratio * (hi - lo)
             fb = _nll(z, y, math.exp(b))
     return math.exp((lo + hi) / 2)
+
+
+def calibrated_temperature(
+    logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.01, 100.0)
+) -> tuple[float, str | None]:
+    """``fit_temperature``, or 1.0 and the reason when the validation outputs cannot determine T:
+    a split with images of one class only, or an optimum at a bound (perfectly separated or
+    uninformative logits drive T to 0 or infinity; the bound is then no estimate)."""
+    labels = np.asarray(labels).astype(np.int64)
+    classes = len(np.unique(labels))
+    if classes < 2:
+        return 1.0, (f"the validation split has {len(labels)} image(s) of {classes} class(es): a temperature "
+                     "cannot be fitted on it; probabilities are not rescaled (temperature 1)")
+    temperature = fit_temperature(logits, labels, bounds=bounds)
+    if min(abs(math.log(temperature / b)) for b in bounds) < 1e-3:
+        return 1.0, (f"the temperature fitted on validation ran to its bound {temperature:.3g} (the optimum lies "
+                     "beyond it: validation is perfectly separated or uninformative); probabilities are not "
+                     "rescaled (temperature 1)")
+    return temperature, None

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from evaluation.decision import called_positive
+
 THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv", "acc", "balanced_acc", "f1")
 # The metrics that are one count over another (binomial proportions): their intervals may be exact.
 PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv", "acc")
@@ -99,11 +101,6 @@ def average_precision(
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     w, single = as_weights(weights, len(scores))
     return _out(_ap_from_groups(*_ranked_group_sums(scores, labels, w)), single)
-
-
-def called_positive(scores: np.ndarray, threshold: float) -> np.ndarray:
-    """The decision rule at an operating point: positive when ``score >= threshold``."""
-    return np.asarray(scores, dtype=np.float64) >= threshold
 
 
 def proportion_outcomes(

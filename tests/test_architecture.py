@@ -195,6 +195,24 @@ def test_print_config_shows_what_the_run_will_use():
     assert printed["model"]["optimizer"] == "adamw" and printed["model"]["momentum"] == 0.9
 
 
+def _validation_epoch(model, batches):
+    """The evaluation owner through one (quiet) validation epoch of `batches` (step outputs)."""
+    from types import SimpleNamespace
+
+    from training.evaluate import Evaluation
+    from training.options import EvalOptions
+
+    evaluation = Evaluation(ROOT / "unused", EvalOptions(), lambda split: None)
+    evaluation.setup(None, model, "validate")
+    evaluation.quiet = True
+    trainer = SimpleNamespace(sanity_checking=False, state=SimpleNamespace(fn="validate"), is_global_zero=False)
+    evaluation.on_validation_epoch_start(trainer, model)
+    for i, outputs in enumerate(batches):
+        evaluation.on_validation_batch_end(trainer, model, outputs, None, i)
+    evaluation.on_validation_epoch_end(trainer, model)
+    return evaluation
+
+
 def test_metric_names_come_from_the_models_metric_collection():
     import torch
 
@@ -204,9 +222,11 @@ def test_metric_names_come_from_the_models_metric_collection():
 
     for classes in (2, 3):
         model = XrayClassifier(backbone="resnet18", num_classes=classes)
-        model._outputs["val"] = [(torch.randn(12, classes), torch.arange(12) % classes, torch.arange(12))]
-        logged = set(model.current_metrics("val"))
+        step = {"logits": torch.randn(12, classes), "labels": torch.arange(12) % classes, "index": torch.arange(12)}
+        evaluation = _validation_epoch(model, [step])
+        logged = set(evaluation.current_metrics("val"))
         assert set(logged_metric_names(classes)) == logged == set(validation_metrics(classes))
+        assert evaluation.metric_names("val") == logged_metric_names(classes)
     assert "val/sensitivity" not in validation_metrics(3)
 
 
@@ -218,19 +238,19 @@ def test_validation_metrics_count_each_image_once_whatever_the_sampler_repeats()
     from models.classifier import XrayClassifier
 
     model = XrayClassifier(backbone="resnet18", num_classes=2)
-    model.log_eval_metrics = False
     right, wrong = torch.tensor([[0.0, 4.0]]), torch.tensor([[4.0, 0.0]])
     images = torch.zeros(1, 1, 32, 32)
-    model.on_validation_epoch_start()
+    steps = []
     # image 0 predicted wrongly, images 1..3 rightly; image 0 comes again as padding
     for index, logits in ((0, wrong), (1, right), (2, right), (3, right), (0, wrong)):
         model.forward = lambda x, logits=logits: logits
-        model.validation_step((images, torch.tensor([1]), torch.tensor([index])), index)
-    values = model.current_metrics("val")
+        steps.append(model.validation_step((images, torch.tensor([1]), torch.tensor([index])), index))
+    evaluation = _validation_epoch(model, steps)
+    values = evaluation.current_metrics("val")
     assert float(values["val/acc"]) == pytest.approx(3 / 4)
     expected_loss = torch.nn.functional.cross_entropy(torch.cat([wrong, right, right, right]), torch.ones(4).long())
     assert float(values["val/loss"]) == pytest.approx(float(expected_loss))
-    assert list(model.epoch_outputs["val"]["index"]) == [0, 1, 2, 3]
+    assert list(evaluation.outputs["val"]["index"]) == [0, 1, 2, 3]
 
 
 def test_backbone_choices_are_the_factorys_names():

@@ -50,6 +50,10 @@ CLI_CASES = {
     "bad objective json": (["--sweep.metric=val/objective", "--sweep.objective={bad"], "sweep.objective"),
     "bad condition": (["--sweep.when+=model.momentum"], "CHILD:PARENT=VALUE1|VALUE2"),
     "gpu asked, none there": (["--trainer.accelerator=gpu"], "gpu"),
+    # eval.* values are checked when parsed, not after the training (nothing is written)
+    "bootstrap seed negative": (["--eval.bootstrap_seed=-1"], "eval.bootstrap_seed"),
+    "bootstrap seed too large": (["--eval.bootstrap_seed=18446744073709551616"], "eval.bootstrap_seed"),
+    "bootstrap resamples unbounded": (["--eval.bootstrap_resamples=1000000000"], "eval.bootstrap_resamples"),
 }
 
 
@@ -167,3 +171,88 @@ def test_entry_points_as_processes_print_no_traceback(tmp_path):
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, (cmd, done.stderr)
         assert "Traceback" not in done.stderr and "error" in done.stderr.lower(), done.stderr
+
+
+# ---- predict --cv.run_dir: what a cross-validated run's directory may hold ----------------------
+
+
+def _cv_run(tmp_path: Path, backbone: str = "resnet18") -> Path:
+    """A finished-looking cross-validated run: cv.json and two fold checkpoints holding models
+    of configs/demo.yaml's shape (resnet18, two classes) or of `backbone`."""
+    import json
+
+    import lightning
+    import torch
+
+    from models.classifier import XrayClassifier
+
+    run = tmp_path / "cv_run"
+    entries = []
+    for fold in range(2):
+        model = XrayClassifier(backbone=backbone, num_classes=2, class_names=["normal", "abnormal"])
+        path = run / f"fold_{fold}" / "checkpoints" / "best.ckpt"
+        path.parent.mkdir(parents=True)
+        torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                    "pytorch-lightning_version": lightning.__version__, "epoch": 0, "global_step": 0}, path)
+        entries.append(f"fold_{fold}/checkpoints/best.ckpt")
+    point = {"threshold": {"value": 0.4, "rule": "youden"}, "temperature": 1.0, "temperature_scaling": False}
+    (run / "cv.json").write_text(json.dumps({"folds": 2, "metric": "val/auroc", "operating_point": point,
+                                             "checkpoints": entries}))
+    return run
+
+
+def _predict(monkeypatch, capsys, hand_data, tmp_path, run: Path) -> tuple[int, str, list[Path]]:
+    args = ["predict", "--config", "configs/demo.yaml", f"--data.root={hand_data}", "--demo.body_part=null",
+            f"--run.root={tmp_path / 'runs'}", *TINY, f"--cv.run_dir={run}"]
+    code, err = run_cli(monkeypatch, capsys, args)
+    return code, err, list((tmp_path / "runs").rglob("predictions*.csv"))
+
+
+def _edit_cv_json(run: Path, edit) -> None:
+    import json
+
+    saved = json.loads((run / "cv.json").read_text())
+    (run / "cv.json").write_text(json.dumps(edit(saved)))
+
+
+def test_ensemble_with_a_fold_missing_leaves_no_predictions(monkeypatch, capsys, hand_data, tmp_path):
+    run = _cv_run(tmp_path)
+    (run / "fold_1" / "checkpoints" / "best.ckpt").unlink()
+    code, err, written = _predict(monkeypatch, capsys, hand_data, tmp_path, run)
+    assert code == 2 and "fold 1" in err and "Traceback" not in err, err
+    assert written == []  # not fold 0's predictions alone, at 0.5, looking like the ensemble's
+
+
+@pytest.mark.parametrize("entry", ["../other_run/fold_0/checkpoints/best.ckpt", "{abs}", "fold_1/checkpoints/best.ckpt"],
+                         ids=["parent", "absolute", "another fold"])
+def test_cv_json_may_name_only_the_runs_own_fold_checkpoints(entry, monkeypatch, capsys, hand_data, tmp_path):
+    import shutil
+
+    run = _cv_run(tmp_path)
+    other = tmp_path / "other_run"
+    shutil.copytree(run, other)  # another run's models, loadable
+    entry = entry.replace("{abs}", str(other / "fold_0" / "checkpoints" / "best.ckpt"))
+    _edit_cv_json(run, lambda saved: {**saved, "checkpoints": [entry, saved["checkpoints"][1]]})
+    code, err, written = _predict(monkeypatch, capsys, hand_data, tmp_path, run)
+    assert code == 2 and "fold_0/" in err and "Traceback" not in err, err
+    assert written == []
+
+
+@pytest.mark.parametrize("damage", ["list", "no operating point", "operating point a string"])
+def test_damaged_cv_json_is_one_line(damage, monkeypatch, capsys, hand_data, tmp_path):
+    run = _cv_run(tmp_path)
+    edits = {"list": lambda saved: [saved],
+             "no operating point": lambda saved: {k: v for k, v in saved.items() if k != "operating_point"},
+             "operating point a string": lambda saved: {**saved, "operating_point": "youden"}}
+    _edit_cv_json(run, edits[damage])
+    code, err, written = _predict(monkeypatch, capsys, hand_data, tmp_path, run)
+    assert code == 2 and "cv.json" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and written == []
+
+
+def test_checkpoint_of_another_backbone_is_one_paragraph(monkeypatch, capsys, hand_data, tmp_path):
+    run = _cv_run(tmp_path, backbone="resnet34")  # the command builds configs/demo.yaml's resnet18
+    code, err, written = _predict(monkeypatch, capsys, hand_data, tmp_path, run)
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert "model.backbone=resnet34 there, resnet18 here" in err and len(err) < 1000
+    assert written == []

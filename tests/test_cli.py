@@ -70,11 +70,12 @@ def test_test_after_fit_uses_the_best_checkpoint_not_the_last(fit_args, threshol
     val_loss = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
     assert len(val_loss) == 3 and val_loss[0] < min(val_loss[1:])  # the premise: best != last
     # last.ckpt is the last epoch's (Lightning 2.6's save_last=True would have left it at the best),
-    # and both carry the operating point chosen on validation with the best weights
+    # and each carries the operating point chosen on validation with its own weights
     last = torch.load(checkpoints / "last.ckpt", weights_only=False)
     assert last["epoch"] == 2
     stored = torch.load(best, weights_only=False)["operating_point"]
-    assert stored is not None and last["operating_point"] == stored
+    assert stored is not None and last["operating_point"] is not None
+    assert fit.evaluation.point.to_dict() == stored  # the test after fit used the best weights' point
 
     def test(ckpt) -> tuple[dict, dict]:
         cli = fit if ckpt is None else cli_main([*fit_args(subcommand="test"), *monitor, f"--ckpt_path={ckpt}"])
@@ -183,7 +184,7 @@ def test_positive_class_is_the_last_of_data_classes(fit_args):
     records = {"val": cli.datamodule.records_of("val"), "test": cli.datamodule.records_of("test")}
     expected = {}
     for split in ("val", "test"):
-        out = cli.model.epoch_outputs[split]
+        out = cli.evaluation.outputs[split]
         normal = [records[split][i].label == "normal" for i in out["index"]]
         assert out["labels"].tolist() == [int(n) for n in normal]  # label 1 is normal
         assert 0 < sum(normal) < len(normal), f"the {split} check needs both classes"
@@ -285,3 +286,107 @@ def test_wandb_mode_never_goes_online_without_login(monkeypatch):
     monkeypatch.setenv("WANDB_SWEEP_ID", "abc")
     assert resolve_wandb_mode("auto") == "online"
     assert resolve_wandb_mode("disabled") == "disabled"
+
+
+def test_epoch_figures_are_logged_without_a_cross_rank_reduction(fit_args, monkeypatch):
+    """val/* and test/* are computed from every rank's gathered outputs, so every rank holds the
+    same, global values: reducing them again across ranks is at best a no-op, and on NCCL (no
+    CPU backend) a crash for a value computed on the CPU, which Gloo on the CPU hides. Whatever
+    does cross ranks (sync_dist=True) must be on the module's device."""
+    import lightning.pytorch as pl
+
+    calls: list[tuple[str, bool, object, object]] = []
+    original = pl.LightningModule.log
+
+    def spy(self, name, value, *args, **kwargs):
+        device = value.device if isinstance(value, torch.Tensor) else None
+        calls.append((name, bool(kwargs.get("sync_dist", False)), device, self.device))
+        return original(self, name, value, *args, **kwargs)
+
+    monkeypatch.setattr(pl.LightningModule, "log", spy)
+    cli_main(fit_args("configs/demo.yaml", "--eval.bootstrap_resamples=100"))
+    epoch_figures = [c for c in calls if c[0].startswith(("val/", "test/"))]
+    assert {"val/loss", "val/auroc", "test/loss"} <= {c[0] for c in epoch_figures}
+    assert [c[0] for c in epoch_figures if c[1]] == []  # none reduced across ranks
+    assert all(device == module for _, synced, device, module in calls if synced)
+
+
+# compute capability -> precision, as NVIDIA documents the architectures (bf16 natively from Ampere)
+KNOWN_GPUS = [
+    ("H200", "9.0", "bf16-mixed"), ("H100", "9.0", "bf16-mixed"), ("L4", "8.9", "bf16-mixed"),
+    ("RTX 3090 / A10", "8.6", "bf16-mixed"), ("A100", "8.0", "bf16-mixed"), ("T4", "7.5", "16-mixed"),
+    ("V100", "7.0", "16-mixed"), ("P100", "6.0", "32-true"), ("K80", "3.7", "32-true"),
+]
+
+
+def _fake_nvidia_smi(monkeypatch, rows: list[tuple[int, str, str]]) -> list[list[str]]:
+    import subprocess
+
+    seen: list[list[str]] = []
+
+    def run(argv, **kwargs):
+        seen.append(list(argv))
+        if argv[0] != "nvidia-smi":
+            raise AssertionError(argv)
+        out = "".join(f"{i}, {uuid}, {cap}\n" for i, uuid, cap in rows)
+        return subprocess.CompletedProcess(argv, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    return seen
+
+
+def _no_cuda_context(monkeypatch) -> None:
+    """torch says a GPU is there; anything that would create a CUDA context fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("creates a CUDA context")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    for name in ("is_bf16_supported", "current_device", "mem_get_info", "get_device_capability",
+                 "get_device_properties", "init", "_lazy_init", "set_device"):
+        monkeypatch.setattr(torch.cuda, name, refuse)
+
+
+@pytest.mark.parametrize(("gpu", "capability", "expected"), KNOWN_GPUS, ids=[g[0] for g in KNOWN_GPUS])
+def test_precision_follows_the_gpus_compute_capability_without_a_cuda_context(gpu, capability, expected,
+                                                                             monkeypatch):
+    from training.setup import default_precision
+
+    _no_cuda_context(monkeypatch)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    _fake_nvidia_smi(monkeypatch, [(0, "GPU-aaaa-1111", capability), (1, "GPU-bbbb-2222", "3.7")])
+    assert default_precision() == expected
+    assert default_precision("gpu") == expected
+
+
+def test_precision_is_that_of_the_gpu_this_process_sees(monkeypatch):
+    from training.setup import default_precision
+
+    _no_cuda_context(monkeypatch)
+    rows = [(0, "GPU-aaaa-1111", "7.0"), (1, "GPU-bbbb-2222", "9.0")]
+    seen = _fake_nvidia_smi(monkeypatch, rows)
+    for visible, expected in (("1", "bf16-mixed"), ("0,1", "16-mixed"), ("GPU-bbbb", "bf16-mixed"),
+                              ("GPU-aaaa-1111,GPU-bbbb-2222", "16-mixed"), ("MIG-1234-5678", "bf16-mixed"),
+                              ("", "32-true"), ("7", "32-true")):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert default_precision() == expected, visible
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert default_precision("cpu") == "32-true"  # asks nothing
+    calls = len(seen)
+    default_precision("cpu")
+    assert len(seen) == calls
+
+
+def test_precision_without_a_driver_is_full_precision(monkeypatch):
+    import subprocess
+
+    from training.setup import default_precision
+
+    _no_cuda_context(monkeypatch)
+
+    def missing(argv, **kwargs):
+        raise FileNotFoundError(argv[0])
+
+    monkeypatch.setattr(subprocess, "run", missing)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert default_precision() == "32-true"

@@ -34,24 +34,25 @@ def _report(run_dir):
 
 
 def test_threshold_is_chosen_on_validation_without_reading_the_test_split(fit_args, monkeypatch):
-    import training.cli as training_cli
+    import training.evaluate as evaluate
     from datamodules.datamodule import XrayDataModule
 
     calls: list[str] = []
-    original_test, original_choose = XrayDataModule.test_dataloader, training_cli.choose_operating_point
+    original_test, original_choose = XrayDataModule.test_dataloader, evaluate.choose_operating_point
     monkeypatch.setattr(XrayDataModule, "test_dataloader", lambda self: calls.append("test") or original_test(self))
 
     def choose(logits, labels, options):
         calls.append(f"choose:{len(labels)}")
         return original_choose(logits, labels, options)
 
-    monkeypatch.setattr(training_cli, "choose_operating_point", choose)
+    monkeypatch.setattr(evaluate, "choose_operating_point", choose)
     cli = cli_main(fit_args("configs/demo.yaml", *FAST))
     n_val = len(cli.datamodule.split_records["val"])
-    assert calls[0] == f"choose:{n_val}" and calls[1:] == ["test"]  # chosen on all of val, before test is read
+    # chosen on all of val for each epoch's weights (stored with them), before test is read
+    assert calls == [f"choose:{n_val}"] * 2 + ["test"]
     report = _report(cli.run_dir)
     assert report["threshold"]["rule"] == "youden"
-    assert report["threshold"]["value"] == cli.model.operating_point.threshold.value
+    assert report["threshold"]["value"] == cli.evaluation.point.threshold.value
 
 
 def test_same_validation_same_threshold_whatever_the_test_labels(fitted, hand_data, tmp_path):
@@ -105,18 +106,25 @@ def test_report_has_every_figure_with_its_interval_and_counts_and_no_patient(fit
     assert logged["test/threshold"] == pytest.approx(report["threshold"]["value"])
 
 
-def test_checkpoints_carry_the_operating_point(fitted):
+def test_checkpoints_carry_the_operating_point_chosen_for_their_weights(fitted):
+    """The best checkpoint carries the point the test after fit used; every checkpoint carries
+    the one chosen on validation with its own weights (a fresh choice through them agrees)."""
+    from training.operating_point import OperatingPoint, choose_operating_point
+
     cli, _ = fitted
-    point = cli.model.operating_point.to_dict()
-    for name in ("last.ckpt", cli.checkpoint.best_model_path.split("/")[-1]):
-        stored = torch.load(cli.run_dir / "checkpoints" / name, map_location="cpu", weights_only=False)
-        assert stored["operating_point"] == point
+    best = torch.load(cli.checkpoint.best_model_path, map_location="cpu", weights_only=False)
+    assert best["operating_point"] == cli.evaluation.point.to_dict()
+    for path in (cli.checkpoint.best_model_path, cli.run_dir / "checkpoints" / "last.ckpt"):
+        stored = OperatingPoint.from_dict(torch.load(path, map_location="cpu", weights_only=False)["operating_point"])
+        out = cli.evaluation.collect_validation(cli.trainer, cli.model, cli.datamodule, str(path))
+        again = choose_operating_point(out["logits"], out["labels"], cli.evaluation.options)
+        assert stored.threshold.value == pytest.approx(again.threshold.value, rel=1e-5)
 
 
 def test_test_and_predict_reuse_the_stored_threshold_and_test_reruns_with_another(fitted, tmp_path):
     cli, args = fitted
     best = cli.checkpoint.best_model_path
-    stored = cli.model.operating_point.threshold.value
+    stored = cli.evaluation.point.threshold.value
     base = [a for a in args[1:] if not a.startswith("--run.root=")] + [f"--run.root={tmp_path / 'runs'}"]
     test = cli_main(["test", *base, f"--ckpt_path={best}"])
     assert _report(test.run_dir)["threshold"]["value"] == pytest.approx(stored)
@@ -188,3 +196,24 @@ def test_without_patient_ids_each_image_is_its_own_patient_and_the_report_says_s
     report = _report(cli.run_dir)
     assert report["ci"]["resampling_unit"] == "image (no patient ids)" and report["patient_level"] is None
     assert "no patient_id" in caplog.text
+
+
+@pytest.mark.parametrize("logits, labels", [
+    ([[0.0, 3.0]], [1]),                                   # one image, one class
+    ([[2.0, -1.0], [0.5, 0.0], [3.0, 1.0]], [0, 0, 0]),    # one class
+    ([[4.0, -4.0], [-4.0, 4.0], [3.0, -2.0]], [0, 1, 0]),  # perfectly separated: T runs to 0
+], ids=["one image", "one class", "separated"])
+def test_temperature_on_a_degenerate_validation_split_falls_back_and_the_report_says_so(logits, labels):
+    from evaluation import fit_temperature
+    from training.evaluate import choose_operating_point, test_report_of
+    from training.options import EvalOptions
+
+    options = EvalOptions(threshold="0.5", temperature_scaling=True, bootstrap_resamples=100)
+    assert fit_temperature(np.array(logits), np.array(labels)) in (pytest.approx(0.01, rel=1e-3),
+                                                                    pytest.approx(100.0, rel=1e-3))  # the premise
+    point = choose_operating_point(np.array(logits), np.array(labels), options)
+    assert point.temperature == 1.0 and point.temperature_fallback
+    probs = point.probabilities(np.array([[0.0, 1.0], [1.0, 0.0], [0.2, 0.1], [0.0, 0.3]]))
+    report = test_report_of(probs, np.array([1, 0, 0, 1]), None, ["normal", "abnormal"], point, options)
+    assert report["temperature"]["fitted_on_validation"] is False and report["temperature"]["fallback"] is True
+    assert "temperature" in report["temperature"]["reason"]

@@ -1,5 +1,5 @@
-"""GPU paths, run by `make test-gpu` (pytest -m gpu): bf16 chosen automatically, channels_last and
-torch.compile, two-process DDP on two GPUs, the runner's GPU slots on real devices. Without
+"""GPU paths, run by `make test-gpu` (pytest -m gpu): precision by compute capability, DDP on
+one GPU (an NCCL group), channels_last and torch.compile, two-process DDP on two GPUs, the runner's GPU slots on real devices. Without
 CUDA every test here skips (and the DDP one without two GPUs): the default suites are CPU-only."""
 
 from __future__ import annotations
@@ -30,24 +30,52 @@ def _val_auroc(run_dir) -> list[float]:
         return [float(r["val/auroc"]) for r in csv.DictReader(f) if r.get("val/auroc")]
 
 
-def test_bf16_mixed_is_chosen_on_gpus_that_support_it(fit_args):
-    from training.cli import default_precision
+def test_precision_is_chosen_by_compute_capability_without_a_cuda_context(fit_args):
+    """The precision the run picks is the table's for this GPU (tests/test_cli.py KNOWN_GPUS),
+    read without a CUDA context, and the forward pass really runs under that autocast."""
+    from test_cli import KNOWN_GPUS
 
-    expected = "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-    assert default_precision() == expected
+    from training.setup import default_precision
+
+    code = "import torch; from training.setup import default_precision; p = default_precision('auto'); " \
+           "print(p, torch.cuda.is_initialized())"
+    out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "False"  # no context was made to decide
+    major, minor = torch.cuda.get_device_capability()
+    table = {cap: precision for _, cap, precision in KNOWN_GPUS}  # newer than the table: Ampere or later
+    expected = table.get(f"{major}.{minor}", "bf16-mixed" if major >= 8 else "unknown GPU")
+    assert out[0] == expected == default_precision("auto")
     seen: list[torch.dtype] = []
     cli = cli_main(fit_args("configs/demo.yaml", *ON_GPU))
     assert cli.trainer.precision == expected
-    # the forward pass really runs under autocast: the classifier layer's output dtype
     model = cli.model.cuda().eval()
     handle = model.backbone.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     with torch.no_grad(), cli.trainer.precision_plugin.forward_context():
         model(torch.randn(2, 1, 32, 32, device="cuda"))
     handle.remove()
-    assert seen == [torch.bfloat16 if expected == "bf16-mixed" else torch.float32]
+    assert seen == [{"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(expected, torch.float32)]
     assert all(math.isfinite(v) for v in _val_auroc(cli.run_dir))
     # an explicit --trainer.precision wins
     assert cli_main(fit_args("configs/demo.yaml", *ON_GPU, "--trainer.precision=32-true")).trainer.precision == "32-true"
+
+
+def test_ddp_on_one_gpu_builds_an_nccl_group_and_logs_its_epoch_figures(hand_data, tmp_path):
+    """`--trainer.devices=1 --trainer.strategy=ddp` creates an NCCL process group on one GPU: the
+    cheapest reproduction of a CPU tensor reaching a collective (Lightning #18803), e.g. a
+    sync_dist=True value computed on the CPU. Validation and the test after fit run through it."""
+    done = subprocess.run(
+        [PYTHON, "cli.py", "fit", "--config", "configs/demo.yaml", f"--data.root={hand_data}",
+         "--demo.body_part=null", f"--run.root={tmp_path / 'runs'}", "--trainer.accelerator=gpu",
+         "--trainer.devices=1", "--trainer.strategy=ddp", "--trainer.max_epochs=2", "--data.num_workers=0",
+         "--data.image_size=32", "--data.batch_size=4", "--trainer.enable_progress_bar=false",
+         "--run.wandb=disabled", "--eval.bootstrap_resamples=200"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run_dir] = run_dirs(tmp_path)
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len([r for r in rows if r.get("val/loss")]) == 2 and any(r.get("test/loss") for r in rows)
+    assert (run_dir / "test_report.json").is_file()
 
 
 @pytest.mark.parametrize("options", [["--model.channels_last=true"], ["--model.compile=true"],

@@ -183,8 +183,7 @@ def _read_rows(path: Path) -> list[list[str]]:
 
 
 def test_confusion_and_prediction_csv_cells_are_spreadsheet_safe(tmp_path):
-    from models.classifier import write_confusion_csv
-    from models.reporting import PredictionWriter
+    from training.evaluate import PredictionWriter, write_confusion_csv
 
     names = ["=1+1", "-1"]
     write_confusion_csv(tmp_path / "confusion.csv", torch.tensor([[3, 0], [1, 2]]), names)
@@ -193,8 +192,9 @@ def test_confusion_and_prediction_csv_cells_are_spreadsheet_safe(tmp_path):
 
     records = [Record(Path("x"), "@evil.png", "=1+1", "p")]
     trainer = SimpleNamespace(global_rank=0, world_size=1)
-    writer = PredictionWriter(tmp_path, rows=lambda i: (records[i].rel, records[i].label))
-    writer.write_on_epoch_end(trainer, SimpleNamespace(class_names=names, operating_point=None),
+    writer = PredictionWriter(tmp_path, rows=lambda i: (records[i].rel, records[i].label),
+                              evaluation=SimpleNamespace(point=None))
+    writer.write_on_epoch_end(trainer, SimpleNamespace(class_names=names),
                               [{"index": torch.tensor([0]), "logits": torch.log(torch.tensor([[0.9, 0.1]]))}], None)
     rows = _read_rows(tmp_path / "predictions.csv")
     assert rows[0] == ["path", "label", "prob_'=1+1", "prob_-1", "threshold", "predicted"]

@@ -1,5 +1,6 @@
 """One training process: the LightningCLI (XrayCLI), its option groups, run directories and
-loggers. Imports models, datamodules and the in-run sweep contract (sweeps.contract) only."""
+loggers, evaluation. Imports models, datamodules, evaluation and the in-run sweep contract
+(sweeps.contract) only."""
 
 from training.cli import XrayCLI, cli_main, main
 from training.options import DemoOptions, RunOptions

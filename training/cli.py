@@ -27,7 +27,6 @@ from datamodules.readers import ImageReadError
 from datamodules.records import DataError
 from models.backbones import UnknownBackboneError, WeightsError
 from models.classifier import XrayClassifier
-from models.reporting import ConfusionWriter, ImageSampleLogger, PredictionWriter
 from sweeps.contract import (
     HISTORY_FILE,
     Diverged,
@@ -40,18 +39,10 @@ from sweeps.contract import (
 )
 from sweeps.contract.groups import LINKS, added_groups
 from sweeps.contract.lightning_adapter import ddp_children
-from training.cv import cross_validate, predict_with_ensemble, save_fold_outputs
-from training.evaluate import (
-    EvaluationReport,
-    OperatingPoint,
-    choose_operating_point,
-    fixed_operating_point,
-    patient_ids_of,
-    read_operating_point,
-    store_operating_point,
-)
-from training.loggers import default_loggers, finish_wandb, update_summary
-from training.options import EvalOptions
+from training.cv import cross_validate, save_fold_outputs
+from training.ensemble import check_weights_fit, predict_with_ensemble
+from training.evaluate import Evaluation, PredictionWriter, patient_ids_of
+from training.loggers import ImageSampleLogger, default_loggers, finish_wandb
 from training.rundir import RUN_DIR_ENV, RunDirError, checkpoint_problem, make_run_dir, resumed_run_dir
 from training.setup import check_config_files, default_precision, ensure_demo_data
 
@@ -68,6 +59,8 @@ def _quiet_expected_warnings() -> None:
     warnings.filterwarnings("ignore", message="The dirpath has changed from")
     # A run continued from its last.ckpt writes into its own checkpoints/ again.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    # Under DDP: val/* and test/* are already global (training.evaluate), deliberately not synced.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
 
 
 class XrayCLI(LightningCLI):
@@ -147,7 +140,7 @@ class XrayCLI(LightningCLI):
         cfg = self.config_init[self.subcommand]
         run, sweep = cfg.run, cfg.sweep
         if cfg.trainer.get("precision") is None:
-            kwargs["precision"] = default_precision()
+            kwargs["precision"] = default_precision(cfg.trainer.get("accelerator", "auto"))
         loggers = cfg.trainer.get("logger")
         if loggers is None or loggers is True:
             kwargs["logger"] = default_loggers(run, self.run_dir)
@@ -164,15 +157,16 @@ class XrayCLI(LightningCLI):
         )
         metric = sweep.metric or run.monitor
         self.guard = RunGuard(self.run_dir / "checkpoints")
+        self.evaluation = Evaluation(self.run_dir, cfg.eval, self._patient_ids)
         callbacks: list[Callback] = [
             self.checkpoint,
             self.last_checkpoint,
             self.guard,
-            SweepMetric(metric, sweep.objective, self.run_dir / HISTORY_FILE),
-            ConfusionWriter(self.run_dir),
-            EvaluationReport(self.run_dir, cfg.eval, self._patient_ids),
-            PredictionWriter(self.run_dir, self._predict_row),
+            self.evaluation,  # before SweepMetric, which reads its metrics
+            SweepMetric(metric, sweep.objective, self.run_dir / HISTORY_FILE, metrics=self.evaluation),
         ]
+        if not cfg.cv.run_dir:  # a fold ensemble writes its predictions itself, once all folds predicted
+            callbacks.append(PredictionWriter(self.run_dir, self._predict_row, self.evaluation))
         if run.log_images:
             callbacks.append(ImageSampleLogger())
         user_callbacks = cfg.trainer.get("callbacks") or []
@@ -181,16 +175,58 @@ class XrayCLI(LightningCLI):
         kwargs["callbacks"] = [*user_callbacks, *callbacks]
         return super().instantiate_trainer(**kwargs)
 
-    def _run_subcommand(self, subcommand: str) -> None:
+    # ---- the subcommands: LightningCLI runs a method named like the subcommand when the CLI has one
+
+    def fit(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
+        """Train; then the operating point stored with the best weights, and the test on them."""
+        with self._running():
+            if self.cross_validating:
+                cross_validate(self, self.fold_devices)
+                return
+            self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+            if self.trainer.fast_dev_run or self.trainer.interrupted:
+                return
+            best = self.checkpoint.best_model_path or None
+            self.evaluation.use(self.trainer, self.evaluation.operating_point_for(self.trainer, model, datamodule, best))
+            if self.config_init["fit"].run.test_after_fit and datamodule.has_split("test"):
+                if StopSignal.requested and not self.guard.grace_left():
+                    raise RunStopped(f"stopped by {StopSignal.reason} after training; the test after fit was skipped")
+                self.trainer.test(model, datamodule=datamodule, ckpt_path=best)
+            if datamodule.hparams.fold is not None:  # a fold of a cross-validated run: outputs for the parent
+                self.evaluation.collect_validation(self.trainer, model, datamodule, best)
+                if self.trainer.is_global_zero:
+                    save_fold_outputs(self)
+
+    def validate(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
+        with self._running():
+            check_weights_fit(model, ckpt_path)
+            self.trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+
+    def test(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
+        with self._running():
+            check_weights_fit(model, ckpt_path)
+            self.evaluation.use(self.trainer,
+                                self.evaluation.operating_point_for(self.trainer, model, datamodule, ckpt_path))
+            self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+
+    def predict(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
+        with self._running():
+            if self.config_init["predict"].cv.run_dir:
+                self.evaluation.point = predict_with_ensemble(self, Path(self.config_init["predict"].cv.run_dir))
+                return
+            check_weights_fit(model, ckpt_path)
+            self.evaluation.use(self.trainer,
+                                self.evaluation.operating_point_for(self.trainer, model, datamodule, ckpt_path))
+            self.trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+
+    @contextlib.contextmanager
+    def _running(self):
+        """Around every subcommand: a stop before the start, a stop during it (ends cleanly, exit
+        0), the W&B run finished, and RUN_DIR_ENV (set for our DDP children) taken back."""
         try:
             if StopSignal.requested:
                 raise RunStopped(f"stopped by {StopSignal.reason} before training started")
-            if self.cross_validating:
-                cross_validate(self, self.fold_devices)
-            elif subcommand == "predict" and self.config_init[subcommand].cv.run_dir:
-                self.model.operating_point = predict_with_ensemble(self, Path(self.config_init[subcommand].cv.run_dir))
-            else:
-                super()._run_subcommand(subcommand)
+            yield
             finish_wandb(self.trainer, exit_code=0)
         except RunStopped:
             self.stopped = True
@@ -215,74 +251,12 @@ class XrayCLI(LightningCLI):
             except Exception:
                 proc.kill()
 
-    # ---- evaluation: the operating point from validation, the test report ----------------------
-
     def _patient_ids(self, split: str) -> Optional[list[str]]:
         return patient_ids_of(self.datamodule.records_of(split))
 
     def _predict_row(self, index: int) -> tuple[str, str]:
         record = self.datamodule.records_of("predict")[index]
         return record.rel, record.label
-
-    def _validation_outputs(self, ckpt_path: Optional[str]) -> Optional[dict]:
-        """The validation split through the checkpoint's weights, logging nothing (W&B's
-        hyperband must see no extra row); the test split is not touched."""
-        if not self.datamodule.has_split("val"):
-            return None
-        self.model.log_eval_metrics = False
-        try:
-            self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
-        finally:
-            self.model.log_eval_metrics = True
-        return self.model.epoch_outputs.get("val")
-
-    def _operating_point(self, ckpt_path: Optional[str], *, choose: bool = False) -> Optional[OperatingPoint]:
-        """The checkpoint's operating point when chosen with these settings, else one chosen now
-        on validation (a fixed threshold needs none)."""
-        options: EvalOptions = self.config_init[self.subcommand].eval
-        fixed = fixed_operating_point(options, self.model.hparams.num_classes)
-        if fixed is not None:
-            return fixed
-        stored = None if choose else read_operating_point(ckpt_path)
-        if stored is not None and stored.matches(options):
-            return stored
-        outputs = self._validation_outputs(ckpt_path)
-        if outputs is None:
-            log.warning("eval.threshold=%s: no validation split to choose it on and none stored in the "
-                        "checkpoint; binary decisions use 0.5", options.threshold)
-            return None
-        return choose_operating_point(outputs["logits"], outputs["labels"], options)
-
-    def before_test(self) -> None:
-        self.model.operating_point = self._operating_point(self.config_init[self.subcommand].get("ckpt_path"))
-
-    def before_predict(self) -> None:
-        self.model.operating_point = self._operating_point(self.config_init[self.subcommand].get("ckpt_path"))
-
-    def after_fit(self) -> None:
-        if self.trainer.fast_dev_run or self.trainer.interrupted:
-            return
-        # Read both paths first: validating from a checkpoint restores the callbacks' state as it
-        # was when that checkpoint was written (the last one's path may not be known there yet).
-        best = self.checkpoint.best_model_path or None
-        last = self.last_checkpoint.best_model_path or None
-        point = self._operating_point(best, choose=True)
-        self.model.operating_point = point
-        if point is not None:
-            if self.trainer.is_global_zero:
-                store_operating_point([best, last], point)
-            summary = {"eval/temperature": point.temperature}
-            if point.threshold is not None:
-                summary.update({"eval/threshold": point.threshold.value,
-                                "eval/threshold_rule": point.threshold.rule,
-                                "eval/threshold_fallback": point.threshold.fallback})
-            update_summary(self.trainer, summary)
-        if self.config_init[self.subcommand].run.test_after_fit and self.datamodule.has_split("test"):
-            if StopSignal.requested and not self.guard.grace_left():
-                raise RunStopped(f"stopped by {StopSignal.reason} after training; the test after fit was skipped")
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
-        if self.datamodule.hparams.fold is not None and self.trainer.is_global_zero:
-            save_fold_outputs(self)  # a fold of a cross-validated run: its outputs for the parent
 
 
 def cli_main(args: Optional[list[str]] = None) -> XrayCLI:

@@ -36,14 +36,9 @@ import numpy as np
 
 from datamodules.csvsafe import spreadsheet_safe
 from sweeps.contract import FOLD_DIR, HISTORY_FILE, RunStopped, StopSignal, append_history, cpu_threads
-from training.evaluate import (
-    OperatingPoint,
-    choose_operating_point,
-    patient_ids_of,
-    publish_report,
-    test_report_of,
-)
+from training.evaluate import patient_ids_of, publish_report, test_report_of
 from training.loggers import update_summary
+from training.operating_point import OperatingPoint, choose_operating_point
 from training.rundir import RUN_DIR_ENV, checkpoint_problem
 
 log = logging.getLogger("cli")
@@ -215,7 +210,7 @@ class CrossValidation:
             "folds": self.folds, "metric": self.metric, "operating_point": point.to_dict(),
             "checkpoints": [str(Path(f"fold_{i}") / str(o["best_checkpoint"])) for i, o in enumerate(outputs)],
         }, indent=1))
-        cli.model.operating_point = point
+        cli.evaluation.use(cli.trainer, point)
         if not all(len(o["test_rel"]) for o in outputs):
             return None
         by_rel = {r.rel: r for r in cli.datamodule.records}
@@ -254,7 +249,7 @@ def _fold_figures(directory: Path) -> Optional[dict]:
 
 def save_fold_outputs(cli) -> None:
     """In a fold's process: its validation (out-of-fold) and test logits, by relative path."""
-    dm, outputs = cli.datamodule, cli.model.epoch_outputs
+    dm, outputs = cli.datamodule, cli.evaluation.outputs
 
     def part(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out = outputs.get(split)
@@ -284,7 +279,7 @@ def cross_validate(cli, devices: tuple) -> None:
     cv = CrossValidation(cli, cli.args, cfg.sweep.metric or cfg.run.monitor, devices)
     cv.train()
     report = cv.evaluate()
-    point = cli.model.operating_point
+    point = cli.evaluation.point
     if point is not None and point.threshold is not None:
         update_summary(cli.trainer, {"eval/threshold": point.threshold.value,
                                      "eval/threshold_rule": f"{point.threshold.rule} (out-of-fold)"})
@@ -304,26 +299,3 @@ def _continues_same_run(run_dir: Path, saving) -> bool:
                          f"{saving.config_filename} differs from this command's): its folds cannot be reused; "
                          "run in a new directory, or repeat the command that made it")
     return True
-
-
-def predict_with_ensemble(cli, run_dir: Path) -> OperatingPoint:
-    """`predict --cv.run_dir DIR`: the mean of the folds' probabilities, decided at the CV run's
-    operating point (chosen on its out-of-fold predictions)."""
-    from models.reporting import write_predictions
-
-    try:
-        saved = json.loads((run_dir / CV_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise FileNotFoundError(f"cv.run_dir {run_dir} is not a finished cross-validated run (no readable "
-                                f"{CV_FILE}: {e})") from None
-    point = OperatingPoint.from_dict(saved["operating_point"])
-    probs, index = [], None
-    for ckpt in saved["checkpoints"]:
-        batches = cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=str(run_dir / ckpt),
-                                      return_predictions=True)
-        index = np.concatenate([b["index"].cpu().numpy() for b in batches])
-        probs.append(point.probabilities(np.concatenate([b["logits"].cpu().numpy() for b in batches])))
-    records = cli.datamodule.records_of("predict")
-    rows = [(records[i].rel, records[i].label, p) for i, p in zip(index, np.mean(probs, axis=0))]
-    write_predictions(cli.run_dir / "predictions.csv", rows, cli.model.class_names, point)
-    return point

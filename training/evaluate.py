@@ -1,143 +1,43 @@
-"""The evaluation contract of a run: the operating point is chosen on VALIDATION (never on
-test), stored with the model, and every test figure is reported with its patient-level 95%
-confidence interval.
-
-* After fit, the best checkpoint is run over the validation split (quietly: nothing is
-  logged, so W&B's hyperband sees no extra row), temperature scaling is fitted on its logits
-  when asked, then the threshold rule (`eval.threshold`) is applied to its probabilities.
-  The result (OperatingPoint) goes into the checkpoint files and the run summary.
-* `test` and `predict` use the checkpoint's operating point when it was chosen with the same
-  settings; otherwise (another rule asked, or an older checkpoint) it is chosen again on the
-  validation split, never on test.
-* On test, EvaluationReport writes test_report.json (figures, CIs, threshold, counts,
-  calibration, ROC, confusion matrix; no patient is named), logs the same figures to the
-  loggers and the W&B summary, and prints a short table.
+"""Evaluation, owned in one place (README "Evaluation"): the `Evaluation` callback collects
+each validation/test epoch's outputs once (every rank's, each image once), logs the epoch
+metrics, chooses the operating point on validation, stores it in the checkpoints written for
+those weights, writes the test report and the predictions. Nothing is chosen on test.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import logging
 import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from evaluation import (
-    ThresholdChoice,
-    apply_temperature,
-    brier_score,
-    build_report,
-    choose_patient_threshold,
-    choose_threshold,
-    expected_calibration_error,
-    fit_temperature,
-    format_table,
-    parse_threshold,
-    reliability_bins,
-    summary_metrics,
-)
-from models.classifier import write_confusion_csv
+from datamodules.csvsafe import spreadsheet_safe
+from evaluation import build_report, format_table, summary_metrics
+from models.metrics import ClassificationMetrics, logged_metric_names
 from training.loggers import update_summary
+from training.operating_point import (
+    CHECKPOINT_KEY,
+    OperatingPoint,
+    choose_operating_point,
+    fixed_operating_point,
+    read_operating_point,
+)
 from training.options import EvalOptions
 
 log = logging.getLogger("cli")
-CHECKPOINT_KEY = "operating_point"
 REPORT_FILE = "test_report.json"
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """How a model's logits become decisions: a temperature, and for binary tasks a threshold
-    on the positive-class probability (`prob >= threshold` is positive)."""
-
-    threshold: Optional[ThresholdChoice]
-    temperature: float = 1.0
-    temperature_scaling: bool = False
-
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        return apply_temperature(np.asarray(logits, dtype=np.float64), self.temperature)
-
-    def matches(self, options: EvalOptions) -> bool:
-        """Chosen with these settings (so it can be reused instead of chosen again)?"""
-        rule_same = self.threshold is None or self.threshold.rule == str(parse_threshold(options.threshold).text)
-        return rule_same and self.temperature_scaling == options.temperature_scaling
-
-    def to_dict(self) -> dict:
-        return {"threshold": self.threshold.to_dict() if self.threshold else None,
-                "temperature": self.temperature, "temperature_scaling": self.temperature_scaling}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> OperatingPoint:
-        threshold = ThresholdChoice.from_dict(data["threshold"]) if data.get("threshold") else None
-        return cls(threshold, float(data.get("temperature", 1.0)), bool(data.get("temperature_scaling", False)))
-
-
-def choose_operating_point(logits: np.ndarray, labels: np.ndarray, options: EvalOptions) -> OperatingPoint:
-    """On validation outputs only: temperature (if asked) first, then the threshold rule."""
-    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels).astype(np.int64)
-    temperature = 1.0
-    if options.temperature_scaling:
-        temperature = float(fit_temperature(logits, labels))
-    if logits.shape[1] != 2:
-        return OperatingPoint(None, temperature, options.temperature_scaling)
-    probs = apply_temperature(logits, temperature)
-    choice = choose_threshold(parse_threshold(options.threshold), probs[:, 1], labels)
-    if choice.fallback:
-        log.warning("eval.threshold=%s could not be applied: %s. Using %.2f; test figures at this threshold "
-                    "are not an operating point chosen on validation.", options.threshold, choice.reason,
-                    choice.value)
-    return OperatingPoint(choice, temperature, options.temperature_scaling)
-
-
-def fixed_operating_point(options: EvalOptions, num_classes: int) -> Optional[OperatingPoint]:
-    """A fixed number needs no validation data (unless temperature scaling is on)."""
-    spec = parse_threshold(options.threshold)
-    if spec.kind != "fixed" or options.temperature_scaling:
-        return None
-    threshold = ThresholdChoice(float(spec.target), spec.text) if num_classes == 2 else None
-    return OperatingPoint(threshold, 1.0, False)
-
-
-def read_operating_point(ckpt_path: Optional[str]) -> Optional[OperatingPoint]:
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        return None
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    stored = checkpoint.get(CHECKPOINT_KEY)
-    return OperatingPoint.from_dict(stored) if stored else None
-
-
-def store_operating_point(ckpt_paths: Sequence[str], point: OperatingPoint) -> None:
-    """Add the operating point to checkpoint files already written (atomically)."""
-    for path in ckpt_paths:
-        if not path or not Path(path).is_file():
-            continue
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        checkpoint[CHECKPOINT_KEY] = point.to_dict()
-        fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".ckpt.")
-        os.close(fd)
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def calibration_summary(logits: np.ndarray, labels: np.ndarray, point: OperatingPoint, n_bins: int = 15) -> dict:
-    probs = point.probabilities(logits)
-    labels = np.asarray(labels).astype(np.int64)
-    return {"images": int(len(labels)), "ece": float(expected_calibration_error(probs, labels, n_bins)),
-            "brier": float(brier_score(probs, labels)), "reliability": reliability_bins(probs, labels, n_bins)}
 
 
 def patient_ids_of(records: Sequence) -> Optional[list[str]]:
@@ -152,17 +52,57 @@ def patient_ids_of(records: Sequence) -> Optional[list[str]]:
 
 
 def test_report_of(probs: np.ndarray, labels: np.ndarray, patient_ids: Optional[Sequence[str]],
-                   class_names: Sequence[str],
-                   point: OperatingPoint, options: EvalOptions,
-                   patient_threshold: Optional[ThresholdChoice] = None) -> dict:
+                   class_names: Sequence[str], point: OperatingPoint, options: EvalOptions) -> dict:
     """The test report (evaluation.build_report) at the operating point, with its temperature."""
     ids = None if patient_ids is None else np.asarray(patient_ids, dtype=object)
-    report = build_report(probs, labels, ids, list(class_names),
-                          point.threshold if probs.shape[1] == 2 else None,
+    report = build_report(probs, labels, ids, list(class_names), point.threshold if probs.shape[1] == 2 else None,
                           n_resamples=options.bootstrap_resamples, seed=options.bootstrap_seed,
-                          patient_aggregation=options.patient_aggregation, patient_threshold=patient_threshold)
-    report["temperature"] = {"value": point.temperature, "fitted_on_validation": point.temperature_scaling}
+                          patient_aggregation=options.patient_aggregation,
+                          patient_threshold=point.patient_threshold)
+    report["temperature"] = {"value": point.temperature,
+                             "fitted_on_validation": point.temperature_scaling and not point.temperature_fallback,
+                             "fallback": point.temperature_fallback is not None, "reason": point.temperature_fallback}
+    report["validation_calibration"] = point.calibration
     return report
+
+
+@contextlib.contextmanager
+def replacing(path: Path, mode: str = "w"):
+    """A file that appears at `path` only when the block succeeds: a failed command leaves no
+    output that looks like a result (nor half of one)."""
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.")
+    try:
+        with os.fdopen(fd, mode, newline="") as f:
+            yield f
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_confusion_csv(path: Path, confusion: np.ndarray, class_names: Sequence[str]) -> None:
+    """Rows are true classes, columns predicted classes."""
+    with replacing(path) as f:
+        writer = csv.writer(f)
+        writer.writerow(["true\\pred", *map(spreadsheet_safe, class_names)])
+        for name, row in zip(class_names, np.asarray(confusion).tolist()):
+            writer.writerow([spreadsheet_safe(name), *row])
+
+
+def write_predictions(path: Path, rows, names: Sequence[str], point: Optional[OperatingPoint]) -> Path:
+    """rows: (path relative to the data root, label, probabilities); the decision at the point."""
+    point = point or OperatingPoint(None)
+    with replacing(path) as f:
+        writer = csv.writer(f)
+        header = ["path", "label", *[f"prob_{spreadsheet_safe(n)}" for n in names]]
+        writer.writerow([*header, *(["threshold"] if len(names) == 2 else []), "predicted"])
+        for rel, label, p in rows:
+            decided = names[int(point.decisions(np.asarray(p)[None])[0])]
+            threshold = [f"{point.threshold_value:.6g}"] if len(names) == 2 else []
+            writer.writerow([*map(spreadsheet_safe, (rel, label)), *[f"{v:.6f}" for v in p],
+                             *threshold, spreadsheet_safe(decided)])
+    return Path(path)
 
 
 def publish_report(report: dict, run_dir: Path, trainer: pl.Trainer, class_names: Sequence[str]) -> None:
@@ -170,9 +110,10 @@ def publish_report(report: dict, run_dir: Path, trainer: pl.Trainer, class_names
     and the table on the console. Rank 0 only."""
     if not trainer.is_global_zero:
         return
-    (Path(run_dir) / REPORT_FILE).write_text(json.dumps(report, indent=1, allow_nan=False, default=_json_default))
+    with replacing(Path(run_dir) / REPORT_FILE) as f:
+        f.write(json.dumps(report, indent=1, allow_nan=False, default=_json_default))
     matrix = report["confusion_matrix"]["matrix"]
-    write_confusion_csv(Path(run_dir) / "confusion_test.csv", torch.tensor(matrix), list(class_names))
+    write_confusion_csv(Path(run_dir) / "confusion_test.csv", matrix, class_names)
     rows = [[t, p, int(matrix[i][j])] for i, t in enumerate(class_names) for j, p in enumerate(class_names)]
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
@@ -185,36 +126,198 @@ def publish_report(report: dict, run_dir: Path, trainer: pl.Trainer, class_names
     for logger in trainer.loggers:
         logger.log_metrics(finite, step=trainer.global_step)
     update_summary(trainer, finite)
-    print(f"\n{format_table(report)}\n(test_report.json in {run_dir})", flush=True)
+    temperature = report.get("temperature") or {}
+    note = f"\ntemperature 1: {temperature['reason']}" if temperature.get("fallback") else ""
+    print(f"\n{format_table(report)}{note}\n(test_report.json in {run_dir})", flush=True)
 
 
-class EvaluationReport(Callback):
-    """The test report of every test of the run, from the outputs the model gathered."""
+class Evaluation(Callback):
+    """The one owner of evaluation state; see the module docstring. Listed before SweepMetric,
+    which reads `current_metrics` (callback hooks run in list order)."""
 
     def __init__(self, run_dir: Path, options: EvalOptions,
                  patient_ids: Callable[[str], Optional[Sequence[str]]]) -> None:
         self.run_dir, self.options, self.patient_ids = Path(run_dir), options, patient_ids
+        self.outputs: dict[str, dict[str, np.ndarray]] = {}  # last epoch's, per stage, each image once
+        self.metrics: dict[str, dict[str, torch.Tensor]] = {}
+        self.point: Optional[OperatingPoint] = None  # the one test and predict use
+        self.quiet = False  # collecting validation outputs to choose on: log nothing
         self.report: Optional[dict] = None
+        self._batches: dict[str, list[dict]] = {"val": [], "test": []}
+        self._chosen: Optional[tuple[int, OperatingPoint]] = None  # (global step of its weights, point)
+        self.num_classes = 2
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.num_classes = int(pl_module.hparams.num_classes)
+        self._metric_set = ClassificationMetrics(self.num_classes)
+
+    def metric_names(self, stage: str = "val") -> list[str]:
+        return logged_metric_names(self.num_classes, stage)
+
+    def current_metrics(self, stage: str = "val") -> dict[str, torch.Tensor]:
+        return self.metrics.get(stage, {})
+
+    # ---- outputs, once per epoch ---------------------------------------------------------------
+
+    def _start(self, stage: str) -> None:
+        self._batches[stage] = []
+        self.outputs.pop(stage, None)
+        self.metrics.pop(stage, None)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._start("val")
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._start("test")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batches["val"].append(outputs)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batches["test"].append(outputs)
+
+    def _gather(self, stage: str, pl_module: pl.LightningModule) -> Optional[dict[str, np.ndarray]]:
+        """Every rank's outputs, once per image in dataset order (the padding DistributedSampler
+        adds is dropped). Collective under DDP: every rank calls it once per epoch."""
+        parts, self._batches[stage] = self._batches[stage], []
+        if not parts:
+            return None
+        logits, labels, index = (torch.cat([p[k] for p in parts]) for k in ("logits", "labels", "index"))
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            logits, labels, index = (pl_module.all_gather(t).flatten(0, 1) for t in (logits, labels, index))
+        index_np = index.cpu().numpy()
+        _, first = np.unique(index_np, return_index=True)
+        self.outputs[stage] = {"logits": logits.float().cpu().numpy()[first],
+                               "labels": labels.cpu().numpy()[first], "index": index_np[first]}
+        return self.outputs[stage]
+
+    def _log_epoch(self, stage: str, pl_module: pl.LightningModule, out: dict[str, np.ndarray]) -> None:
+        """The epoch's figures over every image exactly once. Every rank computes them from the
+        same gathered outputs, so they are logged WITHOUT sync_dist: there is nothing to reduce.
+        Lightning keeps a logged tensor on its own device and all-reduces it there
+        (lightning/pytorch/trainer/connectors/logger_connector/result.py: `self[key].to(value.device)`,
+        then `_ResultMetric.compute` -> `sync`), and NCCL has no CPU backend (Lightning #18803):
+        a sync_dist=True value computed on the CPU killed DDP on GPUs. They live on the module's
+        device anyway (tests/test_gpu.py runs an NCCL group on one GPU)."""
+        logits = torch.from_numpy(out["logits"]).to(pl_module.device)
+        labels = torch.from_numpy(out["labels"]).long().to(pl_module.device)
+        values = {f"{stage}/loss": pl_module.loss(logits, labels)}
+        if stage == "val":
+            metrics = self._metric_set.to(pl_module.device)
+            metrics.reset()
+            metrics.update(logits.softmax(dim=1), labels)
+            values.update({f"val/{k}": v for k, v in metrics.compute().items()})
+            metrics.reset()
+        self.metrics[stage] = values
+        if not self.quiet:
+            pl_module.log(f"{stage}/loss", values.pop(f"{stage}/loss"), prog_bar=stage == "val", sync_dist=False)
+            pl_module.log_dict(values, sync_dist=False)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            self._batches["val"] = []
+            return
+        out = self._gather("val", pl_module)
+        if out is None:
+            return
+        self._log_epoch("val", pl_module, out)
+        if trainer.state.fn == "fit":  # for the checkpoints of these weights (on_save_checkpoint)
+            finite = np.isfinite(out["logits"]).all()  # diverged weights: RunGuard's to report, nothing to choose
+            self._chosen = (trainer.global_step, choose_operating_point(
+                out["logits"], out["labels"], self.options, self._patients("val", out))) if finite else None
+        if trainer.is_global_zero:
+            confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+            np.add.at(confusion, (out["labels"], out["logits"].argmax(axis=1)), 1)
+            write_confusion_csv(self.run_dir / "confusion_val.csv", confusion, pl_module.class_names)
+
+    def _patients(self, stage: str, out: dict[str, np.ndarray]) -> Optional[np.ndarray]:
+        ids = self.patient_ids(stage)
+        return None if ids is None else np.asarray(ids, dtype=object)[out["index"]]
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """The only writer of the checkpoint's operating point: the one chosen on validation with
+        exactly these weights (a checkpoint saved later in the epoch, e.g. on a stop, gets none)."""
+        if self._chosen is not None and self._chosen[0] == checkpoint.get("global_step"):
+            checkpoint[CHECKPOINT_KEY] = self._chosen[1].to_dict()
+
+    # ---- the operating point for test and predict --------------------------------------------
+
+    def operating_point_for(self, trainer: pl.Trainer, model: pl.LightningModule, datamodule,
+                            ckpt_path: Optional[str]) -> Optional[OperatingPoint]:
+        """The one stored with the checkpoint's weights when chosen with these settings; else a
+        fixed threshold; else one chosen now on validation through those weights."""
+        point = read_operating_point(ckpt_path)
+        if point is None or not point.matches(self.options):
+            point = fixed_operating_point(self.options, model.hparams.num_classes)
+        if point is None:
+            out = self.collect_validation(trainer, model, datamodule, ckpt_path)
+            point = choose_operating_point(out["logits"], out["labels"], self.options,
+                                           self._patients("val", out)) if out else None
+        if point is None and model.hparams.num_classes == 2:
+            log.warning("eval.threshold=%s: no validation split to choose it on and none stored in the "
+                        "checkpoint; binary decisions use 0.5", self.options.threshold)
+        return point
+
+    def collect_validation(self, trainer: pl.Trainer, model: pl.LightningModule, datamodule,
+                           ckpt_path: Optional[str]) -> Optional[dict[str, np.ndarray]]:
+        """The validation outputs of the checkpoint's weights, logging nothing (W&B's hyperband
+        must see no extra row). Called by the CLI between runs, never nested in a hook."""
+        if not datamodule.has_split("val"):
+            return None
+        self.quiet = True
+        try:
+            trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        finally:
+            self.quiet = False
+        return self.outputs.get("val")
+
+    def use(self, trainer: pl.Trainer, point: Optional[OperatingPoint]) -> None:
+        self.point = point
+        if point is None:
+            return
+        point.warn(self.options)
+        summary: dict[str, Any] = {"eval/temperature": point.temperature}
+        if point.threshold is not None:
+            summary.update({"eval/threshold": point.threshold.value, "eval/threshold_rule": point.threshold.rule,
+                            "eval/threshold_fallback": point.threshold.fallback})
+        update_summary(trainer, summary)
+
+    # ---- test: the report --------------------------------------------------------------------
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        out = self._gather("test", pl_module)
+        if out is not None:
+            self._log_epoch("test", pl_module, out)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        outputs = pl_module.epoch_outputs.get("test")
-        if not trainer.is_global_zero or outputs is None or trainer.sanity_checking:
+        out = self.outputs.get("test")
+        if not trainer.is_global_zero or out is None:
             return
-        point: OperatingPoint = pl_module.operating_point or OperatingPoint(None)
-        probs = point.probabilities(outputs["logits"])
-        ids = self.patient_ids("test")
-        ids = None if ids is None else np.asarray(ids, dtype=object)[outputs["index"]]
-        val = pl_module.epoch_outputs.get("val")
-        val_ids = self.patient_ids("val") if val is not None and ids is not None and point.threshold else None
-        patient_threshold = None if val_ids is None else choose_patient_threshold(  # on validation patients
-            self.options.threshold, point.probabilities(val["logits"])[:, 1], val["labels"],
-            np.asarray(val_ids, dtype=object)[val["index"]], self.options.patient_aggregation)
-        report = test_report_of(probs, outputs["labels"], ids, pl_module.class_names, point, self.options,
-                                patient_threshold)
-        report["validation_calibration"] = calibration_summary(val["logits"], val["labels"], point) \
-            if val is not None else None
-        self.report = report
-        publish_report(report, self.run_dir, trainer, pl_module.class_names)
+        point = self.point or OperatingPoint(None)
+        ids = self._patients("test", out)
+        self.report = test_report_of(point.probabilities(out["logits"]), out["labels"], ids, pl_module.class_names,
+                                     point, self.options)
+        publish_report(self.report, self.run_dir, trainer, pl_module.class_names)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """predictions.csv (predictions-rank{R}.csv under DDP): path relative to the data root, the
+    true label when known, one probability column per class, and the decision at the operating
+    point the Evaluation uses. `rows(index) -> (relative path, label)` comes from the CLI."""
+
+    def __init__(self, run_dir: Path, rows: Callable[[int], tuple[str, str]], evaluation: Evaluation) -> None:
+        super().__init__(write_interval="epoch")
+        self.run_dir, self.rows, self.evaluation = Path(run_dir), rows, evaluation
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        point = self.evaluation.point or OperatingPoint(None)
+        suffix = f"-rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        rows = []
+        for batch in predictions:
+            probs = point.probabilities(batch["logits"].float().cpu().numpy())
+            rows += [(*self.rows(index), p) for index, p in zip(batch["index"].tolist(), probs)]
+        self.path = write_predictions(self.run_dir / f"predictions{suffix}.csv", rows, pl_module.class_names, point)
 
 
 def _json_default(value: Any) -> Any:

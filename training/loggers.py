@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from training.options import RunOptions
@@ -77,3 +79,24 @@ def update_summary(trainer: Trainer, values: dict) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(values)
+
+
+class ImageSampleLogger(Callback):
+    """With run.log_images: a few validation images to W&B once, as pixels with the class
+    name as caption. Nothing else about the image (no path, no DICOM header) is sent."""
+
+    def __init__(self, count: int = 8) -> None:
+        self.count, self.done = count, False
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.done or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        self.done = True
+        x, y = batch[0][: self.count].float().cpu(), batch[1][: self.count].tolist()
+        low, high = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+        # 8-bit pixels, stretched per image: wandb (0.31) casts float pixels to uint8 without
+        # scaling, so [0, 1] floats would arrive as black images.
+        pixels = ((x - low) / (high - low + 1e-6) * 255).round().to(torch.uint8)[:, 0].numpy()
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("val/examples", images=list(pixels), caption=[pl_module.class_names[i] for i in y])

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 from pathlib import Path
+from typing import Optional
 
 from training.options import DemoOptions
 
@@ -24,11 +27,54 @@ def check_config_files(args: list[str]) -> None:
                 raise ValueError(f"config file {value} is not valid YAML: {e}") from None
 
 
-def default_precision() -> str:
-    """bf16 autocast on GPUs that support it (fast, no loss scaling), full precision elsewhere."""
+def default_precision(accelerator: object = "auto") -> str:
+    """bf16 autocast on Ampere and later (compute capability >= 8.0: native bf16, no loss
+    scaling), fp16 autocast on Volta/Turing (7.x: V100, T4 emulate bf16 slowly, which
+    `torch.cuda.is_bf16_supported()` counts as support by default), full precision on older
+    GPUs and the CPU. Decided without a CUDA context: `is_bf16_supported()`,
+    `get_device_capability()` and friends initialise one (~0.5 GB) on the current device, in
+    every DDP rank before Lightning sets its device and in a CV parent that trains nothing."""
+    if str(accelerator) == "cpu":
+        return "32-true"
+    return precision_for(gpu_capability())
+
+
+def precision_for(capability: Optional[tuple[int, int]]) -> str:
+    if capability is None:
+        return "32-true"
+    return "bf16-mixed" if capability >= (8, 0) else "16-mixed" if capability >= (7, 0) else "32-true"
+
+
+def gpu_capability() -> Optional[tuple[int, int]]:
+    """Compute capability of the first GPU this process sees (the one a single-device run uses;
+    DDP ranks see the same kind), or None without a GPU. From nvidia-smi (NVML underneath), or
+    from torch when this process has a CUDA context already."""
     import torch
 
-    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    if torch.cuda.is_initialized():
+        return torch.cuda.get_device_capability()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    first = visible.split(",")[0].strip() if visible is not None else "0"
+    if first in ("", "-1"):
+        return None
+    if first.startswith("MIG-"):
+        return (8, 0)  # MIG exists on A100/A30/H100 and later only: all >= 8.0
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None  # no driver, hence no GPU to train on
+    for line in out.splitlines():
+        index, uuid, cap = (field.strip() for field in line.split(",")[:3])
+        if first == index or (first.startswith("GPU-") and uuid.startswith(first)):
+            try:
+                major, minor = cap.split(".")
+                return int(major), int(minor)
+            except ValueError:
+                log.warning("nvidia-smi reports compute capability %r for GPU %s: precision 32-true "
+                            "(set --trainer.precision)", cap, first)
+                return None
+    return None
 
 
 DEMO_RECORD = "demo.json"  # in the demo folder: the settings it was generated with

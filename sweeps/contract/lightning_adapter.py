@@ -7,7 +7,8 @@
 * After a stop, rank 0 waits for the DDP children that Lightning's subprocess launcher
   started (`strategy.launcher.procs`); Lightning offers no public accessor for them.
 
-tests/test_adapters.py fails when either attribute disappears; pyproject bounds lightning <2.7.
+tests/test_architecture.py (test_lightning_internals_the_contract_relies_on_exist) fails when
+either attribute disappears; pyproject bounds lightning <2.7.
 """
 
 from __future__ import annotations

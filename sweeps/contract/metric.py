@@ -33,8 +33,13 @@ def objective_value(objective: dict[str, float], metrics: dict[str, torch.Tensor
 
 
 class SweepMetric(Callback):
-    def __init__(self, metric: str, objective: Optional[dict[str, float]] = None, history_file: Optional[Path] = None):
+    def __init__(self, metric: str, objective: Optional[dict[str, float]] = None, history_file: Optional[Path] = None,
+                 metrics=None):
+        """metrics: what computes the validation metrics (`metric_names(stage)`,
+        `current_metrics(stage)`, e.g. training.evaluate.Evaluation, listed before this
+        callback); default: the LightningModule."""
         self.metric, self.objective, self.history_file = metric, objective, history_file
+        self.metrics = metrics
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.val_check_interval != 1.0 or (trainer.check_val_every_n_epoch or 1) != 1:
@@ -43,7 +48,8 @@ class SweepMetric(Callback):
                 "once per validation, so hyperband's min_iter/max_iter count validations, not epochs.",
                 trainer.val_check_interval, trainer.check_val_every_n_epoch, self.metric,
             )
-        logged = list(getattr(pl_module, "metric_names", lambda stage: [])("val"))
+        source = self.metrics or pl_module
+        logged = list(getattr(source, "metric_names", lambda stage: [])("val"))
         if self.objective:
             # val/loss is logged by Lightning after this callback runs, so it cannot take part.
             available = [n for n in logged if n != "val/loss"]
@@ -74,7 +80,7 @@ class SweepMetric(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.objective or trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        value = objective_value(self.objective, pl_module.current_metrics("val"))
+        value = objective_value(self.objective, (self.metrics or pl_module).current_metrics("val"))
         # Logged in the same epoch-end row as the module's val/* metrics and `epoch`.
         pl_module.log(self.metric, value)
 
