@@ -41,9 +41,9 @@ def test_threshold_is_chosen_on_validation_without_reading_the_test_split(fit_ar
     original_test, original_choose = XrayDataModule.test_dataloader, evaluate.choose_operating_point
     monkeypatch.setattr(XrayDataModule, "test_dataloader", lambda self: calls.append("test") or original_test(self))
 
-    def choose(logits, labels, options):
+    def choose(logits, labels, options, patient_ids=None):
         calls.append(f"choose:{len(labels)}")
-        return original_choose(logits, labels, options)
+        return original_choose(logits, labels, options, patient_ids)
 
     monkeypatch.setattr(evaluate, "choose_operating_point", choose)
     cli = cli_main(fit_args("configs/demo.yaml", *FAST))
