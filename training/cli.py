@@ -28,6 +28,15 @@ from datamodules.records import DataError
 from models.backbones import UnknownBackboneError, WeightsError
 from models.classifier import XrayClassifier
 from models.reporting import ConfusionWriter, ImageSampleLogger, PredictionWriter
+from rundir import (
+    CHILD_STOP_S,
+    RUN_DIR_ENV,
+    RunDirError,
+    check_gpu_slot,
+    checkpoint_problem,
+    make_run_dir,
+    resumed_run_dir,
+)
 from sweeps.contract import (
     HISTORY_FILE,
     Diverged,
@@ -52,7 +61,6 @@ from training.evaluate import (
 )
 from training.loggers import default_loggers, finish_wandb, update_summary
 from training.options import CVOptions, DemoOptions, EvalOptions, RunOptions
-from training.rundir import RUN_DIR_ENV, RunDirError, checkpoint_problem, make_run_dir, resumed_run_dir
 from training.setup import check_config_files, default_precision, ensure_demo_data
 
 log = logging.getLogger("cli")
@@ -215,7 +223,7 @@ class XrayCLI(LightningCLI):
         finish_wandb(self.trainer, exit_code=0)
         for proc in ddp_children(trainer):
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=CHILD_STOP_S)
             except Exception:
                 proc.kill()
 
@@ -292,6 +300,7 @@ class XrayCLI(LightningCLI):
 def cli_main(args: Optional[list[str]] = None) -> XrayCLI:
     StopSignal.install()
     watch_runner()  # started by the offline runner: stop when it is gone
+    check_gpu_slot()  # given a GPU that it cannot see: fail now, not train on the CPU
     _quiet_expected_warnings()
     try:
         return XrayCLI(

@@ -7,12 +7,10 @@ from __future__ import annotations
 import os
 import time
 import uuid
-import zipfile
 from pathlib import Path
 from typing import Optional
 
-RUN_DIR_ENV = "XRAY_RUN_DIR"  # set by the offline runner, and by rank 0 for its DDP children
-LIGHTNING_NAMES = ("last", "best", "hpc")  # ckpt_path values Lightning resolves itself
+from rundir.layout import CHECKPOINT_DIR, CONFIG_FILE
 
 
 class RunDirError(ValueError):
@@ -50,30 +48,6 @@ def resumed_run_dir(ckpt_path: Optional[str]) -> Optional[Path]:
     path = Path(ckpt_path).expanduser()
     run_dir = path.parent.parent
     # last.ckpt continues the run; resuming from another checkpoint (best-*) starts a branch elsewhere
-    if path.name.startswith("last") and path.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file():
+    if path.name.startswith("last") and path.parent.name == CHECKPOINT_DIR and (run_dir / CONFIG_FILE).is_file():
         return run_dir.resolve()
-    return None
-
-
-def checkpoint_problem(ckpt_path: str) -> Optional[str]:
-    """Why a checkpoint cannot be resumed from (missing, truncated, corrupt), or None.
-    torch.save writes a zip archive with a CRC per entry; the archive is checked whole, then
-    loaded memory-mapped (tensors are not read), as Lightning will load it."""
-    if ckpt_path in LIGHTNING_NAMES or ckpt_path.startswith("registry"):
-        return None  # Lightning finds these itself
-    path = Path(ckpt_path).expanduser()
-    if path.is_dir():
-        return None  # a sharded checkpoint (FSDP, DeepSpeed): Lightning's own to check
-    if not path.is_file():
-        return f"{path} does not exist"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-        if bad is not None:
-            return f"{path}: entry {bad} is corrupt"
-        import torch
-
-        torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as e:  # any reason means the same: this file cannot be resumed from
-        return f"{path}: {type(e).__name__}: {e}"
     return None
