@@ -3,11 +3,11 @@ orchestration (the offline runner): the layout (layout.py), making one (create.p
 what a run left (records.py), slots (slots.py), start/poll/stop (launcher.py) and the stop timeouts (grace.py).
 Imports nothing of the project and no torch on import (README, "Architecture")."""
 
-from rundir.create import RunDirError, make_run_dir, resumed_run_dir
+from rundir.create import RunDirError, adopt_run_dir, make_run_dir, resumed_run_dir
 from rundir.grace import AGENT_KILL_AFTER_S, CHILD_STOP_S, FINISH_GRACE_S, HARD_STOP_S
 from rundir.launcher import Launched, child_env, start, stop_all
 from rundir.layout import RUN_DIR_ENV, fold_dir
-from rundir.records import checkpoint_problem, failure_reason
+from rundir.records import check_same_model, checkpoint_problem, failure_reason
 from rundir.slots import SlotError, check_gpu_slot, cpu_threads, fold_slots, gpu_slots, visible_gpus
 
 __all__ = [
@@ -19,7 +19,9 @@ __all__ = [
     "RUN_DIR_ENV",
     "RunDirError",
     "SlotError",
+    "adopt_run_dir",
     "check_gpu_slot",
+    "check_same_model",
     "checkpoint_problem",
     "child_env",
     "cpu_threads",

@@ -36,3 +36,8 @@ def fold_dir(run_dir: Path, fold: int) -> Path:
 def is_cv_run(run_dir: Path) -> bool:
     """A cross-validated run's directory (it keeps its folds, not a checkpoint)."""
     return fold_dir(run_dir, 0).is_dir()
+
+LOCK_FILE = "fit.lock"  # held by the `fit` that writes into the directory (create.adopt_run_dir)
+# What marks a directory as one this project made (a runner writes output.log before the run starts).
+MARKERS = (CONFIG_FILE, CHECKPOINT_DIR, METRICS_FILE, HISTORY_FILE, TRAINING_FILE, RUN_RECORD, OUTPUT_LOG, LOCK_FILE,
+           FOLD_DIR.format(0))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 LIGHTNING_NAMES = ("last", "best", "hpc")  # ckpt_path values Lightning resolves itself
 
@@ -56,3 +56,35 @@ def failure_reason(log: Path, code: int) -> str:
     if code < 0:
         return f"killed by signal {signal.Signals(-code).name}"
     return f"exit code {code}"
+
+
+# Not compared when a run continues: linked from the data module (not part of the command), or
+# without effect on what is trained (where initial weights came from, memory format, compiling).
+NOT_COMPARED = ("num_classes", "class_names", "class_weights", "weights", "channels_last", "compile")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def check_same_model(ckpt_path: str | Path, model: dict) -> None:
+    """A run continued from a checkpoint must be the same model: LightningCLI would otherwise
+    take the checkpoint's hyperparameters over the command's, silently (lightning/pytorch/cli.py,
+    LightningCLI._parse_ckpt_path), and the run's history would mix two models. Raises one
+    ValueError naming every differing model.* option."""
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        return  # a name Lightning resolves, or a sharded checkpoint: not ours to read
+    import torch
+
+    saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters") or {}
+    differ = [f"model.{key}={saved[key]!r} in the checkpoint, {value!r} in this command"
+              for key, value in model.items()
+              if key in saved and key not in NOT_COMPARED and not key.startswith("_") and _plain(saved[key]) != _plain(value)]
+    if differ:
+        raise ValueError(f"checkpoint {path} was trained with other settings than this command's ({'; '.join(differ)}): "
+                         "continue it with the settings it was trained with, or start a new run without --ckpt_path")

@@ -141,7 +141,7 @@ def test_the_stop_flag_installs_before_torch_is_imported():
     assert out.split() == ["False", "False", "False"]
 
 
-@pytest.mark.parametrize("package", ["training", "sweeps.contract", "sweeps.files", "sweeps.runner",
+@pytest.mark.parametrize("package", ["rundir", "training", "sweeps.contract", "sweeps.files", "sweeps.runner",
                                      "sweeps.analysis"])
 def test_each_package_re_exports_its_public_names(package):
     import importlib

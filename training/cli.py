@@ -32,7 +32,9 @@ from rundir import (
     CHILD_STOP_S,
     RUN_DIR_ENV,
     RunDirError,
+    adopt_run_dir,
     check_gpu_slot,
+    check_same_model,
     checkpoint_problem,
     make_run_dir,
     resumed_run_dir,
@@ -126,6 +128,9 @@ class XrayCLI(LightningCLI):
         resumed = resumed_run_dir(self._resume_from)
         if inherited or resumed:
             self.run_dir = Path(inherited) if inherited else resumed
+            if self.subcommand == "fit":  # checked and locked: never a finished run, never two fits at once
+                self.run_dir = adopt_run_dir(self.run_dir, from_env=bool(inherited),
+                                             continuing=self._resume_from is not None)
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -154,6 +159,8 @@ class XrayCLI(LightningCLI):
         if problem is not None:
             log.warning("cannot resume from the checkpoint (%s): training starts over from epoch 0", problem)
             cfg.ckpt_path = None
+        else:
+            check_same_model(cfg.ckpt_path, cfg.model.as_dict())  # another model's checkpoint: refused
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         cfg = self.config_init[self.subcommand]
