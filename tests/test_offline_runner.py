@@ -778,3 +778,18 @@ def test_a_run_given_a_gpu_it_cannot_see_fails_at_once(monkeypatch, capsys):
     assert cli() == 2
     err = capsys.readouterr().err
     assert err.startswith("error: this run was given GPU 0") and "sees no GPU" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.gpu
+def test_gpu_count_from_nvidia_smi_matches_cuda_and_a_given_gpu_is_seen(monkeypatch):
+    """On a GPU machine: nvidia-smi -L counts the GPUs CUDA sees (no CUDA_VISIBLE_DEVICES), and a
+    run given GPU 0 passes the in-run check (check_gpu_slot asks torch.cuda.device_count, which
+    reads NVML first and creates no context)."""
+    import torch
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert len(slots.nvidia_smi_gpus()) == torch.cuda.device_count() > 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv(slots.GPU_SLOT_ENV, "0")
+    slots.check_gpu_slot()
+    assert not torch.cuda.is_initialized()  # the check made no CUDA context
