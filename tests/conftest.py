@@ -34,7 +34,7 @@ def pytest_configure(config):
     """Under `pytest -n N` (make test), the N workers split the cores as parallel runs do: N
     processes that each start one torch thread per core slow each other down (measured on two
     cores: 4 min 22 s with two threads per worker, 3 min 49 s with one; 6 min 11 s serially)."""
-    from sweeps.contract.threads import cpu_threads
+    from rundir.slots import cpu_threads
 
     threads = cpu_threads([None] * int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     if threads is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, ROOT
 
-PACKAGES = ("cli", "training", "models", "datamodules", "sweeps", "evaluation")
+PACKAGES = ("cli", "training", "models", "datamodules", "sweeps", "evaluation", "rundir")
 
 
 def _module_name(path: Path) -> str:
@@ -94,7 +94,21 @@ def test_in_run_contract_imports_nothing_from_the_orchestration():
     assert contract
     for module in contract:
         for dep in graph[module]:
-            assert dep.startswith("sweeps.contract") or dep.split(".")[0] in ("models", "datamodules"), (module, dep)
+            assert dep.startswith("sweeps.contract") or dep.split(".")[0] in ("models", "datamodules", "rundir"), \
+                (module, dep)
+
+
+def test_the_run_directory_and_launcher_import_nothing_of_the_project_nor_torch():
+    """rundir/ is shared by training (the CV parent) and the orchestration (the runner), so it
+    points at neither; a runner that only launches must not pay for torch."""
+    graph = project_imports()
+    assert any(m.startswith("rundir") for m in graph)
+    for module, deps in graph.items():
+        if module.startswith("rundir"):
+            assert all(d.startswith("rundir") for d in deps), (module, deps)
+    code = "import sys, rundir; print(sorted(m for m in ('torch', 'lightning', 'optuna', 'wandb') if m in sys.modules))"
+    out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_evaluation_is_pure_statistics():
@@ -127,7 +141,7 @@ def test_the_stop_flag_installs_before_torch_is_imported():
     assert out.split() == ["False", "False", "False"]
 
 
-@pytest.mark.parametrize("package", ["training", "sweeps.contract", "sweeps.files", "sweeps.runner",
+@pytest.mark.parametrize("package", ["rundir", "training", "sweeps.contract", "sweeps.files", "sweeps.runner",
                                      "sweeps.analysis"])
 def test_each_package_re_exports_its_public_names(package):
     import importlib
@@ -140,7 +154,7 @@ def test_each_package_re_exports_its_public_names(package):
 
 def test_modules_are_of_a_readable_size():
     sizes = {f.relative_to(ROOT).as_posix(): len(f.read_text().splitlines())
-             for pkg in ("sweeps", "training") for f in (ROOT / pkg).rglob("*.py")}
+             for pkg in ("sweeps", "training", "rundir") for f in (ROOT / pkg).rglob("*.py")}
     assert {f: n for f, n in sizes.items() if n > 360} == {}
 
 

@@ -64,6 +64,75 @@ def test_cv_options_are_checked(fit_args):
         cli_main(fit_args("configs/demo.yaml", "--cv.folds=1"))
     with pytest.raises(ValueError, match="cv.folds trains every fold"):
         cli_main(fit_args("configs/demo.yaml", "--cv.folds=2", "--data.fold=0"))
+    with pytest.raises(ValueError, match="cv.folds_per_device must be at least 1, got 0"):
+        cli_main(fit_args("configs/demo.yaml", "--cv.folds=2", "--cv.folds_per_device=0"))
+
+
+def test_folds_share_a_device_k_at_a_time_with_the_runners_slot_logic(monkeypatch):
+    """cv.folds_per_device: a 5-fold trial on one GPU trains its folds side by side (as the
+    runner's --trials-per-gpu does for trials); never more slots than folds; the inherited
+    CUDA_VISIBLE_DEVICES is read as CUDA reads it (it stops at an invalid entry)."""
+    import rundir.slots as slots
+    from rundir import fold_slots
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert fold_slots("gpu", 1, folds_per_device=5, folds=5) == ["3"] * 5
+    assert fold_slots("gpu", 1, folds_per_device=1, folds=5) == ["3"]  # one after the other, as before
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert fold_slots("gpu", 2, folds_per_device=2, folds=3) == ["0", "1", "0"]  # spread over the GPUs first
+    assert fold_slots("auto", "auto", folds_per_device=3, folds=5) == ["0", "1", "0", "1", "0"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aa,-1,GPU-bb")
+    assert fold_slots("cuda", -1, folds_per_device=2, folds=5) == ["GPU-aa", "GPU-aa"]
+    with pytest.raises(ValueError, match=r"trainer.devices=\[1\]: GPU index\(es\) \[1\] outside the 1 GPU"):
+        fold_slots("gpu", [1], folds_per_device=1, folds=2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: CPU processes, K per device
+    assert fold_slots("auto", 2, folds_per_device=2, folds=3) == [None] * 3
+    assert fold_slots("cpu", 1, folds_per_device=1, folds=3) == [None]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(slots, "probe", lambda: ["0"])  # counted with nvidia-smi -L, never torch.cuda
+    assert fold_slots("auto", 1, folds_per_device=4, folds=4) == ["0"] * 4
+
+
+def test_the_cv_parent_says_when_training_ended_so_hyperband_spares_its_evaluation(tmp_path, monkeypatch):
+    """The CV parent's training.json: the epochs it plans while its folds train, `done` once
+    they all have, so that the runner (training_done) never stops the trial during its ensemble
+    evaluation. Folds here are the tests' stand-in program, two side by side on the CPU."""
+    from types import SimpleNamespace
+
+    from test_offline_runner import FAKE_CLI
+
+    import training.cv as cv
+    from sweeps.contract.history import read_history, training_done
+
+    program = tmp_path / "fold.py"
+    program.write_text(FAKE_CLI)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    options = SimpleNamespace(cv=SimpleNamespace(folds=2, folds_per_device=2))
+    parent = SimpleNamespace(config_init={"fit": options}, subcommand="fit", run_dir=run_dir,
+                             trainer=SimpleNamespace(loggers=[], max_epochs=3))
+    said = []
+
+    def write_training(path, epochs, done):
+        said.append((epochs, done, len(read_history(run_dir / "sweep_history.jsonl", "val/s"))))
+        cv_write(path, epochs, done)
+
+    cv_write = cv.write_training
+    monkeypatch.setattr(cv, "write_training", write_training)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    folds = cv.CrossValidation(parent, ["--epochs=3", "--delay=0.05", "--sweep.metric=val/s"], "val/s",
+                               ("cpu", 1), program=program)
+    assert folds.slots == [None, None]
+    folds.train()
+    assert said == [(3, False, 0), (3, True, 3)]  # planned before the first fold started; done after the last
+    state = json.loads((run_dir / "training.json").read_text())
+    assert state == {"epochs": 3, "done": True}
+    history = read_history(run_dir / "sweep_history.jsonl", "val/s")
+    assert history == pytest.approx([0.5 * (1 + e) / 3 * 1.05 for e in range(3)])  # the folds' mean per epoch
+    assert training_done(run_dir / "training.json", len(history))
+    envs = [json.loads((run_dir / f"fold_{k}" / "env.json").read_text()) for k in range(2)]
+    cores = len(os.sched_getaffinity(0))
+    assert [e["OMP_NUM_THREADS"] for e in envs] == [str(max(1, cores // 2))] * 2  # side by side: cores shared
 
 
 def test_two_fold_run_end_to_end(fit_args, tmp_path):
@@ -161,6 +230,9 @@ def test_a_killed_cv_run_rerun_keeps_its_finished_folds_and_continues_the_rest(f
     kept = {p: p.stat().st_mtime_ns for p in (fold0 / "fold_done.json", fold0 / "checkpoints" / "last.ckpt")}
     first_epoch = (fold1 / "sweep_history.jsonl").read_text().splitlines()
     assert len(first_epoch) == 1  # fold 1 died starting its second epoch
+    # the same directory with other settings: refused, naming it, rather than mixing folds
+    with pytest.raises(ValueError, match="holds a cross-validated run with other settings"):
+        cli_main([*args, "--model.lr=0.01"])
 
     cli = cli_main(args)  # the same command again
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the finished fold was not trained again
@@ -171,9 +243,8 @@ def test_a_killed_cv_run_rerun_keeps_its_finished_folds_and_continues_the_rest(f
     assert [r["epoch"] for r in parent] == [0, 1]  # the fold mean once per epoch, across both attempts
     assert (run_dir / "cv.json").is_file() and (run_dir / "test_report.json").is_file()
     assert cli.run_dir == run_dir
-    # the same directory with other settings: refused, naming it, rather than mixing folds
-    with pytest.raises(ValueError, match="holds a cross-validated run with other settings"):
-        cli_main([*args, "--model.lr=0.01"])
+    with pytest.raises(ValueError, match="holds a finished run"):  # finished now: never written over
+        cli_main(args)
 
 
 def test_the_runner_continues_an_interrupted_cv_trial_in_its_directory(tmp_path):

@@ -228,3 +228,81 @@ def test_resume_by_hand_continues_the_run_in_its_directory(fit_args, tmp_path, c
     cli_main([*resume, "--trainer.max_epochs=1"])
     assert "training starts over from epoch 0" in caplog.text
     assert [r["epoch"] for r in _metric_rows(run_dir)] == [0] and run_dirs(tmp_path) == [run_dir]
+
+
+# ---- run directories given from outside (XRAY_RUN_DIR): checked, never written over, locked ----
+
+
+def _fit_into(run_dir, monkeypatch, capsys, tmp_path) -> tuple[int, str]:
+    from training.cli import main as cli
+
+    monkeypatch.setenv("XRAY_RUN_DIR", str(run_dir))
+    monkeypatch.setattr(sys, "argv", ["cli.py", "fit", "--config", "configs/demo.yaml", "--run.wandb=disabled",
+                                      f"--data.root={tmp_path / 'data'}", "--trainer.max_epochs=1"])
+    code = cli()
+    return code, capsys.readouterr().err
+
+
+def test_a_run_directory_from_outside_is_refused_when_it_is_not_a_runs_own(tmp_path, monkeypatch, capsys):
+    """A finished run's directory keeps its metrics.csv (Lightning's CSV logger would delete it);
+    `..`, `/` and a folder of other files are refused; each in one line, before anything runs."""
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "metrics.csv").write_text("epoch,val/auroc\n0,0.9\n")
+    (finished / "training.json").write_text(json.dumps({"epochs": 1, "done": True}))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "patients.txt").write_text("not a run")
+    cases = {finished: "holds a finished run (its training.json says training is done)",
+             tmp_path / "a" / "..": "may not contain '..'", Path("/"): "filesystem root",
+             notes: "holds files no run wrote"}
+    for run_dir, message in cases.items():
+        code, err = _fit_into(run_dir, monkeypatch, capsys, tmp_path)
+        errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and message in errors[0], (run_dir, err)
+    assert (finished / "metrics.csv").read_text() == "epoch,val/auroc\n0,0.9\n"
+    assert not (tmp_path / "data").exists()  # refused before the demo data was made
+
+
+def test_a_second_fit_on_a_run_directory_in_use_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "output.log").write_text("")  # as the runner leaves it before the run starts
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from rundir.create import adopt_run_dir; "
+                               "adopt_run_dir(sys.argv[1], from_env=True, continuing=False); print('held', flush=True); "
+                               "time.sleep(60)", str(busy)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, err = _fit_into(busy, monkeypatch, capsys, tmp_path)
+        errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and "another `fit` is writing into this run directory now" in errors[0]
+    finally:
+        holder.kill()
+        holder.wait()
+    from rundir.create import adopt_run_dir
+
+    assert adopt_run_dir(busy, from_env=True, continuing=False) == busy.resolve()  # free again: the lock died with it
+
+
+def test_continuing_from_another_models_checkpoint_is_refused_naming_the_options(fit_args, tmp_path):
+    """A resnet34 last.ckpt copied into a resnet18 run: LightningCLI would take the checkpoint's
+    hyperparameters over the command's and the run go on as resnet34. Refused, naming them; the
+    same settings, or ones that do not change what is trained, continue."""
+    import torch
+
+    from rundir.records import check_same_model
+    from training.cli import cli_main
+
+    run = tmp_path / "runs" / "demo" / "r18"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("{}")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    torch.save({"hyper_parameters": {"backbone": "resnet34", "lr": 0.01, "num_classes": 2, "compile": True}}, ckpt)
+    with pytest.raises(ValueError) as refused:
+        cli_main(fit_args("configs/demo.yaml", "--model.backbone=resnet18", "--model.lr=0.001", f"--ckpt_path={ckpt}"))
+    message = str(refused.value)
+    assert "model.backbone='resnet34' in the checkpoint, 'resnet18' in this command" in message
+    assert "model.lr=0.01 in the checkpoint, 0.001 in this command" in message
+    assert "num_classes" not in message and "compile" not in message
+    assert (run / "config.yaml").read_text() == "{}"  # nothing of the run was written over
+    check_same_model(ckpt, {"backbone": "resnet34", "lr": 0.01, "compile": False, "dropout": 0.5})  # same model

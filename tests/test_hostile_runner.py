@@ -308,7 +308,7 @@ def test_gpu_uuids_abbreviated_uuids_and_mig_ids(smi):
     ("MIG-GPU-8932f937/1/0", ["MIG-GPU-8932f937/1/0"]),
 ])
 def test_visible_gpus_reads_cuda_visible_devices_as_cuda_does(value, ids, monkeypatch):
-    from sweeps.runner.launch import visible_gpus
+    from rundir.slots import visible_gpus
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
     assert visible_gpus() == ids

@@ -1,6 +1,7 @@
 """The offline sweep runner (`python -m sweeps run`), mostly with a fake program that keeps
-cli.py's contract (XRAY_RUN_DIR, sweep_history.jsonl, SIGTERM -> exit 0, `error:` + exit 2)
-so that runs take a fraction of a second."""
+cli.py's contract by importing it (tests/stand_in_cli.py: XRAY_RUN_DIR, sweep_history.jsonl,
+training.json, SIGTERM or the lifeline -> exit 0, `error:` + exit 2) so that runs take a
+fraction of a second."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import optuna
 import pytest
 import yaml
 
+import rundir.slots as slots
 from sweeps.contract.history import read_history
 from sweeps.files import Sweep
 from sweeps.main import main
@@ -34,80 +36,9 @@ from sweeps.runner import storage as runner_storage
 ROOT = Path(__file__).resolve().parents[1]
 METRIC = "val/score"
 
-FAKE_CLI = r'''
-import json, os, signal, sys, threading, time, zipfile
-args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-stop = []
-signal.signal(signal.SIGTERM, lambda s, f: stop.append("SIGTERM"))
-lifeline = os.environ.pop("XRAY_RUNNER_LIFELINE", None)  # cli.py's contract: stop when the runner is gone
-if lifeline:
-    def watch(fd=int(lifeline)):
-        while os.read(fd, 1):
-            pass
-        stop.append("lifeline")
-    threading.Thread(target=watch, daemon=True).start()
-run_dir = os.environ["XRAY_RUN_DIR"]
-ckpt_dir, history = os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, "sweep_history.jsonl")
-with open(os.path.join(run_dir, "env.json"), "w") as f:
-    json.dump({"argv": sys.argv, "python": sys.executable, "pid": os.getpid(),
-               **{k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "WANDB_MODE", "WANDB_PROJECT",
-                                                 "XRAY_RUNNER_LIFELINE", "OMP_NUM_THREADS")}}, f)
-def save(epoch):  # last.ckpt: a zip, as torch.save writes; "epoch" is the next epoch to train
-    os.makedirs(ckpt_dir, exist_ok=True)
-    with zipfile.ZipFile(os.path.join(ckpt_dir, "tmp.ckpt"), "w") as z:
-        z.writestr("state.json", json.dumps({"epoch": epoch}))
-    os.replace(os.path.join(ckpt_dir, "tmp.ckpt"), os.path.join(ckpt_dir, "last.ckpt"))
-def rows():
-    return [json.loads(line) for line in open(history)] if os.path.exists(history) else []
-metric = args.get("sweep.metric", "val/score")
-x = float(args.get("x", 0.5))
-if "peak" in args:  # a known optimum: the score falls with the distance of (x, y) from the peak
-    px, py = map(float, args["peak"].split(","))
-    x = 1 - (x - px) ** 2 - (float(args["y"]) - py) ** 2
-mode = args.get("mode", "ok")
-epochs, delay = int(args.get("epochs", 3)), float(args.get("delay", 0.02))
-start = 0
-if "ckpt_path" in args:
-    try:
-        with zipfile.ZipFile(args["ckpt_path"]) as z:
-            start = json.loads(z.read("state.json"))["epoch"]
-    except Exception as e:
-        print(f"cannot resume from the checkpoint ({e}): training starts over from epoch 0")
-    kept = [r for r in rows() if r["epoch"] < start]
-    with open(history, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-with open(os.path.join(run_dir, "starts.jsonl"), "a") as f:
-    f.write(json.dumps({"pid": os.getpid(), "epoch": start, "time": time.time()}) + "\n")
-if mode == "error":
-    print("error: model.lr must be positive, got -1", file=sys.stderr)
-    sys.exit(2)
-if mode == "crash":
-    raise RuntimeError("CUDA out of memory (fake)")
-if mode == "kill":
-    os.kill(os.getpid(), signal.SIGKILL)
-def training(done):
-    with open(os.path.join(run_dir, "training.json"), "w") as f:
-        json.dump({"epochs": epochs, "done": done}, f)
-training(False)
-for epoch in range(start, epochs):
-    end = time.time() + delay
-    while time.time() < end and not stop:
-        time.sleep(0.01)
-    if stop:
-        save(epoch)
-        with open(os.path.join(run_dir, "stopped.json"), "w") as f:
-            json.dump({"by": stop[0], "epoch": epoch, "time": time.time()}, f)
-        sys.exit(0)
-    with open(history, "a") as f:
-        f.write(json.dumps({"epoch": epoch, "step": epoch, metric: x * (1 + epoch) / epochs}) + "\n")
-    save(epoch + 1)
-training(True)
-time.sleep(float(args.get("test_delay", 0)))  # the test after fit; a stop now does not cut it
-with open(os.path.join(run_dir, "test.json"), "w") as f:
-    json.dump({"stopped_during_test": bool(stop)}, f)
-while mode == "hang" and not stop:
-    time.sleep(0.05)
-'''
+# The stand-in program (tests/stand_in_cli.py), runnable from any folder: it imports the
+# contract it keeps from this checkout.
+FAKE_CLI = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + (ROOT / "tests" / "stand_in_cli.py").read_text()
 
 
 @pytest.fixture
@@ -311,10 +242,12 @@ def test_failures_in_a_row_stop_the_sweep(fake, tmp_path, capsys):
 
 def test_gpu_slots_env_and_ddp_arguments(fake, tmp_path, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # no scheduler allocation: --gpus are device ids
+    monkeypatch.setattr(slots, "probe", lambda: ["0", "1"])  # a machine with two GPUs
     sweep = fake({"x": {"values": [0.1, 0.2, 0.3, 0.4]}})
     assert run(tmp_path, sweep, "--gpus", "0,1", "--project", "p1", "--wandb", "disabled") == 0
     envs = [json.loads((tmp_path / "out" / t.user_attrs["run_dir"] / "env.json").read_text()) for t in load(tmp_path)]
     assert {e["CUDA_VISIBLE_DEVICES"] for e in envs} <= {"0", "1"}
+    assert all(e["XRAY_GPU_SLOT"] == e["CUDA_VISIBLE_DEVICES"] for e in envs)  # it fails should it see no GPU
     assert all(e["WANDB_MODE"] == "disabled" and e["WANDB_PROJECT"] == "p1" for e in envs)
     # /usr/bin/env python is the runner's interpreter
     assert all(os.path.dirname(e["python"]) == os.path.dirname(sys.executable) for e in envs)
@@ -328,7 +261,7 @@ def test_gpu_slots_env_and_ddp_arguments(fake, tmp_path, monkeypatch):
 def test_parallel_cpu_runs_split_the_cores_between_them(fake, tmp_path, monkeypatch):
     """Two runs on the CPU each get half the cores (not one thread per core each, which
     oversubscribes); a value the user set, one run at a time, and GPU runs are left alone."""
-    from sweeps.contract.threads import cpu_threads
+    from rundir.slots import cpu_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = len(os.sched_getaffinity(0))
@@ -406,7 +339,7 @@ def test_resume_after_sigkill(fake, tmp_path):
     outlived = time.monotonic() - killed
     run_dir = out / orphan["run_dir"]
     stopped = json.loads((run_dir / "stopped.json").read_text())
-    assert stopped["by"] == "lifeline" and outlived < 5, (stopped, outlived)
+    assert stopped["by"] == "the sweep runner is gone" and outlived < 5, (stopped, outlived)
     print(f"the run outlived its SIGKILLed runner by {outlived:.2f} s")
     before = {t.number: t.value for t in load(tmp_path) if t.state == optuna.trial.TrialState.COMPLETE}
     assert main(["run", sweep_file, "--out", str(out), "--quiet", "--heartbeat", "1"]) == 0
@@ -596,6 +529,7 @@ def test_memory_guard_starts_runs_only_on_gpus_with_free_memory(fake, tmp_path, 
     assert guard.blocked("GPU-x") is None  # UUIDs as CUDA_VISIBLE_DEVICES gives them
     # in the runner: two GPUs, two runs per GPU, GPU 1 nearly full: every run goes to GPU 0
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(slots, "probe", lambda: ["0", "1"])
     monkeypatch.setattr(placement, "nvidia_smi_free_gb", lambda: {"0": 40.0, "1": 1.5})
     monkeypatch.setattr(placement, "SETTLE_S", 0.0)
     sweep = fake({"x": {"values": [0.1, 0.2, 0.3, 0.4]}, "epochs": {"value": 2}})
@@ -807,8 +741,56 @@ def test_gpu_slots_stay_inside_an_inherited_allocation(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aa,GPU-bb,-1,GPU-cc")  # UUIDs; CUDA stops at -1
     assert gpu_slots(None, 1, None) == ["GPU-aa", "GPU-bb"]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(slots, "probe", lambda: ["0", "1", "2", "3"])  # nvidia-smi -L, never torch.cuda
     assert gpu_slots(None, 1, 3) == ["0", "1", "2"]
     assert gpu_slots(None, 2, None, trials_per_gpu=3) == ["0,1", "2,3"] * 3
+
+
+def test_gpus_that_the_machine_lacks_are_refused_before_any_run_starts(fake, tmp_path, monkeypatch, capsys):
+    """`--gpus 3` on a machine with one GPU (no CUDA_VISIBLE_DEVICES): CUDA would hide the GPU
+    and the run train on the CPU, silently. It is refused, naming the option, and nothing runs."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(slots, "probe", lambda: ["0"])
+    assert run(tmp_path, fake({"x": {"values": [0.1]}}), "--gpus", "3") == 2
+    assert "--gpus 3: GPU index(es) [3] outside the 1 GPU(s) `nvidia-smi -L` lists (0..0)" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()
+    monkeypatch.setattr(slots, "probe", lambda: [])  # no GPU at all
+    with pytest.raises(ValueError, match="leave it out to run on the CPU"):
+        slots.gpu_slots("0", 1, None)
+
+
+def test_nvidia_smi_lists_gpus_not_their_mig_devices(monkeypatch):
+    listing = ("GPU 0: NVIDIA H200 (UUID: GPU-aa)\n  MIG 1g.18gb     Device  0: (UUID: MIG-bb)\n"
+               "GPU 1: NVIDIA H200 (UUID: GPU-cc)\n")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, listing, ""))
+    assert slots.nvidia_smi_gpus() == ["0", "1"]
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 9, "", "no driver"))
+    assert slots.nvidia_smi_gpus() == []
+
+
+def test_a_run_given_a_gpu_it_cannot_see_fails_at_once(monkeypatch, capsys):
+    """The runner gave the run GPU 0 (XRAY_GPU_SLOT, CUDA_VISIBLE_DEVICES) and CUDA sees none
+    here: one line saying so, exit 2, before anything is parsed or trained."""
+    from training.cli import main as cli
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv(slots.GPU_SLOT_ENV, "0")
+    monkeypatch.setattr(sys, "argv", ["cli.py", "fit", "--config", "configs/demo.yaml"])
+    assert cli() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: this run was given GPU 0") and "sees no GPU" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.gpu
+def test_gpu_count_from_nvidia_smi_matches_cuda_and_a_given_gpu_is_seen(monkeypatch):
+    """On a GPU machine: nvidia-smi -L counts the GPUs CUDA sees (no CUDA_VISIBLE_DEVICES), and a
+    run given GPU 0 passes the in-run check (check_gpu_slot asks torch.cuda.device_count, which
+    reads NVML first and creates no context)."""
+    import torch
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert len(slots.nvidia_smi_gpus()) == torch.cuda.device_count() > 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv(slots.GPU_SLOT_ENV, "0")
+    slots.check_gpu_slot()
+    assert not torch.cuda.is_initialized()  # the check made no CUDA context

@@ -27,6 +27,17 @@ from datamodules.readers import ImageReadError
 from datamodules.records import DataError
 from models.backbones import UnknownBackboneError, WeightsError
 from models.classifier import XrayClassifier
+from rundir import (
+    CHILD_STOP_S,
+    RUN_DIR_ENV,
+    RunDirError,
+    adopt_run_dir,
+    check_gpu_slot,
+    check_same_model,
+    checkpoint_problem,
+    make_run_dir,
+    resumed_run_dir,
+)
 from sweeps.contract import (
     HISTORY_FILE,
     Diverged,
@@ -43,7 +54,6 @@ from training.cv import cross_validate, save_fold_outputs
 from training.ensemble import check_weights_fit, predict_with_ensemble
 from training.evaluate import Evaluation, PredictionWriter, patient_ids_of
 from training.loggers import ImageSampleLogger, default_loggers, finish_wandb
-from training.rundir import RUN_DIR_ENV, RunDirError, checkpoint_problem, make_run_dir, resumed_run_dir
 from training.setup import check_config_files, default_precision, ensure_demo_data
 
 log = logging.getLogger("cli")
@@ -107,6 +117,9 @@ class XrayCLI(LightningCLI):
         resumed = resumed_run_dir(self._resume_from)
         if inherited or resumed:
             self.run_dir = Path(inherited) if inherited else resumed
+            if self.subcommand == "fit":  # checked and locked: never a finished run, never two fits at once
+                self.run_dir = adopt_run_dir(self.run_dir, from_env=bool(inherited),
+                                             continuing=self._resume_from is not None)
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -135,6 +148,8 @@ class XrayCLI(LightningCLI):
         if problem is not None:
             log.warning("cannot resume from the checkpoint (%s): training starts over from epoch 0", problem)
             cfg.ckpt_path = None
+        else:
+            check_same_model(cfg.ckpt_path, cfg.model.as_dict())  # another model's checkpoint: refused
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         cfg = self.config_init[self.subcommand]
@@ -247,7 +262,7 @@ class XrayCLI(LightningCLI):
         finish_wandb(self.trainer, exit_code=0)
         for proc in ddp_children(trainer):
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=CHILD_STOP_S)
             except Exception:
                 proc.kill()
 
@@ -262,6 +277,7 @@ class XrayCLI(LightningCLI):
 def cli_main(args: Optional[list[str]] = None) -> XrayCLI:
     StopSignal.install()
     watch_runner()  # started by the offline runner: stop when it is gone
+    check_gpu_slot()  # given a GPU that it cannot see: fail now, not train on the CPU
     _quiet_expected_warnings()
     try:
         return XrayCLI(

@@ -2,8 +2,10 @@
 as ONE run (one W&B run, one sweep trial), so W&B agents and the offline runner need no change.
 
 * Each fold is this CLI again (`--data.folds=k --data.fold=i`, one device, W&B off) in the
-  run directory's fold_i/ (checkpoints, metrics, its own test_report.json). Folds run in
-  parallel, one per device (trainer.devices GPUs; on CPU that many processes), else in turn.
+  run directory's fold_i/ (checkpoints, metrics, its own test_report.json), started, watched
+  and stopped by the launcher the offline runner uses (rundir/launcher.py). Folds run in
+  parallel, cv.folds_per_device on each device (trainer.devices GPUs; on CPU that many
+  processes per device), the rest in turn.
 * One hyperband iteration is one epoch: when every fold has finished epoch e, the sweep
   metric's fold mean is logged once (W&B history row with `epoch`, and sweep_history.jsonl),
   with its standard deviation (`<metric>_std`) and each fold's value (`<metric>/fold_i`).
@@ -13,6 +15,8 @@ as ONE run (one W&B run, one sweep trial), so W&B agents and the offline runner 
   (oof_predictions.csv; every image not in the test split is predicted once, by the fold that
   did not train on it) and the test split is scored by the fold ensemble (mean of the k
   models' probabilities), with patient-level CIs, next to each fold's own test figures.
+* Like a single run, the parent writes training.json (the epochs it plans, then done), so that
+  the runner's hyperband never cuts the ensemble evaluation after training.
 * SIGTERM stops every fold cleanly (each saves last.ckpt) and the run exits 0; a fold that
   fails fails the run with the fold's reason. Folds that finished are kept: the same command
   with the same run directory (XRAY_RUN_DIR, as the offline runner sets it when it continues
@@ -24,94 +28,68 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
+import math
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
+import rundir.launcher as launcher
 from datamodules.csvsafe import spreadsheet_safe
-from sweeps.contract import FOLD_DIR, HISTORY_FILE, RunStopped, StopSignal, append_history, cpu_threads
+from rundir.grace import CHILD_STOP_S
+from rundir.layout import (
+    CV_FILE,
+    FOLD_DONE,
+    FOLD_OUTPUTS,
+    HISTORY_FILE,
+    LAST_CHECKPOINT,
+    OOF_FILE,
+    OUTPUT_LOG,
+    TEST_REPORT,
+    TRAINING_FILE,
+    fold_dir,
+)
+from rundir.records import checkpoint_problem, failure_reason
+from rundir.slots import fold_slots
+from sweeps.contract import RunStopped, StopSignal, append_history, read_history, write_training
 from training.evaluate import patient_ids_of, publish_report, test_report_of
 from training.loggers import update_summary
 from training.operating_point import OperatingPoint, choose_operating_point
-from training.rundir import RUN_DIR_ENV, checkpoint_problem
 
 log = logging.getLogger("cli")
-FOLD_OUTPUTS = "fold_outputs.npz"  # a fold's validation (out-of-fold) and test logits, by relative path
-FOLD_DONE = "fold_done.json"
-CV_FILE = "cv.json"
-OOF_FILE = "oof_predictions.csv"
-POLL_S = 0.5
-KILL_AFTER_S = 20.0  # folds' time to stop; with the W&B finish, within the agent's 30 s grace
+PROGRAM = Path(__file__).resolve().parents[1] / "cli.py"  # each fold is this CLI again
 
 
 class FoldFailed(ValueError):
     """A fold of a cross-validated run failed; the message is the fold's own reason."""
 
 
-def fold_dir(run_dir: Path, fold: int) -> Path:
-    return Path(run_dir) / FOLD_DIR.format(fold)
-
-
-def fold_slots(accelerator: Any, devices: Any) -> list[Optional[str]]:
-    """CUDA_VISIBLE_DEVICES per parallel fold (None on CPU): one fold per device."""
-    import torch
-
-    gpu = str(accelerator) in ("gpu", "cuda") or (str(accelerator) == "auto" and torch.cuda.is_available())
-    if gpu:
-        inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
-        visible = [g for g in inherited.split(",") if g] if inherited is not None else \
-            [str(i) for i in range(torch.cuda.device_count())]
-        if isinstance(devices, (list, tuple)):
-            return [visible[int(i)] for i in devices]
-        count = len(visible) if devices in ("auto", -1, "-1", None) else int(devices)
-        return visible[:count] or [None]
-    count = 1 if devices in ("auto", -1, "-1", None) else len(devices) if isinstance(devices, (list, tuple)) \
-        else int(devices)
-    return [None] * max(1, count)
-
-
-def fold_argv(args: list[str], folds: int, fold: int) -> list[str]:
+def fold_argv(args: list[str], folds: int, fold: int, program: Path = PROGRAM) -> list[str]:
     """This run's own arguments, then what makes it one fold (later arguments win)."""
-    return [sys.executable, str(Path(__file__).resolve().parents[1] / "cli.py"), *args, "--cv.folds=0",
-            f"--data.folds={folds}", f"--data.fold={fold}", "--trainer.devices=1", "--trainer.strategy=auto",
-            "--run.wandb=disabled"]
-
-
-def _reason(log_file: Path, code: int) -> str:
-    try:
-        lines = log_file.read_text(errors="replace").splitlines()
-    except OSError:
-        lines = []
-    errors = [ln[len("error:"):].strip() for ln in lines if ln.startswith("error:")]
-    return errors[-1] if errors else (lines[-1].strip() if lines else f"exit code {code}")
+    return [sys.executable, str(program), *args, "--cv.folds=0", f"--data.folds={folds}", f"--data.fold={fold}",
+            "--trainer.devices=1", "--trainer.strategy=auto", "--run.wandb=disabled"]
 
 
 def _history(path: Path, metric: str) -> list[float]:
-    rows = []
-    try:
-        for line in path.read_text().splitlines():
-            value = json.loads(line).get(metric)
-            rows.append(float(value) if isinstance(value, (int, float)) else float("nan"))
-    except (OSError, json.JSONDecodeError):
-        pass
-    return rows
+    """A fold's sweep metric per epoch; NaN where it was not finite (the mean is then NaN too)."""
+    return [math.nan if v is None else v for v in read_history(path, metric)]
 
 
 class CrossValidation:
-    """Runs the folds of one CV run and logs their mean; `cli` is the parent XrayCLI."""
+    """Runs the folds of one CV run and logs their mean; `cli` is the parent XrayCLI.
+    `devices` is (trainer.accelerator, trainer.devices) as the command gave them."""
 
-    def __init__(self, cli, args: list[str], metric: str, devices: tuple) -> None:
+    def __init__(self, cli, args: list[str], metric: str, devices: tuple, program: Path = PROGRAM) -> None:
         cfg = cli.config_init[cli.subcommand]
-        self.cli, self.args, self.metric = cli, args, metric
+        self.cli, self.args, self.metric, self.program = cli, args, metric, program
         self.folds, self.run_dir = int(cfg.cv.folds), Path(cli.run_dir)
-        self.slots = fold_slots(*devices)
+        self.slots = fold_slots(*devices, folds_per_device=int(cfg.cv.folds_per_device), folds=self.folds)
         self.logged = len(_history(self.run_dir / HISTORY_FILE, metric))  # rows already logged (a rerun)
+        epochs = getattr(cli.trainer, "max_epochs", None)
+        self.planned = epochs if isinstance(epochs, int) and epochs > 0 else None
 
     def done(self, fold: int) -> bool:
         return (fold_dir(self.run_dir, fold) / FOLD_DONE).is_file()
@@ -121,40 +99,43 @@ class CrossValidation:
         if len(pending) < self.folds:
             log.warning("cv: folds %s finished before; training folds %s", sorted(set(range(self.folds)) - set(pending)),
                         pending)
-        running: dict[int, tuple[subprocess.Popen, int]] = {}
+        # The runner reads this as it reads a single run's: the mean rows it plans, then "done",
+        # so that hyperband never cuts the ensemble evaluation that follows training.
+        write_training(self.run_dir / TRAINING_FILE, self.planned, done=False)
+        running: dict[int, launcher.Launched] = {}
         try:
             while pending or running:
                 if StopSignal.requested:
-                    self._stop(running)
+                    launcher.stop_all(running.values(), CHILD_STOP_S)  # each fold saves last.ckpt, exits 0
+                    running.clear()
                     raise RunStopped("SIGTERM during cross-validation")
-                busy = {slot for _, slot in running.values()}
-                for slot in [s for s in range(len(self.slots)) if s not in busy]:
-                    if pending:
-                        fold = pending.pop(0)
-                        running[fold] = (self._launch(fold, self.slots[slot]), slot)
-                for fold, (proc, _) in list(running.items()):
-                    code = proc.poll()
+                while pending and (slot := launcher.free_slot(running.values(), self.slots)) is not None:
+                    fold = pending.pop(0)
+                    running[fold] = self._launch(fold, slot)
+                for fold, run in list(running.items()):
+                    code = run.poll()
                     if code is None:
                         continue
                     del running[fold]
                     if code != 0 or not self.done(fold):
-                        self._stop(running)
-                        reason = _reason(fold_dir(self.run_dir, fold) / "output.log", code)
+                        launcher.stop_all(running.values(), CHILD_STOP_S)
+                        running.clear()
+                        reason = failure_reason(fold_dir(self.run_dir, fold) / OUTPUT_LOG, code)
                         raise FoldFailed(f"fold {fold} of {self.folds} failed: {reason}")
                 self._log_complete_epochs()
-                time.sleep(POLL_S)
+                time.sleep(launcher.POLL_S)
         finally:
-            for proc, _ in running.values():  # only on an unexpected error: leave nothing behind
-                if proc.poll() is None:
-                    proc.kill()
+            for run in running.values():  # only on an unexpected error: leave nothing behind
+                run.kill()
         self._log_complete_epochs()
+        write_training(self.run_dir / TRAINING_FILE, self.planned, done=True)
 
-    def _launch(self, fold: int, slot: Optional[str]) -> subprocess.Popen:
+    def _launch(self, fold: int, slot: int) -> launcher.Launched:
         directory = fold_dir(self.run_dir, fold)
         directory.mkdir(parents=True, exist_ok=True)
-        argv = fold_argv(self.args, self.folds, fold)
-        last = directory / "checkpoints" / "last.ckpt"
-        if last.is_file() and checkpoint_problem(str(last)) is None:
+        argv = fold_argv(self.args, self.folds, fold, self.program)
+        last = directory / LAST_CHECKPOINT
+        if last.is_file() and checkpoint_problem(last) is None:
             # A fold stopped or killed before: it continues from its last epoch (its history
             # is cut back to that epoch by the run itself).
             argv.append(f"--ckpt_path={last}")
@@ -162,27 +143,10 @@ class CrossValidation:
         else:
             (directory / HISTORY_FILE).unlink(missing_ok=True)  # no checkpoint: the fold starts over
             started = "started"
-        env = dict(os.environ, **{RUN_DIR_ENV: str(directory)})
-        if slot is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot
-        threads = cpu_threads(self.slots)  # parallel folds on the CPU share its cores
-        if threads is not None:
-            env["OMP_NUM_THREADS"] = threads
-        with open(directory / "output.log", "ab") as out:  # a continued fold keeps its earlier log
-            log.info("cv: fold %d of %d %s%s", fold, self.folds, started, f" on GPU {slot}" if slot else "")
-            return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def _stop(self, running: dict) -> None:
-        for proc, _ in running.values():
-            if proc.poll() is None:
-                proc.terminate()  # each fold saves last.ckpt and exits 0
-        deadline = time.monotonic() + KILL_AFTER_S
-        for proc, _ in running.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        gpu = self.slots[slot]
+        log.info("cv: fold %d of %d %s%s", fold, self.folds, started, f" on GPU {gpu}" if gpu else "")
+        # In the parent's process group: whoever kills the parent's group ends the folds too.
+        return launcher.start(argv, directory, slot=slot, slots=self.slots, own_group=False)
 
     def _log_complete_epochs(self) -> None:
         """The fold mean of every epoch that all folds have finished, once."""
@@ -208,7 +172,7 @@ class CrossValidation:
         self._write_oof(outputs, point)
         (self.run_dir / CV_FILE).write_text(json.dumps({
             "folds": self.folds, "metric": self.metric, "operating_point": point.to_dict(),
-            "checkpoints": [str(Path(f"fold_{i}") / str(o["best_checkpoint"])) for i, o in enumerate(outputs)],
+            "checkpoints": [str(fold_dir(Path(), i) / str(o["best_checkpoint"])) for i, o in enumerate(outputs)],
         }, indent=1))
         cli.evaluation.use(cli.trainer, point)
         if not all(len(o["test_rel"]) for o in outputs):
@@ -241,7 +205,7 @@ class CrossValidation:
 
 def _fold_figures(directory: Path) -> Optional[dict]:
     try:
-        report = json.loads((directory / "test_report.json").read_text())
+        report = json.loads((directory / TEST_REPORT).read_text())
     except (OSError, json.JSONDecodeError):
         return None
     return {name: figure["estimate"] for name, figure in report["metrics"].items()}

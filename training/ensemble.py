@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from training.cv import CV_FILE, fold_dir
+from rundir.layout import CV_FILE, PREDICTIONS_FILE, fold_dir
 from training.evaluate import write_predictions
 from training.operating_point import OperatingPoint
 
@@ -92,5 +92,5 @@ def predict_with_ensemble(cli, run_dir: Path) -> OperatingPoint:
         probs.append(point.probabilities(np.concatenate([b["logits"].float().cpu().numpy() for b in batches])))
     records = cli.datamodule.records_of("predict")
     rows = [(records[i].rel, records[i].label, p) for i, p in zip(index, np.mean(probs, axis=0))]
-    write_predictions(cli.run_dir / "predictions.csv", rows, cli.model.class_names, point)
+    write_predictions(cli.run_dir / PREDICTIONS_FILE, rows, cli.model.class_names, point)
     return point

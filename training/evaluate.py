@@ -26,6 +26,7 @@ from lightning.pytorch.loggers import WandbLogger
 from datamodules.csvsafe import spreadsheet_safe
 from evaluation import build_report, format_table, summary_metrics
 from models.metrics import ClassificationMetrics, logged_metric_names
+from rundir.layout import PREDICTIONS_FILE, TEST_REPORT
 from training.loggers import update_summary
 from training.operating_point import (
     CHECKPOINT_KEY,
@@ -37,7 +38,6 @@ from training.operating_point import (
 from training.options import EvalOptions
 
 log = logging.getLogger("cli")
-REPORT_FILE = "test_report.json"
 
 
 def patient_ids_of(records: Sequence) -> Optional[list[str]]:
@@ -110,7 +110,7 @@ def publish_report(report: dict, run_dir: Path, trainer: pl.Trainer, class_names
     and the table on the console. Rank 0 only."""
     if not trainer.is_global_zero:
         return
-    with replacing(Path(run_dir) / REPORT_FILE) as f:
+    with replacing(Path(run_dir) / TEST_REPORT) as f:
         f.write(json.dumps(report, indent=1, allow_nan=False, default=_json_default))
     matrix = report["confusion_matrix"]["matrix"]
     write_confusion_csv(Path(run_dir) / "confusion_test.csv", matrix, class_names)
@@ -317,7 +317,7 @@ class PredictionWriter(BasePredictionWriter):
         for batch in predictions:
             probs = point.probabilities(batch["logits"].float().cpu().numpy())
             rows += [(*self.rows(index), p) for index, p in zip(batch["index"].tolist(), probs)]
-        self.path = write_predictions(self.run_dir / f"predictions{suffix}.csv", rows, pl_module.class_names, point)
+        self.path = write_predictions(self.run_dir / PREDICTIONS_FILE.replace(".csv", f"{suffix}.csv"), rows, pl_module.class_names, point)
 
 
 def _json_default(value: Any) -> Any:

@@ -113,15 +113,23 @@ class CVOptions:
             W&B run, one sweep trial): the sweep metric is the folds' mean, logged once per
             epoch when every fold has finished that epoch (hyperband's iteration is an
             epoch); the operating point is chosen on the out-of-fold predictions; test is
-            scored by the fold ensemble. Folds run in parallel, one per device (trainer.devices;
-            on CPU, that many processes), else one after the other. 0: no cross-validation.
+            scored by the fold ensemble. Folds run in parallel, folds_per_device on each device
+            (trainer.devices; on CPU, that many processes per device), the rest one after the
+            other. 0: no cross-validation.
+        folds_per_device: how many folds train side by side on one device (as the runner's
+            --trials-per-gpu does for trials): a 5-fold trial on one GPU with 5 trains its folds
+            at once, so hyperband can judge it after its first epochs instead of near its end.
+            Each fold needs its own memory on the GPU: lower it when they do not fit.
         run_dir: with `predict`: the directory of a cross-validated run whose fold ensemble
             (mean of the folds' probabilities, the run's operating point) makes the predictions.
     """
 
     folds: int = 0
+    folds_per_device: int = 1
     run_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.folds == 1 or self.folds < 0:
             raise ValueError(f"cv.folds must be 0 (off) or at least 2, got {self.folds}")
+        if self.folds_per_device < 1:
+            raise ValueError(f"cv.folds_per_device must be at least 1, got {self.folds_per_device}")

@@ -31,8 +31,6 @@ _EXPORTS = {
     "watch_runner": "lifeline",
     "truncate_history": "history",
     "TRAINING_FILE": "history",
-    "FOLD_DIR": "history",
-    "cpu_threads": "threads",
     "write_training": "history",
     "training_done": "history",
 }

@@ -25,10 +25,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from rundir.grace import FINISH_GRACE_S
 from sweeps.contract.lightning_adapter import keep_sigterm_handler
 from sweeps.contract.signals import StopSignal
 
-FINISH_GRACE_S = 20.0  # of the agent's 30 s: what is left covers saving and closing W&B
 log = logging.getLogger(__name__)
 
 

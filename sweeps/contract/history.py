@@ -11,11 +11,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
-HISTORY_FILE = "sweep_history.jsonl"
-TRAINING_FILE = "training.json"
-# A cross-validated run trains fold i in <run dir>/fold_i and has no checkpoint of its own: the
-# runner continues such a run in its directory, where the folds that finished are kept.
-FOLD_DIR = "fold_{}"
+from rundir.layout import HISTORY_FILE, TRAINING_FILE
+
+__all__ = ["HISTORY_FILE", "TRAINING_FILE", "append_history", "best_of", "read_history", "training_done",
+           "truncate_history", "write_training"]
 
 
 def append_history(path: Path, row: dict) -> None:

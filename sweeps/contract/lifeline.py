@@ -7,8 +7,8 @@ closes the write end when the runner's process ends, for any reason, so a thread
 reading the pipe gets end-of-file at that moment. The thread then sets the stop flag, and
 the run stops the way a W&B agent's SIGTERM stops it: every rank agrees at the next check
 (RunGuard), `last.ckpt` is saved, W&B is finished, DDP children end, exit code 0. Should the
-run not be gone within HARD_STOP_S (stuck outside training: a cache build, a hung
-collective), the thread kills its own process group, as the agent's SIGKILL after 30 s would.
+run not be gone within HARD_STOP_S (rundir/grace.py; stuck outside training: a cache build, a
+hung collective), the thread kills its own process group, as the agent's SIGKILL would.
 
 Why not PR_SET_PDEATHSIG: it is Linux-only, it fires when the parent *thread* that forked the
 child ends rather than the parent process, it covers only the direct child (not DDP ranks or
@@ -29,10 +29,10 @@ import stat
 import threading
 import time
 
+from rundir.grace import HARD_STOP_S
 from sweeps.contract.signals import StopSignal
 
 LIFELINE_ENV = "XRAY_RUNNER_LIFELINE"  # the read end's file descriptor number
-HARD_STOP_S = 25.0  # then the process group is killed: within the agent's 30 s grace
 
 log = logging.getLogger(__name__)
 _watching = threading.Event()

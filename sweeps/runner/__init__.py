@@ -3,7 +3,9 @@ registering it with W&B and starting `wandb agent`s. Runs are launched with the 
 argv; the runner talks to them only through argv, the environment (run directory, lifeline)
 and the files they write. Liveness is Optuna's heartbeat (liveness.py, recovery.py)."""
 
-from sweeps.runner.launch import agent_argv, child_env, cli_args, gpu_slots, prepare_sweep, visible_gpus
+from rundir.launcher import child_env
+from rundir.slots import gpu_slots, visible_gpus
+from sweeps.runner.launch import agent_argv, cli_args, prepare_sweep
 from sweeps.runner.offline import run_offline
 from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.runner import LaunchSettings, Runner

@@ -27,13 +27,14 @@ from typing import Optional
 import yaml
 
 import sweeps.runner.placement as placement
+from rundir.slots import gpu_slots
 from sweeps.errors import RunnerError, SweepConfigError
 from sweeps.files.check import check_for_cli
 from sweeps.files.io import write_atomic
 from sweeps.files.schema import NULL, read_config
 from sweeps.files.sweep import Sweep
 from sweeps.runner.jobs import find_root
-from sweeps.runner.launch import gpu_slots, prepare_sweep
+from sweeps.runner.launch import prepare_sweep
 from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress
 from sweeps.runner.runner import POLL_S, LaunchSettings, Runner

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -81,25 +80,6 @@ def free_of(free: dict[str, float], gpu: str) -> Optional[float]:
         if len(matches) == 1:
             return matches[0]
     return None
-
-
-def parse_visible_devices(value: str) -> list[str]:
-    """CUDA_VISIBLE_DEVICES as CUDA reads it (the rules torch.cuda._parse_visible_devices
-    mirrors): indexes read like strtoul ("1abc" is 1), `GPU-` and `MIG-` ids; the first entry that
-    is none of these (-1, NoDevFiles, an empty one) ends the list; a repeated entry leaves none."""
-    ids: list[str] = []
-    for item in (g.strip() for g in value.split(",")):
-        digits = re.match(r"\+?(\d+)", item)
-        if item.startswith(("GPU-", "MIG-")):
-            name = item
-        elif digits:
-            name = str(int(digits.group(1)))
-        else:
-            break
-        if name in ids:
-            return []
-        ids.append(name)
-    return ids
 
 
 def check_slots(slots: list[Optional[str]]) -> None:

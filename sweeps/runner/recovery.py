@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rundir.layout import RUN_RECORD
 from sweeps.files.io import write_json_atomic
 from sweeps.runner.liveness import retry_attrs
 from sweeps.runner.storage import Storage
@@ -46,7 +47,7 @@ def recover(store: Storage, sweep_dir: Path, own: set[int]) -> tuple[list[Any], 
 
 def mark_interrupted(attrs: dict) -> None:
     """The dead run's run.json, when this host can reach it, says what became of it."""
-    path = Path(attrs.get("run_path") or "/nonexistent") / "run.json"
+    path = Path(attrs.get("run_path") or "/nonexistent") / RUN_RECORD
     with contextlib.suppress(OSError, ValueError):
         record = json.loads(path.read_text())
         if record.get("state") == "running":

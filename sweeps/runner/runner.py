@@ -9,26 +9,27 @@ import json
 import math
 import os
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import rundir.launcher as launcher
 import sweeps.runner.recovery as recovery
-from sweeps.contract.history import HISTORY_FILE, TRAINING_FILE, best_of, read_history, training_done
-from sweeps.contract.threads import cpu_threads
+from rundir.grace import AGENT_KILL_AFTER_S
+from rundir.launcher import POLL_S  # how often running runs are checked (exit, history, hyperband)
+from rundir.layout import HISTORY_FILE, LAST_CHECKPOINT, RUN_RECORD, TRAINING_FILE
+from sweeps.contract.history import best_of, read_history, training_done
 from sweeps.files.io import write_json_atomic
 from sweeps.hyperband import hyperband_stop
-from sweeps.runner.jobs import CHECKPOINT, KILL_AFTER_S, Job, fresh_run_dir, owner, resume_point
-from sweeps.runner.launch import agent_argv, child_env
+from sweeps.runner.jobs import Job, fresh_run_dir, owner, resume_point
+from sweeps.runner.launch import agent_argv
 from sweeps.runner.liveness import Heartbeat, Lifeline, quiet_heartbeat_warnings, retry_attrs
 from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress, format_params, tally
 from sweeps.runner.space import Space
 from sweeps.runner.storage import GRACE_BEATS, Storage
 
-POLL_S = 0.5  # how often running runs are checked (exit, history, hyperband)
 COUNTED = ("finished", "stopped", "failed")  # runs that count towards --count once done
 
 
@@ -90,7 +91,7 @@ class Runner:
         for number, job in self.jobs.items():
             if states.get(number, TrialState.RUNNING) != TrialState.RUNNING and not job.lost:
                 job.lost = True  # its directory is the retry's now: no last save, no run.json
-                job.kill_group()
+                job.kill()
                 self.progress.event(f"run {number:04d}: another runner found no heartbeat from this one and "
                                     "runs it again; stopping it here")
         self.others = sum(t.state == TrialState.RUNNING and t.number not in self.jobs for t in trials)
@@ -159,40 +160,38 @@ class Runner:
         argv = agent_argv(self.sweep, params)
         number = trial.number
         resumed, note = resume_point(trial.user_attrs.get("resume"))
-        if resumed is not None and (resumed / CHECKPOINT).is_file():
-            argv = [*argv, f"--ckpt_path={resumed / CHECKPOINT}"]  # the same parameters, the same directory
+        if resumed is not None and (resumed / LAST_CHECKPOINT).is_file():
+            argv = [*argv, f"--ckpt_path={resumed / LAST_CHECKPOINT}"]  # the same parameters, the same directory
         run_dir = resumed or fresh_run_dir(self.sweep_dir, number)
-        env = child_env(XRAY_RUN_DIR=str(run_dir.resolve()), WANDB_MODE=self.settings.wandb,
-                        WANDB_PROJECT=self.settings.project, WANDB_ENTITY=self.settings.entity,
-                        CUDA_VISIBLE_DEVICES=slot, OMP_NUM_THREADS=cpu_threads(self.slots), **self.lifeline.env())
-        with open(run_dir / "output.log", "ab") as log:  # a continued run keeps its earlier log
-            proc = subprocess.Popen(argv, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
-                                    pass_fds=(self.lifeline.read_fd,))
+        env = {"WANDB_MODE": self.settings.wandb, "WANDB_PROJECT": self.settings.project,
+               "WANDB_ENTITY": self.settings.entity, **self.lifeline.env()}
+        run = launcher.start(argv, run_dir, slot=index, slots=self.slots, cwd=self.root, env=env,
+                             pass_fds=(self.lifeline.read_fd,))
         if self.gpu_guard:
             self.gpu_guard.started(slot)
         attrs = {
             "run_dir": os.path.relpath(run_dir, self.sweep_dir), "run_path": str(run_dir.resolve()),
             "state": "running", "reason": None, "history": [], "argv": argv, "exit_code": None, "wall_s": 0.0,
             "params": json.loads(json.dumps(params, default=str)), "resumed": resumed is not None,
-            "runner": self.me, "child": {"pid": proc.pid}, "slot": slot,
+            "runner": self.me, "child": {"pid": run.proc.pid}, "slot": slot,
         }
         self.store.set_attrs(trial.number, {k: v for k, v in attrs.items() if k != "runner"})
-        write_json_atomic(run_dir / "run.json", dict(attrs, trial=number))
-        self.jobs[number] = Job(trial, proc, index, run_dir, attrs, trial_id=self.store.trial_id(number))
+        write_json_atomic(run_dir / RUN_RECORD, dict(attrs, trial=number))
+        self.jobs[number] = Job(proc=run.proc, slot=index, run_dir=run_dir, trial=trial, attrs=attrs,
+                                trial_id=self.store.trial_id(number))
         where = f" on GPU {slot}" if slot else ""
         self.progress.event(f"run {number:04d} started{where}: {format_params(params)}"
                             + (f"; {note}" if note else ""))
 
     def poll(self) -> None:
         for number, job in list(self.jobs.items()):
-            code = job.proc.poll()
+            code = job.poll()
             self._read(job)
             if code is not None:
                 self.finish(job, code)
                 del self.jobs[number]
-            elif job.term_at is not None and time.monotonic() - job.term_at > KILL_AFTER_S:
-                job.kill_group()
+            elif job.overdue(AGENT_KILL_AFTER_S):
+                job.kill()
                 job.term_at = math.inf  # killed once
         if self.early and self.jobs:
             self.apply_hyperband()
@@ -231,7 +230,7 @@ class Runner:
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
-        job.kill_group()  # nothing of a finished run may linger (DDP children, GPU memory)
+        job.kill()  # nothing of a finished run may linger (DDP children, GPU memory)
         self.heart.discard(job.trial_id)
         self.finished_at = time.monotonic()
         self._read(job)
@@ -241,7 +240,7 @@ class Runner:
                      wall_s=round(time.monotonic() - job.started, 3))
         number = job.trial.number
         if not job.lost:
-            write_json_atomic(job.run_dir / "run.json", dict(attrs, trial=number, value=value))
+            write_json_atomic(job.run_dir / RUN_RECORD, dict(attrs, trial=number, value=value))
             try:
                 self.store.set_attrs(number, {k: attrs[k] for k in ("state", "reason", "history", "exit_code",
                                                                     "wall_s")})
@@ -273,7 +272,7 @@ class Runner:
         def interrupt(signum, frame):
             if self.stopping and self.stopping.startswith("interrupted"):
                 for job in self.jobs.values():
-                    job.kill_group()
+                    job.kill()
                 return
             self.stopping = "interrupted; rerun the same command to continue"
             self.exit_code = 130
@@ -317,7 +316,7 @@ class Runner:
             for s, handler in old.items():
                 signal.signal(s, handler)
             for job in self.jobs.values():  # only on an unexpected error: leave nothing behind
-                job.kill_group()
+                job.kill()
             self.heart.close()
             self.lifeline.close()
         self.refresh()

@@ -11,9 +11,10 @@ import math
 import subprocess
 import sys
 
-from sweeps.contract.threads import cpu_threads
+from rundir.launcher import child_env, slot_env
+from rundir.slots import gpu_slots
 from sweeps.errors import UsageError
-from sweeps.runner.launch import child_env, gpu_slots, prepare_sweep
+from sweeps.runner.launch import prepare_sweep
 
 
 def run_wandb_sweep(sweep: dict, args: argparse.Namespace) -> int:
@@ -36,7 +37,7 @@ def run_wandb_sweep(sweep: dict, args: argparse.Namespace) -> int:
     per_agent = math.ceil(args.count / len(slots)) if args.count else None
     procs = []
     for slot in slots:
-        env = child_env(CUDA_VISIBLE_DEVICES=slot, OMP_NUM_THREADS=cpu_threads(slots))
+        env = child_env(**slot_env(slot, slots))
         cmd = [sys.executable, "-m", "wandb", "agent", *(["--count", str(per_agent)] if per_agent else []), path]
         procs.append(subprocess.Popen(cmd, env=env))
     try:
