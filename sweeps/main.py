@@ -4,6 +4,7 @@
     python -m sweeps generate --sweep_config base --cfg configs/foot.yaml -o my.yaml
     python -m sweeps run sweeps/base.yaml [--backend local|wandb] ...
     python -m sweeps run --cfg configs/ra_hand.yaml --sweep_config quick_test --count 4 --project my-experiment
+    python -m sweeps slurm sweeps/base.yaml --array 8 --gpus-per-task 1 [--dry-run] ...   # a SLURM job array
     python -m sweeps best DIR|ENTITY/PROJECT/ID [--export best.yaml]
     python -m sweeps report DIR
 
@@ -101,7 +102,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _load_sweep(args: argparse.Namespace) -> dict:
+    """The sweep file, or the sweep the flags describe; args.cfg becomes one config or None."""
     if args.sweep_file:
         if args.sweep_config or args.custom_params or args.method:
             raise UsageError("give a sweep file or --sweep_config/--method/--custom_params, not both")
@@ -112,6 +114,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         sweep = build_sweep(args, _preset(args, default=DEFAULT_PRESET))
         args.cfg = None  # built with it already
+    return sweep
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    sweep = _load_sweep(args)
     if args.backend == "wandb":
         from sweeps.runner import run_wandb_sweep
 
@@ -119,6 +126,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweeps.runner import run_offline
 
     return run_offline(sweep, args)
+
+
+def cmd_slurm(args: argparse.Namespace) -> int:
+    from sweeps.runner.sbatch import submit_sweep
+
+    return submit_sweep(_load_sweep(args), args)
 
 
 def cmd_best(args: argparse.Namespace) -> int:
@@ -193,7 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max_failures", "--max-failures", dest="max_failures", type=int, default=5,
                      help="stop after this many failures in a row")
     run.add_argument("--quiet", action="store_true", help="no live status line, only one line per event")
+    run.add_argument("--nodes_per_trial", "--nodes-per-trial", dest="nodes_per_trial", type=int, metavar="M",
+                     help="inside a SLURM job: each run an srun step across M nodes, one DDP run (python -m sweeps "
+                          "slurm sets this)")
+    run.add_argument("--tasks_per_node", "--tasks-per-node", dest="tasks_per_node", type=int, metavar="T",
+                     help="with --nodes-per-trial: DDP processes per node (default --gpus-per-trial)")
     run.set_defaults(func=cmd_run)
+
+    slurm = sub.add_parser("slurm", help="run a sweep as a SLURM job array (writes, shows and submits the script)")
+    slurm.add_argument("sweep_file", nargs="?", help="a W&B sweep file; without it the sweep is built from the flags")
+    _sweep_flags(slurm)
+    from sweeps.runner.sbatch import add_arguments
+
+    add_arguments(slurm)
+    slurm.set_defaults(func=cmd_slurm)
 
     best = sub.add_parser("best", help="table of runs and the best configuration")
     best.add_argument("source", help="an offline sweep directory or ENTITY/PROJECT/SWEEP_ID")

@@ -32,10 +32,11 @@ from sweeps.files.io import write_atomic
 from sweeps.files.params import YACS_ALIASES, cli_parameters, resolve_name
 from sweeps.files.schema import GOALS, check_early_terminate, max_epochs_of
 from sweeps.runner.jobs import find_root
-from sweeps.runner.launch import gpu_slots, prepare_sweep
+from sweeps.runner.launch import gpu_slots, prepare_sweep, visible_gpus
 from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress
 from sweeps.runner.runner import POLL_S, LaunchSettings, Runner
+from sweeps.runner.slurm import multi_node_sweep, requeue_after, srun_prefix
 from sweeps.runner.space import build_space, make_sampler
 from sweeps.runner.storage import Storage, heartbeat_problem, mask_password
 
@@ -156,9 +157,14 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise RunnerError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
     heartbeat = check_heartbeat(args.heartbeat)
-    sweep = prepare_sweep(sweep, args.cfg, args.gpus_per_trial)
+    nodes = getattr(args, "nodes_per_trial", None)  # each run an srun step of the SLURM job (runner/slurm.py)
+    sweep = prepare_sweep(sweep, args.cfg, 1 if nodes else args.gpus_per_trial)
+    if nodes:
+        tasks = args.tasks_per_node or args.gpus_per_trial
+        sweep = multi_node_sweep(sweep, nodes, tasks)
+        gpus = args.gpus_per_trial if visible_gpus() else 0  # per node for the step; CPU ranks use gloo
     space = check_sweep(sweep, root)
-    slots = _slots(args)
+    slots = [None] if nodes else _slots(args)
     gpu_guard = memory_guard(args.min_free_gpu_mem, slots)
     if space.method == "grid":
         size = space.grid_size()
@@ -200,7 +206,8 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
         raise RunnerError(f"cannot write {sweep_yaml}: {e.strerror} (--out)") from None
     progress = Progress(count, live=not args.quiet and sys.stdout.isatty())
     settings = LaunchSettings(wandb=args.wandb, project=args.project, entity=args.entity,
-                              max_failures=args.max_failures)
+                              max_failures=args.max_failures,
+                              launcher=tuple(srun_prefix(nodes, tasks, gpus)) if nodes else ())
     runner = Runner(sweep, space, store, sweep_dir=sweep_dir, root=root, slots=slots, count=count,
                     progress=progress, settings=settings, gpu_guard=gpu_guard)
     print(f"sweep {name}: {sweep['method']}, {count} runs, {len(slots)} at a time; directory {sweep_dir}")
@@ -217,4 +224,4 @@ def run_offline(sweep: dict, args: argparse.Namespace) -> int:
         if code == 0:
             code = 1  # every run failed, or none logged the metric: a sweep with no result is an error
     print(f"sweep directory: {sweep_dir}  (python -m sweeps best {sweep_dir})")
-    return code
+    return requeue_after(runner.signal, code)

@@ -49,6 +49,7 @@ class LaunchSettings:
     project: Optional[str] = None
     entity: Optional[str] = None
     max_failures: int = 5  # failures in a row that stop the sweep
+    launcher: tuple[str, ...] = ()  # before each run's argv: an srun step across nodes (runner/slurm.py)
 
 
 class Runner:
@@ -70,6 +71,7 @@ class Runner:
         self.finished_at = 0.0  # time.monotonic() when our last run ended
         self.failures_in_row = 0
         self.stopping: Optional[str] = None  # why no more runs are launched
+        self.signal: Optional[int] = None  # the signal that stopped the runner (SLURM requeues on SIGUSR1)
         self.exit_code = 0
         self.best: Optional[tuple[float, dict, str]] = None
         self._guard_noted: set[str] = set()
@@ -166,7 +168,7 @@ class Runner:
                         WANDB_PROJECT=self.settings.project, WANDB_ENTITY=self.settings.entity,
                         CUDA_VISIBLE_DEVICES=slot, OMP_NUM_THREADS=cpu_threads(self.slots), **self.lifeline.env())
         with open(run_dir / "output.log", "ab") as log:  # a continued run keeps its earlier log
-            proc = subprocess.Popen(argv, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen([*self.settings.launcher, *argv], cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True,
                                     pass_fds=(self.lifeline.read_fd,))
         if self.gpu_guard:
@@ -276,13 +278,14 @@ class Runner:
                     job.kill_group()
                 return
             self.stopping = "interrupted; rerun the same command to continue"
+            self.signal = signum
             self.exit_code = 130
             for job in self.jobs.values():
                 job.interrupted = True
                 job.terminate()
             self.progress.event(f"{signal.Signals(signum).name}: stopping the runs (again to kill them)")
 
-        old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
         self.heart, self.lifeline = Heartbeat(self.store.storage, self.store.heartbeat), Lifeline()
         try:
             self.recover()
