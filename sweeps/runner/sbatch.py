@@ -24,6 +24,7 @@ from sweeps.runner.journal import JOURNAL_SCHEME, journal_file, sqlite_problem
 from sweeps.runner.offline import check_name
 from sweeps.runner.slurm import REQUEUE_SIGNAL
 
+PROJECT = Path(__file__).resolve().parents[2]  # `python -m sweeps` runs from here (not installed)
 WARN_S = 90  # SIGUSR1 this long before the time limit: time to save last.ckpt and requeue
 
 
@@ -74,7 +75,7 @@ def _tasks_per_node(args: argparse.Namespace) -> int:
     return args.tasks_per_node or args.gpus_per_task or 1
 
 
-def render(args: argparse.Namespace, name: str, root: Path, sweep_file: Path, sweep_dir: Path, storage: str,
+def render(args: argparse.Namespace, name: str, sweep_file: Path, sweep_dir: Path, storage: str,
            sweep_id: Optional[str] = None) -> str:
     """The sbatch script; every choice in it is commented for the user who reads it."""
     log = sweep_dir / "slurm" / "%A_%a.out"
@@ -95,7 +96,7 @@ def render(args: argparse.Namespace, name: str, root: Path, sweep_file: Path, sw
         if value is not None:
             lines.append(f"#SBATCH --{option}={value}")
     lines += [f"#SBATCH {option}" for option in args.sbatch]
-    lines += ["", f"cd {shlex.quote(str(root))}"]
+    lines += ["", f"cd {shlex.quote(str(PROJECT))}"]
     if args.backend == "wandb":
         agent = shlex.join([sys.executable, "-m", "wandb", "agent", str(sweep_id)])
         lines += ["# one W&B agent per GPU of this task; they exit when the sweep reaches its run cap",
@@ -128,7 +129,9 @@ def submit_sweep(sweep: dict, args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is not None and value < 1:
             raise UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
-    root = find_root(sweep, sweep_file)
+    root = find_root(sweep, sweep_file)  # the program must exist before anything is queued
+    if args.cfg and Path(args.cfg).is_file():
+        args.cfg = str(Path(args.cfg).resolve())  # the tasks start elsewhere
     sweep_dir = Path(args.out or Path("sweep_runs") / name).resolve()
     storage = args.storage or f"{JOURNAL_SCHEME}{sweep_dir / 'optuna.journal'}"
     if journal_file(storage) is not None:
@@ -140,7 +143,7 @@ def submit_sweep(sweep: dict, args: argparse.Namespace) -> int:
 
     write_atomic(task_sweep, yaml.safe_dump(sweep, sort_keys=False))
     sweep_id = _register_wandb(sweep, args) if args.backend == "wandb" and not args.dry_run else "ENTITY/PROJECT/ID"
-    script = render(args, name, root, task_sweep, sweep_dir, storage, sweep_id)
+    script = render(args, name, task_sweep, sweep_dir, storage, sweep_id)
     path = sweep_dir / "slurm" / f"{name}.sbatch"
     write_atomic(path, script)
     print(script)
