@@ -216,9 +216,32 @@ def build_parser() -> argparse.ArgumentParser:
     slurm = sub.add_parser("slurm", help="run a sweep as a SLURM job array (writes, shows and submits the script)")
     slurm.add_argument("sweep_file", nargs="?", help="a W&B sweep file; without it the sweep is built from the flags")
     _sweep_flags(slurm)
-    from sweeps.runner.sbatch import add_arguments
-
-    add_arguments(slurm)
+    slurm.add_argument("--array", type=int, required=True, metavar="N", help="array tasks (runners) at once")
+    slurm.add_argument("--gpus_per_task", "--gpus-per-task", dest="gpus_per_task", type=int, default=0,
+                       metavar="G", help="GPUs per array task (per node with --nodes-per-trial); 0: CPU")
+    slurm.add_argument("--nodes_per_trial", "--nodes-per-trial", dest="nodes_per_trial", type=int, metavar="M",
+                       help="each trial one DDP run across M nodes (an srun step of the task's allocation)")
+    slurm.add_argument("--tasks_per_node", "--tasks-per-node", dest="tasks_per_node", type=int, metavar="T",
+                       help="with --nodes-per-trial: DDP processes per node (default: --gpus-per-task, else 1)")
+    slurm.add_argument("--cpus_per_task", "--cpus-per-task", dest="cpus_per_task", type=int,
+                       help="CPU cores per array task (per DDP process with --nodes-per-trial)")
+    slurm.add_argument("--partition", help="SLURM partition")
+    slurm.add_argument("--time", help="time limit per task, e.g. 24:00:00 (a task requeues itself before it)")
+    slurm.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                       help="another #SBATCH option, e.g. --sbatch=--mem=64G (repeatable)")
+    slurm.add_argument("--backend", choices=["local", "wandb"], default="local")
+    slurm.add_argument("--count", type=int, help="runs in the whole sweep, across all tasks")
+    slurm.add_argument("--storage", help="shared storage: a journal file (default SWEEP_DIR/optuna.journal) or "
+                                         "a database URL (postgresql://...)")
+    slurm.add_argument("--out", help="sweep directory on a file system all nodes share (default sweep_runs/<name>)")
+    slurm.add_argument("--heartbeat", type=int, metavar="S", help="the runners' heartbeat (see `run --help`)")
+    slurm.add_argument("--seed", type=int, help="sampler seed")
+    slurm.add_argument("--entity", help="W&B entity")
+    slurm.add_argument("--requeue", action=argparse.BooleanOptionalAction, default=True,
+                       help="let SLURM requeue a preempted task (default); a task also requeues itself "
+                            "90 s before its time limit")
+    slurm.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true",
+                       help="write and show the script, do not submit it")
     slurm.set_defaults(func=cmd_slurm)
 
     best = sub.add_parser("best", help="table of runs and the best configuration")

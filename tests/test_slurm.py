@@ -318,6 +318,35 @@ def test_without_scontrol_a_preempted_trial_continues_in_another_task(cluster, f
     assert sorted(points(trials(tmp_path))) == [(0.3,), (0.6,)]
 
 
+@pytest.mark.slow  # two real cli.py ranks, ~60 s (3 min on the busy dev box)
+def test_a_trial_on_two_srun_tasks_is_one_ddp_run(cluster, hand_data, tmp_path, monkeypatch):
+    """--nodes-per-trial: the trial is an srun step of 2 tasks (CPU, gloo) that Lightning's
+    SLURMEnvironment joins into one DDP run: one history row per epoch, one W&B run."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    sweep = {
+        "program": "cli.py", "name": "ddp", "method": "grid", "metric": {"name": "val/loss", "goal": "minimize"},
+        "parameters": {"model.lr": {"values": [0.001]}},
+        "command": ["${env}", "${interpreter}", "${program}", "fit", "--config", "configs/demo.yaml",
+                    f"--data.root={hand_data}", "--demo.body_part=null", "--trainer.accelerator=cpu",
+                    "--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
+                    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+                    "--data.num_workers=0", "--data.image_size=32", "--data.batch_size=4", "--run.test_after_fit=false",
+                    "--sweep.metric=val/loss", "${args}"],
+    }
+    job = submit(cluster, tmp_path, sweep, "--array", "1", "--nodes-per-trial", "1", "--tasks-per-node", "2")
+    assert cluster.wait_done(job, 2 * DONE_S)[f"{job}_0"]["ExitCode"] == "0:0", log_of(tmp_path, f"{job}_0")
+    journal = tmp_path / "out" / "optuna.journal"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    (trial,) = optuna.load_study(study_name="ddp", storage=storage).get_trials()
+    run_dir = tmp_path / "out" / trial.user_attrs["run_dir"]
+    output = (run_dir / "output.log").read_text()
+    assert trial.user_attrs["state"] == "finished", output[-3000:]
+    assert "srun" not in trial.user_attrs["argv"][0] and "--trainer.num_nodes=1" in trial.user_attrs["argv"]
+    assert "MEMBER: 2/2" in output  # Lightning's DDP with two processes, started by srun
+    assert len(trial.user_attrs["history"]) == 2  # rank 0 logs: one row per epoch
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # one W&B run
+
+
 @pytest.mark.slow
 def test_no_job_left_behind(cluster):
     """Runs after the slow tests of this file (pytest keeps file order): nothing of ours queued."""

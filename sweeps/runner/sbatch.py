@@ -28,36 +28,6 @@ PROJECT = Path(__file__).resolve().parents[2]  # `python -m sweeps` runs from he
 WARN_S = 90  # SIGUSR1 this long before the time limit: time to save last.ckpt and requeue
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `slurm` subcommand's own options (the sweep flags are main.py's)."""
-    parser.add_argument("--array", type=int, required=True, metavar="N", help="array tasks (runners) at once")
-    parser.add_argument("--gpus_per_task", "--gpus-per-task", dest="gpus_per_task", type=int, default=0,
-                        metavar="G", help="GPUs per array task (per node with --nodes-per-trial); 0: CPU")
-    parser.add_argument("--nodes_per_trial", "--nodes-per-trial", dest="nodes_per_trial", type=int, metavar="M",
-                        help="each trial one DDP run across M nodes (an srun step of the task's allocation)")
-    parser.add_argument("--tasks_per_node", "--tasks-per-node", dest="tasks_per_node", type=int, metavar="T",
-                        help="with --nodes-per-trial: DDP processes per node (default: --gpus-per-task, else 1)")
-    parser.add_argument("--cpus_per_task", "--cpus-per-task", dest="cpus_per_task", type=int,
-                        help="CPU cores per array task (per DDP process with --nodes-per-trial)")
-    parser.add_argument("--partition", help="SLURM partition")
-    parser.add_argument("--time", help="time limit per task, e.g. 24:00:00 (a task requeues itself before it)")
-    parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
-                        help="another #SBATCH option, e.g. --sbatch=--mem=64G (repeatable)")
-    parser.add_argument("--backend", choices=["local", "wandb"], default="local")
-    parser.add_argument("--count", type=int, help="runs in the whole sweep, across all tasks")
-    parser.add_argument("--storage", help="shared storage: a journal file (default SWEEP_DIR/optuna.journal) or "
-                                          "a database URL (postgresql://...)")
-    parser.add_argument("--out", help="sweep directory on a file system all nodes share (default sweep_runs/<name>)")
-    parser.add_argument("--heartbeat", type=int, metavar="S", help="the runners' heartbeat (see `run --help`)")
-    parser.add_argument("--seed", type=int, help="sampler seed")
-    parser.add_argument("--entity", help="W&B entity")
-    parser.add_argument("--requeue", action=argparse.BooleanOptionalAction, default=True,
-                        help="let SLURM requeue a preempted task (default); a task also requeues itself "
-                             f"{WARN_S} s before its time limit")
-    parser.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true",
-                        help="write and show the script, do not submit it")
-
-
 def _runner_command(args: argparse.Namespace, sweep_file: Path, sweep_dir: Path, storage: str) -> list[str]:
     cmd = [sys.executable, "-m", "sweeps", "run", str(sweep_file), "--out", str(sweep_dir),
            "--storage", storage, "--quiet"]
