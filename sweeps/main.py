@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_slurm(args: argparse.Namespace) -> int:
-    from sweeps.runner.sbatch import submit_sweep
+    from sweeps.runner import submit_sweep
 
     return submit_sweep(_load_sweep(args), args)
 

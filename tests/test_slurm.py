@@ -101,6 +101,12 @@ def test_dry_run_of_a_multi_node_trial(fake, tmp_path):
     assert "unset SLURM_NTASKS" not in script  # the runs are srun steps: Lightning reads them
 
 
+def test_dry_run_with_wandb_agents(fake, tmp_path):
+    script = _dry_run(fake, tmp_path, "--array", "2", "--gpus-per-task", "4", "--backend", "wandb")
+    assert "wandb agent ENTITY/PROJECT/ID & done" in script and "exec " not in script
+    assert subprocess.run(["bash", "-n"], input=script.split("\nwrote ")[0], text=True).returncode == 0
+
+
 # -- storage on shared file systems
 @pytest.fixture
 def on_nfs(tmp_path, monkeypatch):
@@ -351,5 +357,5 @@ def test_a_trial_on_two_srun_tasks_is_one_ddp_run(cluster, hand_data, tmp_path, 
 def test_no_job_left_behind(cluster):
     """Runs after the slow tests of this file (pytest keeps file order): nothing of ours queued."""
     assert not [line for line in cluster.cmd("squeue", "-h", "-o", "%j %i").splitlines()
-                if line.split()[0] == "fake"]
+                if line.split()[0] in ("fake", "ddp")]
 

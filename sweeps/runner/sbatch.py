@@ -69,7 +69,8 @@ def render(args: argparse.Namespace, name: str, sweep_file: Path, sweep_dir: Pat
     lines += ["", f"cd {shlex.quote(str(PROJECT))}"]
     if args.backend == "wandb":
         agent = shlex.join([sys.executable, "-m", "wandb", "agent", str(sweep_id)])
-        lines += ["# one W&B agent per GPU of this task; they exit when the sweep reaches its run cap",
+        lines += [f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH  # the agents run `python`",
+                  "# one W&B agent per GPU of this task; they exit when the sweep reaches its run cap",
                   'IFS=, read -ra gpus <<< "${CUDA_VISIBLE_DEVICES:-}"',
                   '[ ${#gpus[@]} -gt 0 ] || gpus=("")',
                   f'for g in "${{gpus[@]}}"; do CUDA_VISIBLE_DEVICES=$g {agent} & done',
