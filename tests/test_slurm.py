@@ -19,7 +19,7 @@ import optuna
 import pytest
 import test_offline_runner
 from slurm.cluster import Cluster, slurm_missing, start_cluster, stop_cluster
-from test_offline_runner import _going, points, write
+from test_offline_runner import _going, counted, points, write
 
 from sweeps.main import main
 from sweeps.runner import journal as runner_journal
@@ -237,8 +237,11 @@ def test_array_sweep_runs_every_grid_point_once_and_every_task_exits(cluster, fa
     assert sorted(states) == [f"{job}_0", f"{job}_1"]
     assert all((s["JobState"], s["ExitCode"]) == ("COMPLETED", "0:0") for s in states.values()), states
     done = trials(tmp_path)
-    assert sorted(points(done)) == [(x,) for x in xs] and len(done) == len(xs)  # each point once, no surplus
-    assert len({t.user_attrs["runner"]["pid"] for t in done}) == 2  # both tasks ran runs
+    # Each point once. The journal has no lock: two tasks asking at once may both draw a point,
+    # and the later trial yields as "surplus" (Runner._surplus) without running.
+    assert sorted(points(done)) == [(x,) for x in xs]
+    assert all(t.user_attrs["state"] in ("finished", "surplus") for t in done)
+    assert len({t.user_attrs["runner"]["pid"] for t in counted(done)}) == 2  # both tasks ran runs
 
 
 @pytest.mark.slow  # a SLURM job requeued once, ~40 s
