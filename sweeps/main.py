@@ -4,6 +4,7 @@
     python -m sweeps generate --sweep_config base --cfg configs/foot.yaml -o my.yaml
     python -m sweeps run sweeps/base.yaml [--backend local|wandb] ...
     python -m sweeps run --cfg configs/ra_hand.yaml --sweep_config quick_test --count 4 --project my-experiment
+    python -m sweeps slurm sweeps/base.yaml --array 8 --gpus-per-task 1 [--dry-run] ...   # a SLURM job array
     python -m sweeps best DIR|ENTITY/PROJECT/ID [--export best.yaml]
     python -m sweeps report DIR
 
@@ -110,7 +111,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _load_sweep(args: argparse.Namespace) -> Sweep:
+    """The sweep file, or the sweep the flags describe; args.cfg becomes one config or None."""
     if args.sweep_file:
         if args.sweep_config or args.custom_params or args.method:
             raise UsageError("give a sweep file or --sweep_config/--method/--custom_params, not both")
@@ -121,6 +123,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         sweep = Sweep.from_dict(build_sweep(args, _preset(args, default=DEFAULT_PRESET)))
         args.cfg = None  # built with it already
+    return sweep
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    sweep = _load_sweep(args)
     if args.backend == "wandb":
         from sweeps.runner import run_wandb_sweep
 
@@ -128,6 +135,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweeps.runner import run_offline
 
     return run_offline(sweep, args)
+
+
+def cmd_slurm(args: argparse.Namespace) -> int:
+    from sweeps.runner import submit_sweep
+
+    return submit_sweep(_load_sweep(args).to_dict(), args)
 
 
 def cmd_best(args: argparse.Namespace) -> int:
@@ -202,7 +215,43 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max_failures", "--max-failures", dest="max_failures", type=argtypes.MAX_FAILURES, default=5,
                      help="stop after this many failures in a row")
     run.add_argument("--quiet", action="store_true", help="no live status line, only one line per event")
+    run.add_argument("--nodes_per_trial", "--nodes-per-trial", dest="nodes_per_trial", type=int, metavar="M",
+                     help="inside a SLURM job: each run an srun step across M nodes, one DDP run (python -m sweeps "
+                          "slurm sets this)")
+    run.add_argument("--tasks_per_node", "--tasks-per-node", dest="tasks_per_node", type=int, metavar="T",
+                     help="with --nodes-per-trial: DDP processes per node (default --gpus-per-trial)")
     run.set_defaults(func=cmd_run)
+
+    slurm = sub.add_parser("slurm", help="run a sweep as a SLURM job array (writes, shows and submits the script)")
+    slurm.add_argument("sweep_file", nargs="?", help="a W&B sweep file; without it the sweep is built from the flags")
+    _sweep_flags(slurm)
+    slurm.add_argument("--array", type=int, required=True, metavar="N", help="array tasks (runners) at once")
+    slurm.add_argument("--gpus_per_task", "--gpus-per-task", dest="gpus_per_task", type=int, default=0,
+                       metavar="G", help="GPUs per array task (per node with --nodes-per-trial); 0: CPU")
+    slurm.add_argument("--nodes_per_trial", "--nodes-per-trial", dest="nodes_per_trial", type=int, metavar="M",
+                       help="each trial one DDP run across M nodes (an srun step of the task's allocation)")
+    slurm.add_argument("--tasks_per_node", "--tasks-per-node", dest="tasks_per_node", type=int, metavar="T",
+                       help="with --nodes-per-trial: DDP processes per node (default: --gpus-per-task, else 1)")
+    slurm.add_argument("--cpus_per_task", "--cpus-per-task", dest="cpus_per_task", type=int,
+                       help="CPU cores per array task (per DDP process with --nodes-per-trial)")
+    slurm.add_argument("--partition", help="SLURM partition")
+    slurm.add_argument("--time", help="time limit per task, e.g. 24:00:00 (a task requeues itself before it)")
+    slurm.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                       help="another #SBATCH option, e.g. --sbatch=--mem=64G (repeatable)")
+    slurm.add_argument("--backend", choices=["local", "wandb"], default="local")
+    slurm.add_argument("--count", type=int, help="runs in the whole sweep, across all tasks")
+    slurm.add_argument("--storage", help="shared storage: a journal file (default SWEEP_DIR/optuna.journal) or "
+                                         "a database URL (postgresql://...)")
+    slurm.add_argument("--out", help="sweep directory on a file system all nodes share (default sweep_runs/<name>)")
+    slurm.add_argument("--heartbeat", type=int, metavar="S", help="the runners' heartbeat (see `run --help`)")
+    slurm.add_argument("--seed", type=int, help="sampler seed")
+    slurm.add_argument("--entity", help="W&B entity")
+    slurm.add_argument("--requeue", action=argparse.BooleanOptionalAction, default=True,
+                       help="let SLURM requeue a preempted task (default); a task also requeues itself "
+                            "90 s before its time limit")
+    slurm.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true",
+                       help="write and show the script, do not submit it")
+    slurm.set_defaults(func=cmd_slurm)
 
     best = sub.add_parser("best", help="table of runs and the best configuration")
     best.add_argument("source", help="an offline sweep directory or ENTITY/PROJECT/SWEEP_ID")

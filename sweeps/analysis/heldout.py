@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rundir.layout import TEST_REPORT as REPORT_FILE
+
 # What reading a test_report.json that lacks a key or holds a value of another type raises.
 DAMAGE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 

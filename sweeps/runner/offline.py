@@ -27,7 +27,7 @@ from typing import Optional
 import yaml
 
 import sweeps.runner.placement as placement
-from rundir.slots import gpu_slots
+from rundir.slots import gpu_slots, visible_gpus
 from sweeps.errors import RunnerError, SweepConfigError
 from sweeps.files.check import check_for_cli
 from sweeps.files.io import write_atomic
@@ -38,6 +38,7 @@ from sweeps.runner.launch import prepare_sweep
 from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress
 from sweeps.runner.runner import POLL_S, LaunchSettings, Runner
+from sweeps.runner.slurm import multi_node_sweep, requeue_after, srun_prefix
 from sweeps.runner.space import Space, build_space, make_sampler
 from sweeps.runner.storage import Storage, check_url, heartbeat_problem, mask_password
 from sweeps.text import visible
@@ -165,10 +166,16 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise RunnerError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
     heartbeat = check_heartbeat(args.heartbeat)
-    sweep = Sweep.from_dict(prepare_sweep(sweep.to_dict(), args.cfg, args.gpus_per_trial))
+    nodes = getattr(args, "nodes_per_trial", None)  # each run an srun step of the SLURM job (runner/slurm.py)
+    prepared = prepare_sweep(sweep.to_dict(), args.cfg, 1 if nodes else args.gpus_per_trial)
+    if nodes:
+        tasks = args.tasks_per_node or args.gpus_per_trial
+        prepared = multi_node_sweep(prepared, nodes, tasks)
+        gpus = args.gpus_per_trial if visible_gpus() else 0  # per node for the step; CPU ranks use gloo
+    sweep = Sweep.from_dict(prepared)
     space, configs = check_sweep(sweep, root)
     check_data_root(sweep, configs, root)
-    slots = _slots(args)
+    slots = [None] if nodes else _slots(args)
     gpu_guard = memory_guard(args.min_free_gpu_mem, slots)
     if space.method == "grid":
         size = space.grid_size()
@@ -210,7 +217,8 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
         raise RunnerError(f"cannot write {sweep_yaml}: {e.strerror} (--out)") from None
     progress = Progress(count, live=not args.quiet and sys.stdout.isatty())
     settings = LaunchSettings(wandb=args.wandb, project=args.project, entity=args.entity,
-                              max_failures=args.max_failures)
+                              max_failures=args.max_failures,
+                              launcher=tuple(srun_prefix(nodes, tasks, gpus)) if nodes else ())
     runner = Runner(sweep.to_dict(), space, store, sweep_dir=sweep_dir, root=root, slots=slots, count=count,
                     progress=progress, settings=settings, gpu_guard=gpu_guard)
     print(f"sweep {name}: {sweep.method}, {count} runs, {len(slots)} at a time; directory {sweep_dir}")
@@ -227,4 +235,4 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
         if code == 0:
             code = 1  # every run failed, or none logged the metric: a sweep with no result is an error
     print(f"sweep directory: {sweep_dir}  (python -m sweeps best {sweep_dir})")
-    return code
+    return requeue_after(runner.signal, code)

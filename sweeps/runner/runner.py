@@ -50,6 +50,7 @@ class LaunchSettings:
     project: Optional[str] = None
     entity: Optional[str] = None
     max_failures: int = 5  # failures in a row that stop the sweep
+    launcher: tuple[str, ...] = ()  # before each run's argv: an srun step across nodes (runner/slurm.py)
 
 
 class Runner:
@@ -71,6 +72,7 @@ class Runner:
         self.finished_at = 0.0  # time.monotonic() when our last run ended
         self.failures_in_row = 0
         self.stopping: Optional[str] = None  # why no more runs are launched
+        self.signal: Optional[int] = None  # the signal that stopped the runner (SLURM requeues on SIGUSR1)
         self.exit_code = 0
         self.best: Optional[tuple[float, dict, str]] = None
         self._guard_noted: set[str] = set()
@@ -165,7 +167,7 @@ class Runner:
         run_dir = resumed or fresh_run_dir(self.sweep_dir, number)
         env = {"WANDB_MODE": self.settings.wandb, "WANDB_PROJECT": self.settings.project,
                "WANDB_ENTITY": self.settings.entity, **self.lifeline.env()}
-        run = launcher.start(argv, run_dir, slot=index, slots=self.slots, cwd=self.root, env=env,
+        run = launcher.start([*self.settings.launcher, *argv], run_dir, slot=index, slots=self.slots, cwd=self.root, env=env,
                              pass_fds=(self.lifeline.read_fd,))
         if self.gpu_guard:
             self.gpu_guard.started(slot)
@@ -275,13 +277,14 @@ class Runner:
                     job.kill()
                 return
             self.stopping = "interrupted; rerun the same command to continue"
+            self.signal = signum
             self.exit_code = 130
             for job in self.jobs.values():
                 job.interrupted = True
                 job.terminate()
             self.progress.event(f"{signal.Signals(signum).name}: stopping the runs (again to kill them)")
 
-        old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
         self.heart, self.lifeline = Heartbeat(self.store.storage, self.store.heartbeat), Lifeline()
         try:
             self.recover()

@@ -25,6 +25,7 @@ from typing import Any, Optional
 from urllib.parse import unquote
 
 from sweeps.errors import RunnerError
+from sweeps.runner.journal import journal_file, journal_storage, sqlite_problem
 from sweeps.runner.liveness import RetryStaleTrials, quiet_heartbeat_warnings
 
 GRACE_BEATS = 3  # missed heartbeats before a trial is failed: one late beat is not a death
@@ -44,6 +45,8 @@ def heartbeat_problem(url: str) -> Optional[str]:
     """Why Optuna cannot keep heartbeats that other runners see in this storage, or None."""
     from sqlalchemy.engine import make_url
 
+    if journal_file(url) is not None:
+        return None  # a journal file on a shared file system (runner/journal.py)
     try:
         parsed = make_url(url)
         parsed.get_dialect()
@@ -133,6 +136,8 @@ class Storage:
         kwargs = None
         if url.startswith("sqlite:///"):
             db = Path(url[len("sqlite:///"):])
+            if (problem := sqlite_problem(db)) is not None:
+                raise RunnerError(problem)
             self.lock_path = db.with_name(db.name + ".lock")
             kwargs = {"connect_args": {"timeout": 120}}
         elif url.startswith("postgresql"):
@@ -147,9 +152,11 @@ class Storage:
         with self.critical(), quiet_heartbeat_warnings():  # two runners creating the tables at once collide
             for _ in range(2):  # a second time only to take the sweep's own interval
                 self.heartbeat = heartbeat or agreed or DEFAULT_HEARTBEAT_S
-                self.storage = optuna.storages.RDBStorage(
-                    url, engine_kwargs=kwargs, heartbeat_interval=self.heartbeat,
-                    grace_period=GRACE_BEATS * self.heartbeat, heartbeat_stale_trial_callback=self.retry)
+                journal = journal_file(url)
+                self.storage = journal_storage(journal, self.heartbeat, GRACE_BEATS * self.heartbeat, self.retry) \
+                    if journal else optuna.storages.RDBStorage(
+                        url, engine_kwargs=kwargs, heartbeat_interval=self.heartbeat,
+                        grace_period=GRACE_BEATS * self.heartbeat, heartbeat_stale_trial_callback=self.retry)
                 self.study = optuna.create_study(storage=self.storage, study_name=study_name, direction=direction,
                                                  sampler=sampler, load_if_exists=True)
                 agreed = self.study.user_attrs.get(HEARTBEAT_ATTR)

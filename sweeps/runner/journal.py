@@ -1,0 +1,106 @@
+"""Sweep storage on a shared file system without a database server: Optuna's journal file
+(`JournalFileBackend`, an append-only log whose lock is a symlink, safe on NFS), with the
+runner's heartbeat added; and the refusal of SQLite there (its file locks are unreliable on
+network file systems, which corrupts the database: Optuna #815, #820).
+
+`--storage journal:///abs/path/sweep.journal`, or any path ending .journal or .log. Heartbeats
+are trial system attributes holding the beating host's clock (time.time()): the hosts of one
+sweep must keep their clocks in step (NTP, as every cluster does), the RDB storages compare
+database time instead. README, "Sweeps on SLURM", says when to use which storage.
+
+Optuna's fail_stale_trials works on any storage that is a BaseHeartbeat, which Optuna does not
+export (optuna/storages/_heartbeat.py): this module is its one adapter, bounded by pyproject's
+optuna version and checked by tests/test_slurm.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+MOUNTS = "/proc/mounts"
+JOURNAL_SCHEME = "journal://"
+JOURNAL_SUFFIXES = (".journal", ".log")
+HEARTBEAT_KEY = "runner_heartbeat"  # trial system attribute: time.time() of the last beat
+# /proc/mounts file system types of shared network or cluster file systems.
+NETWORK_FS = ("nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph", "glusterfs",
+              "fuse.glusterfs", "fuse.beegfs", "fuse.sshfs", "panfs", "wekafs", "afs", "9p", "orangefs", "pvfs2")
+
+
+def journal_file(url: str) -> Optional[Path]:
+    """The journal file a --storage value names, or None when it is a database URL."""
+    if url.startswith(JOURNAL_SCHEME):
+        return Path(url[len(JOURNAL_SCHEME):]).resolve()
+    if "://" not in url and url.endswith(JOURNAL_SUFFIXES):
+        return Path(url).resolve()
+    return None
+
+
+def filesystem_type(path: Path) -> Optional[str]:
+    """Type of the file system holding `path` (its nearest existing folder): the longest mount
+    point above it in /proc/mounts; None where that cannot be read (not Linux)."""
+    path = path.resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        lines = Path(MOUNTS).read_text().splitlines()
+    except OSError:
+        return None
+    best, kind = -1, None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(fields[1].replace("\\040", " "))
+        if (path == point or point in path.parents) and len(point.parts) > best:
+            best, kind = len(point.parts), fields[2]
+    return kind
+
+
+def network_fs(path: Path) -> Optional[str]:
+    """The network file system type holding `path`, or None for a local one."""
+    kind = filesystem_type(path)
+    return kind if kind and (kind in NETWORK_FS or kind.split(".")[-1] in NETWORK_FS) else None
+
+
+def sqlite_problem(db: Path) -> Optional[str]:
+    """Why this SQLite file must not hold a sweep, or None."""
+    kind = network_fs(db)
+    if kind is None:
+        return None
+    return (f"the SQLite file {db} is on a network file system ({kind}); SQLite's locks are not reliable "
+            f"there and runners on several nodes would corrupt it. Use a journal file on the shared file "
+            f"system (--storage {db.with_suffix('.journal')}, no server needed) or PostgreSQL "
+            "(--storage postgresql://user:pw@dbhost/sweeps)")
+
+
+def journal_storage(path: Path, heartbeat: int, grace: int, callback: Callable[[Any, Any], None]) -> Any:
+    """Optuna's JournalStorage on `path`, with heartbeats (Optuna gives them to RDBStorage only)."""
+    from optuna.storages._heartbeat import (
+        BaseHeartbeat,  # not exported; tests/test_slurm.py fails if it moves
+    )
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.trial import TrialState
+
+    class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+        """Optuna's fail_stale_trials works on any BaseHeartbeat storage: these four methods."""
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_KEY, time.time())
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            deadline = time.time() - grace
+            running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+            return [self.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in running
+                    if t.system_attrs.get(HEARTBEAT_KEY, deadline) < deadline]
+
+        def get_heartbeat_interval(self) -> int:
+            return heartbeat
+
+        def get_heartbeat_stale_trial_callback(self) -> Callable[[Any, Any], None]:
+            return callback
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return HeartbeatJournalStorage(JournalFileBackend(str(path)))
