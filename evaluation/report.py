@@ -277,4 +277,8 @@ def format_table(report: dict) -> str:
             how += f"; threshold {th['value']:.4g}, {patients['threshold_note']}"
         lines.append(f"patient level ({how}):")
         lines += _rows(patients)
+    if report.get("subgroups"):
+        from evaluation.subgroups import format_subgroups  # it builds on this module
+
+        lines.append(format_subgroups(report["subgroups"]))
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from datamodules.datamodule import XrayDataModule
 from datamodules.readers import ImageReadError
 from datamodules.records import DataError
+from evaluation.subgroups import check_columns
 from models.backbones import UnknownBackboneError, WeightsError
 from models.classifier import XrayClassifier
 from models.reporting import ConfusionWriter, ImageSampleLogger, PredictionWriter
@@ -168,6 +169,7 @@ class XrayCLI(LightningCLI):
         )
         metric = sweep.metric or run.monitor
         self.guard = RunGuard(self.run_dir / "checkpoints")
+        check_columns(cfg.eval.subgroups, self.datamodule.records, self.datamodule.source)  # before training
         callbacks: list[Callback] = [
             self.checkpoint,
             self.last_checkpoint,

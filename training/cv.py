@@ -35,6 +35,7 @@ from typing import Any, Optional
 import numpy as np
 
 from datamodules.csvsafe import spreadsheet_safe
+from evaluation.subgroups import columns_of
 from sweeps.contract import FOLD_DIR, HISTORY_FILE, RunStopped, StopSignal, append_history, cpu_threads
 from training.evaluate import (
     OperatingPoint,
@@ -227,7 +228,7 @@ class CrossValidation:
         records = [by_rel[r] for r in order]
         labels = np.array([cli.datamodule.class_index[r.label] for r in records])
         report = test_report_of(np.mean(probs, axis=0), labels, patient_ids_of(records), cli.model.class_names, point,
-                                cfg.eval)
+                                cfg.eval, columns=columns_of(records))
         report["ensemble"] = {"folds": self.folds, "how": "mean of the folds' probabilities",
                               "fold_test": [_fold_figures(fold_dir(self.run_dir, i)) for i in range(self.folds)]}
         return report

@@ -46,6 +46,7 @@ from evaluation import (
     reliability_bins,
     summary_metrics,
 )
+from evaluation.subgroups import columns_of, subgroup_report
 from models.classifier import write_confusion_csv
 from training.loggers import update_summary
 from training.options import EvalOptions
@@ -154,13 +155,17 @@ def patient_ids_of(records: Sequence) -> Optional[list[str]]:
 def test_report_of(probs: np.ndarray, labels: np.ndarray, patient_ids: Optional[Sequence[str]],
                    class_names: Sequence[str],
                    point: OperatingPoint, options: EvalOptions,
-                   patient_threshold: Optional[ThresholdChoice] = None) -> dict:
-    """The test report (evaluation.build_report) at the operating point, with its temperature."""
+                   patient_threshold: Optional[ThresholdChoice] = None,
+                   columns: Optional[Sequence[dict]] = None) -> dict:
+    """The test report (evaluation.build_report) at the operating point, with its temperature;
+    with eval.subgroups, the same per subgroup of ``columns`` (the images' manifest columns)."""
     ids = None if patient_ids is None else np.asarray(patient_ids, dtype=object)
-    report = build_report(probs, labels, ids, list(class_names),
-                          point.threshold if probs.shape[1] == 2 else None,
-                          n_resamples=options.bootstrap_resamples, seed=options.bootstrap_seed,
-                          patient_aggregation=options.patient_aggregation, patient_threshold=patient_threshold)
+    args = (probs, labels, ids, list(class_names), point.threshold if probs.shape[1] == 2 else None)
+    settings = dict(n_resamples=options.bootstrap_resamples, seed=options.bootstrap_seed,
+                    patient_aggregation=options.patient_aggregation, patient_threshold=patient_threshold)
+    report = build_report(*args, **settings)
+    if options.subgroups and columns is not None:
+        report["subgroups"] = subgroup_report(*args, columns, options.subgroups, **settings)
     report["temperature"] = {"value": point.temperature, "fitted_on_validation": point.temperature_scaling}
     return report
 
@@ -210,7 +215,7 @@ class EvaluationReport(Callback):
             self.options.threshold, point.probabilities(val["logits"])[:, 1], val["labels"],
             np.asarray(val_ids, dtype=object)[val["index"]], self.options.patient_aggregation)
         report = test_report_of(probs, outputs["labels"], ids, pl_module.class_names, point, self.options,
-                                patient_threshold)
+                                patient_threshold, columns_of(trainer.datamodule.records_of("test"), outputs["index"]))
         report["validation_calibration"] = calibration_summary(val["logits"], val["labels"], point) \
             if val is not None else None
         self.report = report

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
+from sweeps.analysis.subgroups_html import subgroups_html
+
 REPORT_FILE = "test_report.json"
 
 
@@ -114,4 +116,5 @@ def section_html(report: Optional[dict], figure: Callable, table: Callable[[list
         figure(reliability_figure(report)),
         "<h3>Confusion matrix at the threshold (test)</h3>",
         table(confusion_rows(report)),
+        subgroups_html(report, figure, table),
     ])
