@@ -178,23 +178,3 @@ def subgroup_report(
     return {"min_patients_per_class": MIN_PATIENTS_PER_CLASS,
             "rule": f"a group with fewer than {MIN_PATIENTS_PER_CLASS} patients of a class is marked too small",
             "by": by}
-
-
-def format_subgroups(section: dict, figures: Sequence[str] = ("auroc", "sensitivity", "specificity")) -> str:
-    """A few lines for the console: per group the counts, the main figures, the too-small line."""
-    lines = ["subgroups (same operating point; patient-level 95% CI):"]
-    for column in section["by"]:
-        for g in column["groups"]:
-            c = g["counts"]
-            shown = []
-            for name in figures:
-                iv = g["metrics"].get(name)
-                if iv is None or iv["estimate"] is None:
-                    continue
-                ci = "" if iv["ci_low"] is None else f" ({iv['ci_low']:.3f}-{iv['ci_high']:.3f})"
-                shown.append(f"{name} {iv['estimate']:.3f}{ci}")
-            lines.append(f"  {column['column']}={g['group']}: {c['images']} images, {c['patients']} patients; "
-                         + ("; ".join(shown) or "no figure defined"))
-            if g["note"]:
-                lines.append(f"    {g['note']}")
-    return "\n".join(lines)

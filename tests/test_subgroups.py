@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from evaluation import ThresholdChoice, build_report, clopper_pearson
+from evaluation.report import format_subgroups
 from evaluation.subgroups import (
     MIN_PATIENTS_PER_CLASS,
     check_columns,
     columns_of,
-    format_subgroups,
     parse_subgroups,
     subgroup_report,
 )

@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from datamodules.datamodule import XrayDataModule
 from datamodules.readers import ImageReadError
 from datamodules.records import DataError
-from evaluation.subgroups import check_columns
+from evaluation import check_columns
 from models.backbones import UnknownBackboneError, WeightsError
 from models.classifier import XrayClassifier
 from models.reporting import ConfusionWriter, ImageSampleLogger, PredictionWriter

@@ -35,7 +35,7 @@ from typing import Any, Optional
 import numpy as np
 
 from datamodules.csvsafe import spreadsheet_safe
-from evaluation.subgroups import columns_of
+from evaluation import columns_of
 from sweeps.contract import FOLD_DIR, HISTORY_FILE, RunStopped, StopSignal, append_history, cpu_threads
 from training.evaluate import (
     OperatingPoint,

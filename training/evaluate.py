@@ -39,14 +39,15 @@ from evaluation import (
     build_report,
     choose_patient_threshold,
     choose_threshold,
+    columns_of,
     expected_calibration_error,
     fit_temperature,
     format_table,
     parse_threshold,
     reliability_bins,
+    subgroup_report,
     summary_metrics,
 )
-from evaluation.subgroups import columns_of, subgroup_report
 from models.classifier import write_confusion_csv
 from training.loggers import update_summary
 from training.options import EvalOptions

@@ -90,8 +90,7 @@ class EvalOptions:
     subgroups: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from evaluation import parse_threshold
-        from evaluation.subgroups import parse_subgroups
+        from evaluation import parse_subgroups, parse_threshold
 
         parse_threshold(self.threshold)  # a bad spec fails at parse time, naming eval.threshold
         parse_subgroups(self.subgroups)  # likewise eval.subgroups; its columns are checked on the data
