@@ -81,7 +81,7 @@ def _marker_data(n: int, size: int, seed: int):
 @pytest.mark.slow
 def test_maps_land_on_a_burned_in_marker_the_model_learned():
     torch.manual_seed(0)
-    size = 96  # resnet18's layer4 is then 3x3: a corner is one cell
+    size = 64  # resnet18's layer4 is then 2x2: one cell per quadrant, the marker in one of them
     x, y, _ = _marker_data(64, size, seed=1)
     model = build_backbone("resnet18", num_classes=2, in_chans=1)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -91,6 +91,13 @@ def test_maps_land_on_a_burned_in_marker_the_model_learned():
             optimiser.zero_grad()
             nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
             optimiser.step()
+    # 24 steps leave BatchNorm's running averages far from the data: recompute them exactly
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+    with torch.no_grad():
+        model(x)
     tx, ty, boxes = _marker_data(24, size, seed=2)
     model.eval()
     with torch.no_grad():
@@ -102,6 +109,6 @@ def test_maps_land_on_a_burned_in_marker_the_model_learned():
     for cam, i in zip(maps, abnormal):
         r0, r1, c0, c1 = boxes[i]
         row, col = np.unravel_index(np.argmax(cam), cam.shape)
-        # the hottest point in the marker's third of the image (a layer4 cell is a third)
-        on_marker.append(abs(row - (r0 + r1) / 2) < size / 3 and abs(col - (c0 + c1) / 2) < size / 3)
+        # the hottest point is in the marker's quadrant
+        on_marker.append((row < size / 2) == ((r0 + r1) / 2 < size / 2) and (col < size / 2) == ((c0 + c1) / 2 < size / 2))
     assert np.mean(on_marker) >= 0.8, on_marker
