@@ -12,12 +12,17 @@ burned-in marker a model was trained to use.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from models.backbones import BACKBONES
 
+EXPLAIN_DIR = "explanations"  # beside predictions.csv
 # torchvision attribute of the last spatial stage, per family (names start with the family).
 TARGET_LAYERS = {
     "resnet": "layer4",
@@ -68,3 +73,27 @@ def overlay(image: np.ndarray, cam: np.ndarray, weight: float = 0.5) -> np.ndarr
     grey = (grey - low) / (high - low) if high > low else np.zeros_like(grey)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     return show_cam_on_image(rgb, np.clip(cam, 0, 1).astype(np.float32), use_rgb=True, image_weight=weight)
+
+
+class ExplainWriter(Callback):
+    """``cli.py predict --explain``: one Grad-CAM overlay per predicted image, of the class the
+    model predicts (argmax), as explanations/<row>.png next to predictions.csv; <row> is the
+    image's row in predictions.csv (from 0), never its file name. Written to disk only."""
+
+    def __init__(self, run_dir: Path) -> None:
+        if importlib.util.find_spec("pytorch_grad_cam") is None:  # before any image is predicted
+            raise ValueError("--explain needs the grad-cam package: pip install grad-cam")
+        self.out = Path(run_dir) / EXPLAIN_DIR
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        from PIL import Image
+
+        # predict runs under inference_mode, where nothing can be differentiated: step out of it,
+        # on copies of the pixels (inference tensors cannot enter autograd)
+        with torch.inference_mode(False), torch.enable_grad():
+            x = batch[0].clone()
+            classes = outputs["logits"].clone().argmax(1).tolist()
+            maps = class_activation_maps(pl_module.backbone, pl_module.hparams.backbone, x, classes)
+        self.out.mkdir(parents=True, exist_ok=True)
+        for index, image, cam in zip(outputs["index"].tolist(), x[:, 0].cpu().numpy(), maps):
+            Image.fromarray(overlay(image, cam)).save(self.out / f"{int(index):06d}.png")

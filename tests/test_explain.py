@@ -112,3 +112,19 @@ def test_maps_land_on_a_burned_in_marker_the_model_learned():
         # the hottest point is in the marker's quadrant
         on_marker.append((row < size / 2) == ((r0 + r1) / 2 < size / 2) and (col < size / 2) == ((c0 + c1) / 2 < size / 2))
     assert np.mean(on_marker) >= 0.8, on_marker
+
+
+def test_predict_explain_writes_one_overlay_per_prediction_row(fit_args, hand_data):
+    import csv
+
+    from PIL import Image
+
+    from models.explain import EXPLAIN_DIR
+    from training.cli import cli_main
+
+    pred = cli_main([*fit_args("configs/demo.yaml", subcommand="predict"), "--explain=true"])
+    rows = list(csv.DictReader(open(pred.run_dir / "predictions.csv")))
+    written = sorted(p.name for p in (pred.run_dir / EXPLAIN_DIR).iterdir())
+    assert written == [f"{i:06d}.png" for i in range(len(rows))] and rows  # named by row, never by file
+    image = Image.open(pred.run_dir / EXPLAIN_DIR / written[0])
+    assert image.mode == "RGB" and image.size == (32, 32)  # data.image_size in the tiny settings

@@ -28,6 +28,7 @@ from datamodules.records import DataError
 from evaluation import check_columns
 from models.backbones import UnknownBackboneError, WeightsError
 from models.classifier import XrayClassifier
+from models.explain import ExplainWriter
 from models.reporting import ConfusionWriter, ImageSampleLogger, PredictionWriter
 from sweeps.contract import (
     HISTORY_FILE,
@@ -82,6 +83,8 @@ class XrayCLI(LightningCLI):
         parser.add_class_arguments(DemoOptions, "demo")
         parser.add_class_arguments(EvalOptions, "eval")
         parser.add_class_arguments(CVOptions, "cv")
+        parser.add_argument("--explain", type=bool, default=False, help="predict: a Grad-CAM overlay per image in "
+                            "explanations/ next to predictions.csv (needs `pip install grad-cam`)")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.class_weights", "model.class_weights", apply_on="instantiate")
@@ -181,6 +184,8 @@ class XrayCLI(LightningCLI):
         ]
         if run.log_images:
             callbacks.append(ImageSampleLogger())
+        if self.subcommand == "predict" and cfg.get("explain"):
+            callbacks.append(ExplainWriter(self.run_dir))
         user_callbacks = cfg.trainer.get("callbacks") or []
         if not isinstance(user_callbacks, list):  # `--trainer.callbacks=pkg.Callback` gives one
             user_callbacks = [user_callbacks]
