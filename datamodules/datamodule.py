@@ -166,6 +166,7 @@ class XrayDataModule(pl.LightningDataModule):
                 raise DataError(f"data.{name} must be >= 1, got {value}")
         self.root = Path(root).expanduser()
         records, source = self._load_records(manifest)
+        self.source = source  # the manifest (or folder) the records came from, for error messages
         self.class_names = check_labels(records, classes, source)
         self.class_index = {name: i for i, name in enumerate(self.class_names)}
         self.records = assign_splits(records, val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed)

@@ -30,7 +30,7 @@ import os
 import random
 import unicodedata
 from collections import Counter, defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -54,6 +54,12 @@ class Record:
     label: str
     patient_id: str
     split: Optional[str] = None
+    # Manifest columns beyond BASE_COLUMNS (sex, age, site, ...), for eval.subgroups only: they
+    # can identify a patient, so they are left out of repr and reach no logger.
+    columns: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+
+BASE_COLUMNS = ("path", "label", "split", "patient_id")
 
 
 def _listing(errors: list[str], limit: int = 5) -> str:
@@ -194,7 +200,8 @@ def read_manifest(manifest: Path, root: Path, *, allow_outside_root: bool = Fals
         patient = normalize_patient_id(raw_id)
         if patient:
             written[patient].setdefault(raw_id.strip(), line)
-        records.append(Record(path, rel, label, patient or rel, split))
+        extra = tuple((c, (row.get(c) or "").strip()) for c in columns if c and c not in BASE_COLUMNS)
+        records.append(Record(path, rel, label, patient or rel, split, extra))
     if bad:
         raise DataError(f"Manifest {manifest} has {len(bad)} invalid row(s):{_listing(bad)}")
     if outside and not allow_outside_root:

@@ -244,6 +244,23 @@ def render_phantom(
     return _expose(canvas, expo_rng)
 
 
+def burn_in_marker(img: np.ndarray, *, corner: int, size_fraction: float = 0.18) -> tuple[np.ndarray, tuple]:
+    """A bright side marker (the letter L, as radiographers burn in) in corner 0-3 (top-left,
+    top-right, bottom-left, bottom-right) of a phantom in [0, 1]; returns the image and the
+    marker's box (row0, row1, col0, col1). For shortcut tests: a model trained where the marker
+    goes with the label should look at it (tests/test_explain.py)."""
+    h, w = img.shape
+    side = max(6, int(min(h, w) * size_fraction))
+    margin = max(1, side // 4)
+    r0 = margin if corner in (0, 1) else h - margin - side
+    c0 = margin if corner in (0, 2) else w - margin - side
+    out = img.copy()
+    stroke = max(2, side // 4)
+    out[r0:r0 + side, c0:c0 + stroke] = 1.0  # the L's upright
+    out[r0 + side - stroke:r0 + side, c0:c0 + side] = 1.0  # and its foot
+    return out, (r0, r0 + side, c0, c0 + side)
+
+
 def _expose(canvas: _Canvas, rng: np.random.Generator) -> np.ndarray:
     """Attenuation -> detector image: exposure, heel effect, gamma, blur, noise."""
     h, w = canvas.bone.shape

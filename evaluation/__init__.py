@@ -5,6 +5,7 @@ patients = choose_patient_threshold("youden", val_probs[:, 1], val_labels, val_p
 report = build_report(test_probs, test_labels, test_patient_ids, ["normal", "abnormal"], choice,
                       patient_threshold=patients)
 print(format_table(report)); logger.log_metrics(summary_metrics(report, prefix="test/"))
+report["subgroups"] = subgroup_report(test_probs, test_labels, test_patient_ids, names, choice, columns, ["sex", "age:18,65"])
 """
 
 from evaluation.binomial import clopper_pearson, clustered_clopper_pearson, effective_sample_size
@@ -29,7 +30,8 @@ from evaluation.metrics import (
     roc_curve,
 )
 from evaluation.patients import DEFAULT_AGGREGATION, aggregate_patients, choose_patient_threshold
-from evaluation.report import build_report, format_table, summary_metrics
+from evaluation.report import build_report, format_subgroups, format_table, summary_metrics
+from evaluation.subgroups import check_columns, columns_of, parse_subgroups, subgroup_report
 from evaluation.threshold import ThresholdChoice, ThresholdSpec, choose_threshold, parse_threshold
 
 __all__ = [
@@ -47,22 +49,27 @@ __all__ = [
     "calibrated_temperature",
     "called_positive",
     "build_report",
+    "check_columns",
     "choose_patient_threshold",
     "choose_threshold",
     "clopper_pearson",
     "cluster_bootstrap",
     "clustered_clopper_pearson",
+    "columns_of",
     "confusion_counts",
     "effective_sample_size",
     "expected_calibration_error",
     "fit_temperature",
+    "format_subgroups",
     "format_table",
     "jackknife_samples",
     "metrics_from_counts",
     "multiclass_metrics",
+    "parse_subgroups",
     "parse_threshold",
     "proportion_outcomes",
     "reliability_bins",
     "roc_curve",
+    "subgroup_report",
     "summary_metrics",
 ]

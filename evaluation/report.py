@@ -277,4 +277,27 @@ def format_table(report: dict) -> str:
             how += f"; threshold {th['value']:.4g}, {patients['threshold_note']}"
         lines.append(f"patient level ({how}):")
         lines += _rows(patients)
+    if report.get("subgroups"):
+        lines.append(format_subgroups(report["subgroups"]))
+    return "\n".join(lines)
+
+
+def format_subgroups(section: dict, figures: Sequence[str] = ("auroc", "sensitivity", "specificity")) -> str:
+    """The ``subgroups`` section (evaluation/subgroups.py) for the console: per group the counts,
+    the main figures, the too-small line."""
+    lines = ["subgroups (same operating point; patient-level 95% CI):"]
+    for column in section["by"]:
+        for g in column["groups"]:
+            c = g["counts"]
+            shown = []
+            for name in figures:
+                iv = g["metrics"].get(name)
+                if iv is None or iv["estimate"] is None:
+                    continue
+                ci = "" if iv["ci_low"] is None else f" ({iv['ci_low']:.3f}-{iv['ci_high']:.3f})"
+                shown.append(f"{name} {iv['estimate']:.3f}{ci}")
+            lines.append(f"  {column['column']}={g['group']}: {c['images']} images, {c['patients']} patients; "
+                         + ("; ".join(shown) or "no figure defined"))
+            if g["note"]:
+                lines.append(f"    {g['note']}")
     return "\n".join(lines)

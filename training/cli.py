@@ -25,8 +25,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from datamodules.datamodule import XrayDataModule
 from datamodules.readers import ImageReadError
 from datamodules.records import DataError
+from evaluation import check_columns
 from models.backbones import UnknownBackboneError, WeightsError
 from models.classifier import XrayClassifier
+from models.explain import ExplainWriter
 from rundir import (
     CHILD_STOP_S,
     RUN_DIR_ENV,
@@ -83,6 +85,8 @@ class XrayCLI(LightningCLI):
             parser.add_class_arguments(cls, group)
         for source, target in LINKS:
             parser.link_arguments(source, target, apply_on="instantiate")
+        parser.add_argument("--explain", type=bool, default=False, help="predict: a Grad-CAM overlay per image in "
+                            "explanations/ next to predictions.csv (needs `pip install grad-cam`)")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         args = list(sys.argv[1:] if args is None else args)
@@ -172,6 +176,7 @@ class XrayCLI(LightningCLI):
         )
         metric = sweep.metric or run.monitor
         self.guard = RunGuard(self.run_dir / "checkpoints")
+        check_columns(cfg.eval.subgroups, self.datamodule.records, self.datamodule.source)  # before training
         self.evaluation = Evaluation(self.run_dir, cfg.eval, self._patient_ids)
         callbacks: list[Callback] = [
             self.checkpoint,
@@ -184,6 +189,8 @@ class XrayCLI(LightningCLI):
             callbacks.append(PredictionWriter(self.run_dir, self._predict_row, self.evaluation))
         if run.log_images:
             callbacks.append(ImageSampleLogger())
+        if self.subcommand == "predict" and cfg.get("explain"):
+            callbacks.append(ExplainWriter(self.run_dir))
         user_callbacks = cfg.trainer.get("callbacks") or []
         if not isinstance(user_callbacks, list):  # `--trainer.callbacks=pkg.Callback` gives one
             user_callbacks = [user_callbacks]

@@ -39,6 +39,7 @@ import numpy as np
 
 import rundir.launcher as launcher
 from datamodules.csvsafe import spreadsheet_safe
+from evaluation import columns_of
 from rundir.grace import CHILD_STOP_S
 from rundir.layout import (
     CV_FILE,
@@ -168,7 +169,10 @@ class CrossValidation:
         outputs = [np.load(fold_dir(self.run_dir, i) / FOLD_OUTPUTS, allow_pickle=False) for i in range(self.folds)]
         oof_logits = np.concatenate([o["val_logits"] for o in outputs])
         oof_labels = np.concatenate([o["val_labels"] for o in outputs])
-        point = choose_operating_point(oof_logits, oof_labels, cfg.eval)
+        by_rel = {r.rel: r for r in cli.datamodule.records}
+        oof_patients = patient_ids_of([by_rel[str(r)] for o in outputs for r in o["val_rel"]])
+        point = choose_operating_point(oof_logits, oof_labels, cfg.eval,  # patients: chosen out of fold too
+                                       None if oof_patients is None else np.asarray(oof_patients, dtype=object))
         self._write_oof(outputs, point)
         (self.run_dir / CV_FILE).write_text(json.dumps({
             "folds": self.folds, "metric": self.metric, "operating_point": point.to_dict(),
@@ -186,7 +190,7 @@ class CrossValidation:
         records = [by_rel[r] for r in order]
         labels = np.array([cli.datamodule.class_index[r.label] for r in records])
         report = test_report_of(np.mean(probs, axis=0), labels, patient_ids_of(records), cli.model.class_names, point,
-                                cfg.eval)
+                                cfg.eval, columns=columns_of(records))
         report["ensemble"] = {"folds": self.folds, "how": "mean of the folds' probabilities",
                               "fold_test": [_fold_figures(fold_dir(self.run_dir, i)) for i in range(self.folds)]}
         return report

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.loggers import WandbLogger
 
 from datamodules.csvsafe import spreadsheet_safe
-from evaluation import build_report, format_table, summary_metrics
+from evaluation import build_report, columns_of, format_table, subgroup_report, summary_metrics
 from models.metrics import ClassificationMetrics, logged_metric_names
 from rundir.layout import PREDICTIONS_FILE, TEST_REPORT
 from training.loggers import update_summary
@@ -52,13 +52,17 @@ def patient_ids_of(records: Sequence) -> Optional[list[str]]:
 
 
 def test_report_of(probs: np.ndarray, labels: np.ndarray, patient_ids: Optional[Sequence[str]],
-                   class_names: Sequence[str], point: OperatingPoint, options: EvalOptions) -> dict:
-    """The test report (evaluation.build_report) at the operating point, with its temperature."""
+                   class_names: Sequence[str], point: OperatingPoint, options: EvalOptions,
+                   columns: Optional[Sequence[dict]] = None) -> dict:
+    """The test report (evaluation.build_report) at the operating point, with its temperature;
+    with eval.subgroups, the same per subgroup of ``columns`` (the images' manifest columns)."""
     ids = None if patient_ids is None else np.asarray(patient_ids, dtype=object)
-    report = build_report(probs, labels, ids, list(class_names), point.threshold if probs.shape[1] == 2 else None,
-                          n_resamples=options.bootstrap_resamples, seed=options.bootstrap_seed,
-                          patient_aggregation=options.patient_aggregation,
-                          patient_threshold=point.patient_threshold)
+    args = (probs, labels, ids, list(class_names), point.threshold if probs.shape[1] == 2 else None)
+    settings = dict(n_resamples=options.bootstrap_resamples, seed=options.bootstrap_seed,
+                    patient_aggregation=options.patient_aggregation, patient_threshold=point.patient_threshold)
+    report = build_report(*args, **settings)
+    if options.subgroups and columns is not None:
+        report["subgroups"] = subgroup_report(*args, columns, options.subgroups, **settings)
     report["temperature"] = {"value": point.temperature,
                              "fitted_on_validation": point.temperature_scaling and not point.temperature_fallback,
                              "fallback": point.temperature_fallback is not None, "reason": point.temperature_fallback}
@@ -297,7 +301,7 @@ class Evaluation(Callback):
         point = self.point or OperatingPoint(None)
         ids = self._patients("test", out)
         self.report = test_report_of(point.probabilities(out["logits"]), out["labels"], ids, pl_module.class_names,
-                                     point, self.options)
+                                     point, self.options, columns_of(trainer.datamodule.records_of("test"), out["index"]))
         publish_report(self.report, self.run_dir, trainer, pl_module.class_names)
 
 

@@ -5,7 +5,7 @@ docstrings are the schema and the `--help` text, and the sweep tools read the na
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from models.metrics import DEFAULT_METRIC
@@ -82,6 +82,9 @@ class EvalOptions:
             chosen on validation patients aggregated the same way.
         bootstrap_resamples: patient-level bootstrap resamples for the 95% intervals (100..100000).
         bootstrap_seed: seed of the bootstrap (same seed, same intervals), 0..2**32-1.
+        subgroups: test figures per group of a manifest column, e.g. [sex, site], or per band
+            of a numeric column with cut points, e.g. "age:18,65" (<18, [18, 65), >=65), at the
+            same operating point with patient-level intervals (README, "Subgroups").
     """
 
     threshold: str = "youden"
@@ -89,11 +92,13 @@ class EvalOptions:
     patient_aggregation: Literal["mean", "max"] = "max"
     bootstrap_resamples: int = 2000
     bootstrap_seed: int = 0
+    subgroups: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from evaluation import parse_threshold
+        from evaluation import parse_subgroups, parse_threshold
 
         parse_threshold(self.threshold)  # a bad spec fails at parse time, naming eval.threshold
+        parse_subgroups(self.subgroups)  # likewise eval.subgroups; its columns are checked on the data
         if not MIN_RESAMPLES <= self.bootstrap_resamples <= MAX_RESAMPLES:
             raise ValueError(f"eval.bootstrap_resamples must be in {MIN_RESAMPLES}..{MAX_RESAMPLES}, got "
                              f"{self.bootstrap_resamples}: fewer make the 95% interval's ends noisy; more change "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rundir.layout import TEST_REPORT as REPORT_FILE
+from sweeps.analysis.subgroups_html import subgroups_html
 
 # What reading a test_report.json that lacks a key or holds a value of another type raises.
 DAMAGE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
@@ -133,4 +134,5 @@ def section_html(report: Optional[dict], figure: Callable, table: Callable[[list
         figure(reliability),
         "<h3>Confusion matrix at the threshold (test)</h3>",
         table(confusion),
+        subgroups_html(report, figure, table),
     ])
