@@ -190,6 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="processes")
     p.add_argument("--raw", type=Path, default=Path("/tmp/lcbench_efficiency_runs.jsonl"),
                    help="one line per simulated sweep, appended as they end; a rerun skips those already there")
+    p.add_argument("--report-only", action="store_true", help="summarize --raw as it is, simulate nothing")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "lcbench_efficiency.json")
     p.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "lcbench_efficiency.png")
     args = p.parse_args(argv)
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
             for seed in range(args.seeds) for t in tasks
             for name, m, k in [*((n, m, k) for n, m in chosen.items() for k in ks),
                                *((n, m, 1) for n, m in grid.items() if seed < args.grid_seeds)]
-            if (f"{name}|{k}", t, seed) not in done]  # fmt: skip
+            if (f"{name}|{k}", t, seed) not in done and not args.report_only]  # fmt: skip
     print(f"{len(jobs)} sweeps to simulate ({len(done)} already in {args.raw})", file=sys.stderr, flush=True)
     with args.raw.open("a") as raw:
         if args.jobs > 1:
@@ -229,10 +230,19 @@ def main(argv=None) -> int:
 
 
 def report(args: argparse.Namespace, refs: dict, ks: list[int], tasks: list[str], started: float) -> int:
+    raw = [r for r in map(json.loads, args.raw.read_text().splitlines()) if r["task"] in refs and r["seed"] < args.seeds]
+    # Side by side means on the same (instance, seed) pairs: those every method of that kind has.
+    main_keys = {r["key"] for r in raw if "(" not in r["key"]}
+    pairs = {}
+    for r in raw:
+        pairs.setdefault("(" in r["key"], {}).setdefault((r["task"], r["seed"]), set()).add(r["key"])
+    grid_keys = {r["key"] for r in raw if "(" in r["key"]}
+    complete = {(grid, pair) for grid, by_pair in pairs.items() for pair, keys in by_pair.items()
+                if keys == (grid_keys if grid else main_keys)}
     runs: dict = {}
-    for r in map(json.loads, args.raw.read_text().splitlines()):
-        if r["task"] in refs and r["seed"] < args.seeds:
-            refs[r["task"]]["best_val"] = max(refs[r["task"]]["best_val"], max(r["val"], default=-math.inf))
+    for r in raw:
+        refs[r["task"]]["best_val"] = max(refs[r["task"]]["best_val"], max(r["val"], default=-math.inf))
+        if ("(" in r["key"], (r["task"], r["seed"])) in complete:
             runs.setdefault(r["key"], []).append((r["task"], r["seed"], r["budget"], r))
     summary = summarize(runs, refs, ks)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -286,12 +296,12 @@ def summarize(runs: dict, refs: dict, ks: list[int]) -> dict:
 
 
 def print_table(summary: dict) -> None:
-    print(f"\n{'method':<22} {'K':>2} {'regret@10%':>10} {'regret@100%':>11} {'compute->rnd':>12} "
+    print(f"\n{'method':<22} {'K':>2} {'n':>3} {'regret@10%':>10} {'regret@100%':>11} {'compute->rnd':>12} "
           f"{'reached':>7} {'wall->rnd':>9} {'test':>6} {'trials':>6} {'ask ms':>6}")
     for s in summary.values():
         def f(x):
             return "never" if x is None or not math.isfinite(x) else f"{x:.2f}"
-        print(f"{s['method']:<22} {s['workers']:>2} {s['regret_at_10pct']:>10.4f} {s['regret_final']:>11.4f} "
+        print(f"{s['method']:<22} {s['workers']:>2} {s['n']:>3} {s['regret_at_10pct']:>10.4f} {s['regret_final']:>11.4f} "
               f"{f(s['compute_to_random_final_median']):>12} {f(s['reached_random_final']):>7} "
               f"{f(s['wall_to_random_final_median']):>9} {s['test_of_incumbent']:>6.4f} {s['trials_mean']:>6.0f} "
               f"{s['ask_ms_mean']:>6.1f}")

@@ -122,3 +122,22 @@ def test_runner_replays_the_lcbench_model(tmp_path, monkeypatch):
     for r in runs:
         expected = curves("167149", [lcbench_config(r["params"])], 12)[0, :, 3]
         assert r["history"] == pytest.approx(expected[: len(r["history"])].tolist(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_sweep_efficiency_benchmark_prints_every_method(tmp_path):
+    """benchmarks/sweep_efficiency_lcbench.py with the tiniest settings: every method and K lands
+    in the table and the JSON (the figures themselves are for benchmarks/README.md)."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "e.json"
+    cmd = [PYTHON, "benchmarks/sweep_efficiency_lcbench.py", "--instances", "1", "--seeds", "1", "--budget", "2",
+           "--reference", "20", "--grid", "2:3", "--raw", str(tmp_path / "raw.jsonl"), "--out", str(out),
+           "--plot", str(tmp_path / "e.png")]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(out.read_text())["summary"]
+    names = ("random", "random+wandb", "bayes+wandb", "random+asha", "random+hyperband", "bayes+asha")
+    assert {f"{n}|{k}" for n in names for k in (1, 8)} | {"random+wandb(2:3)|1"} == set(summary)
+    for line in ("random+wandb(2:3)", "bayes+asha"):
+        assert line in done.stdout
+    assert all(0 <= s["regret_final"] <= s["regret_at_10pct"] for s in summary.values())
