@@ -40,9 +40,9 @@ def test_runner_sweeps_the_toy_surrogate_with_hyperband(tmp_path, monkeypatch):
     monkeypatch.setattr(runner_loop, "POLL_S", 0.05)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     early = {"type": "hyperband", "min_iter": 1, "eta": 2}
-    sweep = lcbench_sweep("random", early, surrogate="toy", minute_s=0.2, max_epochs=4)
-    runs = run_sweep(tmp_path, sweep, "--count", "5", "--workers", "1", "--seed", "2")
-    assert len(runs) == 5 and all(r["exit_code"] == 0 for r in runs)
+    sweep = lcbench_sweep("random", early, surrogate="toy", minute_s=0.4, max_epochs=4)
+    runs = run_sweep(tmp_path, sweep, "--count", "4", "--workers", "1", "--seed", "2")
+    assert len(runs) == 4 and all(r["exit_code"] == 0 for r in runs)
     bands = hyperband_bands(early)
     for r in runs:
         run_dir = tmp_path / "out" / r["run_dir"]
@@ -53,8 +53,8 @@ def test_runner_sweeps_the_toy_surrogate_with_hyperband(tmp_path, monkeypatch):
             assert len(history) == 4 and json.loads((run_dir / TRAINING_FILE).read_text())["done"] is True
             assert json.loads((run_dir / TEST_FILE).read_text())["test/balanced_acc"] == pytest.approx(expected[-1] - 0.01)
         else:
-            assert r["state"] == "stopped" and "hyperband" in r["reason"] and len(history) < 4
-            assert max(b for b in bands if b <= len(history)) >= 1
+            # stopped at a band; its last epoch may end while SIGTERM is on its way (then it has all 4)
+            assert r["state"] == "stopped" and "hyperband" in r["reason"] and len(history) >= bands[0]
     assert any(r["state"] == "stopped" for r in runs), [r["state"] for r in runs]
 
 
