@@ -1,4 +1,4 @@
-"""LCBench learning curves from YAHPO Gym's surrogate (data/lcbench/, see its README), read with
+"""LCBench learning curves from YAHPO Gym's surrogate (yahpo/lcbench/, see yahpo/README.md), read with
 onnxruntime alone, plus an analytic stand-in (`toy`) for the fast test.
 
 Why not `yahpo_gym` itself: yahpo-gym 1.0.2 pins ConfigSpace<=0.6.1, which pins numpy<2 (pip
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATA_DIR = Path(__file__).resolve().parent / "data" / "lcbench"
+DATA_DIR = Path(__file__).resolve().parent / "yahpo" / "lcbench"
 MAX_EPOCHS = 52  # LCBench's fidelity: epochs 1..52
 Y_NAMES = ("time", "val_accuracy", "val_cross_entropy", "val_balanced_accuracy", "test_cross_entropy",
            "test_balanced_accuracy")
