@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q ".[dev,postgres]"
+	$(BIN)/python -m pip install -q ".[dev,postgres,explain,bench]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 from typing import Optional
 
@@ -46,3 +47,24 @@ SEED = number(int, 0, SEED_MAX, "the samplers' random generators take 32-bit see
 HEARTBEAT_S = number(float, 0, 3600, "seconds; a runner is taken for dead after 3 missed beats", lo_open=True)
 GPU_MEM_GB = number(float, 0, 4096, "GB", lo_open=True)
 FOLDS = number(int, 2, 1000, "folds per trial")
+NODES = number(int, 1, 1024, "nodes per trial")
+TASKS = number(int, 1, 256, "processes per node")
+GPUS_PER_TASK = number(int, 0, 64, "0: CPU")
+CPUS = number(int, 1, 4096)
+ARRAY = number(int, 1, 100_000, "array tasks; SLURM's own MaxArraySize may be lower")
+
+
+def sbatch_value(*, option: bool = False) -> Callable[[str], str]:
+    """A value written into an `#SBATCH` line of the generated script: one line without control
+    characters (a newline would end the directive and start a shell command), without spaces
+    (sbatch reads a directive up to white space), an option (`--mem=64G`) where asked."""
+
+    def parse(text: str) -> str:
+        if not text or re.search(r"[\x00-\x20\x7f]", text) or (option and not text.startswith("-")):
+            what = "an sbatch option such as --mem=64G" if option else "a value"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} on one line without spaces or control "
+                                             "characters (it becomes an #SBATCH line of the script)")
+        return text
+
+    parse.__name__ = "sbatch value"
+    return parse

@@ -215,36 +215,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max_failures", "--max-failures", dest="max_failures", type=argtypes.MAX_FAILURES, default=5,
                      help="stop after this many failures in a row")
     run.add_argument("--quiet", action="store_true", help="no live status line, only one line per event")
-    run.add_argument("--nodes_per_trial", "--nodes-per-trial", dest="nodes_per_trial", type=int, metavar="M",
+    run.add_argument("--nodes_per_trial", "--nodes-per-trial", dest="nodes_per_trial", type=argtypes.NODES, metavar="M",
                      help="inside a SLURM job: each run an srun step across M nodes, one DDP run (python -m sweeps "
                           "slurm sets this)")
-    run.add_argument("--tasks_per_node", "--tasks-per-node", dest="tasks_per_node", type=int, metavar="T",
+    run.add_argument("--tasks_per_node", "--tasks-per-node", dest="tasks_per_node", type=argtypes.TASKS, metavar="T",
                      help="with --nodes-per-trial: DDP processes per node (default --gpus-per-trial)")
     run.set_defaults(func=cmd_run)
 
     slurm = sub.add_parser("slurm", help="run a sweep as a SLURM job array (writes, shows and submits the script)")
     slurm.add_argument("sweep_file", nargs="?", help="a W&B sweep file; without it the sweep is built from the flags")
     _sweep_flags(slurm)
-    slurm.add_argument("--array", type=int, required=True, metavar="N", help="array tasks (runners) at once")
-    slurm.add_argument("--gpus_per_task", "--gpus-per-task", dest="gpus_per_task", type=int, default=0,
+    slurm.add_argument("--array", type=argtypes.ARRAY, required=True, metavar="N", help="array tasks (runners) at once")
+    slurm.add_argument("--gpus_per_task", "--gpus-per-task", dest="gpus_per_task", type=argtypes.GPUS_PER_TASK, default=0,
                        metavar="G", help="GPUs per array task (per node with --nodes-per-trial); 0: CPU")
-    slurm.add_argument("--nodes_per_trial", "--nodes-per-trial", dest="nodes_per_trial", type=int, metavar="M",
+    slurm.add_argument("--nodes_per_trial", "--nodes-per-trial", dest="nodes_per_trial", type=argtypes.NODES, metavar="M",
                        help="each trial one DDP run across M nodes (an srun step of the task's allocation)")
-    slurm.add_argument("--tasks_per_node", "--tasks-per-node", dest="tasks_per_node", type=int, metavar="T",
+    slurm.add_argument("--tasks_per_node", "--tasks-per-node", dest="tasks_per_node", type=argtypes.TASKS, metavar="T",
                        help="with --nodes-per-trial: DDP processes per node (default: --gpus-per-task, else 1)")
-    slurm.add_argument("--cpus_per_task", "--cpus-per-task", dest="cpus_per_task", type=int,
+    slurm.add_argument("--cpus_per_task", "--cpus-per-task", dest="cpus_per_task", type=argtypes.CPUS,
                        help="CPU cores per array task (per DDP process with --nodes-per-trial)")
-    slurm.add_argument("--partition", help="SLURM partition")
-    slurm.add_argument("--time", help="time limit per task, e.g. 24:00:00 (a task requeues itself before it)")
-    slurm.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+    slurm.add_argument("--partition", type=argtypes.sbatch_value(), help="SLURM partition")
+    slurm.add_argument("--time", type=argtypes.sbatch_value(), help="time limit per task, e.g. 24:00:00 (a task requeues itself before it)")
+    slurm.add_argument("--sbatch", type=argtypes.sbatch_value(option=True), action="append", default=[], metavar="OPTION",
                        help="another #SBATCH option, e.g. --sbatch=--mem=64G (repeatable)")
     slurm.add_argument("--backend", choices=["local", "wandb"], default="local")
-    slurm.add_argument("--count", type=int, help="runs in the whole sweep, across all tasks")
+    slurm.add_argument("--count", type=argtypes.COUNT, help="runs in the whole sweep, across all tasks")
     slurm.add_argument("--storage", help="shared storage: a journal file (default SWEEP_DIR/optuna.journal) or "
                                          "a database URL (postgresql://...)")
     slurm.add_argument("--out", help="sweep directory on a file system all nodes share (default sweep_runs/<name>)")
-    slurm.add_argument("--heartbeat", type=int, metavar="S", help="the runners' heartbeat (see `run --help`)")
-    slurm.add_argument("--seed", type=int, help="sampler seed")
+    slurm.add_argument("--heartbeat", type=argtypes.HEARTBEAT_S, metavar="S", help="the runners' heartbeat (see `run --help`)")
+    slurm.add_argument("--seed", type=argtypes.SEED, help="sampler seed")
     slurm.add_argument("--entity", help="W&B entity")
     slurm.add_argument("--requeue", action=argparse.BooleanOptionalAction, default=True,
                        help="let SLURM requeue a preempted task (default); a task also requeues itself "

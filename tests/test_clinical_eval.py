@@ -143,11 +143,12 @@ def test_patient_level_section_with_mean_or_max(fitted, tmp_path):
 
     report = _report(cli.run_dir)
     assert report["patient_level"]["aggregation"] == "max"  # two hands per patient: positive when any is
-    # the patient-level operating point: chosen after fit on the VALIDATION patients, max-aggregated
-    val = cli.model.epoch_outputs["val"]
+    # the patient-level operating point: chosen on the VALIDATION patients (max-aggregated) through
+    # the best weights, the ones the test used
+    point = cli.evaluation.point
+    val = cli.evaluation.collect_validation(cli.trainer, cli.model, cli.datamodule, cli.checkpoint.best_model_path)
     ids = np.array([r.patient_id for r in cli.datamodule.records_of("val")], dtype=object)[val["index"]]
-    expected = choose_patient_threshold("youden", cli.model.operating_point.probabilities(val["logits"])[:, 1],
-                                        val["labels"], ids, "max")
+    expected = choose_patient_threshold("youden", point.probabilities(val["logits"])[:, 1], val["labels"], ids, "max")
     assert report["patient_level"]["threshold"]["value"] == pytest.approx(expected.value)
     assert report["patient_level"]["threshold_note"] == "rule youden chosen on validation patients"
     base = [a for a in args[1:] if not a.startswith("--run.root=")] + [f"--run.root={tmp_path / 'runs'}"]

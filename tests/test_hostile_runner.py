@@ -24,12 +24,14 @@ SWEEP = "sweeps/quick_test.yaml"
 NUMERIC_OPTIONS = {
     "--count": "3", "--workers": "2", "--gpus-per-trial": "2", "--trials-per-gpu": "2", "--max-failures": "4",
     "--seed": "4294967295", "--heartbeat": "10", "--min-free-gpu-mem": "8.5", "--cv": "5",
+    "--nodes-per-trial": "2", "--tasks-per-node": "4",
 }
 NOT_FINITE = ["nan", "NaN", "inf", "-inf", "1e999"]
 OUT_OF_RANGE = {
     "--count": ["0", "-1", "1000001", "1.5"], "--workers": ["0", "100000000"], "--gpus-per-trial": ["0", "65"],
     "--trials-per-gpu": ["0", "1000000"], "--max-failures": ["0", "-3"], "--seed": ["-1", "4294967296", "1" + "0" * 30],
     "--heartbeat": ["0", "-5", "86400"], "--min-free-gpu-mem": ["0", "-1", "1e9"], "--cv": ["1", "0"],
+    "--nodes-per-trial": ["0", "-2", "100000"], "--tasks-per-node": ["0", "1000"],
 }
 
 
@@ -39,6 +41,32 @@ def test_every_numeric_option_of_run_is_known_here():
     numeric = {a.option_strings[-1] for a in run._actions
                if a.type is not None and getattr(a.type, "__name__", "") in ("int", "float")}
     assert numeric == set(NUMERIC_OPTIONS)
+
+
+SLURM_NUMERIC = {"--array": ["0", "-1", "nan", "1e9"], "--gpus-per-task": ["-1", "65", "inf"],
+                 "--nodes-per-trial": ["0", "nan"], "--tasks-per-node": ["0"], "--cpus-per-task": ["0", "-4"],
+                 "--count": ["0", "nan"], "--heartbeat": ["0", "inf"], "--seed": ["-1", "4294967296"], "--cv": ["1"]}
+
+
+def test_every_numeric_option_of_slurm_has_a_range():
+    slurm = build_parser()._subparsers._group_actions[0].choices["slurm"]
+    numeric = {a.option_strings[-1] for a in slurm._actions
+               if a.type is not None and getattr(a.type, "__name__", "") in ("int", "float")}
+    assert numeric == set(SLURM_NUMERIC)
+
+
+@pytest.mark.parametrize(("option", "value"), [(o, v) for o, vs in SLURM_NUMERIC.items() for v in vs] + [
+    ("--partition", "gpu\nrm -rf ~"), ("--time", "1:00:00\necho pwned"), ("--time", "1 day"),
+    ("--sbatch", "--mem=64G\nrm -rf ~"), ("--sbatch", "mem=64G"), ("--partition", "gpu\x1b[2J"), ("--partition", ""),
+])
+def test_bad_slurm_options_are_refused_when_parsed_naming_the_option(option, value, capsys):
+    """A newline in a value written into an #SBATCH line would start a shell command in the script."""
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["slurm", SWEEP, "--array=2", f"{option}={value}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert "error: argument " in line and option in line
 
 
 def test_good_numbers_parse():

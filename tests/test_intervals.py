@@ -218,8 +218,8 @@ def test_small_cohort_benchmark_runs_with_the_tiniest_settings(capsys):
 
 
 def test_html_table_and_caption_name_the_method_and_the_patient_threshold():
-    # sweeps/analysis/test_figures.py (the HTML report) reads test_report.json as written
-    from sweeps.analysis.test_figures import caption, ci_rows
+    # sweeps/analysis/heldout.py (the HTML report) reads test_report.json as written
+    from sweeps.analysis.heldout import caption, ci_rows
 
     (val_p, val_y, val_ids), (test_p, test_y, test_ids) = bilateral(1), bilateral(2)
     report = build_report(test_p, test_y, test_ids, ["normal", "abnormal"], choose_threshold("youden", val_p[:, 1], val_y),

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import SWEEP_FILES, parse_cli
 
+import rundir.slots
 from sweeps.errors import ParameterError, SweepConfigError
 from sweeps.files import SWEEP_CONFIGS, create_custom_sweep_config, get_sweep_config, replace_config
 from sweeps.files.schema import DISTRIBUTIONS
@@ -227,6 +228,7 @@ def test_wandb_backend_starts_one_agent_per_gpu(monkeypatch, capsys):
 
     monkeypatch.setattr(wandb, "sweep", lambda sweep, project=None, entity=None: "abc123")
     monkeypatch.setattr(subprocess, "Popen", FakeProc)
+    monkeypatch.setattr(rundir.slots, "probe", lambda: ["0", "1", "2", "3"])  # a machine with four GPUs
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     args = argparse.Namespace(cfg="configs/demo.yaml", gpus="0,1,2,3", gpus_per_trial=1, workers=None,
                               trials_per_gpu=1, count=10, project="xray", entity="lab")
