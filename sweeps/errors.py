@@ -20,5 +20,5 @@ class ParameterError(SweepConfigError):
     """An unknown or invalid sweep parameter; the message names it and what is allowed."""
 
 
-class RunnerError(SweepConfigError):
+class RunnerError(SweepError):
     """Bad input for the offline runner."""

@@ -3,7 +3,7 @@ config, DDP inside each run). Used by the offline runner, the W&B-agents backend
 slots and the child's environment are the launcher's (rundir/slots.py, rundir/launcher.py).
 
 The argv is built with W&B's own helpers (wandb/sdk/launch/sweeps/utils.py, not a public
-API: tests/test_adapters.py fails if they move, and pyproject bounds wandb) plus the few lines
+API: tests/test_architecture.py fails if they move, and pyproject bounds wandb) plus the few lines
 of wandb_agent.Agent._command_run that put them together: a command item is replaced only
 when it is a whole `${macro}`, values are formatted with str() as `--name=value`,
 `${interpreter}` is the `python` on PATH and `${env}` is /usr/bin/env.
