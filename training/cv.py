@@ -56,7 +56,7 @@ from rundir.layout import (
 from rundir.records import checkpoint_problem, failure_reason
 from rundir.slots import fold_slots
 from sweeps.contract import RunStopped, StopSignal, append_history, read_history, write_training
-from training.evaluate import patient_ids_of, publish_report, test_report_of
+from training.evaluate import patient_ids_of, publish_report, replacing, test_report_of
 from training.loggers import update_summary
 from training.operating_point import OperatingPoint, choose_operating_point
 
@@ -174,14 +174,14 @@ class CrossValidation:
         point = choose_operating_point(oof_logits, oof_labels, cfg.eval,  # patients: chosen out of fold too
                                        None if oof_patients is None else np.asarray(oof_patients, dtype=object))
         self._write_oof(outputs, point)
-        (self.run_dir / CV_FILE).write_text(json.dumps({
-            "folds": self.folds, "metric": self.metric, "operating_point": point.to_dict(),
-            "checkpoints": [str(fold_dir(Path(), i) / str(o["best_checkpoint"])) for i, o in enumerate(outputs)],
-        }, indent=1))
+        with replacing(self.run_dir / CV_FILE) as f:  # a crash mid-write leaves no half cv.json
+            f.write(json.dumps({
+                "folds": self.folds, "metric": self.metric, "operating_point": point.to_dict(),
+                "checkpoints": [str(fold_dir(Path(), i) / str(o["best_checkpoint"])) for i, o in enumerate(outputs)],
+            }, indent=1))
         cli.evaluation.use(cli.trainer, point)
         if not all(len(o["test_rel"]) for o in outputs):
             return None
-        by_rel = {r.rel: r for r in cli.datamodule.records}
         order = [str(r) for r in outputs[0]["test_rel"]]
         probs = []
         for o in outputs:
@@ -197,7 +197,7 @@ class CrossValidation:
 
     def _write_oof(self, outputs: list, point: OperatingPoint) -> None:
         names = self.cli.model.class_names
-        with open(self.run_dir / OOF_FILE, "w", newline="") as f:
+        with replacing(self.run_dir / OOF_FILE) as f:
             writer = csv.writer(f)
             writer.writerow(["path", "label", "fold", *[f"prob_{spreadsheet_safe(n)}" for n in names]])
             for fold, o in enumerate(outputs):
