@@ -297,3 +297,24 @@ def test_every_cli_option_is_a_known_sweep_parameter():
     missing = sorted(paths - set(known) - linked)
     assert not missing and {"eval.threshold", "eval.bootstrap_resamples", "cv.folds"} <= set(known), missing
     assert not linked & set(known)  # set from the data module: not free parameters
+
+
+def test_a_swept_combined_objective_is_checked_value_by_value():
+    """`sweep.objective` as a parameter (a sweep of objectives, as the CV hyperband test has): its
+    metric has a name of its own, and each value's terms must be validation metrics."""
+    from pathlib import Path
+
+    from sweeps.files.check import check_for_cli
+    from sweeps.files.sweep import Sweep
+
+    def sweep(values):
+        return Sweep.from_dict({
+            "program": "cli.py", "method": "grid", "metric": {"name": "val/objective", "goal": "maximize"},
+            "parameters": {"sweep.objective": {"values": values}},
+            "command": ["${env}", "${interpreter}", "${program}", "fit", "--config", "configs/demo.yaml",
+                        "--sweep.metric=val/objective", "${args}"]})
+
+    root = Path(__file__).resolve().parents[1]
+    check_for_cli(sweep([{"val/auroc": 0.9}, {"val/auroc": 0.5, "val/balanced_acc": 0.5}]), root)
+    with pytest.raises(SweepConfigError, match="objective terms \\['test/auroc'\\] are not allowed"):
+        check_for_cli(sweep([{"val/auroc": 1.0}, {"test/auroc": 1.0}]), root)

@@ -6,6 +6,7 @@ of its own."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -101,5 +102,24 @@ def check_for_cli(sweep: Sweep, root: Path) -> list[str]:
     for param in sweep.parameters.values():
         check_choices(param, known[param.name])
     if sweep.metric is not None:
-        check_metric(sweep.metric, sweep.objective, task_classes(configs))
+        for objective in _objectives(sweep):
+            check_metric(sweep.metric, objective, task_classes(configs))
     return configs
+
+
+def _objectives(sweep: Sweep) -> list[Optional[dict]]:
+    """Every combined objective a run of the sweep may get: the command's `--sweep.objective=`,
+    or the values of a swept `sweep.objective` parameter; [None] when there is none."""
+    param = sweep.parameters.get("sweep.objective")
+    if param is None:
+        return [sweep.objective]
+    values = param.spec.get("values", [param.spec["value"]] if "value" in param.spec else [])
+    found = []
+    for value in values:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise SweepConfigError(f"sweep.objective value {value!r} is not a JSON object of weights") from None
+        found.append(value if isinstance(value, dict) else None)
+    return found or [sweep.objective]
