@@ -390,3 +390,20 @@ def test_precision_without_a_driver_is_full_precision(monkeypatch):
     monkeypatch.setattr(subprocess, "run", missing)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert default_precision() == "32-true"
+
+
+def test_a_stop_before_training_starts_ends_the_run_cleanly(fit_args, monkeypatch):
+    """SIGTERM while the run is still setting up (a W&B agent may stop it that early): no training,
+    the run counts as stopped, no traceback (it failed with "generator didn't yield")."""
+    from sweeps.contract.signals import StopSignal
+
+    install = StopSignal.install
+
+    def install_then_stop():
+        install()
+        StopSignal.request("SIGTERM")
+
+    monkeypatch.setattr(StopSignal, "install", install_then_stop)
+    cli = cli_main(fit_args("configs/demo.yaml"))
+    assert cli.stopped and cli.trainer.global_step == 0
+    assert not (cli.run_dir / "checkpoints" / "last.ckpt").exists()

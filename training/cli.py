@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -201,7 +202,8 @@ class XrayCLI(LightningCLI):
 
     def fit(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
         """Train; then the operating point stored with the best weights, and the test on them."""
-        with self._running():
+
+        def run() -> None:
             if self.cross_validating:
                 cross_validate(self, self.fold_devices)
                 return
@@ -219,20 +221,26 @@ class XrayCLI(LightningCLI):
                 if self.trainer.is_global_zero:
                     save_fold_outputs(self)
 
+        self._running(run)
+
     def validate(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
-        with self._running():
+        def run() -> None:
             check_weights_fit(model, ckpt_path)
             self.trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
+        self._running(run)
+
     def test(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
-        with self._running():
+        def run() -> None:
             check_weights_fit(model, ckpt_path)
             self.evaluation.use(self.trainer,
                                 self.evaluation.operating_point_for(self.trainer, model, datamodule, ckpt_path))
             self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
+        self._running(run)
+
     def predict(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
-        with self._running():
+        def run() -> None:
             if self.config_init["predict"].cv.run_dir:
                 self.evaluation.point = predict_with_ensemble(self, Path(self.config_init["predict"].cv.run_dir))
                 return
@@ -241,14 +249,17 @@ class XrayCLI(LightningCLI):
                                 self.evaluation.operating_point_for(self.trainer, model, datamodule, ckpt_path))
             self.trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
-    @contextlib.contextmanager
-    def _running(self):
-        """Around every subcommand: a stop before the start, a stop during it (ends cleanly, exit
-        0), the W&B run finished, and RUN_DIR_ENV (set for our DDP children) taken back."""
+        self._running(run)
+
+    def _running(self, run: Callable[[], None]) -> None:
+        """Every subcommand runs through here: a stop before the start (the body never runs), a
+        stop during it (ends cleanly, exit 0), the W&B run finished, and RUN_DIR_ENV (set for our
+        DDP children) taken back. (A context manager cannot skip its body: a stop that landed
+        before the start made it fail with "generator didn't yield".)"""
         try:
             if StopSignal.requested:
                 raise RunStopped(f"stopped by {StopSignal.reason} before training started")
-            yield
+            run()
             finish_wandb(self.trainer, exit_code=0)
         except RunStopped:
             self.stopped = True
