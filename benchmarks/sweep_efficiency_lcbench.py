@@ -40,6 +40,7 @@ import optuna  # noqa: E402
 from benchmarks.lcbench import surrogate  # noqa: E402
 from benchmarks.lcbench.sweep_files import lcbench_sweep  # noqa: E402
 from sweeps.contract.history import best_of  # noqa: E402
+from sweeps.files.sweep import Sweep  # noqa: E402
 from sweeps.hyperband import hyperband_bands, hyperband_stop  # noqa: E402
 from sweeps.runner.space import build_space, make_sampler  # noqa: E402
 
@@ -95,7 +96,7 @@ def simulate(task: str, method: tuple, seed: int, workers: int, budget: float) -
     """One sweep until `budget` simulated seconds of training; the incumbent after every epoch."""
     kind, stopper = method
     sweep = lcbench_sweep(kind, stopper if isinstance(stopper, dict) else None, task=task)
-    space = build_space(sweep)
+    space = build_space(Sweep.from_dict(sweep))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = PRUNERS[stopper]() if isinstance(stopper, str) else optuna.pruners.NopPruner()
     bands = set(hyperband_bands(stopper)[:10]) if isinstance(stopper, dict) else set()

@@ -28,12 +28,13 @@ import optuna  # noqa: E402
 
 from benchmarks.lcbench.sweep_files import lcbench_sweep  # noqa: E402
 from sweeps.files import render_yaml  # noqa: E402
+from sweeps.files.sweep import Sweep  # noqa: E402
 from sweeps.runner.space import build_space, make_sampler  # noqa: E402
 
 
 def ask_ms(method: str, n: int, work: Path, asks: int = 5) -> float:
     """Mean ms of one ask once the study holds n finished trials."""
-    space = build_space(lcbench_sweep(method, surrogate="toy"))
+    space = build_space(Sweep.from_dict(lcbench_sweep(method, surrogate="toy")))
     url = f"sqlite:///{work / f'{method}_{n}.db'}"
     study = optuna.create_study(storage=url, direction="maximize", sampler=make_sampler(space, 0))
     rng = np.random.default_rng(0)
