@@ -720,6 +720,7 @@ def test_hyperband_stops_a_real_cli_run_cleanly(hand_data, tmp_path, monkeypatch
     # best and report on the very directory the runner wrote
     assert main(["best", str(out), "--export", str(tmp_path / "best.yaml")]) == 0
     callbacks = yaml.safe_load((tmp_path / "best.yaml").read_text())["trainer"]["callbacks"]  # as the run saved them
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]  # one callback is saved as one mapping
     assert [c["class_path"] if isinstance(c, dict) else c for c in callbacks] == [good]
     assert main(["report", str(out)]) == 0
     text = (out / "report.html").read_text()

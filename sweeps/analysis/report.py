@@ -12,6 +12,7 @@ so the page can be regenerated while a sweep runs.
 from __future__ import annotations
 
 import html
+import json
 import math
 import re
 import time
@@ -131,6 +132,12 @@ def _distribution(distribution: str, values: list):
     return d.CategoricalDistribution(sorted(choices, key=lambda c: (c is not None, str(c))))
 
 
+def _choice(value):
+    """A parameter value as an Optuna choice: a mapping or list (a callback with its arguments, an
+    objective's weights) becomes its JSON text; Optuna's choices are None, bool, int, float, str."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value, sort_keys=True)
+
+
 def study_of(sweep: Sweep, runs: list[dict]):
     """An in-memory Optuna study of the completed runs with the parameters they really used
     (conditional children that did not apply are left out): the input of Optuna's plots."""
@@ -138,7 +145,7 @@ def study_of(sweep: Sweep, runs: list[dict]):
 
     goal = sweep.goal
     done = _completed(runs)
-    applied = [shown_params(sweep, r) for r in done]
+    applied = [{k: _choice(v) for k, v in shown_params(sweep, r).items()} for r in done]
     dists = {}
     for name in dict.fromkeys(n for a in applied for n in a):
         param = sweep.parameters.get(name)
