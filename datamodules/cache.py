@@ -9,8 +9,8 @@ the same files again. `ensure_cache` does that work once into one memory-mapped 
     cache_dir/<size>px-<dtype>-<key>.lock         flock: one builder, the others wait
 
 Key: SHA-256 over every file's absolute path, size and mtime_ns, the image size, the dtype,
-`CACHE_VERSION` and the bytes of readers.py and transforms.py (so a fix to the DICOM
-pipeline or the resize rebuilds). File contents are not hashed: that would read the whole
+`CACHE_VERSION` and the source of transforms.py and of every decoder module (`readers.FORMATS`:
+a fix to the DICOM pipeline or the resize rebuilds). File contents are not hashed: that would read the whole
 data set (terabytes for a large cohort) at the start of every run; stat() of each file is
 cheap, and any tool that rewrites a file changes its mtime. A changed key builds a new
 entry next to the old ones (delete cache_dir to reclaim the space).
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -43,8 +44,8 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
-from datamodules import readers, transforms
-from datamodules.readers import ImageReadError, read_image
+from datamodules import transforms
+from datamodules.readers import ImageReadError, decoder_modules, read_image
 from datamodules.transforms import ResizePad
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class CacheEntry:
 def cache_key(paths: Sequence[str | os.PathLike], *, image_size: int, dtype: CacheDtype) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([CACHE_VERSION, image_size, dtype]).encode())
-    for module in (readers, transforms):
+    for module in (*map(importlib.import_module, decoder_modules()), transforms):
         digest.update(Path(module.__file__).read_bytes())
     for path in paths:
         st = os.stat(path)
@@ -203,24 +204,3 @@ def _build(paths: list[str], entry_dir: Path, *, image_size: int, dtype: CacheDt
     log.info("Built the preprocessing cache %s in %.1f s (%.1f images/s)%s", entry_dir, seconds,
              len(paths) / max(seconds, 1e-9), f"; {len(bad)} unreadable file(s) left out" if bad else "")
     return CacheEntry(entry_dir, paths, meta["bad"], built=True, seconds=seconds)
-
-
-class CachedXrayDataset(torch.utils.data.Dataset):
-    """Like XrayDataset, but items come from the cache: (uint image (1, S, S), label, index).
-
-    The array is opened on first access in each process (loader workers included) and is not
-    pickled with the dataset, so N workers share one copy through the page cache.
-    """
-
-    def __init__(self, records: list, class_index: dict[str, int], entry: CacheEntry) -> None:
-        self.records, self.class_index, self.entry = records, class_index, entry
-        rows = entry.rows
-        self.rows = [rows[os.path.abspath(r.path)] for r in records]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int):
-        # np.array copies one image out of the read-only map (the batch needs its own memory anyway).
-        image = torch.from_numpy(np.array(self.entry.images[self.rows[index]]))[None]
-        return image, self.class_index[self.records[index].label], index

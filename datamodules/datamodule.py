@@ -6,7 +6,6 @@ import logging
 import math
 import os
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -16,78 +15,21 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.cache import CacheDtype, CachedXrayDataset, CacheEntry, ensure_cache
-from datamodules.readers import ImageReadError, read_image
-from datamodules.records import (
-    DataError,
-    Record,
-    assign_folds,
-    assign_splits,
-    check_labels,
-    read_manifest,
-    scan_folder,
+from datamodules.cache import CacheDtype, CacheEntry, ensure_cache
+from datamodules.datasets import (
+    CachedXrayDataset,
+    EpochSeededWeightedSampler,
+    OversampledDataset,
+    XrayDataset,
 )
+from datamodules.readers import IMAGE_SUFFIXES, ImageReadError, read_image
+from datamodules.records import DataError, Record, read_manifest, scan_folder
+from datamodules.splits import assign_folds, assign_splits, check_labels
 from datamodules.transforms import BatchAugment, BatchPreset, ResizePad
 
 log = logging.getLogger(__name__)
 
 Balancing = Literal["none", "class_weights", "weighted_sampler", "oversample"]
-
-
-class XrayDataset(Dataset):
-    """Reads one record per item; returns (transform(image (1, H, W)), label, index into records).
-
-    The data module's transform is ResizePad: augmentation and normalisation run on whole
-    batches on the device (XrayDataModule.on_after_batch_transfer).
-    """
-
-    def __init__(self, records: list[Record], class_index: dict[str, int], transform: Callable) -> None:
-        self.records, self.class_index, self.transform = records, class_index, transform
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int):
-        record = self.records[index]
-        image = torch.from_numpy(read_image(record.path))[None]
-        return self.transform(image), self.class_index[record.label], index
-
-
-class EpochSeededWeightedSampler(Sampler[int]):
-    """Draws `num_samples` indices with replacement, weighted; each pass uses a new seed.
-
-    The draw depends only on (seed, pass number), so under DDP every rank draws the same
-    list and Lightning's DistributedSamplerWrapper gives each rank a disjoint shard of it.
-    """
-
-    def __init__(self, weights: torch.Tensor, num_samples: int, seed: int) -> None:
-        self.weights, self.num_samples, self.seed, self._passes = weights, num_samples, seed, 0
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self._passes)
-        self._passes += 1
-        yield from torch.multinomial(self.weights, self.num_samples, True, generator=generator).tolist()
-
-
-class _OversampledDataset(Dataset):
-    """Repeats minority-class items so every class has as many items as the largest one."""
-
-    def __init__(self, dataset: XrayDataset, labels: list[int]) -> None:
-        counts = Counter(labels)
-        target = max(counts.values())
-        self.dataset, self.indices = dataset, []
-        for cls in sorted(counts):
-            members = [i for i, y in enumerate(labels) if y == cls]
-            self.indices += (members * (target // len(members) + 1))[:target]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        return self.dataset[self.indices[index]]
 
 
 class XrayDataModule(pl.LightningDataModule):
@@ -212,7 +154,7 @@ class XrayDataModule(pl.LightningDataModule):
         if not records:
             raise DataError(
                 f"No images found under {self.root}: expected root/{{train,val,test}}/{{class}}/image, "
-                "root/{class}/image (.png .jpg .jpeg .dcm .dicom) or a manifest.csv"
+                f"root/{{class}}/image ({' '.join(sorted(IMAGE_SUFFIXES))}) or a manifest.csv"
             )
         return records, str(self.root)
 
@@ -336,7 +278,7 @@ class XrayDataModule(pl.LightningDataModule):
         dataset = self._datasets["train"]
         labels = [self.class_index[r.label] for r in dataset.records]
         if self.hparams.balancing == "oversample":
-            return self._loader(_OversampledDataset(dataset, labels), shuffle=True, train=True)
+            return self._loader(OversampledDataset(dataset, labels), shuffle=True, train=True)
         if self.hparams.balancing == "weighted_sampler":
             counts = Counter(labels)
             weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.double)

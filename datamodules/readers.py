@@ -1,73 +1,39 @@
 """The one implementation of reading an X-ray image into a float32 array in [0, 1].
 
 Every data module, the preprocessing cache and the demo generator's tests call
-`read_image`; nothing else in the project opens image files. It handles PNG (8- and
-16-bit), JPEG and DICOM, and always returns a 2-D array shaped (rows, cols) exactly as
-stored: PIL and pydicom are both row-major, so nothing here ever transposes.
+`read_image`; nothing else in the project opens image files. The result is a 2-D array
+shaped (rows, cols) exactly as stored: PIL and pydicom are both row-major, so nothing here
+ever transposes.
 
-DICOM follows the display pipeline of PS3.3 C.11: modality LUT / rescale, then VOI LUT
-or window (min-max of the data when the file has neither), then MONOCHROME1 is
-inverted so bone is bright in every image. The Presentation LUT Shape is deliberately
-ignored: in DX objects it only restates the photometric interpretation, and applying
-both would invert MONOCHROME1 twice.
+A format is one entry of `FORMATS`: file suffix -> the decoder, named by import path (loaded
+on first use, so a decoder's module may import this one). Folder scanning, the error messages
+and the preprocessing cache's key follow from it (README, Architecture).
 
 Decompression bombs: a small file can declare or inflate to an enormous image (a 12.5 MB
 RLE DICOM declaring 20000 x 20000 decodes to gigabytes; deflate reaches ~1000:1). The size a
 file declares is checked against MAX_PIXELS and MAX_PIXEL_BYTES before anything is decoded,
-a deflated DICOM data set is inflated with a bound, and Pillow's decompression-bomb warning
-is an error.
-
-Privacy: only image-pixel tags are parsed from DICOM files (`specific_tags`), so patient
-name, ID and the like are never even read, let alone returned, logged or put in an
-error message.
+and Pillow's decompression-bomb warning is an error.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
-import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pydicom
-import pydicom.uid
 from PIL import Image
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import _read_file_meta_info, read_preamble
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
 # Decompression-bomb limits on what a file declares. The largest radiographs are about
 # 4300 x 3500 pixels of one 16-bit sample: 15 M pixels, 30 MB.
 MAX_PIXELS = 2**26  # per frame (67 M, e.g. 8192 x 8192): its float64/float32 copies stay near 0.5 GB each
 MAX_PIXEL_BYTES = 2**30  # pixel data of all frames as stored: 1 GiB
-_INFLATE_HEAD = 2**20  # inflated first from a deflated DICOM: holds the elements before the pixels
-_INFLATE_SLACK = 2**24  # room for the other elements of a deflated data set (overlays, icons, private)
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
-_DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
-
-# Everything the decoders and the display pipeline need, and nothing that identifies a
-# patient. pydicom skips every other element without converting its value.
-_DICOM_PIXEL_TAGS = [
-    "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames",
-    "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
-    "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence",
-    "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence",
-    "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
-    "PixelData", "FloatPixelData", "DoubleFloatPixelData",
-]  # fmt: skip
-
-# Which package a user should install when pydicom has no decoder for the transfer syntax.
-_DECODER_HINTS = [
-    (
-        pydicom.uid.JPEGTransferSyntaxes,
-        "pylibjpeg pylibjpeg-libjpeg (pillow alone decodes only baseline JPEG)",
-    ),
-    (pydicom.uid.JPEGLSTransferSyntaxes, "pylibjpeg pylibjpeg-libjpeg (or pyjpegls)"),
-    (pydicom.uid.JPEG2000TransferSyntaxes, "pylibjpeg pylibjpeg-openjpeg"),
-    (pydicom.uid.RLETransferSyntaxes, "pylibjpeg pylibjpeg-rle (only if pydicom's own RLE decoder failed)"),
-]
+_PIL, _DICOM = "datamodules.readers:read_pil", "datamodules.dicom:read_dicom"
+FORMATS: dict[str, str] = {".png": _PIL, ".jpg": _PIL, ".jpeg": _PIL, ".dcm": _DICOM, ".dicom": _DICOM}
+IMAGE_SUFFIXES: frozenset[str] = frozenset(FORMATS)
 
 
 class ImageReadError(ValueError):
@@ -91,13 +57,10 @@ class ImageReadError(ValueError):
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
-    """True for a `.dcm`/`.dicom` suffix or the `DICM` magic at byte 128.
-
-    Hospital exports (DICOMDIR trees, PACS dumps) often have no extension at all,
-    so the magic is the reliable test and the suffix only a shortcut.
-    """
+    """True for a DICOM suffix or the `DICM` magic at byte 128: hospital exports (DICOMDIR
+    trees, PACS dumps) often have no extension at all, so the magic is the reliable test."""
     path = Path(path)
-    if path.suffix.lower() in _DICOM_SUFFIXES:
+    if FORMATS.get(path.suffix.lower()) == _DICOM:
         return True
     try:
         with open(path, "rb") as f:
@@ -107,8 +70,21 @@ def is_dicom(path: str | os.PathLike) -> bool:
         return False
 
 
+def decoder_modules() -> list[str]:
+    """The modules that decode images (the preprocessing cache keys on their source)."""
+    return sorted({spec.split(":")[0] for spec in FORMATS.values()})
+
+
+def _decoder(path: Path) -> Callable[[Path], np.ndarray]:
+    # The DICOM magic wins over a misleading suffix; an unknown suffix goes to Pillow, which
+    # recognises files by their content.
+    spec = _DICOM if is_dicom(path) else FORMATS.get(path.suffix.lower(), _PIL)
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a PNG, JPEG or DICOM file as a 2-D float32 array in [0, 1], shape (rows, cols).
+    """Read an image file of one of `FORMATS` as a 2-D float32 array in [0, 1], shape (rows, cols).
 
     Raises:
         ImageReadError: the file is missing, empty, truncated, corrupt or not an image
@@ -119,142 +95,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(path, "is a directory" if path.is_dir() else "file does not exist")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
-    arr = _read_dicom(path) if is_dicom(path) else _read_pil(path)
+    arr = _decoder(path)(path)
     # Rounding in the LUT/window arithmetic can step a hair outside [0, 1].
     return np.clip(arr, 0.0, 1.0, out=arr)
 
 
-# ----------------------------------------------------------------------------- PNG / JPEG
-
-
-def _read_pil(path: Path) -> np.ndarray:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:  # reads the header only
-                _check_size(path, img.width * img.height, 0, f"{img.height} x {img.width} pixels")
-                img.load()  # decode now, so truncated files fail here and not later
-                return _pil_to_float(img)
-    except ImageReadError:
-        raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageReadError(path, f"too large to decode safely: {exc}") from exc
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-        raise ImageReadError(
-            path, f"not a readable PNG/JPEG/DICOM file ({type(exc).__name__}: {exc})"
-        ) from exc
-
-
-def _pil_to_float(img: Image.Image) -> np.ndarray:
-    mode = img.mode
-    if mode.startswith("I;16"):
-        # Keep the full 16-bit depth: going through mode "L" would drop 8 bits.
-        arr = np.asarray(img).astype(np.float32)
-        arr *= 1.0 / 65535.0
-    elif mode == "I":
-        # Older Pillow opens 16-bit grayscale PNG as 32-bit "I"; the values are still 16-bit.
-        arr = np.asarray(img).astype(np.float32)
-        arr *= 1.0 / 65535.0
-    elif mode == "F":
-        arr = _minmax(np.asarray(img).astype(np.float32))
-    else:
-        # RGB, RGBA, LA, P, 1, CMYK, ...: ITU-R 601-2 luminance, alpha dropped.
-        if mode != "L":
-            img = img.convert("L")
-        arr = np.asarray(img).astype(np.float32)
-        arr *= 1.0 / 255.0
-    return arr
-
-
-# ----------------------------------------------------------------------------- DICOM
-
-
-def _read_dicom(path: Path) -> np.ndarray:
-    try:
-        with warnings.catch_warnings():
-            # pydicom warns about odd element values by quoting them; stay silent instead.
-            warnings.simplefilter("ignore")
-            ds = _dcmread(path)
-    except ImageReadError:
-        raise
-    except Exception as exc:
-        raise ImageReadError(path, f"not a valid DICOM file ({type(exc).__name__})") from exc
-    if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ImageReadError(
-            path, "DICOM file has no pixel data (is it a report, DICOMDIR or structured report?)"
-        )
-    _ensure_transfer_syntax(ds)
-    _check_declared_size(path, ds)  # before the decoder allocates what the header declares
-    tsyntax = ds.file_meta.TransferSyntaxUID
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # index=0: for multi-frame files decode only the first frame.
-            arr = pixel_array(ds, index=0)
-    except Exception as exc:
-        raise ImageReadError(path, _decode_failure(tsyntax, exc)) from exc
-    try:
-        return _dicom_to_float(arr, ds)
-    except Exception as exc:
-        raise ImageReadError(path, f"invalid DICOM display attributes ({type(exc).__name__}: {exc})") from exc
-
-
-def _dcmread(path: Path) -> pydicom.Dataset:
-    """pydicom.dcmread, except that a deflated data set is inflated here, with a bound.
-
-    For Deflated Explicit VR Little Endian (PS3.5 A.5) everything after the file meta is one
-    raw deflate stream, which pydicom 3 inflates whole with `zlib.decompress` before parsing.
-    Here a first part is inflated to read the declared image size (refused if too large), and
-    the rest only up to what that size needs; then pydicom parses the inflated bytes. The file
-    meta is read exactly as pydicom's own `read_partial` does, so both agree on the syntax.
-    """
-    with open(path, "rb") as f:
-        read_preamble(f, True)
-        meta = _read_file_meta_info(f)
-        if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
-            f.seek(0)
-            return pydicom.dcmread(f, force=True, specific_tags=_DICOM_PIXEL_TAGS)
-        zipped = f.read()
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    head = inflater.decompress(zipped, _INFLATE_HEAD)
-    try:
-        header = pydicom.dcmread(DicomBytesIO(head), force=True, stop_before_pixels=True,
-                                 specific_tags=_DICOM_PIXEL_TAGS)  # fmt: skip
-    except Exception:
-        header = pydicom.Dataset()
-    # The size elements sort before the pixel data, so they are in `head` unless a huge element
-    # precedes them; then only the overall cap applies.
-    budget = (_check_declared_size(path, header) if "Rows" in header else MAX_PIXEL_BYTES) + _INFLATE_SLACK
-    rest = inflater.decompress(inflater.unconsumed_tail, max(1, budget + 1 - len(head)))
-    if len(head) + len(rest) > budget:
-        raise ImageReadError(
-            path, f"deflated data set inflates to more than {budget >> 20} MiB, more than the image it "
-            "declares needs (a decompression bomb?)"
-        )
-    if not inflater.eof:
-        raise ImageReadError(path, "not a valid DICOM file (deflated data set is truncated)")
-    ds = pydicom.dcmread(DicomBytesIO(head + rest), force=True, specific_tags=_DICOM_PIXEL_TAGS)
-    ds.file_meta = meta
-    return ds
-
-
-def _check_declared_size(path: Path, ds: pydicom.Dataset) -> int:
-    """Refuse an image whose header declares more than MAX_PIXELS per frame or MAX_PIXEL_BYTES in
-    all; return the declared pixel data size in bytes."""
-    try:
-        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-        samples, frames = int(ds.get("SamplesPerPixel") or 1), max(1, int(ds.get("NumberOfFrames") or 1))
-        bits = int(ds.get("BitsAllocated") or 8)
-    except (TypeError, ValueError) as exc:
-        raise ImageReadError(path, f"invalid DICOM image size attributes ({type(exc).__name__}: {exc})") from exc
-    pixels = rows * cols * samples
-    nbytes = pixels * frames * max(1, -(-bits // 8))
-    shape = f"{rows} x {cols} pixels x {samples} sample(s) x {frames} frame(s) at {bits} bits, {nbytes >> 20} MiB"
-    _check_size(path, pixels, nbytes, shape)
-    return nbytes
-
-
-def _check_size(path: Path, pixels: int, nbytes: int, shape: str) -> None:
+def check_size(path: Path, pixels: int, nbytes: int, shape: str) -> None:
+    """Refuse an image that declares more than MAX_PIXELS per frame or MAX_PIXEL_BYTES in all."""
     if pixels > MAX_PIXELS or nbytes > MAX_PIXEL_BYTES:
         raise ImageReadError(
             path, f"declares an image of {shape}, more than this reader decodes ({MAX_PIXELS / 1e6:.0f} M "
@@ -262,74 +109,37 @@ def _check_size(path: Path, pixels: int, nbytes: int, shape: str) -> None:
         )
 
 
-def _ensure_transfer_syntax(ds: pydicom.Dataset) -> None:
-    """Old ACR-NEMA style files have no file meta; infer the syntax from how they were read."""
-    if ds.file_meta.get("TransferSyntaxUID"):
-        return
-    implicit, little = ds.original_encoding
-    if implicit:
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
-    elif little:
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    else:
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+def read_pil(path: Path) -> np.ndarray:
+    """PNG (8- and 16-bit, the full depth kept), JPEG and whatever else Pillow decodes."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:  # reads the header only
+                check_size(path, img.width * img.height, 0, f"{img.height} x {img.width} pixels")
+                img.load()  # decode now, so truncated files fail here and not later
+                return _pil_to_float(img)
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageReadError(path, f"too large to decode safely: {exc}") from exc
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+        raise ImageReadError(path, f"not a readable image file ({type(exc).__name__}: {exc}); "
+                                   f"formats: {' '.join(sorted(IMAGE_SUFFIXES))}") from exc
 
 
-def _decode_failure(tsyntax: pydicom.uid.UID, exc: Exception) -> str:
-    name = f"{tsyntax.name} ({tsyntax})" if tsyntax.is_transfer_syntax else str(tsyntax)
-    detail = " ".join(str(exc).split())  # pydicom lists plugins over several lines; keep one
-    reason = f"cannot decode pixel data with transfer syntax {name}: {type(exc).__name__}: {detail}"
-    for syntaxes, packages in _DECODER_HINTS:
-        if tsyntax in syntaxes:
-            return f"{reason}. Install a decoder: pip install {packages}"
-    if tsyntax.is_compressed:
-        return f"{reason}. This compression may need gdcm: pip install python-gdcm"
-    return f"{reason}. The pixel data is probably truncated or corrupt"
+def _pil_to_float(img: Image.Image) -> np.ndarray:
+    if img.mode == "F":
+        return minmax(np.asarray(img).astype(np.float32))
+    # Full 16-bit depth (mode "L" would drop 8 bits; older Pillow opens 16-bit PNG as "I").
+    # Anything else (RGB, RGBA, LA, P, 1, CMYK, ...): ITU-R 601-2 luminance, alpha dropped.
+    wide = img.mode.startswith("I;16") or img.mode == "I"
+    arr = np.asarray(img if wide or img.mode == "L" else img.convert("L")).astype(np.float32)
+    arr *= 1.0 / (65535.0 if wide else 255.0)
+    return arr
 
 
-def _dicom_to_float(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
-    if arr.ndim == 3:  # (rows, cols, samples): colour secondary capture, already RGB
-        bits = int(ds.get("BitsStored", 8))
-        gray = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        gray *= 1.0 / (2**bits - 1)
-        return gray
-
-    if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
-        raise ValueError("PALETTE COLOR images are not supported; export the X-ray as MONOCHROME2")
-    values = apply_modality_lut(arr, ds)
-    out, lo, hi = _apply_voi(values, ds)
-    out = out.astype(np.float32, copy=False)  # the decoder's buffer is ours to scale in place
-    if hi == lo:
-        out[...] = 0.0  # a constant image carries no contrast; zeros, not a division by zero
-    else:
-        out -= lo
-        out *= 1.0 / (hi - lo)
-    if ds.get("PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
-        np.subtract(1.0, out, out=out)  # MONOCHROME1: low values are white; make bone bright
-    return out
-
-
-def _apply_voi(values: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, float, float]:
-    """Apply VOI LUT or window and return the result with the range it maps onto.
-
-    The range comes from the VOI transform itself (a window maps below/above onto the
-    ends of its output range), not from the data, so an image that does not fill the
-    window keeps its intended contrast instead of being stretched.
-    """
-    voi_seq = ds.get("VOILUTSequence")
-    if voi_seq and voi_seq[0].get("LUTDescriptor") and voi_seq[0].get("LUTData") is not None:
-        if not np.issubdtype(values.dtype, np.integer):
-            values = np.rint(values).astype(np.int64)  # a LUT is indexed by integers
-        n_entries, first_map = int(voi_seq[0].LUTDescriptor[0]) or 2**16, int(voi_seq[0].LUTDescriptor[1])
-        lut = apply_voi_lut(np.arange(first_map, first_map + n_entries, dtype=np.int64), ds)
-        return apply_voi_lut(values, ds), float(lut.min()), float(lut.max())
-    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        ends = apply_voi_lut(np.array([-np.inf, np.inf]), ds, prefer_lut=False)
-        return apply_voi_lut(values, ds, prefer_lut=False), float(ends[0]), float(ends[1])
-    return values, float(values.min()), float(values.max())
-
-
-def _minmax(arr: np.ndarray) -> np.ndarray:
+def minmax(arr: np.ndarray) -> np.ndarray:
+    """Stretch to [0, 1] in place; a constant image carries no contrast and becomes zeros."""
     lo, hi = float(arr.min()), float(arr.max())
     if hi == lo:
         arr[...] = 0.0

@@ -15,7 +15,7 @@ import torch
 from conftest import PYTHON, ROOT, run_dirs
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
-from datamodules.datamodule import EpochSeededWeightedSampler
+from datamodules.datasets import EpochSeededWeightedSampler
 
 AGENT_KILL_DELAY = 30  # wandb_agent.py: SIGKILL this long after SIGTERM
 

@@ -31,7 +31,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from datamodules.records import DataError, Record, assign_splits, check_labels, read_manifest, scan_folder
+from datamodules.records import DataError, Record, read_manifest, scan_folder
+from datamodules.splits import assign_splits, check_labels
 
 PATIENT_FILE = "DOE^JANE_MRN778899.png"  # file names in hospital exports carry patient data
 
@@ -218,7 +219,7 @@ def test_label_variants_that_look_the_same_are_one_class(tmp_path):
 
 def test_labels_differing_only_by_case_warn_and_stay_apart(caplog):
     records = [Record(Path(f"{i}.png"), f"{i}.png", label, str(i)) for i, label in enumerate(["Normal", "normal", "OA"])]
-    with caplog.at_level(logging.WARNING, logger="datamodules.records"):
+    with caplog.at_level(logging.WARNING, logger="datamodules.splits"):
         classes = check_labels(records, None, "manifest.csv")
     assert classes == ["Normal", "OA", "normal"]
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
