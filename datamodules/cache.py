@@ -142,16 +142,16 @@ def ensure_cache(
             entry = _load(entry_dir)  # built while we waited
             if entry is None:
                 entry = _build(paths, entry_dir, image_size=image_size, dtype=dtype,
-                               skip_bad_files=skip_bad_files, workers=workers)  # fmt: skip
+                               skip_bad_files=skip_bad_files, workers=workers)
     if entry.bad and not skip_bad_files:
         path, reason = next(iter(entry.bad.items()))
         raise ImageReadError(path, f"{reason} (found while building the cache {entry_dir}; "
-                                   "set data.skip_bad_files=true to leave such files out)")  # fmt: skip
+                                   "set data.skip_bad_files=true to leave such files out)")
     return entry
 
 
 def _build(paths: list[str], entry_dir: Path, *, image_size: int, dtype: CacheDtype, skip_bad_files: bool,
-           workers: Optional[int]) -> CacheEntry:  # fmt: skip
+           workers: Optional[int]) -> CacheEntry:
     global _builds
     for stale in entry_dir.parent.glob(f".{entry_dir.name}.tmp-*"):  # left by a killed builder
         shutil.rmtree(stale, ignore_errors=True)
@@ -164,7 +164,7 @@ def _build(paths: list[str], entry_dir: Path, *, image_size: int, dtype: CacheDt
     threads = torch.get_num_threads()
     try:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=dtype,
-                                           shape=(len(paths), image_size, image_size))  # fmt: skip
+                                           shape=(len(paths), image_size, image_size))
         resize, scale, bad, done, lock = ResizePad(image_size), _MAX[dtype], {}, [0], threading.Lock()
         failed = threading.Event()
 
@@ -193,7 +193,7 @@ def _build(paths: list[str], entry_dir: Path, *, image_size: int, dtype: CacheDt
         images.flush()
         seconds = time.perf_counter() - start
         meta = {"version": CACHE_VERSION, "image_size": image_size, "dtype": dtype, "paths": paths,
-                "bad": dict(sorted(bad.items())), "seconds": round(seconds, 3)}  # fmt: skip
+                "bad": dict(sorted(bad.items())), "seconds": round(seconds, 3)}
         (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
         tmp.chmod(0o755)
         os.replace(tmp, entry_dir)  # the entry appears complete or not at all

@@ -130,7 +130,7 @@ class XrayDataModule(pl.LightningDataModule):
         self._datasets: dict[str, Dataset] = {}
         self.cache: Optional[CacheEntry] = None
         augment = BatchAugment(hflip_prob=hflip_prob, rotation_degrees=rotation_degrees,
-                               scale_jitter=scale_jitter, intensity_jitter=intensity_jitter)  # fmt: skip
+                               scale_jitter=scale_jitter, intensity_jitter=intensity_jitter)
         self.batch_transform = BatchPreset(augment)
 
     def _load_records(self, manifest: Optional[str]) -> tuple[list[Record], str]:
@@ -200,7 +200,7 @@ class XrayDataModule(pl.LightningDataModule):
         hp = self.hparams
         try:
             self.cache = ensure_cache([r.path for r in self.records], hp.cache_dir, image_size=hp.image_size,
-                                      dtype=hp.cache_dtype, skip_bad_files=hp.skip_bad_files)  # fmt: skip
+                                      dtype=hp.cache_dtype, skip_bad_files=hp.skip_bad_files)
         except ImageReadError as e:  # name the file as configured, not by its absolute path
             as_configured = {os.path.abspath(r.path): r.path for r in self.records}
             raise ImageReadError(as_configured.get(os.path.abspath(e.path or ""), e.path), e.reason) from None

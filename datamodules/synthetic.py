@@ -1,18 +1,10 @@
-"""Procedural hand and foot radiograph phantoms: a demo data set with no patient data.
+"""The demo data set: phantoms (phantoms.py) of whole patients written as files with a manifest.
 
     python -m datamodules.synthetic --out data/demo_hand --body-part hand --count 400
 
-Each phantom is built like a projection radiograph: bones are hollow tubes (bright
-cortex, darker medulla, flared ends) laid out along five rays with joint spaces between
-them, inside a soft-tissue envelope; the summed attenuation is turned into a detector
-image with random exposure, heel-effect gradient, blur and quantum noise.
-
-The `abnormal` class shows what a radiologist looks for in osteoarthritis, at a few
-random joints and with random severity: joint-space narrowing, osteophytes (small bony
-spurs at the joint margins) and subchondral sclerosis (a denser band under the joint).
-Normals vary in joint width too and some have one mildly narrowed joint, so the task is
-learnable but not trivial. Pixels depend only on (seed, patient, side): same seed, same
-data set, whatever the order or process.
+Pixels depend only on (seed, patient, side): same seed, same data set, whatever the order or
+process. The settings are saved in the data set's `synthetic.json`; a folder that holds other
+data is never written over (README, Your data).
 """
 
 from __future__ import annotations
@@ -29,272 +21,15 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-BodyPart = Literal["hand", "foot"]
+from datamodules.phantoms import BODY_PARTS, BodyPart, render_phantom
+from datamodules.records import DataError
+
 Format = Literal["png16", "png8", "dicom"]
-BODY_PARTS: tuple[str, ...] = ("hand", "foot")
 FORMATS: tuple[str, ...] = ("png16", "png8", "dicom")
-
-# Canonical anatomy, in fractions of the image's short side, origin at the centre, y down,
-# digits pointing up. A ray: base (x, y), angle from vertical in degrees, then
-# (length, shaft radius) per bone from metacarpal/metatarsal out to the distal phalanx.
-_RAYS = {
-    "hand": [
-        ((-0.08, 0.245), -32, [(0.17, 0.021), (0.12, 0.019), (0.085, 0.016)]),  # thumb
-        ((-0.045, 0.20), -7, [(0.26, 0.018), (0.165, 0.017), (0.095, 0.014), (0.07, 0.012)]),
-        ((-0.012, 0.195), -1, [(0.25, 0.018), (0.18, 0.017), (0.11, 0.015), (0.075, 0.012)]),
-        ((0.020, 0.20), 5, [(0.235, 0.016), (0.17, 0.016), (0.105, 0.014), (0.07, 0.012)]),
-        ((0.050, 0.215), 12, [(0.20, 0.015), (0.135, 0.014), (0.08, 0.012), (0.065, 0.011)]),
-    ],
-    "foot": [
-        ((-0.07, 0.12), -6, [(0.23, 0.026), (0.10, 0.024), (0.075, 0.021)]),  # hallux
-        ((-0.025, 0.10), -1, [(0.28, 0.016), (0.075, 0.013), (0.035, 0.012), (0.03, 0.011)]),
-        ((0.015, 0.11), 4, [(0.26, 0.015), (0.07, 0.013), (0.032, 0.012), (0.028, 0.011)]),
-        ((0.050, 0.125), 9, [(0.24, 0.015), (0.063, 0.012), (0.03, 0.011), (0.026, 0.010)]),
-        ((0.085, 0.14), 15, [(0.22, 0.016), (0.055, 0.012), (0.026, 0.011), (0.024, 0.010)]),
-    ],
-}
-# Carpals/tarsals and the long bones behind them: ellipses (x, y, rx, ry) and capsules.
-_BLOBS = {
-    "hand": [(-0.075, 0.26, 0.028, 0.022), (-0.045, 0.255, 0.02, 0.02), (-0.01, 0.265, 0.025, 0.035),
-             (0.035, 0.26, 0.025, 0.03), (-0.06, 0.32, 0.032, 0.022), (-0.015, 0.33, 0.025, 0.022),
-             (0.025, 0.325, 0.022, 0.02), (0.045, 0.31, 0.013, 0.013)],
-    "foot": [(-0.07, 0.17, 0.03, 0.04), (-0.03, 0.16, 0.02, 0.035), (0.01, 0.165, 0.022, 0.035),
-             (0.07, 0.20, 0.045, 0.05), (-0.04, 0.25, 0.06, 0.03), (-0.03, 0.33, 0.06, 0.05),
-             (0.05, 0.42, 0.07, 0.12)],
-}  # fmt: skip
-_LONG_BONES = {
-    "hand": [((-0.035, 0.40), (-0.05, 0.8), 0.04), ((0.045, 0.40), (0.05, 0.8), 0.025)],
-    "foot": [],
-}
-# Soft-tissue bodies (x, y, rx, ry, half depth) and how much wider than its bone a digit is.
-_TISSUE = {"hand": [(0.0, 0.19, 0.12, 0.15, 0.035), (0.0, 0.6, 0.11, 0.35, 0.05)],
-           "foot": [(0.01, 0.22, 0.16, 0.36, 0.05)]}  # fmt: skip
-_DIGIT_TISSUE = {"hand": (2.2, 0.009), "foot": (1.8, 0.014)}
-# Osteoarthritis sites, (ray, joint after bone k) -> weight: DIP/PIP in hands, 1st MTP in feet.
-_OA_JOINTS = {
-    "hand": {(0, 0): 1.5, (0, 1): 2, **{(r, 2): 3 for r in range(1, 5)}, **{(r, 1): 2.5 for r in range(1, 5)},
-             **{(r, 0): 1 for r in range(1, 5)}},
-    "foot": {(0, 0): 4, (0, 1): 1.5, **{(r, 0): 1 for r in range(1, 5)}, **{(r, 1): 0.7 for r in range(1, 5)}},
-}  # fmt: skip
-_MU_SOFT, _MU_CORTEX, _MU_MARROW = 2.5, 24.0, 3.5  # attenuation per unit path length
+PROVENANCE = "synthetic.json"  # in the data set: the settings it was made with
 
 
-class _Canvas:
-    """Accumulates bone attenuation and soft-tissue depth, drawing each shape in its bounding box."""
-
-    def __init__(self, size: tuple[int, int], *, origin: np.ndarray, scale: float, rot: float, mirror: bool):
-        self.h, self.w = size
-        self.bone = np.zeros(size, np.float64)
-        self.tissue = np.zeros(size, np.float64)
-        c, s = np.cos(rot), np.sin(rot)
-        self._m = scale * np.array([[c, -s], [s, c]]) @ np.diag([-1.0 if mirror else 1.0, 1.0])
-        self._origin, self.px = origin, scale  # px: pixels per canonical unit
-
-    def to_px(self, p) -> np.ndarray:
-        return self._m @ np.asarray(p, np.float64) + self._origin
-
-    def _window(self, lo: np.ndarray, hi: np.ndarray):
-        x0, y0 = max(int(lo[0]), 0), max(int(lo[1]), 0)
-        x1, y1 = min(int(hi[0]) + 2, self.w), min(int(hi[1]) + 2, self.h)
-        if x0 >= x1 or y0 >= y1:
-            return None
-        return (slice(y0, y1), slice(x0, x1)), np.arange(x0, x1)[None, :], np.arange(y0, y1)[:, None]
-
-    def bone_capsule(self, a, b, r, *, flare=1.35, sclerosis=(0.0, 0.0)) -> None:
-        """A long bone from a to b (canonical): tube with flared, rounded ends and a cortex."""
-        a, b = self.to_px(a), self.to_px(b)
-        r, cap = r * self.px, 0.6 * r * flare * self.px
-        pad = r * flare + cap + 1
-        win = self._window(np.minimum(a, b) - pad, np.maximum(a, b) + pad)
-        if win is None:
-            return
-        sl, xs, ys = win
-        length = max(float(np.hypot(*(b - a))), 1e-6)
-        ux, uy = (b - a) / length
-        along = (xs - a[0]) * ux + (ys - a[1]) * uy
-        perp = (ys - a[1]) * ux - (xs - a[0]) * uy
-        t = np.clip(along / length, 0.0, 1.0)
-        rad = r * (1 + (flare - 1) * np.abs(2 * t - 1) ** 4)  # heads and bases wider than the shaft
-        beyond = (along - t * length) * (rad / cap)  # flattened end caps: the joint surfaces
-        d2 = perp**2 + beyond**2
-        cortex = 0.25 * r
-        outer = np.sqrt(np.maximum(rad**2 - d2, 0.0))
-        inner = np.sqrt(np.maximum((rad - cortex) ** 2 - d2, 0.0))
-        proj = 2 * (_MU_CORTEX * (outer - inner) + _MU_MARROW * inner)
-        if any(sclerosis):  # denser band under each joint surface, fading into the shaft
-            w = 0.8 * r
-            proj *= (1 + sclerosis[0] * np.exp(-np.maximum(along + cap, 0) / w)
-                     + sclerosis[1] * np.exp(-np.maximum(length + cap - along, 0) / w))  # fmt: skip
-        self.bone[sl] += proj / self.px
-
-    def blob(self, c, rx, ry, *, angle=0.0, solid=False, tissue_depth=0.0) -> None:
-        """An ellipse: a carpal/tarsal (cortex + medulla), an osteophyte (solid) or soft tissue."""
-        c = self.to_px(c)
-        rx, ry, pad = rx * self.px, ry * self.px, max(rx, ry) * self.px + 1
-        win = self._window(c - pad, c + pad)
-        if win is None:
-            return
-        sl, xs, ys = win
-        (ca, sa), m = (np.cos(angle), np.sin(angle)), self._m / self.px
-        ex, ey = m @ [ca, sa], m @ [-sa, ca]  # the ellipse axes, rotated and mirrored with the body
-        u, v = (xs - c[0]) * ex[0] + (ys - c[1]) * ex[1], (xs - c[0]) * ey[0] + (ys - c[1]) * ey[1]
-        outer = np.sqrt(np.maximum(1 - (u / rx) ** 2 - (v / ry) ** 2, 0.0))
-        if tissue_depth:
-            np.maximum(self.tissue[sl], 2 * tissue_depth * outer, out=self.tissue[sl])
-            return
-        depth = min(rx, ry, 0.03 * self.px)  # big tarsals are flatter than they are wide
-        if solid:
-            self.bone[sl] += 2 * _MU_CORTEX * depth * outer / self.px
-            return
-        k = 0.75  # medulla: the inner three quarters
-        inner = np.sqrt(np.maximum(1 - (u / (k * rx)) ** 2 - (v / (k * ry)) ** 2, 0.0))
-        self.bone[sl] += 2 * depth * (_MU_CORTEX * (outer - k * inner) + _MU_MARROW * k * inner) / self.px
-
-    def tissue_capsule(self, a, b, radius) -> None:
-        a, b, radius = self.to_px(a), self.to_px(b), radius * self.px
-        win = self._window(np.minimum(a, b) - radius - 1, np.maximum(a, b) + radius + 1)
-        if win is None:
-            return
-        sl, xs, ys = win
-        length = max(float(np.hypot(*(b - a))), 1e-6)
-        ux, uy = (b - a) / length
-        t = np.clip(((xs - a[0]) * ux + (ys - a[1]) * uy) / length, 0.0, 1.0)
-        d2 = (xs - a[0] - t * length * ux) ** 2 + (ys - a[1] - t * length * uy) ** 2
-        np.maximum(
-            self.tissue[sl], 2 * np.sqrt(np.maximum(radius**2 - d2, 0.0)) / self.px, out=self.tissue[sl]
-        )
-
-
-def _oa_joints(body_part: str, rng: np.random.Generator, *, abnormal: bool, severity: float) -> dict:
-    """Pick the affected joints: {(ray, joint): severity in (0, 1]}."""
-    sites = list(_OA_JOINTS[body_part])
-    weights = np.array(list(_OA_JOINTS[body_part].values()), np.float64)
-    if abnormal:
-        n = int(rng.integers(2, 7))
-        sev = severity * rng.uniform(0.5, 1.0, n)
-    elif rng.random() < 0.35:  # a normal with one mildly narrowed joint (age, positioning)
-        n, sev = 1, rng.uniform(0.05, 0.35, 1)
-    else:
-        return {}
-    picked = rng.choice(len(sites), size=n, replace=False, p=weights / weights.sum())
-    return {sites[i]: float(s) for i, s in zip(picked, sev, strict=True)}
-
-
-def render_phantom(
-    *, body_part: BodyPart, abnormal: bool, size: tuple[int, int], patient_rng: np.random.Generator,
-    image_rng: np.random.Generator, mirror: bool = False, severity: float = 1.0,
-) -> np.ndarray:  # fmt: skip
-    """One radiograph phantom as float32 in [0, 1], bone bright, shape `size` (rows, cols)."""
-    # Patient anatomy: identical for both sides of one patient (patient_rng is re-seeded per image).
-    body_scale = patient_rng.uniform(0.9, 1.1)
-    spread = patient_rng.uniform(0.7, 1.4)
-    gap0 = patient_rng.uniform(0.012, 0.016)
-    # Hallux spurs scale with its thick bones, so feet show the same disease more plainly.
-    severity = severity * patient_rng.uniform(0.6, 1.0) * (0.8 if body_part == "foot" else 1.0)
-    rays = [(base, angle, [(length * patient_rng.uniform(0.94, 1.06), r) for length, r in bones])
-            for base, angle, bones in _RAYS[body_part]]  # fmt: skip
-
-    # Independent streams: the same image seed gives the same pose, exposure and noise
-    # with or without disease, so the classes differ only by what the disease changes.
-    rng, oa_rng, expo_rng = image_rng.spawn(3)
-    h, w = size
-    short = min(h, w)
-    origin = np.array([w / 2, h / 2]) + rng.uniform(-0.04, 0.04, 2) * short
-    canvas = _Canvas(size, origin=origin, scale=short * rng.uniform(0.88, 1.0) * body_scale / 1.1,
-                     rot=np.deg2rad(rng.uniform(-6, 6)), mirror=mirror)  # fmt: skip
-    oa = _oa_joints(body_part, oa_rng, abnormal=abnormal, severity=severity)
-
-    for x, y, rx, ry, depth in _TISSUE[body_part]:
-        canvas.blob((x, y), rx, ry, tissue_depth=depth)
-    for x, y, rx, ry in _BLOBS[body_part]:
-        canvas.blob((x, y), 1.2 * rx, 1.2 * ry, angle=rng.uniform(-0.2, 0.2))
-    for a, b, r in _LONG_BONES[body_part]:
-        canvas.bone_capsule(a, b, r, flare=1.3)
-
-    widen, extra = _DIGIT_TISSUE[body_part]
-    for ray, (base, angle, bones) in enumerate(rays):
-        pos = np.array(base, np.float64)
-        # The thumb and hallux move little with the spread of the other digits.
-        theta = np.deg2rad(angle + (spread - 1) * (8 if ray == 0 else angle))
-        for k, (length, r) in enumerate(bones):
-            u = np.array([np.sin(theta), -np.cos(theta)])
-            n = np.array([-u[1], u[0]])
-            cap = 0.6 * r * 1.35
-            end = pos + length * u
-            sev_before, sev_after = oa.get((ray, k - 1), 0.0), oa.get((ray, k), 0.0)
-            scl = tuple(
-                s * oa_rng.uniform(0.6, 1.0) if oa_rng.random() < 0.8 else 0.0
-                for s in (sev_before, sev_after)
-            )
-            canvas.bone_capsule(pos + cap * u, end - cap * u, r, sclerosis=scl)
-            canvas.tissue_capsule(pos, end, r * widen + extra)
-            for s, tip, sign in ((sev_before, pos, 1.0), (sev_after, end, -1.0)):
-                if s and oa_rng.random() < 0.6 + 0.4 * s:  # osteophytes at one or both joint margins
-                    for side in oa_rng.choice([-1.0, 1.0], size=int(oa_rng.integers(1, 3)), replace=False):
-                        rho = r * s * oa_rng.uniform(0.6, 1.0)
-                        c = tip + sign * u * cap * 0.5 + side * n * (1.35 * r + 0.3 * rho)
-                        canvas.blob(c, rho, 1.5 * rho, angle=theta, solid=True)
-            if body_part == "foot" and ray == 0 and k == 0:  # sesamoids under the 1st metatarsal head
-                for side in (-1, 1):
-                    canvas.blob(end - 0.03 * u + side * 0.012 * n, 0.009, 0.011, angle=theta)
-            gap = gap0 * rng.uniform(0.85, 1.15) * (1 - 0.8 * sev_after)  # the joint space
-            pos = end + gap * u
-            theta += np.deg2rad(rng.uniform(-3, 3))  # digits are never perfectly straight
-
-    return _expose(canvas, expo_rng)
-
-
-def burn_in_marker(img: np.ndarray, *, corner: int, size_fraction: float = 0.18) -> tuple[np.ndarray, tuple]:
-    """A bright side marker (the letter L, as radiographers burn in) in corner 0-3 (top-left,
-    top-right, bottom-left, bottom-right) of a phantom in [0, 1]; returns the image and the
-    marker's box (row0, row1, col0, col1). For shortcut tests: a model trained where the marker
-    goes with the label should look at it (tests/test_explain.py)."""
-    h, w = img.shape
-    side = max(6, int(min(h, w) * size_fraction))
-    margin = max(1, side // 4)
-    r0 = margin if corner in (0, 1) else h - margin - side
-    c0 = margin if corner in (0, 2) else w - margin - side
-    out = img.copy()
-    stroke = max(2, side // 4)
-    out[r0:r0 + side, c0:c0 + stroke] = 1.0  # the L's upright
-    out[r0 + side - stroke:r0 + side, c0:c0 + side] = 1.0  # and its foot
-    return out, (r0, r0 + side, c0, c0 + side)
-
-
-def _expose(canvas: _Canvas, rng: np.random.Generator) -> np.ndarray:
-    """Attenuation -> detector image: exposure, heel effect, gamma, blur, noise."""
-    h, w = canvas.bone.shape
-    atten = (canvas.bone + _MU_SOFT * canvas.tissue) * rng.uniform(0.85, 1.15)  # kVp
-    img = rng.uniform(0.02, 0.1) + rng.uniform(0.75, 0.95) * -np.expm1(-atten)
-    yy, xx = np.linspace(-0.5, 0.5, h)[:, None], np.linspace(-0.5, 0.5, w)[None, :]
-    phi = rng.uniform(0, 2 * np.pi)
-    img *= 1 + rng.uniform(0, 0.25) * (xx * np.cos(phi) + yy * np.sin(phi))  # heel effect
-    np.clip(img, 0.0, 1.0, out=img)
-    img **= rng.uniform(0.8, 1.25)
-    img = _blur(img, sigma=rng.uniform(0.4, 0.9) * min(h, w) / 256)
-    img += np.sqrt(img * rng.uniform(1e-4, 6e-4)) * rng.standard_normal(img.shape)  # quantum noise
-    img += rng.uniform(0.002, 0.008) * rng.standard_normal(img.shape)  # electronic noise
-    return np.clip(img, 0.0, 1.0).astype(np.float32)
-
-
-def _blur(img: np.ndarray, *, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur (the detector's spread); numpy only, no scipy dependency."""
-    radius = max(int(np.ceil(2 * sigma)), 1)
-    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    kernel /= kernel.sum()
-    h, w = img.shape
-    padded = np.pad(img, ((radius, radius), (0, 0)), mode="edge")
-    img = sum(k * padded[i : i + h] for i, k in enumerate(kernel))
-    padded = np.pad(img, ((0, 0), (radius, radius)), mode="edge")
-    return sum(k * padded[:, i : i + w] for i, k in enumerate(kernel))
-
-
-# ----------------------------------------------------------------------------- data set
-
-
-def _assign_patients(
-    count: int, abnormal_fraction: float, rng: np.random.Generator
-) -> list[tuple[int, bool]]:
+def _assign_patients(count: int, abnormal_fraction: float, rng: np.random.Generator) -> list[tuple[int, bool]]:
     """Split `count` images into patients of 1 or 2 images; label whole patients.
 
     Returns (images, abnormal) per patient. Abnormal patients are picked until the
@@ -314,13 +49,12 @@ def _assign_patients(
             abnormal[i], have = True, have + sizes[i]
     if have < target:  # only pairs were left: split one so the fraction is met exactly
         i = next(i for i, ab in enumerate(abnormal) if not ab and sizes[i] == 2)
-        sizes[i:i + 1], abnormal[i:i + 1] = [1, 1], [True, False]  # fmt: skip
+        sizes[i : i + 1], abnormal[i : i + 1] = [1, 1], [True, False]
     return list(zip(sizes, abnormal, strict=True))
 
 
-def _write(
-    path: Path, img: np.ndarray, *, fmt: str, patient_id: str, body_part: str, side: str, uid_seed: list
-) -> None:
+def _write(path: Path, img: np.ndarray, *, fmt: str, patient_id: str, body_part: str, side: str,
+           uid_seed: list) -> None:
     if fmt == "png8":
         Image.fromarray(np.rint(img * 255).astype(np.uint8)).save(path, compress_level=1)
         return
@@ -331,9 +65,8 @@ def _write(
     _write_dicom(path, stored, patient_id=patient_id, body_part=body_part, side=side, uid_seed=uid_seed)
 
 
-def _write_dicom(
-    path: Path, stored: np.ndarray, *, patient_id: str, body_part: str, side: str, uid_seed: list
-) -> None:
+def _write_dicom(path: Path, stored: np.ndarray, *, patient_id: str, body_part: str, side: str,
+                 uid_seed: list) -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
@@ -365,13 +98,14 @@ def _write_dicom(
 def generate(
     out: str | os.PathLike, *, body_part: BodyPart = "hand", count: int = 200, size: tuple[int, int] = (256, 256),
     fmt: Format = "png16", seed: int = 0, abnormal_fraction: float = 0.3, severity: float = 1.0,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write `count` phantoms under `out`/images and `out`/manifest.csv; return the manifest path.
 
     `severity` scales the disease signs (1.0: subtle, a few CPU epochs at 128 px reach about
-    0.7 AUROC; 2.0: plain enough for a one-minute demo). The data set appears atomically: it is built in a temporary sibling directory and
-    renamed into place, so a killed run leaves nothing half-written and racing
-    processes (DDP ranks) end with one complete copy. An existing data set is kept.
+    0.7 AUROC; 2.0: plain enough for a one-minute demo). The data set is built in a temporary
+    sibling folder and renamed into place, so a killed run leaves nothing half-written and racing
+    processes (DDP ranks) end with one complete copy. A folder holding this very data set is used
+    as it is; any other non-empty folder raises DataError (`check_made_with`).
     """
     out = Path(out)
     if body_part not in BODY_PARTS:
@@ -382,52 +116,56 @@ def generate(
         raise ValueError(f"severity must be in (0, 3], got {severity}")
     if count < 1 or not 0.0 <= abnormal_fraction <= 1.0 or min(size) < 32:
         raise ValueError(f"need count >= 1, 0 <= abnormal_fraction <= 1 and size >= 32 px; got count={count}, "
-                         f"abnormal_fraction={abnormal_fraction}, size={tuple(size)}")  # fmt: skip
+                         f"abnormal_fraction={abnormal_fraction}, size={tuple(size)}")
     manifest = out / "manifest.csv"
     settings = dict(body_part=body_part, count=count, size=list(size), fmt=fmt, seed=seed,
-                    abnormal_fraction=abnormal_fraction, severity=severity)  # fmt: skip
-    if manifest.exists():  # made before, or by another process: reuse it if it is the same data set
-        _check_same_settings(out, settings)
+                    abnormal_fraction=abnormal_fraction, severity=severity)
+    if out.is_dir() and any(out.iterdir()):  # made before, by another process, or someone else's
+        check_made_with(out, settings)
         return manifest
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists, is not empty and has no manifest.csv; "
-                              "choose an empty or new --out directory")  # fmt: skip
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         (tmp / "images").mkdir()
         rows = _generate_into(tmp, body_part=body_part, count=count, size=tuple(size), fmt=fmt, seed=seed,
-                              abnormal_fraction=abnormal_fraction, severity=severity)  # fmt: skip
+                              abnormal_fraction=abnormal_fraction, severity=severity)
         with open(tmp / "manifest.csv", "w", newline="") as f:
             csv.writer(f).writerows([("path", "label", "patient_id"), *rows])
-        (tmp / "synthetic.json").write_text(json.dumps(settings, indent=1) + "\n")
+        (tmp / PROVENANCE).write_text(json.dumps(settings, indent=1) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; the data set is not secret
         try:
             os.replace(tmp, out)  # POSIX rename: atomic, and replaces an empty directory
         except OSError as exc:
-            if not manifest.exists():  # else another process (DDP rank) finished first: keep its copy
-                raise FileExistsError(f"could not move the new data set into {out}: {exc}") from exc
+            if not manifest.exists():  # else another process (a DDP rank) finished first: use its copy
+                raise DataError(f"could not move the new data set into {out}: {exc}") from exc
+            check_made_with(out, settings)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
-def _check_same_settings(out: Path, settings: dict) -> None:
+def check_made_with(out: Path, settings: dict) -> None:
+    """Refuse a non-empty folder that does not hold the data set `settings` make, naming its
+    PROVENANCE file and what differs. Nothing is written over: it may be someone's own data."""
+    advice = f"delete {out} to generate the data set there, or generate it into a new folder"
+    if not (out / "manifest.csv").is_file():
+        raise DataError(f"{out} is not empty and holds no manifest.csv: not a data set made by this "
+                        f"generator; {advice}")
     try:
-        old = json.loads((out / "synthetic.json").read_text())
-    except (OSError, ValueError):
-        return  # a manifest without our settings file: someone's own data set, used as it is
-    if old != settings:
-        changed = ", ".join(
-            f"{k}={old.get(k)!r} (asked {v!r})" for k, v in settings.items() if old.get(k) != v
-        )
-        raise FileExistsError(f"{out} already holds a synthetic data set made with {changed}; "
-                              "delete it or choose another --out directory")  # fmt: skip
+        made = json.loads((out / PROVENANCE).read_text())
+    except (OSError, ValueError) as e:
+        made = f"{type(e).__name__}: {e}"
+    if not isinstance(made, dict):
+        raise DataError(f"{out / PROVENANCE} is missing or damaged ({made}): {out} holds a data set this "
+                        f"generator did not make, or a damaged one; {advice}")
+    changed = [f"{k} {made.get(k)!r} there, {v!r} asked" for k, v in settings.items() if made.get(k) != v]
+    if changed:
+        raise DataError(f"{out / PROVENANCE}: {out} holds a synthetic data set made with other settings "
+                        f"({'; '.join(changed)}); {advice}")
 
 
 def _generate_into(tmp: Path, *, body_part: str, count: int, size: tuple[int, int], fmt: str, seed: int,
-                   abnormal_fraction: float, severity: float = 1.0) -> list[tuple[str, str, str]]:  # fmt: skip
+                   abnormal_fraction: float, severity: float) -> list[tuple[str, str, str]]:
     patients = _assign_patients(count, abnormal_fraction, np.random.default_rng([seed, 0]))
     width = max(4, len(str(len(patients))))
     suffix = ".dcm" if fmt == "dicom" else ".png"
@@ -440,21 +178,17 @@ def _generate_into(tmp: Path, *, body_part: str, count: int, size: tuple[int, in
                 body_part=body_part, abnormal=abnormal, size=size, mirror=side == "R", severity=severity,
                 patient_rng=np.random.default_rng([seed, 2, p]),  # same anatomy for both sides
                 image_rng=np.random.default_rng([seed, 3, p, ord(side)]),
-            )  # fmt: skip
+            )
             rel = f"images/{patient_id}_{side}{suffix}"
             _write(tmp / rel, img, fmt=fmt, patient_id=patient_id, body_part=body_part, side=side,
-                   uid_seed=[seed, body_part, patient_id, side])  # fmt: skip
+                   uid_seed=[seed, body_part, patient_id, side])
             rows.append((rel, "abnormal" if abnormal else "normal", patient_id))
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m datamodules.synthetic", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--out", required=True, type=Path, help="new or empty directory for images/ and manifest.csv"
-    )
+    parser = argparse.ArgumentParser(prog="python -m datamodules.synthetic", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="new or empty directory for images/ and manifest.csv")
     parser.add_argument("--body-part", choices=BODY_PARTS, default="hand")
     parser.add_argument("--count", type=int, default=200, help="number of images (patients have 1 or 2)")
     parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
@@ -466,8 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         manifest = generate(args.out, body_part=args.body_part, count=args.count, size=tuple(args.size),
                             fmt=args.fmt, seed=args.seed, abnormal_fraction=args.abnormal_fraction,
-                            severity=args.severity)  # fmt: skip
-    except (ValueError, FileExistsError) as exc:
+                            severity=args.severity)
+    except ValueError as exc:  # DataError too
         parser.error(str(exc))
     print(f"synthetic {args.body_part} data set: {manifest}")
 

@@ -9,9 +9,8 @@ Two stages, one implementation of each idea:
   augmentations (flip, affine, intensity) vectorized over the batch, then normalisation.
   On a GPU this costs far less than doing it in CPU workers, which are the bottleneck.
 
-`EvalPreset` applies both evaluation stages to one image, a thin wrapper (not a second
-implementation) for code that handles single images. The augmentation strengths have one
-default each, in XrayDataModule's signature (the config schema); here they are required.
+The augmentation strengths have one default each, in XrayDataModule's signature (the config
+schema); here they are required.
 """
 
 from __future__ import annotations
@@ -122,12 +121,3 @@ class BatchPreset(nn.Module):
         if train and self.augment is not None:
             x = self.augment(x, generator)
         return (x - self.mean) / self.std
-
-
-class EvalPreset:
-    def __init__(self, *, image_size: int, mean: float = XRAY_MEAN, std: float = XRAY_STD) -> None:
-        self.resize = ResizePad(image_size)
-        self.batch = BatchPreset(None, mean=mean, std=std)
-
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        return self.batch(self.resize(to_unit(img))[None])[0]

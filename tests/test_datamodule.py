@@ -14,7 +14,7 @@ from PIL import Image
 from datamodules.datamodule import XrayDataModule
 from datamodules.readers import ImageReadError
 from datamodules.records import DataError
-from datamodules.transforms import EvalPreset, ResizePad
+from datamodules.transforms import ResizePad
 
 
 def write_png(path: Path, value: int = 1000, shape=(40, 30)) -> None:
@@ -106,26 +106,40 @@ def test_constructing_the_data_module_writes_nothing(tmp_path):
     assert not (tmp_path / "empty").exists()
 
 
-def test_demo_data_is_generated_on_first_use_by_the_cli(tmp_path, caplog):
+def test_demo_data_is_generated_on_first_use_by_the_cli(tmp_path):
     from training.options import DemoOptions
     from training.setup import ensure_demo_data
 
-    ensure_demo_data(str(tmp_path / "demo"), DemoOptions(body_part="foot", count=12, size=48), seed=0)
+    foot = DemoOptions(body_part="foot", count=12, size=48)
+    ensure_demo_data(str(tmp_path / "demo"), foot, seed=0)
     data = dm(tmp_path / "demo")
     assert len(data.records) == 12 and (tmp_path / "demo" / "manifest.csv").is_file()
     before = sorted(p.name for p in (tmp_path / "demo").iterdir())
-    with caplog.at_level("WARNING", logger="cli"):
-        ensure_demo_data(str(tmp_path / "demo"), DemoOptions(body_part="foot", count=12, size=48), seed=0)
-        assert not caplog.records  # the same settings: the folder is simply used
-        ensure_demo_data(str(tmp_path / "demo"), DemoOptions(body_part="hand", count=4, size=48), seed=0)
-    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == before  # never over a data set
-    # ...but a demo folder made with other settings says so (an old demo that learns less)
-    [warning] = caplog.records
-    assert "demo.body_part foot here, hand asked" in warning.getMessage()
-    assert "demo.count 12 here, 4 asked" in warning.getMessage() and "delete the folder" in warning.getMessage()
-    for junk in ("[1, 2]", "{not json", ""):  # a damaged record: the folder is used, nothing raised
-        (tmp_path / "demo" / "demo.json").write_text(junk)
-        ensure_demo_data(str(tmp_path / "demo"), DemoOptions(body_part="hand", count=4, size=48), seed=0)
+    assert before == ["images", "manifest.csv", "synthetic.json"]  # one record of how it was made
+    ensure_demo_data(str(tmp_path / "demo"), foot, seed=0)  # the same settings: the folder is used
+
+
+def test_a_stale_or_foreign_demo_folder_stops_the_run_naming_its_record(tmp_path):
+    """A demo folder made with other demo.* settings (or by hand, or damaged) is never written
+    over nor silently trained on: one error names its synthetic.json, what differs, what to do."""
+    from training.options import DemoOptions
+    from training.setup import ensure_demo_data
+
+    root = tmp_path / "demo"
+    ensure_demo_data(str(root), DemoOptions(body_part="foot", count=12, size=48), seed=0)
+    before = sorted(p.name for p in root.rglob("*"))
+    with pytest.raises(DataError) as e:
+        ensure_demo_data(str(root), DemoOptions(body_part="hand", count=4, size=48), seed=0)
+    message = str(e.value)
+    assert f"{root / 'synthetic.json'}:" in message and "body_part 'foot' there, 'hand' asked" in message
+    assert "count 12 there, 4 asked" in message and f"delete {root}" in message and "demo.body_part=null" in message
+    with pytest.raises(DataError, match="seed 0 there, 1 asked"):  # the demo's seed is data.split_seed
+        ensure_demo_data(str(root), DemoOptions(body_part="foot", count=12, size=48), seed=1)
+    for junk in ("[1, 2]", "{not json", ""):  # a damaged record: nothing to trust, say so
+        (root / "synthetic.json").write_text(junk)
+        with pytest.raises(DataError, match=r"synthetic\.json is missing or damaged"):
+            ensure_demo_data(str(root), DemoOptions(body_part="foot", count=12, size=48), seed=0)
+    assert sorted(p.name for p in root.rglob("*")) == before  # never written over
 
 
 def test_corrupt_image_fails_naming_the_file_or_is_skipped_and_counted(hand_data, tmp_path):
@@ -185,9 +199,17 @@ def test_resize_pad_keeps_aspect_and_orientation():
     assert out[0, :4, 10:14].mean() > 0.9 and out[0, 36:, 26:30].mean() < 0.1
 
 
-def test_eval_preset_normalizes():
-    out = EvalPreset(image_size=16, mean=0.5, std=0.25)(torch.full((1, 16, 16), 0.75))
-    assert torch.allclose(out, torch.ones_like(out))
+def test_the_evaluation_path_normalizes_and_does_not_augment(hand_data):
+    """What val/test/predict batches go through on the device (on_after_batch_transfer, no trainer
+    fitting): pixels to [0, 1] (floats, or uint16 from the cache), then (x - 0.5) / 0.25."""
+    data = dm(hand_data, image_size=16, hflip_prob=1.0, intensity_jitter=0.5)
+    rest = [torch.zeros(2, dtype=torch.int64), torch.arange(2)]
+    for batch in (torch.full((2, 1, 16, 16), 0.75), torch.full((2, 1, 16, 16), 49151, dtype=torch.uint16)):
+        x, *_ = data.on_after_batch_transfer([batch, *rest], 0)
+        assert torch.allclose(x, torch.ones_like(x), atol=1e-4)
+    ramp = torch.linspace(0, 1, 16).expand(2, 1, 16, 16)
+    x, *_ = data.on_after_batch_transfer([ramp, *rest], 0)
+    assert torch.allclose(x, (ramp - 0.5) / 0.25)  # not flipped, no intensity jitter
 
 
 def test_batches_have_the_configured_size_and_shape(hand_data):

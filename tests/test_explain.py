@@ -60,7 +60,7 @@ def test_overlay_is_rgb_uint8_of_the_image_size():
 
 def _marker_data(n: int, size: int, seed: int):
     """Hand phantoms; abnormal ones carry an L marker in a random corner (the label's shortcut)."""
-    from datamodules.synthetic import burn_in_marker, render_phantom
+    from datamodules.phantoms import burn_in_marker, render_phantom
 
     rng = np.random.default_rng(seed)
     images, labels, boxes = [], [], []

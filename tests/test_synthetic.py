@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from datamodules.phantoms import render_phantom
 from datamodules.readers import read_image
-from datamodules.synthetic import generate, render_phantom
+from datamodules.records import DataError
+from datamodules.synthetic import PROVENANCE, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = (64, 64)
@@ -124,14 +126,28 @@ def test_atomic_output_and_existing_data_set_kept(tmp_path: Path) -> None:
     assert manifest.stat().st_mtime_ns == stamp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no temporary directories left
     assert len(list((out / "images").iterdir())) == 3
-    with pytest.raises(FileExistsError, match="count=3 .asked 4"):
+    with pytest.raises(DataError, match=r"synthetic\.json: .*count 3 there, 4 asked.*delete .*ds"):
         generate(out, count=4, size=SMALL)  # same directory, other settings: say so, don't reuse
+
+
+@pytest.mark.parametrize("record", [None, "{not json", "[1, 2]"])
+def test_a_manifest_without_its_settings_is_not_taken_for_the_data_set(tmp_path: Path, record) -> None:
+    """Someone's own data set, or a damaged one: refused naming the settings file, not reused."""
+    out = tmp_path / "ds"
+    generate(out, count=3, size=SMALL)
+    (out / PROVENANCE).unlink()
+    if record is not None:
+        (out / PROVENANCE).write_text(record)
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(DataError, match=r"(?s)ds/synthetic\.json is missing or damaged.*did not make.*delete"):
+        generate(out, count=3, size=SMALL)
+    assert sorted(p.name for p in out.rglob("*")) == before
 
 
 def test_refuses_non_empty_directory_without_manifest(tmp_path: Path) -> None:
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "notes.txt").write_text("my own files")
-    with pytest.raises(FileExistsError, match=r"ds.*manifest\.csv"):
+    with pytest.raises(DataError, match=r"ds is not empty and holds no manifest\.csv"):
         generate(tmp_path / "ds", count=2, size=SMALL)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 

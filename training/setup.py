@@ -3,7 +3,6 @@ this machine, and the built-in demo data set."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -77,33 +76,18 @@ def gpu_capability() -> Optional[tuple[int, int]]:
     return None
 
 
-DEMO_RECORD = "demo.json"  # in the demo folder: the settings it was generated with
-
-
 def ensure_demo_data(root: str, demo: DemoOptions, seed: int) -> None:
-    """Generate the built-in demo data set into `root` when it is missing or empty. A folder
-    generated before with other demo.* settings is kept (it is never deleted for the user), with a
-    warning that names the difference and how to regenerate."""
-    path = Path(root).expanduser()
+    """Generate the built-in demo data set into `root` unless it holds it already. A folder that
+    holds anything else (other demo.* settings, someone's own data) stops the run with one error
+    naming its synthetic.json and what differs; nothing is written over."""
     if demo.body_part is None:
         return
-    wanted = {"body_part": demo.body_part, "count": demo.count, "size": demo.size, "severity": demo.severity,
-              "seed": seed}
-    if path.is_dir() and any(path.iterdir()):
-        try:
-            made = json.loads((path / DEMO_RECORD).read_text())
-        except (OSError, ValueError):
-            return  # not made by this version (or not by the demo at all): nothing to compare
-        if not isinstance(made, dict):
-            return
-        differ = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
-        if differ:
-            log.warning("demo data in %s was generated with other settings (%s): it is used as it is; delete "
-                        "the folder to generate it with these", path,
-                        ", ".join(f"demo.{k} {old} here, {new} asked" for k, (old, new) in differ.items()))
-        return
+    from datamodules.records import DataError
     from datamodules.synthetic import generate
 
-    generate(path, body_part=demo.body_part, count=demo.count, size=(demo.size, demo.size), seed=seed,
-             severity=demo.severity)
-    (path / DEMO_RECORD).write_text(json.dumps(wanted))
+    try:
+        generate(Path(root).expanduser(), body_part=demo.body_part, count=demo.count, size=(demo.size, demo.size),
+                 seed=seed, severity=demo.severity)
+    except DataError as e:
+        raise DataError(f"{e} (the demo's settings are demo.*, its seed data.split_seed; demo.body_part=null "
+                        "trains on data.root as it is)") from None
