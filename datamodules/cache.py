@@ -1,26 +1,19 @@
-"""Preprocessing cache: every image read, normalised and resized once, shared by all runs.
-
-Decoding a 16-bit radiograph of 2560 x 2048 and resizing it costs about 0.15 s of CPU, so a
-GPU training at image_size 512 waits on its loader; and every run of a sweep would decode
-the same files again. `ensure_cache` does that work once into one memory-mapped array:
+"""Preprocessing cache (README, Performance): every image read, resized and quantised once into
+one memory-mapped array, shared by all runs, DDP ranks and loader workers through the page cache.
 
     cache_dir/<size>px-<dtype>-<key>/images.npy   (N, S, S) uint8 or uint16, rows = `paths`
     cache_dir/<size>px-<dtype>-<key>/meta.json    paths (row order), unreadable files, timings
     cache_dir/<size>px-<dtype>-<key>.lock         flock: one builder, the others wait
 
 Key: SHA-256 over every file's absolute path, size and mtime_ns, the image size, the dtype,
-`CACHE_VERSION` and the source of transforms.py and of every decoder module (`readers.FORMATS`:
-a fix to the DICOM pipeline or the resize rebuilds). File contents are not hashed: that would read the whole
-data set (terabytes for a large cohort) at the start of every run; stat() of each file is
-cheap, and any tool that rewrites a file changes its mtime. A changed key builds a new
-entry next to the old ones (delete cache_dir to reclaim the space).
+`CACHE_VERSION` and the source of transforms.py and of every decoder module (`readers.FORMATS`),
+so a fix to the DICOM pipeline or the resize rebuilds. File contents are not hashed: that would
+read the whole data set (terabytes for a large cohort) at the start of every run, while any tool
+that rewrites a file changes its mtime. A changed key builds a new entry beside the old ones.
 
-Sharing: the entry is built in a temporary directory and renamed into place (atomic), under
-an exclusive file lock (`filelock`, flock on POSIX), so concurrent runs and DDP ranks build it once and the others
-wait and reuse it; a killed builder leaves no entry (its temp directory is removed by the
-next builder). Readers open images.npy with `np.load(mmap_mode="r")`: pages come from the
-OS page cache, shared by every process on the machine, never copied per worker.
-flock works on local disks and on NFSv4; on other network filesystems use a local cache_dir.
+An entry is built in a temporary directory and renamed into place (atomic) under an exclusive
+file lock (`filelock`): built once, a killed builder leaves none. flock works on local disks
+and NFSv4; on other network file systems use a local cache_dir.
 """
 
 from __future__ import annotations

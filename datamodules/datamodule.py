@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.cache import CacheDtype, CacheEntry, ensure_cache
 from datamodules.datasets import (
-    CachedXrayDataset,
     EpochSeededWeightedSampler,
     OversampledDataset,
     XrayDataset,
@@ -188,11 +187,9 @@ class XrayDataModule(pl.LightningDataModule):
             )
         predict = self.records if hp.predict_split == "all" else self.split_records[hp.predict_split]
         splits = {**self.split_records, "predict": predict}
-        if self.cache is not None:
-            self._datasets = {s: CachedXrayDataset(r, self.class_index, self.cache) for s, r in splits.items()}
-        else:
-            resize = ResizePad(hp.image_size)
-            self._datasets = {s: XrayDataset(r, self.class_index, resize) for s, r in splits.items()}
+        resize = ResizePad(hp.image_size)
+        self._datasets = {s: XrayDataset(r, self.class_index, transform=resize, cache=self.cache)
+                          for s, r in splits.items()}
 
     def _open_cache(self) -> None:
         """Build (once, under a lock) or open the preprocessing cache; with skip_bad_files the

@@ -17,22 +17,29 @@ from datamodules.records import Record
 
 
 class XrayDataset(Dataset):
-    """Reads one record per item; returns (transform(image (1, H, W)), label, index into records).
+    """Items (image (1, H, W), label, index into records): each file read and resized
+    (`transform`, ResizePad) where the item is loaded, or, with `cache`, its uint pixels copied out
+    of the preprocessing cache. Augmentation and normalisation run on whole batches on the device
+    (XrayDataModule.on_after_batch_transfer). The cache's array is opened on first access in each
+    process and not pickled with the dataset, so loader workers share one copy."""
 
-    The data module's transform is ResizePad: augmentation and normalisation run on whole
-    batches on the device (XrayDataModule.on_after_batch_transfer).
-    """
-
-    def __init__(self, records: list[Record], class_index: dict[str, int], transform: Callable) -> None:
-        self.records, self.class_index, self.transform = records, class_index, transform
+    def __init__(self, records: list[Record], class_index: dict[str, int], *, transform: Callable | None = None,
+                 cache: CacheEntry | None = None) -> None:
+        self.records, self.class_index, self.transform, self.cache = records, class_index, transform, cache
+        if cache is not None:
+            rows = cache.rows
+            self.rows = [rows[os.path.abspath(r.path)] for r in records]
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int):
         record = self.records[index]
-        image = torch.from_numpy(read_image(record.path))[None]
-        return self.transform(image), self.class_index[record.label], index
+        if self.cache is not None:  # np.array copies the image out of the read-only map
+            image = torch.from_numpy(np.array(self.cache.images[self.rows[index]]))[None]
+        else:
+            image = self.transform(torch.from_numpy(read_image(record.path))[None])
+        return image, self.class_index[record.label], index
 
 
 class EpochSeededWeightedSampler(Sampler[int]):
@@ -70,24 +77,3 @@ class OversampledDataset(Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[self.indices[index]]
-
-
-class CachedXrayDataset(Dataset):
-    """Like XrayDataset, but items come from the cache: (uint image (1, S, S), label, index).
-
-    The array is opened on first access in each process (loader workers included) and is not
-    pickled with the dataset, so N workers share one copy through the page cache.
-    """
-
-    def __init__(self, records: list[Record], class_index: dict[str, int], entry: CacheEntry) -> None:
-        self.records, self.class_index, self.entry = records, class_index, entry
-        rows = entry.rows
-        self.rows = [rows[os.path.abspath(r.path)] for r in records]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int):
-        # np.array copies one image out of the read-only map (the batch needs its own memory anyway).
-        image = torch.from_numpy(np.array(self.entry.images[self.rows[index]]))[None]
-        return image, self.class_index[self.records[index].label], index

@@ -21,7 +21,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
-from datamodules.readers import MAX_PIXEL_BYTES, ImageReadError, check_size
+from datamodules.readers import MAX_PIXEL_BYTES, ImageReadError, check_size, minmax
 
 _INFLATE_HEAD = 2**20  # inflated first from a deflated DICOM: holds the elements before the pixels
 _INFLATE_SLACK = 2**24  # room for the other elements of a deflated data set (overlays, icons, private)
@@ -165,12 +165,7 @@ def _dicom_to_float(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
         raise ValueError("PALETTE COLOR images are not supported; export the X-ray as MONOCHROME2")
     values = apply_modality_lut(arr, ds)
     out, lo, hi = _apply_voi(values, ds)
-    out = out.astype(np.float32, copy=False)  # the decoder's buffer is ours to scale in place
-    if hi == lo:
-        out[...] = 0.0  # a constant image carries no contrast; zeros, not a division by zero
-    else:
-        out -= lo
-        out *= 1.0 / (hi - lo)
+    out = minmax(out.astype(np.float32, copy=False), lo, hi)  # the decoder's buffer is ours to scale
     if ds.get("PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
         np.subtract(1.0, out, out=out)  # MONOCHROME1: low values are white; make bone bright
     return out

@@ -138,9 +138,11 @@ def _pil_to_float(img: Image.Image) -> np.ndarray:
     return arr
 
 
-def minmax(arr: np.ndarray) -> np.ndarray:
-    """Stretch to [0, 1] in place; a constant image carries no contrast and becomes zeros."""
-    lo, hi = float(arr.min()), float(arr.max())
+def minmax(arr: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Map [lo, hi] (default: the data's range) onto [0, 1] in place; a constant image carries no
+    contrast and becomes zeros, not a division by zero."""
+    lo = float(arr.min()) if lo is None else lo
+    hi = float(arr.max()) if hi is None else hi
     if hi == lo:
         arr[...] = 0.0
         return arr

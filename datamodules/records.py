@@ -57,7 +57,7 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def normalize_label(raw: str) -> str:
+def normalize_label(raw: str, form: str = "NFC") -> str:
     """A label as people read it: format characters (category Cf: zero-width space, BOM, soft
     hyphen, ...) removed, Unicode NFC (macOS writes folder names decomposed, NFD), whitespace
     runs (NBSP included) made one space, and none around it.
@@ -66,7 +66,7 @@ def normalize_label(raw: str) -> str:
     letter case are not: `check_labels` warns about them and keeps them apart.
     """
     text = "".join(ch for ch in raw if unicodedata.category(ch) != "Cf")
-    return " ".join(unicodedata.normalize("NFC", text).split())
+    return " ".join(unicodedata.normalize(form, text).split())
 
 
 def normalize_patient_id(raw: str) -> str:
@@ -74,8 +74,7 @@ def normalize_patient_id(raw: str) -> str:
     that compatibility forms (full-width "Ｐ０００２", ligatures, superscripts) also read as the
     plain characters. Merging ids wrongly only keeps two patients together (a stricter split, a
     wider interval); keeping look-alikes apart leaks a patient across splits."""
-    text = "".join(ch for ch in raw if unicodedata.category(ch) != "Cf")
-    return " ".join(unicodedata.normalize("NFKC", text).split())
+    return normalize_label(raw, "NFKC")
 
 
 def _warn_look_alike_ids(manifest: Path, written: dict[str, dict[str, int]]) -> None:

@@ -46,6 +46,18 @@ def check_labels(records: list[Record], classes: Optional[list[str]], source: st
     return list(classes)
 
 
+def _patients_by_label(records: list[Record]) -> dict[str, list[str]]:
+    """Patients (sorted) by their most common label, the first seen on a tie: stratifying on it
+    keeps every class in small splits and folds."""
+    labels_of: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        labels_of[r.patient_id][r.label] += 1
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for patient, counts in sorted(labels_of.items()):
+        by_label[counts.most_common(1)[0][0]].append(patient)
+    return by_label
+
+
 def assign_splits(records: list[Record], *, val_fraction: float, test_fraction: float, seed: int) -> list[Record]:
     """Give every record without a split one, at patient level and stratified by label.
 
@@ -53,28 +65,18 @@ def assign_splits(records: list[Record], *, val_fraction: float, test_fraction: 
     images were given different splits is an error, since it would leak between splits.
     """
     given: dict[str, set[str]] = defaultdict(set)
+    first_image: dict[str, str] = {}
     for r in records:
+        first_image.setdefault(r.patient_id, r.rel)
         if r.split:
             given[r.patient_id].add(r.split)
     # Name the images, not the patient IDs: those are often medical record numbers.
-    first_image = {}
-    for r in records:
-        first_image.setdefault(r.patient_id, r.rel)
     leaking = [f"the patient of {first_image[p]}: {sorted(s)}" for p, s in given.items() if len(s) > 1]
     if leaking:
         raise DataError(f"{len(leaking)} patient(s) appear in more than one split:{listing(leaking)}")
-    todo: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        if not r.split and r.patient_id not in given:
-            todo[r.patient_id].append(r)
-    if not todo:
-        return [replace(r, split=r.split or next(iter(given[r.patient_id]))) for r in records]
-    # Stratify patients by their most common label so small val/test sets still hold every class.
-    by_label: dict[str, list[str]] = defaultdict(list)
-    for patient, recs in sorted(todo.items()):
-        by_label[Counter(r.label for r in recs).most_common(1)[0][0]].append(patient)
+    split_of = {patient: next(iter(splits)) for patient, splits in given.items()}
+    by_label = _patients_by_label([r for r in records if r.patient_id not in given])
     rng = random.Random(seed)
-    split_of: dict[str, str] = {}
     for label in sorted(by_label):
         patients = by_label[label]
         rng.shuffle(patients)
@@ -82,10 +84,7 @@ def assign_splits(records: list[Record], *, val_fraction: float, test_fraction: 
         n_val = round(len(patients) * val_fraction)
         for i, patient in enumerate(patients):
             split_of[patient] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    return [
-        replace(r, split=r.split or (next(iter(given[r.patient_id])) if r.patient_id in given else split_of[r.patient_id]))
-        for r in records
-    ]
+    return [replace(r, split=r.split or split_of[r.patient_id]) for r in records]
 
 
 def assign_folds(records: list[Record], *, folds: int, seed: int) -> dict[str, int]:
@@ -95,23 +94,15 @@ def assign_folds(records: list[Record], *, folds: int, seed: int) -> dict[str, i
     deal continuing across labels so that fold sizes differ by at most one patient."""
     if folds < 2:
         raise DataError(f"data.folds must be at least 2 for cross-validation, got {folds}")
-    labels_of: dict[str, Counter] = defaultdict(Counter)
-    for r in records:
-        labels_of[r.patient_id][r.label] += 1
-    by_label: dict[str, list[str]] = defaultdict(list)
-    for patient, counts in sorted(labels_of.items()):
-        by_label[counts.most_common(1)[0][0]].append(patient)
+    by_label = _patients_by_label(records)
     smallest = min(by_label.items(), key=lambda kv: len(kv[1])) if by_label else ("", [])
     if len(smallest[1]) < folds:
         raise DataError(f"data.folds={folds} is more than the {len(smallest[1])} patient(s) of class "
                         f"{smallest[0]!r} outside the test split: every fold needs one of each class. "
                         "Use fewer folds.")
     rng = random.Random(seed)
-    fold_of, position = {}, 0
+    dealt: list[str] = []
     for label in sorted(by_label):
-        patients = by_label[label]
-        rng.shuffle(patients)
-        for patient in patients:
-            fold_of[patient] = position % folds
-            position += 1
-    return fold_of
+        rng.shuffle(by_label[label])
+        dealt += by_label[label]
+    return {patient: i % folds for i, patient in enumerate(dealt)}

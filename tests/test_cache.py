@@ -105,7 +105,7 @@ def test_workers_map_the_array_instead_of_receiving_it(hand_data, tmp_path):
     assert isinstance(data.cache._images, np.memmap)  # opened lazily, as a read-only map
     assert not data.cache._images.flags.writeable
     blob = pickle.dumps(dataset)
-    assert len(blob) < data.cache.images.nbytes / 4 and pickle.loads(blob).entry._images is None
+    assert len(blob) < data.cache.images.nbytes / 4 and pickle.loads(blob).cache._images is None
     x, y, index = next(iter(data.train_dataloader()))  # a worker process opens its own map
     assert x.shape == (8, 1, 32, 32) and x.dtype == torch.uint16
 
