@@ -21,7 +21,7 @@ from datamodules.datasets import (
     OversampledDataset,
     XrayDataset,
 )
-from datamodules.readers import IMAGE_SUFFIXES, ImageReadError, read_image
+from datamodules.readers import ImageReadError, read_image, suffixes
 from datamodules.records import DataError, Record, read_manifest, scan_folder
 from datamodules.splits import assign_folds, assign_splits, check_labels
 from datamodules.transforms import BatchAugment, BatchPreset, ResizePad
@@ -153,7 +153,7 @@ class XrayDataModule(pl.LightningDataModule):
         if not records:
             raise DataError(
                 f"No images found under {self.root}: expected root/{{train,val,test}}/{{class}}/image, "
-                f"root/{{class}}/image ({' '.join(sorted(IMAGE_SUFFIXES))}) or a manifest.csv"
+                f"root/{{class}}/image ({suffixes()}) or a manifest.csv"
             )
         return records, str(self.root)
 

@@ -33,7 +33,6 @@ MAX_PIXEL_BYTES = 2**30  # pixel data of all frames as stored: 1 GiB
 
 _PIL, _DICOM = "datamodules.readers:read_pil", "datamodules.dicom:read_dicom"
 FORMATS: dict[str, str] = {".png": _PIL, ".jpg": _PIL, ".jpeg": _PIL, ".dcm": _DICOM, ".dicom": _DICOM}
-IMAGE_SUFFIXES: frozenset[str] = frozenset(FORMATS)
 
 
 class ImageReadError(ValueError):
@@ -68,6 +67,11 @@ def is_dicom(path: str | os.PathLike) -> bool:
             return f.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def suffixes() -> str:
+    """The file suffixes read as images, for messages."""
+    return " ".join(sorted(FORMATS))
 
 
 def decoder_modules() -> list[str]:
@@ -124,7 +128,7 @@ def read_pil(path: Path) -> np.ndarray:
         raise ImageReadError(path, f"too large to decode safely: {exc}") from exc
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
         raise ImageReadError(path, f"not a readable image file ({type(exc).__name__}: {exc}); "
-                                   f"formats: {' '.join(sorted(IMAGE_SUFFIXES))}") from exc
+                                   f"formats: {suffixes()}") from exc
 
 
 def _pil_to_float(img: Image.Image) -> np.ndarray:

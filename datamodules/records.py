@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from datamodules.readers import IMAGE_SUFFIXES
+from datamodules.readers import FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def listing(errors: list[str], limit: int = 5) -> str:
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in FORMATS
 
 
 def normalize_label(raw: str, form: str = "NFC") -> str:

@@ -421,4 +421,4 @@ def test_decoded_size_limits_leave_radiographs_alone():
     from datamodules.readers import MAX_PIXEL_BYTES, MAX_PIXELS
 
     assert 4300 * 3500 * 4 < MAX_PIXELS and 4300 * 3500 * 2 * 16 < MAX_PIXEL_BYTES
-    assert pydicom.__version__ >= "3"  # readers._dcmread mirrors pydicom 3's read of the file meta
+    assert pydicom.__version__ >= "3"  # dicom._dcmread mirrors pydicom 3's read of the file meta

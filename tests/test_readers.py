@@ -17,7 +17,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from datamodules.readers import IMAGE_SUFFIXES, ImageReadError, is_dicom, read_image
+from datamodules.readers import FORMATS, ImageReadError, decoder_modules, is_dicom, read_image
 
 
 def _write_dicom(
@@ -227,4 +227,21 @@ def test_error_survives_pickling_for_dataloader_workers(tmp_path: Path) -> None:
 
 
 def test_image_suffixes() -> None:
-    assert IMAGE_SUFFIXES == frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
+    assert set(FORMATS) == {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+
+
+def test_a_new_format_is_one_entry_of_formats(tmp_path: Path, monkeypatch) -> None:
+    """What the README promises a newcomer: the entry alone makes folders, the messages and the
+    preprocessing cache's key know the format (a stand-in decoder: numpy's own load)."""
+    from datamodules.datamodule import XrayDataModule
+    from datamodules.records import DataError, scan_folder
+
+    monkeypatch.setitem(FORMATS, ".npy", "numpy:load")
+    with pytest.raises(DataError, match=r"\.npy"):  # an empty root lists the formats it looks for
+        XrayDataModule(root=str(tmp_path))
+    for i, label in enumerate(["normal", "abnormal"]):
+        (tmp_path / label).mkdir()
+        np.save(tmp_path / label / f"{i}.npy", np.full((6, 4), 0.25 * (i + 1)))
+    assert [r.label for r in scan_folder(tmp_path)] == ["abnormal", "normal"]
+    assert read_image(tmp_path / "normal" / "0.npy").tolist() == np.full((6, 4), 0.25).tolist()
+    assert "numpy" in decoder_modules()  # the cache rebuilds when the decoder's source changes
