@@ -60,9 +60,12 @@ def main(argv: list[str] | None = None) -> dict:
     work = args.work or Path(tempfile.mkdtemp(prefix="cv_selection-"))
     size = 32 if args.quick else 64
     epochs = 1 if args.quick else args.epochs
-    data = work / "data"
-    common = ["--config", "configs/demo.yaml", f"--data.root={data}", "--demo.body_part=hand",
-              f"--demo.count={args.images}", "--demo.size=128", "--demo.severity=2.0", f"--data.image_size={size}",
+    data = work / "data"  # one data set for every split seed (the demo's seed would follow data.split_seed)
+    sys.path.insert(0, str(ROOT))
+    from datamodules.synthetic import generate
+
+    generate(data, body_part="hand", count=args.images, size=(128, 128), seed=0, severity=2.0)
+    common = ["--config", "configs/demo.yaml", f"--data.root={data}", "--demo.body_part=null", f"--data.image_size={size}",
               "--data.batch_size=16", f"--trainer.max_epochs={epochs}", "--run.wandb=disabled",
               "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
               "--eval.bootstrap_resamples=200", "--data.val_fraction=0.15", "--data.test_fraction=0.3"]
