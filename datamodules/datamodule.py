@@ -253,23 +253,15 @@ class XrayDataModule(pl.LightningDataModule):
             return self._datasets[split].records
         return self.split_records[split]
 
-    def _loader(
-        self, dataset: Dataset, *, shuffle: bool = False, sampler: Optional[Sampler] = None, train: bool = False
-    ) -> DataLoader:
+    def _loader(self, dataset: Dataset, *, shuffle: bool = False, sampler: Optional[Sampler] = None,
+                train: bool = False) -> DataLoader:
         workers = self.hparams.num_workers
         # A last training batch of one image breaks BatchNorm (and is a noisy step anyway).
         world = self.trainer.world_size if self.trainer is not None else 1
         drop_last = train and math.ceil(len(dataset) / world) > self.hparams.batch_size  # per-rank shard
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-            drop_last=drop_last,
-        )
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, sampler=sampler,
+                          num_workers=workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=workers > 0, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._datasets["train"]
