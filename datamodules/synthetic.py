@@ -147,21 +147,21 @@ def generate(
 def check_made_with(out: Path, settings: dict) -> None:
     """Refuse a non-empty folder that does not hold the data set `settings` make, naming its
     PROVENANCE file and what differs. Nothing is written over: it may be someone's own data."""
-    advice = f"delete {out} to generate the data set there, or generate it into a new folder"
+    elsewhere = "generate the data set into an empty or new folder"
     if not (out / "manifest.csv").is_file():
         raise DataError(f"{out} is not empty and holds no manifest.csv: not a data set made by this "
-                        f"generator; {advice}")
+                        f"generator; {elsewhere}")
     try:
         made = json.loads((out / PROVENANCE).read_text())
     except (OSError, ValueError) as e:
         made = f"{type(e).__name__}: {e}"
     if not isinstance(made, dict):
         raise DataError(f"{out / PROVENANCE} is missing or damaged ({made}): {out} holds a data set this "
-                        f"generator did not make, or a damaged one; {advice}")
+                        f"generator did not make, or a damaged one; {elsewhere}")
     changed = [f"{k} {made.get(k)!r} there, {v!r} asked" for k, v in settings.items() if made.get(k) != v]
     if changed:
         raise DataError(f"{out / PROVENANCE}: {out} holds a synthetic data set made with other settings "
-                        f"({'; '.join(changed)}); {advice}")
+                        f"({'; '.join(changed)}); delete {out} to make it again there, or {elsewhere}")
 
 
 def _generate_into(tmp: Path, *, body_part: str, count: int, size: tuple[int, int], fmt: str, seed: int,

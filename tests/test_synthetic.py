@@ -139,16 +139,18 @@ def test_a_manifest_without_its_settings_is_not_taken_for_the_data_set(tmp_path:
     if record is not None:
         (out / PROVENANCE).write_text(record)
     before = sorted(p.name for p in out.rglob("*"))
-    with pytest.raises(DataError, match=r"(?s)ds/synthetic\.json is missing or damaged.*did not make.*delete"):
+    with pytest.raises(DataError, match=r"(?s)ds/synthetic\.json is missing or damaged.*did not make.*empty or new folder") as e:
         generate(out, count=3, size=SMALL)
+    assert "delete" not in str(e.value)  # it may be someone's own data
     assert sorted(p.name for p in out.rglob("*")) == before
 
 
 def test_refuses_non_empty_directory_without_manifest(tmp_path: Path) -> None:
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "notes.txt").write_text("my own files")
-    with pytest.raises(DataError, match=r"ds is not empty and holds no manifest\.csv"):
+    with pytest.raises(DataError, match=r"ds is not empty and holds no manifest\.csv") as e:
         generate(tmp_path / "ds", count=2, size=SMALL)
+    assert "delete" not in str(e.value)  # someone's own files: never advise deleting them
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
