@@ -25,7 +25,7 @@ from datamodules.phantoms import BODY_PARTS, BodyPart, render_phantom
 from datamodules.records import DataError
 
 Format = Literal["png16", "png8", "dicom"]
-FORMATS: tuple[str, ...] = ("png16", "png8", "dicom")
+OUTPUT_FORMATS: tuple[str, ...] = ("png16", "png8", "dicom")
 PROVENANCE = "synthetic.json"  # in the data set: the settings it was made with
 
 
@@ -110,8 +110,8 @@ def generate(
     out = Path(out)
     if body_part not in BODY_PARTS:
         raise ValueError(f"body_part must be one of {BODY_PARTS}, got {body_part!r}")
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {fmt!r}")
     if not 0.0 < severity <= 3.0:
         raise ValueError(f"severity must be in (0, 3], got {severity}")
     if count < 1 or not 0.0 <= abnormal_fraction <= 1.0 or min(size) < 32:
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--body-part", choices=BODY_PARTS, default="hand")
     parser.add_argument("--count", type=int, default=200, help="number of images (patients have 1 or 2)")
     parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
-    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="png16")
+    parser.add_argument("--format", dest="fmt", choices=OUTPUT_FORMATS, default="png16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--abnormal-fraction", type=float, default=0.3)
     parser.add_argument("--severity", type=float, default=1.0, help="scale of the disease signs (0, 3]")
