@@ -19,10 +19,13 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def product_files() -> list[Path]:
+    return [ROOT / "cli.py", *(f for pkg in PACKAGES[1:] for f in (ROOT / pkg).rglob("*.py"))]
+
+
 def project_imports() -> dict[str, set[str]]:
     """module -> project modules it imports (at any level of the file)."""
-    files = [ROOT / "cli.py", *(f for pkg in PACKAGES[1:] for f in (ROOT / pkg).rglob("*.py"))]
-    modules = {_module_name(f): f for f in files}
+    modules = {_module_name(f): f for f in product_files()}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         found = set()
@@ -162,10 +165,26 @@ def test_each_package_re_exports_its_public_names(package):
         assert getattr(module, name) is not None
 
 
+MAX_LINES = 300
+# Over the cap today and being split (issue 17): each may not grow past its count now. Empty the
+# list as the splits land; an entry back under the cap fails the test below, so it cannot linger.
+OVERSIZED = {
+    "datamodules/datamodule.py": 354,
+    "datamodules/readers.py": 339,
+    "datamodules/records.py": 322,
+    "datamodules/synthetic.py": 476,
+    "evaluation/report.py": 303,
+    "sweeps/analysis/report.py": 303,
+    "sweeps/runner/runner.py": 327,
+    "training/cli.py": 346,
+    "training/evaluate.py": 330,
+}
+
+
 def test_modules_are_of_a_readable_size():
-    sizes = {f.relative_to(ROOT).as_posix(): len(f.read_text().splitlines())
-             for pkg in ("sweeps", "training", "rundir") for f in (ROOT / pkg).rglob("*.py")}
-    assert {f: n for f, n in sizes.items() if n > 360} == {}
+    sizes = {f.relative_to(ROOT).as_posix(): len(f.read_text().splitlines()) for f in product_files()}
+    assert {f: n for f, n in sizes.items() if n > OVERSIZED.get(f, MAX_LINES)} == {}
+    assert {f: sizes.get(f) for f in OVERSIZED if sizes.get(f, 0) <= MAX_LINES} == {}, "remove from OVERSIZED"
 
 
 # ---- third-party internals: one adapter each, checked here --------------------------------------
