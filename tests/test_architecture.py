@@ -129,6 +129,15 @@ def test_training_and_cli_use_only_the_contract_of_sweeps():
     assert not any("cli" in deps for deps in graph.values())  # nothing imports the launcher
 
 
+def test_the_orchestration_imports_nothing_of_training():
+    """It talks to a run through argv and files; parameter names come from the option classes'
+    source (sweeps/files/params.py), so `python -m sweeps generate` needs neither training nor torch."""
+    graph = project_imports()
+    for module, deps in graph.items():
+        if module.startswith("sweeps") and not module.startswith("sweeps.contract"):
+            assert not any(d == "cli" or d.startswith("training") for d in deps), (module, deps)
+
+
 def test_importing_cli_has_no_side_effects():
     code = ("import signal, warnings; import cli, training.cli; "
             "ours = [f for f in warnings.filters if f[1] is not None and 'dirpath has changed' in f[1].pattern]; "
