@@ -69,8 +69,7 @@ def _source(module: str) -> tuple[ast.Module, bool]:
     spec = importlib.util.find_spec(top)  # a top-level name is looked up, not imported
     if spec is None or not (spec.submodule_search_locations or spec.origin):
         raise LookupError(module)
-    path = Path(spec.submodule_search_locations[0] if spec.submodule_search_locations else spec.origin)
-    path = path.joinpath(*rest)
+    path = Path(next(iter(spec.submodule_search_locations or [spec.origin]))).joinpath(*rest)
     package = path.is_dir()
     path = path / "__init__.py" if package else path.with_suffix(".py")
     try:
@@ -127,9 +126,10 @@ def _choices(node: Optional[ast.expr], module: str, depth: int = 0) -> Choices:
     if isinstance(node, ast.Constant):
         if node.value is None:
             return (None,)
-        if isinstance(node.value, str):  # a quoted annotation
+        try:  # a quoted annotation
             return _choices(ast.parse(node.value, mode="eval").body, module, depth + 1)
-        return None
+        except (SyntaxError, TypeError):
+            return None
     if isinstance(node, ast.Name):
         try:
             value, where = _find(module, node.id)
