@@ -19,10 +19,13 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def product_files() -> list[Path]:
+    return [ROOT / "cli.py", *(f for pkg in PACKAGES[1:] for f in (ROOT / pkg).rglob("*.py"))]
+
+
 def project_imports() -> dict[str, set[str]]:
     """module -> project modules it imports (at any level of the file)."""
-    files = [ROOT / "cli.py", *(f for pkg in PACKAGES[1:] for f in (ROOT / pkg).rglob("*.py"))]
-    modules = {_module_name(f): f for f in files}
+    modules = {_module_name(f): f for f in product_files()}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         found = set()
@@ -126,6 +129,15 @@ def test_training_and_cli_use_only_the_contract_of_sweeps():
     assert not any("cli" in deps for deps in graph.values())  # nothing imports the launcher
 
 
+def test_the_orchestration_imports_nothing_of_training():
+    """It talks to a run through argv and files; parameter names come from the option classes'
+    source (sweeps/files/params.py), so `python -m sweeps generate` needs neither training nor torch."""
+    graph = project_imports()
+    for module, deps in graph.items():
+        if module.startswith("sweeps") and not module.startswith("sweeps.contract"):
+            assert not any(d == "cli" or d.startswith("training") for d in deps), (module, deps)
+
+
 def test_importing_cli_has_no_side_effects():
     code = ("import signal, warnings; import cli, training.cli; "
             "ours = [f for f in warnings.filters if f[1] is not None and 'dirpath has changed' in f[1].pattern]; "
@@ -134,15 +146,25 @@ def test_importing_cli_has_no_side_effects():
     assert out.split() == ["True", "True"]
 
 
-def test_the_stop_flag_installs_before_torch_is_imported():
-    code = ("import sys; from sweeps.contract.signals import StopSignal; StopSignal.install(); "
-            "print('torch' in sys.modules, 'optuna' in sys.modules, 'sweeps.files' in sys.modules)")
+def test_cli_py_installs_the_stop_flag_before_torch_is_imported():
+    """Why sweeps/contract/__init__.py imports nothing: `python cli.py` installs the SIGTERM flag
+    first, since an agent may stop a run while torch is still importing. Run cli.py as a program
+    and look at the handler at the moment something first asks for torch."""
+    code = ("import importlib.abc, os, runpy, signal, sys\n"
+            "class Spy(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch':\n"
+            "            print(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL,\n"
+            "                  'optuna' in sys.modules, 'sweeps.files' in sys.modules, flush=True)\n"
+            "            os._exit(0)\n"
+            "sys.meta_path.insert(0, Spy())\n"
+            "sys.argv = ['cli.py', '--help']\n"
+            "runpy.run_path('cli.py', run_name='__main__')\n")
     out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False", "False"]
+    assert out.split() == ["True", "False", "False"]
 
 
-@pytest.mark.parametrize("package", ["rundir", "training", "sweeps.contract", "sweeps.files", "sweeps.runner",
-                                     "sweeps.analysis"])
+@pytest.mark.parametrize("package", ["rundir", "training", "sweeps.files", "sweeps.runner", "sweeps.analysis"])
 def test_each_package_re_exports_its_public_names(package):
     import importlib
 
@@ -152,10 +174,26 @@ def test_each_package_re_exports_its_public_names(package):
         assert getattr(module, name) is not None
 
 
+MAX_LINES = 300
+# Over the cap today and being split (issue 17): each may not grow past its count now. Empty the
+# list as the splits land; an entry back under the cap fails the test below, so it cannot linger.
+OVERSIZED = {
+    "datamodules/datamodule.py": 354,
+    "datamodules/readers.py": 339,
+    "datamodules/records.py": 322,
+    "datamodules/synthetic.py": 476,
+    "evaluation/report.py": 303,
+    "sweeps/analysis/report.py": 303,
+    "sweeps/runner/runner.py": 327,
+    "training/cli.py": 346,
+    "training/evaluate.py": 330,
+}
+
+
 def test_modules_are_of_a_readable_size():
-    sizes = {f.relative_to(ROOT).as_posix(): len(f.read_text().splitlines())
-             for pkg in ("sweeps", "training", "rundir") for f in (ROOT / pkg).rglob("*.py")}
-    assert {f: n for f, n in sizes.items() if n > 360} == {}
+    sizes = {f.relative_to(ROOT).as_posix(): len(f.read_text().splitlines()) for f in product_files()}
+    assert {f: n for f, n in sizes.items() if n > OVERSIZED.get(f, MAX_LINES)} == {}
+    assert {f: sizes.get(f) for f in OVERSIZED if sizes.get(f, 0) <= MAX_LINES} == {}, "remove from OVERSIZED"
 
 
 # ---- third-party internals: one adapter each, checked here --------------------------------------

@@ -299,6 +299,74 @@ def test_every_cli_option_is_a_known_sweep_parameter():
     assert not linked & set(known)  # set from the data module: not free parameters
 
 
+def _literal_values(annotation):
+    """The values a Literal allows, also inside Optional/Union; None when another type takes part."""
+    import types
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return set(typing.get_args(annotation))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        parts = [{None} if a is type(None) else _literal_values(a) for a in typing.get_args(annotation)]
+        return None if None in parts else set().union(*parts)
+    return None
+
+
+def test_allowed_values_read_from_source_are_those_of_the_imported_classes():
+    """The sweep tools read option choices from the classes' source (no torch); the classes
+    themselves, imported, must allow exactly the same."""
+    import dataclasses
+    import typing
+
+    from sweeps.contract.groups import GROUPS, load
+    from sweeps.files import cli_parameters
+
+    known = cli_parameters()
+    for group in GROUPS:
+        cls = load(group)
+        hints = typing.get_type_hints(cls if dataclasses.is_dataclass(cls) else cls.__init__)
+        for option, annotation in hints.items():
+            if f"{group}.{option}" in known:
+                values = known[f"{group}.{option}"]
+                assert (None if values is None else set(values)) == _literal_values(annotation), (group, option)
+
+
+def test_sweeps_over_precision_and_deterministic_pass_the_check():
+    """trainer.precision's Literal is a Union of three, trainer.deterministic is bool or 'warn':
+    only the first Literal of a Union was taken, refusing 'bf16-mixed' and true."""
+    from pathlib import Path
+
+    from sweeps.files.check import check_for_cli
+    from sweeps.files.sweep import Sweep
+
+    sweep = Sweep.from_dict({
+        "program": "cli.py", "method": "grid", "metric": {"name": "val/auroc", "goal": "maximize"},
+        "parameters": {"trainer.precision": {"values": ["bf16-mixed", "32-true", 16]},
+                       "trainer.deterministic": {"values": [True, False, "warn"]}},
+        "command": ["${env}", "${interpreter}", "${program}", "fit", "--config", "configs/demo.yaml", "${args}"]})
+    check_for_cli(sweep, Path(__file__).resolve().parents[1])
+    with pytest.raises(SweepConfigError, match="trainer.precision: value\\(s\\) \\['fp8'\\] not allowed"):
+        check_for_cli(Sweep.from_dict({**sweep.to_dict(), "parameters": {"trainer.precision": {"values": ["fp8"]}}}),
+                      Path(__file__).resolve().parents[1])
+
+
+def test_generate_does_not_import_torch_or_lightning():
+    """`python -m sweeps generate` checks parameter names against the CLI's option classes without
+    importing them (24 s and 0.9 GB on a loaded box before, for six small files)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    program = ("import sys\nfrom sweeps.main import main\ncode = main(sys.argv[1:])\n"
+               "print('imported:', sorted(m for m in ('torch', 'lightning', 'torchmetrics') if m in sys.modules))\n"
+               "sys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", program, "generate", "--check"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "imported: []" in done.stdout, done.stdout[-2000:]
+
+
 def test_a_swept_combined_objective_is_checked_value_by_value():
     """`sweep.objective` as a parameter (a sweep of objectives, as the CV hyperband test has): its
     metric has a name of its own, and each value's terms must be validation metrics."""

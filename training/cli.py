@@ -41,18 +41,14 @@ from rundir import (
     make_run_dir,
     resumed_run_dir,
 )
-from sweeps.contract import (
-    HISTORY_FILE,
-    Diverged,
-    RunGuard,
-    RunStopped,
-    StopSignal,
-    SweepMetric,
-    apply_conditions,
-    watch_runner,
-)
+from rundir.layout import HISTORY_FILE
+from sweeps.contract.conditions import apply_conditions
 from sweeps.contract.groups import LINKS, added_groups
+from sweeps.contract.guard import Diverged, RunGuard, RunStopped
+from sweeps.contract.lifeline import watch_runner
 from sweeps.contract.lightning_adapter import ddp_children
+from sweeps.contract.metric import SweepMetric
+from sweeps.contract.signals import StopSignal
 from training.cv import cross_validate, save_fold_outputs
 from training.ensemble import check_weights_fit, predict_with_ensemble
 from training.evaluate import Evaluation, PredictionWriter, patient_ids_of

@@ -55,7 +55,9 @@ from rundir.layout import (
 )
 from rundir.records import checkpoint_problem, failure_reason
 from rundir.slots import fold_slots
-from sweeps.contract import RunStopped, StopSignal, append_history, read_history, write_training
+from sweeps.contract.guard import RunStopped
+from sweeps.contract.history import append_history, read_history, write_training
+from sweeps.contract.signals import StopSignal
 from training.evaluate import patient_ids_of, publish_report, replacing, test_report_of
 from training.loggers import update_summary
 from training.operating_point import OperatingPoint, choose_operating_point

@@ -1,10 +1,7 @@
-"""Conditional sweep parameters, resolved on the program side.
-
-W&B sweep files cannot say "model.momentum only when model.optimizer is sgd" (the schema
-rejects `parent`/`parent_values`). The generator instead puts
-`--sweep.when+=model.momentum:model.optimizer=sgd` into the sweep's command; the CLI parses
-the arguments once, and when the parent's value is not one of the listed values it removes
-the child's argument and parses again, so the child keeps its value from the config files.
+"""Conditional sweep parameters, resolved on the program side because W&B sweep files have none
+(README, "How the sweep files work with LightningCLI": "Conditional parameters"). The generator
+writes `--sweep.when+=CHILD:PARENT=V1|V2` into the command (format_condition); the CLI drops
+CHILD's argument when PARENT's value is not listed and parses again (apply_conditions).
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
-"""RunGuard: stops a run cleanly on SIGTERM and fails it fast on a NaN/inf training loss.
+"""RunGuard: a stop (SIGTERM, or the runner's lifeline) ends a run cleanly on every rank, and a
+NaN/inf training loss fails it fast; what a stopped run does and leaves is in the README
+("How the sweep files work with LightningCLI", and "A stop after training" below it).
 
-The W&B agent stops a run with SIGTERM to the main process only and SIGKILL 30 s later.
-Lightning's own SIGTERM handler runs a collective inside the signal handler, which can
-deadlock when the signal lands inside another collective. Here the handler only sets a flag;
-every few batches all ranks agree on it with one all-reduce (every rank is at the same batch,
-so no rank waits alone), save `last.ckpt` and raise RunStopped, which the CLI turns into a
-finished W&B run and exit code 0. The same all-reduce fails the run fast when the training
-loss is NaN or infinite (Diverged).
-
-A stop that arrives after training ended (the agent's controller, or the runner's death, at
-the last epoch) lets the evaluation after fit go on for `finish_grace_s` seconds from the stop,
-so that the test fits inside the agent's 30 s before SIGKILL; past that the run stops, saying
-that the test was skipped (the checkpoints of the finished training are all there).
+Why a flag and a periodic all-reduce: Lightning's own SIGTERM handler runs a collective inside
+the signal handler, which can deadlock when the signal lands inside another collective.
 """
 
 from __future__ import annotations

@@ -1,22 +1,14 @@
 """The lifeline: a run started by the offline runner stops when that runner is gone, however
-it died (SIGKILL, the OOM killer, a lost SSH session).
+it died (README, "Sweeps without a W&B server": "No orphaned runs", also why not
+PR_SET_PDEATHSIG).
 
-The runner creates a pipe, keeps its write end and never writes to it, and passes the read
-end to each run (an inherited file descriptor named in XRAY_RUNNER_LIFELINE). The kernel
-closes the write end when the runner's process ends, for any reason, so a thread blocked on
-reading the pipe gets end-of-file at that moment. The thread then sets the stop flag, and
-the run stops the way a W&B agent's SIGTERM stops it: every rank agrees at the next check
-(RunGuard), `last.ckpt` is saved, W&B is finished, DDP children end, exit code 0. Should the
-run not be gone within HARD_STOP_S (rundir/grace.py; stuck outside training: a cache build, a
-hung collective), the thread kills its own process group, as the agent's SIGKILL would.
-
-Why not PR_SET_PDEATHSIG: it is Linux-only, it fires when the parent *thread* that forked the
-child ends rather than the parent process, it covers only the direct child (not DDP ranks or
-loader workers), it must be set between fork and exec (preexec_fn, unsafe with threads), and
-it delivers a bare signal, so the run could not tell "my runner died" from "stop now". The
-pipe needs none of that: any process that holds the read end learns of the death; only rank 0
-watches (the variable is removed before DDP children start), and the others follow it through
-the all-reduced flag.
+The runner keeps the write end of a pipe and never writes to it; each run inherits the read end
+(its descriptor number in XRAY_RUNNER_LIFELINE). The kernel closes the write end when the runner
+ends, so a thread blocked reading the pipe gets end-of-file at that moment: it sets the stop flag,
+and kills the run's process group should the run still be there HARD_STOP_S later
+(rundir/grace.py; stuck outside training: a cache build, a hung collective). Only rank 0 watches
+(the variable is removed before DDP children start); the other ranks follow it through RunGuard's
+all-reduced flag.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
-"""SweepMetric: the sweep metric, exactly once per validation epoch.
+"""SweepMetric: the sweep metric once per validation epoch, as W&B's hyperband counts it (README,
+"How the sweep files work with LightningCLI").
 
-W&B's hyperband counts the history rows that contain the sweep metric, so the metric must
-appear exactly once per validation epoch, with `epoch` in the same row, never during the
-sanity check, from rank 0 only. Lightning's epoch-end logging already writes one row per
-validation epoch on rank 0 with `epoch` in it; this callback adds a combined objective to
-that same row, checks that the metric is one the model logs, warns when validation runs more
-or less than once per epoch, and appends each value to `sweep_history.jsonl` in the run
-directory for the offline runner. A run resumed from a checkpoint first drops the rows of the
-epochs it trains again, so that the history stays one row per epoch. training.json next to it
-says how many epochs the run plans and when training ended (hyperband leaves such a run alone).
+Lightning's epoch-end logging already writes one row per validation epoch on rank 0 with
+`epoch` in it; this callback adds a combined objective to that same row, refuses a metric the
+model does not log, warns when validation runs other than once per epoch, and keeps the run's
+sweep_history.jsonl and training.json (sweeps/contract/history.py) for the offline runner.
 """
 
 from __future__ import annotations

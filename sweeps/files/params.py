@@ -1,18 +1,20 @@
-"""Parameter names: the CLI paths a sweep may set and the old tool's yacs aliases. The paths
-are read from the classes of the CLI's option groups (sweeps/contract/groups.py, the list the
-CLI builds its parser from): their signatures and dataclass fields. Those classes, and with
-them torch, are imported only when the names are checked."""
+"""Parameter names: the CLI paths a sweep may set, the values a Literal option allows, and the
+old tool's yacs aliases. They are read from the SOURCE of the classes of the CLI's option groups
+(sweeps/contract/groups.py, the list the CLI builds its parser from): their __init__ arguments
+and dataclass fields, parsed, not imported, so that `python -m sweeps generate` starts without
+torch and Lightning. tests/test_sweeps.py checks the names against the CLI's own parser."""
 
 from __future__ import annotations
 
+import ast
 import difflib
-import inspect
+import functools
+import importlib.util
 import logging
-import typing
-from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any, Optional
 
-from sweeps.contract.groups import GROUPS, LINKS, load
+from sweeps.contract.groups import GROUPS, LINKS
 from sweeps.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -45,40 +47,118 @@ YACS_ALIASES = {
     "WORKERS": "data.num_workers",
 }
 
-def _signature_params(cls: type, prefix: str) -> dict[str, Any]:
-    params = inspect.signature(cls.__init__).parameters
-    hints = typing.get_type_hints(cls.__init__)
-    return {
-        f"{prefix}.{name}": hints.get(name, Any)
-        for name, p in params.items()
-        if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+Choices = Optional[tuple]  # the values an option allows; None: any value of its type
 
 
-def cli_parameters() -> dict[str, Any]:
-    """Every CLI path a sweep may set, with its type annotation (linked options are not free)."""
-    paths: dict[str, Any] = {"seed_everything": int}
-    for group in GROUPS:
-        cls = load(group)
-        if is_dataclass(cls):
-            hints = typing.get_type_hints(cls)
-            paths.update({f"{group}.{f.name}": hints[f.name] for f in fields(cls)})
-        else:
-            paths.update(_signature_params(cls, group))
+def cli_parameters() -> dict[str, Choices]:
+    """Every CLI path a sweep may set, with the values it allows when it is a Literal (linked
+    options are not free)."""
+    paths: dict[str, Choices] = {"seed_everything": None}
+    for group, target in GROUPS.items():
+        module, name = target.split(":")
+        paths.update({f"{group}.{option}": _choices(annotation, where)
+                      for option, (annotation, where) in _options(module, name).items()})
     linked = {target for _, target in LINKS}
     return {k: v for k, v in paths.items() if k not in linked}
 
 
-def choices(annotation: Any) -> Optional[tuple]:
-    """The allowed values of a Literal[...] (also inside Optional), else None."""
-    if typing.get_origin(annotation) is typing.Literal:
-        return typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        for arg in typing.get_args(annotation):
-            found = choices(arg)
-            if found:
-                return (*found, None) if type(None) in typing.get_args(annotation) else found
+@functools.cache
+def _source(module: str) -> tuple[ast.Module, bool]:
+    """A module's syntax tree, found without importing it (nor its package), and whether it is a package."""
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)  # a top-level name is looked up, not imported
+    if spec is None or not (spec.submodule_search_locations or spec.origin):
+        raise LookupError(module)
+    path = Path(next(iter(spec.submodule_search_locations or [spec.origin]))).joinpath(*rest)
+    package = path.is_dir()
+    path = path / "__init__.py" if package else path.with_suffix(".py")
+    try:
+        return ast.parse(path.read_text(encoding="utf-8")), package
+    except (OSError, SyntaxError, ValueError):
+        raise LookupError(module) from None
+
+
+def _find(module: str, name: str, depth: int = 0) -> tuple[ast.AST, str]:
+    """What `name` is bound to at the top level of `module` (a class, or an assigned value such as
+    a Literal alias) and the module that defines it, following `from X import name`."""
+    tree, package = _source(module)
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return node, module
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return node.value, module
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name \
+                and node.value is not None:
+            return node.value, module
+        if isinstance(node, ast.ImportFrom) and depth < 10:
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    parts = module.split(".")[: len(module.split(".")) + package - node.level] if node.level else []
+                    return _find(".".join([*parts, *([node.module] if node.module else [])]), alias.name, depth + 1)
+    raise LookupError(f"{module}.{name}")
+
+
+def _options(module: str, name: str) -> dict[str, tuple[Optional[ast.expr], str]]:
+    """option -> (its annotation, the module it is written in): a dataclass's fields, or the
+    arguments of the class's own __init__ (what LightningCLI reads)."""
+    try:
+        cls, where = _find(module, name)
+    except LookupError:
+        cls, where = None, module
+    if not isinstance(cls, ast.ClassDef):
+        raise ParameterError(f"option group class {module}:{name} (sweeps/contract/groups.py) is not a class "
+                             "defined in Python source")
+    if any("dataclass" in ast.unparse(d) for d in cls.decorator_list):
+        return {n.target.id: (n.annotation, where) for n in cls.body if isinstance(n, ast.AnnAssign)
+                and isinstance(n.target, ast.Name) and "ClassVar" not in ast.unparse(n.annotation)}
+    init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+    if init is None:
+        raise ParameterError(f"option group class {module}:{name} has no __init__ of its own to read options from")
+    args = [*init.args.posonlyargs, *init.args.args][1:] + init.args.kwonlyargs  # without self
+    return {a.arg: (a.annotation, where) for a in args}
+
+
+def _choices(node: Optional[ast.expr], module: str, depth: int = 0) -> Choices:
+    """The values a Literal annotation allows (also inside Optional/Union and through aliases);
+    None when any other type may take part."""
+    if node is None or depth > 10:
+        return None
+    if isinstance(node, ast.Constant):
+        if node.value is None:
+            return (None,)
+        try:  # a quoted annotation
+            return _choices(ast.parse(node.value, mode="eval").body, module, depth + 1)
+        except (SyntaxError, TypeError):
+            return None
+    if isinstance(node, ast.Name):
+        try:
+            value, where = _find(module, node.id)
+        except LookupError:
+            return None  # a builtin or a class: any value of that type
+        return None if isinstance(value, ast.ClassDef) else _choices(value, where, depth + 1)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _union([node.left, node.right], module, depth)
+    if isinstance(node, ast.Subscript):
+        kind = node.value.id if isinstance(node.value, ast.Name) else getattr(node.value, "attr", None)
+        items = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if kind == "Literal":
+            try:
+                return tuple(ast.literal_eval(item) for item in items)
+            except ValueError:
+                return None
+        if kind in ("Optional", "Union"):
+            return _union(items + [ast.Constant(None)] * (kind == "Optional"), module, depth)
     return None
+
+
+def _union(items: list[ast.expr], module: str, depth: int) -> Choices:
+    found: list = []
+    for item in items:
+        values = _choices(item, module, depth + 1)
+        if values is None:
+            return None
+        found += [v for v in values if v not in found]
+    return tuple(found)
 
 
 def resolve_name(name: str, known: Optional[dict[str, Any]] = None) -> str:

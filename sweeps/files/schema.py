@@ -1,6 +1,7 @@
 """What one parameter and the early termination of a W&B sweep file may say (W&B's sweep-config
 schema, which rejects unknown keys): each parameter is parsed here, once, into a Parameter
-with its distribution; values a Literal option allows; hyperband settings."""
+with its distribution; values a Literal option allows; hyperband settings, and the
+trainer.max_epochs (sweep or LightningCLI config) their brackets must fit in."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import Any, Optional
 import yaml
 
 from sweeps.errors import SweepConfigError
-from sweeps.files.params import choices
 from sweeps.hyperband import hyperband_bands
 
 METHODS = ("grid", "random", "bayes")
@@ -128,9 +128,8 @@ def parse_parameter(name: str, spec: Any, method: str) -> Parameter:
     return Parameter(name, dist, dict(spec))
 
 
-def check_choices(param: Parameter, annotation: Any) -> None:
+def check_choices(param: Parameter, allowed_values: Optional[tuple]) -> None:
     """The values of a parameter whose CLI option is a Literal must be among its choices."""
-    allowed_values = choices(annotation)
     if allowed_values:
         bad = [v for v in param.choices if (None if v == NULL else v) not in allowed_values]
         if bad:
