@@ -5,7 +5,7 @@ except the four-runner race, which uses the fast fake program of test_offline_ru
 Also covered elsewhere: SIGTERM to a 2-process DDP run at four landing moments
 (test_ddp.py), a corrupt image mid-data (test_bad_inputs.py), with the fake program
 (test_offline_runner.py): SIGKILL of the runner and resume from the checkpoint, a dead runner
-on another host retried by a live one, SIGINT and continue from the checkpoint (and from an
+on another host continued (same trial) by a live one, SIGINT and continue from the checkpoint (and from an
 unreadable one), hyperband meeting a run that finished training, the lifeline's hard stop."""
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ fraction of a second."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -500,7 +501,7 @@ def _runner_on(fake, tmp_path: Path, url: str, count: int = 1) -> runner_loop.Ru
     space = build_space(sweep)
     store = runner_storage.Storage(url, "fake", "maximize", optuna.samplers.RandomSampler(0), heartbeat=1)
     runner = runner_loop.Runner(sweep.to_dict(), space, store, sweep_dir=tmp_path / "out", root=tmp_path,
-                                slots=[None], count=count, progress=Progress(count, live=False, stream=open(os.devnull, "w")),
+                                slots=[None], count=count, progress=Progress(count, live=False, stream=io.StringIO()),
                                 settings=runner_loop.LaunchSettings())
     runner.heart = _NoBeat()
     return runner

@@ -186,7 +186,7 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
     problem = heartbeat_problem(args.storage) if args.storage else None
     if problem is not None:
         raise RunnerError(f"--storage {mask_password(args.storage)}: {problem}; the runners' heartbeats "
-                          "(--heartbeat), which let any runner retry the runs of a dead one, need such a database")
+                          "(--heartbeat), which let any runner continue the runs of a dead one, need such a database")
     if args.storage:
         check_url(args.storage)  # before the sweep directory is made
     sweep_dir = Path(args.out or Path("sweep_runs") / name).resolve()

@@ -245,7 +245,7 @@ class Runner:
             while True:
                 self.poll()
                 if time.monotonic() - last_recover >= self.store.heartbeat:
-                    self.recover()  # a retry may be waiting now: ask again
+                    self.recover()  # a trial may have been given back: ask again
                     last_recover, exhausted = time.monotonic(), False
                 while not exhausted and not self.stopping and (index := self._free_slot()) is not None:
                     trial = self.next_trial()
