@@ -120,7 +120,8 @@ class Runner:
         slot = self.slots[index]
         params = self.space.values(trial.params)
         argv = agent_argv(self.sweep, params)
-        number, reported = trial.number, trial.user_attrs.get("history") or []  # a continued trial's so far
+        number, trial_id = trial.number, self.store.trial_id(trial.number)
+        reported = max(self.store.storage.get_trial(trial_id).intermediate_values, default=-1) + 1  # continued: so far
         resumed, note = resume_point(trial.user_attrs.get("resume"))
         if resumed is not None and (resumed / LAST_CHECKPOINT).is_file():
             argv = [*argv, f"--ckpt_path={resumed / LAST_CHECKPOINT}"]  # the same parameters, the same directory
@@ -140,7 +141,7 @@ class Runner:
         self.store.set_attrs(trial.number, {k: v for k, v in attrs.items() if k != "runner"})
         write_json_atomic(run_dir / RUN_RECORD, dict(attrs, trial=number))
         self.jobs[number] = Job(proc=run.proc, slot=index, run_dir=run_dir, trial=trial, attrs=attrs,
-                                trial_id=self.store.trial_id(number), reported=len(reported))
+                                trial_id=trial_id, reported=reported)
         where = f" on GPU {slot}" if slot else ""
         self.progress.event(f"run {number:04d} started{where}: {format_params(params)}"
                             + (f"; {note}" if note else ""))
