@@ -22,7 +22,7 @@ from test_offline_runner import counted, fake, load, points, run, write  # noqa:
 from sweeps.files import Sweep
 from sweeps.files.io import MAX_DEPTH, MAX_VALUES, load_sweep
 from sweeps.main import main
-from sweeps.runner.jobs import failure_reason
+from sweeps.runner.reasons import failure_reason
 from sweeps.runner.storage import mask_password
 
 PATIENT = "images/Doe Jane 1970-01-01 MRN778899.png"

@@ -6,6 +6,7 @@ fraction of a second."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -346,22 +347,17 @@ def test_resume_after_sigkill(fake, tmp_path):
     trials = load(tmp_path)
     assert sorted(points(trials)) == [(x,) for x in xs]  # every point once, none lost or repeated
     assert all({t.number: t.value for t in trials}[n] == v for n, v in before.items())  # finished kept
-    dead = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
-    assert [t.number for t in dead] == [orphan["trial"]]
-    rerun = [t for t in trials if t.user_attrs.get("rerun_of") == orphan["trial"]]
-    assert len(rerun) == 1 and rerun[0].user_attrs["state"] == "finished" and rerun[0].user_attrs["resumed"]
-    assert rerun[0].user_attrs["run_dir"] == orphan["run_dir"]  # continued in place, from its checkpoint
-    x = rerun[0].user_attrs["params"]["x"]
+    assert len(trials) == len(xs) and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    (rerun,) = [t for t in trials if t.number == orphan["trial"]]  # continued as the same trial
+    assert rerun.user_attrs["state"] == "finished" and rerun.user_attrs["resumed"]
+    assert rerun.user_attrs["run_dir"] == orphan["run_dir"]  # continued in place, from its checkpoint
+    x = rerun.user_attrs["params"]["x"]
     curve = [x * (1 + e) / 6 for e in range(6)]
-    assert rerun[0].user_attrs["history"] == pytest.approx(curve)  # one row per epoch, none twice
-    assert rerun[0].intermediate_values == pytest.approx(dict(enumerate(curve)))  # optuna-dashboard's curve
+    assert rerun.user_attrs["history"] == pytest.approx(curve)  # one row per epoch, none twice
+    assert rerun.intermediate_values == pytest.approx(dict(enumerate(curve)))  # optuna-dashboard's curve
     starts = [json.loads(line)["epoch"] for line in (run_dir / "starts.jsonl").read_text().splitlines()]
     assert starts == [0, stopped["epoch"]] and stopped["epoch"] >= 1  # lost at most the epoch in progress
-    assert "--ckpt_path=" + str(run_dir.resolve() / "checkpoints" / "last.ckpt") in rerun[0].user_attrs["argv"]
-    from sweeps.analysis import load_offline_runs
-
-    _, runs = load_offline_runs(out)
-    assert {r["number"]: r["state"] for r in runs}[orphan["trial"]] == "interrupted"
+    assert "--ckpt_path=" + str(run_dir.resolve() / "checkpoints" / "last.ckpt") in rerun.user_attrs["argv"]
 
 
 @pytest.mark.slow  # several processes, 10-40 s on two cores
@@ -373,9 +369,8 @@ def test_interrupt_stops_runs_and_a_rerun_continues(fake, tmp_path):
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "rerun the same command to continue" in output
-    trials = load(tmp_path)
-    assert [t.user_attrs.get("state") for t in trials if t.state != optuna.trial.TrialState.WAITING] == ["interrupted"]
-    assert len([t for t in trials if t.state == optuna.trial.TrialState.WAITING]) == 1  # enqueued again
+    (trial,) = load(tmp_path)  # given back: it waits, as the same trial, for the next start
+    assert trial.state == optuna.trial.TrialState.WAITING and trial.user_attrs["state"] == "interrupted"
 
 
 @pytest.mark.slow  # several processes, 10-40 s on two cores
@@ -432,9 +427,8 @@ def dead_runner_is_retried(fake, tmp_path: Path, storage: str, load_url: Optiona
     assert procs["host-b"].returncode == 0, output
     trials = load(tmp_path, storage=load_url or storage, name="dead")
     assert sorted(points(trials)) == [(x,) for x in xs] and len(counted(trials)) == len(xs)
-    dead = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
-    assert [t.number for t in dead] == [orphan["trial"]]
-    (rerun,) = [t for t in trials if t.user_attrs.get("rerun_of") == orphan["trial"]]
+    assert len(trials) == len(xs) and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    (rerun,) = [t for t in trials if t.number == orphan["trial"]]  # given back by B, continued as the same trial
     assert rerun.user_attrs["runner"]["host"] == "host-b" and rerun.user_attrs["resumed"]
     run_dir = Path(rerun.user_attrs["run_path"])
     assert run_dir == (tmp_path / "out-host-a" / orphan["run_dir"]).resolve()  # A's run, continued by B
@@ -471,16 +465,16 @@ def test_an_interrupted_run_continues_from_its_checkpoint(fake, tmp_path, corrup
     _wait_for(lambda: _going(out))
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
-    first, waiting = load(tmp_path)  # the interrupted trial, and its parameters enqueued again
-    assert first.user_attrs["state"] == "interrupted" and waiting.state == optuna.trial.TrialState.WAITING
+    (first,) = load(tmp_path)  # the interrupted trial, given back: it waits
+    assert first.user_attrs["state"] == "interrupted" and first.state == optuna.trial.TrialState.WAITING
     run_dir = out / first.user_attrs["run_dir"]
     if corrupt:
         (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
     rerun_proc = _runner(tmp_path, sweep_file)
     output, _ = rerun_proc.communicate(timeout=120)
     assert rerun_proc.returncode == 0, output
-    (rerun,) = [t for t in load(tmp_path) if t.user_attrs.get("rerun_of") == first.number]
-    assert rerun.user_attrs["state"] == "finished"
+    (rerun,) = load(tmp_path)
+    assert rerun.number == first.number and rerun.user_attrs["state"] == "finished"
     assert rerun.user_attrs["history"] == pytest.approx([0.3 * (1 + e) / 8 for e in range(8)])
     if corrupt:
         assert "checkpoint" in output and "unreadable" in output and "starts over" in output
@@ -489,6 +483,116 @@ def test_an_interrupted_run_continues_from_its_checkpoint(fake, tmp_path, corrup
         assert rerun.user_attrs["run_dir"] == first.user_attrs["run_dir"] and rerun.user_attrs["resumed"]
         starts = [json.loads(line)["epoch"] for line in (run_dir / "starts.jsonl").read_text().splitlines()]
         assert starts[0] == 0 and starts[1] >= 1 and len(starts) == 2
+
+
+class _NoBeat:
+    """The runner's heartbeat thread, not needed where nothing waits for a heartbeat."""
+
+    def add(self, trial_id: int) -> None: ...
+
+    def discard(self, trial_id: int) -> None: ...
+
+
+def _runner_on(fake, tmp_path: Path, url: str, count: int = 1) -> runner_loop.Runner:
+    """A Runner on the storage `url` (not started: its steps are called one by one)."""
+    from sweeps.runner.progress import Progress
+
+    sweep = Sweep.from_dict(fake({"x": {"values": [0.1, 0.2, 0.3]}, "epochs": {"value": 1}}))
+    space = build_space(sweep)
+    store = runner_storage.Storage(url, "fake", "maximize", optuna.samplers.RandomSampler(0), heartbeat=1)
+    runner = runner_loop.Runner(sweep.to_dict(), space, store, sweep_dir=tmp_path / "out", root=tmp_path,
+                                slots=[None], count=count, progress=Progress(count, live=False, stream=io.StringIO()),
+                                settings=runner_loop.LaunchSettings())
+    runner.heart = _NoBeat()
+    return runner
+
+
+def _interrupted_job(runner: runner_loop.Runner, trial, run_dir: Path):
+    """The job of `trial` whose run this runner stopped on a signal (it has exited)."""
+    from sweeps.runner.jobs import Job
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    attrs = {"run_dir": run_dir.name, "run_path": str(run_dir), "state": "running", "params": dict(trial.params)}
+    runner.store.set_attrs(trial.number, {"run_path": str(run_dir), "state": "running"})
+    return Job(proc=proc, slot=0, run_dir=run_dir, trial=trial, attrs=attrs, interrupted=True,
+               trial_id=runner.store.trial_id(trial.number))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_stopped_run_continues_as_the_same_trial_in_any_runner(fake, tmp_path, kind):
+    """Issue 20: a run stopped by a signal gives its trial back; the next runner (another array
+    task) claims the same trial number with its parameters and directory, --count stays exact,
+    and the first runner can no longer record anything for it."""
+    url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else str(tmp_path / "s.journal")
+    a, b = _runner_on(fake, tmp_path, url), _runner_on(fake, tmp_path, url)
+    trial = a.next_trial()
+    job = _interrupted_job(a, trial, tmp_path / "out" / "runs" / f"{trial.number:04d}")
+    a.finish(job, 0)
+    (given,) = a.store.trials()
+    assert given.state == optuna.trial.TrialState.WAITING and given.user_attrs["state"] == "interrupted"
+    again = b.next_trial()
+    assert again.number == trial.number and again.params == trial.params
+    assert again.user_attrs["resume"]["run_path"] == str(job.run_dir)
+    assert b.next_trial() is None  # --count 1: the continued trial is the one run
+    assert not optuna_trials_finish(a, trial)  # no longer a's: a cannot record it
+    assert optuna_trials_finish(b, again)
+    (done,) = b.store.trials()
+    assert done.number == trial.number and done.state == optuna.trial.TrialState.COMPLETE
+
+
+def optuna_trials_finish(runner: runner_loop.Runner, trial) -> bool:
+    from sweeps.runner import trials
+
+    with runner.store.critical():
+        return trials.finish(runner.store, trial, {"state": "finished"}, 1.0, runner.me)
+
+
+def test_a_waiting_runner_never_sees_a_stopped_trial_done(fake, tmp_path):
+    """Issue 20, the race in Runner.finish: the old code failed the trial, then enqueued a copy
+    (two writes). Between them a runner waiting for the others' runs saw no run going and nothing
+    waiting, and left (or drew a new trial). After every storage write of finish, the trial
+    must be running or waiting, never done, and no new trial is created."""
+    a = _runner_on(fake, tmp_path, f"sqlite:///{tmp_path / 's.db'}")
+    trial = a.next_trial()
+    job = _interrupted_job(a, trial, tmp_path / "out" / "runs" / "0000")
+    storage, seen = a.store.storage, []
+    for name in ("set_trial_state_values", "set_trial_user_attr", "create_new_trial"):
+        def spy(*args, _write=getattr(storage, name), **kwargs):
+            out = _write(*args, **kwargs)
+            seen.append([t.state.name for t in a.store.trials()])
+            return out
+
+        setattr(storage, name, spy)
+    a.finish(job, 0)
+    assert seen and all(states in (["RUNNING"], ["WAITING"]) for states in seen), seen
+    assert seen[-1] == ["WAITING"]
+
+
+def test_a_silent_trial_is_given_back_once_and_keeps_its_number(fake, tmp_path, monkeypatch):
+    """A runner killed with no signal: its trial's heartbeat goes silent; the first live runner
+    gives it back (WAITING, its run directory to continue), a second check does nothing, and
+    the next claim runs the same trial number. The beating trial is left alone."""
+    from sweeps.runner import journal, recovery
+
+    a = _runner_on(fake, tmp_path, str(tmp_path / "s.journal"), count=2)
+    silent, beating = a.next_trial(), a.next_trial()
+    for t in (silent, beating):
+        a.store.storage.record_heartbeat(a.store.trial_id(t.number))
+        a.store.set_attrs(t.number, {"run_path": str(tmp_path / f"run{t.number}")})
+    now = journal.time.time()
+    monkeypatch.setattr(journal.time, "time", lambda: now + 10)
+    a.store.storage.record_heartbeat(a.store.trial_id(beating.number))
+    released, _ = recovery.recover(a.store, a.sweep_dir, set())
+    assert [t.number for t in released] == [silent.number]
+    assert recovery.recover(a.store, a.sweep_dir, set())[0] == []
+    states = {t.number: t.state for t in a.store.trials()}
+    assert states == {silent.number: optuna.trial.TrialState.WAITING, beating.number: optuna.trial.TrialState.RUNNING}
+    b = _runner_on(fake, tmp_path, str(tmp_path / "s.journal"), count=2)
+    again = b.next_trial()
+    assert again.number == silent.number and again.user_attrs["resume"]["run_path"] == str(tmp_path / "run0")
+    assert b.next_trial() is None and len(b.store.trials()) == 2
 
 
 def test_bad_runner_options_name_the_option(fake, tmp_path, capsys):

@@ -140,11 +140,11 @@ def test_a_journal_file_holds_a_sweep(fake, tmp_path):
     assert sorted(points(trials)) == [(x,) for x in xs] and len(trials) == 3
 
 
-def test_journal_heartbeats_fail_a_silent_trial_once(tmp_path, monkeypatch):
-    """Optuna's own fail_stale_trials on the journal: a trial silent for the grace period is
-    failed and handed to the callback once, a beating one is left alone."""
-    retried = []
-    storage = runner_journal.journal_storage(tmp_path / "s.journal", 1, 3, lambda study, t: retried.append(t.number))
+def test_journal_heartbeats_find_a_silent_trial(tmp_path, monkeypatch):
+    """The heartbeat adapter on the journal, through Optuna's own fail_stale_trials (it reads the
+    storage's _get_stale_trial_ids, as the runner's recovery does): a trial silent for the grace
+    period is stale, a beating one is not."""
+    storage = runner_journal.journal_storage(tmp_path / "s.journal", 1, 3)
     study = optuna.create_study(storage=storage, study_name="s")
     silent, beating = study.ask(), study.ask()
     for t in (silent, beating):
@@ -152,10 +152,34 @@ def test_journal_heartbeats_fail_a_silent_trial_once(tmp_path, monkeypatch):
     now = runner_journal.time.time()
     monkeypatch.setattr(runner_journal.time, "time", lambda: now + 10)
     storage.record_heartbeat(beating._trial_id)
-    optuna.storages.fail_stale_trials(study)
+    assert storage._get_stale_trial_ids(study._study_id) == [silent._trial_id]
     optuna.storages.fail_stale_trials(study)
     states = [t.state for t in study.get_trials()]
-    assert retried == [silent.number] and states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING]
+
+
+def test_runners_on_one_journal_take_turns(tmp_path):
+    """Issue 20: "count the runs, then ask" on a journal file is one critical section across
+    runners (Optuna's own lock guards single appends only), so no surplus trial is ever drawn."""
+    import threading
+
+    from sweeps.runner.storage import Storage
+
+    journal = str(tmp_path / "shared" / "sweep.journal")
+    a, b = (Storage(journal, "s", "minimize", optuna.samplers.RandomSampler(0), heartbeat=1) for _ in range(2))
+    assert a.locked and b.locked
+    entered = threading.Event()
+
+    def other_runner() -> None:
+        with b.critical():
+            entered.set()
+
+    with a.critical():
+        thread = threading.Thread(target=other_runner)
+        thread.start()
+        assert not entered.wait(0.5)  # held by a
+    assert entered.wait(10)
+    thread.join()
 
 
 # -- against a real SLURM
@@ -213,9 +237,13 @@ def log_of(tmp_path: Path, task: str) -> str:
 
 
 def continued(tmp_path: Path, first: dict, epochs: int) -> optuna.trial.FrozenTrial:
-    """The trial that continued `first`'s run: same directory, from its checkpoint, one
-    history row per epoch, started twice (the second time from the epoch it had reached)."""
-    (rerun,) = [t for t in trials(tmp_path) if t.user_attrs.get("rerun_of") == first["trial"]]
+    """`first`'s trial, continued as the same trial number: same directory, from its checkpoint,
+    one history row per epoch, started twice (the second time from the epoch it had reached);
+    no other trial ran its parameters."""
+    done = trials(tmp_path)
+    (rerun,) = [t for t in done if t.number == first["trial"]]
+    assert [t.number for t in done if t.params == rerun.params] == [first["trial"]]
+    assert rerun.state == optuna.trial.TrialState.COMPLETE
     assert rerun.user_attrs["state"] == "finished" and rerun.user_attrs["resumed"]
     assert rerun.user_attrs["run_dir"] == first["run_dir"]
     x = rerun.user_attrs["params"]["x"]
@@ -237,10 +265,9 @@ def test_array_sweep_runs_every_grid_point_once_and_every_task_exits(cluster, fa
     assert sorted(states) == [f"{job}_0", f"{job}_1"]
     assert all((s["JobState"], s["ExitCode"]) == ("COMPLETED", "0:0") for s in states.values()), states
     done = trials(tmp_path)
-    # Each point once. The journal has no lock: two tasks asking at once may both draw a point,
-    # and the later trial yields as "surplus" (Runner._surplus) without running.
+    # Each point once, and no surplus trial: the tasks take turns at the journal (journal_lock).
     assert sorted(points(done)) == [(x,) for x in xs]
-    assert all(t.user_attrs["state"] in ("finished", "surplus") for t in done)
+    assert [t.user_attrs["state"] for t in done] == ["finished"] * len(xs)
     assert len({t.user_attrs["runner"]["pid"] for t in counted(done)}) == 2  # both tasks ran runs
 
 
@@ -279,7 +306,8 @@ def test_a_cancelled_sweep_continues_when_submitted_again(cluster, fake, tmp_pat
     first = _going(out)
     cluster.cmd("scancel", f"{job}_0")
     assert cluster.wait_done(job, DONE_S)[f"{job}_0"]["JobState"] == "CANCELLED"
-    assert [t.user_attrs.get("state") for t in trials(tmp_path)] == ["interrupted", None]  # and one waiting
+    (waiting,) = trials(tmp_path)  # the same trial, waiting to continue
+    assert waiting.state == optuna.trial.TrialState.WAITING and waiting.user_attrs["state"] == "interrupted"
     again = submit(cluster, tmp_path, sweep, "--array", "1")
     assert cluster.wait_done(again, DONE_S)[f"{again}_0"]["ExitCode"] == "0:0"
     continued(tmp_path, first, epochs)
@@ -299,7 +327,8 @@ def _two_tasks_one_going(cluster: Cluster, tmp_path: Path, fake, *extra: str) ->
 def test_a_killed_task_is_recovered_by_the_other_through_the_heartbeat(cluster, fake, tmp_path):
     """SIGKILL to the task's processes (`scancel --signal=KILL --batch`; without --batch SLURM
     cancels as plain scancel does, SIGTERM first): no signal to act on, as when a node fails.
-    The other task fails the trial after 3 missed heartbeats and continues it from its checkpoint."""
+    The other task gives the trial back after 3 missed heartbeats and continues it, as the same
+    trial, from its checkpoint."""
     job, first, task = _two_tasks_one_going(cluster, tmp_path, fake)
     cluster.cmd("scancel", "--signal=KILL", "--batch", task)
     states = cluster.wait_done(job, DONE_S)

@@ -16,7 +16,7 @@ from sweeps.files import SWEEP_CONFIGS, create_custom_sweep_config, get_sweep_co
 from sweeps.files.schema import DISTRIBUTIONS
 from sweeps.hyperband import hyperband_bands
 from sweeps.main import main as sweeps_main
-from sweeps.runner import agent_argv, cli_args
+from sweeps.runner import agent_argv
 
 # W&B's schema: additionalProperties is false at the top level (from W&B's sweeps package)
 WANDB_TOP_LEVEL = {"method", "name", "description", "project", "entity", "program", "job", "image_uri",
@@ -100,7 +100,7 @@ def test_agent_argv_for_sampled_points_parses_and_lands_where_it_should(path):
         params = {name: _sample(spec, rng) for name, spec in sorted(sweep["parameters"].items())}
         argv = agent_argv(sweep, params)
         assert argv[:3] == ["/usr/bin/env", "python", "cli.py"]
-        cfg = parse_cli(cli_args(argv))
+        cfg = parse_cli(argv[3:])  # what cli.py receives after `/usr/bin/env python cli.py`
         assert cfg.sweep.metric == sweep["metric"]["name"]
         for name, value in params.items():
             landed = cfg.get(name)
@@ -118,7 +118,7 @@ def test_argv_builder_matches_the_wandb_agent_format():
     argv = agent_argv(sweep, {"model.lr": 1e-05, "trainer.max_epochs": 3, "run.test_after_fit": True})
     assert argv == ["/usr/bin/env", "python", "cli.py", "fit", "--config", "configs/demo.yaml", "--model.lr=1e-05",
                     "--trainer.max_epochs=3", "--run.test_after_fit=True"]
-    cfg = parse_cli(cli_args(argv))
+    cfg = parse_cli(argv[3:])
     assert cfg.model.lr == 1e-05 and cfg.run.test_after_fit is True
 
 
@@ -128,7 +128,8 @@ def test_null_values_are_written_so_the_cli_reads_none(tmp_path):
         parameters={"trainer.gradient_clip_val": {"values": [None, 1.0]}},
     )
     assert sweep["parameters"]["trainer.gradient_clip_val"]["values"] == ["null", 1.0]
-    cfg = parse_cli(cli_args(agent_argv(sweep, {"trainer.gradient_clip_val": "null"})))
+    argv = agent_argv(sweep, {"trainer.gradient_clip_val": "null"})
+    cfg = parse_cli(argv[argv.index("cli.py") + 1:])
     assert cfg.trainer.gradient_clip_val is None
 
 

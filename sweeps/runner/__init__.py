@@ -6,8 +6,8 @@ Liveness is Optuna's heartbeat (liveness.py, recovery.py)."""
 
 from rundir.launcher import child_env
 from rundir.slots import gpu_slots, visible_gpus
-from sweeps.runner.launch import agent_argv, cli_args, prepare_sweep
-from sweeps.runner.offline import run_offline
+from sweeps.runner.command import run_offline
+from sweeps.runner.launch import agent_argv, prepare_sweep
 from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.runner import LaunchSettings, Runner
 from sweeps.runner.sbatch import submit_sweep
@@ -25,7 +25,6 @@ __all__ = [
     "batch_job_id",
     "build_space",
     "child_env",
-    "cli_args",
     "gpu_slots",
     "make_sampler",
     "mask_password",

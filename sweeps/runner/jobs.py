@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -15,18 +16,17 @@ from rundir.grace import AGENT_KILL_AFTER_S
 from rundir.launcher import Launched
 from rundir.layout import LAST_CHECKPOINT, OUTPUT_LOG, is_cv_run
 from rundir.records import checkpoint_problem
-from rundir.records import failure_reason as reason_in_log
-from sweeps.errors import RunnerError
-from sweeps.runner.reasons import mask_paths
+from sweeps.runner.reasons import failure_reason
 
 
 def owner() -> dict:
-    """Who runs a trial, for people reading the study (liveness is Optuna's heartbeat)."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    """Who runs a trial: host and pid for people reading the study, and an id that tells this
+    runner's claim from any other's (trials.owned_by; liveness is Optuna's heartbeat)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:16]}
 
 
 def resume_point(resume: Optional[dict]) -> tuple[Optional[Path], str]:
-    """(the run directory a retried trial continues, or None to start over; what to say)."""
+    """(the run directory a trial given back continues, or None to start over; what to say)."""
     if not resume:
         return None, ""
     run_dir, of = Path(resume["run_path"]), f"run {int(resume.get('of', -1)):04d}"
@@ -43,18 +43,13 @@ def resume_point(resume: Optional[dict]) -> tuple[Optional[Path], str]:
     return run_dir, f"continues {of} from its checkpoint"
 
 
-def failure_reason(log: Path, code: int) -> str:
-    """Why a run failed, with file names masked (mask_paths)."""
-    return mask_paths(reason_in_log(log, code))
-
-
 @dataclass(kw_only=True)
 class Job(Launched):
     trial: Any  # optuna.trial.Trial
     attrs: dict
     stop_reason: Optional[str] = None
     interrupted: bool = False  # by this runner's SIGINT/SIGTERM: it continues on the next start
-    lost: bool = False  # another runner failed its trial (no heartbeat) and runs it again
+    lost: bool = False  # another runner gave its trial back (no heartbeat from us): it continues elsewhere
     trained: bool = False  # training ended (after-fit mark): hyperband leaves it alone
     history: list = field(default_factory=list)
     reported: int = 0  # history values given to Optuna as intermediate values
@@ -63,7 +58,7 @@ class Job(Launched):
     def outcome(self, code: int) -> tuple[str, Optional[str]]:
         """(state, reason) of the run that ended with exit status `code`."""
         if self.lost:
-            return "interrupted", "another runner found no heartbeat from this runner and runs it again"
+            return "interrupted", "another runner found no heartbeat from this runner and continues it"
         if self.interrupted:
             return "interrupted", "the runner was interrupted; the run continues on the next start"
         if code == 0 or (self.term_at is not None and code < 0 and self.stop_reason):
@@ -84,19 +79,3 @@ def fresh_run_dir(sweep_dir: Path, number: int) -> Path:
         except FileExistsError:
             run_dir = sweep_dir / "runs" / f"{number:04d}-r{i}"
     raise AssertionError("unreachable")
-
-
-def find_root(sweep: dict, sweep_file: Optional[str]) -> Path:
-    program = Path(str(sweep.get("program") or "cli.py"))
-    if program.is_absolute():
-        if program.is_file():
-            return program.parent
-        raise RunnerError(f"program {program} of the sweep does not exist")
-    candidates = [Path.cwd()]
-    if sweep_file:
-        candidates += list(Path(sweep_file).resolve().parents)
-    for root in candidates:
-        if (root / program).is_file():
-            return root.resolve()
-    raise RunnerError(f"program {program} of the sweep not found in {Path.cwd()} or above the sweep file; "
-                      "run from the repository root")

@@ -8,21 +8,26 @@ are trial system attributes holding the beating host's clock (time.time()): the 
 sweep must keep their clocks in step (NTP, as every cluster does), the RDB storages compare
 database time instead. README, "Sweeps on SLURM", says when to use which storage.
 
-Optuna's fail_stale_trials works on any storage that is a BaseHeartbeat, which Optuna does not
-export (optuna/storages/_heartbeat.py): this module is its one adapter, bounded by pyproject's
-optuna version and checked by tests/test_slurm.py.
+Heartbeats work on any storage that is a BaseHeartbeat, which Optuna does not export
+(optuna/storages/_heartbeat.py): this module is its one adapter, bounded by pyproject's optuna
+version and checked by tests/test_slurm.py.
+
+Locks: Optuna's own lock (JournalFileSymlinkLock, `sweep.journal.lock`) guards each append to
+the log; popping a WAITING trial is a compare-and-set by the log's order. The runner's critical
+section ("count, then ask", giving a trial back: sweeps/runner/trials.py) spans several appends,
+so it takes a second lock of the same kind (journal_lock), on its own file.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 MOUNTS = "/proc/mounts"
 JOURNAL_SCHEME = "journal://"
 JOURNAL_SUFFIXES = (".journal", ".log")
+LOCK_GRACE_S = 60  # the runners' critical sections take well under a second
 HEARTBEAT_KEY = "runner_heartbeat"  # trial system attribute: time.time() of the last beat
 # /proc/mounts file system types of shared network or cluster file systems.
 NETWORK_FS = ("nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph", "glusterfs",
@@ -76,7 +81,18 @@ def sqlite_problem(db: Path) -> Optional[str]:
             "(--storage postgresql://user:pw@dbhost/sweeps)")
 
 
-def journal_storage(path: Path, heartbeat: int, grace: int, callback: Callable[[Any, Any], None]) -> Any:
+def journal_lock(path: Path) -> Any:
+    """The runners' lock for the sweep in journal `path`: Optuna's symlink lock (atomic on NFS)
+    on `<path>.runner`, released by force after LOCK_GRACE_S (a runner killed while holding it)."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    target = path.with_name(path.name + ".runner")  # must exist: the lock's age is read from it
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.touch()
+    return JournalFileSymlinkLock(str(target), grace_period=LOCK_GRACE_S)
+
+
+def journal_storage(path: Path, heartbeat: int, grace: int) -> Any:
     """Optuna's JournalStorage on `path`, with heartbeats (Optuna gives them to RDBStorage only)."""
     from optuna.storages._heartbeat import (
         BaseHeartbeat,  # not exported; tests/test_slurm.py fails if it moves
@@ -85,7 +101,7 @@ def journal_storage(path: Path, heartbeat: int, grace: int, callback: Callable[[
     from optuna.trial import TrialState
 
     class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
-        """Optuna's fail_stale_trials works on any BaseHeartbeat storage: these four methods."""
+        """Optuna's heartbeat interface, which any BaseHeartbeat storage implements: these four methods."""
 
         def record_heartbeat(self, trial_id: int) -> None:
             self.set_trial_system_attr(trial_id, HEARTBEAT_KEY, time.time())
@@ -99,8 +115,8 @@ def journal_storage(path: Path, heartbeat: int, grace: int, callback: Callable[[
         def get_heartbeat_interval(self) -> int:
             return heartbeat
 
-        def get_heartbeat_stale_trial_callback(self) -> Callable[[Any, Any], None]:
-            return callback
+        def get_heartbeat_stale_trial_callback(self) -> None:
+            return None  # stale trials are given back by the runner (recovery.py), not failed
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return HeartbeatJournalStorage(JournalFileBackend(str(path)))

@@ -1,5 +1,5 @@
-"""The W&B agent's command line, implemented once, and the sweep as it will run (another
-config, DDP inside each run). Used by the offline runner, the W&B-agents backend and the tests;
+"""The W&B agent's command line, implemented once, where it runs (program_root), and the sweep
+as it will run (another config, DDP inside each run). Used by the offline runner, the W&B-agents backend and the tests;
 slots and the child's environment are the launcher's (rundir/slots.py, rundir/launcher.py).
 
 The argv is built with W&B's own helpers (wandb/sdk/launch/sweeps/utils.py, not a public
@@ -12,10 +12,12 @@ when it is a whole `${macro}`, values are formatted with str() as `--name=value`
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 from typing import Any, Optional
 
 from wandb.sdk.launch.sweeps import utils as sweep_utils
 
+from sweeps.errors import RunnerError
 from sweeps.files.build import replace_config
 
 
@@ -40,12 +42,22 @@ def agent_argv(sweep: dict, params: dict[str, Any], *, args_json_file: str = "")
     return argv
 
 
-def cli_args(argv: list[str]) -> list[str]:
-    """The part of an agent argv that cli.py receives (after `python cli.py`)."""
-    for i, item in enumerate(argv):
-        if item.endswith(".py"):
-            return argv[i + 1 :]
-    raise ValueError(f"no program (*.py) in command {argv}")
+def program_root(program: Optional[str], sweep_file: Optional[str]) -> Path:
+    """The folder runs start in (the W&B agent starts them in its working directory): the one
+    holding the sweep's program, from here or above the sweep file."""
+    path = Path(str(program or "cli.py"))
+    if path.is_absolute():
+        if path.is_file():
+            return path.parent
+        raise RunnerError(f"program {path} of the sweep does not exist")
+    candidates = [Path.cwd()]
+    if sweep_file:
+        candidates += list(Path(sweep_file).resolve().parents)
+    for root in candidates:
+        if (root / path).is_file():
+            return root.resolve()
+    raise RunnerError(f"program {path} of the sweep not found in {Path.cwd()} or above the sweep file; "
+                      "run from the repository root")
 
 
 def prepare_sweep(sweep: dict, cfg: Optional[str], gpus_per_trial: int) -> dict:

@@ -3,10 +3,8 @@
 * runner -> storage: Optuna's heartbeat. The runner records a heartbeat for every trial it
   runs (a thread, every `interval` seconds, as Optuna's own `study.optimize` does for its
   trials; the runner asks and tells trials itself, so it beats for them itself). Any live
-  runner, on any host, calls `fail_stale_trials`: trials whose heartbeat is older than the
-  grace period are failed by Optuna, and `RetryStaleTrials` (the equivalent of Optuna's
-  RetryHeartbeatStaleTrialCallback) enqueues their parameters again, naming the run directory
-  to continue from its checkpoint.
+  runner, on any host, gives back the trials whose heartbeat is older than the grace period
+  (recovery.py): they continue, as the same trials, from their checkpoints.
 * runner -> run: the lifeline pipe (sweeps/contract/lifeline.py has the run's end). The
   runner holds the only write end; when its process ends, for any reason, each run reads
   end-of-file and stops cleanly, saving last.ckpt.
@@ -20,7 +18,7 @@ import os
 import threading
 import warnings
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 from sweeps.contract.lifeline import LIFELINE_ENV
 
@@ -37,32 +35,6 @@ def quiet_heartbeat_warnings() -> Iterator[None]:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         yield
-
-
-def retry_attrs(number: int, run_path: Optional[str]) -> dict:
-    """user_attrs of the trial that runs trial `number`'s parameters again: which run it
-    replaces and the directory whose checkpoint it continues from (absolute: runners share the
-    storage, not necessarily the same --out)."""
-    attrs: dict[str, Any] = {"rerun_of": number}
-    if run_path:
-        attrs["resume"] = {"run_path": run_path, "of": number}
-    return attrs
-
-
-class RetryStaleTrials:
-    """Optuna's heartbeat_stale_trial_callback: the failed trial's parameters go back into the
-    queue (any runner takes them), with the run directory to continue."""
-
-    def __init__(self) -> None:
-        self.retried: list[Any] = []  # the stale FrozenTrials, for the runner to report
-
-    def __call__(self, study: Any, trial: Any) -> None:
-        study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial.number, trial.user_attrs.get("run_path")))
-        self.retried.append(trial)
-
-    def pop(self) -> list[Any]:
-        out, self.retried = self.retried, []
-        return out
 
 
 class Heartbeat:

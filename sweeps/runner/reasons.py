@@ -1,4 +1,4 @@
-"""Failure reasons without file names.
+"""Why a run failed, in words that name no file.
 
 A failed run's reason is stored in the study, run.json and shown by `best` and the report, so
 it names no file: image files are often named after the patient ("Doe Jane 1970-01-01
@@ -11,6 +11,9 @@ from a path start through a file suffix in the same clause, then path tokens and
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+from rundir.records import failure_reason as reason_in_log
 
 _SUFFIX = (r"\.(?:png|jpe?g|dcm|dicom|tiff?|bmp|gif|webp|nii|nrrd|gz|zip|csv|tsv|txt|log|npy|npz|pt|pth|ckpt"
            r"|safetensors|ya?ml|json)\b")
@@ -26,7 +29,12 @@ _UNQUOTED = re.compile(
 MASK = "<path>"
 
 
-def mask_paths(text: str) -> str:
+def failure_reason(log: Path, code: int) -> str:
+    """Why a run failed (from its output.log and exit status), file names masked."""
+    return mask_file_names(reason_in_log(log, code))
+
+
+def mask_file_names(text: str) -> str:
     """`text` with every file name or path replaced by <path>; metric names such as val/auroc stay."""
     text = _QUOTED.sub(lambda m: MASK if _FILE_LIKE.search(m.group()[1:-1]) else m.group(), text)
     return _UNQUOTED.sub(MASK, text)

@@ -1,6 +1,6 @@
-"""The offline runner's loop: ask Optuna for trials, launch runs into free slots, poll them,
-apply hyperband, record results; retry what a dead runner left behind (liveness.py), and
-continue interrupted runs from their checkpoint (jobs.resume_point)."""
+"""The offline runner's loop: claim trials (trials.py), launch runs into free slots, poll them,
+apply hyperband, record results; give back what a dead runner left (recovery.py) and what this
+one interrupts, so that the same trial continues from its checkpoint (jobs.resume_point)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Optional
 
 import rundir.launcher as launcher
 import sweeps.runner.recovery as recovery
+import sweeps.runner.trials as trials
 from rundir.grace import AGENT_KILL_AFTER_S
 from rundir.launcher import POLL_S  # how often running runs are checked (exit, history, hyperband)
 from rundir.layout import HISTORY_FILE, LAST_CHECKPOINT, RUN_RECORD, TRAINING_FILE
@@ -24,22 +25,11 @@ from sweeps.files.io import write_json_atomic
 from sweeps.hyperband import hyperband_stop
 from sweeps.runner.jobs import Job, fresh_run_dir, owner, resume_point
 from sweeps.runner.launch import agent_argv
-from sweeps.runner.liveness import Heartbeat, Lifeline, quiet_heartbeat_warnings, retry_attrs
+from sweeps.runner.liveness import Heartbeat, Lifeline
 from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress, format_params, tally
 from sweeps.runner.space import Space
 from sweeps.runner.storage import GRACE_BEATS, Storage
-
-COUNTED = ("finished", "stopped", "failed")  # runs that count towards --count once done
-
-
-def counts_towards(t) -> bool:
-    """Launched runs: running, or done and not interrupted/surplus."""
-    from optuna.trial import TrialState
-
-    if t.state == TrialState.RUNNING:
-        return t.user_attrs.get("state") != "surplus"
-    return t.state.is_finished() and t.user_attrs.get("state") in COUNTED
 
 
 @dataclass(frozen=True)
@@ -68,7 +58,7 @@ class Runner:
         self.early = sweep.get("early_terminate")
         self.me = owner()
         self.jobs: dict[int, Job] = {}
-        self.others = 0  # trials other runners are running (they may need a retry)
+        self.others = 0  # trials other runners are running (they may be given back to us)
         self.finished_at = 0.0  # time.monotonic() when our last run ended
         self.failures_in_row = 0
         self.stopping: Optional[str] = None  # why no more runs are launched
@@ -77,70 +67,40 @@ class Runner:
         self.best: Optional[tuple[float, dict, str]] = None
         self._guard_noted: set[str] = set()
 
-    def trials(self) -> list:
-        return self.store.trials()
-
     def recover(self) -> None:
-        """Retry what dead runners left (recovery.py); stop our own runs whose trial another
-        runner failed for want of our heartbeat: they run elsewhere now."""
+        """Give back what dead runners left (recovery.py); stop our own runs whose trial another
+        runner gave back for want of our heartbeat: they continue elsewhere now."""
         from optuna.trial import TrialState
 
-        retried, trials = recovery.recover(self.store, self.sweep_dir, set(self.jobs))
-        for t in retried:
+        released, all_trials = recovery.recover(self.store, self.sweep_dir, set(self.jobs))
+        for t in released:
             self.progress.event(f"run {t.number:04d} lost its runner (no heartbeat for "
-                                f"{GRACE_BEATS * self.store.heartbeat} s); its parameters run again")
-        states = {t.number: t.state for t in trials}
+                                f"{GRACE_BEATS * self.store.heartbeat} s); it continues from its checkpoint")
+        now = {t.number: t for t in all_trials}
         for number, job in self.jobs.items():
-            if states.get(number, TrialState.RUNNING) != TrialState.RUNNING and not job.lost:
-                job.lost = True  # its directory is the retry's now: no last save, no run.json
+            if number in now and not trials.owned_by(now[number], self.me) and not job.lost:
+                job.lost = True  # its directory is the continuation's now: no last save, no run.json
                 job.kill()
                 self.progress.event(f"run {number:04d}: another runner found no heartbeat from this one and "
-                                    "runs it again; stopping it here")
-        self.others = sum(t.state == TrialState.RUNNING and t.number not in self.jobs for t in trials)
+                                    "continues it; stopping it here")
+        self.others = sum(t.state == TrialState.RUNNING and t.number not in self.jobs for t in all_trials)
 
     def next_trial(self):
-        """A new trial to run, or None when --count is reached or the grid is done."""
+        """A trial to run (trials.claim), or None when --count is reached or the grid is done."""
         from optuna.trial import TrialState
 
         for _ in range(self.space.grid_size() + 2 if self.space.method == "grid" else 3):
             with self.store.critical():
-                trials = self.trials()
-                if sum(map(counts_towards, trials)) >= self.count:
-                    return None
-                waiting = any(t.state == TrialState.WAITING for t in trials)
-                if self.space.method == "grid" and not waiting:
-                    held = {self.space.key(t.params) for t in trials
-                            if counts_towards(t) or t.state == TrialState.WAITING}
-                    point = next((p for p in self.space.grid_points() if self.space.key(p) not in held), None)
-                    if point is None:
-                        return None
-                    self.study.enqueue_trial(point)
-                with quiet_heartbeat_warnings():
-                    trial = self.study.ask(self.space.distributions)
-                trial_id = self.store.trial_id(trial.number)
-                self.heart.add(trial_id)  # first beat before the owner record: an owned trial has one
-                trial.set_user_attr("runner", dict(self.me, heartbeat=self.store.heartbeat))
-                surplus = self._surplus(trial)
-                if surplus is None:
+                trial = trials.claim(self.store, self.space, self.count, self.me, self.heart)
+                why = trial and trials.surplus(self.store, self.space, self.count, trial)
+                if not why:
                     return trial
                 trial.set_user_attr("state", "surplus")
-                trial.set_user_attr("reason", surplus)
+                trial.set_user_attr("reason", why)
                 self.study.tell(trial, state=TrialState.FAIL)
-                self.heart.discard(trial_id)
-                if "count" in surplus:
+                self.heart.discard(self.store.trial_id(trial.number))
+                if "count" in why:
                     return None
-        return None
-
-    def _surplus(self, trial) -> Optional[str]:
-        """Without a lock two runners may ask at once: the later trial number yields."""
-        if self.store.locked:
-            return None
-        earlier = [t for t in self.trials() if t.number < trial.number and counts_towards(t)]
-        if len(earlier) >= self.count:
-            return "over --count (another runner launched the last run)"
-        key = self.space.key(trial.params)
-        if self.space.method == "grid" and any(self.space.key(t.params) == key for t in earlier):
-            return "grid point already taken by another runner"
         return None
 
     # -- runs
@@ -160,7 +120,8 @@ class Runner:
         slot = self.slots[index]
         params = self.space.values(trial.params)
         argv = agent_argv(self.sweep, params)
-        number = trial.number
+        number, trial_id = trial.number, self.store.trial_id(trial.number)
+        reported = max(self.store.storage.get_trial(trial_id).intermediate_values, default=-1) + 1  # continued: so far
         resumed, note = resume_point(trial.user_attrs.get("resume"))
         if resumed is not None and (resumed / LAST_CHECKPOINT).is_file():
             argv = [*argv, f"--ckpt_path={resumed / LAST_CHECKPOINT}"]  # the same parameters, the same directory
@@ -180,7 +141,7 @@ class Runner:
         self.store.set_attrs(trial.number, {k: v for k, v in attrs.items() if k != "runner"})
         write_json_atomic(run_dir / RUN_RECORD, dict(attrs, trial=number))
         self.jobs[number] = Job(proc=run.proc, slot=index, run_dir=run_dir, trial=trial, attrs=attrs,
-                                trial_id=self.store.trial_id(number))
+                                trial_id=trial_id, reported=reported)
         where = f" on GPU {slot}" if slot else ""
         self.progress.event(f"run {number:04d} started{where}: {format_params(params)}"
                             + (f"; {note}" if note else ""))
@@ -215,9 +176,7 @@ class Runner:
             job.trained = training_done(job.run_dir / TRAINING_FILE, len(history))
 
     def apply_hyperband(self) -> None:
-        trials = self.trials()
-        continued = {t.user_attrs.get("rerun_of") for t in trials if t.user_attrs.get("resumed")}
-        histories = {t.number: t.user_attrs.get("history") or [] for t in trials if t.number not in continued}
+        histories = {t.number: t.user_attrs.get("history") or [] for t in self.store.trials()}  # a continued run: one trial
         histories.update({n: job.history for n, job in self.jobs.items()})
         # A run that finished training is never cut: its test after fit would be lost.
         candidates = [n for n, job in self.jobs.items()
@@ -229,9 +188,6 @@ class Runner:
             self.progress.event(f"run {decision.run:04d} stopping: {job.stop_reason}")
 
     def finish(self, job: Job, code: int) -> None:
-        from optuna.exceptions import UpdateFinishedTrialError
-        from optuna.trial import TrialState
-
         job.kill()  # nothing of a finished run may linger (DDP children, GPU memory)
         self.heart.discard(job.trial_id)
         self.finished_at = time.monotonic()
@@ -240,20 +196,17 @@ class Runner:
         value = best_of(job.history, self.goal) if state in ("finished", "stopped") else None
         attrs = dict(job.attrs, state=state, reason=reason, history=job.history, exit_code=code,
                      wall_s=round(time.monotonic() - job.started, 3))
-        number = job.trial.number
+        number, done = job.trial.number, {k: attrs[k] for k in ("state", "reason", "history", "exit_code", "wall_s")}
         if not job.lost:
-            write_json_atomic(job.run_dir / RUN_RECORD, dict(attrs, trial=number, value=value))
-            try:
-                self.store.set_attrs(number, {k: attrs[k] for k in ("state", "reason", "history", "exit_code",
-                                                                    "wall_s")})
-                if value is None:
-                    self.study.tell(job.trial, state=TrialState.FAIL)
+            with self.store.critical():  # still ours? then recorded, or given back in one write (trials.py)
+                if state == "interrupted":
+                    kept = trials.give_back(self.store, self.store.storage.get_trial(job.trial_id), done, self.me)
                 else:
-                    self.study.tell(job.trial, value)
-            except UpdateFinishedTrialError:  # failed as stale by another runner meanwhile: it runs again there
+                    kept = trials.finish(self.store, job.trial, done, value, self.me)
+            if kept:
+                write_json_atomic(job.run_dir / RUN_RECORD, dict(attrs, trial=number, value=value))
+            else:  # given back by another runner meanwhile (no heartbeat from us): it continues there
                 job.lost, state, reason = True, "interrupted", "another runner found no heartbeat from this runner"
-        if state == "interrupted" and not job.lost:
-            self.study.enqueue_trial(dict(job.trial.params), user_attrs=retry_attrs(number, attrs["run_path"]))
         shown = f" {self.metric}={value:.4g}" if value is not None and state != "interrupted" else ""
         self.progress.event(f"run {number:04d} {state}{shown}" + (f": {reason}" if reason else ""))
         if state == "failed":
@@ -266,7 +219,7 @@ class Runner:
             self.failures_in_row = 0
 
     def refresh(self) -> None:
-        counts, self.best = tally(self.trials(), self.goal)
+        counts, self.best = tally(self.store.trials(), self.goal)
         self.progress.update(counts, self.best)
 
     # -- main loop
@@ -293,7 +246,7 @@ class Runner:
             while True:
                 self.poll()
                 if time.monotonic() - last_recover >= self.store.heartbeat:
-                    self.recover()  # a retry may be waiting now: ask again
+                    self.recover()  # a trial may have been given back: ask again
                     last_recover, exhausted = time.monotonic(), False
                 while not exhausted and not self.stopping and (index := self._free_slot()) is not None:
                     trial = self.next_trial()

@@ -19,9 +19,9 @@ from typing import Optional
 
 from sweeps.errors import UsageError
 from sweeps.files.io import write_atomic
-from sweeps.runner.jobs import find_root
+from sweeps.runner.command import check_name
 from sweeps.runner.journal import JOURNAL_SCHEME, journal_file, sqlite_problem
-from sweeps.runner.offline import check_name
+from sweeps.runner.launch import program_root
 from sweeps.runner.slurm import REQUEUE_SIGNAL
 
 PROJECT = Path(__file__).resolve().parents[2]  # `python -m sweeps` runs from here (not installed)
@@ -100,7 +100,7 @@ def submit_sweep(sweep: dict, args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is not None and value < 1:
             raise UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
-    root = find_root(sweep, sweep_file)  # the program must exist before anything is queued
+    root = program_root(sweep.get("program"), sweep_file)  # the program must exist before anything is queued
     if args.cfg and Path(args.cfg).is_file():
         args.cfg = str(Path(args.cfg).resolve())  # the tasks start elsewhere
     sweep_dir = Path(args.out or Path("sweep_runs") / name).resolve()

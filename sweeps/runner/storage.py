@@ -3,14 +3,14 @@
 Optuna keeps trials (parameters, state, value, the run's facts in user_attrs) in any
 SQLAlchemy database: a SQLite file next to the runs by default, PostgreSQL when several
 machines share a sweep. Runners must agree on --count and never run a grid point twice, so
-"count the launched runs, then ask for a trial" is done under a lock: a file lock next to a
-SQLite database, an advisory lock on PostgreSQL; elsewhere the runner re-checks each asked
-trial and cancels it as surplus (see Runner._surplus).
+"count the launched runs, then ask for a trial" (and giving a trial back) is done under a
+lock: a file lock next to a SQLite database, an advisory lock on PostgreSQL, Optuna's NFS-safe
+symlink lock next to a journal file (runner/journal.py); elsewhere (MySQL, ...) the runner
+re-checks each new trial and cancels it as surplus (trials.surplus).
 
-Liveness is Optuna's: the storage keeps a heartbeat per running trial (`heartbeat_interval`),
-a trial silent for GRACE_BEATS intervals is failed by `fail_stale_trials` (called by every
-live runner, under the lock so that one of them retries it) and its parameters are enqueued
-again by the stale-trial callback (sweeps/runner/liveness.py).
+Liveness is Optuna's: the storage keeps a heartbeat per running trial (`heartbeat_interval`);
+a trial silent for GRACE_BEATS intervals is stale, and any live runner gives it back under the
+lock (runner/recovery.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any, Optional
 from urllib.parse import unquote
 
 from sweeps.errors import RunnerError
-from sweeps.runner.journal import journal_file, journal_storage, sqlite_problem
-from sweeps.runner.liveness import RetryStaleTrials, quiet_heartbeat_warnings
+from sweeps.runner.journal import journal_file, journal_lock, journal_storage, sqlite_problem
+from sweeps.runner.liveness import quiet_heartbeat_warnings
 
 GRACE_BEATS = 3  # missed heartbeats before a trial is failed: one late beat is not a death
 DEFAULT_HEARTBEAT_S = 10
@@ -133,6 +133,8 @@ class Storage:
         check_url(url)
         url = driver_url(url)
         self.url, self.lock_path, self._pg = url, None, None
+        journal = journal_file(url)
+        self._journal_lock = journal_lock(journal) if journal else None
         kwargs = None
         if url.startswith("sqlite:///"):
             db = Path(url[len("sqlite:///"):])
@@ -146,17 +148,15 @@ class Storage:
 
             self._pg = sqlalchemy.create_engine(url, poolclass=NullPool)
         self.key = zlib.crc32(study_name.encode())
-        self.locked = self.lock_path is not None or self._pg is not None
-        self.retry = RetryStaleTrials()
+        self.locked = self.lock_path is not None or self._pg is not None or journal is not None
         agreed = None
         with self.critical(), quiet_heartbeat_warnings():  # two runners creating the tables at once collide
             for _ in range(2):  # a second time only to take the sweep's own interval
                 self.heartbeat = heartbeat or agreed or DEFAULT_HEARTBEAT_S
-                journal = journal_file(url)
-                self.storage = journal_storage(journal, self.heartbeat, GRACE_BEATS * self.heartbeat, self.retry) \
+                self.storage = journal_storage(journal, self.heartbeat, GRACE_BEATS * self.heartbeat) \
                     if journal else optuna.storages.RDBStorage(
                         url, engine_kwargs=kwargs, heartbeat_interval=self.heartbeat,
-                        grace_period=GRACE_BEATS * self.heartbeat, heartbeat_stale_trial_callback=self.retry)
+                        grace_period=GRACE_BEATS * self.heartbeat)
                 self.study = optuna.create_study(storage=self.storage, study_name=study_name, direction=direction,
                                                  sampler=sampler, load_if_exists=True)
                 agreed = self.study.user_attrs.get(HEARTBEAT_ATTR)
@@ -186,6 +186,13 @@ class Storage:
                     yield
                 finally:
                     conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+        elif self._journal_lock is not None:
+            self._journal_lock.acquire()
+            try:
+                yield
+            finally:
+                with contextlib.suppress(RuntimeError):  # broken by another runner after its grace period
+                    self._journal_lock.release()
         else:
             yield
 
@@ -201,10 +208,8 @@ class Storage:
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
-    def fail_stale(self) -> None:
-        """Fail the trials whose runner stopped heart-beating (Optuna's own check); call it
-        inside critical() so that exactly one runner retries each."""
-        import optuna
-
-        with quiet_heartbeat_warnings():
-            optuna.storages.fail_stale_trials(self.study)
+    def stale_trial_ids(self) -> list[int]:
+        """RUNNING trials whose heartbeat is older than the grace period: the storage's own check
+        (BaseHeartbeat._get_stale_trial_ids, the one `fail_stale_trials` uses; both storages here
+        implement it, tests/test_slurm.py fails if it moves). Call it inside critical()."""
+        return self.storage._get_stale_trial_ids(self.study_id)

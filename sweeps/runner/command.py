@@ -33,8 +33,7 @@ from sweeps.files.check import check_for_cli
 from sweeps.files.io import write_atomic
 from sweeps.files.schema import NULL, read_config
 from sweeps.files.sweep import Sweep
-from sweeps.runner.jobs import find_root
-from sweeps.runner.launch import prepare_sweep
+from sweeps.runner.launch import prepare_sweep, program_root
 from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress
 from sweeps.runner.runner import POLL_S, LaunchSettings, Runner
@@ -153,7 +152,7 @@ def check_not_lost(store: Storage, sweep_dir: Path, shown_url: str) -> None:
 def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
     sweep_file = getattr(args, "sweep_file", None)
     name = check_name(sweep.name or (Path(sweep_file).stem if sweep_file else "sweep"))
-    root = find_root({"program": sweep.program}, sweep_file)
+    root = program_root(sweep.program, sweep_file)
     if args.cfg:
         cfg = Path(args.cfg)
         if not cfg.is_file() and (root / cfg).is_file():
@@ -187,7 +186,7 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
     problem = heartbeat_problem(args.storage) if args.storage else None
     if problem is not None:
         raise RunnerError(f"--storage {mask_password(args.storage)}: {problem}; the runners' heartbeats "
-                          "(--heartbeat), which let any runner retry the runs of a dead one, need such a database")
+                          "(--heartbeat), which let any runner continue the runs of a dead one, need such a database")
     if args.storage:
         check_url(args.storage)  # before the sweep directory is made
     sweep_dir = Path(args.out or Path("sweep_runs") / name).resolve()
