@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import rundir.launcher as launcher
+import sweeps.runner.prune as prune
 import sweeps.runner.recovery as recovery
 from rundir.grace import AGENT_KILL_AFTER_S
 from rundir.launcher import POLL_S  # how often running runs are checked (exit, history, hyperband)
@@ -254,6 +255,7 @@ class Runner:
                 job.lost, state, reason = True, "interrupted", "another runner found no heartbeat from this runner"
         if state == "interrupted" and not job.lost:
             self.study.enqueue_trial(dict(job.trial.params), user_attrs=retry_attrs(number, attrs["run_path"]))
+        prune.after_trial(self.store, self.sweep_dir, self.goal, self.progress.event)  # checkpoints (prune.py)
         shown = f" {self.metric}={value:.4g}" if value is not None and state != "interrupted" else ""
         self.progress.event(f"run {number:04d} {state}{shown}" + (f": {reason}" if reason else ""))
         if state == "failed":

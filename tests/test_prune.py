@@ -1,0 +1,205 @@
+"""Keeping a sweep's disk small: the runner's pruning after each trial and `python -m sweeps prune`
+(sweeps/runner/prune.py, rundir/checkpoints.py). Hand-made run directories for the decisions,
+the stand-in program for the runner and the bound, real checkpoints for test/predict after it."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC = "val/score"
+OLD = time.time() - 3600  # an hour ago: a run nobody writes any more
+
+
+def ckpt(path: Path, size: int = 1000) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)  # not a torch checkpoint: removed or kept, never rewritten
+    return path
+
+
+def make_run(sweep_dir: Path, name: str, state, value=None, *, best=True, last=True) -> Path:
+    run = sweep_dir / "runs" / name
+    run.mkdir(parents=True)
+    if state is not None:
+        (run / "run.json").write_text(json.dumps({"state": state, "value": value, "run_dir": f"runs/{name}"}))
+    if best:
+        ckpt(run / "checkpoints" / "best-epoch=001.ckpt")
+    if last:
+        ckpt(run / "checkpoints" / "last.ckpt")
+    return run
+
+
+def names(run: Path) -> list[str]:
+    return sorted(p.relative_to(run).as_posix() for p in run.rglob("*.ckpt"))
+
+
+def sweep_dir_with_study(tmp_path: Path, waiting_for: Path | None = None) -> Path:
+    import optuna
+
+    out = tmp_path / "sweep"
+    out.mkdir(exist_ok=True)
+    (out / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "method": "grid", "metric": {
+        "name": METRIC, "goal": "maximize"}, "parameters": {"x": {"values": [1]}}, "program": "cli.py"}))
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{out / 'optuna.db'}", direction="maximize")
+    if waiting_for is not None:  # an interrupted trial's retry, waiting to continue in its directory
+        study.enqueue_trial({"x": 1}, user_attrs={"rerun_of": 5, "resume": {"run_path": str(waiting_for), "of": 5}})
+    return out
+
+
+def test_prune_keeps_the_k_best_finished_and_leaves_what_may_still_run(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    runs = {
+        "0000": make_run(out, "0000", "finished", 0.9),
+        "0001": make_run(out, "0001", "finished", 0.5),
+        "0002": make_run(out, "0002", "finished", 0.7),
+        "0003": make_run(out, "0003", "stopped", 0.95),  # stopped by hyperband: not a finished model
+        "0004": make_run(out, "0004", "failed"),
+        "0005": make_run(out, "0005", "finished", 0.99),  # its record says finished, but a retry will continue it
+        "0006": make_run(out, "0006", "interrupted"),
+        "0007": make_run(out, "0007", "running"),
+        "0008": make_run(out, "0008", None),  # no run.json: not known
+        "0009": make_run(out, "0009", "finished", 0.6),  # a fit holds it
+    }
+    sweep_dir_with_study(tmp_path, waiting_for=runs["0005"].resolve())
+    lock = os.open(runs["0009"] / "fit.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        assert main(["prune", str(out), "--keep", "2"]) == 0
+    finally:
+        os.close(lock)
+    shown = capsys.readouterr().out
+    best, last = "checkpoints/best-epoch=001.ckpt", "checkpoints/last.ckpt"
+    assert names(runs["0000"]) == names(runs["0002"]) == [best]  # the two best finished that may be pruned
+    for gone in ("0001", "0003", "0004"):
+        assert names(runs[gone]) == [], gone
+    for alone in ("0005", "0006", "0007", "0008", "0009"):
+        assert names(runs[alone]) == [best, last], alone
+    assert "left alone: 0009: a fit holds 0009/fit.lock" in shown
+    assert "removed runs/0001/checkpoints/last.ckpt" in shown and "freed 0.0 MB (8000 bytes)" in shown
+    assert "kept the best 2 finished run(s) (--keep 2): runs/0000 (0.9), runs/0002 (0.7)" in shown
+
+
+def test_dry_run_removes_nothing_and_symlinks_lead_nowhere_outside(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    outside = tmp_path / "precious"
+    ckpt(outside / "last.ckpt")
+    ckpt(outside / "best-epoch=001.ckpt")
+    make_run(out, "0000", "finished", 0.9)
+    linked = make_run(out, "0001", "failed", best=False, last=False)
+    (linked / "checkpoints").symlink_to(outside)  # checkpoints/ itself points outside the sweep
+    other = make_run(out, "0002", "failed", best=False)
+    (other / "checkpoints" / "best-epoch=003.ckpt").symlink_to(outside / "best-epoch=001.ckpt")
+    (out / "runs" / "0003").symlink_to(outside, target_is_directory=True)  # a whole run directory
+    (out / "runs" / "0003" / "run.json").write_text(json.dumps({"state": "failed"}))
+    (out / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "method": "grid", "metric": {"name": METRIC},
+                                                    "parameters": {"x": {"values": [1]}}}))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["prune", str(out), "--keep", "0", "--dry-run"]) == 0
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert "would remove runs/0000/checkpoints/last.ckpt" in capsys.readouterr().out
+    assert main(["prune", str(out), "--keep", "0"]) == 0
+    assert sorted(p.name for p in outside.iterdir()) == ["best-epoch=001.ckpt", "last.ckpt", "run.json"]
+    assert names(other) == ["checkpoints/best-epoch=003.ckpt"]  # the link, left alone; its own last.ckpt gone
+    assert "symbolic link or outside" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--keep", "-1"], "argument --keep: '-1' is not an integer at least 0"),
+    (["--keep", "1e99"], "argument --keep: '1e99' is not an integer"),
+    (["--keep", "two"], "argument --keep: 'two' is not an integer"),
+    (["--keep", "99999999999"], "at most 1000000"),
+])
+def test_bad_keep_is_refused_when_parsed(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit:
+        main(["prune", str(tmp_path), *argv])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("make", "extra", "message"), [
+    (lambda d: d / "missing", [], "is not a directory"),
+    (lambda d: d, [], "is not an offline sweep directory (no sweep.yaml)"),
+    (lambda d: d, ["--metric", METRIC, "--goal", "maximize"], "holds no run directories"),
+])
+def test_a_directory_that_is_not_a_sweep_is_refused_in_one_line(tmp_path, capsys, make, extra, message):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["prune", str(make(tmp_path)), "--keep", "1", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_wandb_agents_run_directories_by_their_history(tmp_path, capsys):
+    """A W&B agent's runs share the layout but have no run.json: training.json says finished,
+    the history gives the value; a run written to recently is left alone."""
+    experiment = tmp_path / "runs" / "demo"
+    runs = {}
+    for name, values, done in (("a1", [0.6, 0.8], True), ("b2", [0.7, 0.9], True), ("c3", [0.95], False),
+                               ("d4", [0.5], True)):
+        run = runs[name] = experiment / name
+        ckpt(run / "checkpoints" / "best-epoch=001.ckpt")
+        ckpt(run / "checkpoints" / "last.ckpt")
+        (run / "config.yaml").write_text("model: {}\n")
+        (run / "sweep_history.jsonl").write_text("".join(json.dumps({"epoch": i, METRIC: v}) + "\n"
+                                                         for i, v in enumerate(values)))
+        (run / "training.json").write_text(json.dumps({"epochs": 2, "done": done}))
+        if name != "d4":
+            for p in run.rglob("*"):
+                os.utime(p, (OLD, OLD))
+    assert main(["prune", str(tmp_path / "runs"), "--keep", "1", "--metric", METRIC, "--goal", "maximize"]) == 0
+    assert names(runs["b2"]) == ["checkpoints/best-epoch=001.ckpt"]
+    assert names(runs["a1"]) == names(runs["c3"]) == []  # outside the best 1; ended before training was done
+    assert len(names(runs["d4"])) == 2 and "d4: written less than 120 s ago" in capsys.readouterr().out
+
+
+def test_a_cv_run_keeps_what_cv_json_names(tmp_path):
+    out = tmp_path / "sweep"
+    run = make_run(out, "0000", "finished", 0.9, best=False, last=False)
+    ckpt(run / "fold_0" / "checkpoints" / "best-epoch=002.ckpt")
+    ckpt(run / "fold_0" / "checkpoints" / "last.ckpt")
+    ckpt(run / "fold_1" / "checkpoints" / "last.ckpt")  # this fold had no best: cv.json names its last
+    (run / "cv.json").write_text(json.dumps({"folds": 2, "checkpoints": [
+        "fold_0/checkpoints/best-epoch=002.ckpt", "fold_1/checkpoints/last.ckpt"]}))
+    loser = make_run(out, "0001", "finished", 0.1, best=False, last=False)
+    ckpt(loser / "fold_0" / "checkpoints" / "best-epoch=002.ckpt")
+    sweep_dir_with_study(tmp_path)
+    assert main(["prune", str(out), "--keep", "1"]) == 0
+    assert names(run) == ["fold_0/checkpoints/best-epoch=002.ckpt", "fold_1/checkpoints/last.ckpt"]
+    assert names(loser) == []
+
+
+FAKE_CLI = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + (ROOT / "tests" / "stand_in_cli.py").read_text()
+
+
+def test_the_runner_prunes_after_each_run_and_the_disk_stays_bounded(tmp_path, monkeypatch):
+    """Six runs of the stand-in program (100 kB checkpoints), --keep-checkpoints 2: afterwards
+    only the two best runs' best checkpoints are on the disk, and the sweep directory's bytes
+    are at most 2 x one run's keepers + every run's small files."""
+    from sweeps.runner import runner as runner_loop
+
+    program = tmp_path / "fake_cli.py"
+    program.write_text(FAKE_CLI)
+    monkeypatch.setattr(runner_loop, "POLL_S", 0.05)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    sweep = {"program": str(program), "name": "fake", "method": "grid", "metric": {"name": METRIC, "goal": "maximize"},
+             "parameters": {"x": {"values": [0.1, 0.6, 0.3, 0.9, 0.2, 0.5]}, "ckpt_kb": {"value": 100}},
+             "command": ["${env}", "${interpreter}", "${program}", f"--sweep.metric={METRIC}", "${args}"]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "s.yaml"), "--out", str(out), "--quiet", "--keep-checkpoints", "2"]) == 0
+    kept = {p.parent.parent.name: p.name for p in out.rglob("*.ckpt")}
+    xs = {d.name: json.loads((d / "run.json").read_text())["params"]["x"] for d in (out / "runs").iterdir()}
+    assert sorted(xs[r] for r in kept) == [0.6, 0.9] and set(kept.values()) == {"best-epoch=002.ckpt"}
+    files = [p for p in out.rglob("*") if p.is_file()]
+    total = sum(p.stat().st_size for p in files)
+    keepers = max(sum(p.stat().st_size for p in (out / "runs" / r).rglob("*.ckpt")) for r in kept)
+    small = sum(p.stat().st_size for p in files if p.suffix != ".ckpt")
+    assert keepers > 100_000 and total <= 2 * keepers + small
