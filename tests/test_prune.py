@@ -157,7 +157,7 @@ def test_wandb_agents_run_directories_by_their_history(tmp_path, capsys):
     assert main(["prune", str(tmp_path / "runs"), "--keep", "1", "--metric", METRIC, "--goal", "maximize"]) == 0
     assert names(runs["b2"]) == ["checkpoints/best-epoch=001.ckpt"]
     assert names(runs["a1"]) == names(runs["c3"]) == []  # outside the best 1; ended before training was done
-    assert len(names(runs["d4"])) == 2 and "d4: written less than 120 s ago" in capsys.readouterr().out
+    assert len(names(runs["d4"])) == 2 and "d4: written less than 3600 s ago" in capsys.readouterr().out
 
 
 def test_a_cv_run_keeps_what_cv_json_names(tmp_path):
@@ -203,3 +203,54 @@ def test_the_runner_prunes_after_each_run_and_the_disk_stays_bounded(tmp_path, m
     keepers = max(sum(p.stat().st_size for p in (out / "runs" / r).rglob("*.ckpt")) for r in kept)
     small = sum(p.stat().st_size for p in files if p.suffix != ".ckpt")
     assert keepers > 100_000 and total <= 2 * keepers + small
+
+
+def _release(run_dir: Path) -> None:
+    """An in-process fit keeps its fit.lock (if it took one) for the process's life; a fit's own
+    process ends."""
+    from rundir import create
+
+    fd = create._LOCKS.pop(Path(run_dir), None)
+    if fd is not None:
+        os.close(fd)
+
+
+@pytest.mark.slow  # fit, test and predict: 20-60 s on two busy cores
+def test_a_pruned_best_checkpoint_still_tests_and_predicts(fit_args, tmp_path):
+    import torch
+
+    from rundir.checkpoints import TRAINING_STATE
+    from sweeps.runner.prune import Run, prune_runs
+    from training.cli import cli_main
+
+    cli = cli_main(fit_args("configs/demo.yaml", "--trainer.max_epochs=2"))
+    run_dir, best = cli.run_dir, Path(cli.checkpoint.best_model_path)
+    _release(run_dir)
+    before = best.stat().st_size
+    pruned, kept = prune_runs(run_dir.parent, [Run(run_dir, "finished", 0.5)], 1, "maximize")
+    assert names(run_dir) == [f"checkpoints/{best.name}"] and pruned.stripped == [best]
+    saved = torch.load(best, map_location="cpu", weights_only=False)
+    assert not set(TRAINING_STATE) & set(saved) and "state_dict" in saved and "operating_point" in saved
+    assert best.stat().st_size < 0.6 * before  # Adam keeps two tensors per weight
+    again = prune_runs(run_dir.parent, [Run(run_dir, "finished", 0.5)], 1, "maximize")[0]
+    assert again.stripped == [] and again.freed == 0  # once is enough: not loaded again
+    test = cli_main([*fit_args(subcommand="test"), f"--ckpt_path={best}"])
+    report = json.loads((test.run_dir / "test_report.json").read_text())
+    assert report["threshold"]["value"] == pytest.approx(saved["operating_point"]["threshold"]["value"])
+    predict = cli_main([*fit_args(subcommand="predict"), f"--ckpt_path={best}"])
+    assert (predict.run_dir / "predictions.csv").read_text().count("\n") > 1
+
+
+@pytest.mark.slow  # a two-fold cross-validated fit: three processes
+def test_a_pruned_cv_run_still_predicts_with_its_fold_ensemble(fit_args, tmp_path):
+    from sweeps.runner.prune import Run, prune_runs
+    from training.cli import cli_main
+
+    cli = cli_main(fit_args("configs/demo.yaml", "--cv.folds=2", "--trainer.max_epochs=2"))
+    run_dir = cli.run_dir
+    _release(run_dir)
+    named = json.loads((run_dir / "cv.json").read_text())["checkpoints"]
+    pruned, _ = prune_runs(run_dir.parent, [Run(run_dir, "finished", 0.5)], 1, "maximize")
+    assert names(run_dir) == sorted(named) and len(pruned.stripped) == 2 and pruned.removed
+    predict = cli_main([*fit_args("configs/demo.yaml", subcommand="predict"), f"--cv.run_dir={run_dir}"])
+    assert (predict.run_dir / "predictions.csv").read_text().count("\n") > 1

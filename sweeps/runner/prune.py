@@ -21,7 +21,9 @@ from sweeps.errors import UsageError
 DEFAULT_KEEP = 3  # the winner and two runners-up: a second look (calibration, subgroups) needs no retraining
 KEEP_ATTR = "keep_checkpoints"  # the study's user attr: the K of every runner of the sweep (None: keep all)
 ENDED = ("finished", "stopped", "failed")  # what the runner never continues (an interrupted run it does)
-IDLE_S = 120.0  # a run without a sweep record (a W&B agent's) is left alone this long after its last write
+# A plain `fit` (a W&B agent's run) holds no fit.lock: such a run is left alone until this long
+# after its last write (it writes last.ckpt every epoch, its W&B files every few seconds).
+IDLE_S = 3600.0
 
 
 @dataclass(frozen=True)
