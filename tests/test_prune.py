@@ -180,7 +180,7 @@ FAKE_CLI = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + (ROOT / "tests" 
 
 
 def test_the_runner_prunes_after_each_run_and_the_disk_stays_bounded(tmp_path, monkeypatch):
-    """Six runs of the stand-in program (100 kB checkpoints), --keep-checkpoints 2: afterwards
+    """Four runs of the stand-in program (100 kB checkpoints), --keep-checkpoints 2: afterwards
     only the two best runs' best checkpoints are on the disk, and the sweep directory's bytes
     are at most 2 x one run's keepers + every run's small files."""
     from sweeps.runner import runner as runner_loop
@@ -190,7 +190,7 @@ def test_the_runner_prunes_after_each_run_and_the_disk_stays_bounded(tmp_path, m
     monkeypatch.setattr(runner_loop, "POLL_S", 0.05)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     sweep = {"program": str(program), "name": "fake", "method": "grid", "metric": {"name": METRIC, "goal": "maximize"},
-             "parameters": {"x": {"values": [0.1, 0.6, 0.3, 0.9, 0.2, 0.5]}, "ckpt_kb": {"value": 100}},
+             "parameters": {"x": {"values": [0.1, 0.6, 0.3, 0.9]}, "ckpt_kb": {"value": 100}},
              "command": ["${env}", "${interpreter}", "${program}", f"--sweep.metric={METRIC}", "${args}"]}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
     out = tmp_path / "out"
@@ -254,3 +254,38 @@ def test_a_pruned_cv_run_still_predicts_with_its_fold_ensemble(fit_args, tmp_pat
     assert names(run_dir) == sorted(named) and len(pruned.stripped) == 2 and pruned.removed
     predict = cli_main([*fit_args("configs/demo.yaml", subcommand="predict"), f"--cv.run_dir={run_dir}"])
     assert (predict.run_dir / "predictions.csv").read_text().count("\n") > 1
+
+
+def _disk(out: Path) -> dict:
+    """Bytes on disk of a sweep directory: all, checkpoints, and the largest run's checkpoints."""
+    files = [p for p in out.rglob("*") if p.is_file() and not p.is_symlink()]
+    runs = [sum(p.stat().st_size for p in d.rglob("*.ckpt")) for d in (out / "runs").iterdir()]
+    ckpts = sum(p.stat().st_size for p in files if p.suffix == ".ckpt")
+    return {"total": sum(p.stat().st_size for p in files), "checkpoints": ckpts, "one_run": max(runs),
+            "with_checkpoints": sum(r > 0 for r in runs), "runs": len(runs)}
+
+
+@pytest.mark.slow  # four real cli.py runs, twice
+@pytest.mark.parametrize("keep", ["1", "all"])
+def test_a_real_sweeps_disk_stays_within_the_bound(hand_data, tmp_path, monkeypatch, keep):
+    """A CPU sweep of 4 real runs (resnet18, 2 epochs): with --keep-checkpoints 1 its bytes stay
+    within 1 x one run's keepers + the rest's small files; without pruning they do not."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    constants = {"data.root": str(hand_data), "demo.body_part": "null", "data.image_size": 32, "data.batch_size": 8,
+                 "data.num_workers": 0, "trainer.max_epochs": 2, "trainer.limit_train_batches": 2,
+                 "trainer.limit_val_batches": 2, "trainer.limit_test_batches": 1, "trainer.enable_progress_bar": False,
+                 "eval.bootstrap_resamples": 200, "run.wandb": "disabled"}
+    sweep = {"program": "cli.py", "name": "disk", "method": "grid", "metric": {"name": "val/auroc", "goal": "maximize"},
+             "parameters": {"model.lr": {"values": [1e-4, 3e-4, 1e-3, 3e-3]}, **{k: {"value": v} for k, v in constants.items()}},
+             "command": ["${env}", "${interpreter}", "${program}", "fit", "--config", "configs/demo.yaml",
+                         "--sweep.metric=val/auroc", "${args}"]}
+    (tmp_path / "disk.yaml").write_text(yaml.safe_dump(sweep))
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "disk.yaml"), "--out", str(out), "--quiet", "--keep-checkpoints", keep]) == 0
+    disk = _disk(out)
+    print(f"\n--keep-checkpoints {keep}: {json.dumps(disk)}")  # the README's figures
+    small = disk["total"] - disk["checkpoints"]
+    if keep == "1":
+        assert disk["with_checkpoints"] == 1 and disk["total"] <= disk["one_run"] + small
+    else:  # what the bound is about: every run keeps last.ckpt and its best with the optimizer state
+        assert disk["with_checkpoints"] == 4 and disk["total"] > 3 * disk["one_run"] + small
