@@ -289,3 +289,28 @@ def test_a_real_sweeps_disk_stays_within_the_bound(hand_data, tmp_path, monkeypa
         assert disk["with_checkpoints"] == 1 and disk["total"] <= disk["one_run"] + small
     else:  # what the bound is about: every run keeps last.ckpt and its best with the optimizer state
         assert disk["with_checkpoints"] == 4 and disk["total"] > 3 * disk["one_run"] + small
+
+
+class Stranger:
+    """Anything a weights-only load refuses: unpickling it would run code of the file's choosing."""
+
+
+def test_stripping_loads_weights_only_and_a_dry_run_writes_nothing(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "sweep"
+    plain, odd = make_run(out, "0000", "finished", 0.9, best=False), make_run(out, "0001", "finished", 0.8, best=False)
+    state = {"state_dict": {"w": torch.zeros(10)}, "optimizer_states": [{"m": torch.zeros(1000)}], "loops": {}}
+    torch.save(state, plain / "checkpoints" / "best-epoch=001.ckpt")
+    torch.save({**state, "x": Stranger()}, odd / "checkpoints" / "best-epoch=001.ckpt")
+    sweep_dir_with_study(tmp_path)
+    sizes = {p: p.stat().st_size for p in out.rglob("*.ckpt")}
+    assert main(["prune", str(out), "--keep", "2", "--dry-run"]) == 0
+    assert {p: p.stat().st_size for p in out.rglob("*.ckpt")} == sizes
+    shown = capsys.readouterr().out
+    assert "would strip runs/0000/checkpoints/best-epoch=001.ckpt" in shown and "would free 0.0 MB (6000 bytes)" in shown
+    assert main(["prune", str(out), "--keep", "2"]) == 0
+    assert "kept with its training state (not loadable as weights only: UnpicklingError)" in capsys.readouterr().out
+    assert set(torch.load(plain / "checkpoints" / "best-epoch=001.ckpt")) == {"state_dict"}
+    assert (odd / "checkpoints" / "best-epoch=001.ckpt").stat().st_size == sizes[odd / "checkpoints" / "best-epoch=001.ckpt"]
+    assert names(plain) == names(odd) == ["checkpoints/best-epoch=001.ckpt"]
