@@ -154,7 +154,11 @@ def test_wandb_agents_run_directories_by_their_history(tmp_path, capsys):
         if name != "d4":
             for p in run.rglob("*"):
                 os.utime(p, (OLD, OLD))
+    foreign = experiment / "other"  # another program's folder: a config and checkpoints, none of our run files
+    ckpt(foreign / "checkpoints" / "last.ckpt")
+    (foreign / "config.yaml").write_text("x: 1\n")
     assert main(["prune", str(tmp_path / "runs"), "--keep", "1", "--metric", METRIC, "--goal", "maximize"]) == 0
+    assert names(foreign) == ["checkpoints/last.ckpt"]
     assert names(runs["b2"]) == ["checkpoints/best-epoch=001.ckpt"]
     assert names(runs["a1"]) == names(runs["c3"]) == []  # outside the best 1; ended before training was done
     assert len(names(runs["d4"])) == 2 and "d4: written less than 3600 s ago" in capsys.readouterr().out

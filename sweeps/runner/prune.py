@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rundir.checkpoints import Pruned, busy, checkpoints, needed, remove, strip
-from rundir.layout import CHECKPOINT_DIR, CONFIG_FILE, CV_FILE, HISTORY_FILE, RUN_RECORD, TRAINING_FILE
+from rundir.layout import CONFIG_FILE, CV_FILE, HISTORY_FILE, RUN_RECORD, TRAINING_FILE
 from sweeps.contract.history import best_of, read_history, training_done
 from sweeps.errors import UsageError
 
@@ -71,8 +71,8 @@ def sweep_runs(sweep_dir: Path, live: set[Path]) -> list[Run]:
 def folder_runs(root: Path, metric: str, goal: str) -> list[Run]:
     """Run directories without a sweep record (W&B agents' runs/<experiment>/<run id>/, or a folder
     of experiments): finished when training was done, ranked by the best value in their history."""
-    def is_run(p: Path) -> bool:
-        return p.is_dir() and ((p / CONFIG_FILE).is_file() or (p / CHECKPOINT_DIR).is_dir())
+    def is_run(p: Path) -> bool:  # files only this project's runs write: never another program's checkpoints
+        return p.is_dir() and (p / CONFIG_FILE).is_file() and ((p / HISTORY_FILE).is_file() or (p / TRAINING_FILE).is_file())
 
     dirs = [p for p in sorted(root.iterdir()) if is_run(p)]
     dirs += [q for p in sorted(root.iterdir()) if p.is_dir() and not is_run(p) for q in sorted(p.iterdir()) if is_run(q)]
@@ -166,7 +166,8 @@ def prune_dir(directory: str, keep: int, *, dry_run: bool, metric: Optional[str]
         raise UsageError(f"{root} is not an offline sweep directory (no sweep.yaml); for a folder of W&B agents' run "
                          "directories give the sweep's --metric and --goal")
     if not runs:
-        raise UsageError(f"{root} holds no run directories (runs/* of a sweep, or */config.yaml, */*/config.yaml)")
+        raise UsageError(f"{root} holds no run directories (runs/* of a sweep; */ or */*/ with config.yaml and "
+                         f"{HISTORY_FILE} or {TRAINING_FILE})")
     pruned, best = prune_runs(root, runs, keep, goal, dry_run=dry_run, idle_s=idle_s)
     verb = "would remove" if dry_run else "removed"
     for path in pruned.removed:
