@@ -124,6 +124,13 @@ def test_bad_keep_is_refused_when_parsed(tmp_path, capsys, argv, message):
     assert exit.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["-2", "1.5", "nan", "10000000", "none"])
+def test_bad_keep_checkpoints_of_run_is_refused_when_parsed(capsys, value):
+    with pytest.raises(SystemExit) as exit:
+        main(["run", "missing.yaml", "--keep-checkpoints", value])
+    assert exit.value.code == 2 and "argument --keep_checkpoints/--keep-checkpoints:" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("make", "extra", "message"), [
     (lambda d: d / "missing", [], "is not a directory"),
     (lambda d: d, [], "is not an offline sweep directory (no sweep.yaml)"),
