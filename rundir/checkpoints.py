@@ -97,8 +97,12 @@ def remove(path: Path, root: Path, pruned: Pruned, dry_run: bool) -> None:
         pruned.skipped.append(f"{path}: a symbolic link or outside {root}; left alone")
         return
     size = path.stat().st_size
-    if not dry_run:
-        path.unlink()
+    try:
+        if not dry_run:
+            path.unlink()
+    except OSError as e:  # not ours to remove (read-only, another user's): said, the rest goes on
+        pruned.skipped.append(f"{path}: not removed ({e.strerror})")
+        return
     pruned.removed.append(path)
     pruned.freed += size
 
@@ -128,6 +132,9 @@ def strip(path: Path, root: Path, pruned: Pruned, dry_run: bool) -> None:
             torch.save(checkpoint, tmp)
             freed = before - tmp.stat().st_size
             os.replace(tmp, path)
+        except OSError as e:  # a full or read-only disk: the checkpoint stays as it was
+            pruned.skipped.append(f"{path}: not stripped ({e.strerror or e})")
+            return
         finally:
             tmp.unlink(missing_ok=True)
     pruned.stripped.append(path)

@@ -74,8 +74,14 @@ def folder_runs(root: Path, metric: str, goal: str) -> list[Run]:
     def is_run(p: Path) -> bool:  # files only this project's runs write: never another program's checkpoints
         return p.is_dir() and (p / CONFIG_FILE).is_file() and ((p / HISTORY_FILE).is_file() or (p / TRAINING_FILE).is_file())
 
-    dirs = [p for p in sorted(root.iterdir()) if is_run(p)]
-    dirs += [q for p in sorted(root.iterdir()) if p.is_dir() and not is_run(p) for q in sorted(p.iterdir()) if is_run(q)]
+    def entries(p: Path) -> list[Path]:
+        try:
+            return sorted(p.iterdir()) if p.is_dir() else []
+        except OSError:  # a folder we may not read holds nothing we may prune
+            return []
+
+    dirs = [p for p in entries(root) if is_run(p)]
+    dirs += [q for p in entries(root) if not is_run(p) for q in entries(p) if is_run(q)]
     runs = []
     for path in dirs:
         history = read_history(path / HISTORY_FILE, metric)
