@@ -325,3 +325,17 @@ def test_stripping_loads_weights_only_and_a_dry_run_writes_nothing(tmp_path, cap
     assert set(torch.load(plain / "checkpoints" / "best-epoch=001.ckpt")) == {"state_dict"}
     assert (odd / "checkpoints" / "best-epoch=001.ckpt").stat().st_size == sizes[odd / "checkpoints" / "best-epoch=001.ckpt"]
     assert names(plain) == names(odd) == ["checkpoints/best-epoch=001.ckpt"]
+
+
+def test_continuing_from_a_pruned_checkpoint_is_refused_pointing_to_its_weights(tmp_path):
+    """Lightning would fail with a KeyError (a traceback) on `fit --ckpt_path` without optimizer state."""
+    import torch
+
+    from rundir.records import check_same_model
+
+    pruned = tmp_path / "best-epoch=001.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": {"backbone": "resnet18"}}, pruned)
+    with pytest.raises(ValueError, match=r"holds weights only .* --model.weights="):
+        check_same_model(pruned, {"backbone": "resnet18"})
+    torch.save({"state_dict": {}, "optimizer_states": [], "hyper_parameters": {"backbone": "resnet18"}}, pruned)
+    check_same_model(pruned, {"backbone": "resnet18"})  # a whole checkpoint continues
