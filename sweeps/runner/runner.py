@@ -255,9 +255,9 @@ class Runner:
                 job.lost, state, reason = True, "interrupted", "another runner found no heartbeat from this runner"
         if state == "interrupted" and not job.lost:
             self.study.enqueue_trial(dict(job.trial.params), user_attrs=retry_attrs(number, attrs["run_path"]))
-        prune.after_trial(self.store, self.sweep_dir, self.goal, self.progress.event)  # checkpoints (prune.py)
         shown = f" {self.metric}={value:.4g}" if value is not None and state != "interrupted" else ""
         self.progress.event(f"run {number:04d} {state}{shown}" + (f": {reason}" if reason else ""))
+        prune.after_trial(self.store, self.sweep_dir, self.goal, self.progress.event)  # checkpoints (prune.py)
         if state == "failed":
             self.failures_in_row += 1
             if self.failures_in_row >= self.settings.max_failures and not self.stopping:
