@@ -62,10 +62,17 @@ def busy(run_dir: Path, idle_s: Optional[float] = None) -> Optional[str]:
         if _locked(directory / LOCK_FILE):
             return f"a fit holds {directory.name}/{LOCK_FILE}: it is running"
     if idle_s is not None:
-        newest = max((p.lstat().st_mtime for p in Path(run_dir).rglob("*")), default=0.0)
+        newest = max((_mtime(p) for p in Path(run_dir).rglob("*")), default=0.0)
         if time.time() - newest < idle_s:
             return f"written less than {idle_s:g} s ago"
     return None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:  # gone while we looked: something is writing there
+        return time.time()
 
 
 def _locked(path: Path) -> bool:
