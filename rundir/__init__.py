@@ -1,6 +1,7 @@
 """The run directory and the one launcher, shared by training (the CV parent) and the sweep
 orchestration (the offline runner): the layout (layout.py), making one (create.py), reading
-what a run left (records.py), slots (slots.py), start/poll/stop (launcher.py) and the stop timeouts (grace.py).
+what a run left (records.py), its checkpoints (checkpoints.py), slots (slots.py), start/poll/stop (launcher.py)
+and the stop timeouts (grace.py).
 Imports nothing of the project and no torch on import (README, "Architecture")."""
 
 from rundir.create import RunDirError, adopt_run_dir, make_run_dir, resumed_run_dir

@@ -75,16 +75,21 @@ def check_same_model(ckpt_path: str | Path, model: dict) -> None:
     """A run continued from a checkpoint must be the same model: LightningCLI would otherwise
     take the checkpoint's hyperparameters over the command's, silently (lightning/pytorch/cli.py,
     LightningCLI._parse_ckpt_path), and the run's history would mix two models. Raises one
-    ValueError naming every differing model.* option."""
+    ValueError naming every differing model.* option. A checkpoint of weights only (pruned,
+    README "Keeping the disk small") cannot be continued: Lightning would fail with a KeyError."""
     path = Path(str(ckpt_path)).expanduser()
     if not path.is_file():
         return  # a name Lightning resolves, or a sharded checkpoint: not ours to read
     import torch
 
-    saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters") or {}
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    saved = checkpoint.get("hyper_parameters") or {}
     differ = [f"model.{key}={saved[key]!r} in the checkpoint, {value!r} in this command"
               for key, value in model.items()
               if key in saved and key not in NOT_COMPARED and not key.startswith("_") and _plain(saved[key]) != _plain(value)]
     if differ:
         raise ValueError(f"checkpoint {path} was trained with other settings than this command's ({'; '.join(differ)}): "
                          "continue it with the settings it was trained with, or start a new run without --ckpt_path")
+    if "state_dict" in checkpoint and "optimizer_states" not in checkpoint:
+        raise ValueError(f"checkpoint {path} holds weights only (no optimizer state: pruned, or saved weights-only), "
+                         f"so training cannot continue from it; start a new run from its weights with --model.weights={path}")

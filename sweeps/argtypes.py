@@ -52,6 +52,12 @@ TASKS = number(int, 1, 256, "processes per node")
 GPUS_PER_TASK = number(int, 0, 64, "0: CPU")
 CPUS = number(int, 1, 4096)
 ARRAY = number(int, 1, 100_000, "array tasks; SLURM's own MaxArraySize may be lower")
+KEEP = number(int, 0, 1_000_000, "finished runs whose best checkpoints are kept")
+
+
+def keep_or_all(text: str) -> Optional[int]:
+    """--keep-checkpoints: K, or `all` (no pruning: None)."""
+    return None if text.strip().lower() == "all" else KEEP(text)
 
 
 def sbatch_value(*, option: bool = False) -> Callable[[str], str]:

@@ -7,6 +7,7 @@
     python -m sweeps slurm sweeps/base.yaml --array 8 --gpus-per-task 1 [--dry-run] ...   # a SLURM job array
     python -m sweeps best DIR|ENTITY/PROJECT/ID [--export best.yaml]
     python -m sweeps report DIR
+    python -m sweeps prune DIR --keep K [--dry-run]   # checkpoints of all but the K best finished runs
 
 `run` without a sweep file builds one exactly as `generate` would, from the old tool's flags:
 --sweep_config PRESET (default base), or --method with --custom_params and no --sweep_config
@@ -156,6 +157,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from sweeps.runner.prune import prune_dir
+
+    return prune_dir(args.sweep_dir, args.keep, dry_run=args.dry_run, metric=args.metric, goal=args.goal)
+
+
 def _sweep_flags(parser: argparse.ArgumentParser) -> None:
     """The old tool's flags, shared by generate and run."""
     parser.add_argument("--cfg", "--config", dest="cfg", action="append",
@@ -215,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max_failures", "--max-failures", dest="max_failures", type=argtypes.MAX_FAILURES, default=5,
                      help="stop after this many failures in a row")
     run.add_argument("--quiet", action="store_true", help="no live status line, only one line per event")
+    run.add_argument("--keep_checkpoints", "--keep-checkpoints", dest="keep_checkpoints", type=argtypes.keep_or_all,
+                     default=argparse.SUPPRESS, metavar="K", help="after each run, keep the checkpoints of the K "
+                     "best finished runs (best epoch, no optimizer state), remove those of ended runs (default 3, "
+                     "sweeps/runner/prune.py; `all`: keep all)")
     run.add_argument("--nodes_per_trial", "--nodes-per-trial", dest="nodes_per_trial", type=argtypes.NODES, metavar="M",
                      help="inside a SLURM job: each run an srun step across M nodes, one DDP run (python -m sweeps "
                           "slurm sets this)")
@@ -262,6 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("sweep_dir")
     report.add_argument("--out", help="HTML file (default SWEEP_DIR/report.html)")
     report.set_defaults(func=cmd_report)
+
+    prune = sub.add_parser("prune", help="remove checkpoints of all but the K best finished runs of a sweep")
+    prune.add_argument("sweep_dir", help="an offline sweep directory, or a folder of W&B agents' run directories")
+    prune.add_argument("--keep", type=argtypes.KEEP, required=True, metavar="K", help="finished runs whose best "
+                       "checkpoints are kept, without optimizer state")
+    prune.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true", help="say what, remove nothing")
+    prune.add_argument("--metric", help="W&B agents' runs: the sweep metric (an offline sweep's is in sweep.yaml)")
+    prune.add_argument("--goal", choices=["maximize", "minimize"], help="W&B agents' runs: the metric's goal")
+    prune.set_defaults(func=cmd_prune)
     return parser
 
 

@@ -28,12 +28,23 @@ with open(run_dir / "env.json", "w") as f:
                                                  "XRAY_RUNNER_LIFELINE", "OMP_NUM_THREADS", "XRAY_GPU_SLOT")}}, f)
 
 
+PAD = b"\0" * 1024 * int(args.get("ckpt_kb", 0))  # --ckpt_kb: checkpoints of that size, and a best one
+
+
 def save(epoch):  # last.ckpt: a zip, as torch.save writes; "epoch" is the next epoch to train
     (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
     tmp = run_dir / CHECKPOINT_DIR / "tmp.ckpt"
     with zipfile.ZipFile(tmp, "w") as z:
         z.writestr("state.json", json.dumps({"epoch": epoch}))
+        z.writestr("pad", PAD)
     os.replace(tmp, run_dir / LAST_CHECKPOINT)
+
+
+def save_best(epoch):  # ModelCheckpoint's best-epoch=NNN.ckpt (the value rises every epoch: the latest)
+    for old in (run_dir / CHECKPOINT_DIR).glob("best-*.ckpt"):
+        old.unlink()
+    with zipfile.ZipFile(run_dir / CHECKPOINT_DIR / f"best-epoch={epoch:03d}.ckpt", "w") as z:
+        z.writestr("pad", PAD)
 
 
 metric = args.get("sweep.metric", "val/score")
@@ -75,6 +86,8 @@ for epoch in range(start, epochs):
         sys.exit(0)
     append_history(history, {"epoch": epoch, "step": epoch, metric: x * (1 + epoch) / epochs})
     save(epoch + 1)
+    if PAD:
+        save_best(epoch)
 write_training(run_dir / TRAINING_FILE, epochs, done=True)
 time.sleep(float(args.get("test_delay", 0)))  # the test after fit; a stop now does not cut it
 with open(run_dir / "test.json", "w") as f:

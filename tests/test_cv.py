@@ -277,13 +277,13 @@ def test_generate_makes_a_cv_sweep_from_any_preset_and_export_keeps_the_folds(tm
     assert best_config(Sweep.from_dict(sweep), saved)["cv"] == {"folds": 5}
 
 
-def _offline_sweep(tmp_path, sweep: dict, timeout: int) -> list[dict]:
+def _offline_sweep(tmp_path, sweep: dict, timeout: int, *extra: str) -> list[dict]:
     """`python -m sweeps run` on `sweep` into tmp_path/sweep; every run's run.json, in order."""
     import yaml
 
     path = tmp_path / f"{sweep['name']}.yaml"
     path.write_text(yaml.safe_dump(sweep))
-    out = subprocess.run([PYTHON, "-m", "sweeps", "run", str(path), "--out", str(tmp_path / "sweep"), "--quiet"],
+    out = subprocess.run([PYTHON, "-m", "sweeps", "run", str(path), "--out", str(tmp_path / "sweep"), "--quiet", *extra],
                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout + out.stderr
     return [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("runs/*/run.json"))]
@@ -329,7 +329,7 @@ def test_hyperband_stops_a_poor_cv_trial_early_in_the_offline_runner(hand_data, 
         "command": ["${env}", "${interpreter}", "${program}", "fit", "--config", "configs/demo.yaml",
                     "--sweep.metric=val/objective", "--cv.folds=2", "${args}"],
     }
-    runs = _offline_sweep(tmp_path, sweep, timeout=1500)
+    runs = _offline_sweep(tmp_path, sweep, 1500, "--keep-checkpoints", "all")  # the stopped folds' last.ckpt
     assert [r["state"] for r in runs] == ["finished", "finished", "stopped"], [r.get("reason") for r in runs]
     assert len(runs[2]["history"]) < 4 and "hyperband" in runs[2]["reason"]
     stopped_dir = tmp_path / "sweep" / runs[2]["run_dir"]

@@ -763,8 +763,9 @@ def test_end_to_end_with_cli_and_demo_data(tmp_path, monkeypatch):
         run_dir = tmp_path / "out" / t.user_attrs["run_dir"]
         assert t.user_attrs["state"] == "finished", (run_dir / "output.log").read_text()[-3000:]
         assert len(t.user_attrs["history"]) == 2 and t.value is not None
-        assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
-        assert list((run_dir / "wandb").glob("offline-run-*"))
+        assert (run_dir / "config.yaml").is_file() and list((run_dir / "wandb").glob("offline-run-*"))
+        # pruned after the run (--keep-checkpoints 3): the best epoch's checkpoint, no last.ckpt
+        assert [p.name[:5] for p in (run_dir / "checkpoints").iterdir()] == ["best-"]
     # `best --export` reproduces the best run through cli.py fit: the very same history
     best_yaml = tmp_path / "best.yaml"
     assert main(["best", str(tmp_path / "out"), "--export", str(best_yaml)]) == 0
@@ -805,7 +806,8 @@ def test_hyperband_stops_a_real_cli_run_cleanly(hand_data, tmp_path, monkeypatch
                     "--sweep.metric=val/auroc", "${args}"],
     }
     out = tmp_path / "out"
-    assert main(["run", write(tmp_path, sweep), "--out", str(out), "--quiet", "--workers", "1"]) == 0
+    assert main(["run", write(tmp_path, sweep), "--out", str(out), "--quiet", "--workers", "1",
+                 "--keep-checkpoints", "all"]) == 0  # the stopped run's last.ckpt stays to be seen
     trials = {t.user_attrs["params"]["trainer.callbacks"]: t for t in load(tmp_path, name="hb")}
     finished, stopped = trials[good], trials[blind]
     log = (out / stopped.user_attrs["run_dir"] / "output.log").read_text()[-3000:]

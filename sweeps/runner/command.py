@@ -36,6 +36,7 @@ from sweeps.files.sweep import Sweep
 from sweeps.runner.launch import prepare_sweep, program_root
 from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress
+from sweeps.runner.prune import DEFAULT_KEEP, KEEP_ATTR
 from sweeps.runner.runner import POLL_S, LaunchSettings, Runner
 from sweeps.runner.slurm import multi_node_sweep, requeue_after, srun_prefix
 from sweeps.runner.space import Space, build_space, make_sampler
@@ -210,6 +211,7 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
         raise RunnerError(f"cannot open sweep storage {mask_password(url)}: {type(e).__name__}: "
                           f"{mask_password(first)}") from None
     check_not_lost(store, sweep_dir, mask_password(url))
+    store.study.set_user_attr(KEEP_ATTR, getattr(args, "keep_checkpoints", DEFAULT_KEEP))  # every runner's K (prune.py)
     try:
         write_atomic(sweep_yaml, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     except OSError as e:

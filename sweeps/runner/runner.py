@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import rundir.launcher as launcher
+import sweeps.runner.prune as prune
 import sweeps.runner.recovery as recovery
 import sweeps.runner.trials as trials
 from rundir.grace import AGENT_KILL_AFTER_S
@@ -209,6 +210,7 @@ class Runner:
                 job.lost, state, reason = True, "interrupted", "another runner found no heartbeat from this runner"
         shown = f" {self.metric}={value:.4g}" if value is not None and state != "interrupted" else ""
         self.progress.event(f"run {number:04d} {state}{shown}" + (f": {reason}" if reason else ""))
+        prune.after_trial(self.store, self.sweep_dir, self.goal, self.progress.event)  # checkpoints (prune.py)
         if state == "failed":
             self.failures_in_row += 1
             if self.failures_in_row >= self.settings.max_failures and not self.stopping:
