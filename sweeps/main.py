@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--out", help="sweep directory on a file system all nodes share (default sweep_runs/<name>)")
     slurm.add_argument("--heartbeat", type=argtypes.HEARTBEAT_S, metavar="S", help="the runners' heartbeat (see `run --help`)")
     slurm.add_argument("--seed", type=argtypes.SEED, help="sampler seed")
+    slurm.add_argument("--keep_checkpoints", "--keep-checkpoints", dest="keep_checkpoints", type=argtypes.keep_or_all,
+                       default=argparse.SUPPRESS, metavar="K", help="every task's `run --keep-checkpoints` (default 3)")
     slurm.add_argument("--entity", help="W&B entity")
     slurm.add_argument("--requeue", action=argparse.BooleanOptionalAction, default=True,
                        help="let SLURM requeue a preempted task (default); a task also requeues itself "

@@ -94,6 +94,15 @@ def test_dry_run_writes_and_shows_the_script(fake, tmp_path):
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
 
+def test_every_task_prunes_checkpoints_as_asked(fake, tmp_path):
+    """`slurm --keep-checkpoints` reaches each task's runner (they share the study's K)."""
+    for keep, expected in (("1", "--keep-checkpoints 1"), ("all", "--keep-checkpoints all"), (None, None)):
+        (out := tmp_path / str(keep)).mkdir()
+        script = _dry_run(fake, out, "--array", "2", *(["--keep-checkpoints", keep] if keep else []))
+        runner = next(s for s in script.splitlines() if s.startswith("exec "))
+        assert (expected in runner) if expected else "--keep-checkpoints" not in runner
+
+
 def test_dry_run_of_a_multi_node_trial(fake, tmp_path):
     script = _dry_run(fake, tmp_path, "--array", "1", "--gpus-per-task", "4", "--nodes-per-trial", "2")
     assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=4" in script

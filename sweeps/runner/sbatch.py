@@ -35,6 +35,8 @@ def _runner_command(args: argparse.Namespace, sweep_file: Path, sweep_dir: Path,
                         ("--seed", args.seed), ("--project", args.project), ("--entity", args.entity)):
         if value is not None:
             cmd += [flag, str(value)]
+    if hasattr(args, "keep_checkpoints"):  # None: `all`
+        cmd += ["--keep-checkpoints", str(args.keep_checkpoints or "all")]
     if args.nodes_per_trial:
         cmd += ["--nodes-per-trial", str(args.nodes_per_trial), "--tasks-per-node", str(_tasks_per_node(args)),
                 "--gpus-per-trial", str(max(1, args.gpus_per_task))]
