@@ -1,8 +1,10 @@
 """The run directory and the one launcher, shared by training (the CV parent) and the sweep
 orchestration (the offline runner): the layout (layout.py), making one (create.py), reading
-what a run left (records.py), slots (slots.py), start/poll/stop (launcher.py) and the stop timeouts (grace.py).
+what a run left (records.py), slots (slots.py), start/poll/stop (launcher.py), the stop timeouts
+(grace.py) and the one atomic file writer (atomic.py).
 Imports nothing of the project and no torch on import (README, "Architecture")."""
 
+from rundir.atomic import replacing, write_atomic
 from rundir.create import RunDirError, adopt_run_dir, make_run_dir, resumed_run_dir
 from rundir.grace import AGENT_KILL_AFTER_S, CHILD_STOP_S, FINISH_GRACE_S, HARD_STOP_S
 from rundir.launcher import Launched, child_env, start, stop_all
@@ -30,8 +32,10 @@ __all__ = [
     "fold_slots",
     "gpu_slots",
     "make_run_dir",
+    "replacing",
     "resumed_run_dir",
     "start",
     "stop_all",
     "visible_gpus",
+    "write_atomic",
 ]

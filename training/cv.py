@@ -40,6 +40,7 @@ import numpy as np
 import rundir.launcher as launcher
 from datamodules.csvsafe import spreadsheet_safe
 from evaluation import columns_of
+from rundir.atomic import replacing
 from rundir.grace import CHILD_STOP_S
 from rundir.layout import (
     CV_FILE,
@@ -56,9 +57,10 @@ from rundir.layout import (
 from rundir.records import checkpoint_problem, failure_reason
 from rundir.slots import fold_slots
 from sweeps.contract import RunStopped, StopSignal, append_history, read_history, write_training
-from training.evaluate import patient_ids_of, publish_report, replacing, test_report_of
+from training.evaluate import patient_ids_of
 from training.loggers import update_summary
 from training.operating_point import OperatingPoint, choose_operating_point
+from training.report import publish_report, test_report_of
 
 log = logging.getLogger("cli")
 PROGRAM = Path(__file__).resolve().parents[1] / "cli.py"  # each fold is this CLI again
