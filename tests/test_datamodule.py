@@ -107,8 +107,8 @@ def test_constructing_the_data_module_writes_nothing(tmp_path):
 
 
 def test_demo_data_is_generated_on_first_use_by_the_cli(tmp_path, caplog):
+    from datamodules.demo import ensure_demo_data
     from training.options import DemoOptions
-    from training.setup import ensure_demo_data
 
     ensure_demo_data(str(tmp_path / "demo"), DemoOptions(body_part="foot", count=12, size=48), seed=0)
     data = dm(tmp_path / "demo")

@@ -234,7 +234,7 @@ def test_resume_by_hand_continues_the_run_in_its_directory(fit_args, tmp_path, c
 
 
 def _fit_into(run_dir, monkeypatch, capsys, tmp_path) -> tuple[int, str]:
-    from training.cli import main as cli
+    from training.program import main as cli
 
     monkeypatch.setenv("XRAY_RUN_DIR", str(run_dir))
     monkeypatch.setattr(sys, "argv", ["cli.py", "fit", "--config", "configs/demo.yaml", "--run.wandb=disabled",

@@ -35,9 +35,9 @@ def test_precision_is_chosen_by_compute_capability_without_a_cuda_context(fit_ar
     read without a CUDA context, and the forward pass really runs under that autocast."""
     from test_cli import KNOWN_GPUS
 
-    from training.setup import default_precision
+    from rundir.slots import default_precision
 
-    code = "import torch; from training.setup import default_precision; p = default_precision('auto'); " \
+    code = "import torch; from rundir.slots import default_precision; p = default_precision('auto'); " \
            "print(p, torch.cuda.is_initialized())"
     out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     assert out[1] == "False"  # no context was made to decide

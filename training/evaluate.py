@@ -157,9 +157,9 @@ class Evaluation(Callback):
 
     # ---- the operating point for test and predict --------------------------------------------
 
-    def operating_point_for(self, trainer: pl.Trainer, model: pl.LightningModule, datamodule,
-                            ckpt_path: Optional[str]) -> Optional[OperatingPoint]:
-        """The one stored with the checkpoint's weights when chosen with these settings; else a
+    def use_operating_point_of(self, trainer: pl.Trainer, model: pl.LightningModule, datamodule,
+                               ckpt_path: Optional[str]) -> None:
+        """Use the one stored with the checkpoint's weights when chosen with these settings; else a
         fixed threshold; else one chosen now on validation through those weights."""
         point = read_operating_point(ckpt_path)
         if point is None or not point.matches(self.options):
@@ -171,7 +171,7 @@ class Evaluation(Callback):
         if point is None and model.hparams.num_classes == 2:
             log.warning("eval.threshold=%s: no validation split to choose it on and none stored in the "
                         "checkpoint; binary decisions use 0.5", self.options.threshold)
-        return point
+        self.use(trainer, point)
 
     def collect_validation(self, trainer: pl.Trainer, model: pl.LightningModule, datamodule,
                            ckpt_path: Optional[str]) -> Optional[dict[str, np.ndarray]]:
