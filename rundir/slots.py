@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 GPU_SLOT_ENV = "XRAY_GPU_SLOT"  # set next to CUDA_VISIBLE_DEVICES when a launcher gives a run a GPU
 PROBE_TIMEOUT_S = 30.0
+MAX_RUNS_PER_DEVICE = 64  # cv.folds_per_device, --trials-per-gpu: each run holds its own memory on the device
 
 log = logging.getLogger("cli")
 
