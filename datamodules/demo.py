@@ -1,4 +1,4 @@
-"""The built-in demo data set (`demo.*` options, README "Quick start"): generated on first use
+"""The built-in demo data set (`demo.*` options, configs/demo.yaml; README "Training"): generated on first use
 into data.root by datamodules/synthetic.py, with the settings it was made with beside it."""
 
 from __future__ import annotations

@@ -173,15 +173,9 @@ def default_precision(accelerator: object = "auto") -> str:
     bf16, no loss scaling), fp16 autocast on Volta/Turing (7.x: V100, T4 emulate bf16 slowly,
     which `torch.cuda.is_bf16_supported()` counts as support by default), full precision on older
     GPUs and the CPU. Decided without a CUDA context (gpu_capability)."""
-    if str(accelerator) == "cpu":
-        return "32-true"
-    return precision_for(gpu_capability())
-
-
-def precision_for(capability: Optional[tuple[int, int]]) -> str:
-    if capability is None:
-        return "32-true"
-    return "bf16-mixed" if capability >= (8, 0) else "16-mixed" if capability >= (7, 0) else "32-true"
+    capability = None if str(accelerator) == "cpu" else gpu_capability()
+    return "32-true" if capability is None else "bf16-mixed" if capability >= (8, 0) else \
+        "16-mixed" if capability >= (7, 0) else "32-true"
 
 
 def gpu_capability() -> Optional[tuple[int, int]]:

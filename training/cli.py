@@ -1,9 +1,10 @@
 """XrayCLI: the LightningCLI of this project, importable without side effects.
 
-`python cli.py fit --config configs/ra_hand.yaml` runs `training.program.main()`; tests and notebooks call
-`cli_main(args)`. Every run writes into its own directory runs/<experiment>/<run id>/
-(config.yaml, checkpoints/, metrics.csv, wandb/). W&B logs offline unless the run is under a
-W&B agent or the user asks for online and is logged in; CSV metrics are always written.
+`python cli.py fit --config configs/ra_hand.yaml` runs `training.program.main()`; tests and
+notebooks call `cli_main(args)`. Every run writes into its own directory
+runs/<experiment>/<run id>/ (config.yaml, checkpoints/, metrics.csv, wandb/). W&B logs offline
+unless the run is under a W&B agent or the user asks for online and is logged in; CSV metrics
+are always written.
 """
 
 from __future__ import annotations

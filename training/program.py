@@ -1,6 +1,6 @@
-"""`python cli.py`: the program around cli_main. Every error a user can act on is one
-`error:` paragraph and an exit code (README "Run directories and logging"), which the offline
-runner and `best` read back as the run's failure reason (rundir.records.failure_reason)."""
+"""`python cli.py`: the program around cli_main. Every error a user can act on is one `error:`
+paragraph (the runner reads it back as the run's failure reason, rundir.records.failure_reason)
+and an exit code: 2 bad input, 3 diverged, 4 out of memory; a stopped run exits 0."""
 
 from __future__ import annotations
 
