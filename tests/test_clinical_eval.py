@@ -208,7 +208,7 @@ def test_temperature_on_a_degenerate_validation_split_falls_back_and_the_report_
     from evaluation import fit_temperature
     from training.evaluate import choose_operating_point
     from training.options import EvalOptions
-    from training.report import test_report_of
+    from training.writers import test_report_of
 
     options = EvalOptions(threshold="0.5", temperature_scaling=True, bootstrap_resamples=100)
     assert fit_temperature(np.array(logits), np.array(labels)) in (pytest.approx(0.01, rel=1e-3),

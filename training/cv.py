@@ -60,7 +60,7 @@ from sweeps.contract import RunStopped, StopSignal, append_history, read_history
 from training.evaluate import patient_ids_of
 from training.loggers import update_summary
 from training.operating_point import OperatingPoint, choose_operating_point
-from training.report import publish_report, test_report_of
+from training.writers import publish_report, test_report_of
 
 log = logging.getLogger("cli")
 PROGRAM = Path(__file__).resolve().parents[1] / "cli.py"  # each fold is this CLI again

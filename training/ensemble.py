@@ -14,7 +14,7 @@ import torch
 
 from rundir.layout import CV_FILE, PREDICTIONS_FILE, fold_dir
 from training.operating_point import OperatingPoint
-from training.report import write_predictions
+from training.writers import write_predictions
 
 # Options of the model whose change changes the weights' shapes (the others leave them alone).
 SHAPING = ("backbone", "num_classes", "weights")

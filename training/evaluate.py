@@ -1,7 +1,7 @@
 """Evaluation, owned in one place (README "Evaluation"): the `Evaluation` callback collects
 each validation/test epoch's outputs once (every rank's, each image once), logs the epoch
 metrics, chooses the operating point on validation, stores it in the checkpoints written for
-those weights, and hands the test outputs and the predictions to their writers (report.py).
+those weights, and hands the test outputs and the predictions to their writers (writers.py).
 Nothing is chosen on test.
 """
 
@@ -29,7 +29,7 @@ from training.operating_point import (
     read_operating_point,
 )
 from training.options import EvalOptions
-from training.report import publish_report, test_report_of, write_confusion_csv, write_predictions
+from training.writers import publish_report, test_report_of, write_confusion_csv, write_predictions
 
 log = logging.getLogger("cli")
 
