@@ -59,6 +59,22 @@ def test_precision_is_chosen_by_compute_capability_without_a_cuda_context(fit_ar
     assert cli_main(fit_args("configs/demo.yaml", *ON_GPU, "--trainer.precision=32-true")).trainer.precision == "32-true"
 
 
+def test_the_throughput_benchmarks_plain_loop_trains_at_the_clis_precision(tmp_path):
+    """benchmarks/throughput.py's (a) at the precision `cli.py fit` picks here, as its (b) is
+    (not is_bf16_supported(), which says yes on a V100/T4 that the CLI trains at 16-mixed)."""
+    import sys
+
+    sys.path.append(str(ROOT / "benchmarks"))
+    import throughput
+
+    from rundir.slots import default_precision
+
+    args = throughput.parse_args(["--device", "cuda", "--backbone", "resnet18", "--image-size", "32",
+                                  "--batch-size", "4", "--steps", "2", "--warmup", "1", "--work", str(tmp_path)])
+    row = throughput.plain_loop(args, "cuda", compiled=False)
+    assert row["precision"] == default_precision("cuda") and row["images_per_s"] > 0
+
+
 def test_ddp_on_one_gpu_builds_an_nccl_group_and_logs_its_epoch_figures(hand_data, tmp_path):
     """`--trainer.devices=1 --trainer.strategy=ddp` creates an NCCL process group on one GPU: the
     cheapest reproduction of a CPU tensor reaching a collective (Lightning #18803), e.g. a
