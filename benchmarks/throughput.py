@@ -3,8 +3,8 @@
     python benchmarks/throughput.py                      # CPU: small settings, ~2 minutes on 2 cores
     python benchmarks/throughput.py --device cuda        # GPU: resnet50, 224 px, batch 256, compiled
 
-(a) plain PyTorch loop, same backbone / size / batch / precision (bf16 autocast and
-    channels_last on GPU), data already on the device: eager and torch.compile'd. The ceiling.
+(a) plain PyTorch loop, same backbone / size / batch / precision (the one `cli.py fit` picks
+    here, rundir.slots.default_precision) and channels_last on GPU, data already on the device: eager and torch.compile'd. The ceiling.
 (b) `cli.py fit` in-process (cli_main) fed from the preprocessing cache, timed by a callback
     over steady-state steps only (after --warmup steps, inside epochs).
 (c) the loader alone: from raw 16-bit PNG (decode + resize in the workers) and from the cache,
@@ -38,6 +38,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from first_step import FirstStep  # noqa: E402  (benchmarks/first_step.py)
 from lightning.pytorch.callbacks import Callback  # noqa: E402
+
+from rundir.slots import default_precision  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -171,13 +173,19 @@ def _plain_loop(args, device: str, compiled: bool) -> dict:
     y = torch.randint(0, 2, (args.batch_size,), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     step_model = torch.compile(model) if compiled else model
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    # The precision `cli.py fit` picks on this machine, so that (a) and (b) compare like with like:
+    # not is_bf16_supported(), which says yes on a V100/T4 that only emulates bf16 (the CLI
+    # trains those at 16-mixed, with a GradScaler as here: lightning/pytorch/plugins/precision/amp.py).
+    precision = default_precision(device)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device, enabled=dtype is torch.float16)
 
     def step() -> None:
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device, dtype=dtype) if dtype else contextlib.nullcontext():
             loss = F.cross_entropy(step_model(x).float(), y)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
     t = time.perf_counter()
@@ -191,7 +199,7 @@ def _plain_loop(args, device: str, compiled: bool) -> dict:
     _sync(device)
     seconds, images = time.perf_counter() - t, args.steps * args.batch_size
     return {"images_per_s": images / seconds, "images": images, "steps": args.steps, "seconds": seconds,
-            "warmup_s": warm_s, "cuda_peak_mib": _cuda_peak(device),
+            "warmup_s": warm_s, "cuda_peak_mib": _cuda_peak(device), "precision": precision,
             "cudnn_benchmark": torch.backends.cudnn.benchmark}  # fmt: skip
 
 

@@ -56,6 +56,25 @@ def make_run_dir(root: Path, experiment: str, name: Optional[str]) -> Path:
     raise FileExistsError(f"Too many runs named {base} under {root / experiment}")
 
 
+def run_dir_for(*, fit: bool, continuing: Optional[str], root: Path, experiment: str,
+                name: Optional[str]) -> tuple[Path, bool]:
+    """This process's run directory and whether it made it: the one given in XRAY_RUN_DIR (by a
+    launcher, or by our DDP parent), else the run whose last.ckpt a `fit` continues (checked and
+    locked for a `fit`: never a finished run, never two fits at once), else a fresh one."""
+    inherited = os.environ.get(RUN_DIR_ENV)
+    resumed = resumed_run_dir(continuing)
+    if not (inherited or resumed):
+        return make_run_dir(root, experiment, name), True
+    run_dir = Path(inherited) if inherited else resumed
+    if fit:
+        run_dir = adopt_run_dir(run_dir, from_env=bool(inherited), continuing=continuing is not None)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(run_dir, e) from None
+    return run_dir, False
+
+
 def resumed_run_dir(ckpt_path: Optional[str]) -> Optional[Path]:
     """The run directory a checkpoint belongs to (`<run dir>/checkpoints/X.ckpt` next to the
     run's config.yaml), which a resumed fit continues; None for a checkpoint from elsewhere."""

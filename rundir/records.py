@@ -1,13 +1,16 @@
-"""Reading what a run left: whether its checkpoint can be continued from, and why it failed.
+"""Reading what a run left: whether its checkpoint can be continued from (and is the same model), and
+why it failed.
 Used by the CLI (`fit --ckpt_path`), the CV parent (folds) and the offline runner (trials)."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
+log = logging.getLogger("cli")
 LIGHTNING_NAMES = ("last", "best", "hpc")  # ckpt_path values Lightning resolves itself
 
 
@@ -93,3 +96,15 @@ def check_same_model(ckpt_path: str | Path, model: dict) -> None:
     if "state_dict" in checkpoint and "optimizer_states" not in checkpoint:
         raise ValueError(f"checkpoint {path} holds weights only (no optimizer state: pruned, or saved weights-only), "
                          f"so training cannot continue from it; start a new run from its weights with --model.weights={path}")
+
+
+def continue_from(ckpt_path: str, model: dict) -> Optional[str]:
+    """`fit --ckpt_path`: the checkpoint to continue from; None when it cannot be read, so that
+    training starts over, saying so (every DDP rank decides the same, from the same file and
+    argv). Another model's checkpoint is refused (check_same_model)."""
+    problem = checkpoint_problem(ckpt_path)
+    if problem is not None:
+        log.warning("cannot resume from the checkpoint (%s): training starts over from epoch 0", problem)
+        return None
+    check_same_model(ckpt_path, model)
+    return ckpt_path

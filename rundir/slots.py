@@ -1,19 +1,25 @@
 """Slots: where the processes that share a machine run (a CUDA_VISIBLE_DEVICES value each, or
-None for the CPU), for the offline runner's trials and the CV parent's folds alike.
+None for the CPU), for the offline runner's trials and the CV parent's folds alike; and what
+the GPU a run sees can do (the precision it trains at).
 
-GPUs are counted with `nvidia-smi -L`, never through torch.cuda: a launcher that trains
+GPUs are counted and asked with `nvidia-smi`, never through torch.cuda: a launcher that trains
 nothing must not create a CUDA context (README, "Several GPUs")."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any, Optional
 
 GPU_SLOT_ENV = "XRAY_GPU_SLOT"  # set next to CUDA_VISIBLE_DEVICES when a launcher gives a run a GPU
 PROBE_TIMEOUT_S = 30.0
+MAX_RUNS_PER_DEVICE = 64  # cv.folds_per_device, --trials-per-gpu: each run holds its own memory on the device
+
+log = logging.getLogger("cli")
 
 
 class SlotError(ValueError):
@@ -159,3 +165,47 @@ def check_gpu_slot() -> None:
         raise SlotError(f"this run was given GPU {slot} (CUDA_VISIBLE_DEVICES="
                         f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}) but sees no GPU: that GPU does not exist "
                         "here, or the driver is not loaded (check `nvidia-smi -L`); it would train on the CPU")
+
+
+def default_precision(accelerator: object = "auto") -> str:
+    """The precision `cli.py fit` trains at unless --trainer.precision says otherwise (benchmarks
+    compare at the same): bf16 autocast on Ampere and later (compute capability >= 8.0: native
+    bf16, no loss scaling), fp16 autocast on Volta/Turing (7.x: V100, T4 emulate bf16 slowly,
+    which `torch.cuda.is_bf16_supported()` counts as support by default), full precision on older
+    GPUs and the CPU. Decided without a CUDA context (gpu_capability)."""
+    capability = None if str(accelerator) == "cpu" else gpu_capability()
+    return "32-true" if capability is None else "bf16-mixed" if capability >= (8, 0) else \
+        "16-mixed" if capability >= (7, 0) else "32-true"
+
+
+def gpu_capability() -> Optional[tuple[int, int]]:
+    """Compute capability of the first GPU this process sees (the one a single-device run uses;
+    DDP ranks see the same kind), or None without a GPU. From nvidia-smi (NVML underneath), or
+    from torch when this process has a CUDA context already: `is_bf16_supported()`,
+    `get_device_capability()` and friends create one (~0.5 GB) on the current device, in every
+    DDP rank before Lightning sets its device and in a CV parent that trains nothing."""
+    torch = sys.modules.get("torch")  # not imported: no CUDA context either
+    if torch is not None and torch.cuda.is_initialized():
+        return torch.cuda.get_device_capability()
+    inherited = inherited_gpus()
+    first = "0" if inherited is None else inherited[0] if inherited else None
+    if first is None:
+        return None
+    if first.startswith("MIG-"):
+        return (8, 0)  # MIG exists on A100/A30/H100 and later only: all >= 8.0
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None  # no driver, hence no GPU to train on
+    for line in out.splitlines():
+        index, uuid, cap = (field.strip() for field in line.split(",")[:3])
+        if first == index or (first.startswith("GPU-") and uuid.startswith(first)):
+            try:
+                major, minor = cap.split(".")
+                return int(major), int(minor)
+            except ValueError:
+                log.warning("nvidia-smi reports compute capability %r for GPU %s: precision 32-true "
+                            "(set --trainer.precision)", cap, first)
+                return None
+    return None

@@ -21,6 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
+from rundir.atomic import write_atomic
 from sweeps import argtypes
 from sweeps.errors import SweepError, UsageError
 from sweeps.files import (
@@ -32,7 +33,6 @@ from sweeps.files import (
     render_yaml,
 )
 from sweeps.files.build import merge_custom_params
-from sweeps.files.io import write_atomic
 from sweeps.text import visible
 
 SWEEP_DIR = Path(__file__).resolve().parent

@@ -95,7 +95,9 @@ PYTHON = sys.executable
 
 
 def parse_cli(argv: list[str]):
-    """Parse a command line with the real CLI, instantiating nothing; returns the subcommand's config."""
+    """Parse a command line with the real CLI's parser, instantiating and running nothing
+    (LightningCLI's `run=False`: a parser without subcommands, so a leading one is dropped and
+    the subcommand's own arguments, such as fit's ckpt_path, are not accepted); returns the config."""
     from datamodules.datamodule import XrayDataModule
     from models.classifier import XrayClassifier
     from training.cli import XrayCLI
@@ -105,7 +107,5 @@ def parse_cli(argv: list[str]):
 
         def instantiate_classes(self) -> None: ...
 
-        def _run_subcommand(self, subcommand: str) -> None: ...
-
-    cli = _ParseOnly(XrayClassifier, XrayDataModule, args=argv, auto_configure_optimizers=False)
-    return cli.config[cli.config.subcommand]
+    args = argv[1:] if argv and argv[0] in XrayCLI.subcommands() else argv
+    return _ParseOnly(XrayClassifier, XrayDataModule, args=args, run=False, auto_configure_optimizers=False).config

@@ -127,3 +127,29 @@ def test_gpu_benchmark_keeps_earlier_phases_and_records_the_error_of_a_failing_o
     phases = json.loads(out.read_text())["phases"]
     assert phases["loader"]["cache"]["images"] > 0 and "error" not in phases["loader"]
     assert "NotADirectoryError" in phases["sweep"]["error"]
+
+
+def test_the_plain_loop_trains_at_the_precision_the_cli_would_choose(tmp_path, monkeypatch):
+    """(a) and (b) compare like with like: the plain loop asks the CLI's default_precision, not
+    torch.cuda.is_bf16_supported() (which says yes on GPUs that only emulate bf16). Here the CLI
+    is made to choose bf16 on the CPU, and the loop's forward pass must then run under it."""
+    import throughput
+
+    import models.backbones as backbones
+
+    args = throughput.parse_args(["--device", "cpu", "--backbone", "resnet18", "--image-size", "32",
+                                  "--batch-size", "2", "--steps", "1", "--warmup", "0", "--work", str(tmp_path)])
+    seen: list[torch.dtype] = []
+
+    def tiny(*args, **kwargs) -> torch.nn.Module:  # the loop is under test, not the backbone
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        model.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+        return model
+
+    monkeypatch.setattr(backbones, "build_backbone", tiny)
+    monkeypatch.setattr(throughput, "default_precision", lambda accelerator: "bf16-mixed")
+    row = throughput.plain_loop(args, "cpu", compiled=False)
+    assert row["precision"] == "bf16-mixed" and seen == [torch.bfloat16]
+    monkeypatch.setattr(throughput, "default_precision", lambda accelerator: "32-true")
+    seen.clear()
+    assert throughput.plain_loop(args, "cpu", compiled=False)["precision"] == "32-true" and seen == [torch.float32]

@@ -350,7 +350,7 @@ def _no_cuda_context(monkeypatch) -> None:
 @pytest.mark.parametrize(("gpu", "capability", "expected"), KNOWN_GPUS, ids=[g[0] for g in KNOWN_GPUS])
 def test_precision_follows_the_gpus_compute_capability_without_a_cuda_context(gpu, capability, expected,
                                                                              monkeypatch):
-    from training.setup import default_precision
+    from rundir.slots import default_precision
 
     _no_cuda_context(monkeypatch)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -360,7 +360,7 @@ def test_precision_follows_the_gpus_compute_capability_without_a_cuda_context(gp
 
 
 def test_precision_is_that_of_the_gpu_this_process_sees(monkeypatch):
-    from training.setup import default_precision
+    from rundir.slots import default_precision
 
     _no_cuda_context(monkeypatch)
     rows = [(0, "GPU-aaaa-1111", "7.0"), (1, "GPU-bbbb-2222", "9.0")]
@@ -380,7 +380,7 @@ def test_precision_is_that_of_the_gpu_this_process_sees(monkeypatch):
 def test_precision_without_a_driver_is_full_precision(monkeypatch):
     import subprocess
 
-    from training.setup import default_precision
+    from rundir.slots import default_precision
 
     _no_cuda_context(monkeypatch)
 

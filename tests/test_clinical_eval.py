@@ -206,8 +206,9 @@ def test_without_patient_ids_each_image_is_its_own_patient_and_the_report_says_s
 ], ids=["one image", "one class", "separated"])
 def test_temperature_on_a_degenerate_validation_split_falls_back_and_the_report_says_so(logits, labels):
     from evaluation import fit_temperature
-    from training.evaluate import choose_operating_point, test_report_of
+    from training.evaluate import choose_operating_point
     from training.options import EvalOptions
+    from training.writers import test_report_of
 
     options = EvalOptions(threshold="0.5", temperature_scaling=True, bootstrap_resamples=100)
     assert fit_temperature(np.array(logits), np.array(labels)) in (pytest.approx(0.01, rel=1e-3),

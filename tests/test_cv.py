@@ -68,6 +68,16 @@ def test_cv_options_are_checked(fit_args):
         cli_main(fit_args("configs/demo.yaml", "--cv.folds=2", "--cv.folds_per_device=0"))
 
 
+def test_folds_per_device_has_an_upper_bound():
+    """A huge cv.folds_per_device was accepted, and the slots of a GPU run were built as a list
+    of that many entries per GPU before being cut to the folds (10**9: memory exhausted)."""
+    from training.options import CVOptions
+
+    assert CVOptions(folds=5, folds_per_device=64).folds_per_device == 64
+    with pytest.raises(ValueError, match=r"cv.folds_per_device must be at most 64, got 1000000000: .*CUDA context"):
+        CVOptions(folds=5, folds_per_device=10**9)
+
+
 def test_folds_share_a_device_k_at_a_time_with_the_runners_slot_logic(monkeypatch):
     """cv.folds_per_device: a 5-fold trial on one GPU trains its folds side by side (as the
     runner's --trials-per-gpu does for trials); never more slots than folds; the inherited

@@ -107,8 +107,8 @@ def test_constructing_the_data_module_writes_nothing(tmp_path):
 
 
 def test_demo_data_is_generated_on_first_use_by_the_cli(tmp_path):
+    from datamodules.demo import ensure_demo_data
     from training.options import DemoOptions
-    from training.setup import ensure_demo_data
 
     foot = DemoOptions(body_part="foot", count=12, size=48)
     ensure_demo_data(str(tmp_path / "demo"), foot, seed=0)
@@ -122,8 +122,8 @@ def test_demo_data_is_generated_on_first_use_by_the_cli(tmp_path):
 def test_a_stale_or_foreign_demo_folder_stops_the_run_naming_its_record(tmp_path):
     """A demo folder made with other demo.* settings (or by hand, or damaged) is never written
     over nor silently trained on: one error names its synthetic.json, what differs, what to do."""
+    from datamodules.demo import ensure_demo_data
     from training.options import DemoOptions
-    from training.setup import ensure_demo_data
 
     root = tmp_path / "demo"
     ensure_demo_data(str(root), DemoOptions(body_part="foot", count=12, size=48), seed=0)

@@ -233,7 +233,7 @@ def test_resume_by_hand_continues_the_run_in_its_directory(fit_args, tmp_path, c
 
 
 def _fit_into(run_dir, monkeypatch, capsys, tmp_path) -> tuple[int, str]:
-    from training.cli import main as cli
+    from training.program import main as cli
 
     monkeypatch.setenv("XRAY_RUN_DIR", str(run_dir))
     monkeypatch.setattr(sys, "argv", ["cli.py", "fit", "--config", "configs/demo.yaml", "--run.wandb=disabled",
@@ -305,3 +305,24 @@ def test_continuing_from_another_models_checkpoint_is_refused_naming_the_options
     assert "num_classes" not in message and "compile" not in message
     assert (run / "config.yaml").read_text() == "{}"  # nothing of the run was written over
     check_same_model(ckpt, {"backbone": "resnet34", "lr": 0.01, "compile": False, "dropout": 0.5})  # same model
+
+
+def test_a_failure_mid_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    """rundir.atomic, the one writer of reports, predictions, cv.json and sweep files. A new file
+    gets the permissions the user's umask gives any new file (the old training copy made every
+    report 0644, readable by all, under a private umask)."""
+    from rundir.atomic import replacing, write_atomic
+
+    target = tmp_path / "cv.json"
+    write_atomic(target, "old")
+    with pytest.raises(RuntimeError, match="crash"), replacing(target) as f:
+        f.write("half of the new")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["cv.json"]
+    umask = os.umask(0o077)
+    try:
+        write_atomic(target, "new")
+    finally:
+        os.umask(umask)
+    assert target.read_text() == "new" and target.stat().st_mode & 0o777 == 0o600

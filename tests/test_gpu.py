@@ -35,9 +35,9 @@ def test_precision_is_chosen_by_compute_capability_without_a_cuda_context(fit_ar
     read without a CUDA context, and the forward pass really runs under that autocast."""
     from test_cli import KNOWN_GPUS
 
-    from training.setup import default_precision
+    from rundir.slots import default_precision
 
-    code = "import torch; from training.setup import default_precision; p = default_precision('auto'); " \
+    code = "import torch; from rundir.slots import default_precision; p = default_precision('auto'); " \
            "print(p, torch.cuda.is_initialized())"
     out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     assert out[1] == "False"  # no context was made to decide
@@ -57,6 +57,22 @@ def test_precision_is_chosen_by_compute_capability_without_a_cuda_context(fit_ar
     assert all(math.isfinite(v) for v in _val_auroc(cli.run_dir))
     # an explicit --trainer.precision wins
     assert cli_main(fit_args("configs/demo.yaml", *ON_GPU, "--trainer.precision=32-true")).trainer.precision == "32-true"
+
+
+def test_the_throughput_benchmarks_plain_loop_trains_at_the_clis_precision(tmp_path):
+    """benchmarks/throughput.py's (a) at the precision `cli.py fit` picks here, as its (b) is
+    (not is_bf16_supported(), which says yes on a V100/T4 that the CLI trains at 16-mixed)."""
+    import sys
+
+    sys.path.append(str(ROOT / "benchmarks"))
+    import throughput
+
+    from rundir.slots import default_precision
+
+    args = throughput.parse_args(["--device", "cuda", "--backbone", "resnet18", "--image-size", "32",
+                                  "--batch-size", "4", "--steps", "2", "--warmup", "1", "--work", str(tmp_path)])
+    row = throughput.plain_loop(args, "cuda", compiled=False)
+    assert row["precision"] == default_precision("cuda") and row["images_per_s"] > 0
 
 
 def test_ddp_on_one_gpu_builds_an_nccl_group_and_logs_its_epoch_figures(hand_data, tmp_path):

@@ -184,7 +184,8 @@ def _read_rows(path: Path) -> list[list[str]]:
 
 
 def test_confusion_and_prediction_csv_cells_are_spreadsheet_safe(tmp_path):
-    from training.evaluate import PredictionWriter, write_confusion_csv
+    from training.evaluate import PredictionWriter
+    from training.writers import write_confusion_csv
 
     names = ["=1+1", "-1"]
     write_confusion_csv(tmp_path / "confusion.csv", torch.tensor([[3, 0], [1, 2]]), names)

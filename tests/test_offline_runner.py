@@ -878,7 +878,7 @@ def test_nvidia_smi_lists_gpus_not_their_mig_devices(monkeypatch):
 def test_a_run_given_a_gpu_it_cannot_see_fails_at_once(monkeypatch, capsys):
     """The runner gave the run GPU 0 (XRAY_GPU_SLOT, CUDA_VISIBLE_DEVICES) and CUDA sees none
     here: one line saying so, exit 2, before anything is parsed or trained."""
-    from training.cli import main as cli
+    from training.program import main as cli
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setenv(slots.GPU_SLOT_ENV, "0")

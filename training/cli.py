@@ -1,9 +1,10 @@
 """XrayCLI: the LightningCLI of this project, importable without side effects.
 
-`python cli.py fit --config configs/ra_hand.yaml` runs `main()`; tests and notebooks call
-`cli_main(args)`. Every run writes into its own directory runs/<experiment>/<run id>/
-(config.yaml, checkpoints/, metrics.csv, wandb/). W&B logs offline unless the run is under a
-W&B agent or the user asks for online and is logged in; CSV metrics are always written.
+`python cli.py fit --config configs/ra_hand.yaml` runs `training.program.main()`; tests and
+notebooks call `cli_main(args)`. Every run writes into its own directory
+runs/<experiment>/<run id>/ (config.yaml, checkpoints/, metrics.csv, wandb/). W&B logs offline
+unless the run is under a W&B agent or the user asks for online and is logged in; CSV metrics
+are always written.
 """
 
 from __future__ import annotations
@@ -17,34 +18,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
-from jsonargparse import ArgumentError
-from lightning.fabric.utilities.exceptions import MisconfigurationException
+import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.datamodule import XrayDataModule
-from datamodules.readers import ImageReadError
-from datamodules.records import DataError
+from datamodules.demo import ensure_demo_data
 from evaluation import check_columns
-from models.backbones import UnknownBackboneError, WeightsError
 from models.classifier import XrayClassifier
 from models.explain import ExplainWriter
-from rundir import (
-    CHILD_STOP_S,
-    RUN_DIR_ENV,
-    RunDirError,
-    adopt_run_dir,
-    check_gpu_slot,
-    check_same_model,
-    checkpoint_problem,
-    make_run_dir,
-    resumed_run_dir,
-)
-from rundir.layout import HISTORY_FILE
+from rundir import CHILD_STOP_S, RUN_DIR_ENV, check_gpu_slot, continue_from, default_precision, run_dir_for
+from rundir.layout import BEST_CHECKPOINT, CHECKPOINT_DIR, HISTORY_FILE, LAST_CHECKPOINT
 from sweeps.contract.conditions import apply_conditions
 from sweeps.contract.groups import LINKS, added_groups
-from sweeps.contract.guard import Diverged, RunGuard, RunStopped
+from sweeps.contract.guard import RunGuard, RunStopped
 from sweeps.contract.lifeline import watch_runner
 from sweeps.contract.lightning_adapter import ddp_children
 from sweeps.contract.metric import SweepMetric
@@ -53,11 +41,9 @@ from training.cv import cross_validate, save_fold_outputs
 from training.ensemble import check_weights_fit, predict_with_ensemble
 from training.evaluate import Evaluation, PredictionWriter, patient_ids_of
 from training.loggers import ImageSampleLogger, default_loggers, finish_wandb
-from training.setup import check_config_files, default_precision, ensure_demo_data
 
 log = logging.getLogger("cli")
 _CREATED_RUN_DIRS: list[Path] = []  # removed again when a run fails before writing anything
-USER_ERRORS = (DataError, ImageReadError, UnknownBackboneError, WeightsError, FileNotFoundError)
 _PRINT_CONFIG = "--print_config"
 
 
@@ -70,6 +56,16 @@ def _quiet_expected_warnings() -> None:
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     # Under DDP: val/* and test/* are already global (training.evaluate), deliberately not synced.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
+
+
+def _check_config_files(args: list[str]) -> None:
+    """Name the file when a --config is not valid YAML (jsonargparse only says where in it)."""
+    for flag, value in zip(args, args[1:]):
+        if flag in ("--config", "-c") and Path(value).is_file():
+            try:
+                yaml.safe_load(Path(value).read_text())
+            except yaml.YAMLError as e:
+                raise ValueError(f"config file {value} is not valid YAML: {e}") from None
 
 
 class XrayCLI(LightningCLI):
@@ -87,16 +83,16 @@ class XrayCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         args = list(sys.argv[1:] if args is None else args)
-        check_config_files(args)
+        _check_config_files(args)
         # --print_config prints and exits inside parse_args: hold it back until the
         # conditions are applied, so that it shows what the run will use.
-        printing = any(a == _PRINT_CONFIG or a.startswith(_PRINT_CONFIG + "=") for a in args)
-        without_print = [a for a in args if a != _PRINT_CONFIG and not a.startswith(_PRINT_CONFIG + "=")]
+        without_print = [a for a in args if a.partition("=")[0] != _PRINT_CONFIG]
+        printing = len(without_print) < len(args)
         self.config = parser.parse_args(without_print)
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else self.config
         kept, self.dropped_conditionals = apply_conditions(args, cfg)
-        self.args = [a for a in kept if a != _PRINT_CONFIG and not a.startswith(_PRINT_CONFIG + "=")]
+        self.args = [a for a in kept if a.partition("=")[0] != _PRINT_CONFIG]
         for note in self.dropped_conditionals:
             log.warning("sweep: %s", note)
         if self.dropped_conditionals or printing:
@@ -114,43 +110,23 @@ class XrayCLI(LightningCLI):
             if cfg.data.get("fold") is not None:
                 raise ValueError(f"cv.folds trains every fold; data.fold={cfg.data.fold} trains one: give one of them")
             cfg.data.folds, cfg.trainer.devices, cfg.trainer.strategy = cfg.cv.folds, 1, "auto"
-        inherited = os.environ.get(RUN_DIR_ENV)
-        resumed = resumed_run_dir(self._resume_from)
-        if inherited or resumed:
-            self.run_dir = Path(inherited) if inherited else resumed
-            if self.subcommand == "fit":  # checked and locked: never a finished run, never two fits at once
-                self.run_dir = adopt_run_dir(self.run_dir, from_env=bool(inherited),
-                                             continuing=self._resume_from is not None)
-            try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise RunDirError(self.run_dir, e) from None
-            if resumed and not inherited:
-                os.environ[RUN_DIR_ENV] = str(self.run_dir)  # for DDP children
-                self._set_env = True
-        else:
-            configs = cfg.get("config") or []
-            experiment = cfg.run.experiment or (Path(str(configs[0])).stem if configs else "default")
-            self.run_dir = make_run_dir(Path(cfg.run.root), experiment, cfg.run.name)
+        configs = cfg.get("config") or []
+        experiment = cfg.run.experiment or (Path(str(configs[0])).stem if configs else "default")
+        self.run_dir, made = run_dir_for(fit=self.subcommand == "fit", continuing=self._resume_from,
+                                         root=Path(cfg.run.root), experiment=experiment, name=cfg.run.name)
+        if made:
             _CREATED_RUN_DIRS.append(self.run_dir)
-            # DDP children re-run this script; they must find the same directory.
+        if not os.environ.get(RUN_DIR_ENV):  # DDP children re-run this script; they must find the same directory
             os.environ[RUN_DIR_ENV] = str(self.run_dir)
             self._set_env = True
         cfg.trainer.default_root_dir = str(self.run_dir)
         ensure_demo_data(cfg.data.root, cfg.demo, seed=cfg.data.split_seed)
 
     def _resume(self, cfg) -> None:
-        """`fit --ckpt_path`: continue that run; its directory may already hold config.yaml.
-        An unreadable checkpoint starts the training over, saying so (every rank decides the
-        same, from the same file and argv)."""
+        """`fit --ckpt_path`: continue that run; its directory may already hold config.yaml."""
         self._resume_from = str(cfg.ckpt_path)
         self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
-        problem = checkpoint_problem(str(cfg.ckpt_path))
-        if problem is not None:
-            log.warning("cannot resume from the checkpoint (%s): training starts over from epoch 0", problem)
-            cfg.ckpt_path = None
-        else:
-            check_same_model(cfg.ckpt_path, cfg.model.as_dict())  # another model's checkpoint: refused
+        cfg.ckpt_path = continue_from(self._resume_from, cfg.model.as_dict())
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         cfg = self.config_init[self.subcommand]
@@ -160,19 +136,14 @@ class XrayCLI(LightningCLI):
         loggers = cfg.trainer.get("logger")
         if loggers is None or loggers is True:
             kwargs["logger"] = default_loggers(run, self.run_dir)
-        self.checkpoint = ModelCheckpoint(
-            dirpath=self.run_dir / "checkpoints",
-            filename="best-{epoch:03d}",
-            monitor=run.monitor,
-            mode=run.monitor_mode,
-        )
+        checkpoints = self.run_dir / CHECKPOINT_DIR
+        self.checkpoint = ModelCheckpoint(checkpoints, BEST_CHECKPOINT, monitor=run.monitor, mode=run.monitor_mode)
         # last.ckpt: the latest epoch. Not save_last=True: since Lightning 2.6 that writes last.ckpt
         # only when a best checkpoint is written at the same step, i.e. it stays the best epoch.
-        self.last_checkpoint = ModelCheckpoint(
-            dirpath=self.run_dir / "checkpoints", filename="last", monitor=None, enable_version_counter=False
-        )
+        self.last_checkpoint = ModelCheckpoint(checkpoints, Path(LAST_CHECKPOINT).stem, monitor=None,
+                                               enable_version_counter=False)
         metric = sweep.metric or run.monitor
-        self.guard = RunGuard(self.run_dir / "checkpoints")
+        self.guard = RunGuard(checkpoints)
         check_columns(cfg.eval.subgroups, self.datamodule.records, self.datamodule.source)  # before training
         self.evaluation = Evaluation(self.run_dir, cfg.eval, self._patient_ids)
         callbacks: list[Callback] = [
@@ -207,7 +178,7 @@ class XrayCLI(LightningCLI):
             if self.trainer.fast_dev_run or self.trainer.interrupted:
                 return
             best = self.checkpoint.best_model_path or None
-            self.evaluation.use(self.trainer, self.evaluation.operating_point_for(self.trainer, model, datamodule, best))
+            self.evaluation.use_operating_point_of(self.trainer, model, datamodule, best)
             if self.config_init["fit"].run.test_after_fit and datamodule.has_split("test"):
                 if StopSignal.requested and not self.guard.grace_left():
                     raise RunStopped(f"stopped by {StopSignal.reason} after training; the test after fit was skipped")
@@ -229,8 +200,7 @@ class XrayCLI(LightningCLI):
     def test(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
         def run() -> None:
             check_weights_fit(model, ckpt_path)
-            self.evaluation.use(self.trainer,
-                                self.evaluation.operating_point_for(self.trainer, model, datamodule, ckpt_path))
+            self.evaluation.use_operating_point_of(self.trainer, model, datamodule, ckpt_path)
             self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
         self._running(run)
@@ -241,8 +211,7 @@ class XrayCLI(LightningCLI):
                 self.evaluation.point = predict_with_ensemble(self, Path(self.config_init["predict"].cv.run_dir))
                 return
             check_weights_fit(model, ckpt_path)
-            self.evaluation.use(self.trainer,
-                                self.evaluation.operating_point_for(self.trainer, model, datamodule, ckpt_path))
+            self.evaluation.use_operating_point_of(self.trainer, model, datamodule, ckpt_path)
             self.trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
         self._running(run)
@@ -267,7 +236,7 @@ class XrayCLI(LightningCLI):
     def _finish_stopped_run(self) -> None:
         """The agent stopped us: close the logs as finished and leave no DDP child behind."""
         trainer = self.trainer
-        log.warning("Run stopped by %s; last checkpoint in %s", StopSignal.reason, self.run_dir / "checkpoints")
+        log.warning("Run stopped by %s; last checkpoint in %s", StopSignal.reason, self.run_dir / CHECKPOINT_DIR)
         if getattr(self, "guard", None) is not None and self.guard.training_done:
             log.warning("Training had ended; the test after fit was skipped because the run was stopped "
                         "(it did not finish within %.0f s of the stop)", self.guard.finish_grace_s)
@@ -301,7 +270,7 @@ def cli_main(args: Optional[list[str]] = None) -> XrayCLI:
             seed_everything_default=42,
             auto_configure_optimizers=False,
             trainer_defaults={"log_every_n_steps": 10},
-            # Raise instead of printing the whole usage: main() prints one paragraph.
+            # Raise instead of printing the whole usage: training.program.main prints one paragraph.
             parser_kwargs={"exit_on_error": False},
         )
     except BaseException:
@@ -314,29 +283,3 @@ def cli_main(args: Optional[list[str]] = None) -> XrayCLI:
     finally:
         _CREATED_RUN_DIRS.clear()
 
-
-def main() -> int:
-    try:
-        cli_main()
-    except ArgumentError as e:
-        print(f"error: {e}\n(options: python cli.py fit --help)", file=sys.stderr)
-        return 2
-    except Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except MemoryError as e:  # torch.OutOfMemoryError is not one; caught below by name
-        print(f"error: out of memory: {e}", file=sys.stderr)
-        return 4
-    except RuntimeError as e:
-        if type(e).__name__ != "OutOfMemoryError":
-            raise
-        print(f"error: out of GPU memory ({e}); lower data.batch_size or data.image_size, "
-              "or use --trainer.precision=bf16-mixed", file=sys.stderr)
-        return 4
-    except (*USER_ERRORS, ValueError, MisconfigurationException) as e:
-        # One paragraph a user can act on; XRAY_DEBUG=1 shows the traceback.
-        if os.environ.get("XRAY_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0

@@ -40,6 +40,7 @@ import numpy as np
 import rundir.launcher as launcher
 from datamodules.csvsafe import spreadsheet_safe
 from evaluation import columns_of
+from rundir.atomic import replacing
 from rundir.grace import CHILD_STOP_S
 from rundir.layout import (
     CV_FILE,
@@ -58,9 +59,10 @@ from rundir.slots import fold_slots
 from sweeps.contract.guard import RunStopped
 from sweeps.contract.history import append_history, read_history, write_training
 from sweeps.contract.signals import StopSignal
-from training.evaluate import patient_ids_of, publish_report, replacing, test_report_of
+from training.evaluate import patient_ids_of
 from training.loggers import update_summary
 from training.operating_point import OperatingPoint, choose_operating_point
+from training.writers import publish_report, test_report_of
 
 log = logging.getLogger("cli")
 PROGRAM = Path(__file__).resolve().parents[1] / "cli.py"  # each fold is this CLI again

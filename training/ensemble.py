@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from rundir.layout import CV_FILE, PREDICTIONS_FILE, fold_dir
-from training.evaluate import write_predictions
 from training.operating_point import OperatingPoint
+from training.writers import write_predictions
 
 # Options of the model whose change changes the weights' shapes (the others leave them alone).
 SHAPING = ("backbone", "num_classes", "weights")

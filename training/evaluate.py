@@ -1,18 +1,13 @@
 """Evaluation, owned in one place (README "Evaluation"): the `Evaluation` callback collects
 each validation/test epoch's outputs once (every rank's, each image once), logs the epoch
 metrics, chooses the operating point on validation, stores it in the checkpoints written for
-those weights, writes the test report and the predictions. Nothing is chosen on test.
+those weights, and hands the test outputs and the predictions to their writers (writers.py).
+Nothing is chosen on test.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import json
 import logging
-import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -21,12 +16,10 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
-from lightning.pytorch.loggers import WandbLogger
 
-from datamodules.csvsafe import spreadsheet_safe
-from evaluation import build_report, columns_of, format_table, subgroup_report, summary_metrics
+from evaluation import columns_of
 from models.metrics import ClassificationMetrics, logged_metric_names
-from rundir.layout import PREDICTIONS_FILE, TEST_REPORT
+from rundir.layout import PREDICTIONS_FILE
 from training.loggers import update_summary
 from training.operating_point import (
     CHECKPOINT_KEY,
@@ -36,6 +29,7 @@ from training.operating_point import (
     read_operating_point,
 )
 from training.options import EvalOptions
+from training.writers import publish_report, test_report_of, write_confusion_csv, write_predictions
 
 log = logging.getLogger("cli")
 
@@ -49,90 +43,6 @@ def patient_ids_of(records: Sequence) -> Optional[list[str]]:
                     "patient-level figures. Add a patient_id column to the manifest.")
         return None
     return [r.patient_id for r in records]
-
-
-def test_report_of(probs: np.ndarray, labels: np.ndarray, patient_ids: Optional[Sequence[str]],
-                   class_names: Sequence[str], point: OperatingPoint, options: EvalOptions,
-                   columns: Optional[Sequence[dict]] = None) -> dict:
-    """The test report (evaluation.build_report) at the operating point, with its temperature;
-    with eval.subgroups, the same per subgroup of ``columns`` (the images' manifest columns)."""
-    ids = None if patient_ids is None else np.asarray(patient_ids, dtype=object)
-    args = (probs, labels, ids, list(class_names), point.threshold if probs.shape[1] == 2 else None)
-    settings = dict(n_resamples=options.bootstrap_resamples, seed=options.bootstrap_seed,
-                    patient_aggregation=options.patient_aggregation, patient_threshold=point.patient_threshold)
-    report = build_report(*args, **settings)
-    if options.subgroups and columns is not None:
-        report["subgroups"] = subgroup_report(*args, columns, options.subgroups, **settings)
-    report["temperature"] = {"value": point.temperature,
-                             "fitted_on_validation": point.temperature_scaling and not point.temperature_fallback,
-                             "fallback": point.temperature_fallback is not None, "reason": point.temperature_fallback}
-    report["validation_calibration"] = point.calibration
-    return report
-
-
-@contextlib.contextmanager
-def replacing(path: Path, mode: str = "w"):
-    """A file that appears at `path` only when the block succeeds: a failed command leaves no
-    output that looks like a result (nor half of one)."""
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.")
-    try:
-        with os.fdopen(fd, mode, newline="") as f:
-            yield f
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_confusion_csv(path: Path, confusion: np.ndarray, class_names: Sequence[str]) -> None:
-    """Rows are true classes, columns predicted classes."""
-    with replacing(path) as f:
-        writer = csv.writer(f)
-        writer.writerow(["true\\pred", *map(spreadsheet_safe, class_names)])
-        for name, row in zip(class_names, np.asarray(confusion).tolist()):
-            writer.writerow([spreadsheet_safe(name), *row])
-
-
-def write_predictions(path: Path, rows, names: Sequence[str], point: Optional[OperatingPoint]) -> Path:
-    """rows: (path relative to the data root, label, probabilities); the decision at the point."""
-    point = point or OperatingPoint(None)
-    with replacing(path) as f:
-        writer = csv.writer(f)
-        header = ["path", "label", *[f"prob_{spreadsheet_safe(n)}" for n in names]]
-        writer.writerow([*header, *(["threshold"] if len(names) == 2 else []), "predicted"])
-        for rel, label, p in rows:
-            decided = names[int(point.decisions(np.asarray(p)[None])[0])]
-            threshold = [f"{point.threshold_value:.6g}"] if len(names) == 2 else []
-            writer.writerow([*map(spreadsheet_safe, (rel, label)), *[f"{v:.6f}" for v in p],
-                             *threshold, spreadsheet_safe(decided)])
-    return Path(path)
-
-
-def publish_report(report: dict, run_dir: Path, trainer: pl.Trainer, class_names: Sequence[str]) -> None:
-    """test_report.json, confusion_test.csv, the figures in the loggers and the W&B summary,
-    and the table on the console. Rank 0 only."""
-    if not trainer.is_global_zero:
-        return
-    with replacing(Path(run_dir) / TEST_REPORT) as f:
-        f.write(json.dumps(report, indent=1, allow_nan=False, default=_json_default))
-    matrix = report["confusion_matrix"]["matrix"]
-    write_confusion_csv(Path(run_dir) / "confusion_test.csv", matrix, class_names)
-    rows = [[t, p, int(matrix[i][j])] for i, t in enumerate(class_names) for j, p in enumerate(class_names)]
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_table("test/confusion_matrix", columns=["true", "predicted", "count"], data=rows)
-    summary = summary_metrics(report, prefix="test/")
-    if report.get("validation_calibration") is not None:
-        summary["val/ece_best"] = report["validation_calibration"]["ece"]
-        summary["val/brier_best"] = report["validation_calibration"]["brier"]
-    finite = {k: v for k, v in summary.items() if isinstance(v, float) and math.isfinite(v)}
-    for logger in trainer.loggers:
-        logger.log_metrics(finite, step=trainer.global_step)
-    update_summary(trainer, finite)
-    temperature = report.get("temperature") or {}
-    note = f"\ntemperature 1: {temperature['reason']}" if temperature.get("fallback") else ""
-    print(f"\n{format_table(report)}{note}\n(test_report.json in {run_dir})", flush=True)
 
 
 class Evaluation(Callback):
@@ -247,9 +157,9 @@ class Evaluation(Callback):
 
     # ---- the operating point for test and predict --------------------------------------------
 
-    def operating_point_for(self, trainer: pl.Trainer, model: pl.LightningModule, datamodule,
-                            ckpt_path: Optional[str]) -> Optional[OperatingPoint]:
-        """The one stored with the checkpoint's weights when chosen with these settings; else a
+    def use_operating_point_of(self, trainer: pl.Trainer, model: pl.LightningModule, datamodule,
+                               ckpt_path: Optional[str]) -> None:
+        """Use the one stored with the checkpoint's weights when chosen with these settings; else a
         fixed threshold; else one chosen now on validation through those weights."""
         point = read_operating_point(ckpt_path)
         if point is None or not point.matches(self.options):
@@ -261,7 +171,7 @@ class Evaluation(Callback):
         if point is None and model.hparams.num_classes == 2:
             log.warning("eval.threshold=%s: no validation split to choose it on and none stored in the "
                         "checkpoint; binary decisions use 0.5", self.options.threshold)
-        return point
+        self.use(trainer, point)
 
     def collect_validation(self, trainer: pl.Trainer, model: pl.LightningModule, datamodule,
                            ckpt_path: Optional[str]) -> Optional[dict[str, np.ndarray]]:
@@ -323,8 +233,3 @@ class PredictionWriter(BasePredictionWriter):
             rows += [(*self.rows(index), p) for index, p in zip(batch["index"].tolist(), probs)]
         self.path = write_predictions(self.run_dir / PREDICTIONS_FILE.replace(".csv", f"{suffix}.csv"), rows, pl_module.class_names, point)
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from models.metrics import DEFAULT_METRIC
+from rundir.slots import MAX_RUNS_PER_DEVICE
 
 
 @dataclass
@@ -124,7 +125,8 @@ class CVOptions:
         folds_per_device: how many folds train side by side on one device (as the runner's
             --trials-per-gpu does for trials): a 5-fold trial on one GPU with 5 trains its folds
             at once, so hyperband can judge it after its first epochs instead of near its end.
-            Each fold needs its own memory on the GPU: lower it when they do not fit.
+            Each fold needs its own memory on the GPU: lower it when they do not fit. At most 64
+            (as --trials-per-gpu); more than cv.folds is the same as cv.folds.
         run_dir: with `predict`: the directory of a cross-validated run whose fold ensemble
             (mean of the folds' probabilities, the run's operating point) makes the predictions.
     """
@@ -138,3 +140,7 @@ class CVOptions:
             raise ValueError(f"cv.folds must be 0 (off) or at least 2, got {self.folds}")
         if self.folds_per_device < 1:
             raise ValueError(f"cv.folds_per_device must be at least 1, got {self.folds_per_device}")
+        if self.folds_per_device > MAX_RUNS_PER_DEVICE:
+            raise ValueError(f"cv.folds_per_device must be at most {MAX_RUNS_PER_DEVICE}, got {self.folds_per_device}: "
+                             "each fold on a device is a process with its own memory there (on a GPU a CUDA context "
+                             "alone takes ~0.5 GB); more than cv.folds runs no more folds at once")

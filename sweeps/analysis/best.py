@@ -9,6 +9,7 @@ from typing import Optional
 
 import yaml
 
+from rundir.atomic import write_atomic
 from sweeps.analysis.heldout import DAMAGE, damage, read_test_report
 from sweeps.analysis.results import (
     _WANDB_PATH,
@@ -22,7 +23,6 @@ from sweeps.analysis.results import (
 )
 from sweeps.analysis.wandb_runs import load_wandb_runs
 from sweeps.errors import UsageError
-from sweeps.files.io import write_atomic
 from sweeps.files.sweep import Sweep
 from sweeps.text import visible
 

@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
+from rundir.atomic import write_atomic
 from sweeps.analysis.heldout import read_test_report, section_html
 from sweeps.analysis.results import (
     COMPLETED,
@@ -33,7 +34,6 @@ from sweeps.analysis.results import (
     shown_params,
 )
 from sweeps.errors import UsageError
-from sweeps.files.io import write_atomic
 from sweeps.files.sweep import Sweep
 
 # Two slashes, or a leading / ~ ./ X:\ : a file path; "val/auroc" stays.

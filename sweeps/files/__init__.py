@@ -4,7 +4,7 @@ files whose program is the LightningCLI."""
 
 from sweeps.files.build import create_custom_sweep_config, merge_custom_params, render_yaml, replace_config
 from sweeps.files.check import DEFAULT_OBJECTIVE_NAME, check_for_cli, check_metric, validation_metrics
-from sweeps.files.io import load_sweep, write_atomic, write_json_atomic
+from sweeps.files.io import load_sweep, write_json_atomic
 from sweeps.files.params import YACS_ALIASES, cli_parameters, resolve_name
 from sweeps.files.presets import SWEEP_CONFIGS, get_sweep_config
 from sweeps.files.schema import Parameter, check_early_terminate, infer_distribution, max_epochs_of
@@ -31,6 +31,5 @@ __all__ = [
     "replace_config",
     "resolve_name",
     "validation_metrics",
-    "write_atomic",
     "write_json_atomic",
 ]

@@ -1,5 +1,5 @@
-"""Reading and writing sweep files: the atomic writes every file of a sweep goes through
-(readers never see half a file) and the one loader of W&B sweep files, which refuses at load
+"""Reading and writing sweep files: every file of a sweep is written atomically (rundir/atomic.py:
+readers never see half a file), and the one loader of W&B sweep files, which refuses at load
 what would explode later and parses the rest into a Sweep (sweeps/files/sweep.py)."""
 
 from __future__ import annotations
@@ -7,29 +7,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import yaml
 
+from rundir.atomic import write_atomic
 from sweeps.errors import SweepConfigError, UsageError
 from sweeps.files.sweep import Sweep
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename, with the permissions of any new file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

@@ -27,10 +27,10 @@ from typing import Optional
 import yaml
 
 import sweeps.runner.placement as placement
+from rundir.atomic import write_atomic
 from rundir.slots import gpu_slots, visible_gpus
 from sweeps.errors import RunnerError, SweepConfigError
 from sweeps.files.check import check_for_cli
-from sweeps.files.io import write_atomic
 from sweeps.files.schema import NULL, read_config
 from sweeps.files.sweep import Sweep
 from sweeps.runner.launch import prepare_sweep, program_root

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from rundir.atomic import write_atomic
 from sweeps.errors import UsageError
-from sweeps.files.io import write_atomic
 from sweeps.runner.command import check_name
 from sweeps.runner.journal import JOURNAL_SCHEME, journal_file, sqlite_problem
 from sweeps.runner.launch import program_root
