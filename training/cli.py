@@ -29,7 +29,7 @@ from datamodules.records import DataError
 from evaluation import check_columns
 from models.backbones import UnknownBackboneError, WeightsError
 from models.classifier import XrayClassifier
-from models.explain import ExplainWriter
+from models.teaching import explainer
 from rundir import (
     CHILD_STOP_S,
     RUN_DIR_ENV,
@@ -54,9 +54,10 @@ from sweeps.contract import (
 from sweeps.contract.groups import LINKS, added_groups
 from sweeps.contract.lightning_adapter import ddp_children
 from training.cv import cross_validate, save_fold_outputs
-from training.ensemble import check_weights_fit, predict_with_ensemble
+from training.ensemble import check_weights_fit, predict_with_ensemble, read_cv_run
 from training.evaluate import Evaluation, PredictionWriter, patient_ids_of
 from training.loggers import ImageSampleLogger, default_loggers, finish_wandb
+from training.options import check_renamed
 from training.setup import check_config_files, default_precision, ensure_demo_data
 
 log = logging.getLogger("cli")
@@ -86,12 +87,11 @@ class XrayCLI(LightningCLI):
             parser.add_class_arguments(cls, group)
         for source, target in LINKS:
             parser.link_arguments(source, target, apply_on="instantiate")
-        parser.add_argument("--explain", type=bool, default=False, help="predict: a Grad-CAM overlay per image in "
-                            "explanations/ next to predictions.csv (needs `pip install grad-cam`)")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         args = list(sys.argv[1:] if args is None else args)
         check_config_files(args)
+        check_renamed(args)
         # --print_config prints and exits inside parse_args: hold it back until the
         # conditions are applied, so that it shows what the run will use.
         printing = any(a == _PRINT_CONFIG or a.startswith(_PRINT_CONFIG + "=") for a in args)
@@ -190,8 +190,9 @@ class XrayCLI(LightningCLI):
             callbacks.append(PredictionWriter(self.run_dir, self._predict_row, self.evaluation))
         if run.log_images:
             callbacks.append(ImageSampleLogger())
-        if self.subcommand == "predict" and cfg.get("explain"):
-            callbacks.append(ExplainWriter(self.run_dir))
+        if cfg.eval.explain:  # Grad-CAM: predict's per image, test's images chosen to teach (models/teaching.py)
+            ensemble = read_cv_run(Path(cfg.cv.run_dir)) if self.subcommand == "predict" and cfg.cv.run_dir else None
+            callbacks.append(explainer(self.subcommand, self.run_dir, self.evaluation, ensemble, run.log_images))
         user_callbacks = cfg.trainer.get("callbacks") or []
         if not isinstance(user_callbacks, list):  # `--trainer.callbacks=pkg.Callback` gives one
             user_callbacks = [user_callbacks]
