@@ -77,14 +77,22 @@ def overlay(image: np.ndarray, cam: np.ndarray, weight: float = 0.5) -> np.ndarr
     return show_cam_on_image(rgb, np.clip(cam, 0, 1).astype(np.float32), use_rgb=True, image_weight=weight)
 
 
+def explainable(backbone: nn.Module) -> nn.Module:
+    """A float32 copy in eval mode, on the same device, to map with. A copy: Grad-CAM's backward
+    must not reach the live module (its .grad, DDP's gradient hooks). float32: with
+    trainer.precision=bf16-true the weights are bfloat16, and pytorch-grad-cam reads activations
+    and gradients through numpy (base_cam.py: ``.cpu().data.numpy()``), which has no bfloat16."""
+    return deepcopy(backbone).float().eval()
+
+
 def fold_backbones(backbone: nn.Module, checkpoints: Sequence[Path]) -> list[nn.Module]:
-    """A copy of ``backbone`` (an XrayClassifier's) per checkpoint, with that checkpoint's weights,
-    on the backbone's device, in eval mode: the models of a fold ensemble."""
+    """A copy of ``backbone`` (an XrayClassifier's; ``explainable``) per checkpoint, with that
+    checkpoint's weights: the models of a fold ensemble."""
     device = next(backbone.parameters()).device
     copies = []
     for path in checkpoints:
         state = torch.load(path, map_location=device, weights_only=False)["state_dict"]
-        copy = deepcopy(backbone)
+        copy = explainable(backbone)
         copy.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
         copies.append(copy.eval())
     return copies
@@ -137,10 +145,11 @@ class ExplainWriter(Callback):
         # predict runs under inference_mode, where nothing can be differentiated: step out of it,
         # on copies of the pixels (inference tensors cannot enter autograd)
         with torch.inference_mode(False), torch.enable_grad():
-            x = batch[0].clone()
-            if self.ensemble and self.backbones is None:
-                self.backbones = fold_backbones(pl_module.backbone, self.ensemble[1])
-            backbones = self.backbones or [pl_module.backbone]
+            x = batch[0].clone().float()
+            if self.backbones is None:  # the weights predict uses: loaded before its first batch
+                self.backbones = (fold_backbones(pl_module.backbone, self.ensemble[1]) if self.ensemble
+                                  else [explainable(pl_module.backbone)])
+            backbones = self.backbones
             probs = (mean_probabilities(backbones, x, point) if self.ensemble
                      else probabilities(point, outputs["logits"].float().cpu().numpy()))
             classes = point.decisions(probs) if point else probs.argmax(1)

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from copy import deepcopy
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
-from models.explain import ExplainWriter, ensemble_maps, fold_backbones, overlay, probabilities
+from models.explain import ExplainWriter, ensemble_maps, explainable, fold_backbones, overlay, probabilities
 from rundir.layout import TEST_OVERLAYS
 
 log = logging.getLogger("cli")
@@ -73,7 +72,7 @@ def teaching_overlays(backbones: Sequence[nn.Module], backbone: str, inputs: Cal
     index = [i for _, i in picks]
     # Under inference mode (test) nothing can be differentiated: out of it, on fresh tensors.
     with torch.inference_mode(False), torch.enable_grad():
-        x = inputs(index).clone()
+        x = inputs(index).clone().float()
         maps = ensemble_maps(backbones, backbone, x, decisions[index])
     return [{"kind": kind, "probability": float(probs[i, 1]), "true": class_names[int(labels[i])],
              "predicted": class_names[int(decisions[i])], "jpeg": _jpeg(overlay(image, cam))}
@@ -133,9 +132,8 @@ class OverlaysAfterTest(Callback):
         point = self.evaluation.point
         probs = probabilities(point, out["logits"])
         decisions = point.decisions(probs) if point else probs.argmax(1)
-        with torch.inference_mode(False):
-            # a copy: Grad-CAM's backward must not reach the live module (its .grad, DDP's hooks)
-            backbones = [deepcopy(pl_module.backbone).eval()]
+        with torch.inference_mode(False):  # test runs under it: the copy must be an ordinary tensor
+            backbones = [explainable(pl_module.backbone)]
         entries = teaching_overlays(backbones, pl_module.hparams.backbone,
                                     _inputs(trainer.datamodule, out["index"], pl_module.device),
                                     probs, out["labels"], decisions, pl_module.class_names)

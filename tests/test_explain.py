@@ -269,3 +269,16 @@ def test_a_cv_run_and_its_ensemble_predict_write_the_fold_ensembles_maps(fit_arg
                      "--eval.explain=true"])
     rows = (pred.run_dir / "predictions.csv").read_text().splitlines()[1:]
     assert sorted(p.name for p in (pred.run_dir / EXPLAIN_DIR).iterdir()) == [f"{i:06d}.png" for i in range(len(rows))]
+
+
+def test_overlays_with_bfloat16_weights(fit_args):
+    """trainer.precision=bf16-true keeps the weights in bfloat16, which numpy (where
+    pytorch-grad-cam reads the maps) cannot hold: the maps come from a float32 copy."""
+    import json
+
+    from rundir.layout import TEST_OVERLAYS
+    from training.cli import cli_main
+
+    fit = cli_main(fit_args("configs/demo.yaml", "--eval.explain=true", "--trainer.precision=bf16-true"))
+    assert json.loads((fit.run_dir / TEST_OVERLAYS).read_text())["images"]
+    assert next(fit.model.backbone.parameters()).dtype == torch.bfloat16  # the live model is untouched
