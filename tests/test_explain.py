@@ -172,7 +172,7 @@ def test_the_ensemble_map_is_the_mean_of_each_folds_map_at_its_own_layer(tmp_pat
     live = build_backbone("resnet18", num_classes=2, in_chans=1)  # the CLI's model: its weights are not used
     copies = fold_backbones(live, checkpoints)
     assert all(c is not live for c in copies)
-    x, classes = torch.rand(3, 1, 64, 64), [1, 0, 1]
+    x, classes = torch.rand(2, 1, 64, 64), [1, 0]
     maps = ensemble_maps(copies, "resnet18", x, classes)
     expected = np.mean([_grad_cam(f, f.layer4, x, classes) for f in folds], axis=0)
     np.testing.assert_allclose(maps, expected, atol=1e-5)
@@ -271,6 +271,7 @@ def test_a_cv_run_and_its_ensemble_predict_write_the_fold_ensembles_maps(fit_arg
     assert sorted(p.name for p in (pred.run_dir / EXPLAIN_DIR).iterdir()) == [f"{i:06d}.png" for i in range(len(rows))]
 
 
+@pytest.mark.slow  # a whole fit in bf16 on the CPU: ~30 s on two loaded cores
 def test_overlays_with_bfloat16_weights(fit_args):
     """trainer.precision=bf16-true keeps the weights in bfloat16, which numpy (where
     pytorch-grad-cam reads the maps) cannot hold: the maps come from a float32 copy."""
