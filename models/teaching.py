@@ -30,7 +30,7 @@ from rundir.layout import TEST_OVERLAYS
 log = logging.getLogger("cli")
 PER_KIND = 4  # 12 thumbnails at most: enough to see a pattern, a page that stays small
 THUMBNAIL_PX = 192  # longest side; JPEG at this size is ~5-10 kB, so the page grows by ~100 kB at most
-# kind -> (what it is, sort key over the positive-class probability: the first ones are shown)
+# kind -> what it shows (choose() sorts each kind by the positive-class probability)
 KINDS = {
     "true_positive": "most confident true positives",
     "false_positive": "worst false positives (most confident)",

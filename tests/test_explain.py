@@ -4,6 +4,7 @@ marker looks at the marker."""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from pathlib import Path
@@ -124,6 +125,27 @@ def test_maps_land_on_a_burned_in_marker_the_model_learned():
         # the hottest point is in the marker's quadrant
         on_marker.append((row < size / 2) == ((r0 + r1) / 2 < size / 2) and (col < size / 2) == ((c0 + c1) / 2 < size / 2))
     assert np.mean(on_marker) >= 0.8, on_marker
+    # the report's path (models/teaching.py): its most confident true positives are shown with the
+    # overlay of exactly these maps, and those land on the marker
+    from PIL import Image
+
+    from models.teaching import choose, teaching_overlays
+
+    with torch.no_grad():
+        probs = torch.softmax(model(tx), 1).numpy()
+    labels, decisions = ty.numpy(), probs.argmax(1)
+    entries = teaching_overlays([model], "resnet18", lambda index: tx[index], probs, labels, decisions,
+                                ["normal", "abnormal"])
+    hits = []
+    for (kind, i), entry in zip(choose(probs, labels, decisions), entries):
+        if kind == "true_positive":
+            cam = class_activation_maps(model, "resnet18", tx[[i]], [1])[0]
+            shown = np.asarray(Image.open(io.BytesIO(entry["jpeg"]))).astype(int)
+            assert np.abs(shown - overlay(tx[i, 0].numpy(), cam)).mean() < 8  # this map's overlay, JPEG aside
+            r0, r1, c0, c1 = boxes[i]
+            row, col = np.unravel_index(np.argmax(cam), cam.shape)
+            hits.append((row < size / 2) == ((r0 + r1) / 2 < size / 2) and (col < size / 2) == ((c0 + c1) / 2 < size / 2))
+    assert len(hits) == 4 and sum(hits) >= 3, hits
 
 
 def test_predict_explain_writes_one_overlay_per_prediction_row(fit_args, hand_data):
