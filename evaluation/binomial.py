@@ -19,6 +19,18 @@ most conservative value is taken: images of a patient agree always (intra-class 
 patients when each contributes equally many images. n_eff is kept within [that, N]; with one
 image per patient it is N and the interval is the textbook exact one (8 of 8: 0.631-1).
 
+Figures that are not proportions collapse too (AUROC 1.000 when every positive outranks every
+negative, F1 1.000 when nothing is missed nor falsely called), and Clopper-Pearson does not
+apply to them directly. Where their bootstrap collapses (``collapsed``, or a point interval):
+AUROC at 0 or 1 gets the exact interval of k disjoint (positive, negative) pairs all concordant
+(discordant): with true AUROC A, k independent pairs all concordant has probability A^k, so
+(a/2)^(1/k) is an exact lower bound (Clopper-Pearson, k of k); k is the smaller of the classes'
+effective sizes (patients, as in evaluation/binomial.py), at most half the patients
+(``exact-pairs``, n_eff = k). F1 and balanced accuracy are increasing functions of two
+proportions (sensitivity and PPV; sensitivity and specificity): their interval is the function
+of the two exact intervals, each at 1 - a/2 (Bonferroni: ``exact-bonferroni``). Anything else
+is marked ``not-estimable`` (no interval) instead of printing a point as if it were certain.
+
 numpy and the standard library only: the beta quantile is a bisection on the regularised
 incomplete beta function (continued fraction, Press et al., Numerical Recipes 3rd ed. 6.4).
 """
@@ -26,8 +38,26 @@ incomplete beta function (continued fraction, Press et al., Numerical Recipes 3r
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
+
+EXACT = "clopper-pearson"
+PAIRS, BONFERRONI, NOT_ESTIMABLE = "exact-pairs", "exact-bonferroni", "not-estimable"
+# What each method other than the bootstrap's means, for a reader of the report.
+METHOD_NOTES = {
+    EXACT: "exact (Clopper-Pearson) at the patient-clustered effective sample size n_eff, where the "
+           "bootstrap of a proportion collapses (an estimate of 0 or 1)",
+    PAIRS: "AUROC at 0 or 1, where the bootstrap collapses: exact interval of n_eff disjoint "
+           "(positive, negative) pairs, all ordered alike (a one-sided bound; the other end is the estimate)",
+    BONFERRONI: "where the bootstrap collapses: F1 / balanced accuracy of the exact intervals of "
+                "sensitivity and PPV / specificity, each at 97.5% (Bonferroni)",
+    NOT_ESTIMABLE: "no interval: the bootstrap collapsed (every resample gave the same value) and no "
+                   "exact interval is known for this figure; the estimate is not certain",
+}
+# Figures that are increasing functions of two proportions: (parts, how they combine).
+_COMBINED = {"f1": (("sensitivity", "ppv"), lambda a, b: 2 * a * b / (a + b) if a + b > 0 else 0.0),
+             "balanced_acc": (("sensitivity", "specificity"), lambda a, b: (a + b) / 2)}
 
 
 def _beta_continued_fraction(a: float, b: float, x: float) -> float:
@@ -120,3 +150,38 @@ def clustered_clopper_pearson(
     n_eff = effective_sample_size(trials, events, np.asarray(patient))
     low, high = clopper_pearson(p * n_eff, n_eff, confidence)
     return low, high, n_eff
+
+
+def collapsed(samples: np.ndarray, estimate: float, confidence: float = 0.95) -> bool:
+    """True where a bootstrap interval of a proportion cannot be trusted: the estimate is 0 or 1
+    (every resample repeats it), or at least ``confidence`` of the finite resamples share one
+    value (the interval can then be a point, whatever the truth)."""
+    if estimate in (0.0, 1.0):
+        return True
+    ok = samples[np.isfinite(samples)]
+    if not len(ok):
+        return False
+    return bool(np.unique(ok, return_counts=True)[1].max() >= confidence * len(ok))
+
+
+def where_collapsed(name: str, estimate: float, proportions: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                    patient: np.ndarray, confidence: float = 0.95) -> tuple[float, float, str, float | None]:
+    """(low, high, method, n_eff) of a figure whose bootstrap collapsed (module docstring);
+    ``proportions`` as for evaluation.bootstrap.cluster_bootstrap, ``patient`` the patient index."""
+    if name in proportions:
+        low, high, n_eff = clustered_clopper_pearson(*proportions[name], patient, confidence)
+        return low, high, EXACT, n_eff
+    if name == "auroc" and estimate in (0.0, 1.0) and {"sensitivity", "specificity"} <= set(proportions):
+        positive, negative = proportions["sensitivity"][0], proportions["specificity"][0]
+        k = min(effective_sample_size(positive, positive, patient), effective_sample_size(negative, negative, patient),
+                len(np.unique(patient)) / 2)
+        low, high = clopper_pearson(estimate * k, k, confidence)
+        return low, high, PAIRS, k
+    if name in _COMBINED and all(p in proportions for p in _COMBINED[name][0]):
+        parts, combine = _COMBINED[name]
+        level = 1 - (1 - confidence) / 2  # Bonferroni over the two parts
+        (low_a, high_a, _), (low_b, high_b, _) = (clustered_clopper_pearson(*proportions[p], patient, level)
+                                                  for p in parts)
+        if all(np.isfinite((low_a, high_a, low_b, high_b))):
+            return combine(low_a, low_b), combine(high_a, high_b), BONFERRONI, None
+    return math.nan, math.nan, NOT_ESTIMABLE, None

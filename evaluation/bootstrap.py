@@ -29,6 +29,9 @@ exact Clopper-Pearson one at the patient-clustered effective sample size (evalua
 says why that one), and the Interval says so (``method``, ``n_eff``). Measured by
 benchmarks/bootstrap_coverage.py --small on true sensitivities of 0.95-0.99 with 8-20 positive
 patients: coverage 97.8-100%, against 8-89% for BCa alone (benchmarks/README.md).
+
+Figures that are not proportions (AUROC, F1, ...) get an honest interval or none where their
+bootstrap collapses: evaluation/binomial.py.
 """
 
 from __future__ import annotations
@@ -40,14 +43,13 @@ from typing import Literal
 
 import numpy as np
 
-from evaluation.binomial import clustered_clopper_pearson
+from evaluation.binomial import NOT_ESTIMABLE, collapsed, where_collapsed
 
 Statistic = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 # One chunk of resamples holds at most this many weights (float64: 32 MiB), whatever N is.
 CHUNK_ELEMENTS = 1 << 22
 # BCa's jackknife costs one evaluation per patient; beyond this many, groups of patients.
 MAX_JACKKNIFE_GROUPS = 2000
-EXACT = "clopper-pearson"
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ class Interval:
 
 
 def method_label(method: str, n_eff: float | None) -> str:
+    if method == NOT_ESTIMABLE:
+        return "not estimable: bootstrap collapsed"
     return method if n_eff is None else f"{method} (n_eff={n_eff:.1f})"
 
 
@@ -208,18 +212,6 @@ def bca_interval(
     return float(low), float(high)
 
 
-def collapsed(samples: np.ndarray, estimate: float, confidence: float = 0.95) -> bool:
-    """True where a bootstrap interval of a proportion cannot be trusted: the estimate is 0 or 1
-    (every resample repeats it), or at least ``confidence`` of the finite resamples share one
-    value (the interval can then be a point, whatever the truth)."""
-    if estimate in (0.0, 1.0):
-        return True
-    ok = samples[np.isfinite(samples)]
-    if not len(ok):
-        return False
-    return bool(np.unique(ok, return_counts=True)[1].max() >= confidence * len(ok))
-
-
 def cluster_bootstrap(
     statistics: Statistic | Mapping[str, Callable[[np.ndarray], np.ndarray]],
     n_images: int,
@@ -244,7 +236,8 @@ def cluster_bootstrap(
         method: ``bca`` (default; costs one extra evaluation per patient, at most
             ``MAX_JACKKNIFE_GROUPS``) or ``percentile``; see the module docstring for why.
         proportions: ``{name: (in denominator, in numerator)}``, masks over images, for the
-            statistics that are proportions: exact where the bootstrap collapses (``collapsed``).
+            statistics that are proportions: exact where the bootstrap collapses (``collapsed``);
+            the other statistics then get evaluation.binomial.where_collapsed's interval there.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1); got {confidence}")
@@ -261,12 +254,14 @@ def cluster_bootstrap(
             low, high = bca_interval(values, estimates[name], jackknife[name], confidence)
         else:
             low, high = percentile_interval(values, confidence)
-        if name in (proportions or {}) and (low == high or collapsed(values, estimates[name], confidence)):
-            low, high, n_eff = clustered_clopper_pearson(*proportions[name], patient, confidence)
-            out[name] = Interval(estimates[name], low, high, method=EXACT, n_eff=n_eff)
+        # given the task's outcomes (``proportions``), a collapsed figure gets an honest interval or none
+        if proportions is not None and (low == high or collapsed(values, estimates[name], confidence)):
+            low, high, how, n_eff = where_collapsed(name, estimates[name], proportions, patient, confidence)
+            out[name] = Interval(estimates[name], low, high, method=how, n_eff=n_eff)
             continue
         n_ok = int(np.isfinite(values).sum())
         out[name] = Interval(
             estimates[name], low, high, n_resamples=n_ok, n_dropped=len(values) - n_ok, method=method
         )
     return out
+

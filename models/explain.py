@@ -12,8 +12,10 @@ burned-in marker a model was trained to use.
 
 from __future__ import annotations
 
-import importlib.util
+from collections.abc import Sequence
+from copy import deepcopy
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -21,8 +23,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from models.backbones import BACKBONES
+from rundir.layout import EXPLAIN_DIR
 
-EXPLAIN_DIR = "explanations"  # beside predictions.csv
 # torchvision attribute of the last spatial stage, per family (names start with the family).
 TARGET_LAYERS = {
     "resnet": "layer4",
@@ -75,25 +77,83 @@ def overlay(image: np.ndarray, cam: np.ndarray, weight: float = 0.5) -> np.ndarr
     return show_cam_on_image(rgb, np.clip(cam, 0, 1).astype(np.float32), use_rgb=True, image_weight=weight)
 
 
-class ExplainWriter(Callback):
-    """``cli.py predict --explain``: one Grad-CAM overlay per predicted image, of the class the
-    model predicts (argmax), as explanations/<row>.png next to predictions.csv; <row> is the
-    image's row in predictions.csv (from 0), never its file name. Written to disk only."""
+def explainable(backbone: nn.Module) -> nn.Module:
+    """A float32 copy in eval mode, on the same device, to map with. A copy: Grad-CAM's backward
+    must not reach the live module (its .grad, DDP's gradient hooks). float32: with
+    trainer.precision=bf16-true the weights are bfloat16, and pytorch-grad-cam reads activations
+    and gradients through numpy (base_cam.py: ``.cpu().data.numpy()``), which has no bfloat16."""
+    return deepcopy(backbone).float().eval()
 
-    def __init__(self, run_dir: Path) -> None:
-        if importlib.util.find_spec("pytorch_grad_cam") is None:  # before any image is predicted
-            raise ValueError("--explain needs the grad-cam package: pip install grad-cam")
+
+def fold_backbones(backbone: nn.Module, checkpoints: Sequence[Path]) -> list[nn.Module]:
+    """A copy of ``backbone`` (an XrayClassifier's; ``explainable``) per checkpoint, with that
+    checkpoint's weights: the models of a fold ensemble."""
+    device = next(backbone.parameters()).device
+    copies = []
+    for path in checkpoints:
+        state = torch.load(path, map_location=device, weights_only=False)["state_dict"]
+        copy = explainable(backbone)
+        copy.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
+        copies.append(copy.eval())
+    return copies
+
+
+def ensemble_maps(backbones: Sequence[nn.Module], backbone: str, images: torch.Tensor,
+                  classes: list[int] | np.ndarray) -> np.ndarray:
+    """The ensemble's map: the mean of each model's Grad-CAM, each at its own target layer
+    (one model: its map)."""
+    return np.mean([class_activation_maps(m, backbone, images, classes) for m in backbones], axis=0)
+
+
+def probabilities(point, logits: np.ndarray) -> np.ndarray:
+    """At the operating point's temperature (training.operating_point); softmax without one."""
+    if point is not None:
+        return point.probabilities(logits)
+    return torch.softmax(torch.as_tensor(logits, dtype=torch.float64), 1).numpy()
+
+
+def mean_probabilities(backbones: Sequence[nn.Module], images: torch.Tensor, point=None) -> np.ndarray:
+    """The ensemble's probabilities: the mean of its models'."""
+    with torch.no_grad():
+        return np.mean([probabilities(point, m.eval()(images).float().cpu().numpy()) for m in backbones], axis=0)
+
+
+class ExplainWriter(Callback):
+    """``cli.py predict --eval.explain=true``: one Grad-CAM overlay per predicted image, of the class
+    decided at the operating point, as explanations/<row>.png next to predictions.csv; <row> is the
+    image's row in predictions.csv (from 0), never its file name. Written to disk only.
+
+    ``ensemble`` (a fold ensemble's operating point and fold checkpoints, `--cv.run_dir`): the map
+    is the mean of the folds' maps, the class the ensemble's decision; written in the first of the
+    folds' predict passes (each pass predicts the same images)."""
+
+    def __init__(self, run_dir: Path, evaluation=None, ensemble: Optional[tuple] = None) -> None:
         self.out = Path(run_dir) / EXPLAIN_DIR
+        self.evaluation, self.ensemble = evaluation, ensemble
+        self.backbones: Optional[list[nn.Module]] = None
+        self.done = False
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        self.done = self.ensemble is not None
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         from PIL import Image
 
+        if self.done:
+            return
+        point = self.ensemble[0] if self.ensemble else getattr(self.evaluation, "point", None)
         # predict runs under inference_mode, where nothing can be differentiated: step out of it,
         # on copies of the pixels (inference tensors cannot enter autograd)
         with torch.inference_mode(False), torch.enable_grad():
-            x = batch[0].clone()
-            classes = outputs["logits"].clone().argmax(1).tolist()
-            maps = class_activation_maps(pl_module.backbone, pl_module.hparams.backbone, x, classes)
+            x = batch[0].clone().float()
+            if self.backbones is None:  # the weights predict uses: loaded before its first batch
+                self.backbones = (fold_backbones(pl_module.backbone, self.ensemble[1]) if self.ensemble
+                                  else [explainable(pl_module.backbone)])
+            backbones = self.backbones
+            probs = (mean_probabilities(backbones, x, point) if self.ensemble
+                     else probabilities(point, outputs["logits"].float().cpu().numpy()))
+            classes = point.decisions(probs) if point else probs.argmax(1)
+            maps = ensemble_maps(backbones, pl_module.hparams.backbone, x, classes)
         self.out.mkdir(parents=True, exist_ok=True)
         for index, image, cam in zip(outputs["index"].tolist(), x[:, 0].cpu().numpy(), maps):
             Image.fromarray(overlay(image, cam)).save(self.out / f"{int(index):06d}.png")

@@ -18,6 +18,8 @@ TRAINING_FILE = "training.json"  # planned validations, then {"done": true}: eva
 RUN_RECORD = "run.json"  # written by the offline runner: its facts about the run
 OUTPUT_LOG = "output.log"  # the run's stdout and stderr, appended to when it continues
 TEST_REPORT = "test_report.json"
+EXPLAIN_DIR = "explanations"  # eval.explain: predict's overlays, and the test's (models/teaching.py)
+TEST_OVERLAYS = f"{EXPLAIN_DIR}/test_overlays.json"  # read by the report
 PREDICTIONS_FILE = "predictions.csv"
 
 # A cross-validated run: one directory per fold, each an ordinary run directory, plus the

@@ -124,3 +124,43 @@ def test_best_prints_the_best_runs_test_figures(tmp_path, capsys):
     sens = report["metrics"]["sensitivity"]
     assert "test figures of the best run" in out
     assert f"({sens['ci_low']:.3f}-{sens['ci_high']:.3f})" in out and "MRN" not in out
+
+
+def _jpeg_base64() -> str:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(out, format="JPEG")
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def test_report_shows_the_best_runs_overlays_and_only_what_is_checked(tmp_path):
+    """explanations/test_overlays.json as the run writes it (models/teaching.py), plus entries
+    that are not ours: a file name where a class belongs, text where a JPEG belongs, an unknown
+    kind. Only the checked thumbnails reach the page, and a line counts the rest."""
+    import json
+
+    from rundir.layout import TEST_OVERLAYS
+
+    sweep_dir = make_sweep_dir(tmp_path)
+    _test_report_json(sweep_dir / "runs" / "0004" / "test_report.json")
+    text = write_report(sweep_dir).read_text()
+    assert '<section id="overlays">' in text and "not run with eval.explain=true" in text
+    good = {"kind": "false_positive", "probability": 0.91, "true": "normal", "predicted": "abnormal",
+            "jpeg": _jpeg_base64()}
+    bad = [{**good, "true": "images/P0001_L.png"}, {**good, "jpeg": "aW1hZ2VzL1AwMDAxX0wucG5n"},
+           {**good, "kind": "P0001"}, "images/P0001_L.png"]
+    path = sweep_dir / "runs" / "0004" / TEST_OVERLAYS
+    path.parent.mkdir()
+    path.write_text(json.dumps({"images": [good, *bad], "ensemble_folds": 5}))
+    text = write_report(sweep_dir).read_text()
+    assert text.count('src="data:image/jpeg;base64,') == 1 and good["jpeg"] in text
+    assert "P(abnormal) = 0.910" in text and "true normal, predicted abnormal" in text
+    assert "mean of the 5 folds' maps" in text and "4 entries of" in text
+    assert "P0001" not in text and "aW1hZ2VzL1AwMDAxX0wucG5n" not in text
+    path.write_text("{not json")
+    assert "is damaged" in write_report(sweep_dir).read_text()

@@ -27,7 +27,7 @@ from datamodules.datamodule import XrayDataModule
 from datamodules.demo import ensure_demo_data
 from evaluation import check_columns
 from models.classifier import XrayClassifier
-from models.explain import ExplainWriter
+from models.teaching import explainer
 from rundir import CHILD_STOP_S, RUN_DIR_ENV, check_gpu_slot, continue_from, default_precision, run_dir_for
 from rundir.layout import BEST_CHECKPOINT, CHECKPOINT_DIR, HISTORY_FILE, LAST_CHECKPOINT
 from sweeps.contract.conditions import apply_conditions
@@ -38,9 +38,10 @@ from sweeps.contract.lightning_adapter import ddp_children
 from sweeps.contract.metric import SweepMetric
 from sweeps.contract.signals import StopSignal
 from training.cv import cross_validate, save_fold_outputs
-from training.ensemble import check_weights_fit, predict_with_ensemble
+from training.ensemble import check_weights_fit, predict_with_ensemble, read_cv_run
 from training.evaluate import Evaluation, PredictionWriter, patient_ids_of
 from training.loggers import ImageSampleLogger, default_loggers, finish_wandb
+from training.options import check_renamed
 
 log = logging.getLogger("cli")
 _CREATED_RUN_DIRS: list[Path] = []  # removed again when a run fails before writing anything
@@ -78,12 +79,11 @@ class XrayCLI(LightningCLI):
             parser.add_class_arguments(cls, group)
         for source, target in LINKS:
             parser.link_arguments(source, target, apply_on="instantiate")
-        parser.add_argument("--explain", type=bool, default=False, help="predict: a Grad-CAM overlay per image in "
-                            "explanations/ next to predictions.csv (needs `pip install grad-cam`)")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         args = list(sys.argv[1:] if args is None else args)
         _check_config_files(args)
+        check_renamed(args)
         # --print_config prints and exits inside parse_args: hold it back until the
         # conditions are applied, so that it shows what the run will use.
         without_print = [a for a in args if a.partition("=")[0] != _PRINT_CONFIG]
@@ -157,8 +157,9 @@ class XrayCLI(LightningCLI):
             callbacks.append(PredictionWriter(self.run_dir, self._predict_row, self.evaluation))
         if run.log_images:
             callbacks.append(ImageSampleLogger())
-        if self.subcommand == "predict" and cfg.get("explain"):
-            callbacks.append(ExplainWriter(self.run_dir))
+        if cfg.eval.explain:  # Grad-CAM: predict's per image, test's images chosen to teach (models/teaching.py)
+            ensemble = read_cv_run(Path(cfg.cv.run_dir)) if self.subcommand == "predict" and cfg.cv.run_dir else None
+            callbacks.append(explainer(self.subcommand, self.run_dir, self.evaluation, ensemble, run.log_images))
         user_callbacks = cfg.trainer.get("callbacks") or []
         if not isinstance(user_callbacks, list):  # `--trainer.callbacks=pkg.Callback` gives one
             user_callbacks = [user_callbacks]

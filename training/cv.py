@@ -40,6 +40,7 @@ import numpy as np
 import rundir.launcher as launcher
 from datamodules.csvsafe import spreadsheet_safe
 from evaluation import columns_of
+from models.teaching import ensemble_overlays
 from rundir.atomic import replacing
 from rundir.grace import CHILD_STOP_S
 from rundir.layout import (
@@ -59,6 +60,7 @@ from rundir.slots import fold_slots
 from sweeps.contract.guard import RunStopped
 from sweeps.contract.history import append_history, read_history, write_training
 from sweeps.contract.signals import StopSignal
+from training.ensemble import read_cv_run
 from training.evaluate import patient_ids_of
 from training.loggers import update_summary
 from training.operating_point import OperatingPoint, choose_operating_point
@@ -193,6 +195,7 @@ class CrossValidation:
             probs.append(point.probabilities(o["test_logits"][[row_of[r] for r in order]]))
         records = [by_rel[r] for r in order]
         labels = np.array([cli.datamodule.class_index[r.label] for r in records])
+        self.ensemble_test = (np.mean(probs, axis=0), labels, order, point)  # for eval.explain's overlays
         report = test_report_of(np.mean(probs, axis=0), labels, patient_ids_of(records), cli.model.class_names, point,
                                 cfg.eval, columns=columns_of(records))
         report["ensemble"] = {"folds": self.folds, "how": "mean of the folds' probabilities",
@@ -257,6 +260,8 @@ def cross_validate(cli, devices: tuple) -> None:
                                      "eval/threshold_rule": f"{point.threshold.rule} (out-of-fold)"})
     if report is not None and cfg.run.test_after_fit:
         publish_report(report, cli.run_dir, cli.trainer, cli.model.class_names)
+        if cfg.eval.explain:  # the fold ensemble's maps of the test images chosen to teach
+            ensemble_overlays(cli, *cv.ensemble_test[:3], read_cv_run(cli.run_dir)[1], cv.ensemble_test[3])
 
 
 def _continues_same_run(run_dir: Path, saving) -> bool:

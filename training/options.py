@@ -5,6 +5,7 @@ docstrings are the schema and the `--help` text, and the sweep tools read the na
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -86,6 +87,9 @@ class EvalOptions:
         subgroups: test figures per group of a manifest column, e.g. [sex, site], or per band
             of a numeric column with cut points, e.g. "age:18,65" (<18, [18, 65), >=65), at the
             same operating point with patient-level intervals (README, "Subgroups").
+        explain: Grad-CAM overlays (needs `pip install grad-cam`): with predict, one per image in
+            explanations/ next to predictions.csv; after test, the images chosen to teach, for
+            report.html (README, "Where the model looks").
     """
 
     threshold: str = "youden"
@@ -94,9 +98,13 @@ class EvalOptions:
     bootstrap_resamples: int = 2000
     bootstrap_seed: int = 0
     subgroups: list[str] = field(default_factory=list)
+    explain: bool = False
 
     def __post_init__(self) -> None:
         from evaluation import parse_subgroups, parse_threshold
+
+        if self.explain and importlib.util.find_spec("pytorch_grad_cam") is None:  # before any training
+            raise ValueError("eval.explain needs the grad-cam package: pip install grad-cam")
 
         parse_threshold(self.threshold)  # a bad spec fails at parse time, naming eval.threshold
         parse_subgroups(self.subgroups)  # likewise eval.subgroups; its columns are checked on the data
@@ -144,3 +152,14 @@ class CVOptions:
             raise ValueError(f"cv.folds_per_device must be at most {MAX_RUNS_PER_DEVICE}, got {self.folds_per_device}: "
                              "each fold on a device is a process with its own memory there (on a GPU a CUDA context "
                              "alone takes ~0.5 GB); more than cv.folds runs no more folds at once")
+
+
+# Options that were renamed: the old spelling fails with the new name instead of "unrecognized".
+RENAMED = {"--explain": "--eval.explain=true"}
+
+
+def check_renamed(args: list[str]) -> None:
+    for arg in args:
+        old = arg.split("=", 1)[0]
+        if old in RENAMED:
+            raise ValueError(f"{old} is now {RENAMED[old]} (an eval option, so configs and sweeps can set it)")

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
+from evaluation.binomial import METHOD_NOTES
+from evaluation.bootstrap import method_label
 from rundir.layout import TEST_REPORT as REPORT_FILE
 from sweeps.analysis.subgroups_html import subgroups_html
 
@@ -45,8 +47,14 @@ def read_test_report(sweep_dir: Path, run: dict) -> Optional[dict]:
 def _cell(figure: dict) -> tuple[str, str, str]:
     est = "n/a" if figure.get("estimate") is None else f"{figure['estimate']:.3f}"
     ci = "" if figure.get("ci_low") is None else f"{figure['ci_low']:.3f} – {figure['ci_high']:.3f}"
-    n_eff = "" if figure.get("n_eff") is None else f" (n_eff={figure['n_eff']:.1f})"
-    return est, ci, figure.get("method", "") + n_eff  # bca, or clopper-pearson where it collapses
+    return est, ci, method_label(str(figure.get("method", "")), figure.get("n_eff"))  # METHOD_NOTES says which
+
+
+def method_notes(report: dict) -> str:
+    """What each interval method other than the bootstrap's that the report uses means."""
+    used = {fig.get("method") for section in (report, report.get("patient_level") or {}) if section
+            for fig in [*section["metrics"].values(), *section["calibration"].values()] if isinstance(fig, dict)}
+    return " ".join(f"{m}: {note}." for m, note in METHOD_NOTES.items() if m in used)
 
 
 def ci_rows(report: dict) -> list[list[str]]:
@@ -67,7 +75,8 @@ def caption(report: dict) -> str:
                           f"{counts['patients_per_class'][name]} patients" for name in report["class_names"])
     text = (f"Test split: {counts['images']} images of {counts['patients']} patients ({per_class}). "
             f"Intervals: {report['ci']['method']} patient-level bootstrap, {report['ci']['n_resamples']} "
-            f"resamples by {report['ci']['resampling_unit']}; the method column names each figure's.")
+            f"resamples by {report['ci']['resampling_unit']}; the method column names each figure's. ")
+    text += method_notes(report)
     if th:
         how = f"fallback ({th['reason']})" if th["fallback"] else f"rule {th['rule']}, chosen on validation"
         text += f" Threshold {th['value']:.4g}: {how}."

@@ -14,16 +14,17 @@ from __future__ import annotations
 import html
 import json
 import math
-import re
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import yaml
 
 from rundir.atomic import write_atomic
 from sweeps.analysis.heldout import read_test_report, section_html
+from sweeps.analysis.html_parts import STYLE, _Figures, _note, _table, scrub
+from sweeps.analysis.overlays_html import overlays_html, read_overlays
 from sweeps.analysis.results import (
     COMPLETED,
     best_config,
@@ -35,51 +36,6 @@ from sweeps.analysis.results import (
 )
 from sweeps.errors import UsageError
 from sweeps.files.sweep import Sweep
-
-# Two slashes, or a leading / ~ ./ X:\ : a file path; "val/auroc" stays.
-_PATH = re.compile(r"""(?<![\w.~-])(?:[A-Za-z]:[\\/]|~/|\.{1,2}/|/)[^\s'",;)]*|[\w.~-]+(?:[/\\][\w.~-]+){2,}""")
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; }
-th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.note { color: #666; font-style: italic; } section { margin-bottom: 2.5em; }
-.stopped { color: #b26b00; } .failed { color: #b00020; }
-"""
-
-
-def scrub(text: Any) -> str:
-    return _PATH.sub("<path>", str(text))
-
-
-class _Figures:
-    """Renders figures in page order; only the first carries plotly.js (inline, no CDN)."""
-
-    def __init__(self) -> None:
-        self.js_included = False
-
-    def __call__(self, fig) -> str:
-        fig.update_layout(template="plotly_white", margin={"l": 60, "r": 30, "t": 50, "b": 50})
-        out = fig.to_html(full_html=False, include_plotlyjs=not self.js_included,
-                          config={"displaylogo": False, "responsive": True})
-        self.js_included = True
-        return out
-
-
-def _table(rows: list[list[Any]], header: bool = True) -> str:
-    def cell(tag: str, value: Any) -> str:
-        numeric = isinstance(value, (int, float)) or re.fullmatch(r"[-+.\deE]+", str(value) or "x")
-        return f"<{tag}{' class=num' if numeric and tag == 'td' else ''}>{html.escape(str(value))}</{tag}>"
-
-    out = ["<table>"]
-    for i, row in enumerate(rows):
-        tag = "th" if header and i == 0 else "td"
-        out.append("<tr>" + "".join(cell(tag, v) for v in row) + "</tr>")
-    return "\n".join(out + ["</table>"])
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{html.escape(text)}</p>'
 
 
 def _completed(runs: list[dict]) -> list[dict]:
@@ -242,8 +198,11 @@ def render(sweep_dir: Path, sweep: Sweep, runs: list[dict]) -> str:
     name = sweep.name or sweep_dir.name
     sections = [("summary", "Summary", summary_html(sweep, runs, best))]
     if best is not None:  # rendered in page order: the first figure on the page carries plotly.js
+        report = read_test_report(sweep_dir, best)
         sections.append(("test", f"Test figures of the best run ({html.escape(best['name'])})",
-                         section_html(read_test_report(sweep_dir, best), figure, _table)))
+                         section_html(report, figure, _table)))
+        sections.append(("overlays", "Where the model looks (test images chosen to teach)",
+                         overlays_html(read_overlays(sweep_dir, best), (report or {}).get("class_names"))))
 
     if done:
         sections.append(("history", "Optimization history", figure(history_figure(sweep, runs))))
