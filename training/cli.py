@@ -56,6 +56,7 @@ from sweeps.contract.lightning_adapter import ddp_children
 from training.cv import cross_validate, save_fold_outputs
 from training.ensemble import check_weights_fit, predict_with_ensemble
 from training.evaluate import Evaluation, PredictionWriter, patient_ids_of
+from training.external import TestPlan
 from training.loggers import ImageSampleLogger, default_loggers, finish_wandb
 from training.setup import check_config_files, default_precision, ensure_demo_data
 
@@ -220,6 +221,7 @@ class XrayCLI(LightningCLI):
                 self.evaluation.collect_validation(self.trainer, model, datamodule, best)
                 if self.trainer.is_global_zero:
                     save_fold_outputs(self)
+            TestPlan(self, best).finish()  # the model card (and an external test) beside test_report.json
 
         self._running(run)
 
@@ -232,10 +234,13 @@ class XrayCLI(LightningCLI):
 
     def test(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
         def run() -> None:
-            check_weights_fit(model, ckpt_path)
-            self.evaluation.use(self.trainer,
-                                self.evaluation.operating_point_for(self.trainer, model, datamodule, ckpt_path))
-            self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+            plan = TestPlan(self, ckpt_path)  # checked before anything runs: same data, external set, CV run
+            if not plan.internal_done:
+                check_weights_fit(model, ckpt_path)
+                self.evaluation.use(self.trainer,
+                                    self.evaluation.operating_point_for(self.trainer, model, datamodule, ckpt_path))
+                self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+            plan.finish()
 
         self._running(run)
 

@@ -85,6 +85,8 @@ class EvalOptions:
         subgroups: test figures per group of a manifest column, e.g. [sex, site], or per band
             of a numeric column with cut points, e.g. "age:18,65" (<18, [18, 65), >=65), at the
             same operating point with patient-level intervals (README, "Subgroups").
+        external: `test`: a second site's data folder or manifest, scored whole as external test
+            data at this run's operating point, beside the internal test (README, "External validation").
     """
 
     threshold: str = "youden"
@@ -93,6 +95,7 @@ class EvalOptions:
     bootstrap_resamples: int = 2000
     bootstrap_seed: int = 0
     subgroups: list[str] = field(default_factory=list)
+    external: Optional[str] = None
 
     def __post_init__(self) -> None:
         from evaluation import parse_subgroups, parse_threshold

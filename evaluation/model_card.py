@@ -1,0 +1,236 @@
+"""model_card.md beside test_report.json: what the run itself knows, in the order a reader of
+a TRIPOD+AI or CLAIM checklist looks for it (README "Model card"). Written from the run's own
+files only (test_report.json, config.yaml; and the sweep's facts when `python -m sweeps report`
+rewrites it for the best run), so every figure on the card is the report's figure. Names no
+file, path or patient: counts, group labels and settings only. Items only a person can answer
+are left as marked blanks (BLANK)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from rundir.layout import CONFIG_FILE, TEST_REPORT
+
+CARD_FILE = "model_card.md"
+BLANK = "**[to be completed by the authors]**"
+SIZE_SAMPLE = 200  # image headers read for the sizes: enough to show the range, cheap on any data set
+
+
+def image_size(path: Path) -> Optional[tuple[int, int]]:
+    """(rows, cols) from the file's header alone; DICOM: only Rows and Columns are parsed."""
+    try:
+        if path.suffix.lower() in (".dcm", ".dicom"):
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
+            return int(ds.Rows), int(ds.Columns)
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return img.height, img.width
+    except Exception:  # an unreadable header only leaves the image out of the sizes shown
+        return None
+
+
+def data_summary(datamodule) -> dict:
+    """Counts per split and class, patients, how the splits were made, formats and sizes."""
+    hp, names = datamodule.hparams, list(datamodule.class_names)
+    splits = {}
+    for split, records in datamodule.split_records.items():
+        per_class = Counter(r.label for r in records)
+        patients = {n: len({r.patient_id for r in records if r.label == n}) for n in names}
+        splits[split] = {"images": len(records), "patients": len({r.patient_id for r in records}),
+                         "images_per_class": {n: per_class.get(n, 0) for n in names}, "patients_per_class": patients}
+    records = datamodule.records
+    step = max(1, len(records) // SIZE_SAMPLE)
+    sizes = [s for s in (image_size(Path(r.path)) for r in records[::step]) if s is not None]
+    source = Path(datamodule.source)
+    given = (source.is_file() and "split" in _header(source)) or any(
+        (Path(datamodule.root) / s).is_dir() for s in ("train", "val", "test"))
+    return {
+        "layout": "manifest" if source.is_file() else "folders",
+        "splits": splits,
+        "split_method": {"given_in_data": bool(given), "seed": hp.split_seed, "val_fraction": hp.val_fraction,
+                         "test_fraction": hp.test_fraction, "folds": hp.folds},
+        "patient_ids": any(r.patient_id != r.rel for r in records),
+        "formats": dict(Counter(os.path.splitext(str(r.path))[1].lower().lstrip(".") for r in records)),
+        "image_sizes": {"sampled": len(sizes), "min": list(min(sizes)) if sizes else None,
+                        "max": list(max(sizes)) if sizes else None,
+                        "most_common": list(Counter(sizes).most_common(1)[0][0]) if sizes else None},
+        "input_size": hp.image_size,
+        "skipped_unreadable": len(getattr(datamodule, "skipped", [])),
+    }
+
+
+def _header(manifest: Path) -> list[str]:
+    with open(manifest, newline="", errors="replace") as f:
+        return [c.strip() for c in f.readline().split(",")]
+
+
+def _fig(iv: Optional[dict]) -> str:
+    if not iv or iv.get("estimate") is None:
+        return "n/a | | "
+    ci = "" if iv.get("ci_low") is None else f"{iv['ci_low']:.3f}–{iv['ci_high']:.3f}"
+    n_eff = f" (n_eff={iv['n_eff']:.1f})" if iv.get("n_eff") is not None else ""
+    return f"{iv['estimate']:.3f} | {ci} | {iv.get('method', '')}{n_eff}"
+
+
+def _figures_table(section: dict, label: str) -> list[str]:
+    rows = [f"| {label} figure | estimate | 95% CI | method |", "|---|---|---|---|"]
+    figures = {**section["metrics"], "ece": section["calibration"]["ece"], "brier": section["calibration"]["brier"]}
+    return rows + [f"| {name} | {_fig(iv)} |" for name, iv in figures.items()]
+
+
+def _data(report: dict) -> list[str]:
+    data = report.get("data")
+    out = ["## Data", "_TRIPOD+AI 5a, 6a, 7, 10, 12a, 20a-b, 21; CLAIM 7-10, 19-21, 33-34_", ""]
+    if not data:
+        return out + [f"Test split only (the run recorded no data summary): {report['counts']['images']} images, "
+                      f"{report['counts']['patients']} patients.", ""]
+    names = report["class_names"]
+    out += ["| split | images | patients | " + " | ".join(f"{n} images/patients" for n in names) + " |",
+            "|---" * (3 + len(names)) + "|"]
+    for split, c in data["splits"].items():
+        per = " | ".join(f"{c['images_per_class'][n]}/{c['patients_per_class'][n]}" for n in names)
+        out.append(f"| {split} | {c['images']} | {c['patients']} | {per} |")
+    how = data["split_method"]
+    made = (f"made here at patient level, stratified by label (seed {how['seed']}, validation fraction "
+            f"{how['val_fraction']}, test fraction {how['test_fraction']}) where not given in the data")
+    out += ["", f"- Splits: {'given in the data; ' if how['given_in_data'] else ''}{made}; no patient in two splits."
+            + (f" Cross-validation: {how['folds']} patient-level folds over train and validation." if how["folds"] else ""),
+            f"- Patient ids: {'given' if data['patient_ids'] else 'none: each image counts as its own patient'}.",
+            f"- Layout: {data['layout']}; formats: " + ", ".join(f"{k} {v}" for k, v in sorted(data["formats"].items())),
+            f"- Image sizes (rows x cols, {data['image_sizes']['sampled']} headers read): "
+            + (f"{_size(data['image_sizes']['min'])} to {_size(data['image_sizes']['max'])}, most often "
+               f"{_size(data['image_sizes']['most_common'])}" if data["image_sizes"]["min"] else "unknown")
+            + f"; network input {data['input_size']} px (aspect kept, padded).",
+            f"- Unreadable images left out: {data['skipped_unreadable']}.",
+            f"- Data sources, dates, eligibility, reference standard and annotators, de-identification: {BLANK}", ""]
+    return out
+
+
+def _size(s: list) -> str:
+    return f"{s[0]}x{s[1]}"
+
+
+def _model(report: dict, config: dict, sweep: Optional[dict]) -> list[str]:
+    model, trainer, data = config.get("model") or {}, config.get("trainer") or {}, config.get("data") or {}
+    weights = model.get("weights", "none")
+    weights = weights if weights in ("none", "default") else "a local weights file"
+    training = report.get("training") or {}
+    best = training.get("best_epoch") or []
+    selected = (f"{sweep['method']} sweep `{sweep['name']}` of {sweep['trials']} trials ({sweep['completed']} "
+                f"completed), best by {sweep['metric']} on validation") if sweep else \
+        "not known to the run (`python -m sweeps report` fills this in for a sweep's best run)"
+    folds = (config.get("cv") or {}).get("folds") or 0
+    return ["## Model and training", "_TRIPOD+AI 12c, 22; CLAIM 22-27_", "",
+            f"- Backbone: {model.get('backbone')}; initial weights: {weights}; classes: "
+            + ", ".join(report["class_names"]) + f" (positive: {report['class_names'][-1]}).",
+            f"- Training: at most {trainer.get('max_epochs')} epochs, batch size {data.get('batch_size')}, "
+            f"learning rate {model.get('lr')}, balancing {data.get('balancing')}; tested weights from epoch "
+            + (", ".join(map(str, best)) if best else "unknown") + " (best on validation)"
+            + (f"; fold ensemble of {folds} models." if folds else "."),
+            f"- Configuration chosen by: {selected}.", ""]
+
+
+def _evaluation(report: dict) -> list[str]:
+    ci, th = report["ci"], report.get("threshold")
+    out = ["## Evaluation", "_TRIPOD+AI 12e, 23a-b; CLAIM 28-29, 32, 35-36_", ""]
+    if th:
+        how = f"fallback ({th['reason']})" if th["fallback"] else f"rule `{th['rule']}` chosen on validation"
+        out.append(f"- Operating point: threshold {th['value']:.4g}, {how}; never chosen on test data.")
+    out += [f"- Intervals: {100 * ci['confidence']:g}% {ci['method']} bootstrap, {ci['n_resamples']} resamples by "
+            f"{ci['resampling_unit']} (seed {ci['seed']}); proportions at 0 or 1 get the exact Clopper-Pearson "
+            "interval at the effective sample size (the method column says which).", "",
+            *_figures_table(report, "test (image level)"), ""]
+    patients = report.get("patient_level")
+    if patients:
+        out += [f"Patient level ({patients['aggregation']} of each patient's images; {patients.get('threshold_note')}):",
+                "", *_figures_table(patients, "test (patient level)"), ""]
+    t = report.get("temperature") or {}
+    out.append(f"- Calibration: ECE {report['calibration']['ece']['estimate']:.3f}, Brier "
+               f"{report['calibration']['brier']['estimate']:.3f} ({report['calibration']['n_bins']} bins); temperature "
+               f"{t.get('value', 1.0):.3g}" + (" fitted on validation" if t.get("fitted_on_validation") else "")
+               + (f" (fallback: {t['reason']})" if t.get("fallback") else "") + ".")
+    for column in (report.get("subgroups") or {}).get("by", []):
+        for g in column["groups"]:
+            shown = "; ".join(f"{k} {_fig(g['metrics'].get(k)).split(' | ')[0]}" for k in ("auroc", "sensitivity", "specificity"))
+            out.append(f"- Subgroup {column['column']}={g['group']}: {g['counts']['images']} images, "
+                       f"{g['counts']['patients']} patients; {shown}" + (f" ({g['note']})" if g["note"] else ""))
+    for site in report.get("external") or []:
+        out += ["", f"External test `{site['name']}` (whole data set, site A's operating point and temperature; "
+                "changed: the 95% interval of the difference excludes 0, MOVER):", "",
+                "| figure | internal | external | difference | changed |", "|---|---|---|---|---|"]
+        for level, prefix in (("image_level", ""), ("patient_level", "patient: ")):
+            for row in site["comparison"][level]:
+                d = row["difference"]
+                diff = "n/a" if d is None else f"{d['estimate']:+.3f} ({d['ci_low']:+.3f}–{d['ci_high']:+.3f})"
+                out.append(f"| {prefix}{row['figure']} | {_fig(row['internal']).split(' | ')[0]} | "
+                           f"{_fig(row['external']).split(' | ')[0]} | {diff} | {'yes' if row['changed'] else 'no'} |")
+    return out + [""]
+
+
+def limitations(report: dict) -> list[str]:
+    """What the run can state about itself."""
+    notes, th, t = [], report.get("threshold") or {}, report.get("temperature") or {}
+    if th.get("fallback"):
+        notes.append(f"The threshold is a fallback ({th['reason']}), not an operating point chosen on validation.")
+    if t.get("fallback"):
+        notes.append(f"Temperature scaling was asked for but not applied: {t['reason']}.")
+    if report["ci"]["resampling_unit"] != "patient":
+        notes.append("The data names no patients: each image counts as one, so intervals are too narrow if "
+                     "patients have several images.")
+    small = [f"{c['column']}={g['group']}" for c in (report.get("subgroups") or {}).get("by", [])
+             for g in c["groups"] if g["note"]]
+    if small:
+        notes.append("Subgroups too small for their intervals to mean much: " + ", ".join(small) + ".")
+    few = min(report["counts"]["patients_per_class"].values())
+    if few < 30:
+        notes.append(f"The test split holds only {few} patients of its smallest class: wide intervals.")
+    for site in report.get("external") or []:
+        changed = [r["figure"] for r in site["comparison"]["image_level"] if r["changed"]]
+        if changed:
+            notes.append(f"At the external site `{site['name']}` these changed beyond their intervals: "
+                         + ", ".join(changed) + ".")
+    if not report.get("external"):
+        notes.append("No external validation: performance at other sites, scanners or populations is unknown.")
+    return notes
+
+
+def render_model_card(report: dict, config: dict, experiment: str, sweep: Optional[dict] = None) -> str:
+    task = f"{report['task']} classification of radiographs ({', '.join(report['class_names'])})"
+    lines = [f"# Model card: {experiment}", "",
+             "_Written from this run's test_report.json and config.yaml (every figure is the report's). Section "
+             "headings name the TRIPOD+AI (2024) and CLAIM (2020 numbering) items they answer; "
+             f"{BLANK} marks what only a person can state._", "",
+             "## Intended use", "_TRIPOD+AI 3a-b, 15; CLAIM 3-4, 6_", "",
+             f"- Task (experiment `{experiment}`): {task}; output: a probability per class and the decision at the "
+             "operating point below.",
+             f"- Clinical setting, intended users, the decision it supports, and uses it is not meant for: {BLANK}", "",
+             *_data(report), *_model(report, config, sweep), *_evaluation(report),
+             "## Known limitations", "_TRIPOD+AI 26; CLAIM 38_", "",
+             *[f"- {n}" for n in limitations(report)], f"- Further limitations: {BLANK}", "",
+             "## Items only a person can answer", "",
+             f"- Outcome / reference standard definition (TRIPOD+AI 8; CLAIM 14-18): {BLANK}",
+             f"- Ethics approval and consent (TRIPOD+AI 17): {BLANK}",
+             f"- Funding, conflicts, protocol, registration, data and code availability (TRIPOD+AI 18; CLAIM 40-42): {BLANK}",
+             f"- Patient and public involvement (TRIPOD+AI 19): {BLANK}",
+             f"- Fairness considerations beyond the subgroups above (TRIPOD+AI 14): {BLANK}", ""]
+    return "\n".join(lines)
+
+
+def model_card_text(run_dir: Path, sweep: Optional[dict] = None) -> str:
+    """The card of a finished run, from its test_report.json and config.yaml (callers write it
+    atomically: training.external after a test, `python -m sweeps report` for a sweep's best run)."""
+    run_dir = Path(run_dir)
+    report = json.loads((run_dir / TEST_REPORT).read_text())
+    config_path = run_dir / CONFIG_FILE
+    config: dict[str, Any] = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
+    experiment = (config.get("run") or {}).get("experiment") or run_dir.parent.name
+    return render_model_card(report, config, experiment, sweep)

@@ -1,0 +1,146 @@
+"""External validation (README "External validation"): a second site's data scored whole at site A's
+operating point, side by side with the internal test, and the rule that says what changed."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from evaluation import build_report, clopper_pearson
+from evaluation.external import compare_reports, format_comparison, mover_difference
+from training.cli import cli_main
+
+FAST = ["--eval.bootstrap_resamples=200", "--trainer.max_epochs=2"]
+
+
+def test_mover_difference_of_two_intervals():
+    internal = {"estimate": 0.8, "ci_low": 0.7, "ci_high": 0.9}
+    external = {"estimate": 0.6, "ci_low": 0.4, "ci_high": 0.75}
+    diff, low, high = mover_difference(internal, external)
+    assert diff == pytest.approx(-0.2)
+    assert low == pytest.approx(-0.2 - np.hypot(0.2, 0.1))  # external's lower arm, internal's upper arm
+    assert high == pytest.approx(-0.2 + np.hypot(0.15, 0.1))
+    assert mover_difference(internal, {"estimate": None, "ci_low": None, "ci_high": None}) is None
+
+
+def test_the_change_rule_holds_its_level_where_outside_the_internal_interval_does_not():
+    """Same true sensitivity (0.85) at both sites, 60 positives inside and 20 outside: MOVER on the
+    exact intervals flags a change in <= 5% of data sets; "external estimate outside the internal
+    interval" (it ignores the external set's own noise) in far more."""
+    rng = np.random.default_rng(0)
+    flagged_mover = flagged_naive = 0
+    reps = 400
+    for _ in range(reps):
+        k_i, k_e = rng.binomial(60, 0.85), rng.binomial(20, 0.85)
+        iv_i = dict(zip(("ci_low", "ci_high"), clopper_pearson(k_i, 60)), estimate=k_i / 60)
+        iv_e = dict(zip(("ci_low", "ci_high"), clopper_pearson(k_e, 20)), estimate=k_e / 20)
+        _, low, high = mover_difference(iv_i, iv_e)
+        flagged_mover += not low <= 0 <= high
+        flagged_naive += not iv_i["ci_low"] <= iv_e["estimate"] <= iv_i["ci_high"]
+    assert flagged_mover / reps <= 0.05
+    assert flagged_naive / reps >= 0.2
+
+
+def _scores(rng, n, shift):
+    labels = np.r_[np.zeros(n // 2, int), np.ones(n - n // 2, int)]
+    p = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + (2.0 - shift) * (labels - 0.5) * 2)))
+    return np.c_[1 - p, p], labels
+
+
+@pytest.mark.parametrize("shift, changed", [(0.0, False), (1.8, True)])
+def test_compare_reports_flags_a_lost_discrimination_only(shift, changed):
+    rng = np.random.default_rng(1)
+    (pi, li), (pe, le) = _scores(rng, 200, 0.0), _scores(rng, 200, shift)
+    names = ["normal", "abnormal"]
+    internal = build_report(pi, li, None, names, None, n_resamples=200)
+    external = build_report(pe, le, None, names, None, n_resamples=200)
+    comparison = compare_reports(internal, external)
+    auroc = next(r for r in comparison["image_level"] if r["figure"] == "auroc")
+    assert auroc["changed"] is changed
+    assert "auroc" in format_comparison(comparison)
+
+
+# ---- end to end: site A fitted once, site B scored whole -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, hand_data):
+    from conftest import TINY
+
+    root = tmp_path_factory.mktemp("fit")
+    args = ["--config", "configs/demo.yaml", f"--data.root={hand_data}", "--demo.body_part=null",
+            f"--run.root={root / 'runs'}", *TINY, *FAST]
+    cli = cli_main(["fit", *args])
+    return cli, args
+
+
+@pytest.fixture(scope="module")
+def site_b(tmp_path_factory):
+    """Another site: other patients, fewer disease signs, images darker and noisier (another scanner)."""
+    from PIL import Image
+
+    from datamodules.synthetic import generate
+
+    root = tmp_path_factory.mktemp("site_b") / "b"
+    generate(root, body_part="hand", count=30, size=(64, 64), seed=11, severity=0.7)
+    rng = np.random.default_rng(0)
+    for png in (root / "images").glob("*.png"):
+        img = np.asarray(Image.open(png), dtype=np.float64) / 65535
+        img = np.clip(img**1.6 + rng.normal(0, 0.03, img.shape), 0, 1)
+        Image.fromarray((img * 65535).astype(np.uint16)).save(png)
+    return root
+
+
+def _flipped(site, tmp_path):
+    rows = list(csv.DictReader(open(site / "manifest.csv")))
+    out = tmp_path / "flipped.csv"
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "path": str(site / r["path"]),
+                             "label": "normal" if r["label"] == "abnormal" else "abnormal"})
+    return out
+
+
+def test_external_site_is_scored_at_site_a_operating_point_whatever_its_labels(fitted, site_b, tmp_path):
+    """Flipping every external label changes the external figures, never the threshold or the
+    temperature: a threshold chosen on the external data would follow its labels."""
+    cli, args = fitted
+    best = cli.checkpoint.best_model_path
+    stored = cli.evaluation.point
+    base = [a for a in args if not a.startswith("--run.root=")] + [f"--run.root={tmp_path / 'runs'}"]
+    reports = []
+    for external in (site_b, _flipped(site_b, tmp_path)):
+        test = cli_main(["test", *base, f"--ckpt_path={best}", f"--eval.external={external}",
+                         "--data.allow_outside_root=true"])
+        reports.append(json.loads((test.run_dir / "test_report.json").read_text()))
+    for report in reports:
+        site = report["external"][0]
+        assert site["report"]["threshold"] == report["threshold"] == stored.threshold.to_dict()
+        assert site["report"]["temperature"]["value"] == stored.temperature
+        assert site["report"]["counts"]["images"] == 30  # the whole set: no split made
+        assert {r["figure"] for r in site["comparison"]["image_level"]} >= {"auroc", "sensitivity", "ece"}
+    auroc = [r["external"][0]["report"]["metrics"]["auroc"]["estimate"] for r in reports]
+    assert auroc[0] == pytest.approx(1 - auroc[1], abs=1e-9)  # the labels were read: figures flip
+
+
+def test_another_data_root_alone_is_refused_not_split(fitted, site_b, tmp_path, capsys):
+    from training.cli import main
+
+    cli, args = fitted
+    base = [a for a in args if not a.startswith(("--run.root=", "--data.root="))]
+    import sys
+
+    argv = ["cli.py", "test", *base, f"--data.root={site_b}", f"--run.root={tmp_path / 'runs'}",
+            f"--ckpt_path={cli.checkpoint.best_model_path}"]
+    old, sys.argv = sys.argv, argv
+    try:
+        assert main() == 2
+    finally:
+        sys.argv = old
+    err = capsys.readouterr().err
+    assert "not the data the checkpoint was trained on" in err and "--eval.external" in err
