@@ -13,7 +13,7 @@ from evaluation import build_report, clopper_pearson
 from evaluation.external import compare_reports, format_comparison, mover_difference
 from training.cli import cli_main
 
-FAST = ["--eval.bootstrap_resamples=200", "--trainer.max_epochs=2"]
+FAST = ["--eval.bootstrap_resamples=200"]
 
 
 def test_mover_difference_of_two_intervals():
@@ -63,6 +63,44 @@ def test_compare_reports_flags_a_lost_discrimination_only(shift, changed):
     assert "auroc" in format_comparison(comparison)
 
 
+def _plan(monkeypatch, logits, labels, point, options):
+    """A TestPlan over made-up external records whose model outputs are `logits` (no training)."""
+    from types import SimpleNamespace
+
+    import training.external as external
+    from datamodules.records import Record
+
+    records = [Record(f"x/{i}.png", f"{i}.png", ["normal", "abnormal"][y], f"p{i // 2}", "test")
+               for i, y in enumerate(labels)]
+    monkeypatch.setattr(external, "_predict", lambda cli, data, ckpt: (np.asarray(logits), np.arange(len(labels))))
+    cli = SimpleNamespace(datamodule=SimpleNamespace(class_index={"normal": 0, "abnormal": 1}),
+                          model=SimpleNamespace(class_names=["normal", "abnormal"]))
+    plan = external.TestPlan.__new__(external.TestPlan)
+    plan.cli, plan.options, plan.point, plan.records, plan.checkpoints = cli, options, point, records, [None]
+    return plan
+
+
+def test_external_scoring_uses_the_given_operating_point_not_one_from_its_own_labels(monkeypatch):
+    """Fast twin of the end-to-end test: the external labels flipped leave threshold and temperature
+    as site A chose them, while the figures follow the labels (so the labels are read)."""
+    from evaluation import ThresholdChoice
+    from training.operating_point import OperatingPoint
+    from training.options import EvalOptions
+
+    rng = np.random.default_rng(2)
+    labels = np.r_[np.zeros(20, int), np.ones(20, int)]
+    logits = np.c_[np.zeros(40), rng.normal(0, 1, 40) + 1.5 * labels]
+    point = OperatingPoint(ThresholdChoice(0.9, "youden", False, None, 0.8, 0.7), temperature=2.0,
+                           temperature_scaling=True)
+    options = EvalOptions(bootstrap_resamples=200)
+    reports = [_plan(monkeypatch, logits, y, point, options).external_report() for y in (labels, 1 - labels)]
+    for report in reports:
+        assert report["threshold"]["value"] == 0.9 and report["threshold"]["rule"] == "youden"
+        assert report["temperature"]["value"] == 2.0
+        assert report["split"] == "external" and report["counts"]["patients"] == 20
+    assert reports[0]["metrics"]["auroc"]["estimate"] == pytest.approx(1 - reports[1]["metrics"]["auroc"]["estimate"])
+
+
 # ---- end to end: site A fitted once, site B scored whole -----------------------------------
 
 
@@ -106,6 +144,7 @@ def _flipped(site, tmp_path):
     return out
 
 
+@pytest.mark.slow
 def test_external_site_is_scored_at_site_a_operating_point_whatever_its_labels(fitted, site_b, tmp_path):
     """Flipping every external label changes the external figures, never the threshold or the
     temperature: a threshold chosen on the external data would follow its labels."""
@@ -113,11 +152,12 @@ def test_external_site_is_scored_at_site_a_operating_point_whatever_its_labels(f
     best = cli.checkpoint.best_model_path
     stored = cli.evaluation.point
     base = [a for a in args if not a.startswith("--run.root=")] + [f"--run.root={tmp_path / 'runs'}"]
-    reports = []
+    reports, cards = [], []
     for external in (site_b, _flipped(site_b, tmp_path)):
         test = cli_main(["test", *base, f"--ckpt_path={best}", f"--eval.external={external}",
                          "--data.allow_outside_root=true"])
         reports.append(json.loads((test.run_dir / "test_report.json").read_text()))
+        cards.append((test.run_dir / "model_card.md").read_text())
     for report in reports:
         site = report["external"][0]
         assert site["report"]["threshold"] == report["threshold"] == stored.threshold.to_dict()
@@ -126,15 +166,19 @@ def test_external_site_is_scored_at_site_a_operating_point_whatever_its_labels(f
         assert {r["figure"] for r in site["comparison"]["image_level"]} >= {"auroc", "sensitivity", "ece"}
     auroc = [r["external"][0]["report"]["metrics"]["auroc"]["estimate"] for r in reports]
     assert auroc[0] == pytest.approx(1 - auroc[1], abs=1e-9)  # the labels were read: figures flip
+    for card in cards:  # the card shows the external site by its label, never by its path
+        assert "External test `external`" in card and "| auroc |" in card
+        assert str(site_b) not in card and str(tmp_path) not in card and "images/" not in card
 
 
+@pytest.mark.slow
 def test_another_data_root_alone_is_refused_not_split(fitted, site_b, tmp_path, capsys):
+    import sys
+
     from training.cli import main
 
     cli, args = fitted
     base = [a for a in args if not a.startswith(("--run.root=", "--data.root="))]
-    import sys
-
     argv = ["cli.py", "test", *base, f"--data.root={site_b}", f"--run.root={tmp_path / 'runs'}",
             f"--ckpt_path={cli.checkpoint.best_model_path}"]
     old, sys.argv = sys.argv, argv
@@ -144,3 +188,24 @@ def test_another_data_root_alone_is_refused_not_split(fitted, site_b, tmp_path, 
         sys.argv = old
     err = capsys.readouterr().err
     assert "not the data the checkpoint was trained on" in err and "--eval.external" in err
+
+
+def test_check_same_data_refuses_another_root_while_the_trained_one_exists(tmp_path):
+    """`test --data.root=<site B>` would split site B and test a part of it: refused; data that
+    moved (the old root gone) is accepted."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from datamodules.records import DataError
+    from training.external import check_same_data
+
+    site_a, site_b = tmp_path / "a", tmp_path / "b"
+    site_a.mkdir(), site_b.mkdir()
+    ckpt = tmp_path / "m.ckpt"
+    torch.save({"datamodule_hyper_parameters": {"root": str(site_a)}}, ckpt)
+    check_same_data(str(ckpt), SimpleNamespace(root=site_a))
+    with pytest.raises(DataError, match="eval.external"):
+        check_same_data(str(ckpt), SimpleNamespace(root=site_b))
+    site_a.rmdir()  # moved: the same data under another root
+    check_same_data(str(ckpt), SimpleNamespace(root=site_b))

@@ -163,7 +163,10 @@ def _predict(cli, data: ExternalData, ckpt: Optional[str]) -> tuple[np.ndarray, 
     trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=cli.trainer.precision, logger=False,
                          callbacks=[], enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
-    batches = trainer.predict(cli.model, datamodule=data, ckpt_path=ckpt, return_predictions=True)
+    if ckpt:  # the weights alone (the run's trainer state and callbacks are not this trainer's)
+        state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
+        cli.model.load_state_dict(state)
+    batches = trainer.predict(cli.model, datamodule=data, return_predictions=True)
     logits = np.concatenate([b["logits"].float().cpu().numpy() for b in batches])
     index = np.concatenate([b["index"].cpu().numpy() for b in batches])
     order = np.argsort(index)
