@@ -21,7 +21,6 @@ def run_dir(hand_data, tmp_path):
     import yaml
 
     from datamodules.datamodule import XrayDataModule
-    from evaluation import columns_of
 
     dm = XrayDataModule(root=str(hand_data), image_size=32, num_workers=0)
     test = dm.split_records["test"]
@@ -92,3 +91,20 @@ def test_card_states_what_the_run_knows_and_marks_the_rest(run_dir):
     sweep = {"name": "lr", "method": "bayes", "trials": 12, "completed": 10, "metric": "val/auroc"}
     assert "bayes sweep `lr` of 12 trials (10 completed)" in model_card_text(out, sweep)
     assert CARD_FILE == "model_card.md"
+
+
+def test_sweeps_report_writes_the_best_runs_card_with_the_sweep_that_chose_it(tmp_path, capsys):
+    from test_analysis import TRIALS, make_sweep_dir
+    from test_report import _test_report_json
+
+    from sweeps.main import main
+
+    sweep_dir = make_sweep_dir(tmp_path)
+    report = _test_report_json(sweep_dir / "runs" / "0004" / "test_report.json")
+    assert main(["report", str(sweep_dir)]) == 0
+    card = (sweep_dir / "runs" / "0004" / CARD_FILE).read_text()
+    assert f"of {len(TRIALS)} trials" in card
+    assert f"| auroc | {report['metrics']['auroc']['estimate']:.3f} |" in card
+    # the runs' configs hold data and weights paths; the report's patients are MRN00000...
+    assert "/data/ra_hand" not in card and "/secret" not in card and str(tmp_path) not in card and "MRN" not in card
+    assert "wrote" in capsys.readouterr().out

@@ -1,0 +1,25 @@
+"""The best run's model card, rewritten by `python -m sweeps report` with what only the sweep knows:
+which sweep chose the configuration and out of how many trials (README "Model card")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from evaluation.model_card import CARD_FILE, model_card_text
+from rundir.layout import TEST_REPORT
+from sweeps.analysis.results import COMPLETED, best_run, load_offline_runs
+from sweeps.files.io import write_atomic
+
+
+def write_best_model_card(sweep_dir: Path) -> Optional[Path]:
+    """model_card.md beside the best run's test_report.json; None when no run has one."""
+    sweep, runs = load_offline_runs(sweep_dir)
+    best = best_run(sweep, runs)
+    if best is None or not best.get("run_dir") or not (Path(sweep_dir) / best["run_dir"] / TEST_REPORT).is_file():
+        return None
+    run_dir = Path(sweep_dir) / best["run_dir"]
+    facts = {"name": sweep.name or Path(sweep_dir).name, "method": sweep.method, "metric": sweep.metric,
+             "trials": len(runs), "completed": sum(r["state"] in COMPLETED for r in runs)}
+    write_atomic(run_dir / CARD_FILE, model_card_text(run_dir, facts))
+    return run_dir / CARD_FILE
