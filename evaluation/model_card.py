@@ -1,6 +1,6 @@
 """model_card.md beside test_report.json: what the run itself knows, in the order a reader of
 a TRIPOD+AI or CLAIM checklist looks for it (README "Model card"). Written from the run's own
-files only (test_report.json, config.yaml; and the sweep's facts when `python -m sweeps report`
+files only (test_report.json, config.yaml: their text is given; and the sweep's facts when `python -m sweeps report`
 rewrites it for the best run), so every figure on the card is the report's figure. Names no
 file, path or patient: counts, group labels and settings only. Items only a person can answer
 are left as marked blanks (BLANK)."""
@@ -8,69 +8,12 @@ are left as marked blanks (BLANK)."""
 from __future__ import annotations
 
 import json
-import os
-from collections import Counter
-from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from rundir.layout import CONFIG_FILE, TEST_REPORT
-
 CARD_FILE = "model_card.md"
 BLANK = "**[to be completed by the authors]**"
-SIZE_SAMPLE = 200  # image headers read for the sizes: enough to show the range, cheap on any data set
-
-
-def image_size(path: Path) -> Optional[tuple[int, int]]:
-    """(rows, cols) from the file's header alone; DICOM: only Rows and Columns are parsed."""
-    try:
-        if path.suffix.lower() in (".dcm", ".dicom"):
-            import pydicom
-
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
-            return int(ds.Rows), int(ds.Columns)
-        from PIL import Image
-
-        with Image.open(path) as img:
-            return img.height, img.width
-    except Exception:  # an unreadable header only leaves the image out of the sizes shown
-        return None
-
-
-def data_summary(datamodule) -> dict:
-    """Counts per split and class, patients, how the splits were made, formats and sizes."""
-    hp, names = datamodule.hparams, list(datamodule.class_names)
-    splits = {}
-    for split, records in datamodule.split_records.items():
-        per_class = Counter(r.label for r in records)
-        patients = {n: len({r.patient_id for r in records if r.label == n}) for n in names}
-        splits[split] = {"images": len(records), "patients": len({r.patient_id for r in records}),
-                         "images_per_class": {n: per_class.get(n, 0) for n in names}, "patients_per_class": patients}
-    records = datamodule.records
-    step = max(1, len(records) // SIZE_SAMPLE)
-    sizes = [s for s in (image_size(Path(r.path)) for r in records[::step]) if s is not None]
-    source = Path(datamodule.source)
-    given = (source.is_file() and "split" in _header(source)) or any(
-        (Path(datamodule.root) / s).is_dir() for s in ("train", "val", "test"))
-    return {
-        "layout": "manifest" if source.is_file() else "folders",
-        "splits": splits,
-        "split_method": {"given_in_data": bool(given), "seed": hp.split_seed, "val_fraction": hp.val_fraction,
-                         "test_fraction": hp.test_fraction, "folds": hp.folds},
-        "patient_ids": any(r.patient_id != r.rel for r in records),
-        "formats": dict(Counter(os.path.splitext(str(r.path))[1].lower().lstrip(".") for r in records)),
-        "image_sizes": {"sampled": len(sizes), "min": list(min(sizes)) if sizes else None,
-                        "max": list(max(sizes)) if sizes else None,
-                        "most_common": list(Counter(sizes).most_common(1)[0][0]) if sizes else None},
-        "input_size": hp.image_size,
-        "skipped_unreadable": len(getattr(datamodule, "skipped", [])),
-    }
-
-
-def _header(manifest: Path) -> list[str]:
-    with open(manifest, newline="", errors="replace") as f:
-        return [c.strip() for c in f.readline().split(",")]
 
 
 def _fig(iv: Optional[dict]) -> str:
@@ -225,12 +168,10 @@ def render_model_card(report: dict, config: dict, experiment: str, sweep: Option
     return "\n".join(lines)
 
 
-def model_card_text(run_dir: Path, sweep: Optional[dict] = None) -> str:
-    """The card of a finished run, from its test_report.json and config.yaml (callers write it
-    atomically: training.external after a test, `python -m sweeps report` for a sweep's best run)."""
-    run_dir = Path(run_dir)
-    report = json.loads((run_dir / TEST_REPORT).read_text())
-    config_path = run_dir / CONFIG_FILE
-    config: dict[str, Any] = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
-    experiment = (config.get("run") or {}).get("experiment") or run_dir.parent.name
-    return render_model_card(report, config, experiment, sweep)
+def model_card_text(report_json: str, config_yaml: Optional[str], experiment: str,
+                    sweep: Optional[dict] = None) -> str:
+    """The card of a finished run from the text of its test_report.json and config.yaml (the
+    callers read them from the run directory and write the card atomically beside them)."""
+    config: dict[str, Any] = (yaml.safe_load(config_yaml) or {}) if config_yaml else {}
+    experiment = (config.get("run") or {}).get("experiment") or experiment
+    return render_model_card(json.loads(report_json), config, experiment, sweep)

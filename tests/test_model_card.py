@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from evaluation import ThresholdChoice, build_report, subgroup_report
-from evaluation.model_card import BLANK, CARD_FILE, data_summary, model_card_text
+from evaluation.model_card import BLANK, CARD_FILE, model_card_text
+from training.external import data_summary
 
 NAMES = ["normal", "abnormal"]
 
@@ -46,6 +47,10 @@ def run_dir(hand_data, tmp_path):
     return out, report, dm
 
 
+def _card(out, sweep=None) -> str:
+    return model_card_text((out / "test_report.json").read_text(), (out / "config.yaml").read_text(), "x", sweep)
+
+
 def _table_rows(card: str) -> dict[str, list[str]]:
     rows = {}
     for line in card.splitlines():
@@ -57,7 +62,7 @@ def _table_rows(card: str) -> dict[str, list[str]]:
 
 def test_every_figure_on_the_card_is_the_reports(run_dir):
     out, report, _ = run_dir
-    card = model_card_text(out)
+    card = _card(out)
     rows = _table_rows(card)
     figures = {**report["metrics"], "ece": report["calibration"]["ece"], "brier": report["calibration"]["brier"]}
     for name, iv in figures.items():
@@ -73,7 +78,7 @@ def test_every_figure_on_the_card_is_the_reports(run_dir):
 
 def test_card_names_no_path_no_file_no_patient(run_dir, hand_data, tmp_path):
     out, report, dm = run_dir
-    card = model_card_text(out)
+    card = _card(out)
     assert str(hand_data) not in card and str(tmp_path) not in card and "secret" not in card
     assert "a local weights file" in card
     for record in dm.records:
@@ -82,14 +87,14 @@ def test_card_names_no_path_no_file_no_patient(run_dir, hand_data, tmp_path):
 
 def test_card_states_what_the_run_knows_and_marks_the_rest(run_dir):
     out, _, _ = run_dir
-    card = model_card_text(out)
+    card = _card(out)
     assert "Temperature scaling was asked for but not applied" in card
     assert "Subgroup side=L" in card and "too small" in card  # a handful of test patients per side
     assert "No external validation" in card
     assert card.count(BLANK) >= 6 and "TRIPOD+AI" in card and "CLAIM" in card
     assert "not known to the run" in card  # no sweep given
     sweep = {"name": "lr", "method": "bayes", "trials": 12, "completed": 10, "metric": "val/auroc"}
-    assert "bayes sweep `lr` of 12 trials (10 completed)" in model_card_text(out, sweep)
+    assert "bayes sweep `lr` of 12 trials (10 completed)" in _card(out, sweep)
     assert CARD_FILE == "model_card.md"
 
 

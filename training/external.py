@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -24,14 +26,15 @@ from datamodules.records import DataError, Record, check_labels, read_manifest, 
 from datamodules.transforms import ResizePad
 from evaluation import check_columns, columns_of, summary_metrics
 from evaluation.external import compare_reports, format_comparison
-from evaluation.model_card import CARD_FILE, data_summary, model_card_text
-from rundir.layout import TEST_REPORT
+from evaluation.model_card import CARD_FILE, model_card_text
+from rundir.layout import CONFIG_FILE, TEST_REPORT
 from training.ensemble import check_weights_fit, read_cv_run
 from training.evaluate import _json_default, patient_ids_of, replacing, test_report_of
 from training.loggers import update_summary
 from training.operating_point import OperatingPoint
 
 log = logging.getLogger("cli")
+SIZE_SAMPLE = 200  # image headers read for the card's sizes: enough to show the range, cheap on any data set
 EXTERNAL_NAME = "external"  # the site's label in reports: never its path (it may name a hospital or a patient)
 
 
@@ -136,8 +139,7 @@ class TestPlan:
             print(f"\n{format_comparison(comparison, EXTERNAL_NAME)}", flush=True)
         with replacing(Path(cli.run_dir) / TEST_REPORT) as f:
             f.write(json.dumps(report, indent=1, allow_nan=False, default=_json_default))
-        with replacing(Path(cli.run_dir) / CARD_FILE) as f:
-            f.write(model_card_text(cli.run_dir))
+        write_card(Path(cli.run_dir))
 
     def external_report(self) -> dict:
         """The external set scored at site A's operating point (the fold ensemble's mean for a CV run)."""
@@ -173,6 +175,57 @@ def _predict(cli, data: ExternalData, ckpt: Optional[str]) -> tuple[np.ndarray, 
     return logits[order], index[order]
 
 
+def image_size(path: Path) -> Optional[tuple[int, int]]:
+    """(rows, cols) from the file's header alone; DICOM: only Rows and Columns are parsed."""
+    try:
+        if path.suffix.lower() in (".dcm", ".dicom"):
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
+            return int(ds.Rows), int(ds.Columns)
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return img.height, img.width
+    except Exception:  # an unreadable header only leaves the image out of the sizes shown
+        return None
+
+
+def data_summary(datamodule) -> dict:
+    """Counts per split and class, patients, how the splits were made, formats and sizes."""
+    hp, names = datamodule.hparams, list(datamodule.class_names)
+    splits = {}
+    for split, records in datamodule.split_records.items():
+        per_class = Counter(r.label for r in records)
+        patients = {n: len({r.patient_id for r in records if r.label == n}) for n in names}
+        splits[split] = {"images": len(records), "patients": len({r.patient_id for r in records}),
+                         "images_per_class": {n: per_class.get(n, 0) for n in names}, "patients_per_class": patients}
+    records = datamodule.records
+    step = max(1, len(records) // SIZE_SAMPLE)
+    sizes = [s for s in (image_size(Path(r.path)) for r in records[::step]) if s is not None]
+    source = Path(datamodule.source)
+    given = (source.is_file() and "split" in _header(source)) or any(
+        (Path(datamodule.root) / s).is_dir() for s in ("train", "val", "test"))
+    return {
+        "layout": "manifest" if source.is_file() else "folders",
+        "splits": splits,
+        "split_method": {"given_in_data": bool(given), "seed": hp.split_seed, "val_fraction": hp.val_fraction,
+                         "test_fraction": hp.test_fraction, "folds": hp.folds},
+        "patient_ids": any(r.patient_id != r.rel for r in records),
+        "formats": dict(Counter(os.path.splitext(str(r.path))[1].lower().lstrip(".") for r in records)),
+        "image_sizes": {"sampled": len(sizes), "min": list(min(sizes)) if sizes else None,
+                        "max": list(max(sizes)) if sizes else None,
+                        "most_common": list(Counter(sizes).most_common(1)[0][0]) if sizes else None},
+        "input_size": hp.image_size,
+        "skipped_unreadable": len(getattr(datamodule, "skipped", [])),
+    }
+
+
+def _header(manifest: Path) -> list[str]:
+    with open(manifest, newline="", errors="replace") as f:
+        return [c.strip() for c in f.readline().split(",")]
+
+
 def _checkpoint_facts(checkpoints: list[Optional[str]]) -> dict:
     """Which epoch's weights were tested (per fold for a CV run)."""
     epochs = []
@@ -180,3 +233,13 @@ def _checkpoint_facts(checkpoints: list[Optional[str]]) -> dict:
         if ckpt and Path(ckpt).is_file():
             epochs.append(int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("epoch", -1)) + 1)
     return {"models": len(checkpoints), "best_epoch": epochs}
+
+
+def write_card(run_dir: Path, sweep: Optional[dict] = None) -> Path:
+    """model_card.md from the run's test_report.json and config.yaml, written whole or not at all."""
+    config = run_dir / CONFIG_FILE
+    text = model_card_text((run_dir / TEST_REPORT).read_text(), config.read_text() if config.is_file() else None,
+                           run_dir.parent.name, sweep)
+    with replacing(run_dir / CARD_FILE) as f:
+        f.write(text)
+    return run_dir / CARD_FILE

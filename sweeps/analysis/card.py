@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from evaluation.model_card import CARD_FILE, model_card_text
-from rundir.layout import TEST_REPORT
+from rundir.layout import CONFIG_FILE, TEST_REPORT
 from sweeps.analysis.results import COMPLETED, best_run, load_offline_runs
 from sweeps.files.io import write_atomic
 
@@ -21,5 +21,8 @@ def write_best_model_card(sweep_dir: Path) -> Optional[Path]:
     run_dir = Path(sweep_dir) / best["run_dir"]
     facts = {"name": sweep.name or Path(sweep_dir).name, "method": sweep.method, "metric": sweep.metric,
              "trials": len(runs), "completed": sum(r["state"] in COMPLETED for r in runs)}
-    write_atomic(run_dir / CARD_FILE, model_card_text(run_dir, facts))
+    config = run_dir / CONFIG_FILE
+    text = model_card_text((run_dir / TEST_REPORT).read_text(), config.read_text() if config.is_file() else None,
+                           facts["name"], facts)
+    write_atomic(run_dir / CARD_FILE, text)
     return run_dir / CARD_FILE
