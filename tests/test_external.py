@@ -211,3 +211,18 @@ def test_check_same_data_refuses_another_root_while_the_trained_one_exists(tmp_p
         check_same_data(str(ckpt), SimpleNamespace(root=site_b))
     site_a.rmdir()  # moved: the same data under another root
     check_same_data(str(ckpt), SimpleNamespace(root=site_b))
+
+
+@pytest.mark.slow
+def test_cv_run_external_test_is_the_fold_ensemble_at_its_out_of_fold_point(fit_args, site_b, tmp_path):
+    cv = cli_main(fit_args("configs/demo.yaml", "--cv.folds=2", "--trainer.devices=1", *FAST))
+    saved = json.loads((cv.run_dir / "cv.json").read_text())
+    internal = json.loads((cv.run_dir / "test_report.json").read_text())
+    test = cli_main([*fit_args("configs/demo.yaml", *FAST, subcommand="test"), f"--cv.run_dir={cv.run_dir}",
+                     f"--eval.external={site_b}"])
+    report = json.loads((test.run_dir / "test_report.json").read_text())
+    assert report["metrics"] == internal["metrics"]  # the CV run's own ensemble test, not a new one
+    site = report["external"][0]["report"]
+    assert site["threshold"]["value"] == saved["operating_point"]["threshold"]["value"]
+    assert site["counts"]["images"] == 30 and report["training"]["models"] == 2
+    assert (test.run_dir / "model_card.md").is_file()

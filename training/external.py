@@ -10,7 +10,6 @@ runs) and `plan.finish()` after it."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -33,7 +32,6 @@ from training.evaluate import _json_default, patient_ids_of, replacing, test_rep
 from training.loggers import update_summary
 from training.operating_point import OperatingPoint
 
-log = logging.getLogger("cli")
 SIZE_SAMPLE = 200  # image headers read for the card's sizes: enough to show the range, cheap on any data set
 EXTERNAL_NAME = "external"  # the site's label in reports: never its path (it may name a hospital or a patient)
 
@@ -175,7 +173,7 @@ def _predict(cli, data: ExternalData, ckpt: Optional[str]) -> tuple[np.ndarray, 
     return logits[order], index[order]
 
 
-def image_size(path: Path) -> Optional[tuple[int, int]]:
+def header_size(path: Path) -> Optional[tuple[int, int]]:
     """(rows, cols) from the file's header alone; DICOM: only Rows and Columns are parsed."""
     try:
         if path.suffix.lower() in (".dcm", ".dicom"):
@@ -202,7 +200,7 @@ def data_summary(datamodule) -> dict:
                          "images_per_class": {n: per_class.get(n, 0) for n in names}, "patients_per_class": patients}
     records = datamodule.records
     step = max(1, len(records) // SIZE_SAMPLE)
-    sizes = [s for s in (image_size(Path(r.path)) for r in records[::step]) if s is not None]
+    sizes = [s for s in (header_size(Path(r.path)) for r in records[::step]) if s is not None]
     source = Path(datamodule.source)
     given = (source.is_file() and "split" in _header(source)) or any(
         (Path(datamodule.root) / s).is_dir() for s in ("train", "val", "test"))
