@@ -226,3 +226,12 @@ def test_cv_run_external_test_is_the_fold_ensemble_at_its_out_of_fold_point(fit_
     assert site["threshold"]["value"] == saved["operating_point"]["threshold"]["value"]
     assert site["counts"]["images"] == 30 and report["training"]["models"] == 2
     assert (test.run_dir / "model_card.md").is_file()
+
+
+def test_a_missing_external_set_is_refused_when_the_command_is_parsed(tmp_path):
+    """Before any training: `fit --eval.external=...` scores the external set only after the fit."""
+    from training.options import EvalOptions
+
+    with pytest.raises(ValueError, match="eval.external=.*does not exist"):
+        EvalOptions(external=str(tmp_path / "nowhere"))
+    assert EvalOptions(external=str(tmp_path)).external == str(tmp_path)

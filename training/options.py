@@ -5,6 +5,7 @@ docstrings are the schema and the `--help` text, and the sweep tools read the na
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -102,6 +103,8 @@ class EvalOptions:
 
         parse_threshold(self.threshold)  # a bad spec fails at parse time, naming eval.threshold
         parse_subgroups(self.subgroups)  # likewise eval.subgroups; its columns are checked on the data
+        if self.external is not None and not os.path.exists(os.path.expanduser(self.external)):
+            raise ValueError(f"eval.external={self.external} does not exist: give a data folder or a manifest")
         if not MIN_RESAMPLES <= self.bootstrap_resamples <= MAX_RESAMPLES:
             raise ValueError(f"eval.bootstrap_resamples must be in {MIN_RESAMPLES}..{MAX_RESAMPLES}, got "
                              f"{self.bootstrap_resamples}: fewer make the 95% interval's ends noisy; more change "
