@@ -87,14 +87,14 @@ def format_comparison(comparison: dict, name: str = "external") -> str:
     """The side-by-side table for the console and the model card's plain-text twin."""
     lines = [f"internal vs {name} test (same operating point, from site A's validation; "
              "changed: the difference's 95% interval excludes 0):",
-             f"  {'figure':<22}{'internal':<24}{name:<24}{'difference':<26}changed"]
+             f"  {'figure':<22}{'internal':<24}{name:<24}{'difference':<30}changed"]
     for level, prefix in (("image_level", ""), ("patient_level", "patient: ")):
         for row in comparison[level]:
             diff = row["difference"]
-            shown = "n/a" if diff is None else f"{diff['estimate']:+.3f} ({diff['ci_low']:+.3f}-{diff['ci_high']:+.3f})"
+            shown = "n/a" if diff is None else f"{diff['estimate']:+.3f} ({diff['ci_low']:+.3f} to {diff['ci_high']:+.3f})"
             flag = {True: "CHANGED", False: "-", None: "n/a"}[row["changed"]]
             lines.append(f"  {prefix + row['figure']:<22}{_cell(row['internal']):<24}{_cell(row['external']):<24}"
-                         f"{shown:<26}{flag}")
+                         f"{shown:<30}{flag}")
     prev = comparison["prevalence"]
     if prev["internal"] is not None:
         lines.append(f"  prevalence (images): internal {prev['internal']:.3f}, {name} {prev['external']:.3f} "

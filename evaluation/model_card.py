@@ -24,6 +24,11 @@ def _fig(iv: Optional[dict]) -> str:
     return f"{iv['estimate']:.3f} | {ci} | {iv.get('method', '')}{n_eff}"
 
 
+def _with_ci(iv: Optional[dict]) -> str:
+    estimate, ci, _ = _fig(iv).split(" | ")
+    return f"{estimate} ({ci})" if ci else estimate
+
+
 def _figures_table(section: dict, label: str) -> list[str]:
     rows = [f"| {label} figure | estimate | 95% CI | method |", "|---|---|---|---|"]
     figures = {**section["metrics"], "ece": section["calibration"]["ece"], "brier": section["calibration"]["brier"]}
@@ -107,15 +112,18 @@ def _evaluation(report: dict) -> list[str]:
             out.append(f"- Subgroup {column['column']}={g['group']}: {g['counts']['images']} images, "
                        f"{g['counts']['patients']} patients; {shown}" + (f" ({g['note']})" if g["note"] else ""))
     for site in report.get("external") or []:
-        out += ["", f"External test `{site['name']}` (whole data set, site A's operating point and temperature; "
-                "changed: the 95% interval of the difference excludes 0, MOVER):", "",
+        c = site["report"]["counts"]
+        per = ", ".join(f"{n} {c['images_per_class'][n]}/{c['patients_per_class'][n]}" for n in report["class_names"])
+        out += ["", f"External test `{site['name']}`: {c['images']} images, {c['patients']} patients (images/patients "
+                f"per class: {per}); the whole data set, scored at site A's operating point and temperature. "
+                "Changed: the 95% interval of the difference excludes 0 (MOVER from the two intervals).", "",
                 "| figure | internal | external | difference | changed |", "|---|---|---|---|---|"]
         for level, prefix in (("image_level", ""), ("patient_level", "patient: ")):
             for row in site["comparison"][level]:
                 d = row["difference"]
-                diff = "n/a" if d is None else f"{d['estimate']:+.3f} ({d['ci_low']:+.3f}–{d['ci_high']:+.3f})"
-                out.append(f"| {prefix}{row['figure']} | {_fig(row['internal']).split(' | ')[0]} | "
-                           f"{_fig(row['external']).split(' | ')[0]} | {diff} | {'yes' if row['changed'] else 'no'} |")
+                diff = "n/a" if d is None else f"{d['estimate']:+.3f} ({d['ci_low']:+.3f} to {d['ci_high']:+.3f})"
+                out.append(f"| {prefix}{row['figure']} | {_with_ci(row['internal'])} | {_with_ci(row['external'])} | "
+                           f"{diff} | {'yes' if row['changed'] else 'no'} |")
     return out + [""]
 
 
