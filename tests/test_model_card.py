@@ -113,3 +113,14 @@ def test_sweeps_report_writes_the_best_runs_card_with_the_sweep_that_chose_it(tm
     # the runs' configs hold data and weights paths; the report's patients are MRN00000...
     assert "/data/ra_hand" not in card and "/secret" not in card and str(tmp_path) not in card and "MRN" not in card
     assert "wrote" in capsys.readouterr().out
+
+
+def test_image_sizes_come_from_the_headers_alone(tmp_path):
+    """PNG and DICOM (only Rows and Columns parsed: no patient tag is read for the card)."""
+    from datamodules.synthetic import generate
+    from training.external import header_size
+
+    for fmt in ("png16", "dicom"):
+        generate(tmp_path / fmt, count=2, size=(48, 40), fmt=fmt)
+        assert {header_size(p) for p in (tmp_path / fmt / "images").iterdir()} == {(48, 40)}
+    assert header_size(tmp_path / "missing.png") is None
