@@ -18,7 +18,7 @@ BLANK = "**[to be completed by the authors]**"
 
 def _fig(iv: Optional[dict]) -> str:
     if not iv or iv.get("estimate") is None:
-        return "n/a | | "
+        return "n/a |  | "
     ci = "" if iv.get("ci_low") is None else f"{iv['ci_low']:.3f}–{iv['ci_high']:.3f}"
     n_eff = f" (n_eff={iv['n_eff']:.1f})" if iv.get("n_eff") is not None else ""
     return f"{iv['estimate']:.3f} | {ci} | {iv.get('method', '')}{n_eff}"
@@ -123,7 +123,7 @@ def _evaluation(report: dict) -> list[str]:
                 d = row["difference"]
                 diff = "n/a" if d is None else f"{d['estimate']:+.3f} ({d['ci_low']:+.3f} to {d['ci_high']:+.3f})"
                 out.append(f"| {prefix}{row['figure']} | {_with_ci(row['internal'])} | {_with_ci(row['external'])} | "
-                           f"{diff} | {'yes' if row['changed'] else 'no'} |")
+                           f"{diff} | {({True: 'yes', False: 'no'}).get(row['changed'], 'n/a')} |")
     return out + [""]
 
 

@@ -124,3 +124,19 @@ def test_image_sizes_come_from_the_headers_alone(tmp_path):
         generate(tmp_path / fmt, count=2, size=(48, 40), fmt=fmt)
         assert {header_size(p) for p in (tmp_path / fmt / "images").iterdir()} == {(48, 40)}
     assert header_size(tmp_path / "missing.png") is None
+
+
+def test_external_section_shows_each_figure_and_undefined_ones_as_na(run_dir):
+    import copy
+
+    from evaluation.external import compare_reports
+
+    out, report, _ = run_dir
+    external = copy.deepcopy(report)
+    external["metrics"]["ppv"] = {"estimate": None, "ci_low": None, "ci_high": None, "method": "bca"}
+    report["external"] = [{"name": "external", "report": external, "comparison": compare_reports(report, external)}]
+    (out / "test_report.json").write_text(json.dumps(report))
+    card = _card(out)
+    auroc = report["metrics"]["auroc"]
+    assert f"| auroc | {auroc['estimate']:.3f} ({auroc['ci_low']:.3f}–{auroc['ci_high']:.3f}) |" in card
+    assert "| ppv |" in card and "| n/a | n/a | n/a |" in card
