@@ -30,17 +30,7 @@ from evaluation.patients import DEFAULT_AGGREGATION, Aggregation, aggregate_pati
 from evaluation.threshold import FALLBACK, ThresholdChoice
 
 ROC_POINTS = 200  # enough to draw the curve; the full curve has one point per distinct score
-ORDER = (
-    "auroc",
-    "average_precision",
-    "sensitivity",
-    "specificity",
-    "ppv",
-    "npv",
-    "acc",
-    "balanced_acc",
-    "f1",
-)
+ORDER = ("auroc", "average_precision", "sensitivity", "specificity", "ppv", "npv", "acc", "balanced_acc", "f1")
 
 
 def _downsample(curve: dict[str, np.ndarray], n: int = ROC_POINTS) -> dict[str, list]:
@@ -61,7 +51,7 @@ def _statistic(
     def statistic(weights: np.ndarray) -> dict[str, np.ndarray]:
         # multiclass_metrics names per-class AUROC by index (auroc/0); the report by class name
         values = {f"auroc/{names[int(k[6:])]}" if k.startswith("auroc/") else k: v
-                  for k, v in metrics(weights=weights).items()}  # fmt: skip
+                  for k, v in metrics(weights=weights).items()}
         values["ece"] = expected_calibration_error(probs, labels, n_bins, weights)
         values["brier"] = brier_score(probs, labels, weights)
         return values
@@ -161,7 +151,7 @@ def build_report(
         raise ValueError(f"no images to evaluate in split {split!r}")
     if c < 2 or n != len(labels) or len(class_names) != c:
         raise ValueError(f"need probs (N, C>=2), labels (N,) and C class_names; got probs {probs.shape}, "
-                         f"labels {labels.shape}, {len(class_names)} names")  # fmt: skip
+                         f"labels {labels.shape}, {len(class_names)} names")
     if len(labels) and (labels.min() < 0 or labels.max() >= probs.shape[1]):
         raise ValueError(f"labels must be in 0..{probs.shape[1] - 1}")
     binary = probs.shape[1] == 2
@@ -223,7 +213,7 @@ def summary_metrics(report: dict, prefix: str = "test/") -> dict[str, float]:
     def flat(section: dict, pre: str) -> dict[str, float]:
         out = {}
         for name, iv in {**section["metrics"], "ece": section["calibration"]["ece"],
-                         "brier": section["calibration"]["brier"]}.items():  # fmt: skip
+                         "brier": section["calibration"]["brier"]}.items():
             for suffix, key in (("", "estimate"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
                 out[f"{pre}{name}{suffix}"] = math.nan if iv[key] is None else float(iv[key])
         return out
@@ -243,7 +233,7 @@ def summary_metrics(report: dict, prefix: str = "test/") -> dict[str, float]:
 def _rows(section: dict) -> list[str]:
     rows = []
     for name, iv in {**section["metrics"], "ece": section["calibration"]["ece"],
-                     "brier": section["calibration"]["brier"]}.items():  # fmt: skip
+                     "brier": section["calibration"]["brier"]}.items():
         est = "n/a" if iv["estimate"] is None else f"{iv['estimate']:.3f}"
         ci = "" if iv["ci_low"] is None else f"({iv['ci_low']:.3f}-{iv['ci_high']:.3f})"
         dropped = f"  [{iv['n_dropped']} resamples undefined]" if iv["n_dropped"] else ""
@@ -256,9 +246,9 @@ def format_table(report: dict) -> str:
     """A short table: metric, estimate, CI; the threshold line and the counts line first."""
     counts, ci = report["counts"], report["ci"]
     per_class = ", ".join(f"{name} {counts['images_per_class'][name]}/{counts['patients_per_class'][name]}"
-                          for name in report["class_names"])  # fmt: skip
+                          for name in report["class_names"])
     lines = [f"{report['split']}: {counts['images']} images, {counts['patients']} patients "
-             f"(images/patients per class: {per_class})"]  # fmt: skip
+             f"(images/patients per class: {per_class})"]
     th = report["threshold"]
     if th is not None:
         how = f"fallback: {th['reason']}" if th["fallback"] else f"rule {th['rule']} chosen on validation"
@@ -267,7 +257,7 @@ def format_table(report: dict) -> str:
         lines.append(f"threshold {th['value']:.4g}: {how}")
     level = f"{100 * ci['confidence']:g}% CI"
     lines.append(f"  {'metric':<22}{'value':>7}  {level:<15}  method "
-                 f"({ci['method']}: {ci['n_resamples']} resamples by {ci['resampling_unit']})")  # fmt: skip
+                 f"({ci['method']}: {ci['n_resamples']} resamples by {ci['resampling_unit']})")
     lines += _rows(report)
     patients = report["patient_level"]
     if patients is not None:

@@ -154,6 +154,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sweeps.analysis import write_report
 
     print(f"wrote {write_report(Path(args.sweep_dir), out=args.out)}")
+    from sweeps.analysis.card import write_best_model_card  # the best run's card, with the sweep's facts
+
+    card = write_best_model_card(Path(args.sweep_dir))
+    print(f"wrote {card}" if card else "no model card: the best run has no test_report.json")
     return 0
 
 

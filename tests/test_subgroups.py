@@ -176,7 +176,7 @@ def test_fit_writes_subgroups_and_no_column_value_elsewhere(fit_args, hand_data,
         if path.is_file():
             data = path.read_bytes()
             found += [f"{path.name}: {v}" for v in ages + mrns if v.encode() in data]
-            if path.name != "test_report.json":
+            if path.name not in ("test_report.json", "model_card.md"):  # group labels beside counts only
                 found += [f"{path.name}: site" for v in ("SiteAlpha", "SiteBeta") if v.encode() in data]
     assert not found
 

@@ -40,6 +40,7 @@ from sweeps.contract.signals import StopSignal
 from training.cv import cross_validate, save_fold_outputs
 from training.ensemble import check_weights_fit, predict_with_ensemble, read_cv_run
 from training.evaluate import Evaluation, PredictionWriter, patient_ids_of
+from training.external import TestPlan
 from training.loggers import ImageSampleLogger, default_loggers, finish_wandb
 from training.options import check_renamed
 
@@ -188,6 +189,7 @@ class XrayCLI(LightningCLI):
                 self.evaluation.collect_validation(self.trainer, model, datamodule, best)
                 if self.trainer.is_global_zero:
                     save_fold_outputs(self)
+            TestPlan(self, best).finish()  # the model card (and an external test) beside test_report.json
 
         self._running(run)
 
@@ -200,9 +202,12 @@ class XrayCLI(LightningCLI):
 
     def test(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
         def run() -> None:
-            check_weights_fit(model, ckpt_path)
-            self.evaluation.use_operating_point_of(self.trainer, model, datamodule, ckpt_path)
-            self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+            plan = TestPlan(self, ckpt_path)  # checked before anything runs: same data, external set, CV run
+            if not plan.internal_done:
+                check_weights_fit(model, ckpt_path)
+                self.evaluation.use_operating_point_of(self.trainer, model, datamodule, ckpt_path)
+                self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+            plan.finish()
 
         self._running(run)
 

@@ -6,6 +6,7 @@ docstrings are the schema and the `--help` text, and the sweep tools read the na
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -90,6 +91,8 @@ class EvalOptions:
         explain: Grad-CAM overlays (needs `pip install grad-cam`): with predict, one per image in
             explanations/ next to predictions.csv; after test, the images chosen to teach, for
             report.html (README, "Where the model looks").
+        external: `test`: a second site's data folder or manifest, scored whole as external test
+            data at this run's operating point, beside the internal test (README, "External validation").
     """
 
     threshold: str = "youden"
@@ -99,6 +102,7 @@ class EvalOptions:
     bootstrap_seed: int = 0
     subgroups: list[str] = field(default_factory=list)
     explain: bool = False
+    external: Optional[str] = None
 
     def __post_init__(self) -> None:
         from evaluation import parse_subgroups, parse_threshold
@@ -108,6 +112,8 @@ class EvalOptions:
 
         parse_threshold(self.threshold)  # a bad spec fails at parse time, naming eval.threshold
         parse_subgroups(self.subgroups)  # likewise eval.subgroups; its columns are checked on the data
+        if self.external is not None and not os.path.exists(os.path.expanduser(self.external)):
+            raise ValueError(f"eval.external={self.external} does not exist: give a data folder or a manifest")
         if not MIN_RESAMPLES <= self.bootstrap_resamples <= MAX_RESAMPLES:
             raise ValueError(f"eval.bootstrap_resamples must be in {MIN_RESAMPLES}..{MAX_RESAMPLES}, got "
                              f"{self.bootstrap_resamples}: fewer make the 95% interval's ends noisy; more change "
