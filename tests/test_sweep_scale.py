@@ -1,0 +1,39 @@
+"""Cost at scale (benchmarks/sweep_scale.py, issue 22 item 4): the benchmark's tiniest run, so
+that it cannot rot, and the storage fix it led to."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+
+import optuna
+from conftest import PYTHON, ROOT
+
+from sweeps.runner.storage import Storage
+
+
+def test_sweep_scale_benchmark_runs_and_prints_every_figure(tmp_path):
+    """One runner, two trials, SQLite: the probe, the sweep, `best`, `report` and the JSON."""
+    out = tmp_path / "scale.json"
+    cmd = [PYTHON, "benchmarks/sweep_scale.py", "--sizes", "2", "--runners", "1", "--storages", "sqlite",
+           "--epochs", "2", "--minute-s", "0", "--out", str(out), "--work", str(tmp_path / "w")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for figure in ("slot overhead s/trial", "runner CPU s/trial", "ask ms", "storage calls/trial", "lock wait",
+                   "best peak MB", "report s", "report.html MB"):
+        assert figure in done.stdout, figure
+    result = json.loads(out.read_text())["sqlite"]["2"]
+    assert result["runs"] == 2 and result["states"] == {"finished": 2}, result["states"]
+    assert [number for number, _ in result["asks"]] == [0, 1]  # the probe timed the runner's own asks
+    assert result["storage"]["_get_trials"]["calls"] > 0 and result["runner_cpu_s_per_trial"] > 0
+    assert 0 < result["report"]["html_mb"] < 10 and result["best"]["peak_mb"] > 0
+
+
+def test_a_sqlite_sweep_storage_is_in_wal_mode(tmp_path):
+    """Runners' reads must not block the writer holding the sweep's lock: in SQLite's default
+    rollback mode 16 runners waited 1,757 s on the lock in a 173 s sweep of 100 trials."""
+    db = tmp_path / "optuna.db"
+    Storage(f"sqlite:///{db}", "s", "maximize", optuna.samplers.RandomSampler(seed=0))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
