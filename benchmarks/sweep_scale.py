@@ -76,9 +76,9 @@ def probe(out: str, argv: list[str]) -> int:
     ask = optuna.study.Study.ask
 
     def timed_ask(self, *a, **k):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()  # CPU: what the sampler costs, whatever the load
         trial = ask(self, *a, **k)
-        asks.append([trial.number, time.perf_counter() - start])
+        asks.append([trial.number, time.perf_counter() - start, time.thread_time() - cpu])
         return trial
 
     optuna.study.Study.ask = timed_ask
@@ -155,6 +155,25 @@ def measured(cmd: list[str]) -> dict:
     return {"s": round(float(wall), 2), "peak_mb": round(int(rss) / 1024, 1)}
 
 
+def sampler_ms(sweep_file: Path, url: str, asks: int = 5) -> float:
+    """CPU ms of one ask by the runner's sampler on an in-memory copy of the finished study: the
+    sampler's own growth with the study, without storage or load."""
+    import optuna
+    import yaml
+
+    from sweeps.files.sweep import Sweep
+    from sweeps.runner.space import build_space, make_sampler
+    from sweeps.runner.storage import driver_url
+
+    space = build_space(Sweep.from_dict(yaml.safe_load(sweep_file.read_text())))
+    copy = optuna.create_study(direction="maximize", sampler=make_sampler(space, 0))
+    copy.add_trials(optuna.load_study(study_name=None, storage=driver_url(url)).get_trials())
+    start = time.thread_time()
+    for _ in range(asks):
+        copy.tell(copy.ask(space.distributions), state=optuna.trial.TrialState.FAIL)  # failed: not seen by TPE
+    return 1000 * (time.thread_time() - start) / asks
+
+
 def sweep_once(n: int, runners: int, url: str | None, work: Path, epochs: int, minute_s: float) -> dict:
     from benchmarks.lcbench.sweep_files import lcbench_sweep
     from sweeps.files import render_yaml
@@ -200,7 +219,8 @@ def sweep_once(n: int, runners: int, url: str | None, work: Path, epochs: int, m
         "lock_hold_s": sum(h for r in rows for h in r["lock_hold_s"]), "storage": storage,
         "storage_calls_per_trial": sum(c["calls"] for c in storage.values()) / max(1, len(runs)),
         "storage_s_per_trial": sum(c["s"] for c in storage.values()) / max(1, len(runs)),
-        "storage_errors": sum(sum(c["errors"].values()) for c in storage.values()),
+        "storage_errors": errors(storage),
+        "sampler_cpu_ms": sampler_ms(sweep_file, url or f"sqlite:///{sweep_dir / 'optuna.db'}"),
         "best": measured([sys.executable, "-m", "sweeps", "best", str(sweep_dir)]),
         "report": measured([sys.executable, "-m", "sweeps", "report", str(sweep_dir)]),
     }
@@ -208,9 +228,16 @@ def sweep_once(n: int, runners: int, url: str | None, work: Path, epochs: int, m
     return result
 
 
-def ask_ms(asks: list, last: int) -> float:
-    """Mean ms of the asks of the last ten trial numbers below `last` (the study's size then)."""
-    times = [s for number, s in asks if last - 10 <= number < last] or [s for _, s in asks]
+def errors(storage: dict) -> int:
+    """Exceptions from storage calls, but create_study's DuplicatedStudyError: every runner but the
+    first meets it in create_study(load_if_exists=True), Optuna's way of joining a study."""
+    return sum(k for c in storage.values() for e, k in c["errors"].items() if e != "DuplicatedStudyError")
+
+
+def ask_ms(asks: list, last: int, column: int = 1) -> float:
+    """Mean ms (column 1: wall, 2: the asking thread's CPU) of the asks of the last ten trial
+    numbers below `last`, the study's size then. TPE's first 10 trials are random (n_startup_trials)."""
+    times = [a[column] for a in asks if last - 10 <= a[0] < last and len(a) > column]
     return 1000 * sum(times) / max(1, len(times))
 
 
@@ -220,11 +247,14 @@ FIGURES = [  # (label, how to read it from one result)
     ("slot overhead s/trial", lambda r: r["slot_overhead_s_per_trial"]),
     ("runner CPU s/trial", lambda r: r["runner_cpu_s_per_trial"]),
     ("ask ms (last 10 trials)", lambda r: ask_ms(r["asks"], r["trials"])),
+    ("ask CPU ms (last 10)", lambda r: ask_ms(r["asks"], r["trials"], 2)),
+    ("sampler alone CPU ms", lambda r: r.get("sampler_cpu_ms", float("nan"))),
     ("storage calls/trial", lambda r: r["storage_calls_per_trial"]),
     ("storage s/trial", lambda r: r["storage_s_per_trial"]),
+    ("lock held, % of wall", lambda r: 100 * r["lock_hold_s"] / r["wall_s"]),
     ("lock wait s (all)", lambda r: r["lock_wait_s"]),
     ("lock wait max s", lambda r: r["lock_wait_max_s"]),
-    ("storage errors", lambda r: r["storage_errors"]),
+    ("storage errors", lambda r: errors(r["storage"])),
     ("best s", lambda r: r["best"]["s"]),
     ("best peak MB", lambda r: r["best"]["peak_mb"]),
     ("report s", lambda r: r["report"]["s"]),
@@ -255,10 +285,17 @@ def main(argv=None) -> int:
     p.add_argument("--minute-s", type=float, default=0.002, help="wall seconds per simulated minute")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "sweep_scale.json"))
     p.add_argument("--work", help="keep the sweeps here (default: a temporary directory)")
+    p.add_argument("--table", action="store_true", help="only print the figures already in --out")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     out = Path(args.out)
     results: dict = json.loads(out.read_text()) if out.is_file() else {}  # one storage at a time adds to it
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.table:
+        print_table(results)
+        return 0
     with contextlib.ExitStack() as stack:
         work = Path(args.work or stack.enter_context(tempfile.TemporaryDirectory(prefix="sweep-scale-")))
         for backend in args.storages.split(","):
