@@ -174,15 +174,47 @@ def sampler_ms(sweep_file: Path, url: str, asks: int = 5) -> float:
     return 1000 * (time.thread_time() - start) / asks
 
 
-def sweep_once(n: int, runners: int, url: str | None, work: Path, epochs: int, minute_s: float) -> dict:
+def prefill(sweep: dict, url: str, sweep_dir: Path, count: int, epochs: int) -> None:
+    """`count` done trials (random configurations, toy learning curves, a third stopped after 3 epochs)
+    recorded as the runner records them: an Optuna trial with the run's facts and a run.json."""
+    import numpy as np
+    import optuna
+
+    from sweeps.files.io import write_json_atomic
+    from sweeps.files.sweep import Sweep
+    from sweeps.runner.space import build_space
+    from sweeps.runner.storage import driver_url
+
+    space, rng = build_space(Sweep.from_dict(sweep)), np.random.default_rng(0)
+    filler, trials = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)), []
+    for number in range(count):
+        params = filler.ask(space.distributions).params
+        stopped = number % 3 == 2
+        curve = 0.5 + rng.uniform(0.1, 0.3) * (1 - np.exp(-np.arange(1, (3 if stopped else epochs) + 1) / 3))
+        attrs = {"run_dir": f"runs/{number:04d}", "state": "stopped" if stopped else "finished", "reason": None,
+                 "history": [round(float(v), 4) for v in curve], "exit_code": 0, "wall_s": 1.0,
+                 "params": json.loads(json.dumps(space.values(params), default=str))}
+        trials.append(optuna.trial.create_trial(params=params, distributions=space.distributions,
+                                                value=max(attrs["history"]), user_attrs=attrs))
+        (sweep_dir / attrs["run_dir"]).mkdir(parents=True)
+        write_json_atomic(sweep_dir / attrs["run_dir"] / "run.json", dict(attrs, trial=number, value=trials[-1].value))
+    study = optuna.create_study(storage=driver_url(url), study_name=sweep["name"], direction="maximize")
+    study.add_trials(trials)
+
+
+def sweep_once(n: int, runners: int, url: str | None, work: Path, epochs: int, minute_s: float,
+               live: int) -> dict:
     from benchmarks.lcbench.sweep_files import lcbench_sweep
     from sweeps.files import render_yaml
 
     sweep_dir, probes = work / "sweep", work / "probes"
     probes.mkdir(parents=True)
     sweep_file = work / "sweep.yaml"
-    sweep_file.write_text(render_yaml(lcbench_sweep("bayes", EARLY, surrogate="toy", minute_s=minute_s,
-                                                    max_epochs=epochs)))
+    sweep = lcbench_sweep("bayes", EARLY, surrogate="toy", minute_s=minute_s, max_epochs=epochs)
+    sweep_file.write_text(render_yaml(sweep))
+    done = max(0, n - live)
+    if done:
+        prefill(sweep, url or f"sqlite:///{sweep_dir / 'optuna.db'}", sweep_dir, done, epochs)
     args = ["run", str(sweep_file), "--count", str(n), "--workers", "1", "--out", str(sweep_dir), "--wandb",
             "disabled", "--quiet", "--seed", "0", *(["--storage", url] if url else [])]
     start = time.perf_counter()
@@ -194,7 +226,7 @@ def sweep_once(n: int, runners: int, url: str | None, work: Path, epochs: int, m
     if any(p.returncode for p in procs):
         bad = next(o for p, o in zip(procs, outputs) if p.returncode)
         raise SystemExit(f"error: a runner failed:\n{bad[-3000:]}")
-    runs = [json.loads(p.read_text()) for p in sorted((sweep_dir / "runs").glob("*/run.json"))]
+    runs = [json.loads(p.read_text()) for p in sorted((sweep_dir / "runs").glob("*/run.json"))][done:]  # live ones
     rows = [json.loads(p.read_text()) for p in sorted(probes.glob("*.json"))]
     storage: dict = {}
     for row in rows:
@@ -208,7 +240,7 @@ def sweep_once(n: int, runners: int, url: str | None, work: Path, epochs: int, m
     states = {s: sum(r["state"] == s for r in runs) for s in {r["state"] for r in runs}}
     program = sum(r["wall_s"] for r in runs)
     result = {
-        "trials": n, "runners": runners, "runs": len(runs), "states": states, "wall_s": round(wall, 2),
+        "trials": n, "prefilled": done, "runners": runners, "runs": len(runs), "states": states, "wall_s": round(wall, 2),
         "program_wall_s_per_trial": program / max(1, len(runs)),
         # a slot's time per trial beyond the run's own wall time: start-up, ask, storage, polling, locks
         "slot_overhead_s_per_trial": (runners * wall - program) / max(1, len(runs)),
@@ -283,6 +315,8 @@ def main(argv=None) -> int:
     p.add_argument("--storages", default="sqlite,postgresql")
     p.add_argument("--epochs", type=int, default=9)
     p.add_argument("--minute-s", type=float, default=0.002, help="wall seconds per simulated minute")
+    p.add_argument("--live", type=int, default=0, help="run only the last LIVE trials of each size, the others "
+                   "written into the storage first as done trials (0: run them all)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "sweep_scale.json"))
     p.add_argument("--work", help="keep the sweeps here (default: a temporary directory)")
     p.add_argument("--table", action="store_true", help="only print the figures already in --out")
@@ -304,7 +338,7 @@ def main(argv=None) -> int:
                 url = database(f"scale{n}") if database else None
                 print(f"{backend}: {n} trials ...", flush=True)
                 results.setdefault(backend, {})[str(n)] = sweep_once(n, args.runners, url, work / f"{backend}{n}",
-                                                                     args.epochs, args.minute_s)
+                                                                     args.epochs, args.minute_s, args.live or n)
                 out.write_text(json.dumps(results, indent=1))  # what is done survives a later failure
     print_table(results)
     print(f"\nraw figures: {out}")
