@@ -305,7 +305,7 @@ def print_table(results: dict) -> None:
             values = [get(by_size[s]) for s in sizes]
             ratios = [f"{b / a:>12.2f}" if a else f"{'-':>12}" for a, b in zip(values, values[1:])]
             print(f"{label:<26}" + "".join(f"{v:>10.3g}" for v in values) + "".join(ratios))
-        print("states: " + "; ".join(f"{s}: {by_size[s]['states']}" for s in sizes))
+        print("states of the runs run: " + "; ".join(f"{s}: {by_size[s]['states']}" for s in sizes))
 
 
 def main(argv=None) -> int:

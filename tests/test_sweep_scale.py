@@ -16,18 +16,19 @@ from sweeps.runner.storage import Storage
 
 
 def test_sweep_scale_benchmark_runs_and_prints_every_figure(tmp_path):
-    """One runner, two trials, SQLite: the probe, the sweep, `best`, `report` and the JSON."""
+    """One runner, SQLite, a study of three trials, the first written in as done (--live 2): the
+    probe, the sweep, `best`, `report` and the JSON."""
     out = tmp_path / "scale.json"
-    cmd = [PYTHON, "benchmarks/sweep_scale.py", "--sizes", "2", "--runners", "1", "--storages", "sqlite",
+    cmd = [PYTHON, "benchmarks/sweep_scale.py", "--sizes", "3", "--live", "2", "--runners", "1", "--storages", "sqlite",
            "--epochs", "2", "--minute-s", "0", "--out", str(out), "--work", str(tmp_path / "w")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for figure in ("slot overhead s/trial", "runner CPU s/trial", "ask ms", "sampler alone CPU ms", "storage calls/trial", "lock wait",
                    "best peak MB", "report s", "report.html MB"):
         assert figure in done.stdout, figure
-    result = json.loads(out.read_text())["sqlite"]["2"]
-    assert result["runs"] == 2 and result["states"] == {"finished": 2}, result["states"]
-    assert [a[0] for a in result["asks"]] == [0, 1]  # the probe timed the runner's own asks
+    result = json.loads(out.read_text())["sqlite"]["3"]
+    assert result["prefilled"] == 1 and result["runs"] == 2 and result["states"] == {"finished": 2}, result
+    assert [a[0] for a in result["asks"]] == [1, 2]  # the probe timed the runner's own asks, after the done one
     assert result["storage"]["_get_trials"]["calls"] > 0 and result["runner_cpu_s_per_trial"] > 0
     assert 0 < result["report"]["html_mb"] < 10 and result["best"]["peak_mb"] > 0
 
