@@ -31,11 +31,15 @@ from sweeps.analysis.results import (
     best_run,
     fmt,
     load_offline_runs,
+    rank,
     runs_table,
     shown_params,
 )
 from sweeps.errors import UsageError
 from sweeps.files.sweep import Sweep
+
+NAMED_CURVES = 20  # learning curves in colour and in the legend, the best runs'; 1,000 colours help no one
+GREY = {"color": "rgba(140,140,140,0.3)", "width": 1}  # the other runs' curves
 
 
 def _completed(runs: list[dict]) -> list[dict]:
@@ -141,20 +145,23 @@ def curves_figure(sweep: Sweep, runs: list[dict]):
     import plotly.graph_objects as go
 
     metric = sweep.metric
+    named = {r["name"] for r in rank(runs, sweep.goal)[:NAMED_CURVES]}
     fig = go.Figure()
     dash = {"finished": "solid", "stopped": "dash"}
     for run in sorted(runs, key=lambda r: r["number"]):
         if not run["history"]:
             continue
-        epochs = list(range(1, len(run["history"]) + 1))
+        epochs, shown = list(range(1, len(run["history"]) + 1)), run["name"] in named
         fig.add_scatter(x=epochs, y=run["history"], mode="lines", name=f"{run['name']} ({run['state']})",
-                        legendgroup=run["name"], line={"dash": dash.get(run["state"], "dot")})
+                        legendgroup=run["name"], showlegend=shown,
+                        line={"dash": dash.get(run["state"], "dot"), **({} if shown else GREY)})
         if run["state"] == "stopped":
             fig.add_scatter(x=epochs[-1:], y=run["history"][-1:], mode="markers", legendgroup=run["name"],
-                            showlegend=False, name=f"{run['name']} stopped",
-                            marker={"symbol": "x", "size": 11, "color": "black"})
+                            showlegend=False, name=f"{run['name']} stopped", marker={"symbol": "x", "size": 11
+                            if shown else 6, "color": "black" if shown else GREY["color"]})
     fig.update_xaxes(dtick=_tick_step(max(len(r["history"]) for r in runs)))
-    fig.update_layout(title=f"Learning curves: {metric} per validation epoch (dashed + x: stopped early)",
+    grey = f"; grey: all but the {NAMED_CURVES} best" if len(runs) > NAMED_CURVES else ""
+    fig.update_layout(title=f"Learning curves: {metric} per validation epoch (dashed + x: stopped early{grey})",
                       xaxis_title="validation epoch", yaxis_title=metric)
     return fig
 
@@ -223,8 +230,7 @@ def render(sweep_dir: Path, sweep: Sweep, runs: list[dict]) -> str:
             body = _note(f"Parameter importance could not be computed: {scrub(e)}")
     sections.append(("importance", "Parameter importance", body))
 
-    body = figure(curves_figure(sweep, runs)) if any(r["history"] for r in runs) else _note("No run has "
-                                                                                           "validated yet.")
+    body = figure(curves_figure(sweep, runs)) if any(r["history"] for r in runs) else _note("No run has validated yet.")
     failed = [r for r in runs if r["state"] not in COMPLETED and r["state"] != "running"]
     if failed:
         body += "<h3>Runs that did not complete</h3><ul>" + "".join(

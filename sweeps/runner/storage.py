@@ -122,6 +122,17 @@ def check_url(url: str) -> None:
         return  # anything else is the connection's to report
 
 
+def write_ahead_log(db: Path) -> None:
+    """Put a SQLite file in WAL mode (kept in the file): readers, i.e. every runner's polling, and
+    the one writer then stop blocking each other. In the default rollback mode a commit waits for
+    all readers, and 16 runners spent most of a sweep waiting (benchmarks/README.md, "Cost at
+    scale"). WAL needs all processes on one host: a network file system is refused already."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db, timeout=120)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
 class Storage:
     """The study (created or loaded) and its lock; built whole by the constructor."""
 
@@ -135,7 +146,7 @@ class Storage:
         self.url, self.lock_path, self._pg = url, None, None
         journal = journal_file(url)
         self._journal_lock = journal_lock(journal) if journal else None
-        kwargs = None
+        kwargs, db = None, None
         if url.startswith("sqlite:///"):
             db = Path(url[len("sqlite:///"):])
             if (problem := sqlite_problem(db)) is not None:
@@ -151,6 +162,8 @@ class Storage:
         self.locked = self.lock_path is not None or self._pg is not None or journal is not None
         agreed = None
         with self.critical(), quiet_heartbeat_warnings():  # two runners creating the tables at once collide
+            if db is not None:
+                write_ahead_log(db)
             for _ in range(2):  # a second time only to take the sweep's own interval
                 self.heartbeat = heartbeat or agreed or DEFAULT_HEARTBEAT_S
                 self.storage = journal_storage(journal, self.heartbeat, GRACE_BEATS * self.heartbeat) \
