@@ -118,7 +118,7 @@ def timing(n_images: int, n_resamples: int, seed: int) -> dict[str, float]:
     for method in ("percentile", "bca"):
         start = time.perf_counter()
         cluster_bootstrap(functools.partial(binary_metrics, scores, labels, 0.35), len(scores), patient,
-                          n_resamples=n_resamples, seed=seed, method=method)  # fmt: skip
+                          n_resamples=n_resamples, seed=seed, method=method)
         seconds[method] = time.perf_counter() - start
     return seconds
 
@@ -169,7 +169,7 @@ def small_cell(rng, args, level: str, truth: float, n_pos: int) -> dict[str, flo
         old = cluster_bootstrap({"sensitivity": sensitivity}, len(labels), patient, **kw)
         new, old = new["sensitivity"], old["sensitivity"]
         rows.append([new.low <= truth <= new.high, old.low <= truth <= old.high, new.method != old.method,
-                     new.low, new.high - new.low])  # fmt: skip
+                     new.low, new.high - new.low])
     report, bca, exact, low, width = np.mean(rows, axis=0)
     return {"report": report, "bca": bca, "exact_share": exact, "mean_low": low, "mean_width": width}
 
@@ -178,9 +178,9 @@ def small_cohorts(args) -> dict:
     """Coverage near sensitivity 1 with few positive patients: the report's method and BCa alone."""
     rng = np.random.default_rng(args.seed)
     print(f"\nsmall cohorts: {args.small_datasets} data sets per cell, {args.resamples} resamples, "
-          f"2-4 images per patient, patient share of variance {args.var_patient}, seed {args.seed}")  # fmt: skip
+          f"2-4 images per patient, patient share of variance {args.var_patient}, seed {args.seed}")
     print(f"{'level':<8}{'truth':>6}{'pos':>5}{'report':>8}{'+-SE':>7}{'BCa alone':>10}"
-          f"{'exact used':>11}{'mean low':>9}{'mean width':>11}")  # fmt: skip
+          f"{'exact used':>11}{'mean low':>9}{'mean width':>11}")
     out = {}
     for level in ("image", "patient"):
         for truth in SMALL_SENSITIVITIES:
@@ -188,9 +188,9 @@ def small_cohorts(args) -> dict:
                 c = out[(level, truth, n_pos)] = small_cell(rng, args, level, truth, n_pos)
                 se = np.sqrt(c["report"] * (1 - c["report"]) / args.small_datasets)
                 print(f"{level:<8}{truth:>6.2f}{n_pos:>5}{c['report']:>8.3f}{se:>7.3f}{c['bca']:>10.3f}"
-                      f"{c['exact_share']:>11.2f}{c['mean_low']:>9.3f}{c['mean_width']:>11.3f}")  # fmt: skip
+                      f"{c['exact_share']:>11.2f}{c['mean_low']:>9.3f}{c['mean_width']:>11.3f}")
     print(f"lowest coverage of the report's intervals: {min(v['report'] for v in out.values()):.3f} "
-          f"(target >= 0.93); BCa alone: {min(v['bca'] for v in out.values()):.3f}")  # fmt: skip
+          f"(target >= 0.93); BCa alone: {min(v['bca'] for v in out.values()):.3f}")
     return out
 
 
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     normal = NormalDist()
     truth = {"auroc": normal.cdf(args.mu / np.sqrt(2)), "sensitivity": normal.cdf(args.mu - args.threshold)}
     print(f"{args.datasets} data sets x {args.patients} patients (2-4 images each, patient share of variance "
-          f"{args.var_patient}), {args.resamples} resamples, seed {args.seed}")  # fmt: skip
+          f"{args.var_patient}), {args.resamples} resamples, seed {args.seed}")
     print(f"truth: AUROC {truth['auroc']:.4f}, sensitivity at {args.threshold} {truth['sensitivity']:.4f}")
 
     rng = np.random.default_rng(args.seed)
@@ -248,15 +248,15 @@ def main(argv: list[str] | None = None) -> dict:
             se = np.sqrt(cover * (1 - cover) / len(b))
             summary[(k, method)] = cover
             print(f"{k:<12}{method:<20}{cover:>9.3f}{se:>7.3f}{low_miss:>10.3f}{high_miss:>10.3f}"
-                  f"{np.mean(b[:, 1] - b[:, 0]):>8.3f}")  # fmt: skip
+                  f"{np.mean(b[:, 1] - b[:, 0]):>8.3f}")
         print(f"{k:<12}{'(mean estimate)':<20}{est.mean():>9.4f}   truth {true:.4f}, "
-              f"SD of estimates {est.std():.4f}")  # fmt: skip
+              f"SD of estimates {est.std():.4f}")
     print(f"\ntime per simulated data set: {per_dataset:.3f} s "
-          f"(3 intervals x 2 metrics, {args.resamples} resamples, + jackknife)")  # fmt: skip
+          f"(3 intervals x 2 metrics, {args.resamples} resamples, + jackknife)")
     seconds = timing(args.timing_images, args.timing_resamples, args.seed)
     print(f"time for {args.timing_resamples} resamples of {args.timing_images} images (AUROC, AP, "
           f"7 threshold metrics, patient bootstrap): percentile {seconds['percentile']:.2f} s, "
-          f"BCa {seconds['bca']:.2f} s (+ jackknife over {seconds['patients']} patients)")  # fmt: skip
+          f"BCa {seconds['bca']:.2f} s (+ jackknife over {seconds['patients']} patients)")
     return {"coverage": summary, "per_dataset_s": per_dataset, "timing_s": seconds}
 
 

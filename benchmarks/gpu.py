@@ -57,7 +57,7 @@ def nvidia_smi(*query: str) -> list[str]:
     """One line per GPU of `nvidia-smi --query-gpu=...` ([] without nvidia-smi): no CUDA context."""
     try:
         out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(query)}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30)  # fmt: skip
+                             capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return []
     return out.stdout.strip().splitlines() if out.returncode == 0 else []
@@ -75,12 +75,12 @@ def settings(tiny: bool, work: Path, backbone: str, size: int, batch: int, data:
     """benchmarks/throughput.py's own settings object for one model."""
     if tiny:
         argv = ["--device", "cpu", "--steps", "3", "--warmup", "1", "--workers", "1", "--loader-batches", "2",
-                "--batches-per-epoch", "3"]  # fmt: skip
+                "--batches-per-epoch", "3"]
     else:
         argv = ["--device", "cuda", "--steps", "30", "--warmup", "10", "--loader-batches", "4",
-                "--batches-per-epoch", "4", "--cudnn-benchmark"]  # fmt: skip
+                "--batches-per-epoch", "4", "--cudnn-benchmark"]
     return throughput.parse_args([*argv, "--backbone", backbone, "--image-size", str(size), "--batch-size",
-                                  str(batch), "--work", str(work), "--data", str(data)])  # fmt: skip
+                                  str(batch), "--work", str(work), "--data", str(data)])
 
 
 def phase_throughput(tiny: bool, work: Path, left: Callable[[], float], record: Record) -> None:
@@ -162,7 +162,7 @@ def run_child(cmd: list[str], timeout: float) -> tuple[int | None, str]:
     code (None: timed out) and the last lines of output."""
     tail: collections.deque[str] = collections.deque(maxlen=30)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True)
 
     def echo() -> None:
         for line in proc.stdout:
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "gpu": gpus[0] if gpus else f"none ({platform.processor()})",
                     "torch": torch.__version__, "cuda": torch.version.cuda, "cpus": os.cpu_count(), "tiny": args.tiny,
-                    "budget_s": args.budget_s, "phases": {}, "phase_s": {}}  # fmt: skip
+                    "budget_s": args.budget_s, "phases": {}, "phase_s": {}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.tiny:  # a check, not a timing: one thread per process (OpenMP barriers crawl on a busy CPU)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name} (budget {budget:.0f} s) ...", flush=True)
         t = time.perf_counter()
         cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", name, "--part", str(part), "--work",
-               str(args.work), "--budget-s", str(budget), *(["--tiny"] if args.tiny else [])]  # fmt: skip
+               str(args.work), "--budget-s", str(budget), *(["--tiny"] if args.tiny else [])]
         code, tail = run_child(cmd, timeout=budget)
         figures = json.loads(part.read_text()) if part.is_file() else {}
         if code != 0:

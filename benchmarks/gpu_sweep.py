@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GPU = {"unique": 200, "raw": 384, "train_images": 12000, "epochs": 2, "ks": (1, 4, 8), "overrides": {}}
 TINY = {"unique": 16, "raw": 48, "train_images": 16, "epochs": 2, "ks": (1, 2),
         "overrides": {"model.backbone": "resnet18", "data.image_size": 32, "data.batch_size": 4,
-                      "data.num_workers": 0}}  # fmt: skip
+                      "data.num_workers": 0}}
 
 # benchmarks/README.md, "Headline estimate": GPU work of the headline sweep per image of the cohort,
 # in training-image equivalents: 40 trials x 5 folds x 30 epochs x 0.59 (hyperband's share of
@@ -50,7 +50,7 @@ class GpuSampler:
     def __init__(self, gpu: str) -> None:
         self.samples: list[tuple[float, float, float]] = []
         self._cmd = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                     "-i", gpu, "-lms", "250"]  # fmt: skip
+                     "-i", gpu, "-lms", "250"]
         self._proc: Optional[subprocess.Popen] = None
 
     def _read(self) -> None:
@@ -108,17 +108,17 @@ def one_k(k: int, tiny: bool, work: Path, spec: dict, data: Path, manifest: str)
         "trainer.max_epochs": spec["epochs"], "trainer.benchmark": True, "run.test_after_fit": False,
         "run.wandb": "disabled", "trainer.enable_progress_bar": False, "trainer.callbacks": "throughput.RunTimer",
         **spec["overrides"],
-    }  # fmt: skip
+    }
     sweep = create_custom_sweep_config(
         method="grid", name=f"bench-k{k}", config="configs/ra_hand.yaml",
         parameters={"model.lr": {"values": [round(3e-4 * (i + 1), 6) for i in range(k)]},
-                    **{key: {"value": value} for key, value in constants.items()}})  # fmt: skip
+                    **{key: {"value": value} for key, value in constants.items()}})
     sweep_file, out = work / f"bench-k{k}.yaml", work / f"sweep-k{k}"
     sweep_file.write_text(render_yaml(sweep))
     shutil.rmtree(out, ignore_errors=True)
     where = ["--workers", str(k)] if tiny else ["--gpus", "0", "--trials-per-gpu", str(k)]
     cmd = [sys.executable, "-m", "sweeps", "run", str(sweep_file), "--out", str(out), "--quiet", "--wandb",
-           "disabled", *where]  # fmt: skip
+           "disabled", *where]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0")
     path = os.pathsep.join(p for p in (str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if tiny else visible, PYTHONPATH=path)
@@ -144,7 +144,7 @@ def one_k(k: int, tiny: bool, work: Path, spec: dict, data: Path, manifest: str)
         "gpu_mib_per_run": (peak - idle) / k if peak is not None else None,
         "run_cuda_max_reserved_mib": max((r.get("cuda_max_reserved_mib", 0.0) for r in runs), default=None),
         "cudnn_benchmark": True,
-    }  # fmt: skip
+    }
     shutil.rmtree(out, ignore_errors=True)  # ~0.5 GB of checkpoints per run
     return figures
 
@@ -153,7 +153,7 @@ def phase_sweep(tiny: bool, work: Path, left: Callable[[], float], record: Calla
     spec = TINY if tiny else GPU
     data, manifest = _dataset(work, spec)
     record("config", {"config": "configs/ra_hand.yaml", **spec["overrides"], "epochs": spec["epochs"],
-                      "train_images_per_epoch": spec["train_images"]})  # fmt: skip
+                      "train_images_per_epoch": spec["train_images"]})
     last, first, best = None, None, None
     for k in spec["ks"]:
         # K runs take at most K/J times as long as J runs did (a GPU already full): skip what cannot finish.
@@ -175,4 +175,4 @@ def headline(figures: dict) -> dict:
     gpu_s = HEADLINE_WORK_PER_IMAGE * HEADLINE_COHORT / figures["images_per_s"]
     start_s = HEADLINE_FOLDS * figures["startup_s"] / HEADLINE_SIDE_BY_SIDE
     return {"cohort_images": HEADLINE_COHORT, "from_k": figures["runs"], "aggregate_images_per_s": figures["images_per_s"],
-            "gpu_min": gpu_s / 60, "startup_min": start_s / 60, "minutes": (gpu_s + start_s) / 60}  # fmt: skip
+            "gpu_min": gpu_s / 60, "startup_min": start_s / 60, "minutes": (gpu_s + start_s) / 60}

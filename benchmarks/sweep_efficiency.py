@@ -43,7 +43,7 @@ def make_sweep(args: argparse.Namespace, name: str, hyperband: bool) -> dict:
         parameters["trainer.limit_val_batches"] = {"value": args.limit_train_batches}
     early = {"type": "hyperband", "min_iter": 1, "eta": 2} if hyperband else None
     return create_custom_sweep_config(method="random", name=name, parameters=parameters, early_terminate=early,
-                                      config=args.config, metric_name=args.metric)  # fmt: skip
+                                      config=args.config, metric_name=args.metric)
 
 
 def run_sweep(args: argparse.Namespace, name: str, hyperband: bool) -> dict:
@@ -65,7 +65,7 @@ def run_sweep(args: argparse.Namespace, name: str, hyperband: bool) -> dict:
     bests = [b for b in (best_of(r["history"], goal) for r in runs) if b is not None]
     best = (max if goal == "maximize" else min)(bests) if bests else float("nan")
     return {"name": name, "runs": len(runs), "states": dict(Counter(r["state"] for r in runs)),
-            "epochs": sum(len(r["history"]) for r in runs), "best": best, "seconds": seconds}  # fmt: skip
+            "epochs": sum(len(r["history"]) for r in runs), "best": best, "seconds": seconds}
 
 
 def main(argv=None) -> int:

@@ -77,7 +77,7 @@ def random_configs(n: int, seed: int) -> list[dict]:
     return [{"batch_size": round(log_u(16, 512)), "learning_rate": log_u(1e-4, 1e-1),
              "momentum": rng.uniform(0.1, 0.99), "weight_decay": rng.uniform(1e-5, 1e-1),
              "num_layers": int(rng.integers(1, 6)), "max_units": round(log_u(64, 1024)),
-             "max_dropout": rng.uniform(0, 1)} for _ in range(n)]  # fmt: skip
+             "max_dropout": rng.uniform(0, 1)} for _ in range(n)]
 
 
 def reference(task: str, n: int) -> dict:
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
             for seed in range(args.seeds) for t in tasks
             for name, m, k in [*((n, m, k) for n, m in chosen.items() for k in ks),
                                *((n, m, 1) for n, m in grid.items() if seed < args.grid_seeds)]
-            if (f"{name}|{k}", t, seed) not in done and not args.report_only]  # fmt: skip
+            if (f"{name}|{k}", t, seed) not in done and not args.report_only]
     print(f"{len(jobs)} sweeps to simulate ({len(done)} already in {args.raw})", file=sys.stderr, flush=True)
     with args.raw.open("a") as raw:
         if args.jobs > 1:

@@ -83,7 +83,7 @@ class StepTimer(Callback):
 
     def figures(self) -> dict:
         return {"images_per_s": self.images_per_s, "images": self.images, "steps": self.steps,
-                "seconds": self.seconds}  # fmt: skip
+                "seconds": self.seconds}
 
 
 class RunTimer(StepTimer, FirstStep):
@@ -200,7 +200,7 @@ def _plain_loop(args, device: str, compiled: bool) -> dict:
     seconds, images = time.perf_counter() - t, args.steps * args.batch_size
     return {"images_per_s": images / seconds, "images": images, "steps": args.steps, "seconds": seconds,
             "warmup_s": warm_s, "cuda_peak_mib": _cuda_peak(device), "precision": precision,
-            "cudnn_benchmark": torch.backends.cudnn.benchmark}  # fmt: skip
+            "cudnn_benchmark": torch.backends.cudnn.benchmark}
 
 
 def _datamodule(args, *, cache: bool, workers: int, image_size: int, manifest: Optional[str] = None):
@@ -208,7 +208,7 @@ def _datamodule(args, *, cache: bool, workers: int, image_size: int, manifest: O
 
     return XrayDataModule(root=str(args.data), manifest=manifest, image_size=image_size,
                           batch_size=args.batch_size, num_workers=workers,
-                          cache_dir=str(args.work / "cache") if cache else None)  # fmt: skip
+                          cache_dir=str(args.work / "cache") if cache else None)
 
 
 def _worker_memory() -> dict:
@@ -222,7 +222,7 @@ def _worker_memory() -> dict:
 
 
 def loader_rate(args, *, cache: bool, workers: int, batches: int, image_size: int,
-                manifest: Optional[str] = None) -> dict:  # fmt: skip
+                manifest: Optional[str] = None) -> dict:
     """Images/s the training loader alone delivers, after one warm-up batch; cycles epochs."""
     data = _datamodule(args, cache=cache, workers=workers, image_size=image_size, manifest=manifest)
     t = time.perf_counter()
@@ -242,7 +242,7 @@ def loader_rate(args, *, cache: bool, workers: int, batches: int, image_size: in
             iterator = iter(loader)
     seconds = time.perf_counter() - t
     out = {"images_per_s": images / seconds, "images": images, "seconds": seconds, "setup_s": setup_s,
-           "batches": done}  # fmt: skip
+           "batches": done}
     if workers and cache:
         for _ in iterator:  # finish the epoch: together the workers have now touched every row
             pass
@@ -276,14 +276,14 @@ def cli_fit(args, device: str, compiled: bool) -> dict:
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false",
         f"--trainer.callbacks=[{json.dumps(timer)}]",
         "--run.wandb=disabled", "--run.test_after_fit=false", f"--run.root={args.work / 'runs'}",
-    ]  # fmt: skip
+    ]
     t = time.perf_counter()
     with cudnn_benchmark(args.cudnn_benchmark):  # the same setting as plain_loop, restored after
         cli = cli_main(argv)
     total_s = time.perf_counter() - t
     step_timer = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "StepTimer")
     return {**step_timer.figures(), "total_s": total_s, "cuda_peak_mib": _cuda_peak(device),
-            "precision": str(cli.trainer.precision), "cudnn_benchmark": args.cudnn_benchmark}  # fmt: skip
+            "precision": str(cli.trainer.precision), "cudnn_benchmark": args.cudnn_benchmark}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -315,9 +315,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.device = "cuda" if cuda else "cpu"
     gpu = {"backbone": "resnet50", "image_size": 224, "batch_size": 256, "steps": 50, "warmup": 15,
            "workers": min(8, os.cpu_count() or 1), "loader_batches": 8, "count": 256, "raw_size": [1024, 1024],
-           "compile": True}  # fmt: skip
+           "compile": True}
     cpu = {"backbone": "resnet18", "image_size": 64, "batch_size": 16, "steps": 8, "warmup": 2, "workers": 2,
-           "loader_batches": 4, "count": 64, "raw_size": [1024, 1024], "compile": False}  # fmt: skip
+           "loader_batches": 4, "count": 64, "raw_size": [1024, 1024], "compile": False}
     for key, value in (gpu if cuda else cpu).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -339,7 +339,7 @@ def main(argv=None) -> int:
         print(f"data: {args.data} ({args.count} png16 images {h}x{w}; {time.perf_counter() - t:.1f} s)")
     print(f"device={device} backbone={args.backbone} image_size={args.image_size} batch={args.batch_size} "
           f"steps={args.steps} warmup={args.warmup} workers={args.workers} cores={os.cpu_count()} "
-          f"cudnn.benchmark={args.cudnn_benchmark} (plain loop and cli.py fit alike) torch={torch.__version__}")  # fmt: skip
+          f"cudnn.benchmark={args.cudnn_benchmark} (plain loop and cli.py fit alike) torch={torch.__version__}")
     rows: list[tuple[str, dict]] = []
     results: dict[str, dict] = {}
 
@@ -349,7 +349,7 @@ def main(argv=None) -> int:
         rows.append((name, result))
         print(f"  {name:<34} {result['images_per_s']:>10.1f} images/s   "
               + "  ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
-                          if k != "images_per_s"), flush=True)  # fmt: skip
+                          if k != "images_per_s"), flush=True)
 
     compiles = [False, True] if args.compile else [False]
     if not args.compile:

@@ -171,7 +171,7 @@ def jackknife_samples(
         n_groups = max_groups
     chunk = max(1, CHUNK_ELEMENTS // n_images)
     chunks = ((group[None, :] != np.arange(s, min(s + chunk, n_groups))[:, None]).astype(np.float64)
-              for s in range(0, n_groups, chunk))  # fmt: skip
+              for s in range(0, n_groups, chunk))
     return _evaluate(_as_statistic(statistics), chunks)
 
 

@@ -20,11 +20,11 @@ sys.path.append(str(ROOT / "benchmarks"))  # benchmarks/*.py are scripts, not a 
 def test_throughput_benchmark_prints_every_figure(tmp_path):
     cmd = [PYTHON, "benchmarks/throughput.py", "--device", "cpu", "--backbone", "resnet18", "--image-size", "32",
            "--batch-size", "4", "--steps", "2", "--warmup", "1", "--workers", "2", "--loader-batches", "2",
-           "--count", "24", "--raw-size", "64", "64", "--memory-size", "64", "--work", str(tmp_path)]  # fmt: skip
+           "--count", "24", "--raw-size", "64", "64", "--memory-size", "64", "--work", str(tmp_path)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     for figure in ("(a) plain loop eager", "(b) cli.py fit from cache eager", "(c) loader raw png16",
-                   "(c) loader cache", "(b)/(a) eager:", "cache/raw", "workers' memory", "peak RSS"):  # fmt: skip
+                   "(c) loader cache", "(b)/(a) eager:", "cache/raw", "workers' memory", "peak RSS"):
         assert figure in out.stdout, figure
     assert "nan images/s" not in out.stdout
 
@@ -32,7 +32,7 @@ def test_throughput_benchmark_prints_every_figure(tmp_path):
 @pytest.mark.slow
 def test_sweep_efficiency_benchmark_prints_epochs_and_best(tmp_path):
     cmd = [PYTHON, "benchmarks/sweep_efficiency.py", "--count", "2", "--max-epochs", "2", "--image-size", "32",
-           "--limit-train-batches", "2", "--work", str(tmp_path)]  # fmt: skip
+           "--limit-train-batches", "2", "--work", str(tmp_path)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
@@ -67,7 +67,7 @@ def test_gpu_benchmark_tiny_times_images_in_every_phase(tmp_path):
     rows = gpu.timed_rows(result["phases"])
     names = {name for name, _ in rows}
     assert {"/throughput/models/resnet18/plain_eager", "/throughput/models/resnet18/cli_fit_eager",
-            "/loader/raw", "/loader/cache", "/sweep/k1", "/sweep/k2"} <= names, names  # fmt: skip
+            "/loader/raw", "/loader/cache", "/sweep/k1", "/sweep/k2"} <= names, names
     for name, row in rows:
         assert row["images"] > 0 and math.isfinite(row["images_per_s"]) and row["images_per_s"] > 0, (name, row)
     model = result["phases"]["throughput"]["models"]["resnet18"]
@@ -88,7 +88,7 @@ def test_cli_fit_times_full_batches_when_the_data_set_is_smaller_than_a_batch(tm
     generate(data, body_part="hand", count=12, size=(40, 40), seed=0)  # training split ~8 images
     args = throughput.parse_args(["--device", "cpu", "--backbone", "resnet18", "--image-size", "32",
                                   "--batch-size", "16", "--steps", "3", "--warmup", "1", "--workers", "0",
-                                  "--data", str(data), "--work", str(tmp_path / "work")])  # fmt: skip
+                                  "--data", str(data), "--work", str(tmp_path / "work")])
     before = torch.backends.cudnn.benchmark
     row = throughput.cli_fit(args, "cpu", compiled=False)
     assert row["images"] >= args.steps * args.batch_size and row["images_per_s"] > 0, row
@@ -110,7 +110,7 @@ def test_a_phase_that_hangs_is_stopped_at_its_budget():
 
     t = time.monotonic()
     code, tail = gpu.run_child([PYTHON, "-c", "import time; print('started', flush=True); time.sleep(120)"],
-                               timeout=2)  # fmt: skip
+                               timeout=2)
     assert code is None and "started" in tail and time.monotonic() - t < 30
 
 

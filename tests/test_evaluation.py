@@ -147,7 +147,7 @@ def test_binary_metrics_at_unit_weights_equal_torchmetrics(ties):
     )
     for name, fn in [("sensitivity", tmf.binary_recall), ("specificity", tmf.binary_specificity),
                      ("ppv", tmf.binary_precision), ("acc", tmf.binary_accuracy), ("f1", tmf.binary_f1_score),
-                     ("npv", tmf.binary_negative_predictive_value)]:  # fmt: skip
+                     ("npv", tmf.binary_negative_predictive_value)]:
         assert m[name] == pytest.approx(float(fn(t(probs), t(labels), threshold=0.55)), abs=1e-6), name
     assert m["balanced_acc"] == pytest.approx((m["sensitivity"] + m["specificity"]) / 2)
 
@@ -255,7 +255,7 @@ def test_bootstrap_sd_of_a_patient_mean_matches_the_closed_form():
     x = rng.normal(size=n)
     values = np.repeat(x, 2)  # two identical images per patient: the image mean is the patient mean
     draws = bootstrap_samples({"mean": weighted_mean(values)}, 2 * n, np.repeat(np.arange(n), 2),
-                              n_resamples=20000, seed=1)["mean"]  # fmt: skip
+                              n_resamples=20000, seed=1)["mean"]
     expected_sd = np.sqrt((n - 1) / n) * x.std(ddof=1) / np.sqrt(n)  # the ideal bootstrap's SD
     assert draws.std() == pytest.approx(expected_sd, rel=0.03)
     assert draws.mean() == pytest.approx(x.mean(), abs=0.03 * expected_sd * 10)
@@ -311,7 +311,7 @@ def test_jackknife_leaves_out_whole_patients_and_groups_them_beyond_the_cap():
     grouped = jackknife_samples({"mean": weighted_mean(values)}, 10, ids, max_groups=2)["mean"]
     # two groups of two patients: each value is the mean of the other group's two patients
     pair_mean = {frozenset(p): values[np.isin(ids, list(p))].mean() for p in
-                 [("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d")]}  # fmt: skip
+                 [("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d")]}
     complementary = [(pair_mean[p], pair_mean[frozenset("abcd") - p]) for p in pair_mean]
     assert any(np.allclose(sorted(grouped), sorted(pair)) for pair in complementary)
 
@@ -359,7 +359,7 @@ def test_temperature_scaling_recovers_a_known_temperature_and_lowers_nll(binary)
     true_logits = rng.normal(size=4000) * 2 if binary else rng.normal(size=(4000, 3)) * 2
     true_probs = apply_temperature(true_logits, 1.0)
     labels = (rng.random(4000) < true_probs).astype(int) if binary else (
-        (rng.random(4000)[:, None] > np.cumsum(true_probs, axis=1)).sum(axis=1))  # fmt: skip
+        (rng.random(4000)[:, None] > np.cumsum(true_probs, axis=1)).sum(axis=1))
     overconfident = 3 * true_logits
     temperature = fit_temperature(overconfident, labels)
     assert temperature == pytest.approx(3.0, rel=0.1)
@@ -419,7 +419,7 @@ def test_summary_metrics_and_table_name_every_figure():
     report = build_report(probs, labels, ids, ["normal", "abnormal"], choice, n_resamples=100)
     flat = summary_metrics(report, prefix="test/")
     keys = ["sensitivity", "sensitivity_ci_low", "sensitivity_ci_high", "auroc", "ece", "brier_ci_high",
-            "threshold", "patient/auroc", "patient/f1_ci_low"]  # fmt: skip
+            "threshold", "patient/auroc", "patient/f1_ci_low"]
     for key in (f"test/{k}" for k in keys):
         assert isinstance(flat[key], float), key
     assert flat["test/sensitivity"] == report["metrics"]["sensitivity"]["estimate"]
@@ -454,10 +454,10 @@ def test_coverage_benchmark_runs_with_the_tiniest_settings(capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     result = module.main(["--datasets", "3", "--resamples", "50", "--patients", "20",
-                          "--timing-images", "200", "--timing-resamples", "20"])  # fmt: skip
+                          "--timing-images", "200", "--timing-resamples", "20"])
     out = capsys.readouterr().out
     for figure in ("patient percentile", "patient BCa", "image percentile", "time per simulated data set",
-                   "time for 20 resamples of 200 images"):  # fmt: skip
+                   "time for 20 resamples of 200 images"):
         assert figure in out
     assert set(result["coverage"]) == {(m, k) for m in ("auroc", "sensitivity") for k in (
-        "patient percentile", "patient BCa", "image percentile")}  # fmt: skip
+        "patient percentile", "patient BCa", "image percentile")}

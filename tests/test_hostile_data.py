@@ -190,7 +190,7 @@ def test_confusion_and_prediction_csv_cells_are_spreadsheet_safe(tmp_path):
     names = ["=1+1", "-1"]
     write_confusion_csv(tmp_path / "confusion.csv", torch.tensor([[3, 0], [1, 2]]), names)
     assert _read_rows(tmp_path / "confusion.csv") == [["true\\pred", "'=1+1", "-1"], ["'=1+1", "3", "0"],
-                                                      ["-1", "1", "2"]]  # fmt: skip
+                                                      ["-1", "1", "2"]]
 
     records = [Record(Path("x"), "@evil.png", "=1+1", "p")]
     trainer = SimpleNamespace(global_rank=0, world_size=1)
@@ -399,7 +399,7 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(64)))
-                     + chunk(b"IEND", b""))  # fmt: skip
+                     + chunk(b"IEND", b""))
     return path
 
 

@@ -148,13 +148,13 @@ def test_bilateral_patients_are_not_diluted_below_the_image_threshold():
     assert report["patient_level"]["aggregation"] == "max"  # agrees with "positive when any image is"
     assert report["patient_level"]["metrics"]["sensitivity"]["estimate"] == 1.0
     old = build_report(test_p, test_y, test_ids, ["normal", "abnormal"], choice, n_resamples=50,
-                       patient_aggregation="mean")  # fmt: skip
+                       patient_aggregation="mean")
     assert old["patient_level"]["metrics"]["sensitivity"]["estimate"] == 0.0  # the defect, with mean
     # mean aggregation works too once its threshold is chosen on validation PATIENTS
     patients = choose_patient_threshold("youden", val_p[:, 1], val_y, val_ids, "mean")
     assert patients.value < choice.value
     mean = build_report(test_p, test_y, test_ids, ["normal", "abnormal"], choice, n_resamples=100,
-                        patient_aggregation="mean", patient_threshold=patients)  # fmt: skip
+                        patient_aggregation="mean", patient_threshold=patients)
     section = mean["patient_level"]
     assert section["metrics"]["sensitivity"]["estimate"] >= 0.8  # youden's cut sits at val's lowest
     assert section["threshold"]["value"] == patients.value
@@ -167,7 +167,7 @@ def test_bilateral_patients_are_not_diluted_below_the_image_threshold():
 def test_report_names_the_method_of_every_interval():
     (val_p, val_y, _), (test_p, test_y, test_ids) = bilateral(1), bilateral(2)
     report = build_report(test_p, test_y, test_ids, ["normal", "abnormal"], choose_threshold("youden", val_p[:, 1], val_y),
-                          n_resamples=100)  # fmt: skip
+                          n_resamples=100)
     for section in (report, report["patient_level"]):
         figures = section["metrics"]
         # 10 of 10 diseased patients found: exact, at 10 patients (their other side is not in it)
@@ -225,7 +225,7 @@ def test_html_table_and_caption_name_the_method_and_the_patient_threshold():
 
     (val_p, val_y, val_ids), (test_p, test_y, test_ids) = bilateral(1), bilateral(2)
     report = build_report(test_p, test_y, test_ids, ["normal", "abnormal"], choose_threshold("youden", val_p[:, 1], val_y),
-                          n_resamples=50, patient_threshold=choose_patient_threshold("youden", val_p[:, 1], val_y, val_ids))  # fmt: skip
+                          n_resamples=50, patient_threshold=choose_patient_threshold("youden", val_p[:, 1], val_y, val_ids))
     rows = {row[0]: row for row in ci_rows(json.loads(json.dumps(report)))}
     assert rows["figure"][3] == "method" and rows["ece"][3] == "bca"
     assert rows["auroc"][3] == "exact-pairs (n_eff=10.0)"  # AUROC 1: not a point interval labelled bca

@@ -132,7 +132,7 @@ def test_sweep_efficiency_benchmark_prints_every_method(tmp_path):
     out = tmp_path / "e.json"
     cmd = [PYTHON, "benchmarks/sweep_efficiency_lcbench.py", "--instances", "1", "--seeds", "1", "--budget", "2",
            "--reference", "20", "--grid", "2:3", "--raw", str(tmp_path / "raw.jsonl"), "--out", str(out),
-           "--plot", str(tmp_path / "e.png")]  # fmt: skip
+           "--plot", str(tmp_path / "e.png")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(out.read_text())["summary"]

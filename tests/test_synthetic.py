@@ -102,7 +102,7 @@ def test_abnormal_differs_from_normal_in_the_joints(body_part: str) -> None:
             render_phantom(body_part=body_part, abnormal=ab, size=(128, 128),
                            patient_rng=np.random.default_rng([7, i]), image_rng=np.random.default_rng([8, i]))
             for ab in (False, True)
-        ]  # fmt: skip
+        ]
         diff = pair[1].astype(np.float64) - pair[0]
         added.append(diff.sum())
         outside.append(np.abs(diff[-28:]).sum() / max(np.abs(diff).sum(), 1e-9))
@@ -113,7 +113,7 @@ def test_abnormal_differs_from_normal_in_the_joints(body_part: str) -> None:
 def test_normals_vary_too(tmp_path: Path) -> None:
     """Normals are not one template: joint widths and anatomy vary between patients."""
     a, b = (render_phantom(body_part="hand", abnormal=False, size=SMALL, patient_rng=np.random.default_rng(p),
-                           image_rng=np.random.default_rng(0)) for p in (1, 2))  # fmt: skip
+                           image_rng=np.random.default_rng(0)) for p in (1, 2))
     assert np.abs(a - b).mean() > 0.005
 
 
@@ -164,7 +164,7 @@ def test_bad_arguments_name_the_allowed_values(tmp_path: Path, kwargs: dict) -> 
 
 def test_cli(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "datamodules.synthetic", "--out", str(tmp_path / "ds"), "--body-part", "foot",
-           "--count", "5", "--size", "40", "56", "--format", "png8", "--seed", "2", "--abnormal-fraction", "0.4"]  # fmt: skip
+           "--count", "5", "--size", "40", "56", "--format", "png8", "--seed", "2", "--abnormal-fraction", "0.4"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     rows = _rows(tmp_path / "ds" / "manifest.csv")
