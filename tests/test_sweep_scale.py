@@ -53,3 +53,15 @@ def test_learning_curves_of_a_large_sweep_name_only_the_best_runs():
     named = [t.legendgroup for t in curves if t.showlegend is not False]
     best = sorted((r["name"] for r in runs), reverse=True)[:NAMED_CURVES]
     assert len(curves) == len(runs) and sorted(named, reverse=True) == best
+
+
+def test_a_closed_sweep_storage_is_one_file_again(tmp_path):
+    """WAL mode keeps optuna.db-wal beside the file while a connection is open; the runner closes
+    its storage at the end, so a finished sweep's optuna.db alone is whole (a backup of it, a
+    truncated copy detected as such rather than "database is locked")."""
+    db = tmp_path / "optuna.db"
+    store = Storage(f"sqlite:///{db}", "s", "maximize", optuna.samplers.RandomSampler(seed=0))
+    store.study.enqueue_trial({})  # a write: the WAL file now holds it
+    store.close()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("optuna.db-")]  # no -wal, no -shm
+    assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials) == 1

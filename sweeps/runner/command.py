@@ -223,7 +223,10 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
     runner = Runner(sweep.to_dict(), space, store, sweep_dir=sweep_dir, root=root, slots=slots, count=count,
                     progress=progress, settings=settings, gpu_guard=gpu_guard)
     print(f"sweep {name}: {sweep.method}, {count} runs, {len(slots)} at a time; directory {sweep_dir}")
-    code = runner.run()
+    try:
+        code = runner.run()
+    finally:
+        store.close()
     if runner.stopping and code == 130:
         print(f"sweep {name} interrupted; rerun the same command to continue")
     if runner.best is not None:

@@ -209,6 +209,15 @@ class Storage:
         else:
             yield
 
+    def close(self) -> None:
+        """Close the connections: the last one folds an SQLite WAL back into optuna.db, so the sweep
+        directory holds one file between runs (a copy or backup of optuna.db alone is whole)."""
+        if hasattr(self.storage, "remove_session"):
+            self.storage.remove_session()
+        for engine in (getattr(self.storage, "engine", None), self._pg):
+            if engine is not None:
+                engine.dispose()
+
     def trials(self) -> list:
         return self.study.get_trials(deepcopy=False)
 
