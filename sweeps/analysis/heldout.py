@@ -30,18 +30,22 @@ def damage(error: Exception) -> str:
     return f"its {REPORT_FILE} is damaged ({what})"
 
 
-def read_test_report(sweep_dir: Path, run: dict) -> Optional[dict]:
-    """The run's test report; None when it has none. One that is not a JSON object reads as an
-    empty one, so that it is named as damaged where it is shown."""
+def read_run_file(sweep_dir: Path, run: dict, name: str) -> Optional[dict]:
+    """A JSON object the run wrote (its test report, its overlays); None when it has none. One
+    that is not a JSON object reads as an empty one, so that it is named as damaged where shown."""
     if not run.get("run_dir"):
         return None
     try:
-        report = json.loads((Path(sweep_dir) / run["run_dir"] / REPORT_FILE).read_text())
+        data = json.loads((Path(sweep_dir) / run["run_dir"] / name).read_text())
     except OSError:
         return None
     except (UnicodeDecodeError, json.JSONDecodeError):
         return {}
-    return report if isinstance(report, dict) else {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_test_report(sweep_dir: Path, run: dict) -> Optional[dict]:
+    return read_run_file(sweep_dir, run, REPORT_FILE)
 
 
 def _cell(figure: dict) -> tuple[str, str, str]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import html
-import json
-from pathlib import Path
 from typing import Optional
 
 from rundir.layout import TEST_OVERLAYS
@@ -27,19 +25,6 @@ figure.overlay { display: inline-block; margin: 0 0.8em 0.8em 0; vertical-align:
 figure.overlay img { display: block; max-width: 192px; border: 1px solid #ddd; }
 figure.overlay figcaption { font-size: 0.85em; color: #444; max-width: 192px; }
 """
-
-
-def read_overlays(sweep_dir: Path, run: dict) -> Optional[dict]:
-    """The run's test overlays; None when it wrote none, {} when the file is unreadable."""
-    if not run.get("run_dir"):
-        return None
-    try:
-        data = json.loads((Path(sweep_dir) / run["run_dir"] / TEST_OVERLAYS).read_text())
-    except OSError:
-        return None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _jpeg(text) -> Optional[str]:

@@ -22,9 +22,10 @@ from typing import Optional
 import yaml
 
 from rundir.atomic import write_atomic
-from sweeps.analysis.heldout import read_test_report, section_html
+from rundir.layout import TEST_OVERLAYS
+from sweeps.analysis.heldout import read_run_file, read_test_report, section_html
 from sweeps.analysis.html_parts import STYLE, _Figures, _note, _table, scrub
-from sweeps.analysis.overlays_html import overlays_html, read_overlays
+from sweeps.analysis.overlays_html import overlays_html
 from sweeps.analysis.results import (
     COMPLETED,
     best_config,
@@ -209,7 +210,7 @@ def render(sweep_dir: Path, sweep: Sweep, runs: list[dict]) -> str:
         sections.append(("test", f"Test figures of the best run ({html.escape(best['name'])})",
                          section_html(report, figure, _table)))
         sections.append(("overlays", "Where the model looks (test images chosen to teach)",
-                         overlays_html(read_overlays(sweep_dir, best), (report or {}).get("class_names"))))
+                         overlays_html(read_run_file(sweep_dir, best, TEST_OVERLAYS), (report or {}).get("class_names"))))
 
     if done:
         sections.append(("history", "Optimization history", figure(history_figure(sweep, runs))))
