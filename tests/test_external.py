@@ -213,6 +213,29 @@ def test_check_same_data_refuses_another_root_while_the_trained_one_exists(tmp_p
     check_same_data(str(ckpt), SimpleNamespace(root=site_b))
 
 
+def test_an_external_set_holding_the_models_own_images_is_refused(tmp_path):
+    """`--eval.external=<data.root>` (or a manifest naming site A's files, through a symlink)
+    would score the training data as if it came from another site: refused with counts per split,
+    no file name; another site's images pass."""
+    from datamodules.records import DataError, Record
+    from training.external import check_not_internal
+
+    for name in ("a1.png", "a2.png", "a3.png", "b1.png"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "link.png").symlink_to(tmp_path / "a2.png")
+    site_a = [Record(tmp_path / n, n, "normal", n, split)
+              for n, split in (("a1.png", "train"), ("a2.png", "val"), ("a3.png", "test"))]
+
+    def external(*names):
+        return [Record(tmp_path / n, n, "normal", n, "test") for n in names]
+
+    check_not_internal(external("b1.png"), site_a, "site_b")
+    with pytest.raises(DataError) as e:
+        check_not_internal(external("a1.png", "link.png", "b1.png"), site_a, "site_b")
+    assert "holds 2 of this model's own images (1 train, 1 val)" in str(e.value)
+    assert "a1.png" not in str(e.value) and "link" not in str(e.value)
+
+
 @pytest.mark.slow
 def test_cv_run_external_test_is_the_fold_ensemble_at_its_out_of_fold_point(fit_args, site_b, tmp_path):
     cv = cli_main(fit_args("configs/demo.yaml", "--cv.folds=2", "--trainer.devices=1", *FAST))

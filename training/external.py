@@ -57,6 +57,17 @@ def read_external(spec: str, class_names: list[str], *, allow_outside_root: bool
     return [Record(r.path, r.rel, r.label, r.patient_id, "test", r.columns) for r in records], source
 
 
+def check_not_internal(external: list[Record], internal: list[Record], spec: str) -> None:
+    """An external test of images the model was trained, tuned or tested on would measure nothing
+    external (a careless --eval.external=<data.root>): refused, with counts, never file names."""
+    own = {os.path.realpath(r.path): r.split for r in internal}
+    shared = Counter(own[p] for p in (os.path.realpath(r.path) for r in external) if p in own)
+    if shared:
+        splits = ", ".join(f"{n} {split}" for split, n in sorted(shared.items()))
+        raise DataError(f"eval.external={spec} holds {sum(shared.values())} of this model's own images ({splits}): "
+                        "an external test needs another site's data, none of data.root's images")
+
+
 class ExternalData(pl.LightningDataModule):
     """The external records, read and normalised exactly as site A's test images are."""
 
@@ -112,6 +123,7 @@ class TestPlan:
                 raise ValueError("eval.external is scored on one device: give --trainer.devices=1")
             self.records, source = read_external(self.options.external, list(cli.model.class_names),
                                                  allow_outside_root=cli.datamodule.hparams.allow_outside_root)
+            check_not_internal(self.records, cli.datamodule.records, self.options.external)
             check_columns(self.options.subgroups, self.records, source)
 
     @property
