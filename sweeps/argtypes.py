@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable
 from typing import Optional
 
+from rundir.slots import MAX_RUNS_PER_DEVICE
+
 SEED_MAX = 2**32 - 1  # numpy's RandomState, behind Optuna's samplers, takes seeds in [0, 2**32)
 
 
@@ -41,7 +43,7 @@ def _read(kind: type, text: str) -> Optional[float]:
 # The runner's options, one place for their ranges.
 COUNT = number(int, 1, 1_000_000, "runs in the whole sweep")
 WORKERS = number(int, 1, 1024, "parallel runs on this machine")
-PER_GPU = number(int, 1, 64)
+PER_GPU = number(int, 1, MAX_RUNS_PER_DEVICE)
 MAX_FAILURES = number(int, 1, 1_000_000)
 SEED = number(int, 0, SEED_MAX, "the samplers' random generators take 32-bit seeds")
 HEARTBEAT_S = number(float, 0, 3600, "seconds; a runner is taken for dead after 3 missed beats", lo_open=True)

@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from rundir.grace import FINISH_GRACE_S
+from rundir.layout import LAST_CHECKPOINT
 from sweeps.contract.lightning_adapter import keep_sigterm_handler
 from sweeps.contract.signals import StopSignal
 
@@ -89,7 +90,7 @@ class RunGuard(Callback):
             return
         self.stopped = True
         if self.checkpoint_dir is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
-            trainer.save_checkpoint(str(Path(self.checkpoint_dir) / "last.ckpt"))
+            trainer.save_checkpoint(str(Path(self.checkpoint_dir) / Path(LAST_CHECKPOINT).name))
         raise RunStopped(f"stopped by {StopSignal.reason}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
