@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -103,10 +104,12 @@ def remove(path: Path, root: Path, pruned: Pruned, dry_run: bool) -> None:
     if not inside(path, root):
         pruned.skipped.append(f"{path}: a symbolic link or outside {root}; left alone")
         return
-    size = path.stat().st_size
     try:
+        size = path.stat().st_size
         if not dry_run:
             path.unlink()
+    except FileNotFoundError:
+        return  # another runner's prune was first
     except OSError as e:  # not ours to remove (read-only, another user's): said, the rest goes on
         pruned.skipped.append(f"{path}: not removed ({e.strerror})")
         return
@@ -134,9 +137,13 @@ def strip(path: Path, root: Path, pruned: Pruned, dry_run: bool) -> None:
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in _tensors(dropped)}
         freed = sum(storages.values())
     else:
-        before, tmp = path.stat().st_size, path.with_name(f".{path.name}.stripped")
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".stripped", dir=path.parent)
+        os.close(fd)  # a name of its own: runners pruning at once never write into one file
+        tmp = Path(name)
         try:
+            before, mode = path.stat().st_size, path.stat().st_mode
             torch.save(checkpoint, tmp)
+            os.chmod(tmp, mode)
             freed = before - tmp.stat().st_size
             os.replace(tmp, path)
         except OSError as e:  # a full or read-only disk: the checkpoint stays as it was

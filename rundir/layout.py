@@ -16,6 +16,7 @@ BEST_CHECKPOINT = "best-{epoch:03d}"  # ModelCheckpoint's filename pattern (best
 HISTORY_FILE = "sweep_history.jsonl"  # one row per validation epoch: what hyperband reads
 TRAINING_FILE = "training.json"  # planned validations, then {"done": true}: evaluation follows
 RUN_RECORD = "run.json"  # written by the offline runner: its facts about the run
+COMPLETED = ("finished", "stopped")  # run.json states whose value is ranked: by best, report and prune
 OUTPUT_LOG = "output.log"  # the run's stdout and stderr, appended to when it continues
 TEST_REPORT = "test_report.json"
 EXPLAIN_DIR = "explanations"  # eval.explain: predict's overlays, and the test's (models/teaching.py)

@@ -7,7 +7,7 @@
     python -m sweeps slurm sweeps/base.yaml --array 8 --gpus-per-task 1 [--dry-run] ...   # a SLURM job array
     python -m sweeps best DIR|ENTITY/PROJECT/ID [--export best.yaml]
     python -m sweeps report DIR
-    python -m sweeps prune DIR --keep K [--dry-run]   # checkpoints of all but the K best finished runs
+    python -m sweeps prune DIR --keep K [--dry-run]   # checkpoints of all but the K best runs
 
 `run` without a sweep file builds one exactly as `generate` would, from the old tool's flags:
 --sweep_config PRESET (default base), or --method with --custom_params and no --sweep_config
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="HTML file (default SWEEP_DIR/report.html)")
     report.set_defaults(func=cmd_report)
 
-    prune = sub.add_parser("prune", help="remove checkpoints of all but the K best finished runs of a sweep")
+    prune = sub.add_parser("prune", help="remove checkpoints of all but the K best runs of a sweep")
     prune.add_argument("sweep_dir", help="an offline sweep directory, or a folder of W&B agents' run directories")
     prune.add_argument("--keep", type=argtypes.KEEP, required=True, metavar="K", help="finished runs whose best "
                        "checkpoints are kept, without optimizer state")

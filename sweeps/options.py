@@ -36,7 +36,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no live status line, only one line per event")
     parser.add_argument("--keep_checkpoints", "--keep-checkpoints", dest="keep_checkpoints", type=argtypes.keep_or_all,
                      default=argparse.SUPPRESS, metavar="K", help="after each run, keep the checkpoints of the K "
-                     "best finished runs (best epoch, no optimizer state), remove those of ended runs (default 3, "
+                     "best runs (best epoch, no optimizer state), remove those of ended runs (default 3, "
                      "sweeps/runner/prune.py; `all`: keep all)")
     parser.add_argument("--nodes_per_trial", "--nodes-per-trial", dest="nodes_per_trial", type=argtypes.NODES, metavar="M",
                      help="inside a SLURM job: each run an srun step across M nodes, one DDP run (python -m sweeps "

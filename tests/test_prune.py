@@ -55,13 +55,15 @@ def sweep_dir_with_study(tmp_path: Path, waiting_for: Path | None = None) -> Pat
     return out
 
 
-def test_prune_keeps_the_k_best_finished_and_leaves_what_may_still_run(tmp_path, capsys):
+def test_prune_keeps_the_k_best_and_leaves_what_may_still_run(tmp_path, capsys):
+    """The K best are ranked as `best` ranks them (a run stopped by hyperband holds its best epoch's
+    value and may be the sweep's best: its checkpoint is kept), the rest of what ended is removed."""
     out = tmp_path / "sweep"
     runs = {
         "0000": make_run(out, "0000", "finished", 0.9),
         "0001": make_run(out, "0001", "finished", 0.5),
         "0002": make_run(out, "0002", "finished", 0.7),
-        "0003": make_run(out, "0003", "stopped", 0.95),  # stopped by hyperband: not a finished model
+        "0003": make_run(out, "0003", "stopped", 0.95),  # stopped by hyperband, yet `best` calls it the best
         "0004": make_run(out, "0004", "failed"),
         "0005": make_run(out, "0005", "finished", 0.99),  # its record says finished, but a retry will continue it
         "0006": make_run(out, "0006", "interrupted"),
@@ -78,14 +80,14 @@ def test_prune_keeps_the_k_best_finished_and_leaves_what_may_still_run(tmp_path,
         os.close(lock)
     shown = capsys.readouterr().out
     best, last = "checkpoints/best-epoch=001.ckpt", "checkpoints/last.ckpt"
-    assert names(runs["0000"]) == names(runs["0002"]) == [best]  # the two best finished that may be pruned
-    for gone in ("0001", "0003", "0004"):
+    assert names(runs["0003"]) == names(runs["0000"]) == [best]  # the two best that may be pruned
+    for gone in ("0001", "0002", "0004"):
         assert names(runs[gone]) == [], gone
     for alone in ("0005", "0006", "0007", "0008", "0009"):
         assert names(runs[alone]) == [best, last], alone
     assert "left alone: 0009: a fit holds 0009/fit.lock" in shown
     assert "removed runs/0001/checkpoints/last.ckpt" in shown and "freed 0.0 MB (8000 bytes)" in shown
-    assert "kept the best 2 finished run(s) (--keep 2): runs/0000 (0.9), runs/0002 (0.7)" in shown
+    assert "kept the best 2 run(s) (--keep 2): runs/0003 (0.95), runs/0000 (0.9)" in shown
 
 
 def test_dry_run_removes_nothing_and_symlinks_lead_nowhere_outside(tmp_path, capsys):
@@ -216,6 +218,28 @@ def test_the_runner_prunes_after_each_run_and_the_disk_stays_bounded(tmp_path, m
     assert keepers > 100_000 and total <= 2 * keepers + small
 
 
+def test_a_runner_started_without_the_flag_keeps_the_sweeps_k(tmp_path, monkeypatch):
+    """`--keep-checkpoints all` is the sweep's K; a second runner or a restart without the flag
+    must not turn it back to the default 3 (every runner would then delete what the user keeps)."""
+    import optuna
+
+    from sweeps.runner import runner as runner_loop
+    from sweeps.runner.prune import KEEP_ATTR
+
+    program = tmp_path / "fake_cli.py"
+    program.write_text(FAKE_CLI)
+    monkeypatch.setattr(runner_loop, "POLL_S", 0.05)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    sweep = {"program": str(program), "name": "fake", "method": "grid", "metric": {"name": METRIC, "goal": "maximize"},
+             "parameters": {"x": {"values": [0.1]}},
+             "command": ["${env}", "${interpreter}", "${program}", f"--sweep.metric={METRIC}", "${args}"]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    out, storage = tmp_path / "out", f"sqlite:///{tmp_path / 'out' / 'optuna.db'}"
+    for flags, expected in ((["--keep-checkpoints", "all"], None), ([], None), (["--keep-checkpoints", "2"], 2), ([], 2)):
+        assert main(["run", str(tmp_path / "s.yaml"), "--out", str(out), "--quiet", *flags]) == 0
+        assert optuna.load_study(study_name="fake", storage=storage).user_attrs[KEEP_ATTR] == expected, flags
+
+
 def _release(run_dir: Path) -> None:
     """An in-process fit keeps its fit.lock (if it took one) for the process's life; a fit's own
     process ends."""
@@ -339,3 +363,31 @@ def test_continuing_from_a_pruned_checkpoint_is_refused_pointing_to_its_weights(
         check_same_model(pruned, {"backbone": "resnet18"})
     torch.save({"state_dict": {}, "optimizer_states": [], "hyper_parameters": {"backbone": "resnet18"}}, pruned)
     check_same_model(pruned, {"backbone": "resnet18"})  # a whole checkpoint continues
+
+
+def test_runners_pruning_at_once_neither_fail_nor_share_a_temporary_file(tmp_path, monkeypatch):
+    """Every runner prunes after its own runs, unlocked: a checkpoint another runner removed
+    between the check and the removal is no error, and stripping writes to a name of its own
+    (a fixed `.stripped` name let two runners write one file and rename half of it into place)."""
+    import torch
+
+    import rundir.checkpoints as checkpoints
+    from rundir.checkpoints import Pruned, remove, strip
+
+    gone = tmp_path / "runs" / "0000" / "checkpoints" / "last.ckpt"
+    monkeypatch.setattr(checkpoints, "inside", lambda path, root: True)  # it was there when checked
+    pruned = Pruned()
+    remove(gone, tmp_path, pruned, dry_run=False)
+    assert pruned.removed == [] and pruned.skipped == []
+    monkeypatch.undo()
+    best = tmp_path / "runs" / "0001" / "checkpoints" / "best-epoch=001.ckpt"
+    best.parent.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.zeros(4)}, "optimizer_states": [{"m": torch.zeros(100)}]}, best)
+    best.chmod(0o640)
+    temporaries = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: (temporaries.append(Path(f)), real_save(obj, f)))
+    strip(best, tmp_path, Pruned(), dry_run=False)
+    assert temporaries and temporaries[0].name != f".{best.name}.stripped" and temporaries[0].parent == best.parent
+    assert set(torch.load(best)) == {"state_dict"} and best.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in best.parent.iterdir()) == [best.name]

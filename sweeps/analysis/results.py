@@ -19,12 +19,12 @@ from typing import Any, Optional
 import yaml
 
 from models.metric_names import DEFAULT_METRIC
+from rundir.layout import COMPLETED
 from sweeps.contract.history import HISTORY_FILE, best_of, read_history
 from sweeps.errors import SweepConfigError, UsageError
 from sweeps.files.schema import NULL
 from sweeps.files.sweep import Sweep
 
-COMPLETED = ("finished", "stopped")  # Optuna state COMPLETE: value = best of history
 UNREADABLE = "unreadable"  # a damaged run record: shown, never ranked
 CONFIG_FILE = "config.yaml"  # the config the run saved (LightningCLI's SaveConfigCallback)
 _WANDB_PATH = re.compile(r"^[\w.-]+/[\w.-]+/[\w-]+$")

@@ -211,7 +211,8 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
         raise RunnerError(f"cannot open sweep storage {mask_password(url)}: {type(e).__name__}: "
                           f"{mask_password(first)}") from None
     check_not_lost(store, sweep_dir, mask_password(url))
-    store.study.set_user_attr(KEEP_ATTR, getattr(args, "keep_checkpoints", DEFAULT_KEEP))  # every runner's K (prune.py)
+    if hasattr(args, "keep_checkpoints") or KEEP_ATTR not in store.study.user_attrs:  # every runner's K (prune.py):
+        store.study.set_user_attr(KEEP_ATTR, getattr(args, "keep_checkpoints", DEFAULT_KEEP))  # kept unless given
     try:
         write_atomic(sweep_yaml, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     except OSError as e:

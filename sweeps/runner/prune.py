@@ -1,6 +1,6 @@
 """Keeping a sweep's disk small (README, "Keeping the disk small"): the offline runner after every
 trial, and `python -m sweeps prune DIR --keep K` for any sweep directory, keep the K best
-finished runs' best checkpoints (without the training state) and remove every other checkpoint
+runs' best checkpoints (without the training state) and remove every other checkpoint
 of runs that can no longer be continued. A run that its trial runs or will continue, that a
 `fit` holds, or whose state is not known is left alone. One run's files: rundir/checkpoints.py."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rundir.checkpoints import Pruned, busy, checkpoints, needed, remove, strip
-from rundir.layout import CONFIG_FILE, CV_FILE, HISTORY_FILE, RUN_RECORD, TRAINING_FILE
+from rundir.layout import COMPLETED, CONFIG_FILE, CV_FILE, HISTORY_FILE, RUN_RECORD, TRAINING_FILE
 from sweeps.contract.history import best_of, read_history, training_done
 from sweeps.errors import UsageError
 
@@ -92,11 +92,12 @@ def folder_runs(root: Path, metric: str, goal: str) -> list[Run]:
 
 def prune_runs(root: Path, runs: list[Run], keep: int, goal: str, *, dry_run: bool = False,
                idle_s: Optional[float] = None) -> tuple[Pruned, list[Run]]:
-    """(what was pruned, the kept runs best first). Ended runs outside the K best finished lose
-    every checkpoint; the K best keep what their results use, stripped of the training state."""
+    """(what was pruned, the kept runs best first). Ended runs outside the K best (ranked as `best`
+    ranks them: finished or stopped by hyperband, by value) lose every checkpoint; the K best keep
+    what their results use, stripped of the training state."""
     sign = -1 if goal == "maximize" else 1
-    finished = [r for r in runs if r.state == "finished" and r.value is not None]
-    best = sorted(finished, key=lambda r: (sign * r.value, r.path.name))[:keep]
+    ranked = [r for r in runs if r.state in COMPLETED and r.value is not None]
+    best = sorted(ranked, key=lambda r: (sign * r.value, r.path.name))[:keep]
     pruned = Pruned()
     for run in runs:
         files = checkpoints(run.path) if run.state in ENDED else []
@@ -184,7 +185,7 @@ def prune_dir(directory: str, keep: int, *, dry_run: bool, metric: Optional[str]
         print(f"left alone: {why}")
     kept = ", ".join(f"{r.path.relative_to(root)} ({r.value:.4g})" for r in best) or "none"
     alone = sum(r.state not in ENDED for r in runs)
-    print(f"kept the best {len(best)} finished run(s) (--keep {keep}): {kept}; {alone} run(s) left alone "
+    print(f"kept the best {len(best)} run(s) (--keep {keep}): {kept}; {alone} run(s) left alone "
           f"(running, to be continued, or of unknown state)")
     print(f"{'would free' if dry_run else 'freed'} {size(pruned.freed)} ({pruned.freed} bytes)")
     return 0
