@@ -191,6 +191,25 @@ def test_runners_on_one_journal_take_turns(tmp_path):
     thread.join()
 
 
+def test_a_runner_waiting_long_never_breaks_a_lock_just_taken(tmp_path):
+    """Optuna's symlink lock times a waiter's grace from the last change of the target's mtime.
+    The runners' lock file was never written, so with many array tasks a runner that had waited
+    LOCK_GRACE_S in all (the lock changing hands meanwhile) broke a lock just taken, and two
+    runners counted and asked at once. Each new holder now touches the target."""
+    import os
+
+    from sweeps.runner.journal import journal_lock
+
+    lock = journal_lock(tmp_path / "sweep.journal")
+    target = tmp_path / "sweep.journal.runner"
+    os.utime(target, (0, 0))  # as if the lock had not changed hands since 1970
+    assert lock.acquire()
+    try:
+        assert target.stat().st_mtime > 1e9  # a waiter sees a new holder: its grace starts again
+    finally:
+        lock.release()
+
+
 # -- against a real SLURM
 @pytest.fixture(scope="session")
 def _cluster():

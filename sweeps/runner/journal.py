@@ -20,6 +20,7 @@ so it takes a second lock of the same kind (journal_lock), on its own file.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -86,10 +87,20 @@ def journal_lock(path: Path) -> Any:
     on `<path>.runner`, released by force after LOCK_GRACE_S (a runner killed while holding it)."""
     from optuna.storages.journal import JournalFileSymlinkLock
 
+    class RunnerLock(JournalFileSymlinkLock):
+        def acquire(self) -> bool:
+            # A waiter times its grace from the last change of the link's mtime (stat follows the
+            # link to the target, optuna/storages/journal/_file.py); the target is never written,
+            # so a runner that waited LOCK_GRACE_S in all broke a lock its holder took a moment
+            # ago. Each new holder touches it: the grace runs from the current holder's start.
+            acquired = super().acquire()
+            os.utime(self._lock_target_file)
+            return acquired
+
     target = path.with_name(path.name + ".runner")  # must exist: the lock's age is read from it
     target.parent.mkdir(parents=True, exist_ok=True)
     target.touch()
-    return JournalFileSymlinkLock(str(target), grace_period=LOCK_GRACE_S)
+    return RunnerLock(str(target), grace_period=LOCK_GRACE_S)
 
 
 def journal_storage(path: Path, heartbeat: int, grace: int) -> Any:
