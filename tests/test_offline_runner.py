@@ -595,6 +595,35 @@ def test_a_silent_trial_is_given_back_once_and_keeps_its_number(fake, tmp_path, 
     assert b.next_trial() is None and len(b.store.trials()) == 2
 
 
+def test_a_runner_claiming_back_its_own_given_back_trial_runs_it_once(fake, tmp_path):
+    """Another runner gave this runner's trial back (its heartbeat stalled) and this runner claims
+    it again before its next check: the old process is stopped before the new one starts (it went
+    on untracked, its slot counted free, and the new fit was refused by its fit.lock)."""
+    from sweeps.runner import trials
+    from sweeps.runner.jobs import Job
+
+    from sweeps.runner.liveness import Lifeline
+
+    a = _runner_on(fake, tmp_path, f"sqlite:///{tmp_path / 'o.db'}")
+    a.lifeline = Lifeline()
+    t = a.next_trial()
+    run_dir = tmp_path / "out" / "runs" / "0000"
+    run_dir.mkdir(parents=True)
+    a.store.set_attrs(t.number, {"run_path": str(run_dir), "state": "running"})
+    old = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    a.jobs[t.number] = Job(proc=old, slot=0, run_dir=run_dir, trial=t, attrs={"state": "running"},
+                           trial_id=a.store.trial_id(t.number))
+    assert trials.give_back(a.store, a.store.storage.get_trial(a.store.trial_id(t.number)), {"state": "interrupted"})
+    again = a.next_trial()
+    assert again.number == t.number
+    a.launch(again, 0)
+    try:
+        assert old.poll() is not None and a.jobs[t.number].proc is not old and len(a.jobs) == 1
+    finally:
+        a.jobs[t.number].kill()
+        old.kill()
+
+
 def test_bad_runner_options_name_the_option(fake, tmp_path, capsys):
     sweep = fake({"x": {"values": [0.5]}, "epochs": {"value": 1}})
     cases = [

@@ -122,6 +122,10 @@ class Runner:
         params = self.space.values(trial.params)
         argv = agent_argv(self.sweep, params)
         number, trial_id = trial.number, self.store.trial_id(trial.number)
+        if (old := self.jobs.pop(number, None)) is not None:  # given back for want of our heartbeat, then
+            old.lost = True  # claimed here again before our check saw it: its process must not go on untracked
+            old.kill()
+            old.proc.wait()
         reported = max(self.store.storage.get_trial(trial_id).intermediate_values, default=-1) + 1  # continued: so far
         resumed, note = resume_point(trial.user_attrs.get("resume"))
         if resumed is not None and (resumed / LAST_CHECKPOINT).is_file():
