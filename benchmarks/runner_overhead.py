@@ -28,8 +28,7 @@ if str(ROOT) not in sys.path:
 from sweeps.files import create_custom_sweep_config, render_yaml  # noqa: E402
 
 CONSTANTS = {
-    "demo.count": 60,
-    "demo.size": 64,
+    "demo.body_part": "null",  # the data set is generated once below: every run trains on it as it is
     "data.image_size": 32,
     "data.num_workers": 0,
     "trainer.max_epochs": 1,

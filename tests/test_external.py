@@ -177,7 +177,7 @@ def test_external_site_is_scored_at_site_a_operating_point_whatever_its_labels(f
 def test_another_data_root_alone_is_refused_not_split(fitted, site_b, tmp_path, capsys):
     import sys
 
-    from training.cli import main
+    from training.program import main
 
     cli, args = fitted
     base = [a for a in args if not a.startswith(("--run.root=", "--data.root="))]
