@@ -236,6 +236,16 @@ def test_an_external_set_holding_the_models_own_images_is_refused(tmp_path):
     assert "a1.png" not in str(e.value) and "link" not in str(e.value)
 
 
+def test_fit_with_a_bad_external_set_fails_before_training(fit_args, hand_data, tmp_path):
+    """`fit --eval.external=...` checks the set when the run starts: giving the training data again
+    used to fail only after the whole training, the run then counted failed."""
+    from datamodules.records import DataError
+
+    with pytest.raises(DataError, match="this model's own images"):
+        cli_main(fit_args("configs/demo.yaml", f"--eval.external={hand_data}"))
+    assert not list((tmp_path / "runs").rglob("*.ckpt")) and not list((tmp_path / "runs").rglob("sweep_history.jsonl"))
+
+
 @pytest.mark.slow
 def test_cv_run_external_test_is_the_fold_ensemble_at_its_out_of_fold_point(fit_args, site_b, tmp_path):
     cv = cli_main(fit_args("configs/demo.yaml", "--cv.folds=2", "--trainer.devices=1", *FAST))

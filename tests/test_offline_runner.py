@@ -601,7 +601,6 @@ def test_a_runner_claiming_back_its_own_given_back_trial_runs_it_once(fake, tmp_
     on untracked, its slot counted free, and the new fit was refused by its fit.lock)."""
     from sweeps.runner import trials
     from sweeps.runner.jobs import Job
-
     from sweeps.runner.liveness import Lifeline
 
     a = _runner_on(fake, tmp_path, f"sqlite:///{tmp_path / 'o.db'}")

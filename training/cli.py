@@ -40,7 +40,7 @@ from sweeps.contract.signals import StopSignal
 from training.cv import cross_validate, save_fold_outputs
 from training.ensemble import check_weights_fit, predict_with_ensemble, read_cv_run
 from training.evaluate import Evaluation, PredictionWriter, patient_ids_of
-from training.external import TestPlan
+from training.external import TestPlan, external_records
 from training.loggers import ImageSampleLogger, default_loggers, finish_wandb
 from training.options import check_renamed
 
@@ -173,6 +173,7 @@ class XrayCLI(LightningCLI):
         """Train; then the operating point stored with the best weights, and the test on them."""
 
         def run() -> None:
+            external_records(self)  # a bad eval.external fails now, not after training
             if self.cross_validating:
                 cross_validate(self, self.fold_devices)
                 return

@@ -101,6 +101,21 @@ def check_same_data(ckpt_path: Optional[str], datamodule) -> None:
                         f"and give --eval.external={now} (the whole set, site A's operating point)")
 
 
+def external_records(cli) -> Optional[list[Record]]:
+    """eval.external's records, checked (one device, labels the model knows, none of its own
+    images, the subgroup columns); `fit` asks before training, so a bad set costs no training."""
+    options = cli.config_init[cli.subcommand].eval
+    if not options.external:
+        return None
+    if cli.trainer.world_size > 1:
+        raise ValueError("eval.external is scored on one device: give --trainer.devices=1")
+    records, source = read_external(options.external, list(cli.model.class_names),
+                                    allow_outside_root=cli.datamodule.hparams.allow_outside_root)
+    check_not_internal(records, cli.datamodule.records, options.external)
+    check_columns(options.subgroups, records, source)
+    return records
+
+
 class TestPlan:
     """What one `test` does besides the Evaluation callback's report: checked in the constructor."""
 
@@ -117,14 +132,7 @@ class TestPlan:
                 check_weights_fit(cli.model, ckpt)
         for ckpt in self.checkpoints:
             check_same_data(ckpt, cli.datamodule)
-        self.records = None
-        if self.options.external:
-            if cli.trainer.world_size > 1:
-                raise ValueError("eval.external is scored on one device: give --trainer.devices=1")
-            self.records, source = read_external(self.options.external, list(cli.model.class_names),
-                                                 allow_outside_root=cli.datamodule.hparams.allow_outside_root)
-            check_not_internal(self.records, cli.datamodule.records, self.options.external)
-            check_columns(self.options.subgroups, self.records, source)
+        self.records = external_records(cli)
 
     @property
     def internal_done(self) -> bool:
