@@ -121,6 +121,10 @@ class OverlaysAfterTest(Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         out = self.evaluation.outputs.get("test")
+        # Rank 0 alone, after the test's last collective (lightning/pytorch/loops/evaluation_loop.py:
+        # log_eval_end_metrics, then _on_evaluation_end calls this hook). The maps come from a copy
+        # that is no DDP module (explainable), so nothing here reaches a collective; the other ranks
+        # wait at the next barrier for the seconds 12 maps take.
         if not trainer.is_global_zero or out is None:
             return
         if out["logits"].shape[1] != 2:
