@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 
 import optuna
+import pytest
 from conftest import PYTHON, ROOT
 
 from sweeps.analysis.report import NAMED_CURVES, curves_figure
@@ -15,6 +16,7 @@ from sweeps.files.sweep import Sweep
 from sweeps.runner.storage import Storage
 
 
+@pytest.mark.slow  # ~36 s of subprocesses; keeps `make test` within its 5 minutes
 def test_sweep_scale_benchmark_runs_and_prints_every_figure(tmp_path):
     """One runner, SQLite, a study of three trials, the first written in as done (--live 2): the
     probe, the sweep, `best`, `report` and the JSON."""
