@@ -1,75 +1,20 @@
-"""Test-set statistics with patient-level confidence intervals (numpy only, no Lightning).
+"""Test-set statistics with patient-level intervals (numpy only, no Lightning). The names that
+training/ and sweeps/ import from the package; each module's job: README, "Architecture"."""
 
-choice = choose_threshold("youden", val_probs[:, 1], val_labels)    # on VALIDATION
-patients = choose_patient_threshold("youden", val_probs[:, 1], val_labels, val_patient_ids)  # ditto
-report = build_report(test_probs, test_labels, test_patient_ids, ["normal", "abnormal"], choice,
-                      patient_threshold=patients)
-print(format_table(report)); logger.log_metrics(summary_metrics(report, prefix="test/"))
-report["subgroups"] = subgroup_report(test_probs, test_labels, test_patient_ids, names, choice, columns, ["sex", "age:18,65"])
-"""
-
-from evaluation.binomial import clopper_pearson, clustered_clopper_pearson, effective_sample_size
-from evaluation.bootstrap import Interval, bootstrap_samples, cluster_bootstrap, jackknife_samples
-from evaluation.calibration import (
-    apply_temperature,
-    brier_score,
-    calibrated_temperature,
-    expected_calibration_error,
-    fit_temperature,
-    reliability_bins,
-)
-from evaluation.decision import called_positive
-from evaluation.metrics import (
-    auroc,
-    average_precision,
-    binary_metrics,
-    confusion_counts,
-    metrics_from_counts,
-    multiclass_metrics,
-    proportion_outcomes,
-    roc_curve,
-)
-from evaluation.patients import DEFAULT_AGGREGATION, aggregate_patients, choose_patient_threshold
-from evaluation.report import build_report, format_subgroups, format_table, summary_metrics
-from evaluation.subgroups import check_columns, columns_of, parse_subgroups, subgroup_report
-from evaluation.threshold import ThresholdChoice, ThresholdSpec, choose_threshold, parse_threshold
-
-__all__ = [
-    "DEFAULT_AGGREGATION",
-    "Interval",
-    "ThresholdChoice",
-    "ThresholdSpec",
-    "aggregate_patients",
-    "apply_temperature",
-    "auroc",
-    "average_precision",
-    "binary_metrics",
-    "bootstrap_samples",
-    "brier_score",
-    "calibrated_temperature",
-    "called_positive",
-    "build_report",
-    "check_columns",
-    "choose_patient_threshold",
-    "choose_threshold",
-    "clopper_pearson",
-    "cluster_bootstrap",
-    "clustered_clopper_pearson",
-    "columns_of",
-    "confusion_counts",
-    "effective_sample_size",
-    "expected_calibration_error",
-    "fit_temperature",
-    "format_subgroups",
-    "format_table",
-    "jackknife_samples",
-    "metrics_from_counts",
-    "multiclass_metrics",
-    "parse_subgroups",
-    "parse_threshold",
-    "proportion_outcomes",
-    "reliability_bins",
-    "roc_curve",
-    "subgroup_report",
-    "summary_metrics",
-]
+from evaluation.calibration import apply_temperature as apply_temperature
+from evaluation.calibration import brier_score as brier_score
+from evaluation.calibration import calibrated_temperature as calibrated_temperature
+from evaluation.calibration import expected_calibration_error as expected_calibration_error
+from evaluation.calibration import reliability_bins as reliability_bins
+from evaluation.decision import called_positive as called_positive
+from evaluation.patients import choose_patient_threshold as choose_patient_threshold
+from evaluation.report import build_report as build_report
+from evaluation.report import format_table as format_table
+from evaluation.report import summary_metrics as summary_metrics
+from evaluation.subgroups import check_columns as check_columns
+from evaluation.subgroups import columns_of as columns_of
+from evaluation.subgroups import parse_subgroups as parse_subgroups
+from evaluation.subgroups import subgroup_report as subgroup_report
+from evaluation.threshold import ThresholdChoice as ThresholdChoice
+from evaluation.threshold import choose_threshold as choose_threshold
+from evaluation.threshold import parse_threshold as parse_threshold

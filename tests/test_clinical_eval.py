@@ -205,7 +205,7 @@ def test_without_patient_ids_each_image_is_its_own_patient_and_the_report_says_s
     ([[4.0, -4.0], [-4.0, 4.0], [3.0, -2.0]], [0, 1, 0]),  # perfectly separated: T runs to 0
 ], ids=["one image", "one class", "separated"])
 def test_temperature_on_a_degenerate_validation_split_falls_back_and_the_report_says_so(logits, labels):
-    from evaluation import fit_temperature
+    from evaluation.calibration import fit_temperature
     from training.evaluate import choose_operating_point
     from training.options import EvalOptions
     from training.writers import test_report_of

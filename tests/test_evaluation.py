@@ -16,26 +16,26 @@ from torchmetrics.functional import classification as tmf
 
 from evaluation import (
     ThresholdChoice,
-    aggregate_patients,
     apply_temperature,
-    auroc,
-    average_precision,
-    binary_metrics,
-    bootstrap_samples,
     brier_score,
     build_report,
     choose_threshold,
-    cluster_bootstrap,
     expected_calibration_error,
-    fit_temperature,
     format_table,
-    multiclass_metrics,
     parse_threshold,
     reliability_bins,
-    roc_curve,
     summary_metrics,
 )
-from evaluation.bootstrap import bca_interval, jackknife_samples, percentile_interval
+from evaluation.bootstrap import (
+    bca_interval,
+    bootstrap_samples,
+    cluster_bootstrap,
+    jackknife_samples,
+    percentile_interval,
+)
+from evaluation.calibration import fit_temperature
+from evaluation.metrics import auroc, average_precision, binary_metrics, multiclass_metrics, roc_curve
+from evaluation.patients import aggregate_patients
 
 
 def binary_data(seed: int, n: int = 300, ties: bool = False):

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from evaluation import build_report, clopper_pearson
+from evaluation import build_report
+from evaluation.binomial import clopper_pearson
 from evaluation.external import compare_reports, format_comparison, mover_difference
 from training.cli import cli_main
 

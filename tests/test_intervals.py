@@ -18,16 +18,12 @@ from evaluation import (
     build_report,
     choose_patient_threshold,
     choose_threshold,
-    clopper_pearson,
-    cluster_bootstrap,
-    clustered_clopper_pearson,
-    effective_sample_size,
     format_table,
-    proportion_outcomes,
     summary_metrics,
 )
-from evaluation.binomial import beta_cdf
-from evaluation.metrics import PROPORTIONS
+from evaluation.binomial import beta_cdf, clopper_pearson, clustered_clopper_pearson, effective_sample_size
+from evaluation.bootstrap import cluster_bootstrap
+from evaluation.metrics import PROPORTIONS, proportion_outcomes
 
 
 def proportion(events: np.ndarray):

@@ -11,7 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-from evaluation import ThresholdChoice, build_report, clopper_pearson
+from evaluation import ThresholdChoice, build_report
+from evaluation.binomial import clopper_pearson
 from evaluation.report import format_subgroups
 from evaluation.subgroups import (
     MIN_PATIENTS_PER_CLASS,
