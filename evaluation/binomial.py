@@ -1,38 +1,20 @@
-"""Exact (Clopper-Pearson) intervals for proportions, with patients as clusters.
+"""Intervals where the patient bootstrap collapses (README, "Never a point where the data allow
+doubt"; coverage: tests/test_intervals.py, benchmarks/README.md).
 
-Where the patient bootstrap of a proportion collapses (an estimate of 0 or 1: every resample
-repeats it), the report uses these instead; see evaluation/bootstrap.py for when.
+Proportions: exact Clopper-Pearson (Clopper & Pearson 1934), at least nominal coverage for every
+true proportion and n, where Wilson's and the bootstrap's fall short near 0 and 1 on small n
+(Brown, Cai & DasGupta 2001, Statistical Science 16:101-133). Images of one patient agree, so the
+interval is taken at the effective sample size n_eff = p(1-p) / V, V the variance of the ratio
+estimate over patients (Kish 1965, sec. 8.2; Clopper-Pearson at n_eff: Korn & Graubard 1998,
+Survey Methodology 24:193-201). At p = 0 or 1 the data cannot tell how strongly a patient's
+images go together: the conservative intra-class correlation 1, n_eff = (sum m_i)^2 / sum m_i^2.
+AUROC at 0 or 1: k disjoint (positive, negative) pairs all ordered alike have probability A^k,
+so Clopper-Pearson k of k bounds A; k is the smaller class's n_eff, at most half the patients.
+F1 and balanced accuracy increase in two proportions: the function of their exact intervals,
+each at 1 - a/2 (Bonferroni). Anything else has no interval (``not-estimable``).
 
-Why Clopper-Pearson (Clopper & Pearson 1934): its coverage is at least nominal for every true
-proportion and every n (it inverts two exact binomial tests), where Wilson's and the
-bootstrap's fall short near 0 and 1 on small n (Brown, Cai & DasGupta 2001, Statistical
-Science 16:101-133): exactly the 8-of-8 case. Its price, a somewhat wider interval, is the
-right side to err on for a figure a reader takes as "the test finds all".
-
-Clusters: images of one patient tend to agree, so N images carry less than N binomial trials'
-information. The interval is computed for an effective sample size ``n_eff = p(1-p) / V``,
-V the variance of the ratio estimate over patients (Kish 1965, sec. 8.2; the Clopper-Pearson
-interval at n_eff is Korn & Graubard 1998, Survey Methodology 24:193-201). When every image
-agrees (p = 0 or 1) the data cannot tell how strongly a patient's images go together, so the
-most conservative value is taken: images of a patient agree always (intra-class correlation
-1), n_eff = (sum m_i)^2 / sum m_i^2, Kish's effective size for cluster sizes m_i: the number of
-patients when each contributes equally many images. n_eff is kept within [that, N]; with one
-image per patient it is N and the interval is the textbook exact one (8 of 8: 0.631-1).
-
-Figures that are not proportions collapse too (AUROC 1.000 when every positive outranks every
-negative, F1 1.000 when nothing is missed nor falsely called), and Clopper-Pearson does not
-apply to them directly. Where their bootstrap collapses (``collapsed``, or a point interval):
-AUROC at 0 or 1 gets the exact interval of k disjoint (positive, negative) pairs all concordant
-(discordant): with true AUROC A, k independent pairs all concordant has probability A^k, so
-(a/2)^(1/k) is an exact lower bound (Clopper-Pearson, k of k); k is the smaller of the classes'
-effective sizes (patients, as in evaluation/binomial.py), at most half the patients
-(``exact-pairs``, n_eff = k). F1 and balanced accuracy are increasing functions of two
-proportions (sensitivity and PPV; sensitivity and specificity): their interval is the function
-of the two exact intervals, each at 1 - a/2 (Bonferroni: ``exact-bonferroni``). Anything else
-is marked ``not-estimable`` (no interval) instead of printing a point as if it were certain.
-
-numpy and the standard library only: the beta quantile is a bisection on the regularised
-incomplete beta function (continued fraction, Press et al., Numerical Recipes 3rd ed. 6.4).
+The beta quantile is a bisection on the regularised incomplete beta function (continued
+fraction: Press et al., Numerical Recipes 3rd ed. 6.4), numpy and the standard library only.
 """
 
 from __future__ import annotations
@@ -117,10 +99,7 @@ def clopper_pearson(successes: float, n: float, confidence: float = 0.95) -> tup
 
 
 def effective_sample_size(trials: np.ndarray, events: np.ndarray, patient: np.ndarray) -> float:
-    """n_eff of the proportion events/trials over images grouped by ``patient`` (0..P-1 index).
-
-    ``trials`` marks the images in the denominator, ``events`` those (of them) in the numerator.
-    """
+    """n_eff of the proportion events/trials (masks over images) grouped by ``patient`` (0..P-1)."""
     trials = np.asarray(trials, dtype=bool)
     m = np.bincount(patient[trials])
     y = np.bincount(patient[trials], weights=np.asarray(events, dtype=bool)[trials], minlength=len(m))
@@ -166,8 +145,7 @@ def collapsed(samples: np.ndarray, estimate: float, confidence: float = 0.95) ->
 
 def where_collapsed(name: str, estimate: float, proportions: Mapping[str, tuple[np.ndarray, np.ndarray]],
                     patient: np.ndarray, confidence: float = 0.95) -> tuple[float, float, str, float | None]:
-    """(low, high, method, n_eff) of a figure whose bootstrap collapsed (module docstring);
-    ``proportions`` as for evaluation.bootstrap.cluster_bootstrap, ``patient`` the patient index."""
+    """(low, high, method, n_eff) of a figure whose bootstrap collapsed (module docstring)."""
     if name in proportions:
         low, high, n_eff = clustered_clopper_pearson(*proportions[name], patient, confidence)
         return low, high, EXACT, n_eff

@@ -1,37 +1,13 @@
-"""Patient-level (cluster) bootstrap confidence intervals.
+"""Patient-level (cluster) bootstrap intervals (README, "95% intervals").
 
-Images of one patient are correlated (same bones, same scanner, same disease), so they are
-not independent observations: resampling images treats a patient with four views as four
-patients and gives intervals that are too narrow. We resample PATIENTS with replacement;
-every image of a drawn patient comes along, as often as the patient was drawn (resampling
-at the top level of hierarchical data: Davison & Hinkley 1997, sec. 3.8). Without patient
-ids each image is its own patient, the ordinary bootstrap.
-
-A resample is a vector of integer weights per image (how often its patient was drawn), so a
-statistic is any function ``weights (B, N) -> {name: values (B,)}`` (see evaluation.metrics),
-evaluated for a whole chunk of resamples at once. The estimate is the statistic at weights
-all 1, i.e. on the data as observed.
-
-Intervals: BCa (default: bias-corrected and accelerated, Efron 1987, with the acceleration
-from a leave-one-PATIENT-out jackknife) or percentile. Metrics like AUROC and sensitivity are
-bounded and their sampling distributions skewed near 0.8-1; the percentile interval then
-misses more often on one side. benchmarks/bootstrap_coverage.py (simulated clustered cohorts,
-known truth, 2000 data sets; see benchmarks/README.md) measured 95% BCa intervals covering
-95.0% (AUROC) and 94.6% (sensitivity) with 150 patients, and 93.7% / 94.3% with 60 patients,
-against 94.3% / 93.6% and 92.9% / 91.4% for the percentile interval.
-
-Proportions at 0 or 1: a sample with 8 of 8 positives found gives 8 of 8 in every resample, so
-any bootstrap interval is the point 1.000 - 1.000, while 8 of 8 is compatible with a true
-sensitivity of 63%. For the proportions named in ``proportions`` (sensitivity, specificity,
-PPV, NPV, accuracy: see ``evaluation.metrics.proportion_outcomes``) whose estimate is 0 or 1,
-whose resamples (nearly) all agree, or whose bootstrap interval is a point, the interval is the
-exact Clopper-Pearson one at the patient-clustered effective sample size (evaluation/binomial.py
-says why that one), and the Interval says so (``method``, ``n_eff``). Measured by
-benchmarks/bootstrap_coverage.py --small on true sensitivities of 0.95-0.99 with 8-20 positive
-patients: coverage 97.8-100%, against 8-89% for BCa alone (benchmarks/README.md).
-
-Figures that are not proportions (AUROC, F1, ...) get an honest interval or none where their
-bootstrap collapses: evaluation/binomial.py.
+Patients are resampled with replacement, each with all of their images (resampling the top level
+of hierarchical data: Davison & Hinkley 1997, sec. 3.8). A resample is a vector of integer image
+weights, so a statistic is any ``weights (B, N) -> {name: values (B,)}`` (evaluation.metrics),
+evaluated for a chunk of resamples at once; the estimate is the statistic at weights all 1. BCa
+by default (Efron 1987, acceleration from a leave-one-PATIENT-out jackknife): the figures are
+bounded and skewed near 1, where the percentile interval misses more often on one side
+(coverage measured by benchmarks/bootstrap_coverage.py: benchmarks/README.md). Where the
+bootstrap collapses, the interval comes from evaluation/binomial.py.
 """
 
 from __future__ import annotations
@@ -46,6 +22,7 @@ import numpy as np
 from evaluation.binomial import NOT_ESTIMABLE, collapsed, where_collapsed
 
 Statistic = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+Statistics = Statistic | Mapping[str, Callable[[np.ndarray], np.ndarray]]  # one function, or one per name
 # One chunk of resamples holds at most this many weights (float64: 32 MiB), whatever N is.
 CHUNK_ELEMENTS = 1 << 22
 # BCa's jackknife costs one evaluation per patient; beyond this many, groups of patients.
@@ -54,14 +31,8 @@ MAX_JACKKNIFE_GROUPS = 2000
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate and its confidence interval.
-
-    ``n_dropped`` resamples had the statistic undefined (NaN: e.g. no positive patient drawn)
-    and are left out of the interval; many dropped resamples mean the interval describes only
-    the resamples where the statistic exists, and the caller should say so. ``method`` names
-    what gave the interval: ``bca``, ``percentile``, or ``clopper-pearson`` (exact, at the
-    effective sample size ``n_eff``; no resamples used).
-    """
+    """A point estimate and its interval: ``n_dropped`` resamples had the statistic undefined (NaN,
+    left out); ``method`` is ``bca``, ``percentile`` or one of evaluation.binomial's (no resamples)."""
 
     estimate: float
     low: float
@@ -83,13 +54,9 @@ class Interval:
             "n_eff": None if self.n_eff is None else round(self.n_eff, 2),
         }
 
-    @property
-    def label(self) -> str:
-        """The method as a reader sees it: ``bca`` or ``clopper-pearson (n_eff=7.6)``."""
-        return method_label(self.method, self.n_eff)
-
 
 def method_label(method: str, n_eff: float | None) -> str:
+    """The method as a reader sees it: ``bca`` or ``clopper-pearson (n_eff=7.6)``."""
     if method == NOT_ESTIMABLE:
         return "not estimable: bootstrap collapsed"
     return method if n_eff is None else f"{method} (n_eff={n_eff:.1f})"
@@ -121,8 +88,7 @@ def resample_weights(patient: np.ndarray, n_resamples: int, rng: np.random.Gener
         yield counts[:, patient].astype(np.float64)
 
 
-def _as_statistic(statistics: Statistic | Mapping[str, Callable[[np.ndarray], np.ndarray]]) -> Statistic:
-    """Accept either one function returning named values or a dict of single-valued functions."""
+def _as_statistic(statistics: Statistics) -> Statistic:
     if isinstance(statistics, Mapping):
         return lambda w: {name: f(w) for name, f in statistics.items()}
     return statistics
@@ -137,7 +103,7 @@ def _evaluate(statistic: Statistic, chunks: Iterator[np.ndarray]) -> dict[str, n
 
 
 def bootstrap_samples(
-    statistics: Statistic | Mapping[str, Callable[[np.ndarray], np.ndarray]],
+    statistics: Statistics,
     n_images: int,
     patient_ids: np.ndarray | list | None = None,
     *,
@@ -151,7 +117,7 @@ def bootstrap_samples(
 
 
 def jackknife_samples(
-    statistics: Statistic | Mapping[str, Callable[[np.ndarray], np.ndarray]],
+    statistics: Statistics,
     n_images: int,
     patient_ids: np.ndarray | list | None = None,
     *,
@@ -159,11 +125,8 @@ def jackknife_samples(
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Each statistic with one patient left out at a time: (P,) values, for the BCa acceleration.
-
-    Above ``max_groups`` patients, random groups of patients (seeded) are left out together:
-    the acceleration formula is a ratio of sums, which grouping leaves unbiased, and the cost
-    stays at ``max_groups`` evaluations however large the data set.
-    """
+    Above ``max_groups`` patients, seeded random groups of them: the acceleration is a ratio of
+    sums, which grouping leaves unbiased, and the cost stays at ``max_groups`` evaluations."""
     group = patient_index(n_images, patient_ids)
     n_groups = int(group.max()) + 1
     if n_groups > max_groups:
@@ -213,7 +176,7 @@ def bca_interval(
 
 
 def cluster_bootstrap(
-    statistics: Statistic | Mapping[str, Callable[[np.ndarray], np.ndarray]],
+    statistics: Statistics,
     n_images: int,
     patient_ids: np.ndarray | list | None = None,
     *,
@@ -223,21 +186,10 @@ def cluster_bootstrap(
     method: Literal["bca", "percentile"] = "bca",
     proportions: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, Interval]:
-    """Estimate and ``confidence`` interval of each statistic by resampling patients.
-
-    Args:
-        statistics: ``weights (B, N) -> {name: (B,)}`` (e.g. ``functools.partial(
-            binary_metrics, scores, labels, threshold)``), or ``{name: weights -> (B,)}``.
-        n_images: N, the number of images the weights refer to.
-        patient_ids: one id per image; None: every image is its own patient.
-        n_resamples: resamples drawn; 2000 keeps the Monte Carlo error of a 95% percentile
-            endpoint well below the sampling error of a few hundred patients.
-        seed: the same seed, data and settings give the same intervals.
-        method: ``bca`` (default; costs one extra evaluation per patient, at most
-            ``MAX_JACKKNIFE_GROUPS``) or ``percentile``; see the module docstring for why.
-        proportions: ``{name: (in denominator, in numerator)}``, masks over images, for the
-            statistics that are proportions: exact where the bootstrap collapses (``collapsed``);
-            the other statistics then get evaluation.binomial.where_collapsed's interval there.
+    """Estimate and ``confidence`` interval of each statistic by resampling patients (None: each
+    image its own patient). 2000 resamples keep the Monte Carlo error of a 95% endpoint well below
+    the sampling error of a few hundred patients. ``proportions`` (evaluation.metrics.
+    proportion_outcomes) switches on evaluation.binomial's intervals where the bootstrap collapses.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1); got {confidence}")
