@@ -26,6 +26,8 @@ import numpy as np
 
 from evaluation.metrics import _divide, _out, as_weights
 
+N_BINS = 15
+
 
 def _confidence_outcome(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
@@ -42,7 +44,7 @@ def _bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
 
 
 def expected_calibration_error(
-    probs: np.ndarray, labels: np.ndarray, n_bins: int = 15, weights: np.ndarray | None = None
+    probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS, weights: np.ndarray | None = None
 ) -> np.ndarray | float:
     """Sum over bins of (bin's share of images) * |mean confidence - observed frequency|."""
     confidence, outcome = _confidence_outcome(probs, labels)
@@ -68,7 +70,7 @@ def brier_score(
     return _out(_divide(w @ loss, w.sum(axis=1)), single)
 
 
-def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, list]:
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> dict[str, list]:
     """The reliability diagram: per bin its edges, mean confidence, observed frequency and
     count (mean and frequency None for an empty bin)."""
     confidence, outcome = _confidence_outcome(probs, labels)

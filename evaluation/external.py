@@ -1,22 +1,19 @@
-"""Internal against external test: which figures changed at the other site (README "External
-validation"). Numpy-free arithmetic on two finished reports (``build_report``): nothing here
-looks at data, and nothing is chosen.
+"""Internal against external test (README, "External validation"): arithmetic on two finished
+reports; nothing here looks at data, and nothing is chosen.
 
-A figure *changed* when the 95% interval of its difference (external - internal) excludes 0.
-The two test sets hold different patients (two sites), so the difference's interval comes
-from the two intervals by MOVER, the method of variance estimates recovery (Zou & Donner 2008,
-Stat Med 27:1693; Newcombe 1998 method 10 for proportions): each side's distance from its
-estimate to the relevant end adds in quadrature. It keeps each side's own method (patient
-bootstrap or Clopper-Pearson at 0/1), so its coverage follows theirs, and it accounts for the
-external sample's own noise, which "the external estimate lies outside the internal interval"
-ignores (that rule flags a change on a small external set far more often than 5% of the time
-when nothing changed: tests/test_external.py measures both).
+A figure *changed* when the 95% interval of its difference (external - internal) excludes 0. The
+sites hold different patients, so that interval combines the two reports' own intervals by MOVER
+(Zou & Donner 2008, Stat Med 27:1693; Newcombe 1998 method 10 for proportions), keeping each
+side's method and accounting for the external set's own noise, which "the external estimate lies
+outside the internal interval" ignores (tests/test_external.py measures both rules' error rates).
 """
 
 from __future__ import annotations
 
 import math
 from typing import Optional
+
+from evaluation.report import figures, with_interval
 
 # What a reader asks of an external test: discrimination, the operating point, calibration.
 COMPARED = ("auroc", "sensitivity", "specificity", "ppv", "npv", "ece", "brier")
@@ -33,14 +30,8 @@ def mover_difference(internal: dict, external: dict) -> Optional[tuple[float, fl
     return diff, diff - math.hypot(t_e - l_e, u_i - t_i), diff + math.hypot(u_e - t_e, t_i - l_i)
 
 
-def _figures(section: Optional[dict]) -> dict[str, dict]:
-    if not section:
-        return {}
-    return {**section["metrics"], "ece": section["calibration"]["ece"], "brier": section["calibration"]["brier"]}
-
-
 def _rows(internal: Optional[dict], external: Optional[dict]) -> list[dict]:
-    mine, theirs = _figures(internal), _figures(external)
+    mine, theirs = (figures(section) if section else {} for section in (internal, external))
     rows = []
     for name in COMPARED:
         if name not in mine or name not in theirs:
@@ -76,11 +67,10 @@ def compare_reports(internal: dict, external: dict) -> dict:
     }
 
 
-def _cell(fig: dict) -> str:
-    if fig.get("estimate") is None:
+def format_difference(diff: Optional[dict]) -> str:
+    if diff is None:
         return "n/a"
-    ci = "" if fig.get("ci_low") is None else f" ({fig['ci_low']:.3f}-{fig['ci_high']:.3f})"
-    return f"{fig['estimate']:.3f}{ci}"
+    return f"{diff['estimate']:+.3f} ({diff['ci_low']:+.3f} to {diff['ci_high']:+.3f})"
 
 
 def format_comparison(comparison: dict, name: str = "external") -> str:
@@ -90,11 +80,10 @@ def format_comparison(comparison: dict, name: str = "external") -> str:
              f"  {'figure':<22}{'internal':<24}{name:<24}{'difference':<30}changed"]
     for level, prefix in (("image_level", ""), ("patient_level", "patient: ")):
         for row in comparison[level]:
-            diff = row["difference"]
-            shown = "n/a" if diff is None else f"{diff['estimate']:+.3f} ({diff['ci_low']:+.3f} to {diff['ci_high']:+.3f})"
             flag = {True: "CHANGED", False: "-", None: "n/a"}[row["changed"]]
-            lines.append(f"  {prefix + row['figure']:<22}{_cell(row['internal']):<24}{_cell(row['external']):<24}"
-                         f"{shown:<30}{flag}")
+            lines.append(f"  {prefix + row['figure']:<22}{with_interval(row['internal']):<24}"
+                         f"{with_interval(row['external']):<24}"
+                         f"{format_difference(row['difference']):<30}{flag}")
     prev = comparison["prevalence"]
     if prev["internal"] is not None:
         lines.append(f"  prevalence (images): internal {prev['internal']:.3f}, {name} {prev['external']:.3f} "

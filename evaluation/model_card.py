@@ -12,6 +12,9 @@ from typing import Any, Optional
 
 import yaml
 
+from evaluation.external import format_difference
+from evaluation.report import SUBGROUP_FIGURES, figures, per_class_counts
+
 CARD_FILE = "model_card.md"
 BLANK = "**[to be completed by the authors]**"
 
@@ -31,8 +34,7 @@ def _with_ci(iv: Optional[dict]) -> str:
 
 def _figures_table(section: dict, label: str) -> list[str]:
     rows = [f"| {label} figure | estimate | 95% CI | method |", "|---|---|---|---|"]
-    figures = {**section["metrics"], "ece": section["calibration"]["ece"], "brier": section["calibration"]["brier"]}
-    return rows + [f"| {name} | {_fig(iv)} |" for name, iv in figures.items()]
+    return rows + [f"| {name} | {_fig(iv)} |" for name, iv in figures(section).items()]
 
 
 def _data(report: dict) -> list[str]:
@@ -108,22 +110,21 @@ def _evaluation(report: dict) -> list[str]:
                + (f" (fallback: {t['reason']})" if t.get("fallback") else "") + ".")
     for column in (report.get("subgroups") or {}).get("by", []):
         for g in column["groups"]:
-            shown = "; ".join(f"{k} {_fig(g['metrics'].get(k)).split(' | ')[0]}" for k in ("auroc", "sensitivity", "specificity"))
+            shown = "; ".join(f"{k} {_fig(g['metrics'].get(k)).split(' | ')[0]}" for k in SUBGROUP_FIGURES)
             out.append(f"- Subgroup {column['column']}={g['group']}: {g['counts']['images']} images, "
                        f"{g['counts']['patients']} patients; {shown}" + (f" ({g['note']})" if g["note"] else ""))
     for site in report.get("external") or []:
         c = site["report"]["counts"]
-        per = ", ".join(f"{n} {c['images_per_class'][n]}/{c['patients_per_class'][n]}" for n in report["class_names"])
-        out += ["", f"External test `{site['name']}`: {c['images']} images, {c['patients']} patients (images/patients "
-                f"per class: {per}); the whole data set, scored at site A's operating point and temperature. "
+        out += ["", f"External test `{site['name']}`: {c['images']} images, {c['patients']} patients "
+                f"(images/patients per class: {per_class_counts(c, report['class_names'])}); the whole data "
+                "set, scored at site A's operating point and temperature. "
                 "Changed: the 95% interval of the difference excludes 0 (MOVER from the two intervals).", "",
                 "| figure | internal | external | difference | changed |", "|---|---|---|---|---|"]
         for level, prefix in (("image_level", ""), ("patient_level", "patient: ")):
             for row in site["comparison"][level]:
-                d = row["difference"]
-                diff = "n/a" if d is None else f"{d['estimate']:+.3f} ({d['ci_low']:+.3f} to {d['ci_high']:+.3f})"
+                changed = {True: "yes", False: "no"}.get(row["changed"], "n/a")
                 out.append(f"| {prefix}{row['figure']} | {_with_ci(row['internal'])} | {_with_ci(row['external'])} | "
-                           f"{diff} | {({True: 'yes', False: 'no'}).get(row['changed'], 'n/a')} |")
+                           f"{format_difference(row['difference'])} | {changed} |")
     return out + [""]
 
 

@@ -1,11 +1,6 @@
-"""The evaluation report of one split: every figure with its 95% patient-level bootstrap CI.
-
-``build_report`` returns a JSON-ready dict (for the HTML report and for storage next to the
-checkpoint), ``summary_metrics`` flattens it to logger names (``test/sensitivity``,
-``test/sensitivity_ci_low``, ``test/patient/auroc``...), ``format_table`` prints it.
-
-The report holds counts, never patient ids: it is meant to leave the hospital.
-"""
+"""The test report: every figure with its 95% patient-level interval and the counts it rests on
+(README, "Reading the results"); JSON-ready, flattened for loggers, printed as a table. It holds
+counts, never patient ids: it is meant to leave the hospital."""
 
 from __future__ import annotations
 
@@ -17,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from evaluation.bootstrap import cluster_bootstrap, method_label, patient_index
-from evaluation.calibration import brier_score, expected_calibration_error, reliability_bins
+from evaluation.calibration import N_BINS, brier_score, expected_calibration_error, reliability_bins
 from evaluation.metrics import (
     binary_metrics,
     confusion_counts,
@@ -30,6 +25,7 @@ from evaluation.patients import DEFAULT_AGGREGATION, Aggregation, aggregate_pati
 from evaluation.threshold import FALLBACK, ThresholdChoice
 
 ROC_POINTS = 200  # enough to draw the curve; the full curve has one point per distinct score
+SUBGROUP_FIGURES = ("auroc", "sensitivity", "specificity")  # each subgroup's line shows these
 ORDER = ("auroc", "average_precision", "sensitivity", "specificity", "ppv", "npv", "acc", "balanced_acc", "f1")
 
 
@@ -38,9 +34,7 @@ def _downsample(curve: dict[str, np.ndarray], n: int = ROC_POINTS) -> dict[str, 
     return {k: [float(x) if np.isfinite(x) else None for x in v[keep]] for k, v in curve.items()}
 
 
-def _statistic(
-    probs: np.ndarray, labels: np.ndarray, threshold: float | None, names: Sequence[str], n_bins: int
-):
+def _statistic(probs: np.ndarray, labels: np.ndarray, threshold: float | None, names: Sequence[str]):
     """weights -> every metric of the section, for the point estimate and the bootstrap alike."""
     metrics = (
         functools.partial(binary_metrics, probs[:, 1], labels, threshold)
@@ -52,21 +46,21 @@ def _statistic(
         # multiclass_metrics names per-class AUROC by index (auroc/0); the report by class name
         values = {f"auroc/{names[int(k[6:])]}" if k.startswith("auroc/") else k: v
                   for k, v in metrics(weights=weights).items()}
-        values["ece"] = expected_calibration_error(probs, labels, n_bins, weights)
+        values["ece"] = expected_calibration_error(probs, labels, weights=weights)
         values["brier"] = brier_score(probs, labels, weights)
         return values
 
     return statistic
 
 
-def _section(probs, labels, patient_ids, threshold, names, *, n_bins, **bootstrap) -> dict:
+def _section(probs, labels, patient_ids, threshold, names, **bootstrap) -> dict:
     n, c = probs.shape
-    statistic = _statistic(probs, labels, threshold, names, n_bins)
+    statistic = _statistic(probs, labels, threshold, names)
     intervals = cluster_bootstrap(
         statistic, n, patient_ids, proportions=proportion_outcomes(probs, labels, threshold), **bootstrap
     )
     calibration = {k: intervals.pop(k).to_dict() for k in ("ece", "brier")}
-    calibration.update(n_bins=n_bins, reliability=reliability_bins(probs, labels, n_bins))
+    calibration.update(n_bins=N_BINS, reliability=reliability_bins(probs, labels))
     if threshold is not None:
         counts = confusion_counts(probs[:, 1], labels, threshold)
         matrix = [[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]]
@@ -110,6 +104,25 @@ def _per_class(labels: np.ndarray, names: Sequence[str]) -> dict[str, int]:
     return {name: int(n) for name, n in zip(names, np.bincount(labels, minlength=len(names)))}
 
 
+def figures(section: dict) -> dict[str, dict]:
+    """A section's metrics and its calibration figures (ECE, Brier), each {estimate, ci_low, ...}."""
+    calibration = section["calibration"]
+    return {**section["metrics"], "ece": calibration["ece"], "brier": calibration["brier"]}
+
+
+def with_interval(figure: dict) -> str:
+    """``0.912 (0.850-0.960)``; ``n/a`` when undefined."""
+    if figure.get("estimate") is None:
+        return "n/a"
+    ci = "" if figure.get("ci_low") is None else f" ({figure['ci_low']:.3f}-{figure['ci_high']:.3f})"
+    return f"{figure['estimate']:.3f}{ci}"
+
+
+def per_class_counts(counts: dict, names: Sequence[str]) -> str:
+    """``normal 43/25, abnormal 20/11``: images/patients per class."""
+    return ", ".join(f"{n} {counts['images_per_class'][n]}/{counts['patients_per_class'][n]}" for n in names)
+
+
 def build_report(
     probs: np.ndarray,
     labels: np.ndarray,
@@ -121,34 +134,17 @@ def build_report(
     seed: int = 0,
     patient_aggregation: Aggregation = DEFAULT_AGGREGATION,
     patient_threshold: ThresholdChoice | None = None,
-    split: str = "test",
     confidence: float = 0.95,
-    n_bins: int = 15,
     ci_method: Literal["bca", "percentile"] = "bca",
 ) -> dict:
-    """Every figure of ``split`` with estimate, ci_low, ci_high (patient-level bootstrap).
-
-    Args:
-        probs: (N, C) class probabilities; binary when C == 2 (class 1 positive).
-        labels: (N,) integer labels.
-        patient_ids: (N,) one id per image, or None when unknown (each image its own patient;
-            the report then says so, because the CIs are too narrow if patients repeat).
-        class_names: C names.
-        threshold: binary only, the operating point chosen on VALIDATION
-            (``choose_threshold``); None: 0.5, marked as a fallback in the report.
-        patient_aggregation: how the patient-level section combines a patient's images
-            (``aggregate_patients``; ``max`` agrees with "positive when any image is").
-        patient_threshold: binary only, the patient-level operating point chosen on VALIDATION
-            patients aggregated the same way (``choose_patient_threshold``); None: the
-            image-level threshold is applied to the aggregated probabilities, and the report
-            says so.
-        ci_method: ``bca`` or ``percentile`` (``cluster_bootstrap``); proportions at 0 or 1 get
-            an exact interval instead, named per figure (``method``).
-    """
+    """Every test figure of (N, C) ``probs`` (binary when C == 2, class 1 positive) with its
+    interval. ``threshold`` and ``patient_threshold`` (binary only) were chosen on VALIDATION
+    (``choose_threshold``, ``choose_patient_threshold``); None: 0.5, or the image-level threshold
+    for patients, and the report says so. ``patient_ids`` None: each image its own patient."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(np.int64)
     n, c = probs.shape if probs.ndim == 2 else (len(probs), 0)
     if n == 0:
-        raise ValueError(f"no images to evaluate in split {split!r}")
+        raise ValueError("no images to evaluate in split 'test'")
     if c < 2 or n != len(labels) or len(class_names) != c:
         raise ValueError(f"need probs (N, C>=2), labels (N,) and C class_names; got probs {probs.shape}, "
                          f"labels {labels.shape}, {len(class_names)} names")
@@ -166,7 +162,7 @@ def build_report(
     n_patients = int(patient.max()) + 1 if len(patient) else 0
     settings = dict(n_resamples=n_resamples, seed=seed, confidence=confidence, method=ci_method)
     report = {
-        "split": split,
+        "split": "test",
         "task": "binary" if binary else "multiclass",
         "class_names": list(class_names),
         "ci": {
@@ -185,7 +181,7 @@ def build_report(
         "images_per_class": _per_class(labels, class_names),
         "patients_per_class": _per_class(p_labels, class_names),
     }
-    report.update(_section(probs, labels, patient_ids, cut, class_names, n_bins=n_bins, **settings))
+    report.update(_section(probs, labels, patient_ids, cut, class_names, **settings))
     report["patient_level"] = None
     if n_patients < len(labels):  # some patient has more than one image
         chosen = binary and patient_threshold is not None
@@ -201,7 +197,7 @@ def build_report(
             "aggregation": patient_aggregation,
             "threshold": p_choice.to_dict() if binary else None,
             "threshold_note": note,
-            **_section(p_probs, p_labels, None, p_cut, class_names, n_bins=n_bins, **settings),
+            **_section(p_probs, p_labels, None, p_cut, class_names, **settings),
         }
     return report
 
@@ -212,8 +208,7 @@ def summary_metrics(report: dict, prefix: str = "test/") -> dict[str, float]:
 
     def flat(section: dict, pre: str) -> dict[str, float]:
         out = {}
-        for name, iv in {**section["metrics"], "ece": section["calibration"]["ece"],
-                         "brier": section["calibration"]["brier"]}.items():
+        for name, iv in figures(section).items():
             for suffix, key in (("", "estimate"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
                 out[f"{pre}{name}{suffix}"] = math.nan if iv[key] is None else float(iv[key])
         return out
@@ -232,8 +227,7 @@ def summary_metrics(report: dict, prefix: str = "test/") -> dict[str, float]:
 
 def _rows(section: dict) -> list[str]:
     rows = []
-    for name, iv in {**section["metrics"], "ece": section["calibration"]["ece"],
-                     "brier": section["calibration"]["brier"]}.items():
+    for name, iv in figures(section).items():
         est = "n/a" if iv["estimate"] is None else f"{iv['estimate']:.3f}"
         ci = "" if iv["ci_low"] is None else f"({iv['ci_low']:.3f}-{iv['ci_high']:.3f})"
         dropped = f"  [{iv['n_dropped']} resamples undefined]" if iv["n_dropped"] else ""
@@ -245,10 +239,8 @@ def _rows(section: dict) -> list[str]:
 def format_table(report: dict) -> str:
     """A short table: metric, estimate, CI; the threshold line and the counts line first."""
     counts, ci = report["counts"], report["ci"]
-    per_class = ", ".join(f"{name} {counts['images_per_class'][name]}/{counts['patients_per_class'][name]}"
-                          for name in report["class_names"])
     lines = [f"{report['split']}: {counts['images']} images, {counts['patients']} patients "
-             f"(images/patients per class: {per_class})"]
+             f"(images/patients per class: {per_class_counts(counts, report['class_names'])})"]
     th = report["threshold"]
     if th is not None:
         how = f"fallback: {th['reason']}" if th["fallback"] else f"rule {th['rule']} chosen on validation"
@@ -272,20 +264,15 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def format_subgroups(section: dict, figures: Sequence[str] = ("auroc", "sensitivity", "specificity")) -> str:
+def format_subgroups(section: dict) -> str:
     """The ``subgroups`` section (evaluation/subgroups.py) for the console: per group the counts,
     the main figures, the too-small line."""
     lines = ["subgroups (same operating point; patient-level 95% CI):"]
     for column in section["by"]:
         for g in column["groups"]:
             c = g["counts"]
-            shown = []
-            for name in figures:
-                iv = g["metrics"].get(name)
-                if iv is None or iv["estimate"] is None:
-                    continue
-                ci = "" if iv["ci_low"] is None else f" ({iv['ci_low']:.3f}-{iv['ci_high']:.3f})"
-                shown.append(f"{name} {iv['estimate']:.3f}{ci}")
+            shown = [f"{name} {with_interval(g['metrics'][name])}" for name in SUBGROUP_FIGURES
+                     if g["metrics"].get(name, {}).get("estimate") is not None]
             lines.append(f"  {column['column']}={g['group']}: {c['images']} images, {c['patients']} patients; "
                          + ("; ".join(shown) or "no figure defined"))
             if g["note"]:
