@@ -1,21 +1,12 @@
-"""Calibration: do the probabilities mean what they say?
+"""Calibration: do the probabilities mean what they say? (README, "Calibration")
 
-ECE and the reliability diagram use equal-width bins on [0, 1] over a "confidence" and an
-"outcome" per image:
-
-* binary (C == 2, or probs given as (N,) positive-class probabilities): the confidence is
-  the positive-class probability and the outcome is "the image is positive", so a bin at
-  0.8 should hold 80% positives (as torchmetrics ``binary_calibration_error``);
-* multiclass: the confidence is the top probability and the outcome "the argmax is right"
-  (as torchmetrics ``multiclass_calibration_error``).
-
-A probability of exactly 1.0 goes into the last bin (torchmetrics gives it a bin of its own).
-ECE is biased upwards in small samples (each bin's |mean predicted - observed| picks up noise),
-so compare models on the same data, not against zero.
-
-Temperature scaling (Guo et al. 2017) divides the logits by one T > 0 fitted on VALIDATION
-logits by minimum negative log-likelihood; it changes no ranking (AUROC, argmax unchanged),
-only how confident the probabilities are.
+ECE and the reliability diagram bin a confidence and an outcome per image on [0, 1], as
+torchmetrics' ``binary_calibration_error`` (the positive-class probability; is the image
+positive?) and ``multiclass_calibration_error`` (the top probability; is the argmax right?),
+except that a probability of exactly 1.0 goes into the last bin (torchmetrics: a bin of its own).
+ECE is biased upwards in small samples: compare models on the same data, not against zero.
+Temperature scaling (Guo et al. 2017) divides the logits by one T > 0 fitted on VALIDATION by
+minimum NLL: no ranking changes (AUROC, argmax), only the confidence.
 """
 
 from __future__ import annotations
@@ -27,6 +18,7 @@ import numpy as np
 from evaluation.metrics import _divide, _out, as_weights
 
 N_BINS = 15
+TEMPERATURE_BOUNDS = (0.01, 100.0)
 
 
 def _confidence_outcome(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,23 +103,18 @@ def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     return float(-_log_softmax(logits / temperature)[np.arange(len(labels)), labels].mean())
 
 
-def fit_temperature(
-    logits: np.ndarray, labels: np.ndarray, *, bounds: tuple[float, float] = (0.01, 100.0), tol: float = 1e-6
-) -> float:
-    """The T > 0 minimising the validation NLL of ``softmax(logits / T)``.
-
-    NLL is convex in 1/T, hence unimodal in log T, so a golden-section search on log T within
-    ``bounds`` finds the minimum without gradients or scipy. A result at a bound means the
-    optimum lies beyond it: e.g. perfectly separated validation data push T towards 0.
-    """
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T > 0 minimising the validation NLL of ``softmax(logits / T)``: NLL is convex in 1/T,
+    hence unimodal in log T, so a golden-section search on log T within the bounds finds it
+    without gradients or scipy (a result at a bound: the optimum lies beyond it)."""
     z, y = _as_two_column(logits), np.asarray(labels).astype(np.int64)
     if len(y) == 0:
         raise ValueError("fit_temperature needs at least one validation image")
-    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
     ratio = (math.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = _nll(z, y, math.exp(a)), _nll(z, y, math.exp(b))
-    while hi - lo > tol:
+    while hi - lo > 1e-6:
         if fa <= fb:  # the minimum lies in [lo, b]
             hi, b, fb = b, a, fa
             a = hi - ratio * (hi - lo)
@@ -139,9 +126,7 @@ def fit_temperature(
     return math.exp((lo + hi) / 2)
 
 
-def calibrated_temperature(
-    logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.01, 100.0)
-) -> tuple[float, str | None]:
+def calibrated_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, str | None]:
     """``fit_temperature``, or 1.0 and the reason when the validation outputs cannot determine T:
     a split with images of one class only, or an optimum at a bound (perfectly separated or
     uninformative logits drive T to 0 or infinity; the bound is then no estimate)."""
@@ -150,8 +135,8 @@ def calibrated_temperature(
     if classes < 2:
         return 1.0, (f"the validation split has {len(labels)} image(s) of {classes} class(es): a temperature "
                      "cannot be fitted on it; probabilities are not rescaled (temperature 1)")
-    temperature = fit_temperature(logits, labels, bounds=bounds)
-    if min(abs(math.log(temperature / b)) for b in bounds) < 1e-3:
+    temperature = fit_temperature(logits, labels)
+    if min(abs(math.log(temperature / b)) for b in TEMPERATURE_BOUNDS) < 1e-3:
         return 1.0, (f"the temperature fitted on validation ran to its bound {temperature:.3g} (the optimum lies "
                      "beyond it: validation is perfectly separated or uninformative); probabilities are not "
                      "rescaled (temperature 1)")

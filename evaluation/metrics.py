@@ -1,16 +1,10 @@
-"""Weighted classification metrics, vectorised over many weight vectors at once.
+"""Weighted classification metrics, vectorised over many weightings at once.
 
-Every metric takes fixed scores and labels plus ``weights``: None (every image counts once),
-shape (N,) (one weighting) or (B, N) (B weightings, e.g. B bootstrap resamples given as
-integer counts per image). The result has shape ``weights.shape[:-1]``: a float for None or
-(N,), an array (B,) for (B, N). Integer weights give exactly the metric on the data with each
-image repeated that many times, which is what makes one implementation serve both the point
-estimate and the bootstrap.
-
-A metric that is undefined for a weighting (no positives drawn, no positive calls...) is NaN;
-the bootstrap drops those resamples. Names follow models/metrics.py (``acc``, ``balanced_acc``,
-``auroc``, ``f1``, ``sensitivity``, ``specificity``) plus ``ppv``, ``npv``, ``average_precision``.
-For binary tasks class 1 is the positive class; predictions are ``score >= threshold``.
+``weights``: None (every image once), (N,) or (B, N), e.g. B bootstrap resamples as integer
+counts per image, which give exactly the metric on the data with each image repeated that often:
+one implementation serves the estimate and the bootstrap. The result is a float, or (B,) for
+(B, N); NaN where a metric is undefined (no positives drawn...). Names follow
+models/metric_names.py, plus ``ppv``, ``npv``; class 1 is positive, called at ``score >= threshold``.
 """
 
 from __future__ import annotations
@@ -18,10 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from evaluation.decision import called_positive
-
-THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv", "acc", "balanced_acc", "f1")
-# The metrics that are one count over another (binomial proportions): their intervals may be exact.
-PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv", "acc")
 
 
 def as_weights(weights: np.ndarray | None, n: int) -> tuple[np.ndarray, bool]:
@@ -106,9 +96,9 @@ def average_precision(
 def proportion_outcomes(
     probs: np.ndarray, labels: np.ndarray, threshold: float | None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each proportion of ``PROPORTIONS`` as two masks over images: (in its denominator, in its
-    numerator), e.g. sensitivity: (label positive, called positive). Binary at ``threshold``;
-    multiclass (threshold None): accuracy of the argmax only."""
+    """Each figure that is a proportion (one count over another, so its interval may be exact) as two
+    masks over images: (in its denominator, in its numerator), e.g. sensitivity: (label positive,
+    called positive). Binary at ``threshold``; multiclass (threshold None): accuracy of the argmax."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     everyone = np.ones(len(labels), dtype=bool)
     if threshold is None:
@@ -154,11 +144,8 @@ def metrics_from_counts(tp, fn, fp, tn) -> dict[str, np.ndarray | float]:
 def binary_metrics(
     scores: np.ndarray, labels: np.ndarray, threshold: float, weights: np.ndarray | None = None
 ) -> dict[str, np.ndarray | float]:
-    """AUROC, average precision and every metric of ``THRESHOLD_METRICS`` at ``threshold``.
-
-    Shares the one sort and the one matrix product between metrics, so that it can be handed
-    to the bootstrap as is: ``functools.partial(binary_metrics, scores, labels, threshold)``.
-    """
+    """AUROC, average precision and ``metrics_from_counts`` at ``threshold``: one sort and one
+    matrix product for all, handed to the bootstrap as ``partial(binary_metrics, scores, labels, t)``."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     w, single = as_weights(weights, len(scores))
     pos, neg = _ranked_group_sums(scores, labels, w)

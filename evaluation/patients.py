@@ -1,13 +1,6 @@
-"""Patient-level decisions: one rule turns a patient's images into one probability and one
-label, and the patient-level operating point is chosen on VALIDATION with that same rule.
-
-Why the default is ``max``: a patient counts as positive when ANY of their images is (one
-diseased hand makes a diseased patient), and ``max`` asks the same question of the
-probabilities: is any image suspicious? ``mean`` dilutes a diseased side with the healthy
-other side (two images, one diseased: the mean sits halfway), so a threshold chosen for single
-images misses such patients. ``mean`` is right when all of a patient's images show the same
-finding (several views of one hand): then averaging removes noise. Either way the threshold
-for patients is chosen on patients (README, "Reading the results").
+"""Patient-level decisions: one rule turns a patient's images into one probability and one label,
+and the patient-level operating point is chosen on VALIDATION patients with that same rule. Why
+``max`` by default and when ``mean`` fits: README, "Patient level".
 """
 
 from __future__ import annotations
@@ -25,16 +18,10 @@ DEFAULT_AGGREGATION: Aggregation = "max"
 def aggregate_patients(
     probs: np.ndarray, labels: np.ndarray, patient_ids: np.ndarray, how: Aggregation = DEFAULT_AGGREGATION
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One row per patient (in sorted-id order): aggregated probabilities (P, C), labels (P,).
-
-    Probabilities: ``mean`` averages each class over the patient's images; ``max`` takes, for
-    binary tasks, the highest positive-class probability (p0 = 1 - p1: the patient is as
-    suspicious as their most suspicious image), and for multiclass the per-class maximum
-    renormalised to sum to 1.
-    Labels: binary, a patient is positive if any image is (the max label: one abnormal
-    radiograph makes an abnormal patient); multiclass, the most common label, ties -> the
-    highest class index.
-    """
+    """One row per patient (in sorted-id order): probabilities (P, C), labels (P,). ``max``: binary,
+    the highest positive-class probability (p0 = 1 - p1); multiclass, the per-class maxima
+    renormalised. Labels: binary, positive if any image is; multiclass, the most common label
+    (ties: the highest class index)."""
     if how not in ("mean", "max"):
         raise ValueError(f"eval.patient_aggregation: got {how!r}; allowed: 'mean' or 'max'")
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
@@ -68,9 +55,7 @@ def choose_patient_threshold(
     patient_ids: np.ndarray,
     how: Aggregation = DEFAULT_AGGREGATION,
 ) -> ThresholdChoice:
-    """The threshold rule applied to VALIDATION patients: their ``how``-aggregated positive-class
-    probabilities against their labels (positive when any image is), as ``aggregate_patients``.
-    The test report applies it to test patients aggregated the same way."""
+    """The threshold rule applied to VALIDATION patients aggregated as ``aggregate_patients``."""
     probs_pos = np.asarray(probs_pos, dtype=np.float64).reshape(-1)
     patient_probs, patient_labels = aggregate_patients(
         np.stack([1 - probs_pos, probs_pos], axis=1), np.asarray(labels).astype(np.int64), patient_ids, how

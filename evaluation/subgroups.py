@@ -1,17 +1,10 @@
-"""Test figures per subgroup (sex, site, age band, ...): the same report as for the whole test
-split (``build_report``: patient-level bootstrap, exact intervals where it collapses), once per
-group of images, so that a reader sees for whom the model works (README, "Subgroups").
+"""Test figures per subgroup (sex, site, age band, ...): ``build_report`` once per group of images
+(README, "Subgroups"). A column's values appear only as group labels next to counts and figures
+(a band label, never an age): no per-image rows, no patient ids.
 
-A subgroup is a manifest column (``sex``) or a numeric column cut into bands (``age:0,18,65``:
-``<0``, ``[0, 18)``, ``[18, 65)``, ``>=65``). Values that are empty or, for bands, not numbers
-form the group ``missing``. The column's values appear only as group labels next to counts and
-figures (a band label, never an age): no per-image rows, no patient ids.
-
-Too small to mean anything: a group with fewer than ``MIN_PATIENTS_PER_CLASS`` patients of some
-class. With 5 patients all found, the exact 95% interval of sensitivity is 0.478-1: it still
-reaches below 0.5, a coin flip, so no result in such a group can tell a working test from a
-useless one; 6 of 6 is the smallest that can (0.541-1). Such groups keep their figures, marked,
-and the report says so in a line.
+Too small: fewer than ``MIN_PATIENTS_PER_CLASS`` patients of a class. With 5 of 5 found the exact
+95% interval of sensitivity (0.478-1) still reaches below 0.5, a coin flip; 6 of 6 is the
+smallest that cannot (0.541-1).
 """
 
 from __future__ import annotations
@@ -91,15 +84,14 @@ def columns_of(records: Sequence, index: Sequence[int] | None = None) -> list[di
     return [dict(getattr(r, "columns", ())) for r in chosen]
 
 
-def check_columns(specs: Sequence[SubgroupSpec | str], records: Sequence, source: str) -> None:
-    """Before any training: every named column exists in the data (``source``: the manifest),
-    and a column without cut points has few enough distinct values to be a subgroup (not an id
-    or a raw number). Raises ValueError, one line naming eval.subgroups."""
+def check_columns(specs: Sequence[str], records: Sequence, source: str) -> None:
+    """Before any training: every named column exists in ``source`` (the manifest), and one without
+    cut points has few enough values to be a subgroup (not an id). ValueError naming eval.subgroups."""
     if not specs:
         return
     columns = columns_of(records)
     available = sorted({name for row in columns for name in row})
-    for spec in _parsed(specs):
+    for spec in parse_subgroups(specs):
         if not any(spec.column in row for row in columns):
             shown = ", ".join(available) if available else "none beyond path,label,split,patient_id"
             raise ValueError(f"{OPTION}: column {spec.column!r} is not in {source}; its extra columns: {shown}")
@@ -109,10 +101,6 @@ def check_columns(specs: Sequence[SubgroupSpec | str], records: Sequence, source
                 raise ValueError(f"{OPTION}: column {spec.column!r} of {source} has {n} distinct values; a "
                                  f"subgroup column has at most {MAX_GROUPS} (cut a numeric column into bands: "
                                  f"'{spec.column}:18,65')")
-
-
-def _parsed(specs: Sequence[SubgroupSpec | str]) -> list[SubgroupSpec]:
-    return [s if isinstance(s, SubgroupSpec) else parse_subgroups([s])[0] for s in specs]
 
 
 def _group_order(spec: SubgroupSpec, groups: np.ndarray) -> list[str]:
@@ -145,25 +133,18 @@ def subgroup_report(
     class_names: Sequence[str],
     threshold: ThresholdChoice | None,
     columns: Sequence[Mapping[str, str]],
-    specs: Sequence[SubgroupSpec | str],
+    specs: Sequence[str],
     **report_options,
 ) -> dict:
-    """The ``subgroups`` section of test_report.json: per spec, per group, ``build_report`` of
-    that group's images at the same operating point (chosen on validation for the whole
-    split), without its curves.
-
-    Args:
-        columns: one mapping per image (the manifest's extra columns), aligned with ``probs``.
-        specs: parsed or as written in eval.subgroups.
-        report_options: passed to ``build_report`` (n_resamples, seed, patient_aggregation,
-            patient_threshold, ...): every group is evaluated exactly as the whole split.
-    """
+    """The ``subgroups`` section of test_report.json: per ``specs`` entry (as in eval.subgroups), per
+    group of the images' manifest ``columns``, ``build_report`` of its images with the same
+    operating point and ``report_options`` as the whole split, without its curves."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     if len(columns) != len(labels):
         raise ValueError(f"columns must have one row per image ({len(labels)}); got {len(columns)}")
     ids = None if patient_ids is None else np.asarray(patient_ids, dtype=object)
     by = []
-    for spec in _parsed(specs):
+    for spec in parse_subgroups(specs):
         groups = np.array([spec.group_of(row.get(spec.column, "")) for row in columns], dtype=object)
         rows = []
         for group in _group_order(spec, groups):

@@ -1,26 +1,14 @@
-"""Operating points: how a binary classifier's probability becomes a yes/no call.
+"""Operating points, chosen on VALIDATION and then frozen (on test they would fit its noise): the
+``eval.threshold`` rules (README, "The threshold comes from validation"); the decision rule itself
+is evaluation/decision.py.
 
-The threshold is chosen on the VALIDATION split and then frozen: choosing it on the test
-split would make the test sensitivity/specificity optimistic (the threshold would be fitted
-to the very noise it is then scored on). A prediction is positive when ``prob >= threshold``
-(torchmetrics' Binary* metrics call ``prob > threshold``: score at a chosen threshold with
-evaluation.metrics, or an image scoring exactly the threshold is counted the other way).
-
-Rules (the config option ``eval.threshold``):
-
-* ``youden``: maximise sensitivity + specificity - 1.
-* ``sensitivity:T``: the highest specificity among thresholds with sensitivity >= T
-  (a screening test that must not miss more than 1 - T of the abnormal cases).
-* ``specificity:T``: the highest sensitivity among thresholds with specificity >= T.
-* a number in (0, 1), e.g. ``0.5``: used as is.
-
-Candidates are the distinct validation scores (each is the lowest score called positive at
-that threshold, so the validation sensitivity/specificity reported are exactly achieved)
-plus one value just above the highest score (nobody called positive), so that every
-``specificity:T`` has an answer. Ties of the objective between candidates go to the
-candidate with the better other metric, and for ``youden`` to the highest threshold (fewer
-positive calls): with ``sensitivity:T`` equal specificity means no negative lies between
-two candidates, so the lower one only gains sensitivity; symmetrically for specificity.
+Candidates are the distinct validation scores (each the lowest score called positive at that
+threshold, so the validation sensitivity/specificity reported are exactly achieved) plus one just
+above the highest (nobody called positive), so that every ``specificity:T`` has an answer. Ties
+of the objective go to the candidate with the better other metric, and for ``youden`` to the
+highest threshold (fewer positive calls): with ``sensitivity:T`` equal specificity means no
+negative lies between two candidates, so the lower one only gains sensitivity; likewise for
+specificity.
 """
 
 from __future__ import annotations
@@ -91,11 +79,7 @@ def parse_threshold(spec: str | float) -> ThresholdSpec:
     """
     if isinstance(spec, bool) or not isinstance(spec, (str, int, float)):
         raise ValueError(f"eval.threshold: got {spec!r}; {ALLOWED}")
-    if not isinstance(spec, str):
-        if not _in_unit_interval(float(spec)):
-            raise ValueError(f"eval.threshold: got {spec!r}, outside (0, 1); {ALLOWED}")
-        return ThresholdSpec("fixed", float(spec), repr(float(spec)))
-    text = spec.strip().lower()
+    text = spec.strip().lower() if isinstance(spec, str) else repr(float(spec))
     if text == "youden":
         return ThresholdSpec("youden", None, text)
     name, sep, target = text.partition(":")
