@@ -84,15 +84,6 @@ def auroc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = N
     return _out(_auroc_from_groups(*_ranked_group_sums(scores, labels, w)), single)
 
 
-def average_precision(
-    scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
-) -> np.ndarray | float:
-    """Average precision (area under the precision-recall steps) for ``labels == 1``."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    w, single = as_weights(weights, len(scores))
-    return _out(_ap_from_groups(*_ranked_group_sums(scores, labels, w)), single)
-
-
 def proportion_outcomes(
     probs: np.ndarray, labels: np.ndarray, threshold: float | None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -155,7 +155,13 @@ def limitations(report: dict) -> list[str]:
     return notes
 
 
-def render_model_card(report: dict, config: dict, experiment: str, sweep: Optional[dict] = None) -> str:
+def model_card_text(report_json: str, config_yaml: Optional[str], experiment: str,
+                    sweep: Optional[dict] = None) -> str:
+    """The card of a finished run from the text of its test_report.json and config.yaml (the
+    callers read them from the run directory and write the card atomically beside them)."""
+    report = json.loads(report_json)
+    config: dict[str, Any] = (yaml.safe_load(config_yaml) or {}) if config_yaml else {}
+    experiment = (config.get("run") or {}).get("experiment") or experiment
     task = f"{report['task']} classification of radiographs ({', '.join(report['class_names'])})"
     lines = [f"# Model card: {experiment}", "",
              "_Written from this run's test_report.json and config.yaml (every figure is the report's). Section "
@@ -175,12 +181,3 @@ def render_model_card(report: dict, config: dict, experiment: str, sweep: Option
              f"- Patient and public involvement (TRIPOD+AI 19): {BLANK}",
              f"- Fairness considerations beyond the subgroups above (TRIPOD+AI 14): {BLANK}", ""]
     return "\n".join(lines)
-
-
-def model_card_text(report_json: str, config_yaml: Optional[str], experiment: str,
-                    sweep: Optional[dict] = None) -> str:
-    """The card of a finished run from the text of its test_report.json and config.yaml (the
-    callers read them from the run directory and write the card atomically beside them)."""
-    config: dict[str, Any] = (yaml.safe_load(config_yaml) or {}) if config_yaml else {}
-    experiment = (config.get("run") or {}).get("experiment") or experiment
-    return render_model_card(json.loads(report_json), config, experiment, sweep)

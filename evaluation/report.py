@@ -31,7 +31,7 @@ ORDER = ("auroc", "average_precision", "sensitivity", "specificity", "ppv", "npv
 
 def _downsample(curve: dict[str, np.ndarray], n: int = ROC_POINTS) -> dict[str, list]:
     keep = np.unique(np.round(np.linspace(0, len(curve["fpr"]) - 1, n)).astype(int))
-    return {k: [float(x) if np.isfinite(x) else None for x in v[keep]] for k, v in curve.items()}
+    return {k: v[keep].tolist() for k, v in curve.items()}  # _jsonable: non-finite -> None
 
 
 def _statistic(probs: np.ndarray, labels: np.ndarray, threshold: float | None, names: Sequence[str]):
@@ -148,9 +148,9 @@ def build_report(
     if c < 2 or n != len(labels) or len(class_names) != c:
         raise ValueError(f"need probs (N, C>=2), labels (N,) and C class_names; got probs {probs.shape}, "
                          f"labels {labels.shape}, {len(class_names)} names")
-    if len(labels) and (labels.min() < 0 or labels.max() >= probs.shape[1]):
-        raise ValueError(f"labels must be in 0..{probs.shape[1] - 1}")
-    binary = probs.shape[1] == 2
+    if labels.min() < 0 or labels.max() >= c:
+        raise ValueError(f"labels must be in 0..{c - 1}")
+    binary = c == 2
     if not binary and threshold is not None:
         raise ValueError("a threshold applies to binary tasks only; multiclass predictions are the argmax")
     if binary and threshold is None:
@@ -159,7 +159,7 @@ def build_report(
         )
     cut = threshold.value if binary else None
     patient = patient_index(len(labels), patient_ids)
-    n_patients = int(patient.max()) + 1 if len(patient) else 0
+    n_patients = int(patient.max()) + 1
     settings = dict(n_resamples=n_resamples, seed=seed, confidence=confidence, method=ci_method)
     report = {
         "split": "test",

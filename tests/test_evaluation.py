@@ -34,7 +34,7 @@ from evaluation.bootstrap import (
     percentile_interval,
 )
 from evaluation.calibration import fit_temperature
-from evaluation.metrics import auroc, average_precision, binary_metrics, multiclass_metrics, roc_curve
+from evaluation.metrics import auroc, binary_metrics, multiclass_metrics, roc_curve
 from evaluation.patients import aggregate_patients
 
 
@@ -201,7 +201,7 @@ def test_integer_weights_equal_the_metrics_on_explicitly_repeated_data():
 def test_undefined_metric_is_nan_not_zero():
     assert math.isnan(auroc(np.array([0.1, 0.9]), np.array([1, 1])))
     assert math.isnan(binary_metrics(np.array([0.1, 0.2]), np.array([0, 1]), 0.9)["ppv"])  # nobody called
-    assert math.isnan(average_precision(np.array([0.1, 0.9]), np.array([0, 0])))
+    assert math.isnan(binary_metrics(np.array([0.1, 0.9]), np.array([0, 0]), 0.5)["average_precision"])
 
 
 # --- patient aggregation ------------------------------------------------------------------------
