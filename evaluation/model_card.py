@@ -1,9 +1,6 @@
-"""model_card.md beside test_report.json: what the run itself knows, in the order a reader of
-a TRIPOD+AI or CLAIM checklist looks for it (README "Model card"). Written from the run's own
-files only (test_report.json, config.yaml: their text is given; and the sweep's facts when `python -m sweeps report`
-rewrites it for the best run), so every figure on the card is the report's figure. Names no
-file, path or patient: counts, group labels and settings only. Items only a person can answer
-are left as marked blanks (BLANK)."""
+"""model_card.md beside test_report.json (README, "Model card"): written from the run's own files
+only (and a sweep's facts), so every figure on it is the report's. Names no file, path or patient:
+counts, group labels and settings only; what only a person can state is a marked blank (BLANK)."""
 
 from __future__ import annotations
 
