@@ -1,11 +1,5 @@
-"""The best run's test figures in the report and in `best`: read from the run's
-test_report.json (written by the run; see training/evaluate.py), never recomputed here.
-
-The page shows the CI table, the ROC curve with the operating point (chosen on validation)
-marked, the reliability diagram, and the confusion matrix at the threshold. Counts only:
-test_report.json names no patient, and nothing else is read. A damaged test_report.json (a
-key missing, a value of another type) is named in one line; the rest of the page is shown.
-"""
+"""The best run's test figures in the report and in `best`, read from its test_report.json (which
+names no patient), never recomputed. A damaged one is named in one line; the rest is shown."""
 
 from __future__ import annotations
 
@@ -42,10 +36,6 @@ def read_run_file(sweep_dir: Path, run: dict, name: str) -> Optional[dict]:
     except (UnicodeDecodeError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def read_test_report(sweep_dir: Path, run: dict) -> Optional[dict]:
-    return read_run_file(sweep_dir, run, REPORT_FILE)
 
 
 def _cell(figure: dict) -> tuple[str, str, str]:

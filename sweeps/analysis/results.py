@@ -1,33 +1,25 @@
-"""The runs of a sweep, offline or on W&B, as one list of records; ranking, the table of runs,
-and the best run's settings as a LightningCLI config (what `best` and `report` show).
-
-An offline sweep directory holds sweep.yaml, the Optuna storage optuna.db (one trial per run,
-the run's facts in user_attrs) and runs/NNNN/ (run.json, sweep_history.jsonl, config.yaml).
-A W&B sweep is read with wandb.Api(); bayes there ranks runs by the best value in history,
-and so do we. What a run used is read from the config it saved (config.yaml; a W&B run's
-config), never rebuilt from its command line. A damaged record makes its run `unreadable`.
-"""
+"""The runs of a sweep as one list of records; ranking (by the best value in history, as W&B's
+bayes), the table of runs, and what a run used as a LightningCLI config, read from the config it
+saved, never rebuilt from its command line. A damaged record makes its run `unreadable`."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
 from models.metric_names import DEFAULT_METRIC
-from rundir.layout import COMPLETED
+from rundir.layout import COMPLETED, CONFIG_FILE, RUN_RECORD
 from sweeps.contract.history import HISTORY_FILE, best_of, read_history
-from sweeps.errors import SweepConfigError, UsageError
+from sweeps.errors import UsageError
+from sweeps.files.io import load_sweep
 from sweeps.files.schema import NULL
 from sweeps.files.sweep import Sweep
 
 UNREADABLE = "unreadable"  # a damaged run record: shown, never ranked
-CONFIG_FILE = "config.yaml"  # the config the run saved (LightningCLI's SaveConfigCallback)
-_WANDB_PATH = re.compile(r"^[\w.-]+/[\w.-]+/[\w-]+$")
 _NOT_EXPORTED = ("sweep", "run", "config")  # how to sweep, where to write: not what was trained
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # a run's config is a few hundred lines
 
@@ -164,15 +156,9 @@ def fold_spread(history_file: Path, metric: str, value: Optional[float]) -> Opti
 
 def read_sweep(sweep_file: Path) -> Sweep:
     """The sweep.yaml the runner wrote into a sweep directory."""
-    sweep_dir = sweep_file.parent
-    try:
-        data = yaml.safe_load(sweep_file.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise UsageError(f"{sweep_dir} is not a sweep directory: cannot read {sweep_file} ({e})") from e
-    try:
-        return Sweep.from_dict(data)
-    except SweepConfigError as e:
-        raise UsageError(f"{sweep_file} is not a W&B sweep config: {e}") from None
+    if not sweep_file.is_file():
+        raise UsageError(f"{sweep_file.parent} is not a sweep directory: no {sweep_file}")
+    return load_sweep(sweep_file)
 
 
 def load_offline_runs(sweep_dir: str | Path) -> tuple[Sweep, list[dict]]:
@@ -227,7 +213,7 @@ def _study_names(db: Path, storage: str) -> list[str]:
 def _recorded_runs(sweep_dir: Path, sweep: Sweep) -> list[dict]:
     """The runs from their runs/*/run.json records (what the runner writes next to the storage)."""
     runs = []
-    for i, path in enumerate(sorted((sweep_dir / "runs").glob("*/run.json"))):
+    for i, path in enumerate(sorted((sweep_dir / "runs").glob(f"*/{RUN_RECORD}"))):
         run_dir = path.parent.relative_to(sweep_dir).as_posix()
         attrs, problem = None, None
         try:
@@ -248,12 +234,17 @@ def fmt(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
+def ranked(run: dict) -> bool:
+    """A run with a result to rank: completed, with a finite value."""
+    return run["state"] in COMPLETED and run["value"] is not None and math.isfinite(run["value"])
+
+
 def rank(runs: list[dict], goal: str) -> list[dict]:
     """Completed runs best first, then running, then the rest, each in run order."""
     sign = -1 if goal == "maximize" else 1
 
     def key(run: dict) -> tuple:
-        if run["state"] in COMPLETED and run["value"] is not None and math.isfinite(run["value"]):
+        if ranked(run):
             return (0, sign * run["value"], run["number"])
         return (1 if run["state"] == "running" else 2, 0, run["number"])
 
@@ -276,7 +267,4 @@ def runs_table(sweep: Sweep, runs: list[dict]) -> list[list[str]]:
 
 
 def best_run(sweep: Sweep, runs: list[dict]) -> Optional[dict]:
-    ranked = rank(runs, sweep.goal)
-    best = ranked[0] if ranked else None
-    completed = best is not None and best["state"] in COMPLETED and best["value"] is not None
-    return best if completed and math.isfinite(best["value"]) else None
+    return next((run for run in rank(runs, sweep.goal) if ranked(run)), None)
