@@ -12,6 +12,7 @@ from typing import Any, Optional
 from evaluation.binomial import METHOD_NOTES
 from evaluation.bootstrap import method_label
 from rundir.layout import TEST_REPORT as REPORT_FILE
+from sweeps.analysis.html_parts import _note
 from sweeps.analysis.subgroups_html import subgroups_html
 
 # What reading a test_report.json that lacks a key or holds a value of another type raises.
@@ -44,13 +45,6 @@ def _cell(figure: dict) -> tuple[str, str, str]:
     return est, ci, method_label(str(figure.get("method", "")), figure.get("n_eff"))  # METHOD_NOTES says which
 
 
-def method_notes(report: dict) -> str:
-    """What each interval method other than the bootstrap's that the report uses means."""
-    used = {fig.get("method") for section in (report, report.get("patient_level") or {}) if section
-            for fig in [*section["metrics"].values(), *section["calibration"].values()] if isinstance(fig, dict)}
-    return " ".join(f"{m}: {note}." for m, note in METHOD_NOTES.items() if m in used)
-
-
 def ci_rows(report: dict) -> list[list[str]]:
     """Header + one row per figure (image level, then patient level when there is one)."""
     rows = [["figure", "estimate", "95% CI", "method"]]
@@ -70,7 +64,10 @@ def caption(report: dict) -> str:
     text = (f"Test split: {counts['images']} images of {counts['patients']} patients ({per_class}). "
             f"Intervals: {report['ci']['method']} patient-level bootstrap, {report['ci']['n_resamples']} "
             f"resamples by {report['ci']['resampling_unit']}; the method column names each figure's. ")
-    text += method_notes(report)
+    used = {fig.get("method") for section in (report, report.get("patient_level") or {}) if section
+            for fig in [*section["metrics"].values(), *section["calibration"].values()]
+            if isinstance(fig, dict)}  # what each method other than the bootstrap's means:
+    text += " ".join(f"{m}: {note}." for m, note in METHOD_NOTES.items() if m in used)
     if th:
         how = f"fallback ({th['reason']})" if th["fallback"] else f"rule {th['rule']}, chosen on validation"
         text += f" Threshold {th['value']:.4g}: {how}."
@@ -123,13 +120,13 @@ def confusion_rows(report: dict) -> list[list[Any]]:
 
 def section_html(report: Optional[dict], figure: Callable, table: Callable[[list], str]) -> str:
     if report is None:
-        return ('<p class="note">The best run has no test_report.json (no test split, run.test_after_fit '
-                'off, or the run was stopped before its test).</p>')
+        return _note(f"The best run has no {REPORT_FILE} (no test split, run.test_after_fit off, or the run "
+                     "was stopped before its test).")
     try:  # everything that reads the report, before any figure is rendered (the first carries plotly.js)
         text, rows, confusion = caption(report), ci_rows(report), confusion_rows(report)
         roc, reliability = roc_figure(report), reliability_figure(report)
     except DAMAGE as e:
-        return f'<p class="note">The best run\'s test figures are not shown: {html.escape(damage(e))}.</p>'
+        return _note(f"The best run's test figures are not shown: {damage(e)}.")
     return "\n".join([
         f"<p>{html.escape(text)}</p>",
         table(rows),

@@ -160,7 +160,6 @@ def _duration(seconds: float) -> str:
 
 
 def summary_html(sweep: Sweep, runs: list[dict], best: Optional[dict]) -> str:
-    metric = sweep.metric
     states = list(dict.fromkeys([*COMPLETED, "failed", *(r["state"] for r in runs)]))
     walls = [r["wall_s"] for r in runs if isinstance(r.get("wall_s"), (int, float))]
     rows = [["runs", len(runs)], *([s, sum(r["state"] == s for r in runs)] for s in states),
@@ -171,9 +170,9 @@ def summary_html(sweep: Sweep, runs: list[dict], best: Optional[dict]) -> str:
         parts.append(_note("No completed run yet: the best configuration appears when a run finishes."))
         return "\n".join(parts)
     parts.append(f"<h3>Best run {html.escape(best['name'])} ({html.escape(best['state'])}): "
-                 f"{html.escape(metric)} = {html.escape(fmt(best['value']))}</h3>")
-    flat = shown_params(sweep, best)
-    parts.append(_table([["parameter", "value"], *([k, fmt(v)] for k, v in flat.items())]))
+                 f"{html.escape(sweep.metric)} = {html.escape(fmt(best['value']))}</h3>")
+    used = shown_params(sweep, best)
+    parts.append(_table([["parameter", "value"], *([k, fmt(v)] for k, v in used.items())]))
     try:
         snippet = yaml.safe_dump(best_config(sweep, best["config"]), sort_keys=False)
     except UsageError as e:

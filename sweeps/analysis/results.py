@@ -138,20 +138,11 @@ def _saved_config(run_dir: Path) -> Optional[dict]:
 def fold_spread(history_file: Path, metric: str, value: Optional[float]) -> Optional[float]:
     """A cross-validated run's standard deviation across folds at its best epoch (the row whose
     fold mean is the run's value), from `<metric>_std` in its history; None for other runs."""
-    if value is None:
+    try:  # every row of a cross-validated run holds both (training/cv.py), so the two lists pair up
+        pairs = zip(read_history(history_file, metric), read_history(history_file, f"{metric}_std"))
+    except UnicodeDecodeError:
         return None
-    try:
-        lines = Path(history_file).read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get(f"{metric}_std"), (int, float)) and row.get(metric) == value:
-            return float(row[f"{metric}_std"])  # a line that is not an object is skipped, as the runner does
-    return None
+    return next((std for mean, std in pairs if value is not None and mean == value), None)
 
 
 def read_sweep(sweep_file: Path) -> Sweep:
@@ -170,8 +161,8 @@ def load_offline_runs(sweep_dir: str | Path) -> tuple[Sweep, list[dict]]:
     sweep_file = sweep_dir / "sweep.yaml"
     sweep = read_sweep(sweep_file)
     db = sweep_dir / "optuna.db"
-    runs = []
-    if db.is_file() and db.stat().st_size:  # 0 bytes (truncated): opening it would write tables into it
+    runs, stored = [], db.is_file() and db.stat().st_size > 0  # 0 bytes (truncated): opening it writes tables
+    if stored:
         import optuna
 
         storage = f"sqlite:///{db.resolve()}"
@@ -188,12 +179,10 @@ def load_offline_runs(sweep_dir: str | Path) -> tuple[Sweep, list[dict]]:
                 attrs = dict(attrs, state="interrupted")  # failed by a heartbeat check: its runner died
             runs.append(_run_record(sweep_dir, sweep, trial.number, attrs, trial.value, trial.params,
                                     f"runs/{trial.number:04d}"))
-    else:
+    if not runs:  # no optuna.db, or one whose trials were lost (emptied, or a new study in their place)
         runs = _recorded_runs(sweep_dir, sweep)
-        if not runs:
-            raise UsageError(f"{sweep_dir} is not a sweep directory: no optuna.db and no runs/*/run.json")
-    if not runs:  # an optuna.db whose trials were lost (emptied, or a new study in their place)
-        runs = _recorded_runs(sweep_dir, sweep)
+    if not runs and not stored:
+        raise UsageError(f"{sweep_dir} is not a sweep directory: no optuna.db and no runs/*/run.json")
     return sweep, runs
 
 
