@@ -26,8 +26,7 @@ def damage(error: Exception) -> str:
 
 
 def read_run_file(sweep_dir: Path, run: dict, name: str) -> Optional[dict]:
-    """A JSON object the run wrote (its test report, its overlays); None when it has none. One
-    that is not a JSON object reads as an empty one, so that it is named as damaged where shown."""
+    """A JSON object the run wrote; None when it has none, {} for a damaged one (named where shown)."""
     if not run.get("run_dir"):
         return None
     try:

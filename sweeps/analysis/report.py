@@ -87,8 +87,7 @@ def _choice(value):
 
 
 def study_of(sweep: Sweep, runs: list[dict]):
-    """An in-memory Optuna study of the completed runs with the parameters they really used
-    (conditional children that did not apply are left out): the input of Optuna's plots."""
+    """The completed runs with the parameters they really used, as the in-memory study Optuna plots."""
     import optuna
 
     goal = sweep.goal

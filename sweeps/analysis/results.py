@@ -54,8 +54,7 @@ def used_settings(sweep: Sweep, config: Optional[dict], keys: Optional[list[str]
 
 
 def shown_params(sweep: Sweep, run: dict) -> dict:
-    """What the table shows for a run: what it used, or, for a run that saved no config (it
-    failed before, or is not cli.py), the values it was given."""
+    """What a run used, or the values it was given when it saved no config (failed early, not cli.py)."""
     if run.get("config") is not None:
         return used_settings(sweep, run["config"])
     return {k: None if v == NULL else v for k, v in run["params"].items()}
@@ -153,8 +152,7 @@ def read_sweep(sweep_file: Path) -> Sweep:
 
 
 def load_offline_runs(sweep_dir: str | Path) -> tuple[Sweep, list[dict]]:
-    """(the sweep, its runs in trial order) from the Optuna storage, or from the run.json files
-    when the sweep used another storage (--storage URL) or its optuna.db lost its trials."""
+    """(the sweep, its runs in trial order) from optuna.db, else (--storage URL, lost trials) run.json."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UsageError(f"{sweep_dir} is not a directory; give an offline sweep directory or ENTITY/PROJECT/SWEEP_ID")
