@@ -7,7 +7,7 @@ import html
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from evaluation.binomial import METHOD_NOTES
 from evaluation.bootstrap import method_label
@@ -112,17 +112,14 @@ def reliability_figure(report: dict):
     return fig
 
 
-def confusion_rows(report: dict) -> list[list[Any]]:
-    cm = report["confusion_matrix"]
-    return [["true \\ predicted", *cm["labels"]], *([name, *row] for name, row in zip(cm["labels"], cm["matrix"]))]
-
-
 def section_html(report: Optional[dict], figure: Callable, table: Callable[[list], str]) -> str:
     if report is None:
         return _note(f"The best run has no {REPORT_FILE} (no test split, run.test_after_fit off, or the run "
                      "was stopped before its test).")
     try:  # everything that reads the report, before any figure is rendered (the first carries plotly.js)
-        text, rows, confusion = caption(report), ci_rows(report), confusion_rows(report)
+        text, rows, cm = caption(report), ci_rows(report), report["confusion_matrix"]
+        confusion = [["true \\ predicted", *cm["labels"]],
+                     *([name, *row] for name, row in zip(cm["labels"], cm["matrix"]))]
         roc, reliability = roc_figure(report), reliability_figure(report)
     except DAMAGE as e:
         return _note(f"The best run's test figures are not shown: {damage(e)}.")

@@ -29,8 +29,7 @@ def scrub(text: Any) -> str:
 class _Figures:
     """Renders figures in page order; only the first carries plotly.js (inline, no CDN)."""
 
-    def __init__(self) -> None:
-        self.js_included = False
+    js_included = False
 
     def __call__(self, fig) -> str:
         fig.update_layout(template="plotly_white", margin={"l": 60, "r": 30, "t": 50, "b": 50})

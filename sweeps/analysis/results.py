@@ -26,9 +26,7 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # a run's config is a f
 
 def _lookup(config: Optional[dict], path: str) -> tuple[bool, Any]:
     """A dotted option in a nested config (config.yaml) or a flat one (a W&B run's config)."""
-    if not isinstance(config, dict):
-        return False, None
-    if path in config:
+    if isinstance(config, dict) and path in config:
         return True, config[path]
     node: Any = config
     for part in path.split("."):
