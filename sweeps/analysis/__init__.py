@@ -3,8 +3,6 @@ self-contained HTML report (`report`). Reads the sweep directory or W&B, never r
 
 from sweeps.analysis.best import show_best
 from sweeps.analysis.report import write_report
-from sweeps.analysis.results import best_config, best_run, load_offline_runs, runs_table, used_settings
-from sweeps.analysis.wandb_runs import load_wandb_runs
+from sweeps.analysis.results import best_config, load_offline_runs
 
-__all__ = ["best_config", "best_run", "load_offline_runs", "load_wandb_runs", "runs_table", "show_best",
-           "used_settings", "write_report"]
+__all__ = ["best_config", "load_offline_runs", "show_best", "write_report"]

@@ -3,6 +3,7 @@ best first, and what the best run used (from the config it saved) as a Lightning
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -10,9 +11,9 @@ from typing import Optional
 import yaml
 
 from rundir.atomic import write_atomic
-from sweeps.analysis.heldout import DAMAGE, damage, read_test_report
+from rundir.layout import TEST_REPORT
+from sweeps.analysis.heldout import DAMAGE, damage, read_run_file
 from sweeps.analysis.results import (
-    _WANDB_PATH,
     UNREADABLE,
     best_config,
     best_run,
@@ -22,14 +23,11 @@ from sweeps.analysis.results import (
     shown_params,
 )
 from sweeps.analysis.wandb_runs import load_wandb_runs
-from sweeps.errors import UsageError
+from sweeps.errors import SweepError, UsageError
 from sweeps.files.sweep import Sweep
 from sweeps.text import visible
 
-
-def _one_line(text: object) -> str:
-    """Text for a YAML comment: nothing that YAML reads as a line break (\n, \r, NEL, LS, PS)."""
-    return visible(text)
+_WANDB_PATH = re.compile(r"^[\w.-]+/[\w.-]+/[\w-]+$")
 
 
 def _print_table(rows: list[list[str]]) -> None:
@@ -44,15 +42,6 @@ def _print_table(rows: list[list[str]]) -> None:
 def _reproduce(sweep: Sweep, export: str) -> str:
     base = " ".join(f"--config {c}" for c in sweep.config_files) or "--config <your config>"
     return f"python cli.py fit {base} --config {export}"
-
-
-def export_yaml(path: Path, sweep: Sweep, run: dict, config: dict) -> None:
-    header = (
-        f"# Best run of sweep {_one_line(sweep.name or '')}: {_one_line(run['name'])}, "
-        f"{_one_line(sweep.metric)} = {fmt(run['value'])}\n"
-        f"# Reproduce: {_one_line(_reproduce(sweep, path.name))}\n"
-    )
-    write_atomic(path, header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False))
 
 
 def _show_best(source: str, export: Optional[str]) -> int:
@@ -79,7 +68,7 @@ def _show_best(source: str, export: Optional[str]) -> int:
         print(visible(f"  {name}: {fmt(value)}"))
     if best["run_dir"]:
         print(visible(f"run dir: {local / best['run_dir']}"))
-        report = read_test_report(local, best)
+        report = read_run_file(local, best, TEST_REPORT)
         if report is not None:
             from evaluation import format_table
 
@@ -94,8 +83,13 @@ def _show_best(source: str, export: Optional[str]) -> int:
             config = best_config(sweep, best["config"])
         except UsageError as e:
             raise UsageError(f"cannot export run {best['name']}: {e}") from None
+        # `visible`: no text in a YAML comment that YAML reads as a line break (\n, \r, NEL, LS, PS)
+        header = (f"# Best run of sweep {visible(sweep.name or '')}: {visible(best['name'])}, "
+                  f"{visible(sweep.metric)} = {fmt(best['value'])}\n"
+                  f"# Reproduce: {visible(_reproduce(sweep, Path(export).name))}\n")
         try:
-            export_yaml(Path(export), sweep, best, config)
+            write_atomic(Path(export), header + yaml.safe_dump(config, sort_keys=False,
+                                                               default_flow_style=False))
         except OSError as e:  # a directory of that name, a read-only file system, a full disk
             raise UsageError(f"cannot write {export}: {e.strerror or e} (--export)") from None
         print(f"wrote {export}; train it with: {_reproduce(sweep, export)}")
@@ -106,6 +100,6 @@ def show_best(source: str, export: Optional[str] = None) -> int:
     """Print the runs best first and the best run; optionally export it. Returns the exit code."""
     try:
         return _show_best(source, export)
-    except UsageError as e:
+    except SweepError as e:
         print(f"error: {visible(e, keep_newlines=True)}", file=sys.stderr)
         return 2

@@ -8,8 +8,8 @@ from typing import Optional
 
 from evaluation.model_card import CARD_FILE, model_card_text
 from rundir.atomic import write_atomic
-from rundir.layout import CONFIG_FILE, TEST_REPORT
-from sweeps.analysis.results import COMPLETED, best_run, load_offline_runs
+from rundir.layout import COMPLETED, CONFIG_FILE, TEST_REPORT
+from sweeps.analysis.results import best_run, load_offline_runs
 
 
 def write_best_model_card(sweep_dir: Path) -> Optional[Path]:

@@ -1,11 +1,5 @@
-"""The best run's test figures in the report and in `best`: read from the run's
-test_report.json (written by the run; see training/evaluate.py), never recomputed here.
-
-The page shows the CI table, the ROC curve with the operating point (chosen on validation)
-marked, the reliability diagram, and the confusion matrix at the threshold. Counts only:
-test_report.json names no patient, and nothing else is read. A damaged test_report.json (a
-key missing, a value of another type) is named in one line; the rest of the page is shown.
-"""
+"""The best run's test figures in the report and in `best`, read from its test_report.json (which
+names no patient), never recomputed. A damaged one is named in one line; the rest is shown."""
 
 from __future__ import annotations
 
@@ -13,11 +7,12 @@ import html
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from evaluation.binomial import METHOD_NOTES
 from evaluation.bootstrap import method_label
 from rundir.layout import TEST_REPORT as REPORT_FILE
+from sweeps.analysis.html_parts import _note
 from sweeps.analysis.subgroups_html import subgroups_html
 
 # What reading a test_report.json that lacks a key or holds a value of another type raises.
@@ -31,8 +26,7 @@ def damage(error: Exception) -> str:
 
 
 def read_run_file(sweep_dir: Path, run: dict, name: str) -> Optional[dict]:
-    """A JSON object the run wrote (its test report, its overlays); None when it has none. One
-    that is not a JSON object reads as an empty one, so that it is named as damaged where shown."""
+    """A JSON object the run wrote; None when it has none, {} for a damaged one (named where shown)."""
     if not run.get("run_dir"):
         return None
     try:
@@ -44,21 +38,10 @@ def read_run_file(sweep_dir: Path, run: dict, name: str) -> Optional[dict]:
     return data if isinstance(data, dict) else {}
 
 
-def read_test_report(sweep_dir: Path, run: dict) -> Optional[dict]:
-    return read_run_file(sweep_dir, run, REPORT_FILE)
-
-
 def _cell(figure: dict) -> tuple[str, str, str]:
     est = "n/a" if figure.get("estimate") is None else f"{figure['estimate']:.3f}"
     ci = "" if figure.get("ci_low") is None else f"{figure['ci_low']:.3f} – {figure['ci_high']:.3f}"
     return est, ci, method_label(str(figure.get("method", "")), figure.get("n_eff"))  # METHOD_NOTES says which
-
-
-def method_notes(report: dict) -> str:
-    """What each interval method other than the bootstrap's that the report uses means."""
-    used = {fig.get("method") for section in (report, report.get("patient_level") or {}) if section
-            for fig in [*section["metrics"].values(), *section["calibration"].values()] if isinstance(fig, dict)}
-    return " ".join(f"{m}: {note}." for m, note in METHOD_NOTES.items() if m in used)
 
 
 def ci_rows(report: dict) -> list[list[str]]:
@@ -80,7 +63,10 @@ def caption(report: dict) -> str:
     text = (f"Test split: {counts['images']} images of {counts['patients']} patients ({per_class}). "
             f"Intervals: {report['ci']['method']} patient-level bootstrap, {report['ci']['n_resamples']} "
             f"resamples by {report['ci']['resampling_unit']}; the method column names each figure's. ")
-    text += method_notes(report)
+    used = {fig.get("method") for section in (report, report.get("patient_level") or {}) if section
+            for fig in [*section["metrics"].values(), *section["calibration"].values()]
+            if isinstance(fig, dict)}  # what each method other than the bootstrap's means:
+    text += " ".join(f"{m}: {note}." for m, note in METHOD_NOTES.items() if m in used)
     if th:
         how = f"fallback ({th['reason']})" if th["fallback"] else f"rule {th['rule']}, chosen on validation"
         text += f" Threshold {th['value']:.4g}: {how}."
@@ -126,20 +112,17 @@ def reliability_figure(report: dict):
     return fig
 
 
-def confusion_rows(report: dict) -> list[list[Any]]:
-    cm = report["confusion_matrix"]
-    return [["true \\ predicted", *cm["labels"]], *([name, *row] for name, row in zip(cm["labels"], cm["matrix"]))]
-
-
 def section_html(report: Optional[dict], figure: Callable, table: Callable[[list], str]) -> str:
     if report is None:
-        return ('<p class="note">The best run has no test_report.json (no test split, run.test_after_fit '
-                'off, or the run was stopped before its test).</p>')
+        return _note(f"The best run has no {REPORT_FILE} (no test split, run.test_after_fit off, or the run "
+                     "was stopped before its test).")
     try:  # everything that reads the report, before any figure is rendered (the first carries plotly.js)
-        text, rows, confusion = caption(report), ci_rows(report), confusion_rows(report)
+        text, rows, cm = caption(report), ci_rows(report), report["confusion_matrix"]
+        confusion = [["true \\ predicted", *cm["labels"]],
+                     *([name, *row] for name, row in zip(cm["labels"], cm["matrix"]))]
         roc, reliability = roc_figure(report), reliability_figure(report)
     except DAMAGE as e:
-        return f'<p class="note">The best run\'s test figures are not shown: {html.escape(damage(e))}.</p>'
+        return _note(f"The best run's test figures are not shown: {damage(e)}.")
     return "\n".join([
         f"<p>{html.escape(text)}</p>",
         table(rows),

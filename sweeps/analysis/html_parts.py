@@ -7,8 +7,6 @@ import html
 import re
 from typing import Any
 
-from sweeps.analysis.overlays_html import STYLE as OVERLAY_STYLE
-
 # Two slashes, or a leading / ~ ./ X:\ : a file path; "val/auroc" stays.
 _PATH = re.compile(r"""(?<![\w.~-])(?:[A-Za-z]:[\\/]|~/|\.{1,2}/|/)[^\s'",;)]*|[\w.~-]+(?:[/\\][\w.~-]+){2,}""")
 STYLE = """
@@ -18,7 +16,10 @@ th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .note { color: #666; font-style: italic; } section { margin-bottom: 2.5em; }
 .stopped { color: #b26b00; } .failed { color: #b00020; }
-""" + OVERLAY_STYLE
+figure.overlay { display: inline-block; margin: 0 0.8em 0.8em 0; vertical-align: top; }
+figure.overlay img { display: block; max-width: 192px; border: 1px solid #ddd; }
+figure.overlay figcaption { font-size: 0.85em; color: #444; max-width: 192px; }
+"""
 
 
 def scrub(text: Any) -> str:
@@ -28,8 +29,7 @@ def scrub(text: Any) -> str:
 class _Figures:
     """Renders figures in page order; only the first carries plotly.js (inline, no CDN)."""
 
-    def __init__(self) -> None:
-        self.js_included = False
+    js_included = False
 
     def __call__(self, fig) -> str:
         fig.update_layout(template="plotly_white", margin={"l": 60, "r": 30, "t": 50, "b": 50})

@@ -1,17 +1,12 @@
-"""`python -m sweeps report DIR`: one self-contained HTML page about an offline sweep.
-
-Plots: optimization history, parallel coordinates, parameter importance and learning
-curves, plus a summary, the best run's test figures with their 95% intervals (ROC with the
-operating point, reliability diagram, confusion matrix at the threshold) and the table of runs. plotly.js is inlined once, so the page opens
-on an air-gapped machine. The page shows parameters, metrics and run directory names only:
-no file system paths, nothing from the data (path-like text in failure reasons is masked).
-A sweep with no completed run still gets a page (the plots say what they are waiting for),
-so the page can be regenerated while a sweep runs.
-"""
+"""`python -m sweeps report DIR`: one self-contained HTML page about an offline sweep (README, "Sweeps
+without a W&B server", Watching; "Reading the results"). plotly.js is inlined once, so the page opens
+on an air-gapped machine; it shows parameters, metrics and run directory names only (paths masked).
+A sweep with no completed run still gets a page, so it can be regenerated while the sweep runs."""
 
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import math
 import time
@@ -22,17 +17,17 @@ from typing import Optional
 import yaml
 
 from rundir.atomic import write_atomic
-from rundir.layout import TEST_OVERLAYS
-from sweeps.analysis.heldout import read_run_file, read_test_report, section_html
+from rundir.layout import COMPLETED, TEST_OVERLAYS, TEST_REPORT
+from sweeps.analysis.heldout import read_run_file, section_html
 from sweeps.analysis.html_parts import STYLE, _Figures, _note, _table, scrub
 from sweeps.analysis.overlays_html import overlays_html
 from sweeps.analysis.results import (
-    COMPLETED,
     best_config,
     best_run,
     fmt,
     load_offline_runs,
     rank,
+    ranked,
     runs_table,
     shown_params,
 )
@@ -41,10 +36,6 @@ from sweeps.files.sweep import Sweep
 
 NAMED_CURVES = 20  # learning curves in colour and in the legend, the best runs'; 1,000 colours help no one
 GREY = {"color": "rgba(140,140,140,0.3)", "width": 1}  # the other runs' curves
-
-
-def _completed(runs: list[dict]) -> list[dict]:
-    return [r for r in runs if r["state"] in COMPLETED and r["value"] is not None and math.isfinite(r["value"])]
 
 
 def _tick_step(count: int) -> int:
@@ -56,7 +47,7 @@ def history_figure(sweep: Sweep, runs: list[dict]):
     import plotly.graph_objects as go
 
     metric, goal = sweep.metric, sweep.goal
-    done = sorted(_completed(runs), key=lambda r: r["number"])
+    done = sorted(filter(ranked, runs), key=lambda r: r["number"])
     fig = go.Figure()
     for state, symbol in (("finished", "circle"), ("stopped", "x")):
         part = [r for r in done if r["state"] == state]
@@ -67,11 +58,7 @@ def history_figure(sweep: Sweep, runs: list[dict]):
                             name=state, marker={"symbol": symbol, "size": 9},
                             text=[f"run {r['name']}" for r in part],
                             error_y={"type": "data", "array": spread, "visible": any(spread)})
-    best, best_so_far = None, []
-    for r in done:
-        better = best is None or (r["value"] > best if goal == "maximize" else r["value"] < best)
-        best = r["value"] if better else best
-        best_so_far.append(best)
+    best_so_far = list(itertools.accumulate((r["value"] for r in done), max if goal == "maximize" else min))
     fig.add_scatter(x=[r["number"] for r in done], y=best_so_far, mode="lines", name="best so far",
                     line={"shape": "hv", "color": "#d62728"})
     fig.update_layout(title="Optimization history", xaxis_title="run (trial number)", yaxis_title=metric)
@@ -100,12 +87,11 @@ def _choice(value):
 
 
 def study_of(sweep: Sweep, runs: list[dict]):
-    """An in-memory Optuna study of the completed runs with the parameters they really used
-    (conditional children that did not apply are left out): the input of Optuna's plots."""
+    """The completed runs with the parameters they really used, as the in-memory study Optuna plots."""
     import optuna
 
     goal = sweep.goal
-    done = _completed(runs)
+    done = list(filter(ranked, runs))
     applied = [{k: _choice(v) for k, v in shown_params(sweep, r).items()} for r in done]
     dists = {}
     for name in dict.fromkeys(n for a in applied for n in a):
@@ -173,9 +159,7 @@ def _duration(seconds: float) -> str:
 
 
 def summary_html(sweep: Sweep, runs: list[dict], best: Optional[dict]) -> str:
-    metric = sweep.metric
-    states = ["finished", "stopped", "failed", *dict.fromkeys(
-        r["state"] for r in runs if r["state"] not in ("finished", "stopped", "failed"))]
+    states = list(dict.fromkeys([*COMPLETED, "failed", *(r["state"] for r in runs)]))
     walls = [r["wall_s"] for r in runs if isinstance(r.get("wall_s"), (int, float))]
     rows = [["runs", len(runs)], *([s, sum(r["state"] == s for r in runs)] for s in states),
             ["epochs trained", sum(len(r["history"]) for r in runs)],
@@ -185,9 +169,9 @@ def summary_html(sweep: Sweep, runs: list[dict], best: Optional[dict]) -> str:
         parts.append(_note("No completed run yet: the best configuration appears when a run finishes."))
         return "\n".join(parts)
     parts.append(f"<h3>Best run {html.escape(best['name'])} ({html.escape(best['state'])}): "
-                 f"{html.escape(metric)} = {html.escape(fmt(best['value']))}</h3>")
-    flat = shown_params(sweep, best)
-    parts.append(_table([["parameter", "value"], *([k, fmt(v)] for k, v in flat.items())]))
+                 f"{html.escape(sweep.metric)} = {html.escape(fmt(best['value']))}</h3>")
+    used = shown_params(sweep, best)
+    parts.append(_table([["parameter", "value"], *([k, fmt(v)] for k, v in used.items())]))
     try:
         snippet = yaml.safe_dump(best_config(sweep, best["config"]), sort_keys=False)
     except UsageError as e:
@@ -201,12 +185,12 @@ def summary_html(sweep: Sweep, runs: list[dict], best: Optional[dict]) -> str:
 def render(sweep_dir: Path, sweep: Sweep, runs: list[dict]) -> str:
     metric, goal = sweep.metric, sweep.goal
     figure = _Figures()
-    done = _completed(runs)
+    done = list(filter(ranked, runs))
     best = best_run(sweep, runs)
     name = sweep.name or sweep_dir.name
     sections = [("summary", "Summary", summary_html(sweep, runs, best))]
     if best is not None:  # rendered in page order: the first figure on the page carries plotly.js
-        report = read_test_report(sweep_dir, best)
+        report = read_run_file(sweep_dir, best, TEST_REPORT)
         sections.append(("test", f"Test figures of the best run ({html.escape(best['name'])})",
                          section_html(report, figure, _table)))
         sections.append(("overlays", "Where the model looks (test images chosen to teach)",

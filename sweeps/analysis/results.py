@@ -1,42 +1,32 @@
-"""The runs of a sweep, offline or on W&B, as one list of records; ranking, the table of runs,
-and the best run's settings as a LightningCLI config (what `best` and `report` show).
-
-An offline sweep directory holds sweep.yaml, the Optuna storage optuna.db (one trial per run,
-the run's facts in user_attrs) and runs/NNNN/ (run.json, sweep_history.jsonl, config.yaml).
-A W&B sweep is read with wandb.Api(); bayes there ranks runs by the best value in history,
-and so do we. What a run used is read from the config it saved (config.yaml; a W&B run's
-config), never rebuilt from its command line. A damaged record makes its run `unreadable`.
-"""
+"""The runs of a sweep as one list of records; ranking (by the best value in history, as W&B's
+bayes), the table of runs, and what a run used as a LightningCLI config, read from the config it
+saved, never rebuilt from its command line. A damaged record makes its run `unreadable`."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
 from models.metric_names import DEFAULT_METRIC
-from rundir.layout import COMPLETED
+from rundir.layout import COMPLETED, CONFIG_FILE, RUN_RECORD
 from sweeps.contract.history import HISTORY_FILE, best_of, read_history
-from sweeps.errors import SweepConfigError, UsageError
+from sweeps.errors import UsageError
+from sweeps.files.io import load_sweep
 from sweeps.files.schema import NULL
 from sweeps.files.sweep import Sweep
 
 UNREADABLE = "unreadable"  # a damaged run record: shown, never ranked
-CONFIG_FILE = "config.yaml"  # the config the run saved (LightningCLI's SaveConfigCallback)
-_WANDB_PATH = re.compile(r"^[\w.-]+/[\w.-]+/[\w-]+$")
 _NOT_EXPORTED = ("sweep", "run", "config")  # how to sweep, where to write: not what was trained
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # a run's config is a few hundred lines
 
 
 def _lookup(config: Optional[dict], path: str) -> tuple[bool, Any]:
     """A dotted option in a nested config (config.yaml) or a flat one (a W&B run's config)."""
-    if not isinstance(config, dict):
-        return False, None
-    if path in config:
+    if isinstance(config, dict) and path in config:
         return True, config[path]
     node: Any = config
     for part in path.split("."):
@@ -62,8 +52,7 @@ def used_settings(sweep: Sweep, config: Optional[dict], keys: Optional[list[str]
 
 
 def shown_params(sweep: Sweep, run: dict) -> dict:
-    """What the table shows for a run: what it used, or, for a run that saved no config (it
-    failed before, or is not cli.py), the values it was given."""
+    """What a run used, or the values it was given when it saved no config (failed early, not cli.py)."""
     if run.get("config") is not None:
         return used_settings(sweep, run["config"])
     return {k: None if v == NULL else v for k, v in run["params"].items()}
@@ -146,46 +135,30 @@ def _saved_config(run_dir: Path) -> Optional[dict]:
 def fold_spread(history_file: Path, metric: str, value: Optional[float]) -> Optional[float]:
     """A cross-validated run's standard deviation across folds at its best epoch (the row whose
     fold mean is the run's value), from `<metric>_std` in its history; None for other runs."""
-    if value is None:
+    try:  # every row of a cross-validated run holds both (training/cv.py), so the two lists pair up
+        pairs = zip(read_history(history_file, metric), read_history(history_file, f"{metric}_std"))
+    except UnicodeDecodeError:
         return None
-    try:
-        lines = Path(history_file).read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get(f"{metric}_std"), (int, float)) and row.get(metric) == value:
-            return float(row[f"{metric}_std"])  # a line that is not an object is skipped, as the runner does
-    return None
+    return next((std for mean, std in pairs if value is not None and mean == value), None)
 
 
 def read_sweep(sweep_file: Path) -> Sweep:
     """The sweep.yaml the runner wrote into a sweep directory."""
-    sweep_dir = sweep_file.parent
-    try:
-        data = yaml.safe_load(sweep_file.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise UsageError(f"{sweep_dir} is not a sweep directory: cannot read {sweep_file} ({e})") from e
-    try:
-        return Sweep.from_dict(data)
-    except SweepConfigError as e:
-        raise UsageError(f"{sweep_file} is not a W&B sweep config: {e}") from None
+    if not sweep_file.is_file():
+        raise UsageError(f"{sweep_file.parent} is not a sweep directory: no {sweep_file}")
+    return load_sweep(sweep_file)
 
 
 def load_offline_runs(sweep_dir: str | Path) -> tuple[Sweep, list[dict]]:
-    """(the sweep, its runs in trial order) from the Optuna storage, or from the run.json files
-    when the sweep used another storage (--storage URL) or its optuna.db lost its trials."""
+    """(the sweep, its runs in trial order) from optuna.db, else (--storage URL, lost trials) run.json."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UsageError(f"{sweep_dir} is not a directory; give an offline sweep directory or ENTITY/PROJECT/SWEEP_ID")
     sweep_file = sweep_dir / "sweep.yaml"
     sweep = read_sweep(sweep_file)
     db = sweep_dir / "optuna.db"
-    runs = []
-    if db.is_file() and db.stat().st_size:  # 0 bytes (truncated): opening it would write tables into it
+    runs, stored = [], db.is_file() and db.stat().st_size > 0  # 0 bytes (truncated): opening it writes tables
+    if stored:
         import optuna
 
         storage = f"sqlite:///{db.resolve()}"
@@ -202,12 +175,10 @@ def load_offline_runs(sweep_dir: str | Path) -> tuple[Sweep, list[dict]]:
                 attrs = dict(attrs, state="interrupted")  # failed by a heartbeat check: its runner died
             runs.append(_run_record(sweep_dir, sweep, trial.number, attrs, trial.value, trial.params,
                                     f"runs/{trial.number:04d}"))
-    else:
+    if not runs:  # no optuna.db, or one whose trials were lost (emptied, or a new study in their place)
         runs = _recorded_runs(sweep_dir, sweep)
-        if not runs:
-            raise UsageError(f"{sweep_dir} is not a sweep directory: no optuna.db and no runs/*/run.json")
-    if not runs:  # an optuna.db whose trials were lost (emptied, or a new study in their place)
-        runs = _recorded_runs(sweep_dir, sweep)
+    if not runs and not stored:
+        raise UsageError(f"{sweep_dir} is not a sweep directory: no optuna.db and no runs/*/run.json")
     return sweep, runs
 
 
@@ -227,7 +198,7 @@ def _study_names(db: Path, storage: str) -> list[str]:
 def _recorded_runs(sweep_dir: Path, sweep: Sweep) -> list[dict]:
     """The runs from their runs/*/run.json records (what the runner writes next to the storage)."""
     runs = []
-    for i, path in enumerate(sorted((sweep_dir / "runs").glob("*/run.json"))):
+    for i, path in enumerate(sorted((sweep_dir / "runs").glob(f"*/{RUN_RECORD}"))):
         run_dir = path.parent.relative_to(sweep_dir).as_posix()
         attrs, problem = None, None
         try:
@@ -248,12 +219,17 @@ def fmt(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
+def ranked(run: dict) -> bool:
+    """A run with a result to rank: completed, with a finite value."""
+    return run["state"] in COMPLETED and run["value"] is not None and math.isfinite(run["value"])
+
+
 def rank(runs: list[dict], goal: str) -> list[dict]:
     """Completed runs best first, then running, then the rest, each in run order."""
     sign = -1 if goal == "maximize" else 1
 
     def key(run: dict) -> tuple:
-        if run["state"] in COMPLETED and run["value"] is not None and math.isfinite(run["value"]):
+        if ranked(run):
             return (0, sign * run["value"], run["number"])
         return (1 if run["state"] == "running" else 2, 0, run["number"])
 
@@ -276,7 +252,4 @@ def runs_table(sweep: Sweep, runs: list[dict]) -> list[list[str]]:
 
 
 def best_run(sweep: Sweep, runs: list[dict]) -> Optional[dict]:
-    ranked = rank(runs, sweep.goal)
-    best = ranked[0] if ranked else None
-    completed = best is not None and best["state"] in COMPLETED and best["value"] is not None
-    return best if completed and math.isfinite(best["value"]) else None
+    return next((run for run in rank(runs, sweep.goal) if ranked(run)), None)

@@ -1,10 +1,6 @@
-"""The report's subgroup section: a forest plot of the main test figures per subgroup (estimate
-and patient-level 95% interval, the whole split's estimate as a dashed line), and the counts
-each group rests on, with the groups too small for their intervals to mean anything marked.
-
-Read from test_report.json's ``subgroups`` section (evaluation/subgroups.py); nothing is
-recomputed, and the only values of a subgroup column shown are its group labels.
-"""
+"""The report's subgroup section: a forest plot of the main test figures per subgroup and the counts
+each group rests on, from test_report.json's ``subgroups`` (evaluation/subgroups.py), nothing
+recomputed; the only values of a subgroup column shown are its group labels."""
 
 from __future__ import annotations
 
@@ -24,17 +20,13 @@ def _rows(section: dict) -> list[tuple[str, dict]]:
             for col in section["by"] for g in col["groups"]]
 
 
-def panels(report: dict) -> list[str]:
-    present = set(report["metrics"])
-    return [name for name in FOREST_FIGURES if name in present][:MAX_PANELS]
-
-
 def forest_figure(report: dict):
     """One panel per figure; a group marked too small is drawn grey with a hollow marker."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    names, rows = panels(report), _rows(report["subgroups"])
+    names = [name for name in FOREST_FIGURES if name in report["metrics"]][:MAX_PANELS]
+    rows = _rows(report["subgroups"])
     fig = make_subplots(rows=1, cols=len(names), shared_yaxes=True, subplot_titles=names, horizontal_spacing=0.03)
     labels = [label for label, _ in rows]
     for col, name in enumerate(names, start=1):

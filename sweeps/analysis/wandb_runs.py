@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 
 from models.metric_names import DEFAULT_METRIC
-from sweeps.analysis.results import COMPLETED
+from rundir.layout import COMPLETED
 from sweeps.contract.history import best_of
 from sweeps.errors import UsageError
 from sweeps.files.schema import NULL
@@ -49,8 +49,6 @@ def load_wandb_runs(path: str) -> tuple[Sweep, list[dict]]:
                 "run_dir": None, "reason": None, "wall_s": run.summary.get("_runtime"),
                 "config": config, "std": spread,
             })
-    except UsageError:
-        raise
     except Exception as e:  # no key, no network, no such sweep, a config we cannot read: wandb raises many kinds
         raise UsageError(
             f"cannot read W&B sweep {path}: {str(e).rstrip('.')}. On a machine without W&B access use the offline "
