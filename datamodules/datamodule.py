@@ -16,15 +16,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.cache import CacheDtype, CacheEntry, ensure_cache
-from datamodules.datasets import (
-    EpochSeededWeightedSampler,
-    OversampledDataset,
-    XrayDataset,
-)
+from datamodules.datasets import EpochSeededWeightedSampler, XrayDataset, oversampled
 from datamodules.readers import ImageReadError, read_image, suffixes
 from datamodules.records import DataError, Record, read_manifest, scan_folder
 from datamodules.splits import assign_folds, assign_splits, check_labels
-from datamodules.transforms import BatchAugment, BatchPreset, ResizePad
+from datamodules.transforms import XRAY_MEAN, XRAY_STD, BatchAugment, ResizePad, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +59,7 @@ class XrayDataModule(pl.LightningDataModule):
                 root/manifest.csv when it exists, else the folder layout.
             classes: class names in label order (e.g. [normal, abnormal]: the last is the
                 positive class of binary metrics); default: sorted names found in the data.
-            image_size: side of the square network input; images are resized keeping their
-                aspect ratio and padded.
+            image_size: side of the square network input (images resized keeping their aspect ratio, padded).
             batch_size: per GPU (per process): the global batch is batch_size x devices.
             num_workers: DataLoader worker processes per GPU.
             balancing: none; class_weights (weighted loss); weighted_sampler (draw classes
@@ -75,24 +70,20 @@ class XrayDataModule(pl.LightningDataModule):
             skip_bad_files: decode every image once before training and leave out unreadable
                 ones, reporting how many; off: an unreadable image stops the run naming the file.
             allow_outside_root: read manifest rows and symlinks that lead outside the data root
-                (off: they stop the run, listed). Their paths and file names (often patient names)
-                are not written to outputs or skip reports: those call them outside-root/line-N
-                (manifest line N) or outside-root/N. An unreadable one that stops the run is
-                named as configured.
+                (off: they stop the run, listed); outputs then name them outside-root/..., never by
+                path or file name (README, Privacy).
             hflip_prob: training augmentation, probability of a horizontal flip.
             rotation_degrees: training augmentation, maximum rotation.
             scale_jitter: training augmentation, relative zoom range.
             intensity_jitter: training augmentation, brightness/contrast range.
             predict_split: which split `predict` runs on.
-            cache_dir: preprocessing cache: decode, normalise and resize every image once into a
-                memory-mapped array under this folder, shared by all runs, sweeps and loader
-                workers on the machine (rebuilt when a file, image_size or cache_dtype changes).
-                Needs images x image_size^2 x (1 or 2) bytes of disk. Default: no cache.
+            cache_dir: preprocessing cache folder, shared by all runs on the machine (README,
+                Performance); needs images x image_size^2 x (1 or 2) bytes of disk. Default: none.
             cache_dtype: pixel type in the cache: uint16 keeps 16-bit radiographs' depth,
                 uint8 halves disk and page-cache use.
-            folds: k of k-fold cross-validation over the images not in the test split (train
-                and val merged; whole patients, label-stratified, fixed by split_seed); 0: none.
-                `--cv.folds` trains all folds as one run; this option trains one (see fold).
+            folds: k of k-fold cross-validation over the non-test images (whole patients,
+                label-stratified, fixed by split_seed); 0: none. Trains one fold (see fold);
+                `--cv.folds` trains all as one run.
             fold: with folds, the fold used for validation (0..folds-1); the others train.
         """
         super().__init__()
@@ -128,9 +119,8 @@ class XrayDataModule(pl.LightningDataModule):
         self.skipped: list[str] = []
         self._datasets: dict[str, Dataset] = {}
         self.cache: Optional[CacheEntry] = None
-        augment = BatchAugment(hflip_prob=hflip_prob, rotation_degrees=rotation_degrees,
-                               scale_jitter=scale_jitter, intensity_jitter=intensity_jitter)
-        self.batch_transform = BatchPreset(augment)
+        self.augment = BatchAugment(hflip_prob=hflip_prob, rotation_degrees=rotation_degrees,
+                                    scale_jitter=scale_jitter, intensity_jitter=intensity_jitter)
 
     def _load_records(self, manifest: Optional[str]) -> tuple[list[Record], str]:
         if not self.root.is_dir():
@@ -192,8 +182,6 @@ class XrayDataModule(pl.LightningDataModule):
                           for s, r in splits.items()}
 
     def _open_cache(self) -> None:
-        """Build (once, under a lock) or open the preprocessing cache; with skip_bad_files the
-        files it could not read are left out exactly as _drop_unreadable does."""
         hp = self.hparams
         try:
             self.cache = ensure_cache([r.path for r in self.records], hp.cache_dir, image_size=hp.image_size,
@@ -205,11 +193,16 @@ class XrayDataModule(pl.LightningDataModule):
         self._drop({r: f"{r.rel}: {reason}" for r, reason in reasons.items() if reason})
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Pixels to [0, 1], training augmentation (only while training), normalisation: on the
-        device the batch was moved to, vectorized over the batch."""
         x, *rest = batch
-        training = self.trainer is not None and self.trainer.training
-        return [self.batch_transform(x, train=training, generator=self._augment_generator(x.device)), *rest]
+        return [self.batch_transform(x, train=self.trainer is not None and self.trainer.training), *rest]
+
+    def batch_transform(self, x: torch.Tensor, *, train: bool) -> torch.Tensor:
+        """Pixels to [0, 1], augmentation (only while training), normalisation: on the device the
+        batch was moved to, vectorized over the batch."""
+        x = to_unit(x)
+        if train:
+            x = self.augment(x, self._augment_generator(x.device))
+        return (x - XRAY_MEAN) / XRAY_STD
 
     def _augment_generator(self, device: torch.device) -> torch.Generator:
         """One generator per rank and device, seeded from the run's seed and the rank: every
@@ -267,7 +260,7 @@ class XrayDataModule(pl.LightningDataModule):
         dataset = self._datasets["train"]
         labels = [self.class_index[r.label] for r in dataset.records]
         if self.hparams.balancing == "oversample":
-            return self._loader(OversampledDataset(dataset, labels), shuffle=True, train=True)
+            return self._loader(oversampled(dataset, labels), shuffle=True, train=True)
         if self.hparams.balancing == "weighted_sampler":
             counts = Counter(labels)
             weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.double)
