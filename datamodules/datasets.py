@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, Subset
 
 from datamodules.cache import CacheEntry
 from datamodules.readers import read_image
@@ -19,9 +19,7 @@ from datamodules.records import Record
 class XrayDataset(Dataset):
     """Items (image (1, H, W), label, index into records): each file read and resized
     (`transform`, ResizePad) where the item is loaded, or, with `cache`, its uint pixels copied out
-    of the preprocessing cache. Augmentation and normalisation run on whole batches on the device
-    (XrayDataModule.on_after_batch_transfer). The cache's array is opened on first access in each
-    process and not pickled with the dataset, so loader workers share one copy."""
+    of the preprocessing cache (opened in each process, not pickled: loader workers share one copy)."""
 
     def __init__(self, records: list[Record], class_index: dict[str, int], *, transform: Callable | None = None,
                  cache: CacheEntry | None = None) -> None:
@@ -61,19 +59,12 @@ class EpochSeededWeightedSampler(Sampler[int]):
         yield from torch.multinomial(self.weights, self.num_samples, True, generator=generator).tolist()
 
 
-class OversampledDataset(Dataset):
-    """Repeats minority-class items so every class has as many items as the largest one."""
-
-    def __init__(self, dataset: XrayDataset, labels: list[int]) -> None:
-        counts = Counter(labels)
-        target = max(counts.values())
-        self.dataset, self.indices = dataset, []
-        for cls in sorted(counts):
-            members = [i for i, y in enumerate(labels) if y == cls]
-            self.indices += (members * (target // len(members) + 1))[:target]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        return self.dataset[self.indices[index]]
+def oversampled(dataset: XrayDataset, labels: list[int]) -> Subset:
+    """`dataset` with minority-class items repeated so every class has as many as the largest one."""
+    counts = Counter(labels)
+    target = max(counts.values())
+    indices: list[int] = []
+    for cls in sorted(counts):
+        members = [i for i, y in enumerate(labels) if y == cls]
+        indices += (members * (target // len(members) + 1))[:target]
+    return Subset(dataset, indices)
