@@ -58,7 +58,11 @@ def read_dicom(path: Path) -> np.ndarray:
         raise ImageReadError(path, f"not a valid DICOM file ({type(exc).__name__})") from exc
     if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageReadError(path, "DICOM file has no pixel data (is it a report, DICOMDIR or structured report?)")
-    _ensure_transfer_syntax(ds)
+    if not ds.file_meta.get("TransferSyntaxUID"):  # old ACR-NEMA files: the syntax they were read in
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit
+                                          else pydicom.uid.ExplicitVRLittleEndian if little
+                                          else pydicom.uid.ExplicitVRBigEndian)
     _check_declared_size(path, ds)  # before the decoder allocates what the header declares
     tsyntax = ds.file_meta.TransferSyntaxUID
     try:
@@ -127,19 +131,6 @@ def _check_declared_size(path: Path, ds: pydicom.Dataset) -> int:
     shape = f"{rows} x {cols} pixels x {samples} sample(s) x {frames} frame(s) at {bits} bits, {nbytes >> 20} MiB"
     check_size(path, pixels, nbytes, shape)
     return nbytes
-
-
-def _ensure_transfer_syntax(ds: pydicom.Dataset) -> None:
-    """Old ACR-NEMA style files have no file meta; infer the syntax from how they were read."""
-    if ds.file_meta.get("TransferSyntaxUID"):
-        return
-    implicit, little = ds.original_encoding
-    if implicit:
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
-    elif little:
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    else:
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
 
 
 def _decode_failure(tsyntax: pydicom.uid.UID, exc: Exception) -> str:

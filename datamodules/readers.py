@@ -1,18 +1,11 @@
-"""The one implementation of reading an X-ray image into a float32 array in [0, 1].
+"""The one implementation of reading an X-ray image into a float32 array in [0, 1], shaped
+(rows, cols) exactly as stored: PIL and pydicom are both row-major, so nothing here transposes.
 
-Every data module, the preprocessing cache and the demo generator's tests call
-`read_image`; nothing else in the project opens image files. The result is a 2-D array
-shaped (rows, cols) exactly as stored: PIL and pydicom are both row-major, so nothing here
-ever transposes.
-
-A format is one entry of `FORMATS`: file suffix -> the decoder, named by import path (loaded
-on first use, so a decoder's module may import this one). Folder scanning, the error messages
-and the preprocessing cache's key follow from it (README, Architecture).
-
-Decompression bombs: a small file can declare or inflate to an enormous image (a 12.5 MB
-RLE DICOM declaring 20000 x 20000 decodes to gigabytes; deflate reaches ~1000:1). The size a
-file declares is checked against MAX_PIXELS and MAX_PIXEL_BYTES before anything is decoded,
-and Pillow's decompression-bomb warning is an error.
+A format is one entry of `FORMATS`: file suffix -> the decoder, named by import path (loaded on
+first use, so a decoder's module may import this one); folder scanning, the error messages and
+the cache key follow from it (README, Architecture). Decompression bombs (a 12.5 MB RLE DICOM
+can declare 20000 x 20000; deflate reaches ~1000:1): the size a file declares is checked against
+MAX_PIXELS and MAX_PIXEL_BYTES before decoding, and Pillow's bomb warning is an error.
 """
 
 from __future__ import annotations
@@ -121,7 +114,14 @@ def read_pil(path: Path) -> np.ndarray:
             with Image.open(path) as img:  # reads the header only
                 check_size(path, img.width * img.height, 0, f"{img.height} x {img.width} pixels")
                 img.load()  # decode now, so truncated files fail here and not later
-                return _pil_to_float(img)
+                if img.mode == "F":
+                    return minmax(np.asarray(img).astype(np.float32))
+                # Full 16-bit depth (mode "L" would drop 8 bits; older Pillow opens 16-bit PNG as "I").
+                # Anything else (RGB, RGBA, LA, P, 1, CMYK, ...): ITU-R 601-2 luminance, alpha dropped.
+                wide = img.mode.startswith("I;16") or img.mode == "I"
+                arr = np.asarray(img if wide or img.mode == "L" else img.convert("L")).astype(np.float32)
+                arr *= 1.0 / (65535.0 if wide else 255.0)
+                return arr
     except ImageReadError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -129,17 +129,6 @@ def read_pil(path: Path) -> np.ndarray:
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
         raise ImageReadError(path, f"not a readable image file ({type(exc).__name__}: {exc}); "
                                    f"formats: {suffixes()}") from exc
-
-
-def _pil_to_float(img: Image.Image) -> np.ndarray:
-    if img.mode == "F":
-        return minmax(np.asarray(img).astype(np.float32))
-    # Full 16-bit depth (mode "L" would drop 8 bits; older Pillow opens 16-bit PNG as "I").
-    # Anything else (RGB, RGBA, LA, P, 1, CMYK, ...): ITU-R 601-2 luminance, alpha dropped.
-    wide = img.mode.startswith("I;16") or img.mode == "I"
-    arr = np.asarray(img if wide or img.mode == "L" else img.convert("L")).astype(np.float32)
-    arr *= 1.0 / (65535.0 if wide else 255.0)
-    return arr
 
 
 def minmax(arr: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
