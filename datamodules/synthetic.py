@@ -30,12 +30,8 @@ PROVENANCE = "synthetic.json"  # in the data set: the settings it was made with
 
 
 def _assign_patients(count: int, abnormal_fraction: float, rng: np.random.Generator) -> list[tuple[int, bool]]:
-    """Split `count` images into patients of 1 or 2 images; label whole patients.
-
-    Returns (images, abnormal) per patient. Abnormal patients are picked until the
-    abnormal image count is as close to the requested fraction as whole patients allow;
-    with 0 < fraction < 1 and count >= 2 both classes are always present.
-    """
+    """(images, abnormal) per patient of 1 or 2 images: abnormal patients are picked until their
+    images are the requested fraction; with 0 < fraction < 1 and count >= 2 both classes appear."""
     sizes: list[int] = []
     while sum(sizes) < count:
         sizes.append(1 if count - sum(sizes) == 1 or rng.random() < 0.3 else 2)
@@ -62,11 +58,6 @@ def _write(path: Path, img: np.ndarray, *, fmt: str, patient_id: str, body_part:
     if fmt == "png16":
         Image.fromarray(stored).save(path, compress_level=1)  # mode I;16, full depth
         return
-    _write_dicom(path, stored, patient_id=patient_id, body_part=body_part, side=side, uid_seed=uid_seed)
-
-
-def _write_dicom(path: Path, stored: np.ndarray, *, patient_id: str, body_part: str, side: str,
-                 uid_seed: list) -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
@@ -85,13 +76,10 @@ def _write_dicom(path: Path, stored: np.ndarray, *, patient_id: str, body_part: 
     ds.PatientName, ds.PatientID = "Synthetic^Phantom", patient_id
     ds.Modality, ds.PresentationIntentType = "DX", "FOR PRESENTATION"
     ds.BodyPartExamined, ds.ImageLaterality = body_part.upper(), side
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = stored.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.set_pixel_data(stored, "MONOCHROME2", 16, generate_instance_uid=False)
     # A real rescale and a full-range window: read back, the pixels equal the png16 ones.
     ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, -1024, "US"
     ds.WindowCenter, ds.WindowWidth = 32768 - 1024, 65536
-    ds.PixelData = stored.tobytes()
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -127,10 +115,26 @@ def generate(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         (tmp / "images").mkdir()
-        rows = _generate_into(tmp, body_part=body_part, count=count, size=tuple(size), fmt=fmt, seed=seed,
-                              abnormal_fraction=abnormal_fraction, severity=severity)
+        patients = _assign_patients(count, abnormal_fraction, np.random.default_rng([seed, 0]))
+        width = max(4, len(str(len(patients))))
+        rows = [("path", "label", "patient_id")]
+        for p, (n_images, abnormal) in enumerate(patients, start=1):
+            patient_id = f"P{p:0{width}d}"
+            sides = ["L", "R"]
+            if n_images == 1:
+                sides = [str(np.random.default_rng([seed, 1, p]).choice(sides))]
+            for side in sides:
+                img = render_phantom(
+                    body_part=body_part, abnormal=abnormal, size=tuple(size), mirror=side == "R",
+                    severity=severity, patient_rng=np.random.default_rng([seed, 2, p]),  # same for both sides
+                    image_rng=np.random.default_rng([seed, 3, p, ord(side)]),
+                )
+                rel = f"images/{patient_id}_{side}{'.dcm' if fmt == 'dicom' else '.png'}"
+                _write(tmp / rel, img, fmt=fmt, patient_id=patient_id, body_part=body_part, side=side,
+                       uid_seed=[seed, body_part, patient_id, side])
+                rows.append((rel, "abnormal" if abnormal else "normal", patient_id))
         with open(tmp / "manifest.csv", "w", newline="") as f:
-            csv.writer(f).writerows([("path", "label", "patient_id"), *rows])
+            csv.writer(f).writerows(rows)
         (tmp / PROVENANCE).write_text(json.dumps(settings, indent=1) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; the data set is not secret
         try:
@@ -162,28 +166,6 @@ def check_made_with(out: Path, settings: dict) -> None:
     if changed:
         raise DataError(f"{out / PROVENANCE}: {out} holds a synthetic data set made with other settings "
                         f"({'; '.join(changed)}); delete {out} to make it again there, or {elsewhere}")
-
-
-def _generate_into(tmp: Path, *, body_part: str, count: int, size: tuple[int, int], fmt: str, seed: int,
-                   abnormal_fraction: float, severity: float) -> list[tuple[str, str, str]]:
-    patients = _assign_patients(count, abnormal_fraction, np.random.default_rng([seed, 0]))
-    width = max(4, len(str(len(patients))))
-    suffix = ".dcm" if fmt == "dicom" else ".png"
-    rows = []
-    for p, (n_images, abnormal) in enumerate(patients, start=1):
-        patient_id = f"P{p:0{width}d}"
-        sides = ["L", "R"] if n_images == 2 else [str(np.random.default_rng([seed, 1, p]).choice(["L", "R"]))]
-        for side in sides:
-            img = render_phantom(
-                body_part=body_part, abnormal=abnormal, size=size, mirror=side == "R", severity=severity,
-                patient_rng=np.random.default_rng([seed, 2, p]),  # same anatomy for both sides
-                image_rng=np.random.default_rng([seed, 3, p, ord(side)]),
-            )
-            rel = f"images/{patient_id}_{side}{suffix}"
-            _write(tmp / rel, img, fmt=fmt, patient_id=patient_id, body_part=body_part, side=side,
-                   uid_seed=[seed, body_part, patient_id, side])
-            rows.append((rel, "abnormal" if abnormal else "normal", patient_id))
-    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
