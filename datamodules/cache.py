@@ -97,11 +97,8 @@ def ensure_cache(
     skip_bad_files: bool = False,
     workers: Optional[int] = None,
 ) -> CacheEntry:
-    """Return the cache entry for these files and settings, building it first if needed.
-
-    Raises:
-        ImageReadError: a file cannot be read and skip_bad_files is off (no entry is left).
-    """
+    """The cache entry for these files and settings, built first if needed; ImageReadError for an
+    unreadable file unless skip_bad_files (no entry is left)."""
     if dtype not in _MAX:
         raise ValueError(f"data.cache_dtype must be one of {list(_MAX)}, got {dtype!r}")
     paths = sorted({os.path.abspath(p) for p in paths})

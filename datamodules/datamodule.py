@@ -57,8 +57,7 @@ class XrayDataModule(pl.LightningDataModule):
             root: folder with root/{train,val,test}/{class}/file, root/{class}/file or a manifest.
             manifest: CSV `path,label[,split][,patient_id]`, relative to root; default
                 root/manifest.csv when it exists, else the folder layout.
-            classes: class names in label order (e.g. [normal, abnormal]: the last is the
-                positive class of binary metrics); default: sorted names found in the data.
+            classes: class names in label order, the positive class last; default: those found.
             image_size: side of the square network input (images resized keeping their aspect ratio, padded).
             batch_size: per GPU (per process): the global batch is batch_size x devices.
             num_workers: DataLoader worker processes per GPU.
@@ -67,8 +66,7 @@ class XrayDataModule(pl.LightningDataModule):
             val_fraction: fraction of patients for validation when splits are not given.
             test_fraction: fraction of patients for testing when splits are not given.
             split_seed: seed of the patient-level split.
-            skip_bad_files: decode every image once before training and leave out unreadable
-                ones, reporting how many; off: an unreadable image stops the run naming the file.
+            skip_bad_files: leave out unreadable images, reported (off: one stops the run, named).
             allow_outside_root: read manifest rows and symlinks that lead outside the data root
                 (off: they stop the run, listed); outputs then name them outside-root/..., never by
                 path or file name (README, Privacy).
@@ -79,8 +77,7 @@ class XrayDataModule(pl.LightningDataModule):
             predict_split: which split `predict` runs on.
             cache_dir: preprocessing cache folder, shared by all runs on the machine (README,
                 Performance); needs images x image_size^2 x (1 or 2) bytes of disk. Default: none.
-            cache_dtype: pixel type in the cache: uint16 keeps 16-bit radiographs' depth,
-                uint8 halves disk and page-cache use.
+            cache_dtype: uint16 keeps 16-bit radiographs' depth; uint8 halves disk and page-cache use.
             folds: k of k-fold cross-validation over the non-test images (whole patients,
                 label-stratified, fixed by split_seed); 0: none. Trains one fold (see fold);
                 `--cv.folds` trains all as one run.
@@ -97,9 +94,8 @@ class XrayDataModule(pl.LightningDataModule):
             if value < 1:
                 raise DataError(f"data.{name} must be >= 1, got {value}")
         self.root = Path(root).expanduser()
-        records, source = self._load_records(manifest)
-        self.source = source  # the manifest (or folder) the records came from, for error messages
-        self.class_names = check_labels(records, classes, source)
+        records, self.source = self._load_records(manifest)  # source: the manifest or folder, for messages
+        self.class_names = check_labels(records, classes, self.source)
         self.class_index = {name: i for i, name in enumerate(self.class_names)}
         self.records = assign_splits(records, val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed)
         self.fold_of: dict[str, int] = {}
@@ -115,7 +111,7 @@ class XrayDataModule(pl.LightningDataModule):
             raise DataError(f"data.fold={fold} needs data.folds (the number of folds), e.g. data.folds=5")
         self.split_records = {s: [r for r in self.records if r.split == s] for s in ("train", "val", "test")}
         if not self.split_records["train"]:
-            raise DataError(f"{source}: the training split is empty")
+            raise DataError(f"{self.source}: the training split is empty")
         self.skipped: list[str] = []
         self._datasets: dict[str, Dataset] = {}
         self.cache: Optional[CacheEntry] = None
@@ -162,8 +158,7 @@ class XrayDataModule(pl.LightningDataModule):
         if self.hparams.balancing != "class_weights":
             return None
         counts = self.train_class_counts
-        weights = [sum(counts) / (len(counts) * c) if c else 0.0 for c in counts]
-        return [round(w, 6) for w in weights]
+        return [round(sum(counts) / (len(counts) * c), 6) if c else 0.0 for c in counts]
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
@@ -189,8 +184,7 @@ class XrayDataModule(pl.LightningDataModule):
         except ImageReadError as e:  # name the file as configured, not by its absolute path
             as_configured = {os.path.abspath(r.path): r.path for r in self.records}
             raise ImageReadError(as_configured.get(os.path.abspath(e.path or ""), e.path), e.reason) from None
-        reasons = {r: self.cache.bad.get(os.path.abspath(r.path)) for r in self.records}
-        self._drop({r: f"{r.rel}: {reason}" for r, reason in reasons.items() if reason})
+        self._drop([self.cache.bad.get(os.path.abspath(r.path)) for r in self.records])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, *rest = batch
@@ -216,20 +210,21 @@ class XrayDataModule(pl.LightningDataModule):
         return generator
 
     def _drop_unreadable(self) -> None:
-        def check(record: Record) -> Optional[str]:
+        def reason(record: Record) -> Optional[str]:
             try:
                 read_image(record.path)
             except ImageReadError as e:
-                return f"{record.rel}: {e.reason}"  # relative: no more of the path than configured
+                return e.reason
             return None
 
         with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-            problems = dict(zip(self.records, pool.map(check, self.records)))
-        self._drop({r: p for r, p in problems.items() if p})
+            self._drop(list(pool.map(reason, self.records)))
 
-    def _drop(self, problems: dict[Record, str]) -> None:
-        bad = set(problems)
-        self.skipped = [problems[r] for r in self.records if r in bad]
+    def _drop(self, reasons: list[Optional[str]]) -> None:
+        """Leave out the records with a reason (one per record); the skip report names them by
+        `rel`: no more of the path than configured."""
+        bad = {r for r, why in zip(self.records, reasons, strict=True) if why}
+        self.skipped = [f"{r.rel}: {why}" for r, why in zip(self.records, reasons, strict=True) if why]
         if bad:
             log.warning("Skipped %d of %d unreadable image(s) (data.skip_bad_files=true):\n  %s",
                         len(bad), len(self.records), "\n  ".join(self.skipped[:10]))
@@ -246,27 +241,27 @@ class XrayDataModule(pl.LightningDataModule):
             return self._datasets[split].records
         return self.split_records[split]
 
-    def _loader(self, dataset: Dataset, *, shuffle: bool = False, sampler: Optional[Sampler] = None,
+    def _loader(self, dataset: Dataset, *, sampler: Optional[Sampler] = None,
                 train: bool = False) -> DataLoader:
-        workers = self.hparams.num_workers
+        hp = self.hparams
         # A last training batch of one image breaks BatchNorm (and is a noisy step anyway).
         world = self.trainer.world_size if self.trainer is not None else 1
-        drop_last = train and math.ceil(len(dataset) / world) > self.hparams.batch_size  # per-rank shard
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, sampler=sampler,
-                          num_workers=workers, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=workers > 0, drop_last=drop_last)
+        drop_last = train and math.ceil(len(dataset) / world) > hp.batch_size  # per-rank shard
+        return DataLoader(dataset, hp.batch_size, shuffle=train and sampler is None, sampler=sampler,
+                          num_workers=hp.num_workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=hp.num_workers > 0, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._datasets["train"]
         labels = [self.class_index[r.label] for r in dataset.records]
         if self.hparams.balancing == "oversample":
-            return self._loader(oversampled(dataset, labels), shuffle=True, train=True)
+            return self._loader(oversampled(dataset, labels), train=True)
         if self.hparams.balancing == "weighted_sampler":
             counts = Counter(labels)
             weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.double)
             sampler = EpochSeededWeightedSampler(weights, len(labels), seed=self.hparams.split_seed)
             return self._loader(dataset, sampler=sampler, train=True)
-        return self._loader(dataset, shuffle=True, train=True)
+        return self._loader(dataset, train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._datasets["val"])

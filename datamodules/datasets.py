@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler, Subset
+from torch.utils.data import Dataset, Subset, WeightedRandomSampler
 
 from datamodules.cache import CacheEntry
 from datamodules.readers import read_image
@@ -40,7 +40,7 @@ class XrayDataset(Dataset):
         return image, self.class_index[record.label], index
 
 
-class EpochSeededWeightedSampler(Sampler[int]):
+class EpochSeededWeightedSampler(WeightedRandomSampler):
     """Draws `num_samples` indices with replacement, weighted; each pass uses a new seed.
 
     The draw depends only on (seed, pass number), so under DDP every rank draws the same
@@ -48,15 +48,13 @@ class EpochSeededWeightedSampler(Sampler[int]):
     """
 
     def __init__(self, weights: torch.Tensor, num_samples: int, seed: int) -> None:
-        self.weights, self.num_samples, self.seed, self._passes = weights, num_samples, seed, 0
-
-    def __len__(self) -> int:
-        return self.num_samples
+        super().__init__(weights, num_samples, replacement=True)
+        self.seed, self._passes = seed, 0
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self._passes)
+        self.generator = torch.Generator().manual_seed(self.seed * 100_003 + self._passes)
         self._passes += 1
-        yield from torch.multinomial(self.weights, self.num_samples, True, generator=generator).tolist()
+        yield from super().__iter__()
 
 
 def oversampled(dataset: XrayDataset, labels: list[int]) -> Subset:

@@ -4,8 +4,7 @@ Modality LUT / rescale, then VOI LUT or window (min-max of the data when the fil
 neither), then MONOCHROME1 inverted so bone is bright in every image. The Presentation LUT
 Shape is ignored on purpose: in DX objects it only restates the photometric interpretation,
 and applying both would invert MONOCHROME1 twice. Only image-pixel tags are parsed
-(`specific_tags`): patient fields are never read (README, Privacy). A deflated data set is
-inflated with a bound (decompression bombs: readers.py).
+(`specific_tags`): patient fields are never read (README, Privacy).
 """
 
 from __future__ import annotations

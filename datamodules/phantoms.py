@@ -1,10 +1,6 @@
-"""Procedural hand and foot radiograph phantoms (the demo data set's pixels; README, Your data).
-
-Built like a projection radiograph: hollow tube bones (cortex, medulla, flared ends) along five
-rays with joint spaces, inside a soft-tissue envelope; the summed attenuation becomes a detector
-image. Normals vary in joint width too and some have one mildly narrowed joint, so the task is
-learnable but not trivial.
-"""
+"""Procedural hand and foot radiograph phantoms, the demo data set's pixels (README, Your data):
+projected attenuation of bones and soft tissue. Normals vary in joint width too and some have one
+mildly narrowed joint, so the task is learnable but not trivial."""
 
 from __future__ import annotations
 

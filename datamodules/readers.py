@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,27 +71,18 @@ def decoder_modules() -> list[str]:
     return sorted({spec.split(":")[0] for spec in FORMATS.values()})
 
 
-def _decoder(path: Path) -> Callable[[Path], np.ndarray]:
-    # The DICOM magic wins over a misleading suffix; an unknown suffix goes to Pillow, which
-    # recognises files by their content.
-    spec = _DICOM if is_dicom(path) else FORMATS.get(path.suffix.lower(), _PIL)
-    module, name = spec.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file of one of `FORMATS` as a 2-D float32 array in [0, 1], shape (rows, cols).
-
-    Raises:
-        ImageReadError: the file is missing, empty, truncated, corrupt or not an image
-            this reader understands (the message names the file and what is wrong).
-    """
+    """A 2-D float32 array in [0, 1], shape (rows, cols); ImageReadError (naming the file and what is
+    wrong) for a missing, empty, truncated, corrupt or unknown file."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "is a directory" if path.is_dir() else "file does not exist")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
-    arr = _decoder(path)(path)
+    # The DICOM magic wins over a misleading suffix; an unknown suffix goes to Pillow, which
+    # recognises files by their content.
+    module, name = (_DICOM if is_dicom(path) else FORMATS.get(path.suffix.lower(), _PIL)).split(":")
+    arr = getattr(importlib.import_module(module), name)(path)
     # Rounding in the LUT/window arithmetic can step a hair outside [0, 1].
     return np.clip(arr, 0.0, 1.0, out=arr)
 

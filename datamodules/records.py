@@ -73,10 +73,9 @@ def _first_outside(root: Path, real_root: Path, rel: str) -> str:
 
 def scan_folder(root: Path, *, allow_outside_root: bool = False) -> list[Record]:
     """Records from root/{split}/{class}/file or root/{class}/file."""
-    split_dirs = [root / s for s in SPLITS if (root / s).is_dir()]
     real_root = Path(os.path.realpath(root))
     records, empty, outside, n_outside = [], [], {}, 0
-    for base, split in [(d, d.name) for d in split_dirs] or [(root, None)]:
+    for base, split in [(root / s, s) for s in SPLITS if (root / s).is_dir()] or [(root, None)]:
         for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
             label = normalize_label(class_dir.name)
             if not label:

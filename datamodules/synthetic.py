@@ -3,8 +3,7 @@
     python -m datamodules.synthetic --out data/demo_hand --body-part hand --count 400
 
 Pixels depend only on (seed, patient, side): same seed, same data set, whatever the order or
-process. The settings are saved in the data set's `synthetic.json`; a folder that holds other
-data is never written over (README, Your data).
+process (README, Your data).
 """
 
 from __future__ import annotations
@@ -90,10 +89,9 @@ def generate(
     """Write `count` phantoms under `out`/images and `out`/manifest.csv; return the manifest path.
 
     `severity` scales the disease signs (1.0: subtle, a few CPU epochs at 128 px reach about
-    0.7 AUROC; 2.0: plain enough for a one-minute demo). The data set is built in a temporary
-    sibling folder and renamed into place, so a killed run leaves nothing half-written and racing
-    processes (DDP ranks) end with one complete copy. A folder holding this very data set is used
-    as it is; any other non-empty folder raises DataError (`check_made_with`).
+    0.7 AUROC; 2.0: plain enough for a one-minute demo). Built in a temporary sibling folder and
+    renamed into place: a killed run leaves nothing half-written, racing processes (DDP ranks) end
+    with one complete copy. A folder holding other data raises DataError (`check_made_with`).
     """
     out = Path(out)
     if body_part not in BODY_PARTS:
@@ -180,9 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--severity", type=float, default=1.0, help="scale of the disease signs (0, 3]")
     args = parser.parse_args(argv)
     try:
-        manifest = generate(args.out, body_part=args.body_part, count=args.count, size=tuple(args.size),
-                            fmt=args.fmt, seed=args.seed, abnormal_fraction=args.abnormal_fraction,
-                            severity=args.severity)
+        manifest = generate(**vars(args))  # the options' dests are generate's arguments
     except ValueError as exc:  # DataError too
         parser.error(str(exc))
     print(f"synthetic {args.body_part} data set: {manifest}")

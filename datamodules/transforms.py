@@ -12,26 +12,20 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 # Radiographs are far from ImageNet statistics; these fit [0, 1]-scaled X-rays well enough
 # that the first layer sees roughly zero-mean, unit-variance input.
 XRAY_MEAN, XRAY_STD = 0.5, 0.25
-_UNIT = {torch.uint8: 1.0 / 255.0, torch.uint16: 1.0 / 65535.0}
 
 
-class ResizePad(nn.Module):
-    """Resize so the longer side is `size` (aspect ratio kept), then centre-pad to size x size.
+@dataclass
+class ResizePad:
+    """Resize so the longer side is `size` (aspect ratio kept), then centre-pad to size x size:
+    squashing a radiograph distorts joint spaces, which is what an osteoarthritis reader looks at."""
 
-    Radiographs are rarely square; squashing them distorts joint spaces, which is exactly
-    what an osteoarthritis reader looks at.
-    """
+    size: int
 
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
         h, w = img.shape[-2:]
         scale = self.size / max(h, w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
@@ -43,7 +37,7 @@ class ResizePad(nn.Module):
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """uint8 / uint16 pixels (the cache) to float32 in [0, 1]; float input is returned as it is."""
-    return x.float().mul_(_UNIT[x.dtype]) if x.dtype in _UNIT else x
+    return x.float().mul_(1.0 / torch.iinfo(x.dtype).max) if x.dtype in (torch.uint8, torch.uint16) else x
 
 
 def _uniform(n: int, lo: float, hi: float, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -54,9 +48,8 @@ def _uniform(n: int, lo: float, hi: float, like: torch.Tensor, generator: torch.
 class BatchAugment:
     """Random flip, rotation + zoom and brightness/contrast for a batch (B, C, H, W) in [0, 1].
 
-    Each image draws its own parameters (as torchvision's per-image transforms do), from
-    `g` (the data module gives each DDP rank its own, seeded from the run's seed, so
-    ranks do not augment their images alike) or else the device's global generator.
+    Each image draws its own parameters (as torchvision's per-image transforms do) from `g` (one
+    per DDP rank: XrayDataModule._augment_generator), else from the device's global generator.
     """
 
     hflip_prob: float
