@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 import numpy as np
 import torch
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when the layout or the quantisation changes
 CacheDtype = Literal["uint8", "uint16"]
-_MAX = {"uint8": 255.0, "uint16": 65535.0}
 _builds = 0  # how many entries this process has built (tests check reuse with it)
 
 
@@ -99,8 +98,8 @@ def ensure_cache(
 ) -> CacheEntry:
     """The cache entry for these files and settings, built first if needed; ImageReadError for an
     unreadable file unless skip_bad_files (no entry is left)."""
-    if dtype not in _MAX:
-        raise ValueError(f"data.cache_dtype must be one of {list(_MAX)}, got {dtype!r}")
+    if dtype not in get_args(CacheDtype):
+        raise ValueError(f"data.cache_dtype must be one of {list(get_args(CacheDtype))}, got {dtype!r}")
     paths = sorted({os.path.abspath(p) for p in paths})
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +138,7 @@ def _build(paths: list[str], entry_dir: Path, *, image_size: int, dtype: CacheDt
     try:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=dtype,
                                            shape=(len(paths), image_size, image_size))
-        resize, scale, bad, done, lock = ResizePad(image_size), _MAX[dtype], {}, [0], threading.Lock()
+        resize, scale, bad, done, lock = ResizePad(image_size), np.iinfo(dtype).max, {}, [0], threading.Lock()
         failed = threading.Event()
 
         def one(row: int) -> None:

@@ -68,8 +68,8 @@ class XrayDataModule(pl.LightningDataModule):
             split_seed: seed of the patient-level split.
             skip_bad_files: leave out unreadable images, reported (off: one stops the run, named).
             allow_outside_root: read manifest rows and symlinks that lead outside the data root
-                (off: they stop the run, listed); outputs then name them outside-root/..., never by
-                path or file name (README, Privacy).
+                (off: they stop the run, listed); skip reports and predictions then name them
+                outside-root/..., not by path or file name (README, Privacy).
             hflip_prob: training augmentation, probability of a horizontal flip.
             rotation_degrees: training augmentation, maximum rotation.
             scale_jitter: training augmentation, relative zoom range.
@@ -191,8 +191,7 @@ class XrayDataModule(pl.LightningDataModule):
         return [self.batch_transform(x, train=self.trainer is not None and self.trainer.training), *rest]
 
     def batch_transform(self, x: torch.Tensor, *, train: bool) -> torch.Tensor:
-        """Pixels to [0, 1], augmentation (only while training), normalisation: on the device the
-        batch was moved to, vectorized over the batch."""
+        """Pixels to [0, 1], augmentation while training, normalisation: on the device, per batch."""
         x = to_unit(x)
         if train:
             x = self.augment(x, self._augment_generator(x.device))
@@ -201,13 +200,11 @@ class XrayDataModule(pl.LightningDataModule):
     def _augment_generator(self, device: torch.device) -> torch.Generator:
         """One generator per rank and device, seeded from the run's seed and the rank: every
         rank starts from the same global seed, and would otherwise augment its images alike."""
-        generator = getattr(self, "_generator", None)
-        if generator is None or generator.device != device:
+        if getattr(self, "_generator", None) is None or self._generator.device != device:
             rank = self.trainer.global_rank if self.trainer is not None else 0
-            generator = torch.Generator(device=device)
-            generator.manual_seed((torch.initial_seed() + 1_000_003 * rank) % 2**63)
-            self._generator = generator
-        return generator
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed((torch.initial_seed() + 1_000_003 * rank) % 2**63)
+        return self._generator
 
     def _drop_unreadable(self) -> None:
         def reason(record: Record) -> Optional[str]:
@@ -221,8 +218,7 @@ class XrayDataModule(pl.LightningDataModule):
             self._drop(list(pool.map(reason, self.records)))
 
     def _drop(self, reasons: list[Optional[str]]) -> None:
-        """Leave out the records with a reason (one per record); the skip report names them by
-        `rel`: no more of the path than configured."""
+        """Leave out the records with a reason (one per record), reported by `rel`, never by path."""
         bad = {r for r, why in zip(self.records, reasons, strict=True) if why}
         self.skipped = [f"{r.rel}: {why}" for r, why in zip(self.records, reasons, strict=True) if why]
         if bad:
@@ -237,9 +233,7 @@ class XrayDataModule(pl.LightningDataModule):
     def records_of(self, split: str) -> list[Record]:
         """The records of `split` ("train", "val", "test" or "predict") in the order its dataset
         indexes them: batches carry that index."""
-        if split in self._datasets:
-            return self._datasets[split].records
-        return self.split_records[split]
+        return self._datasets[split].records if split in self._datasets else self.split_records[split]
 
     def _loader(self, dataset: Dataset, *, sampler: Optional[Sampler] = None,
                 train: bool = False) -> DataLoader:
@@ -247,8 +241,9 @@ class XrayDataModule(pl.LightningDataModule):
         # A last training batch of one image breaks BatchNorm (and is a noisy step anyway).
         world = self.trainer.world_size if self.trainer is not None else 1
         drop_last = train and math.ceil(len(dataset) / world) > hp.batch_size  # per-rank shard
-        return DataLoader(dataset, hp.batch_size, shuffle=train and sampler is None, sampler=sampler,
-                          num_workers=hp.num_workers, pin_memory=torch.cuda.is_available(),
+        # Keyword arguments only: Lightning re-creates the loader from them (its sampler injection).
+        return DataLoader(dataset, batch_size=hp.batch_size, shuffle=train and sampler is None,
+                          sampler=sampler, num_workers=hp.num_workers, pin_memory=torch.cuda.is_available(),
                           persistent_workers=hp.num_workers > 0, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:

@@ -17,9 +17,8 @@ from datamodules.records import Record
 
 
 class XrayDataset(Dataset):
-    """Items (image (1, H, W), label, index into records): each file read and resized
-    (`transform`, ResizePad) where the item is loaded, or, with `cache`, its uint pixels copied out
-    of the preprocessing cache (opened in each process, not pickled: loader workers share one copy)."""
+    """Items (image (1, H, W), label, index into records): read and resized (`transform`) when loaded,
+    or uint pixels copied out of the `cache` (mapped in each process: loader workers share one copy)."""
 
     def __init__(self, records: list[Record], class_index: dict[str, int], *, transform: Callable | None = None,
                  cache: CacheEntry | None = None) -> None:
@@ -41,11 +40,8 @@ class XrayDataset(Dataset):
 
 
 class EpochSeededWeightedSampler(WeightedRandomSampler):
-    """Draws `num_samples` indices with replacement, weighted; each pass uses a new seed.
-
-    The draw depends only on (seed, pass number), so under DDP every rank draws the same
-    list and Lightning's DistributedSamplerWrapper gives each rank a disjoint shard of it.
-    """
+    """Weighted draws with replacement that depend only on (seed, pass number): under DDP every rank
+    draws the same list and Lightning's DistributedSamplerWrapper gives each a disjoint shard."""
 
     def __init__(self, weights: torch.Tensor, num_samples: int, seed: int) -> None:
         super().__init__(weights, num_samples, replacement=True)

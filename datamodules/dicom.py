@@ -78,14 +78,10 @@ def read_dicom(path: Path) -> np.ndarray:
 
 
 def _dcmread(path: Path) -> pydicom.Dataset:
-    """pydicom.dcmread, except that a deflated data set is inflated here, with a bound.
-
-    For Deflated Explicit VR Little Endian (PS3.5 A.5) everything after the file meta is one
-    raw deflate stream, which pydicom 3 inflates whole with `zlib.decompress` before parsing.
-    Here a first part is inflated to read the declared image size (refused if too large), and
-    the rest only up to what that size needs; then pydicom parses the inflated bytes. The file
-    meta is read exactly as pydicom's own `read_partial` does, so both agree on the syntax.
-    """
+    """pydicom.dcmread, except that a deflated data set (PS3.5 A.5: all after the file meta is one
+    raw deflate stream, which pydicom 3 inflates whole with `zlib.decompress`) is inflated here
+    with a bound: a first part to read the declared image size (refused if too large), the rest
+    only up to what that size needs. The file meta is read as pydicom's `read_partial` does."""
     with open(path, "rb") as f:
         read_preamble(f, True)
         meta = _read_file_meta_info(f)
@@ -162,12 +158,8 @@ def _dicom_to_float(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
 
 
 def _apply_voi(values: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, float, float]:
-    """Apply VOI LUT or window and return the result with the range it maps onto.
-
-    The range comes from the VOI transform itself (a window maps below/above onto the
-    ends of its output range), not from the data, so an image that does not fill the
-    window keeps its intended contrast instead of being stretched.
-    """
+    """VOI LUT or window applied, and the range it maps onto: from the transform itself, not the
+    data, so an image that does not fill the window keeps its contrast instead of being stretched."""
     voi_seq = ds.get("VOILUTSequence")
     if voi_seq and voi_seq[0].get("LUTDescriptor") and voi_seq[0].get("LUTData") is not None:
         if not np.issubdtype(values.dtype, np.integer):

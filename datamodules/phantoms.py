@@ -4,12 +4,12 @@ mildly narrowed joint, so the task is learnable but not trivial."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 BodyPart = Literal["hand", "foot"]
-BODY_PARTS: tuple[str, ...] = ("hand", "foot")
+BODY_PARTS: tuple[str, ...] = get_args(BodyPart)
 
 # Canonical anatomy, in fractions of the image's short side, origin at the centre, y down,
 # digits pointing up. A ray: base (x, y), angle from vertical in degrees, then

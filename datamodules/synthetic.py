@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image
@@ -24,7 +24,7 @@ from datamodules.phantoms import BODY_PARTS, BodyPart, render_phantom
 from datamodules.records import DataError
 
 Format = Literal["png16", "png8", "dicom"]
-OUTPUT_FORMATS: tuple[str, ...] = ("png16", "png8", "dicom")
+OUTPUT_FORMATS: tuple[str, ...] = get_args(Format)
 PROVENANCE = "synthetic.json"  # in the data set: the settings it was made with
 
 

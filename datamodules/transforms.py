@@ -1,8 +1,7 @@
-"""Transforms for 1-channel radiographs: `ResizePad` per image where it is decoded (loader
-workers, or once into the preprocessing cache), so every batch has one shape; `BatchAugment` on
-whole batches on the device (XrayDataModule.batch_transform), where it costs far less than in
-the CPU workers, which are the bottleneck. The augmentation strengths have their one default in
-XrayDataModule's signature (the config schema); here they are required.
+"""Transforms for 1-channel radiographs: `ResizePad` per image where it is decoded (loader workers,
+or once into the cache), so batches have one shape; `BatchAugment` on whole batches on the device
+(XrayDataModule.batch_transform), far cheaper than in the CPU workers, the bottleneck. Its strengths
+have their one default in XrayDataModule's signature (the config schema); here they are required.
 """
 
 from __future__ import annotations
