@@ -5,20 +5,15 @@ one memory-mapped array, shared by all runs, DDP ranks and loader workers throug
     cache_dir/<size>px-<dtype>-<key>/meta.json    paths (row order), unreadable files, timings
     cache_dir/<size>px-<dtype>-<key>.lock         flock: one builder, the others wait
 
-Key: SHA-256 over every file's absolute path, size and mtime_ns, the image size, the dtype,
-`CACHE_VERSION` and the source of transforms.py and of every decoder module (`readers.FORMATS`),
-so a fix to the DICOM pipeline or the resize rebuilds. File contents are not hashed: that would
-read the whole data set (terabytes for a large cohort) at the start of every run, while any tool
-that rewrites a file changes its mtime. A changed key builds a new entry beside the old ones.
-
-An entry is built in a temporary directory and renamed into place (atomic) under an exclusive
-file lock (`filelock`): built once, a killed builder leaves none. flock works on local disks
-and NFSv4; on other network file systems use a local cache_dir.
+The key hashes each file's path, size and mtime_ns, not its contents (that would read a whole
+cohort, terabytes, at every start; any tool that rewrites a file changes its mtime), and the
+source of transforms.py and of the decoders (`readers.FORMATS`), so a fix to them rebuilds.
+An entry is built in a temporary directory and renamed into place under the lock: a killed
+builder leaves none. flock works on local disks and NFSv4; elsewhere use a local cache_dir.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import json
@@ -27,11 +22,11 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 import numpy as np
 import torch
@@ -45,7 +40,6 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when the layout or the quantisation changes
 CacheDtype = Literal["uint8", "uint16"]
-_MAX = {"uint8": 255.0, "uint16": 65535.0}
 _builds = 0  # how many entries this process has built (tests check reuse with it)
 
 
@@ -58,7 +52,6 @@ class CacheEntry:
     paths: list[str]
     bad: dict[str, str]  # unreadable file -> reason (only kept when skip_bad_files allowed it)
     built: bool = False  # this call built it (rather than found it)
-    seconds: float = 0.0
     _images: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
     @property
@@ -86,26 +79,12 @@ def cache_key(paths: Sequence[str | os.PathLike], *, image_size: int, dtype: Cac
     return digest.hexdigest()[:20]
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path, what: str) -> Iterator[None]:
-    lock = FileLock(lock_path)  # flock on POSIX; the same library guards the sweep storage
-    try:
-        lock.acquire(blocking=False)
-    except Timeout:
-        log.info("Waiting for another process to finish building %s", what)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def _load(entry_dir: Path) -> Optional[CacheEntry]:
     try:
         meta = json.loads((entry_dir / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    return CacheEntry(entry_dir, meta["paths"], meta["bad"], seconds=meta.get("seconds", 0.0))
+    return CacheEntry(entry_dir, meta["paths"], meta["bad"])
 
 
 def ensure_cache(
@@ -117,13 +96,10 @@ def ensure_cache(
     skip_bad_files: bool = False,
     workers: Optional[int] = None,
 ) -> CacheEntry:
-    """Return the cache entry for these files and settings, building it first if needed.
-
-    Raises:
-        ImageReadError: a file cannot be read and skip_bad_files is off (no entry is left).
-    """
-    if dtype not in _MAX:
-        raise ValueError(f"data.cache_dtype must be one of {list(_MAX)}, got {dtype!r}")
+    """The cache entry for these files and settings, built first if needed; ImageReadError for an
+    unreadable file unless skip_bad_files (no entry is left)."""
+    if dtype not in get_args(CacheDtype):
+        raise ValueError(f"data.cache_dtype must be one of {list(get_args(CacheDtype))}, got {dtype!r}")
     paths = sorted({os.path.abspath(p) for p in paths})
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -131,11 +107,15 @@ def ensure_cache(
     entry_dir = cache_dir / name
     entry = _load(entry_dir)  # fast path: built before, no lock needed (the rename was atomic)
     if entry is None:
-        with _locked(cache_dir / f"{name}.lock", f"the preprocessing cache {entry_dir}"):
-            entry = _load(entry_dir)  # built while we waited
-            if entry is None:
-                entry = _build(paths, entry_dir, image_size=image_size, dtype=dtype,
-                               skip_bad_files=skip_bad_files, workers=workers)
+        lock = FileLock(cache_dir / f"{name}.lock")  # flock on POSIX, as the sweep storage's lock
+        try:
+            held = lock.acquire(blocking=False)
+        except Timeout:
+            log.info("Waiting for another process to finish building the preprocessing cache %s", entry_dir)
+            held = lock.acquire()
+        with held:  # released on leaving; the entry may have been built while we waited
+            entry = _load(entry_dir) or _build(paths, entry_dir, image_size=image_size, dtype=dtype,
+                                               skip_bad_files=skip_bad_files, workers=workers)
     if entry.bad and not skip_bad_files:
         path, reason = next(iter(entry.bad.items()))
         raise ImageReadError(path, f"{reason} (found while building the cache {entry_dir}; "
@@ -158,7 +138,7 @@ def _build(paths: list[str], entry_dir: Path, *, image_size: int, dtype: CacheDt
     try:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=dtype,
                                            shape=(len(paths), image_size, image_size))
-        resize, scale, bad, done, lock = ResizePad(image_size), _MAX[dtype], {}, [0], threading.Lock()
+        resize, scale, bad, done, lock = ResizePad(image_size), np.iinfo(dtype).max, {}, [0], threading.Lock()
         failed = threading.Event()
 
         def one(row: int) -> None:
@@ -196,4 +176,4 @@ def _build(paths: list[str], entry_dir: Path, *, image_size: int, dtype: CacheDt
     _builds += 1
     log.info("Built the preprocessing cache %s in %.1f s (%.1f images/s)%s", entry_dir, seconds,
              len(paths) / max(seconds, 1e-9), f"; {len(bad)} unreadable file(s) left out" if bad else "")
-    return CacheEntry(entry_dir, paths, meta["bad"], built=True, seconds=seconds)
+    return CacheEntry(entry_dir, paths, meta["bad"], built=True)

@@ -16,15 +16,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.cache import CacheDtype, CacheEntry, ensure_cache
-from datamodules.datasets import (
-    EpochSeededWeightedSampler,
-    OversampledDataset,
-    XrayDataset,
-)
+from datamodules.datasets import EpochSeededWeightedSampler, XrayDataset, oversampled
 from datamodules.readers import ImageReadError, read_image, suffixes
 from datamodules.records import DataError, Record, read_manifest, scan_folder
 from datamodules.splits import assign_folds, assign_splits, check_labels
-from datamodules.transforms import BatchAugment, BatchPreset, ResizePad
+from datamodules.transforms import XRAY_MEAN, XRAY_STD, BatchAugment, ResizePad, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +57,8 @@ class XrayDataModule(pl.LightningDataModule):
             root: folder with root/{train,val,test}/{class}/file, root/{class}/file or a manifest.
             manifest: CSV `path,label[,split][,patient_id]`, relative to root; default
                 root/manifest.csv when it exists, else the folder layout.
-            classes: class names in label order (e.g. [normal, abnormal]: the last is the
-                positive class of binary metrics); default: sorted names found in the data.
-            image_size: side of the square network input; images are resized keeping their
-                aspect ratio and padded.
+            classes: class names in label order, the positive class last; default: those found.
+            image_size: side of the square network input (images resized keeping their aspect ratio, padded).
             batch_size: per GPU (per process): the global batch is batch_size x devices.
             num_workers: DataLoader worker processes per GPU.
             balancing: none; class_weights (weighted loss); weighted_sampler (draw classes
@@ -72,27 +66,21 @@ class XrayDataModule(pl.LightningDataModule):
             val_fraction: fraction of patients for validation when splits are not given.
             test_fraction: fraction of patients for testing when splits are not given.
             split_seed: seed of the patient-level split.
-            skip_bad_files: decode every image once before training and leave out unreadable
-                ones, reporting how many; off: an unreadable image stops the run naming the file.
+            skip_bad_files: leave out unreadable images, reported (off: one stops the run, named).
             allow_outside_root: read manifest rows and symlinks that lead outside the data root
-                (off: they stop the run, listed). Their paths and file names (often patient names)
-                are not written to outputs or skip reports: those call them outside-root/line-N
-                (manifest line N) or outside-root/N. An unreadable one that stops the run is
-                named as configured.
+                (off: they stop the run, listed); skip reports and predictions then name them
+                outside-root/..., not by path or file name (README, Privacy).
             hflip_prob: training augmentation, probability of a horizontal flip.
             rotation_degrees: training augmentation, maximum rotation.
             scale_jitter: training augmentation, relative zoom range.
             intensity_jitter: training augmentation, brightness/contrast range.
             predict_split: which split `predict` runs on.
-            cache_dir: preprocessing cache: decode, normalise and resize every image once into a
-                memory-mapped array under this folder, shared by all runs, sweeps and loader
-                workers on the machine (rebuilt when a file, image_size or cache_dtype changes).
-                Needs images x image_size^2 x (1 or 2) bytes of disk. Default: no cache.
-            cache_dtype: pixel type in the cache: uint16 keeps 16-bit radiographs' depth,
-                uint8 halves disk and page-cache use.
-            folds: k of k-fold cross-validation over the images not in the test split (train
-                and val merged; whole patients, label-stratified, fixed by split_seed); 0: none.
-                `--cv.folds` trains all folds as one run; this option trains one (see fold).
+            cache_dir: preprocessing cache folder, shared by all runs on the machine (README,
+                Performance); needs images x image_size^2 x (1 or 2) bytes of disk. Default: none.
+            cache_dtype: uint16 keeps 16-bit radiographs' depth; uint8 halves disk and page-cache use.
+            folds: k of k-fold cross-validation over the non-test images (whole patients,
+                label-stratified, fixed by split_seed); 0: none. Trains one fold (see fold);
+                `--cv.folds` trains all as one run.
             fold: with folds, the fold used for validation (0..folds-1); the others train.
         """
         super().__init__()
@@ -106,9 +94,8 @@ class XrayDataModule(pl.LightningDataModule):
             if value < 1:
                 raise DataError(f"data.{name} must be >= 1, got {value}")
         self.root = Path(root).expanduser()
-        records, source = self._load_records(manifest)
-        self.source = source  # the manifest (or folder) the records came from, for error messages
-        self.class_names = check_labels(records, classes, source)
+        records, self.source = self._load_records(manifest)  # source: the manifest or folder, for messages
+        self.class_names = check_labels(records, classes, self.source)
         self.class_index = {name: i for i, name in enumerate(self.class_names)}
         self.records = assign_splits(records, val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed)
         self.fold_of: dict[str, int] = {}
@@ -124,13 +111,12 @@ class XrayDataModule(pl.LightningDataModule):
             raise DataError(f"data.fold={fold} needs data.folds (the number of folds), e.g. data.folds=5")
         self.split_records = {s: [r for r in self.records if r.split == s] for s in ("train", "val", "test")}
         if not self.split_records["train"]:
-            raise DataError(f"{source}: the training split is empty")
+            raise DataError(f"{self.source}: the training split is empty")
         self.skipped: list[str] = []
         self._datasets: dict[str, Dataset] = {}
         self.cache: Optional[CacheEntry] = None
-        augment = BatchAugment(hflip_prob=hflip_prob, rotation_degrees=rotation_degrees,
-                               scale_jitter=scale_jitter, intensity_jitter=intensity_jitter)
-        self.batch_transform = BatchPreset(augment)
+        self.augment = BatchAugment(hflip_prob=hflip_prob, rotation_degrees=rotation_degrees,
+                                    scale_jitter=scale_jitter, intensity_jitter=intensity_jitter)
 
     def _load_records(self, manifest: Optional[str]) -> tuple[list[Record], str]:
         if not self.root.is_dir():
@@ -172,8 +158,7 @@ class XrayDataModule(pl.LightningDataModule):
         if self.hparams.balancing != "class_weights":
             return None
         counts = self.train_class_counts
-        weights = [sum(counts) / (len(counts) * c) if c else 0.0 for c in counts]
-        return [round(w, 6) for w in weights]
+        return [round(sum(counts) / (len(counts) * c), 6) if c else 0.0 for c in counts]
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
@@ -192,8 +177,6 @@ class XrayDataModule(pl.LightningDataModule):
                           for s, r in splits.items()}
 
     def _open_cache(self) -> None:
-        """Build (once, under a lock) or open the preprocessing cache; with skip_bad_files the
-        files it could not read are left out exactly as _drop_unreadable does."""
         hp = self.hparams
         try:
             self.cache = ensure_cache([r.path for r in self.records], hp.cache_dir, image_size=hp.image_size,
@@ -201,42 +184,43 @@ class XrayDataModule(pl.LightningDataModule):
         except ImageReadError as e:  # name the file as configured, not by its absolute path
             as_configured = {os.path.abspath(r.path): r.path for r in self.records}
             raise ImageReadError(as_configured.get(os.path.abspath(e.path or ""), e.path), e.reason) from None
-        reasons = {r: self.cache.bad.get(os.path.abspath(r.path)) for r in self.records}
-        self._drop({r: f"{r.rel}: {reason}" for r, reason in reasons.items() if reason})
+        self._drop([self.cache.bad.get(os.path.abspath(r.path)) for r in self.records])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Pixels to [0, 1], training augmentation (only while training), normalisation: on the
-        device the batch was moved to, vectorized over the batch."""
         x, *rest = batch
-        training = self.trainer is not None and self.trainer.training
-        return [self.batch_transform(x, train=training, generator=self._augment_generator(x.device)), *rest]
+        return [self.batch_transform(x, train=self.trainer is not None and self.trainer.training), *rest]
+
+    def batch_transform(self, x: torch.Tensor, *, train: bool) -> torch.Tensor:
+        """Pixels to [0, 1], augmentation while training, normalisation: on the device, per batch."""
+        x = to_unit(x)
+        if train:
+            x = self.augment(x, self._augment_generator(x.device))
+        return (x - XRAY_MEAN) / XRAY_STD
 
     def _augment_generator(self, device: torch.device) -> torch.Generator:
         """One generator per rank and device, seeded from the run's seed and the rank: every
         rank starts from the same global seed, and would otherwise augment its images alike."""
-        generator = getattr(self, "_generator", None)
-        if generator is None or generator.device != device:
+        if getattr(self, "_generator", None) is None or self._generator.device != device:
             rank = self.trainer.global_rank if self.trainer is not None else 0
-            generator = torch.Generator(device=device)
-            generator.manual_seed((torch.initial_seed() + 1_000_003 * rank) % 2**63)
-            self._generator = generator
-        return generator
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed((torch.initial_seed() + 1_000_003 * rank) % 2**63)
+        return self._generator
 
     def _drop_unreadable(self) -> None:
-        def check(record: Record) -> Optional[str]:
+        def reason(record: Record) -> Optional[str]:
             try:
                 read_image(record.path)
             except ImageReadError as e:
-                return f"{record.rel}: {e.reason}"  # relative: no more of the path than configured
+                return e.reason
             return None
 
         with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-            problems = dict(zip(self.records, pool.map(check, self.records)))
-        self._drop({r: p for r, p in problems.items() if p})
+            self._drop(list(pool.map(reason, self.records)))
 
-    def _drop(self, problems: dict[Record, str]) -> None:
-        bad = set(problems)
-        self.skipped = [problems[r] for r in self.records if r in bad]
+    def _drop(self, reasons: list[Optional[str]]) -> None:
+        """Leave out the records with a reason (one per record), reported by `rel`, never by path."""
+        bad = {r for r, why in zip(self.records, reasons, strict=True) if why}
+        self.skipped = [f"{r.rel}: {why}" for r, why in zip(self.records, reasons, strict=True) if why]
         if bad:
             log.warning("Skipped %d of %d unreadable image(s) (data.skip_bad_files=true):\n  %s",
                         len(bad), len(self.records), "\n  ".join(self.skipped[:10]))
@@ -249,31 +233,30 @@ class XrayDataModule(pl.LightningDataModule):
     def records_of(self, split: str) -> list[Record]:
         """The records of `split` ("train", "val", "test" or "predict") in the order its dataset
         indexes them: batches carry that index."""
-        if split in self._datasets:
-            return self._datasets[split].records
-        return self.split_records[split]
+        return self._datasets[split].records if split in self._datasets else self.split_records[split]
 
-    def _loader(self, dataset: Dataset, *, shuffle: bool = False, sampler: Optional[Sampler] = None,
+    def _loader(self, dataset: Dataset, *, sampler: Optional[Sampler] = None,
                 train: bool = False) -> DataLoader:
-        workers = self.hparams.num_workers
+        hp = self.hparams
         # A last training batch of one image breaks BatchNorm (and is a noisy step anyway).
         world = self.trainer.world_size if self.trainer is not None else 1
-        drop_last = train and math.ceil(len(dataset) / world) > self.hparams.batch_size  # per-rank shard
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, sampler=sampler,
-                          num_workers=workers, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=workers > 0, drop_last=drop_last)
+        drop_last = train and math.ceil(len(dataset) / world) > hp.batch_size  # per-rank shard
+        # Keyword arguments only: Lightning re-creates the loader from them (its sampler injection).
+        return DataLoader(dataset, batch_size=hp.batch_size, shuffle=train and sampler is None,
+                          sampler=sampler, num_workers=hp.num_workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=hp.num_workers > 0, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._datasets["train"]
         labels = [self.class_index[r.label] for r in dataset.records]
         if self.hparams.balancing == "oversample":
-            return self._loader(OversampledDataset(dataset, labels), shuffle=True, train=True)
+            return self._loader(oversampled(dataset, labels), train=True)
         if self.hparams.balancing == "weighted_sampler":
             counts = Counter(labels)
             weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.double)
             sampler = EpochSeededWeightedSampler(weights, len(labels), seed=self.hparams.split_seed)
             return self._loader(dataset, sampler=sampler, train=True)
-        return self._loader(dataset, shuffle=True, train=True)
+        return self._loader(dataset, train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._datasets["val"])

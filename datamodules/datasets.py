@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Subset, WeightedRandomSampler
 
 from datamodules.cache import CacheEntry
 from datamodules.readers import read_image
@@ -17,11 +17,8 @@ from datamodules.records import Record
 
 
 class XrayDataset(Dataset):
-    """Items (image (1, H, W), label, index into records): each file read and resized
-    (`transform`, ResizePad) where the item is loaded, or, with `cache`, its uint pixels copied out
-    of the preprocessing cache. Augmentation and normalisation run on whole batches on the device
-    (XrayDataModule.on_after_batch_transfer). The cache's array is opened on first access in each
-    process and not pickled with the dataset, so loader workers share one copy."""
+    """Items (image (1, H, W), label, index into records): read and resized (`transform`) when loaded,
+    or uint pixels copied out of the `cache` (mapped in each process: loader workers share one copy)."""
 
     def __init__(self, records: list[Record], class_index: dict[str, int], *, transform: Callable | None = None,
                  cache: CacheEntry | None = None) -> None:
@@ -42,38 +39,26 @@ class XrayDataset(Dataset):
         return image, self.class_index[record.label], index
 
 
-class EpochSeededWeightedSampler(Sampler[int]):
-    """Draws `num_samples` indices with replacement, weighted; each pass uses a new seed.
-
-    The draw depends only on (seed, pass number), so under DDP every rank draws the same
-    list and Lightning's DistributedSamplerWrapper gives each rank a disjoint shard of it.
-    """
+class EpochSeededWeightedSampler(WeightedRandomSampler):
+    """Weighted draws with replacement that depend only on (seed, pass number): under DDP every rank
+    draws the same list and Lightning's DistributedSamplerWrapper gives each a disjoint shard."""
 
     def __init__(self, weights: torch.Tensor, num_samples: int, seed: int) -> None:
-        self.weights, self.num_samples, self.seed, self._passes = weights, num_samples, seed, 0
-
-    def __len__(self) -> int:
-        return self.num_samples
+        super().__init__(weights, num_samples, replacement=True)
+        self.seed, self._passes = seed, 0
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self._passes)
+        self.generator = torch.Generator().manual_seed(self.seed * 100_003 + self._passes)
         self._passes += 1
-        yield from torch.multinomial(self.weights, self.num_samples, True, generator=generator).tolist()
+        yield from super().__iter__()
 
 
-class OversampledDataset(Dataset):
-    """Repeats minority-class items so every class has as many items as the largest one."""
-
-    def __init__(self, dataset: XrayDataset, labels: list[int]) -> None:
-        counts = Counter(labels)
-        target = max(counts.values())
-        self.dataset, self.indices = dataset, []
-        for cls in sorted(counts):
-            members = [i for i, y in enumerate(labels) if y == cls]
-            self.indices += (members * (target // len(members) + 1))[:target]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        return self.dataset[self.indices[index]]
+def oversampled(dataset: XrayDataset, labels: list[int]) -> Subset:
+    """`dataset` with minority-class items repeated so every class has as many as the largest one."""
+    counts = Counter(labels)
+    target = max(counts.values())
+    indices: list[int] = []
+    for cls in sorted(counts):
+        members = [i for i, y in enumerate(labels) if y == cls]
+        indices += (members * (target // len(members) + 1))[:target]
+    return Subset(dataset, indices)

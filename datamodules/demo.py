@@ -8,9 +8,7 @@ from pathlib import Path
 
 def ensure_demo_data(root: str, demo, seed: int) -> None:
     """Generate the built-in demo data set into `root` unless it holds it already (`demo`: the
-    demo.* options, training.options.DemoOptions). A folder that holds anything else (other demo.*
-    settings, someone's own data) stops the run with one error naming its synthetic.json and what
-    differs; nothing is written over."""
+    demo.* options, training.options.DemoOptions); a folder holding anything else is an error."""
     if demo.body_part is None:
         return
     from datamodules.records import DataError

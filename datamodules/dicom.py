@@ -4,8 +4,7 @@ Modality LUT / rescale, then VOI LUT or window (min-max of the data when the fil
 neither), then MONOCHROME1 inverted so bone is bright in every image. The Presentation LUT
 Shape is ignored on purpose: in DX objects it only restates the photometric interpretation,
 and applying both would invert MONOCHROME1 twice. Only image-pixel tags are parsed
-(`specific_tags`): patient fields are never read (README, Privacy). A deflated data set is
-inflated with a bound (decompression bombs: readers.py).
+(`specific_tags`): patient fields are never read (README, Privacy).
 """
 
 from __future__ import annotations
@@ -58,7 +57,11 @@ def read_dicom(path: Path) -> np.ndarray:
         raise ImageReadError(path, f"not a valid DICOM file ({type(exc).__name__})") from exc
     if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageReadError(path, "DICOM file has no pixel data (is it a report, DICOMDIR or structured report?)")
-    _ensure_transfer_syntax(ds)
+    if not ds.file_meta.get("TransferSyntaxUID"):  # old ACR-NEMA files: the syntax they were read in
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit
+                                          else pydicom.uid.ExplicitVRLittleEndian if little
+                                          else pydicom.uid.ExplicitVRBigEndian)
     _check_declared_size(path, ds)  # before the decoder allocates what the header declares
     tsyntax = ds.file_meta.TransferSyntaxUID
     try:
@@ -75,14 +78,10 @@ def read_dicom(path: Path) -> np.ndarray:
 
 
 def _dcmread(path: Path) -> pydicom.Dataset:
-    """pydicom.dcmread, except that a deflated data set is inflated here, with a bound.
-
-    For Deflated Explicit VR Little Endian (PS3.5 A.5) everything after the file meta is one
-    raw deflate stream, which pydicom 3 inflates whole with `zlib.decompress` before parsing.
-    Here a first part is inflated to read the declared image size (refused if too large), and
-    the rest only up to what that size needs; then pydicom parses the inflated bytes. The file
-    meta is read exactly as pydicom's own `read_partial` does, so both agree on the syntax.
-    """
+    """pydicom.dcmread, except that a deflated data set (PS3.5 A.5: all after the file meta is one
+    raw deflate stream, which pydicom 3 inflates whole with `zlib.decompress`) is inflated here
+    with a bound: a first part to read the declared image size (refused if too large), the rest
+    only up to what that size needs. The file meta is read as pydicom's `read_partial` does."""
     with open(path, "rb") as f:
         read_preamble(f, True)
         meta = _read_file_meta_info(f)
@@ -129,19 +128,6 @@ def _check_declared_size(path: Path, ds: pydicom.Dataset) -> int:
     return nbytes
 
 
-def _ensure_transfer_syntax(ds: pydicom.Dataset) -> None:
-    """Old ACR-NEMA style files have no file meta; infer the syntax from how they were read."""
-    if ds.file_meta.get("TransferSyntaxUID"):
-        return
-    implicit, little = ds.original_encoding
-    if implicit:
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
-    elif little:
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    else:
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
-
-
 def _decode_failure(tsyntax: pydicom.uid.UID, exc: Exception) -> str:
     name = f"{tsyntax.name} ({tsyntax})" if tsyntax.is_transfer_syntax else str(tsyntax)
     detail = " ".join(str(exc).split())  # pydicom lists plugins over several lines; keep one
@@ -172,12 +158,8 @@ def _dicom_to_float(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
 
 
 def _apply_voi(values: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, float, float]:
-    """Apply VOI LUT or window and return the result with the range it maps onto.
-
-    The range comes from the VOI transform itself (a window maps below/above onto the
-    ends of its output range), not from the data, so an image that does not fill the
-    window keeps its intended contrast instead of being stretched.
-    """
+    """VOI LUT or window applied, and the range it maps onto: from the transform itself, not the
+    data, so an image that does not fill the window keeps its contrast instead of being stretched."""
     voi_seq = ds.get("VOILUTSequence")
     if voi_seq and voi_seq[0].get("LUTDescriptor") and voi_seq[0].get("LUTData") is not None:
         if not np.issubdtype(values.dtype, np.integer):

@@ -1,22 +1,15 @@
-"""Procedural hand and foot radiograph phantoms (the demo data set's pixels; README, Your data).
-
-Each phantom is built like a projection radiograph: bones are hollow tubes (bright cortex,
-darker medulla, flared ends) laid out along five rays with joint spaces between them, inside a
-soft-tissue envelope; the summed attenuation becomes a detector image with random exposure,
-heel-effect gradient, blur and quantum noise. The `abnormal` class shows joint-space
-narrowing, osteophytes and subchondral sclerosis at a few random joints, with random severity;
-normals vary in joint width too and some have one mildly narrowed joint, so the task is
-learnable but not trivial.
-"""
+"""Procedural hand and foot radiograph phantoms, the demo data set's pixels (README, Your data):
+projected attenuation of bones and soft tissue. Normals vary in joint width too and some have one
+mildly narrowed joint, so the task is learnable but not trivial."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 BodyPart = Literal["hand", "foot"]
-BODY_PARTS: tuple[str, ...] = ("hand", "foot")
+BODY_PARTS: tuple[str, ...] = get_args(BodyPart)
 
 # Canonical anatomy, in fractions of the image's short side, origin at the centre, y down,
 # digits pointing up. A ray: base (x, y), angle from vertical in degrees, then
@@ -78,10 +71,9 @@ class _Canvas:
         return self._m @ np.asarray(p, np.float64) + self._origin
 
     def _window(self, lo: np.ndarray, hi: np.ndarray):
+        """The pixels of box lo..hi: slices and coordinates, empty off the image (drawing is then a no-op)."""
         x0, y0 = max(int(lo[0]), 0), max(int(lo[1]), 0)
         x1, y1 = min(int(hi[0]) + 2, self.w), min(int(hi[1]) + 2, self.h)
-        if x0 >= x1 or y0 >= y1:
-            return None
         return (slice(y0, y1), slice(x0, x1)), np.arange(x0, x1)[None, :], np.arange(y0, y1)[:, None]
 
     def bone_capsule(self, a, b, r, *, flare=1.35, sclerosis=(0.0, 0.0)) -> None:
@@ -89,10 +81,7 @@ class _Canvas:
         a, b = self.to_px(a), self.to_px(b)
         r, cap = r * self.px, 0.6 * r * flare * self.px
         pad = r * flare + cap + 1
-        win = self._window(np.minimum(a, b) - pad, np.maximum(a, b) + pad)
-        if win is None:
-            return
-        sl, xs, ys = win
+        sl, xs, ys = self._window(np.minimum(a, b) - pad, np.maximum(a, b) + pad)
         length = max(float(np.hypot(*(b - a))), 1e-6)
         ux, uy = (b - a) / length
         along = (xs - a[0]) * ux + (ys - a[1]) * uy
@@ -115,10 +104,7 @@ class _Canvas:
         """An ellipse: a carpal/tarsal (cortex + medulla), an osteophyte (solid) or soft tissue."""
         c = self.to_px(c)
         rx, ry, pad = rx * self.px, ry * self.px, max(rx, ry) * self.px + 1
-        win = self._window(c - pad, c + pad)
-        if win is None:
-            return
-        sl, xs, ys = win
+        sl, xs, ys = self._window(c - pad, c + pad)
         (ca, sa), m = (np.cos(angle), np.sin(angle)), self._m / self.px
         ex, ey = m @ [ca, sa], m @ [-sa, ca]  # the ellipse axes, rotated and mirrored with the body
         u, v = (xs - c[0]) * ex[0] + (ys - c[1]) * ex[1], (xs - c[0]) * ey[0] + (ys - c[1]) * ey[1]
@@ -136,10 +122,7 @@ class _Canvas:
 
     def tissue_capsule(self, a, b, radius) -> None:
         a, b, radius = self.to_px(a), self.to_px(b), radius * self.px
-        win = self._window(np.minimum(a, b) - radius - 1, np.maximum(a, b) + radius + 1)
-        if win is None:
-            return
-        sl, xs, ys = win
+        sl, xs, ys = self._window(np.minimum(a, b) - radius - 1, np.maximum(a, b) + radius + 1)
         length = max(float(np.hypot(*(b - a))), 1e-6)
         ux, uy = (b - a) / length
         t = np.clip(((xs - a[0]) * ux + (ys - a[1]) * uy) / length, 0.0, 1.0)
@@ -226,23 +209,6 @@ def render_phantom(
             theta += np.deg2rad(rng.uniform(-3, 3))  # digits are never perfectly straight
 
     return _expose(canvas, expo_rng)
-
-
-def burn_in_marker(img: np.ndarray, *, corner: int, size_fraction: float = 0.18) -> tuple[np.ndarray, tuple]:
-    """A bright side marker (the letter L, as radiographers burn in) in corner 0-3 (top-left,
-    top-right, bottom-left, bottom-right) of a phantom in [0, 1]; returns the image and the
-    marker's box (row0, row1, col0, col1). For shortcut tests: a model trained where the marker
-    goes with the label should look at it (tests/test_explain.py)."""
-    h, w = img.shape
-    side = max(6, int(min(h, w) * size_fraction))
-    margin = max(1, side // 4)
-    r0 = margin if corner in (0, 1) else h - margin - side
-    c0 = margin if corner in (0, 2) else w - margin - side
-    out = img.copy()
-    stroke = max(2, side // 4)
-    out[r0:r0 + side, c0:c0 + stroke] = 1.0  # the L's upright
-    out[r0 + side - stroke:r0 + side, c0:c0 + side] = 1.0  # and its foot
-    return out, (r0, r0 + side, c0, c0 + side)
 
 
 def _expose(canvas: _Canvas, rng: np.random.Generator) -> np.ndarray:

@@ -1,18 +1,11 @@
-"""The one implementation of reading an X-ray image into a float32 array in [0, 1].
+"""The one implementation of reading an X-ray image into a float32 array in [0, 1], shaped
+(rows, cols) exactly as stored: PIL and pydicom are both row-major, so nothing here transposes.
 
-Every data module, the preprocessing cache and the demo generator's tests call
-`read_image`; nothing else in the project opens image files. The result is a 2-D array
-shaped (rows, cols) exactly as stored: PIL and pydicom are both row-major, so nothing here
-ever transposes.
-
-A format is one entry of `FORMATS`: file suffix -> the decoder, named by import path (loaded
-on first use, so a decoder's module may import this one). Folder scanning, the error messages
-and the preprocessing cache's key follow from it (README, Architecture).
-
-Decompression bombs: a small file can declare or inflate to an enormous image (a 12.5 MB
-RLE DICOM declaring 20000 x 20000 decodes to gigabytes; deflate reaches ~1000:1). The size a
-file declares is checked against MAX_PIXELS and MAX_PIXEL_BYTES before anything is decoded,
-and Pillow's decompression-bomb warning is an error.
+A format is one entry of `FORMATS`: file suffix -> the decoder, named by import path (loaded on
+first use, so a decoder's module may import this one); folder scanning, the error messages and
+the cache key follow from it (README, Architecture). Decompression bombs (a 12.5 MB RLE DICOM
+can declare 20000 x 20000; deflate reaches ~1000:1): the size a file declares is checked against
+MAX_PIXELS and MAX_PIXEL_BYTES before decoding, and Pillow's bomb warning is an error.
 """
 
 from __future__ import annotations
@@ -20,7 +13,6 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,27 +71,18 @@ def decoder_modules() -> list[str]:
     return sorted({spec.split(":")[0] for spec in FORMATS.values()})
 
 
-def _decoder(path: Path) -> Callable[[Path], np.ndarray]:
-    # The DICOM magic wins over a misleading suffix; an unknown suffix goes to Pillow, which
-    # recognises files by their content.
-    spec = _DICOM if is_dicom(path) else FORMATS.get(path.suffix.lower(), _PIL)
-    module, name = spec.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file of one of `FORMATS` as a 2-D float32 array in [0, 1], shape (rows, cols).
-
-    Raises:
-        ImageReadError: the file is missing, empty, truncated, corrupt or not an image
-            this reader understands (the message names the file and what is wrong).
-    """
+    """A 2-D float32 array in [0, 1], shape (rows, cols); ImageReadError (naming the file and what is
+    wrong) for a missing, empty, truncated, corrupt or unknown file."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "is a directory" if path.is_dir() else "file does not exist")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
-    arr = _decoder(path)(path)
+    # The DICOM magic wins over a misleading suffix; an unknown suffix goes to Pillow, which
+    # recognises files by their content.
+    module, name = (_DICOM if is_dicom(path) else FORMATS.get(path.suffix.lower(), _PIL)).split(":")
+    arr = getattr(importlib.import_module(module), name)(path)
     # Rounding in the LUT/window arithmetic can step a hair outside [0, 1].
     return np.clip(arr, 0.0, 1.0, out=arr)
 
@@ -121,7 +104,14 @@ def read_pil(path: Path) -> np.ndarray:
             with Image.open(path) as img:  # reads the header only
                 check_size(path, img.width * img.height, 0, f"{img.height} x {img.width} pixels")
                 img.load()  # decode now, so truncated files fail here and not later
-                return _pil_to_float(img)
+                if img.mode == "F":
+                    return minmax(np.asarray(img).astype(np.float32))
+                # Full 16-bit depth (mode "L" would drop 8 bits; older Pillow opens 16-bit PNG as "I").
+                # Anything else (RGB, RGBA, LA, P, 1, CMYK, ...): ITU-R 601-2 luminance, alpha dropped.
+                wide = img.mode.startswith("I;16") or img.mode == "I"
+                arr = np.asarray(img if wide or img.mode == "L" else img.convert("L")).astype(np.float32)
+                arr *= 1.0 / (65535.0 if wide else 255.0)
+                return arr
     except ImageReadError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -129,17 +119,6 @@ def read_pil(path: Path) -> np.ndarray:
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
         raise ImageReadError(path, f"not a readable image file ({type(exc).__name__}: {exc}); "
                                    f"formats: {suffixes()}") from exc
-
-
-def _pil_to_float(img: Image.Image) -> np.ndarray:
-    if img.mode == "F":
-        return minmax(np.asarray(img).astype(np.float32))
-    # Full 16-bit depth (mode "L" would drop 8 bits; older Pillow opens 16-bit PNG as "I").
-    # Anything else (RGB, RGBA, LA, P, 1, CMYK, ...): ITU-R 601-2 luminance, alpha dropped.
-    wide = img.mode.startswith("I;16") or img.mode == "I"
-    arr = np.asarray(img if wide or img.mode == "L" else img.convert("L")).astype(np.float32)
-    arr *= 1.0 / (65535.0 if wide else 255.0)
-    return arr
 
 
 def minmax(arr: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:

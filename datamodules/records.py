@@ -1,11 +1,7 @@
 """Where the images are: records {path, label, patient_id, split} from a folder layout or a CSV
-manifest (README, Your data), read lazily later.
-
-Only files inside the data root are read unless `allow_outside_root` is set; then their records
-are named `outside-root/line-N` (manifest line N) or `outside-root/N`, never by their path or
-file name, which hospital exports often build from patient names (README, Privacy). Labels and
-patient ids are compared as people read them (`normalize_label`, `normalize_patient_id`).
-"""
+manifest (README, Your data), read lazily later. Files outside the data root are refused, or with
+`allow_outside_root` named `outside-root/...`, never by their path or file name, which hospital
+exports often build from patient names (README, Privacy)."""
 
 from __future__ import annotations
 
@@ -53,43 +49,12 @@ def listing(errors: list[str], limit: int = 5) -> str:
     return f"\n  {shown}{more}"
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in FORMATS
-
-
 def normalize_label(raw: str, form: str = "NFC") -> str:
     """A label as people read it: format characters (category Cf: zero-width space, BOM, soft
     hyphen, ...) removed, Unicode NFC (macOS writes folder names decomposed, NFD), whitespace
-    runs (NBSP included) made one space, and none around it.
-
-    These variants show the same text, so they are merged silently. Labels that differ only in
-    letter case are not: `check_labels` warns about them and keeps them apart.
-    """
+    runs (NBSP included) made one space, and none around it. Letter case is kept (check_labels)."""
     text = "".join(ch for ch in raw if unicodedata.category(ch) != "Cf")
     return " ".join(unicodedata.normalize(form, text).split())
-
-
-def normalize_patient_id(raw: str) -> str:
-    """A patient id as `normalize_label` reads a label, but with Unicode NFKC instead of NFC, so
-    that compatibility forms (full-width "Ｐ０００２", ligatures, superscripts) also read as the
-    plain characters. Merging ids wrongly only keeps two patients together (a stricter split, a
-    wider interval); keeping look-alikes apart leaks a patient across splits."""
-    return normalize_label(raw, "NFKC")
-
-
-def _warn_look_alike_ids(manifest: Path, written: dict[str, dict[str, int]]) -> None:
-    """One warning naming the lines (never the ids: often medical record numbers) where an id
-    was written differently from its look-alike."""
-    variants = [sorted(lines.values()) for lines in written.values() if len(lines) > 1]
-    if variants:
-        shown = [f"lines {', '.join(map(str, lines))}" for lines in variants]
-        log.warning("Manifest %s: %d patient id(s) are written in several ways that differ only in invisible "
-                    "characters, Unicode form or spacing; each is read as one patient (first line of each "
-                    "spelling):%s", manifest, len(variants), listing(shown))
-
-
-def _real_root(root: Path) -> Path:
-    return Path(os.path.realpath(root))
 
 
 def _inside(path: Path, real_root: Path) -> bool:
@@ -108,17 +73,16 @@ def _first_outside(root: Path, real_root: Path, rel: str) -> str:
 
 def scan_folder(root: Path, *, allow_outside_root: bool = False) -> list[Record]:
     """Records from root/{split}/{class}/file or root/{class}/file."""
-    split_dirs = [root / s for s in SPLITS if (root / s).is_dir()]
-    real_root = _real_root(root)
+    real_root = Path(os.path.realpath(root))
     records, empty, outside, n_outside = [], [], {}, 0
-    for base, split in [(d, d.name) for d in split_dirs] or [(root, None)]:
+    for base, split in [(root / s, s) for s in SPLITS if (root / s).is_dir()] or [(root, None)]:
         for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
             label = normalize_label(class_dir.name)
             if not label:
                 empty.append(repr(class_dir.relative_to(root).as_posix()))
                 continue
             for path in sorted(class_dir.rglob("*")):
-                if _is_image(path):
+                if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in FORMATS:
                     rel = path.relative_to(root).as_posix()
                     if not _inside(path, real_root):
                         outside[_first_outside(root, real_root, rel)] = None
@@ -155,7 +119,7 @@ def read_manifest(manifest: Path, root: Path, *, allow_outside_root: bool = Fals
         )
     if not rows:
         raise DataError(f"Manifest {manifest} has a header but no rows")
-    real_root = _real_root(root)
+    real_root = Path(os.path.realpath(root))
     records, missing, bad, outside = [], [], [], []
     written: dict[str, dict[str, int]] = defaultdict(dict)  # normalised id -> {as written: first line}
     for line, row in enumerate(rows, start=2):
@@ -181,7 +145,9 @@ def read_manifest(manifest: Path, root: Path, *, allow_outside_root: bool = Fals
             missing.append(f"line {line}: {given}")
             continue
         raw_id = row.get("patient_id") or ""
-        patient = normalize_patient_id(raw_id)
+        # NFKC, not NFC: full-width ids, ligatures and superscripts read as plain characters too.
+        # Merging ids wrongly only keeps two patients together; keeping look-alikes apart leaks one.
+        patient = normalize_label(raw_id, "NFKC")
         if patient:
             written[patient].setdefault(raw_id.strip(), line)
         extra = tuple((c, (row.get(c) or "").strip()) for c in columns if c and c not in BASE_COLUMNS)
@@ -198,5 +164,10 @@ def read_manifest(manifest: Path, root: Path, *, allow_outside_root: bool = Fals
             f"Manifest {manifest}: {len(missing)} of {len(rows)} file(s) do not exist "
             f"(paths are relative to data.root {root}):{listing(missing)}"
         )
-    _warn_look_alike_ids(manifest, written)
+    # One warning naming the lines, never the ids (often medical record numbers).
+    variants = [f"lines {', '.join(map(str, sorted(v.values())))}" for v in written.values() if len(v) > 1]
+    if variants:
+        log.warning("Manifest %s: %d patient id(s) are written in several ways that differ only in invisible "
+                    "characters, Unicode form or spacing; each is read as one patient (first line of each "
+                    "spelling):%s", manifest, len(variants), listing(variants))
     return records

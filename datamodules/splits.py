@@ -18,11 +18,8 @@ NEGATIVE_NAMES = ("normal", "negative", "healthy", "control", "no", "0")
 
 def check_labels(records: list[Record], classes: Optional[list[str]], source: str) -> list[str]:
     """Class names in label order: `classes` if given (every label must be in it), else sorted,
-    except that for two classes a "normal"-like name comes first, so the abnormal class is the
-    positive class of sensitivity, specificity and F1.
-
-    Labels that differ only in letter case ("Normal", "normal") stay separate classes, since the
-    data says so, but a warning names them: almost always one class written two ways."""
+    a "normal"-like name first of two (the positive class is the last). Labels that differ only
+    in letter case stay separate classes, with a warning: almost always one class written two ways."""
     found = sorted({r.label for r in records})
     by_case: dict[str, list[str]] = defaultdict(list)
     for label in found:
@@ -59,11 +56,8 @@ def _patients_by_label(records: list[Record]) -> dict[str, list[str]]:
 
 
 def assign_splits(records: list[Record], *, val_fraction: float, test_fraction: float, seed: int) -> list[Record]:
-    """Give every record without a split one, at patient level and stratified by label.
-
-    Patients that already have a split keep it (all their images follow it); a patient whose
-    images were given different splits is an error, since it would leak between splits.
-    """
+    """Give every record without a split one, at patient level and stratified by label; patients
+    with a given split keep it, and one given two splits is an error (it would leak)."""
     given: dict[str, set[str]] = defaultdict(set)
     first_image: dict[str, str] = {}
     for r in records:
@@ -88,10 +82,9 @@ def assign_splits(records: list[Record], *, val_fraction: float, test_fraction: 
 
 
 def assign_folds(records: list[Record], *, folds: int, seed: int) -> dict[str, int]:
-    """Patient -> fold (0..folds-1) for k-fold cross-validation over `records` (the images not
-    in the test split): whole patients, stratified by each patient's most common label, the
-    same for the same seed. Patients of each label are shuffled and dealt round-robin, the
-    deal continuing across labels so that fold sizes differ by at most one patient."""
+    """Patient -> fold (0..folds-1) over `records` (the non-test images), stratified by label: each
+    label's patients shuffled and dealt round-robin, the deal continuing across labels so that fold
+    sizes differ by at most one patient."""
     if folds < 2:
         raise DataError(f"data.folds must be at least 2 for cross-validation, got {folds}")
     by_label = _patients_by_label(records)

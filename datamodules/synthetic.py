@@ -3,8 +3,7 @@
     python -m datamodules.synthetic --out data/demo_hand --body-part hand --count 400
 
 Pixels depend only on (seed, patient, side): same seed, same data set, whatever the order or
-process. The settings are saved in the data set's `synthetic.json`; a folder that holds other
-data is never written over (README, Your data).
+process (README, Your data).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image
@@ -25,17 +24,13 @@ from datamodules.phantoms import BODY_PARTS, BodyPart, render_phantom
 from datamodules.records import DataError
 
 Format = Literal["png16", "png8", "dicom"]
-OUTPUT_FORMATS: tuple[str, ...] = ("png16", "png8", "dicom")
+OUTPUT_FORMATS: tuple[str, ...] = get_args(Format)
 PROVENANCE = "synthetic.json"  # in the data set: the settings it was made with
 
 
 def _assign_patients(count: int, abnormal_fraction: float, rng: np.random.Generator) -> list[tuple[int, bool]]:
-    """Split `count` images into patients of 1 or 2 images; label whole patients.
-
-    Returns (images, abnormal) per patient. Abnormal patients are picked until the
-    abnormal image count is as close to the requested fraction as whole patients allow;
-    with 0 < fraction < 1 and count >= 2 both classes are always present.
-    """
+    """(images, abnormal) per patient of 1 or 2 images: abnormal patients are picked until their
+    images are the requested fraction; with 0 < fraction < 1 and count >= 2 both classes appear."""
     sizes: list[int] = []
     while sum(sizes) < count:
         sizes.append(1 if count - sum(sizes) == 1 or rng.random() < 0.3 else 2)
@@ -62,11 +57,6 @@ def _write(path: Path, img: np.ndarray, *, fmt: str, patient_id: str, body_part:
     if fmt == "png16":
         Image.fromarray(stored).save(path, compress_level=1)  # mode I;16, full depth
         return
-    _write_dicom(path, stored, patient_id=patient_id, body_part=body_part, side=side, uid_seed=uid_seed)
-
-
-def _write_dicom(path: Path, stored: np.ndarray, *, patient_id: str, body_part: str, side: str,
-                 uid_seed: list) -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
@@ -85,13 +75,10 @@ def _write_dicom(path: Path, stored: np.ndarray, *, patient_id: str, body_part: 
     ds.PatientName, ds.PatientID = "Synthetic^Phantom", patient_id
     ds.Modality, ds.PresentationIntentType = "DX", "FOR PRESENTATION"
     ds.BodyPartExamined, ds.ImageLaterality = body_part.upper(), side
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = stored.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.set_pixel_data(stored, "MONOCHROME2", 16, generate_instance_uid=False)
     # A real rescale and a full-range window: read back, the pixels equal the png16 ones.
     ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, -1024, "US"
     ds.WindowCenter, ds.WindowWidth = 32768 - 1024, 65536
-    ds.PixelData = stored.tobytes()
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -102,10 +89,9 @@ def generate(
     """Write `count` phantoms under `out`/images and `out`/manifest.csv; return the manifest path.
 
     `severity` scales the disease signs (1.0: subtle, a few CPU epochs at 128 px reach about
-    0.7 AUROC; 2.0: plain enough for a one-minute demo). The data set is built in a temporary
-    sibling folder and renamed into place, so a killed run leaves nothing half-written and racing
-    processes (DDP ranks) end with one complete copy. A folder holding this very data set is used
-    as it is; any other non-empty folder raises DataError (`check_made_with`).
+    0.7 AUROC; 2.0: plain enough for a one-minute demo). Built in a temporary sibling folder and
+    renamed into place: a killed run leaves nothing half-written, racing processes (DDP ranks) end
+    with one complete copy. A folder holding other data raises DataError (`check_made_with`).
     """
     out = Path(out)
     if body_part not in BODY_PARTS:
@@ -127,10 +113,26 @@ def generate(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         (tmp / "images").mkdir()
-        rows = _generate_into(tmp, body_part=body_part, count=count, size=tuple(size), fmt=fmt, seed=seed,
-                              abnormal_fraction=abnormal_fraction, severity=severity)
+        patients = _assign_patients(count, abnormal_fraction, np.random.default_rng([seed, 0]))
+        width = max(4, len(str(len(patients))))
+        rows = [("path", "label", "patient_id")]
+        for p, (n_images, abnormal) in enumerate(patients, start=1):
+            patient_id = f"P{p:0{width}d}"
+            sides = ["L", "R"]
+            if n_images == 1:
+                sides = [str(np.random.default_rng([seed, 1, p]).choice(sides))]
+            for side in sides:
+                img = render_phantom(
+                    body_part=body_part, abnormal=abnormal, size=tuple(size), mirror=side == "R",
+                    severity=severity, patient_rng=np.random.default_rng([seed, 2, p]),  # same for both sides
+                    image_rng=np.random.default_rng([seed, 3, p, ord(side)]),
+                )
+                rel = f"images/{patient_id}_{side}{'.dcm' if fmt == 'dicom' else '.png'}"
+                _write(tmp / rel, img, fmt=fmt, patient_id=patient_id, body_part=body_part, side=side,
+                       uid_seed=[seed, body_part, patient_id, side])
+                rows.append((rel, "abnormal" if abnormal else "normal", patient_id))
         with open(tmp / "manifest.csv", "w", newline="") as f:
-            csv.writer(f).writerows([("path", "label", "patient_id"), *rows])
+            csv.writer(f).writerows(rows)
         (tmp / PROVENANCE).write_text(json.dumps(settings, indent=1) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; the data set is not secret
         try:
@@ -164,28 +166,6 @@ def check_made_with(out: Path, settings: dict) -> None:
                         f"({'; '.join(changed)}); delete {out} to make it again there, or {elsewhere}")
 
 
-def _generate_into(tmp: Path, *, body_part: str, count: int, size: tuple[int, int], fmt: str, seed: int,
-                   abnormal_fraction: float, severity: float) -> list[tuple[str, str, str]]:
-    patients = _assign_patients(count, abnormal_fraction, np.random.default_rng([seed, 0]))
-    width = max(4, len(str(len(patients))))
-    suffix = ".dcm" if fmt == "dicom" else ".png"
-    rows = []
-    for p, (n_images, abnormal) in enumerate(patients, start=1):
-        patient_id = f"P{p:0{width}d}"
-        sides = ["L", "R"] if n_images == 2 else [str(np.random.default_rng([seed, 1, p]).choice(["L", "R"]))]
-        for side in sides:
-            img = render_phantom(
-                body_part=body_part, abnormal=abnormal, size=size, mirror=side == "R", severity=severity,
-                patient_rng=np.random.default_rng([seed, 2, p]),  # same anatomy for both sides
-                image_rng=np.random.default_rng([seed, 3, p, ord(side)]),
-            )
-            rel = f"images/{patient_id}_{side}{suffix}"
-            _write(tmp / rel, img, fmt=fmt, patient_id=patient_id, body_part=body_part, side=side,
-                   uid_seed=[seed, body_part, patient_id, side])
-            rows.append((rel, "abnormal" if abnormal else "normal", patient_id))
-    return rows
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m datamodules.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="new or empty directory for images/ and manifest.csv")
@@ -198,9 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--severity", type=float, default=1.0, help="scale of the disease signs (0, 3]")
     args = parser.parse_args(argv)
     try:
-        manifest = generate(args.out, body_part=args.body_part, count=args.count, size=tuple(args.size),
-                            fmt=args.fmt, seed=args.seed, abnormal_fraction=args.abnormal_fraction,
-                            severity=args.severity)
+        manifest = generate(**vars(args))  # the options' dests are generate's arguments
     except ValueError as exc:  # DataError too
         parser.error(str(exc))
     print(f"synthetic {args.body_part} data set: {manifest}")

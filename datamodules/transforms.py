@@ -1,87 +1,62 @@
-"""Transforms for 1-channel radiographs: geometry per image, augmentation per batch on the device.
-
-Two stages, one implementation of each idea:
-
-* `ResizePad` runs per image where the image is decoded (loader workers, or once when the
-  preprocessing cache is built), so every batch has one fixed shape.
-* `BatchPreset` runs on whole batches after they reach the device (the data module's
-  `on_after_batch_transfer`): integer pixels from the cache to [0, 1], the training
-  augmentations (flip, affine, intensity) vectorized over the batch, then normalisation.
-  On a GPU this costs far less than doing it in CPU workers, which are the bottleneck.
-
-The augmentation strengths have one default each, in XrayDataModule's signature (the config
-schema); here they are required.
+"""Transforms for 1-channel radiographs: `ResizePad` per image where it is decoded (loader workers,
+or once into the cache), so batches have one shape; `BatchAugment` on whole batches on the device
+(XrayDataModule.batch_transform), far cheaper than in the CPU workers, the bottleneck. Its strengths
+have their one default in XrayDataModule's signature (the config schema); here they are required.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 # Radiographs are far from ImageNet statistics; these fit [0, 1]-scaled X-rays well enough
 # that the first layer sees roughly zero-mean, unit-variance input.
 XRAY_MEAN, XRAY_STD = 0.5, 0.25
 
 
-class ResizePad(nn.Module):
-    """Resize so the longer side is `size` (aspect ratio kept), then centre-pad to size x size.
+@dataclass
+class ResizePad:
+    """Resize so the longer side is `size` (aspect ratio kept), then centre-pad to size x size:
+    squashing a radiograph distorts joint spaces, which is what an osteoarthritis reader looks at."""
 
-    Radiographs are rarely square; squashing them distorts joint spaces, which is exactly
-    what an osteoarthritis reader looks at.
-    """
+    size: int
 
-    def __init__(self, size: int, fill: float = 0.0) -> None:
-        super().__init__()
-        self.size, self.fill = size, fill
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
         h, w = img.shape[-2:]
         scale = self.size / max(h, w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         if (nh, nw) != (h, w):
             img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
         top, left = (self.size - nh) // 2, (self.size - nw) // 2
-        return F.pad(img, (left, self.size - nw - left, top, self.size - nh - top), value=self.fill)
+        return F.pad(img, (left, self.size - nw - left, top, self.size - nh - top))
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """uint8 / uint16 pixels (the cache) to float32 in [0, 1]; float input is returned as it is."""
-    if x.dtype == torch.uint8:
-        return x.float().mul_(1.0 / 255.0)
-    if x.dtype == torch.uint16:
-        return x.float().mul_(1.0 / 65535.0)
-    return x
+    return x.float().mul_(1.0 / torch.iinfo(x.dtype).max) if x.dtype in (torch.uint8, torch.uint16) else x
 
 
 def _uniform(n: int, lo: float, hi: float, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.empty(n, device=like.device, dtype=like.dtype).uniform_(lo, hi, generator=generator)
 
 
-class BatchAugment(nn.Module):
+@dataclass(kw_only=True)
+class BatchAugment:
     """Random flip, rotation + zoom and brightness/contrast for a batch (B, C, H, W) in [0, 1].
 
-    Each image draws its own parameters (as torchvision's per-image transforms do), from
-    `generator` (the data module gives each DDP rank its own, seeded from the run's seed, so
-    ranks do not augment their images alike) or else the device's global generator.
+    Each image draws its own parameters (as torchvision's per-image transforms do) from `g` (one
+    per DDP rank: XrayDataModule._augment_generator), else from the device's global generator.
     """
 
-    def __init__(
-        self,
-        *,
-        hflip_prob: float,
-        rotation_degrees: float,
-        scale_jitter: float,
-        intensity_jitter: float,
-    ) -> None:
-        super().__init__()
-        self.hflip_prob, self.rotation_degrees = hflip_prob, rotation_degrees
-        self.scale_jitter, self.intensity_jitter = scale_jitter, intensity_jitter
+    hflip_prob: float
+    rotation_degrees: float
+    scale_jitter: float
+    intensity_jitter: float
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        g = generator
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         if self.hflip_prob > 0:
             flip = torch.rand(len(x), device=x.device, generator=g) < self.hflip_prob
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -107,17 +82,3 @@ class BatchAugment(nn.Module):
         theta = torch.stack([torch.stack([cos, sin * (h / w), zero], 1), torch.stack([-sin * (w / h), cos, zero], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-class BatchPreset(nn.Module):
-    """Device side of the pipeline: to [0, 1] floats, augmentation (train only), normalisation."""
-
-    def __init__(self, augment: BatchAugment | None = None, *, mean: float = XRAY_MEAN, std: float = XRAY_STD) -> None:
-        super().__init__()
-        self.augment, self.mean, self.std = augment, mean, std
-
-    def forward(self, x: torch.Tensor, *, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = to_unit(x)
-        if train and self.augment is not None:
-            x = self.augment(x, generator)
-        return (x - self.mean) / self.std
