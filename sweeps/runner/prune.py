@@ -17,10 +17,11 @@ from rundir.checkpoints import Pruned, busy, checkpoints, needed, remove, strip
 from rundir.layout import COMPLETED, CONFIG_FILE, CV_FILE, HISTORY_FILE, RUN_RECORD, TRAINING_FILE
 from sweeps.contract.history import best_of, read_history, training_done
 from sweeps.errors import UsageError
+from sweeps.runner.storage import DB_FILE
+from sweeps.runner.trials import ENDED
 
 DEFAULT_KEEP = 3  # the winner and two runners-up: a second look (calibration, subgroups) needs no retraining
 KEEP_ATTR = "keep_checkpoints"  # the study's user attr: the K of every runner of the sweep (None: keep all)
-ENDED = ("finished", "stopped", "failed")  # what the runner never continues (an interrupted run it does)
 # A plain `fit` (a W&B agent's run) holds no fit.lock: such a run is left alone until this long
 # after its last write (it writes last.ckpt every epoch, its W&B files every few seconds).
 IDLE_S = 3600.0
@@ -135,7 +136,7 @@ def size(n: int) -> str:
 def _trials(root: Path, name: Optional[str]) -> list:
     """The study's trials from the sweep's optuna.db; none without one (another --storage:
     run.json and the runs' locks decide)."""
-    db = root / "optuna.db"
+    db = root / DB_FILE
     if not db.is_file() or not db.stat().st_size:
         return []
     import optuna

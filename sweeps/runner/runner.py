@@ -20,7 +20,7 @@ import sweeps.runner.recovery as recovery
 import sweeps.runner.trials as trials
 from rundir.grace import AGENT_KILL_AFTER_S
 from rundir.launcher import POLL_S  # how often running runs are checked (exit, history, hyperband)
-from rundir.layout import HISTORY_FILE, LAST_CHECKPOINT, RUN_RECORD, TRAINING_FILE
+from rundir.layout import COMPLETED, HISTORY_FILE, LAST_CHECKPOINT, RUN_RECORD, TRAINING_FILE
 from sweeps.contract.history import best_of, read_history, training_done
 from sweeps.files.io import write_json_atomic
 from sweeps.hyperband import hyperband_stop
@@ -198,7 +198,7 @@ class Runner:
         self.finished_at = time.monotonic()
         self._read(job)
         state, reason = job.outcome(code)
-        value = best_of(job.history, self.goal) if state in ("finished", "stopped") else None
+        value = best_of(job.history, self.goal) if state in COMPLETED else None
         attrs = dict(job.attrs, state=state, reason=reason, history=job.history, exit_code=code,
                      wall_s=round(time.monotonic() - job.started, 3))
         number, done = job.trial.number, {k: attrs[k] for k in ("state", "reason", "history", "exit_code", "wall_s")}
@@ -221,7 +221,7 @@ class Runner:
                 self.stopping = f"{self.failures_in_row} runs failed in a row (--max-failures)"
                 self.exit_code = 1
                 self.progress.event(f"stopping the sweep: {self.stopping}; last reason: {reason}")
-        elif state in ("finished", "stopped"):
+        elif state in COMPLETED:
             self.failures_in_row = 0
 
     def refresh(self) -> None:

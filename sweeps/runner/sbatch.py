@@ -98,10 +98,6 @@ def check_storage(storage: str) -> None:
 def submit_sweep(sweep: dict, args: argparse.Namespace) -> int:
     sweep_file = getattr(args, "sweep_file", None)
     name = check_name(str(sweep.get("name") or (Path(sweep_file).stem if sweep_file else "sweep")))
-    for option in ("array", "count", "nodes_per_trial", "tasks_per_node", "cpus_per_task"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            raise UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
     root = program_root(sweep.get("program"), sweep_file)  # the program must exist before anything is queued
     if args.cfg and Path(args.cfg).is_file():
         args.cfg = str(Path(args.cfg).resolve())  # the tasks start elsewhere

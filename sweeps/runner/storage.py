@@ -1,16 +1,7 @@
-"""The Optuna study of an offline sweep, and the critical section around "count, then ask".
-
-Optuna keeps trials (parameters, state, value, the run's facts in user_attrs) in any
-SQLAlchemy database: a SQLite file next to the runs by default, PostgreSQL when several
-machines share a sweep. Runners must agree on --count and never run a grid point twice, so
-"count the launched runs, then ask for a trial" (and giving a trial back) is done under a
-lock: a file lock next to a SQLite database, an advisory lock on PostgreSQL, Optuna's NFS-safe
-symlink lock next to a journal file (runner/journal.py); elsewhere (MySQL, ...) the runner
-re-checks each new trial and cancels it as surplus (trials.surplus).
-
-Liveness is Optuna's: the storage keeps a heartbeat per running trial (`heartbeat_interval`);
-a trial silent for GRACE_BEATS intervals is stale, and any live runner gives it back under the
-lock (runner/recovery.py).
+"""The Optuna study of an offline sweep (README, "Offline sweeps": Storage) and the lock around
+"count, then ask" and giving a trial back (trials.py): a file lock next to a SQLite database, an
+advisory lock on PostgreSQL, Optuna's NFS-safe symlink lock next to a journal file (journal.py);
+elsewhere (MySQL, ...) the runner re-checks each new trial and cancels it as surplus (trials.surplus).
 """
 
 from __future__ import annotations
@@ -31,6 +22,7 @@ from sweeps.runner.liveness import quiet_heartbeat_warnings
 GRACE_BEATS = 3  # missed heartbeats before a trial is failed: one late beat is not a death
 DEFAULT_HEARTBEAT_S = 10
 HEARTBEAT_ATTR = "heartbeat_s"  # the study's interval: every runner of a sweep uses the same
+DB_FILE = "optuna.db"  # the sweep directory's storage when --storage is not given
 
 
 def driver_url(url: str) -> str:
@@ -59,12 +51,10 @@ def heartbeat_problem(url: str) -> Optional[str]:
 
 
 def mask_password(text: str) -> str:
-    """`text` with the password of every URL in it masked (user:***@, :***@), from the user's
-    own characters up to the URL's last @ (a password may hold @, / or spaces), and secret
-    parameters masked (?password=***, sslpassword=, passwd=, pwd=, token=, secret=, key= ...,
-    also libpq's `k=v`). A text that is one URL (a --storage value) is masked whole, spaces
-    included; in other text a URL ends at white space. Nothing is rendered by SQLAlchemy first:
-    its rendering percent-encodes a later @ (user:***@ss/secret%40host) and the mask missed it."""
+    """`text` with URL passwords and secret parameters masked (README, "Offline sweeps": Storage).
+    A text that is one URL (a --storage value) is masked whole, spaces included; in other text a
+    URL ends at white space. Nothing is rendered by SQLAlchemy first: its rendering
+    percent-encodes a later @ (user:***@ss/secret%40host) and the mask missed it."""
     if _WHOLE_URL.fullmatch(text):
         return _mask_url(text, _SECRET_IN_URL)
     return _SECRET.sub(r"\1\2***", _URL.sub(lambda m: _mask_url(m.group(), _SECRET), text))
@@ -83,11 +73,9 @@ def _mask_url(url: str, secret: re.Pattern) -> str:
 
 
 def check_url(url: str) -> None:
-    """Refuse, before anything connects or creates a file, a storage URL that would go wrong:
-    a password SQLAlchemy reads only in part (it ends a password at the first @ and takes the
-    rest for the host, so part of the password would be sent to DNS and the server), a SQLite
-    file in a folder that does not exist (a mistyped path: it is not created), a database whose
-    driver is not installed. URLs SQLAlchemy cannot read at all are left to the caller."""
+    """Refuse, before anything connects or creates a file, a storage URL that would go wrong: a
+    password SQLAlchemy reads only up to an @ (the rest would go to DNS as the host), a SQLite file
+    in a missing folder, a driver not installed. URLs SQLAlchemy cannot read are the caller's."""
     from sqlalchemy.engine import make_url
 
     try:
@@ -123,10 +111,9 @@ def check_url(url: str) -> None:
 
 
 def write_ahead_log(db: Path) -> None:
-    """Put a SQLite file in WAL mode (kept in the file): readers, i.e. every runner's polling, and
-    the one writer then stop blocking each other. In the default rollback mode a commit waits for
-    all readers, and 16 runners spent most of a sweep waiting (benchmarks/README.md, "Cost at
-    scale"). WAL needs all processes on one host: a network file system is refused already."""
+    """WAL mode (kept in the file): in the default rollback mode a commit waits for all readers, and
+    16 runners spent most of a sweep waiting (benchmarks/README.md, "Cost at scale"). WAL needs
+    all processes on one host: a network file system is refused already."""
     import sqlite3
 
     with contextlib.closing(sqlite3.connect(db, timeout=120)) as conn:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from rundir.layout import COMPLETED
 from sweeps.runner.liveness import quiet_heartbeat_warnings
 
-COUNTED = ("finished", "stopped", "failed")  # runs that count towards --count once done
+ENDED = (*COMPLETED, "failed")  # a run's last states: counted towards --count, never continued
 
 
 def counts_towards(t: Any) -> bool:
@@ -27,7 +28,7 @@ def counts_towards(t: Any) -> bool:
 
     if t.state == TrialState.RUNNING:
         return t.user_attrs.get("state") != "surplus"
-    return t.state.is_finished() and t.user_attrs.get("state") in COUNTED
+    return t.state.is_finished() and t.user_attrs.get("state") in ENDED
 
 
 def owned_by(t: Any, me: dict) -> bool:
