@@ -1,12 +1,9 @@
-"""The W&B agent's command line, implemented once, where it runs (program_root), and the sweep
-as it will run (another config, DDP inside each run). Used by the offline runner, the W&B-agents backend and the tests;
-slots and the child's environment are the launcher's (rundir/slots.py, rundir/launcher.py).
-
-The argv is built with W&B's own helpers (wandb/sdk/launch/sweeps/utils.py, not a public
-API: tests/test_architecture.py fails if they move, and pyproject bounds wandb) plus the few lines
-of wandb_agent.Agent._command_run that put them together: a command item is replaced only
-when it is a whole `${macro}`, values are formatted with str() as `--name=value`,
-`${interpreter}` is the `python` on PATH and `${env}` is /usr/bin/env.
+"""The W&B agent's command line, where it runs (program_root), and the sweep as it will run (another
+config, DDP inside each run); slots and the child's environment are rundir's (slots.py, launcher.py).
+The argv is built with W&B's own helpers (wandb/sdk/launch/sweeps/utils.py, not a public API:
+tests/test_architecture.py fails if they move, and pyproject bounds wandb) plus the lines of
+wandb_agent.Agent._command_run that put them together: only a whole `${macro}` item is replaced,
+values are str()-formatted as `--name=value`, `${interpreter}` is `python`, `${env}` /usr/bin/env.
 """
 
 from __future__ import annotations

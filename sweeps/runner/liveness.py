@@ -1,14 +1,7 @@
-"""How runners and runs learn that the other side is gone, with one mechanism each:
-
-* runner -> storage: Optuna's heartbeat. The runner records a heartbeat for every trial it
-  runs (a thread, every `interval` seconds, as Optuna's own `study.optimize` does for its
-  trials; the runner asks and tells trials itself, so it beats for them itself). Any live
-  runner, on any host, gives back the trials whose heartbeat is older than the grace period
-  (recovery.py): they continue, as the same trials, from their checkpoints.
-* runner -> run: the lifeline pipe (sweeps/contract/lifeline.py has the run's end). The
-  runner holds the only write end; when its process ends, for any reason, each run reads
-  end-of-file and stops cleanly, saving last.ckpt.
-"""
+"""How runners and runs learn that the other side is gone (README, "Offline sweeps": Dead runners,
+No orphaned runs). Runner -> storage: Optuna's heartbeat, which the runner beats itself, in a thread,
+for every trial it runs (it asks and tells trials outside study.optimize, which would beat for them).
+Runner -> run: the lifeline pipe (sweeps/contract/lifeline.py has the run's end)."""
 
 from __future__ import annotations
 

@@ -1,21 +1,10 @@
-"""Several runs per GPU (`--trials-per-gpu K`) and the memory guard (`--min-free-gpu-mem GB`):
-a slot on a GPU is used only while that GPU has at least GB free.
-
-Free memory is read with nvidia-smi, not torch.cuda.mem_get_info, which would create a CUDA
-context (several hundred MB) in the runner on every GPU it asks about. nvidia-smi names GPUs
-by PCI bus order and UUID; slots are CUDA names (indexes in CUDA's order, or UUIDs). The two
-orders agree on the usual node of identical GPUs; elsewhere set CUDA_DEVICE_ORDER=PCI_BUS_ID
-(or give UUIDs) so that they do.
-
-A run allocates its memory during its first steps, so after a start the guard waits
-`settle_s` before it lets another run start on that GPU; otherwise several starts in one
-moment would all see the memory as free.
-
-A probe that fails (nvidia-smi missing now, exiting non-zero, timing out, printing [N/A] or
-garbage) never ends the sweep: the guard says "no new run on that GPU for now", warns once, and
-reads again RETRY_S later; running runs are not touched. At start-up, every GPU of every slot
-must be readable, or --min-free-gpu-mem is refused with the reason (a MIG instance, whose memory
-`nvidia-smi --query-gpu` does not report, is such a GPU).
+"""`--trials-per-gpu K` and the memory guard `--min-free-gpu-mem GB` (README, "Offline sweeps": Runs).
+Free memory is read with nvidia-smi, not torch.cuda.mem_get_info, which would create a CUDA context
+(several hundred MB) in the runner on every GPU it asks about. nvidia-smi names GPUs in PCI bus
+order, slots are CUDA names: the orders agree on the usual node of identical GPUs; elsewhere set
+CUDA_DEVICE_ORDER=PCI_BUS_ID (or give UUIDs). A run allocates its memory during its first steps, so
+after a start the guard waits `settle_s` before the next start on that GPU. A failed read never ends
+the sweep: no new run on that GPU for now, one warning, another read RETRY_S later.
 """
 
 from __future__ import annotations

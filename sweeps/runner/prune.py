@@ -1,8 +1,5 @@
-"""Keeping a sweep's disk small (README, "Keeping the disk small"): the offline runner after every
-trial, and `python -m sweeps prune DIR --keep K` for any sweep directory, keep the K best
-runs' best checkpoints (without the training state) and remove every other checkpoint
-of runs that can no longer be continued. A run that its trial runs or will continue, that a
-`fit` holds, or whose state is not known is left alone. One run's files: rundir/checkpoints.py."""
+"""Keeping a sweep's disk small (README, "Keeping the disk small"): after every trial of the offline
+runner, and `python -m sweeps prune DIR --keep K`. One run's files: rundir/checkpoints.py."""
 
 from __future__ import annotations
 

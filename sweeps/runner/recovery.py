@@ -1,11 +1,8 @@
-"""What a dead runner left behind, given back by any live runner on any host with Optuna's
-heartbeat (no process table, no host names): a RUNNING trial whose heartbeat is older than the
-grace period goes back to WAITING with its run directory (trials.give_back), and the next free
-runner continues it as the same trial. Optuna's own `fail_stale_trials` would fail it instead
-(a finished trial can never run again), so the stale trials are read from the storage's
-heartbeat interface (Storage.stale_trial_ids). A trial that never got a heartbeat (its runner
-died between asking for it and the first beat, or a runner of an older version left it) is
-given back here after ORPHAN_GRACE_S."""
+"""Dead runners' trials, given back by any live runner on any host with Optuna's heartbeat (README,
+"Offline sweeps": Dead runners): a RUNNING trial whose heartbeat is older than the grace period goes
+back to WAITING with its run directory (trials.give_back). Optuna's own `fail_stale_trials` would
+fail it, and a finished trial can never run again. A trial that never got a heartbeat (its runner
+died before the first beat) is given back after ORPHAN_GRACE_S."""
 
 from __future__ import annotations
 

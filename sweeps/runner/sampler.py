@@ -1,12 +1,7 @@
-"""A sampler seeded per trial, so that runners sharing a sweep draw different configurations.
-
-Optuna's samplers draw from their own random generator: two runners started with the same
-`--seed` on one study would draw the same sequence, each configuration twice. Here the
-sampler is made anew for every trial with a seed derived from (seed, trial number). Trial
-numbers are unique within a study, whichever runner asks, so runners draw distinct
-configurations; one runner with one seed gets the same trial numbers, hence the same
-configurations, every time. A random sweep's trial N draws the same configuration whether
-one runner or several ran the trials before it.
+"""A sampler seeded per trial from (--seed, trial number) (README, "Offline sweeps": Methods).
+Optuna's samplers draw from their own generator: two runners with the same --seed on one study
+would draw the same sequence, each configuration twice. Trial numbers are unique in a study, so
+runners draw distinct configurations, and one seed gives the same ones every time.
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
-"""`python -m sweeps slurm SWEEP.yaml --array N ...`: a sweep as one SLURM job array.
-
-Writes the sbatch script into the sweep directory (slurm/<name>.sbatch), shows it, and submits
-it unless --dry-run. Each array task is one offline runner (`python -m sweeps run`) on the
-GPUs SLURM gave it, all on one storage, so --count is exact across tasks; or, with --backend
-wandb, one `wandb agent` per GPU. What happens on preemption, time limits and node failures:
-sweeps/runner/slurm.py and README, "Sweeps on SLURM".
+"""`python -m sweeps slurm SWEEP.yaml --array N ...`: a sweep as one SLURM job array (README,
+"Sweeps on SLURM"): writes the sbatch script into the sweep directory, shows it, submits it.
 """
 
 from __future__ import annotations

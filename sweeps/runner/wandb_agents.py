@@ -1,8 +1,5 @@
-"""`python -m sweeps run SWEEP.yaml --backend wandb`: the old tool's one-command W&B flow.
-
-Registers the sweep with W&B and starts one `wandb agent` per GPU (CUDA_VISIBLE_DEVICES),
-or K agents on CPU. Each agent runs the sweep's command, i.e. `python cli.py fit ...`.
-"""
+"""`python -m sweeps run SWEEP.yaml --backend wandb`: register the sweep with W&B and start one
+`wandb agent` per GPU slot (CUDA_VISIBLE_DEVICES), or K agents on CPU."""
 
 from __future__ import annotations
 
