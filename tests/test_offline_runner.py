@@ -584,9 +584,9 @@ def test_a_silent_trial_is_given_back_once_and_keeps_its_number(fake, tmp_path, 
     now = journal.time.time()
     monkeypatch.setattr(journal.time, "time", lambda: now + 10)
     a.store.storage.record_heartbeat(a.store.trial_id(beating.number))
-    released, _ = recovery.recover(a.store, a.sweep_dir, set())
+    released, _ = recovery.recover(a.store, set())
     assert [t.number for t in released] == [silent.number]
-    assert recovery.recover(a.store, a.sweep_dir, set())[0] == []
+    assert recovery.recover(a.store, set())[0] == []
     states = {t.number: t.state for t in a.store.trials()}
     assert states == {silent.number: optuna.trial.TrialState.WAITING, beating.number: optuna.trial.TrialState.RUNNING}
     b = _runner_on(fake, tmp_path, str(tmp_path / "s.journal"), count=2)

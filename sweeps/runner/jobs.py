@@ -78,4 +78,3 @@ def fresh_run_dir(sweep_dir: Path, number: int) -> Path:
             return run_dir
         except FileExistsError:
             run_dir = sweep_dir / "runs" / f"{number:04d}-r{i}"
-    raise AssertionError("unreachable")

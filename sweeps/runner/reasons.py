@@ -27,11 +27,8 @@ MASK = "<path>"
 
 
 def failure_reason(log: Path, code: int) -> str:
-    """Why a run failed (from its output.log and exit status), file names masked."""
-    return mask_file_names(reason_in_log(log, code))
-
-
-def mask_file_names(text: str) -> str:
-    """`text` with every file name or path replaced by <path>; metric names such as val/auroc stay."""
+    """Why a run failed (from its output.log and exit status), every file name or path replaced by
+    <path>; metric names such as val/auroc stay."""
+    text = reason_in_log(log, code)
     text = _QUOTED.sub(lambda m: MASK if _FILE_LIKE.search(m.group()[1:-1]) else m.group(), text)
     return _UNQUOTED.sub(MASK, text)

@@ -21,7 +21,7 @@ ORPHAN_GRACE_S = 60.0  # a RUNNING trial that never got a heartbeat is left alon
 DEAD = {"state": "interrupted", "reason": "its runner stopped; the run continues from its checkpoint"}
 
 
-def recover(store: Storage, sweep_dir: Path, own: set[int]) -> tuple[list[Any], list[Any]]:
+def recover(store: Storage, own: set[int]) -> tuple[list[Any], list[Any]]:
     """(the trials given back now, every trial of the study afterwards)."""
     from optuna.trial import TrialState
 
@@ -36,16 +36,10 @@ def recover(store: Storage, sweep_dir: Path, own: set[int]) -> tuple[list[Any], 
                 dead.append(t)
         released = [t for t in dead if give_back(store, t, DEAD)]
         trials = store.trials()
-    for t in released:
-        mark_interrupted(t.user_attrs)
+    for t in released:  # the dead run's run.json, when this host can reach it, says what became of it
+        path = Path(t.user_attrs.get("run_path") or "/nonexistent") / RUN_RECORD
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(path.read_text())
+            if record.get("state") == "running":
+                write_json_atomic(path, dict(record, **DEAD))
     return released, trials
-
-
-def mark_interrupted(attrs: dict) -> None:
-    """The dead run's run.json, when this host can reach it, says what became of it."""
-    path = Path(attrs.get("run_path") or "/nonexistent") / RUN_RECORD
-    with contextlib.suppress(OSError, ValueError):
-        record = json.loads(path.read_text())
-        if record.get("state") == "running":
-            record.update(DEAD)
-            write_json_atomic(path, record)

@@ -73,7 +73,7 @@ class Runner:
         runner gave back for want of our heartbeat: they continue elsewhere now."""
         from optuna.trial import TrialState
 
-        released, all_trials = recovery.recover(self.store, self.sweep_dir, set(self.jobs))
+        released, all_trials = recovery.recover(self.store, set(self.jobs))
         for t in released:
             self.progress.event(f"run {t.number:04d} lost its runner (no heartbeat for "
                                 f"{GRACE_BEATS * self.store.heartbeat} s); it continues from its checkpoint")

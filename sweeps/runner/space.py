@@ -30,15 +30,11 @@ class Param:
     grid: Optional[list] = None  # Optuna values of the grid points
 
 
-def _scalar_choices(values: list) -> bool:
-    scalar = all(v is None or isinstance(v, (bool, int, float, str)) for v in values)
-    return scalar and all(values.index(v) == i for i, v in enumerate(values))  # 1 == True == 1.0
-
-
 def _categorical(name: str, values: list) -> Param:
     from optuna.distributions import CategoricalDistribution
 
-    if _scalar_choices(values):
+    scalar = all(v is None or isinstance(v, (bool, int, float, str)) for v in values)
+    if scalar and all(values.index(v) == i for i, v in enumerate(values)):  # else indices: 1 == True == 1.0
         return Param(name, CategoricalDistribution(values), grid=list(values))
     return Param(name, CategoricalDistribution(list(range(len(values)))), lambda i: values[i],
                  grid=list(range(len(values))))

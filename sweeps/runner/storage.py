@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import re
+import sqlite3
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,16 +111,6 @@ def check_url(url: str) -> None:
         return  # anything else is the connection's to report
 
 
-def write_ahead_log(db: Path) -> None:
-    """WAL mode (kept in the file): in the default rollback mode a commit waits for all readers, and
-    16 runners spent most of a sweep waiting (benchmarks/README.md, "Cost at scale"). WAL needs
-    all processes on one host: a network file system is refused already."""
-    import sqlite3
-
-    with contextlib.closing(sqlite3.connect(db, timeout=120)) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-
-
 class Storage:
     """The study (created or loaded) and its lock; built whole by the constructor."""
 
@@ -149,8 +140,11 @@ class Storage:
         self.locked = self.lock_path is not None or self._pg is not None or journal is not None
         agreed = None
         with self.critical(), quiet_heartbeat_warnings():  # two runners creating the tables at once collide
-            if db is not None:
-                write_ahead_log(db)
+            if db is not None:  # WAL (kept in the file): in rollback mode a commit waits for all readers, and
+                # 16 runners spent most of a sweep waiting (benchmarks/README.md, "Cost at scale"). WAL
+                # needs all processes on one host: a network file system is refused already.
+                with contextlib.closing(sqlite3.connect(db, timeout=120)) as conn:
+                    conn.execute("PRAGMA journal_mode=WAL")
             for _ in range(2):  # a second time only to take the sweep's own interval
                 self.heartbeat = heartbeat or agreed or DEFAULT_HEARTBEAT_S
                 self.storage = journal_storage(journal, self.heartbeat, GRACE_BEATS * self.heartbeat) \
