@@ -28,7 +28,7 @@ from sweeps.runner.prune import DEFAULT_KEEP, KEEP_ATTR
 from sweeps.runner.runner import POLL_S, LaunchSettings, Runner
 from sweeps.runner.slurm import multi_node_sweep, requeue_after, srun_prefix
 from sweeps.runner.space import build_space, make_sampler
-from sweeps.runner.storage import DB_FILE, Storage, check_url, heartbeat_problem, mask_password
+from sweeps.runner.storage import DB_FILE, Storage, check_url, mask_password
 from sweeps.text import visible
 
 DEFAULT_COUNT = 10
@@ -147,10 +147,6 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
         count = args.count or sweep.run_cap or DEFAULT_COUNT
         if not args.count and not sweep.run_cap:
             print(f"{sweep.method} sweep: {count} runs (--count N for more)")
-    problem = heartbeat_problem(args.storage) if args.storage else None
-    if problem is not None:
-        raise RunnerError(f"--storage {mask_password(args.storage)}: {problem}; the runners' heartbeats "
-                          "(--heartbeat), which let any runner continue the runs of a dead one, need such a database")
     if args.storage:
         check_url(args.storage)  # before the sweep directory is made
     sweep_dir = Path(args.out or Path("sweep_runs") / name).resolve()

@@ -34,23 +34,6 @@ def driver_url(url: str) -> str:
     return url
 
 
-def heartbeat_problem(url: str) -> Optional[str]:
-    """Why Optuna cannot keep heartbeats that other runners see in this storage, or None."""
-    from sqlalchemy.engine import make_url
-
-    if journal_file(url) is not None:
-        return None  # a journal file on a shared file system (runner/journal.py)
-    try:
-        parsed = make_url(url)
-        parsed.get_dialect()
-    except Exception:
-        return ("it is not a database URL that Optuna's RDBStorage can use, and only that storage keeps "
-                "heartbeats (sqlite:///FILE, postgresql://..., mysql://...)")
-    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        return "an in-memory SQLite database lives in one process: no other runner sees its heartbeats"
-    return None
-
-
 def mask_password(text: str) -> str:
     """`text` with URL passwords and secret parameters masked (README, "Offline sweeps": Storage).
     A text that is one URL (a --storage value) is masked whole, spaces included; in other text a
@@ -74,16 +57,26 @@ def _mask_url(url: str, secret: re.Pattern) -> str:
 
 
 def check_url(url: str) -> None:
-    """Refuse, before anything connects or creates a file, a storage URL that would go wrong: a
-    password SQLAlchemy reads only up to an @ (the rest would go to DNS as the host), a SQLite file
-    in a missing folder, a driver not installed. URLs SQLAlchemy cannot read are the caller's."""
+    """Refuse, before anything connects or creates a file, a storage URL that would go wrong: one
+    whose heartbeats other runners cannot see, a password SQLAlchemy reads only up to an @ (the rest
+    would go to DNS as the host), a SQLite file in a missing folder, a driver not installed."""
     from sqlalchemy.engine import make_url
 
+    if journal_file(url) is not None:
+        return  # a journal file on a shared file system (journal.py)
+    shown = mask_password(url)
+    problem = None
     try:
         parsed = make_url(driver_url(url))
+        parsed.get_dialect()
+        if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+            problem = "an in-memory SQLite database lives in one process: no other runner sees its heartbeats"
     except Exception:
-        return
-    shown = mask_password(url)
+        problem = ("it is not a database URL that Optuna's RDBStorage can use, and only that storage keeps "
+                   "heartbeats (sqlite:///FILE, postgresql://..., mysql://...)")
+    if problem is not None:
+        raise RunnerError(f"--storage {shown}: {problem}; the runners' heartbeats (--heartbeat), which let "
+                          "any runner continue the runs of a dead one, need such a database")
     given = _USERINFO.match(url)
     if given and parsed.password is not None:
         written = url[given.end(1):url.rindex("@")]
@@ -92,8 +85,7 @@ def check_url(url: str) -> None:
             raise RunnerError(f"--storage {shown}: its password holds an @, and SQLAlchemy would read the "
                               "password only up to it and take the rest for the host; write @ in a password as "
                               "%40 (percent-encode the password: urllib.parse.quote(password, safe=''))")
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
-            and not parsed.database.startswith("file:"):
+    if parsed.get_backend_name() == "sqlite" and not parsed.database.startswith("file:"):  # not in memory
         folder = Path(parsed.database).parent
         if not folder.is_dir():
             raise RunnerError(f"--storage {shown}: the folder {folder} does not exist (a mistyped path?); "
