@@ -26,7 +26,7 @@ from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress
 from sweeps.runner.prune import DEFAULT_KEEP, KEEP_ATTR
 from sweeps.runner.runner import POLL_S, LaunchSettings, Runner
-from sweeps.runner.slurm import multi_node_sweep, requeue_after, srun_prefix
+from sweeps.runner.slurm import requeue_after, srun_prefix
 from sweeps.runner.space import build_space, make_sampler
 from sweeps.runner.storage import DB_FILE, Storage, check_url, mask_password
 from sweeps.text import visible
@@ -125,12 +125,9 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
         args.cfg = str(cfg)
     heartbeat = check_heartbeat(args.heartbeat)
     nodes = getattr(args, "nodes_per_trial", None)  # each run an srun step of the SLURM job (runner/slurm.py)
-    prepared = prepare_sweep(sweep.to_dict(), args.cfg, 1 if nodes else args.gpus_per_trial)
-    if nodes:
-        tasks = args.tasks_per_node or args.gpus_per_trial
-        prepared = multi_node_sweep(prepared, nodes, tasks)
-        gpus = args.gpus_per_trial if visible_gpus() else 0  # per node for the step; CPU ranks use gloo
-    sweep = Sweep.from_dict(prepared)
+    devices = (args.tasks_per_node or args.gpus_per_trial) if nodes else args.gpus_per_trial  # per node
+    sweep = Sweep.from_dict(prepare_sweep(sweep.to_dict(), args.cfg, devices, nodes))
+    gpus = args.gpus_per_trial if nodes and visible_gpus() else 0  # per node for the step; CPU ranks use gloo
     if sweep.metric is None:  # refused before anything is written or run, as every run would refuse:
         raise RunnerError("the sweep has no metric.name; the offline runner ranks runs by it")
     space = build_space(sweep)  # a distribution Optuna lacks, a grid too large
@@ -182,7 +179,7 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
     progress = Progress(count, live=not args.quiet and sys.stdout.isatty())
     settings = LaunchSettings(wandb=args.wandb, project=args.project, entity=args.entity,
                               max_failures=args.max_failures,
-                              launcher=tuple(srun_prefix(nodes, tasks, gpus)) if nodes else ())
+                              launcher=tuple(srun_prefix(nodes, devices, gpus)) if nodes else ())
     runner = Runner(sweep.to_dict(), space, store, sweep_dir=sweep_dir, root=root, slots=slots, count=count,
                     progress=progress, settings=settings, gpu_guard=gpu_guard)
     print(f"sweep {name}: {sweep.method}, {count} runs, {len(slots)} at a time; directory {sweep_dir}")

@@ -57,13 +57,15 @@ def program_root(program: Optional[str], sweep_file: Optional[str]) -> Path:
                       "run from the repository root")
 
 
-def prepare_sweep(sweep: dict, cfg: Optional[str], gpus_per_trial: int) -> dict:
-    """The sweep as it will run: `--cfg` swapped in (hyperband brackets checked against that
-    config) and, with several GPUs per run, DDP arguments before the sweep's own."""
+def prepare_sweep(sweep: dict, cfg: Optional[str], devices: int, nodes: Optional[int] = None) -> dict:
+    """The sweep as it will run: `--cfg` swapped in (hyperband brackets checked against that config)
+    and, with several devices per node or several nodes (an srun step, slurm.py), Lightning's DDP
+    arguments before the sweep's own."""
     if cfg:
         sweep = replace_config(sweep, cfg)
-    if gpus_per_trial > 1:
+    if devices > 1 or nodes:
         command = [c for c in sweep.get("command") or [] if c != "${args}"]
-        ddp = [f"--trainer.devices={gpus_per_trial}", "--trainer.strategy=ddp"]
+        ddp = [f"--trainer.num_nodes={nodes}"] if nodes else []
+        ddp += [f"--trainer.devices={devices}", "--trainer.strategy=ddp"]
         sweep = dict(sweep, command=[*command, *ddp, "${args}"])
     return sweep

@@ -7,6 +7,8 @@ import shutil
 import sys
 from typing import Optional, TextIO
 
+from optuna.trial import TrialState
+
 from sweeps.runner.trials import ENDED
 from sweeps.text import visible
 
@@ -15,8 +17,6 @@ STATES = (*ENDED, "running")
 
 def tally(trials: list, goal: str) -> tuple[dict[str, int], Optional[tuple[float, dict, str]]]:
     """Runs by state (as the runner records them in user_attrs) and the best (value, params, run dir)."""
-    from optuna.trial import TrialState
-
     counts, best = dict.fromkeys(STATES, 0), None
     for t in trials:
         state = t.user_attrs.get("state")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from optuna.trial import TrialState
+
 from rundir.checkpoints import Pruned, busy, checkpoints, needed, remove, strip
 from rundir.layout import COMPLETED, CONFIG_FILE, CV_FILE, HISTORY_FILE, RUN_RECORD, TRAINING_FILE
 from sweeps.contract.history import best_of, read_history, training_done
@@ -39,8 +41,6 @@ def _number(value: Any) -> Optional[float]:
 def live_dirs(trials: list, sweep_dir: Path) -> set[Path]:
     """Run directories that a trial runs or will continue: running, waiting (a retry names the
     directory it continues) or failed for want of its runner's heartbeat (a retry follows)."""
-    from optuna.trial import TrialState
-
     live = set()
     for t in trials:
         attrs = t.user_attrs

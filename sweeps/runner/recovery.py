@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from optuna.trial import TrialState
+
 from rundir.layout import RUN_RECORD
 from sweeps.files.io import write_json_atomic
 from sweeps.runner.storage import Storage
@@ -23,8 +25,6 @@ DEAD = {"state": "interrupted", "reason": "its runner stopped; the run continues
 
 def recover(store: Storage, own: set[int]) -> tuple[list[Any], list[Any]]:
     """(the trials given back now, every trial of the study afterwards)."""
-    from optuna.trial import TrialState
-
     now = time.time()
     with store.critical():  # one runner gives back each dead trial, and no runner claims it meanwhile
         dead = [store.storage.get_trial(i) for i in store.stale_trial_ids()]

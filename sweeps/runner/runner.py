@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from optuna.trial import TrialState
+
 import rundir.launcher as launcher
 import sweeps.runner.prune as prune
 import sweeps.runner.recovery as recovery
@@ -71,8 +73,6 @@ class Runner:
     def recover(self) -> None:
         """Give back what dead runners left (recovery.py); stop our own runs whose trial another
         runner gave back for want of our heartbeat: they continue elsewhere now."""
-        from optuna.trial import TrialState
-
         released, all_trials = recovery.recover(self.store, set(self.jobs))
         for t in released:
             self.progress.event(f"run {t.number:04d} lost its runner (no heartbeat for "
@@ -88,8 +88,6 @@ class Runner:
 
     def next_trial(self):
         """A trial to run (trials.claim), or None when --count is reached or the grid is done."""
-        from optuna.trial import TrialState
-
         for _ in range(self.space.grid_size() + 2 if self.space.method == "grid" else 3):
             with self.store.critical():
                 trial = trials.claim(self.store, self.space, self.count, self.me, self.heart)

@@ -65,10 +65,3 @@ def srun_prefix(nodes: int, tasks_per_node: int, gpus_per_node: int) -> list[str
     if gpus_per_node:
         argv.append(f"--gres=gpu:{gpus_per_node}")
     return argv
-
-
-def multi_node_sweep(sweep: dict, nodes: int, tasks_per_node: int) -> dict:
-    """The sweep's command with Lightning's multi-node DDP arguments (before the sweep's own)."""
-    command = [c for c in sweep.get("command") or [] if c != "${args}"]
-    ddp = [f"--trainer.num_nodes={nodes}", f"--trainer.devices={tasks_per_node}", "--trainer.strategy=ddp"]
-    return dict(sweep, command=[*command, *ddp, "${args}"])

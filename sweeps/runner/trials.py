@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from optuna.trial import TrialState
+
 from rundir.layout import COMPLETED
 from sweeps.runner.liveness import quiet_heartbeat_warnings
 
@@ -24,8 +26,6 @@ ENDED = (*COMPLETED, "failed")  # a run's last states: counted towards --count, 
 def counts_towards(t: Any) -> bool:
     """Launched runs: running, or done and not surplus. A trial given back (WAITING) counts
     again once it is claimed."""
-    from optuna.trial import TrialState
-
     if t.state == TrialState.RUNNING:
         return t.user_attrs.get("state") != "surplus"
     return t.state.is_finished() and t.user_attrs.get("state") in ENDED
@@ -33,8 +33,6 @@ def counts_towards(t: Any) -> bool:
 
 def owned_by(t: Any, me: dict) -> bool:
     """The trial is RUNNING and claimed by the runner `me` (jobs.owner), not given back since."""
-    from optuna.trial import TrialState
-
     return t.state == TrialState.RUNNING and (t.user_attrs.get("runner") or {}).get("id") == me["id"]
 
 
@@ -43,8 +41,6 @@ def give_back(store: Any, t: Any, attrs: dict, me: Optional[dict] = None) -> boo
     directory to continue; False when it is no longer RUNNING (or, with `me`, no longer `me`'s).
     The attributes are written while it is still RUNNING, the state last: a runner waiting for
     it sees it running or claimable, never done (it would leave, and nobody would continue it)."""
-    from optuna.trial import TrialState
-
     if t.state != TrialState.RUNNING or (me is not None and not owned_by(t, me)):
         return False
     trial_id = store.trial_id(t.number)
@@ -56,8 +52,6 @@ def give_back(store: Any, t: Any, attrs: dict, me: Optional[dict] = None) -> boo
 
 def finish(store: Any, trial: Any, attrs: dict, value: Optional[float], me: dict) -> bool:
     """Record the end of `me`'s run of `trial`; False when the trial is no longer `me`'s."""
-    from optuna.trial import TrialState
-
     if not owned_by(store.storage.get_trial(store.trial_id(trial.number)), me):
         return False
     store.set_attrs(trial.number, attrs)
@@ -71,8 +65,6 @@ def finish(store: Any, trial: Any, attrs: dict, value: Optional[float], me: dict
 def claim(store: Any, space: Any, count: int, me: dict, heart: Any) -> Optional[Any]:
     """A trial to run: one given back first (ask pops WAITING trials), else a new one (the
     next grid point, or the sampler's); None when --count is reached or the grid is done."""
-    from optuna.trial import TrialState
-
     trials = store.trials()
     if sum(map(counts_towards, trials)) >= count:
         return None
