@@ -60,12 +60,15 @@ def memory_guard(min_free_gb: Optional[float], slots: list[Optional[str]]) -> Op
     return GpuMemoryGuard(min_free_gb)
 
 
-def check_name(name: str) -> str:
-    """A sweep name becomes a directory and a study name: letters, digits, . _ - only."""
+def sweep_place(name: Optional[str], args: argparse.Namespace) -> tuple[str, Path]:
+    """The sweep's name, which becomes a directory and a study name (letters, digits, . _ - only),
+    and its directory."""
+    sweep_file = getattr(args, "sweep_file", None)
+    name = str(name or (Path(sweep_file).stem if sweep_file else "sweep"))
     if not NAME.fullmatch(name) or name in (".", ".."):
         raise RunnerError(f"sweep name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
                           "(at most 100 characters, no path separators or line breaks)")
-    return name
+    return name, Path(args.out or Path("sweep_runs") / name).resolve()
 
 
 def check_data_root(sweep: Sweep, configs: list[str], root: Path) -> None:
@@ -113,9 +116,8 @@ def check_not_lost(store: Storage, sweep_dir: Path, shown_url: str) -> None:
 
 
 def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
-    sweep_file = getattr(args, "sweep_file", None)
-    name = check_name(sweep.name or (Path(sweep_file).stem if sweep_file else "sweep"))
-    root = program_root(sweep.program, sweep_file)
+    name, sweep_dir = sweep_place(sweep.name, args)
+    root = program_root(sweep.program, getattr(args, "sweep_file", None))
     if args.cfg:
         cfg = Path(args.cfg)
         if not cfg.is_file() and (root / cfg).is_file():
@@ -146,7 +148,6 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
             print(f"{sweep.method} sweep: {count} runs (--count N for more)")
     if args.storage:
         check_url(args.storage)  # before the sweep directory is made
-    sweep_dir = Path(args.out or Path("sweep_runs") / name).resolve()
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

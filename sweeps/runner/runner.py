@@ -164,8 +164,7 @@ class Runner:
 
     def _read(self, job: Job) -> None:
         """The run's history so far: live view, Optuna intermediate values, the after-fit mark."""
-        path = job.run_dir / HISTORY_FILE
-        history = read_history(path, self.metric)
+        history = read_history(job.run_dir / HISTORY_FILE, self.metric)
         if history != job.history:
             job.history = history
             with contextlib.suppress(Exception):  # a busy database only delays the live view

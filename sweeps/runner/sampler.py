@@ -14,13 +14,8 @@ import optuna
 from optuna.samplers import BaseSampler
 
 
-def trial_seed(seed: int, number: int) -> int:
-    """A 32-bit seed for trial `number` of a sweep run with `--seed seed`."""
-    return random.Random(f"{seed}/{number}").getrandbits(32)
-
-
 class PerTrialSeed(BaseSampler):
-    """Delegates to `make(seed)`, made again in before_trial with trial_seed(seed, number)."""
+    """Delegates to `make(seed)`, made again in before_trial with a 32-bit seed from (seed, number)."""
 
     def __init__(self, make: Callable[[Optional[int]], BaseSampler], seed: Optional[int]) -> None:
         self._make, self._seed = make, seed
@@ -28,7 +23,7 @@ class PerTrialSeed(BaseSampler):
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self._seed is not None:
-            self._sampler = self._make(trial_seed(self._seed, trial.number))
+            self._sampler = self._make(random.Random(f"{self._seed}/{trial.number}").getrandbits(32))
         self._sampler.before_trial(study, trial)
 
     def infer_relative_search_space(self, study, trial) -> dict:

@@ -14,7 +14,7 @@ from typing import Optional
 
 from rundir.atomic import write_atomic
 from sweeps.errors import UsageError
-from sweeps.runner.command import check_name
+from sweeps.runner.command import sweep_place
 from sweeps.runner.journal import JOURNAL_SCHEME, journal_file, sqlite_problem
 from sweeps.runner.launch import program_root
 from sweeps.runner.slurm import REQUEUE_SIGNAL
@@ -84,12 +84,10 @@ def render(args: argparse.Namespace, name: str, sweep_file: Path, sweep_dir: Pat
 
 
 def submit_sweep(sweep: dict, args: argparse.Namespace) -> int:
-    sweep_file = getattr(args, "sweep_file", None)
-    name = check_name(str(sweep.get("name") or (Path(sweep_file).stem if sweep_file else "sweep")))
-    root = program_root(sweep.get("program"), sweep_file)  # the program must exist before anything is queued
+    name, sweep_dir = sweep_place(sweep.get("name"), args)
+    root = program_root(sweep.get("program"), getattr(args, "sweep_file", None))  # exists before queueing
     if args.cfg and Path(args.cfg).is_file():
         args.cfg = str(Path(args.cfg).resolve())  # the tasks start elsewhere
-    sweep_dir = Path(args.out or Path("sweep_runs") / name).resolve()
     storage = args.storage or f"{JOURNAL_SCHEME}{sweep_dir / 'optuna.journal'}"
     if journal_file(storage) is not None:
         storage = f"{JOURNAL_SCHEME}{journal_file(storage)}"  # absolute: tasks start in the repository root
