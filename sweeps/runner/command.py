@@ -61,8 +61,7 @@ def memory_guard(min_free_gb: Optional[float], slots: list[Optional[str]]) -> Op
 
 
 def sweep_place(name: Optional[str], args: argparse.Namespace) -> tuple[str, Path]:
-    """The sweep's name, which becomes a directory and a study name (letters, digits, . _ - only),
-    and its directory."""
+    """The sweep's name (a directory and a study name: letters, digits, . _ - only) and directory."""
     sweep_file = getattr(args, "sweep_file", None)
     name = str(name or (Path(sweep_file).stem if sweep_file else "sweep"))
     if not NAME.fullmatch(name) or name in (".", ".."):
@@ -140,8 +139,7 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
         raise RunnerError(str(e)) from e
     gpu_guard = memory_guard(args.min_free_gpu_mem, slots)
     if space.method == "grid":
-        size = space.grid_size()
-        count = min(args.count, size) if args.count else size
+        count = min(args.count or space.grid_size(), space.grid_size())
     else:
         count = args.count or sweep.run_cap or DEFAULT_COUNT
         if not args.count and not sweep.run_cap:

@@ -5,9 +5,6 @@ cross-validated run from the folds it keeps there)."""
 from __future__ import annotations
 
 import itertools
-import os
-import socket
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -17,12 +14,6 @@ from rundir.launcher import Launched
 from rundir.layout import LAST_CHECKPOINT, OUTPUT_LOG, is_cv_run
 from rundir.records import checkpoint_problem
 from sweeps.runner.reasons import failure_reason
-
-
-def owner() -> dict:
-    """Who runs a trial: host and pid for people reading the study, and an id that tells this
-    runner's claim from any other's (trials.owned_by; liveness is Optuna's heartbeat)."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:16]}
 
 
 def resume_point(resume: Optional[dict]) -> tuple[Optional[Path], str]:

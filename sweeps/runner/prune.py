@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from optuna.trial import TrialState
 
@@ -31,11 +31,6 @@ class Run:
     path: Path
     state: str  # finished | stopped | failed; anything else: left alone
     value: Optional[float] = None  # the sweep metric's best (finished runs are ranked by it)
-
-
-def _number(value: Any) -> Optional[float]:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
 
 
 def live_dirs(trials: list, sweep_dir: Path) -> set[Path]:
@@ -62,7 +57,9 @@ def sweep_runs(sweep_dir: Path, live: set[Path]) -> list[Run]:
             record = None  # not written yet, or damaged: not known, left alone
         record = record if isinstance(record, dict) else {}
         state = "live" if path.resolve() in live else str(record.get("state"))
-        runs.append(Run(path, state, _number(record.get("value"))))
+        value = record.get("value")
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        runs.append(Run(path, state, float(value) if ok else None))
     return runs
 
 

@@ -9,7 +9,9 @@ import json
 import math
 import os
 import signal
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -26,7 +28,7 @@ from rundir.layout import COMPLETED, HISTORY_FILE, LAST_CHECKPOINT, RUN_RECORD, 
 from sweeps.contract.history import best_of, read_history, training_done
 from sweeps.files.io import write_json_atomic
 from sweeps.hyperband import hyperband_stop
-from sweeps.runner.jobs import Job, fresh_run_dir, owner, resume_point
+from sweeps.runner.jobs import Job, fresh_run_dir, resume_point
 from sweeps.runner.launch import agent_argv
 from sweeps.runner.liveness import Heartbeat, Lifeline
 from sweeps.runner.placement import GpuMemoryGuard
@@ -59,7 +61,8 @@ class Runner:
         metric = sweep["metric"]
         self.metric, self.goal = str(metric["name"]), str(metric.get("goal", "minimize"))
         self.early = sweep.get("early_terminate")
-        self.me = owner()
+        # Host and pid for people reading the study; the id tells this runner's claim from any other's.
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:16]}
         self.jobs: dict[int, Job] = {}
         self.others = 0  # trials other runners are running (they may be given back to us)
         self.finished_at = 0.0  # time.monotonic() when our last run ended

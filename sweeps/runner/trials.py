@@ -28,7 +28,7 @@ def counts_towards(t: Any) -> bool:
 
 
 def owned_by(t: Any, me: dict) -> bool:
-    """The trial is RUNNING and claimed by the runner `me` (jobs.owner), not given back since."""
+    """The trial is RUNNING and claimed by the runner `me` (Runner.me), not given back since."""
     return t.state == TrialState.RUNNING and (t.user_attrs.get("runner") or {}).get("id") == me["id"]
 
 
