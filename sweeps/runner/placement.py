@@ -39,22 +39,18 @@ def nvidia_smi_free_gb() -> dict[str, float]:
     if done.returncode != 0:
         said = (done.stderr.strip() or done.stdout.strip()).splitlines()
         raise GpuProbeError(f"nvidia-smi exited with code {done.returncode}" + (f": {said[0][:200]}" if said else ""))
+    rows = [[p.strip() for p in line.split(",")] for line in done.stdout.splitlines()]
+    rows = [r for r in rows if len(r) == 3 and r[0].isdigit()]
+    if not rows:
+        raise GpuProbeError(f"nvidia-smi printed no GPU line: {done.stdout.strip()[:200]!r}")
     free: dict[str, float] = {}
-    rows = 0
-    for line in done.stdout.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 3 or not parts[0].isdigit():
-            continue
-        rows += 1
-        index, uuid, mib = parts
+    for index, uuid, mib in rows:
         try:
             gb = float(mib) / 1024
         except ValueError:  # [N/A], [Unknown Error], ...
             continue
         if math.isfinite(gb) and gb >= 0:
             free[index] = free[uuid] = gb
-    if not rows:
-        raise GpuProbeError(f"nvidia-smi printed no GPU line: {done.stdout.strip()[:200]!r}")
     return free
 
 

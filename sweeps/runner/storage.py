@@ -113,7 +113,7 @@ class Storage:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         check_url(url)
         url = driver_url(url)
-        self.url, self.lock_path, self._pg = url, None, None
+        self.lock_path, self._pg = None, None
         journal = journal_file(url)
         self._journal_lock = journal_lock(journal) if journal else None
         kwargs, db = None, None
