@@ -47,10 +47,7 @@ def program_root(program: Optional[str], sweep_file: Optional[str]) -> Path:
         if path.is_file():
             return path.parent
         raise RunnerError(f"program {path} of the sweep does not exist")
-    candidates = [Path.cwd()]
-    if sweep_file:
-        candidates += list(Path(sweep_file).resolve().parents)
-    for root in candidates:
+    for root in [Path.cwd(), *(Path(sweep_file).resolve().parents if sweep_file else [])]:
         if (root / path).is_file():
             return root.resolve()
     raise RunnerError(f"program {path} of the sweep not found in {Path.cwd()} or above the sweep file; "

@@ -49,9 +49,8 @@ class Progress:
         self.draw()
 
     def update(self, counts: dict[str, int], best: Optional[tuple[float, dict, str]]) -> None:
-        changed = counts != self.counts or best != self.best
-        self.counts, self.best = dict(counts), best
-        if changed:
+        if counts != self.counts or best != self.best:
+            self.counts, self.best = dict(counts), best
             self.draw()
 
     def status(self) -> str:

@@ -97,8 +97,7 @@ class Runner:
                 why = trial and trials.surplus(self.store, self.space, self.count, trial)
                 if not why:
                     return trial
-                trial.set_user_attr("state", "surplus")
-                trial.set_user_attr("reason", why)
+                self.store.set_attrs(trial.number, {"state": "surplus", "reason": why})
                 self.study.tell(trial, state=TrialState.FAIL)
                 self.heart.discard(self.store.trial_id(trial.number))
                 if "count" in why:

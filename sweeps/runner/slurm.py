@@ -25,9 +25,8 @@ def batch_job_id(env: Mapping[str, str] = os.environ) -> Optional[str]:
     batch script runs in the batch step: on the node (SLURMD_NODENAME), without step variables;
     salloc's shell runs on the login node or as an srun step (SLURM_STEP_ID), named bash/interactive."""
     job = env.get("SLURM_JOB_ID")
-    if not job or "SLURM_STEP_ID" in env or not env.get("SLURMD_NODENAME"):
-        return None
-    if env.get("SLURM_JOB_NAME") in INTERACTIVE_NAMES:
+    if not job or "SLURM_STEP_ID" in env or not env.get("SLURMD_NODENAME") \
+            or env.get("SLURM_JOB_NAME") in INTERACTIVE_NAMES:
         return None
     array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
     return f"{array}_{task}" if array and task else job

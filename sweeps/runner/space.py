@@ -125,16 +125,11 @@ class Space:
 
 
 def build_space(sweep: Sweep) -> Space:
-    method = sweep.method
-    constants, params = {}, []
-    for name, parameter in sweep.parameters.items():
-        param = map_parameter(parameter, method)
-        if param is None:
-            constants[name] = parameter.spec["value"]
-        else:
-            params.append(param)
-    space = Space(method, constants, params, list(sweep.parameters))
-    if method == "grid" and space.grid_size() > MAX_GRID_POINTS:
+    mapped = {name: map_parameter(parameter, sweep.method) for name, parameter in sweep.parameters.items()}
+    constants = {name: sweep.parameters[name].spec["value"] for name, p in mapped.items() if p is None}
+    params = [p for p in mapped.values() if p is not None]
+    space = Space(sweep.method, constants, params, list(sweep.parameters))
+    if sweep.method == "grid" and space.grid_size() > MAX_GRID_POINTS:
         sizes = " x ".join(f"{len(p.grid)} ({p.name})" for p in params)
         raise RunnerError(f"the grid has {space.grid_size():,} points ({sizes}), more than the {MAX_GRID_POINTS:,} "
                           "a sweep can run; use method random or bayes, or fewer values")

@@ -51,10 +51,7 @@ def finish(store: Any, trial: Any, attrs: dict, value: Optional[float], me: dict
     if not owned_by(store.storage.get_trial(store.trial_id(trial.number)), me):
         return False
     store.set_attrs(trial.number, attrs)
-    if value is None:
-        store.study.tell(trial, state=TrialState.FAIL)
-    else:
-        store.study.tell(trial, value)
+    store.study.tell(trial, value, state=TrialState.FAIL if value is None else None)
     return True
 
 
