@@ -1,13 +1,11 @@
-"""`python -m sweeps run SWEEP.yaml`: the same W&B sweep file, no W&B server, Optuna for
-sampling and storage (README, "Offline sweeps": methods, storage, the sweep directory).
-"""
+"""`python -m sweeps run SWEEP.yaml`: the same W&B sweep file, no W&B server, Optuna for sampling
+and storage (README, "Offline sweeps": methods, storage, the sweep directory)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -22,7 +20,6 @@ from sweeps.files.check import check_for_cli
 from sweeps.files.schema import NULL, read_config
 from sweeps.files.sweep import Sweep
 from sweeps.runner.launch import prepare_sweep, program_root
-from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress
 from sweeps.runner.prune import DEFAULT_KEEP, KEEP_ATTR
 from sweeps.runner.runner import POLL_S, LaunchSettings, Runner
@@ -47,7 +44,8 @@ def check_heartbeat(seconds: Optional[float]) -> Optional[int]:
     return int(seconds)
 
 
-def memory_guard(min_free_gb: Optional[float], slots: list[Optional[str]]) -> Optional[GpuMemoryGuard]:
+def memory_guard(min_free_gb: Optional[float],
+                 slots: list[Optional[str]]) -> Optional[placement.GpuMemoryGuard]:
     """--min-free-gpu-mem: the guard, after checking that there are GPUs and a way to read them."""
     if min_free_gb is None:
         return None
@@ -55,9 +53,9 @@ def memory_guard(min_free_gb: Optional[float], slots: list[Optional[str]]) -> Op
         raise RunnerError("--min-free-gpu-mem: the runs use no GPU (no visible GPUs, or CUDA_VISIBLE_DEVICES empty)")
     try:
         placement.check_slots(slots)
-    except (OSError, subprocess.SubprocessError) as e:
+    except placement.GpuProbeError as e:
         raise RunnerError(f"--min-free-gpu-mem needs nvidia-smi to read the GPUs' free memory: {e}") from None
-    return GpuMemoryGuard(min_free_gb)
+    return placement.GpuMemoryGuard(min_free_gb)
 
 
 def sweep_place(name: Optional[str], args: argparse.Namespace) -> tuple[str, Path]:

@@ -1,6 +1,5 @@
-"""One run of an offline sweep: the launched process with the trial it runs, its outcome, and
-where an interrupted run continues (its own directory, from checkpoints/last.ckpt; a
-cross-validated run from the folds it keeps there)."""
+"""One run of an offline sweep: the launched process with the trial it runs, its outcome, and where
+an interrupted run continues (its own directory: last.ckpt, or a cross-validated run's folds)."""
 
 from __future__ import annotations
 

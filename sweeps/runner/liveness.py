@@ -31,9 +31,8 @@ def quiet_heartbeat_warnings() -> Iterator[None]:
 
 
 class Heartbeat:
-    """Records Optuna heartbeats for the trials this runner runs, every `interval` seconds, in
-    a thread of its own: a main loop busy for a while (a slow ask, a lock held by another
-    runner) must not make its trials look dead."""
+    """Optuna heartbeats for this runner's trials, every `interval` seconds, in a thread of its own: a
+    main loop busy for a while (a slow ask, a lock held by another runner) must not make them look dead."""
 
     def __init__(self, storage: Any, interval: int) -> None:
         self.storage, self.interval = storage, interval

@@ -55,9 +55,8 @@ def nvidia_smi_free_gb() -> dict[str, float]:
 
 
 def free_of(free: dict[str, float], gpu: str) -> Optional[float]:
-    """The free GB of a GPU named as CUDA_VISIBLE_DEVICES names it (an index, a full or
-    abbreviated `GPU-<uuid>`, as CUDA accepts a unique prefix), or None when unknown (a
-    `MIG-<uuid>` instance, an [N/A] reading, a GPU nvidia-smi does not list)."""
+    """The free GB of a GPU named as CUDA names it (an index, a `GPU-<uuid>` or its unique prefix), or
+    None when unknown (a `MIG-<uuid>` instance, an [N/A] reading, a GPU nvidia-smi does not list)."""
     if gpu in free:
         return free[gpu]
     if gpu.startswith("GPU-"):

@@ -88,8 +88,7 @@ def folder_runs(root: Path, metric: str, goal: str) -> list[Run]:
 def prune_runs(root: Path, runs: list[Run], keep: int, goal: str, *, dry_run: bool = False,
                idle_s: Optional[float] = None) -> tuple[Pruned, list[Run]]:
     """(what was pruned, the kept runs best first). Ended runs outside the K best (ranked as `best`
-    ranks them: finished or stopped by hyperband, by value) lose every checkpoint; the K best keep
-    what their results use, stripped of the training state."""
+    ranks them) lose every checkpoint; the K best keep what their results use, without training state."""
     sign = -1 if goal == "maximize" else 1
     ranked = [r for r in runs if r.state in COMPLETED and r.value is not None]
     best = sorted(ranked, key=lambda r: (sign * r.value, r.path.name))[:keep]

@@ -51,10 +51,6 @@ def _quantize(q: float) -> Callable[[float], Any]:
     return decode
 
 
-def _aligned(x: float, q: float) -> bool:
-    return math.isclose(x / q, round(x / q), abs_tol=1e-9)
-
-
 def map_parameter(param: Parameter, method: str) -> Optional[Param]:
     """The Optuna form of one W&B parameter (parsed and checked by sweeps/files); None for a constant."""
     from optuna.distributions import FloatDistribution, IntDistribution
@@ -88,7 +84,7 @@ def map_parameter(param: Parameter, method: str) -> Optional[Param]:
     if dist == "q_uniform":
         if all(_is_int(v) for v in (lo, hi, q)) and lo % q == 0 and hi % q == 0:
             return Param(name, IntDistribution(lo, hi, step=q))
-        if _aligned(lo, q) and _aligned(hi, q):
+        if all(math.isclose(x / q, round(x / q), abs_tol=1e-9) for x in (lo, hi)):  # aligned to q
             return Param(name, FloatDistribution(lo, hi, step=q), _quantize(q))
         return Param(name, FloatDistribution(lo, hi), _quantize(q))
     if dist in ("log_uniform_values", "inv_log_uniform_values"):

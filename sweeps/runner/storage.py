@@ -35,9 +35,8 @@ def driver_url(url: str) -> str:
 
 
 def mask_password(text: str) -> str:
-    """`text` with URL passwords and secret parameters masked (README, "Offline sweeps": Storage).
-    A text that is one URL (a --storage value) is masked whole, spaces included; in other text a
-    URL ends at white space. Nothing is rendered by SQLAlchemy first: its rendering
+    """`text` with URL passwords and secret parameters masked (README, "Offline sweeps": Storage); a
+    text that is one URL is masked whole. Nothing is rendered by SQLAlchemy first: its rendering
     percent-encodes a later @ (user:***@ss/secret%40host) and the mask missed it."""
     if _WHOLE_URL.fullmatch(text):
         return _mask_url(text, _SECRET_IN_URL)
