@@ -1,5 +1,5 @@
 """`python -m sweeps run SWEEP.yaml`: the same W&B sweep file, no W&B server, Optuna for sampling
-and storage (README, "Offline sweeps": methods, storage, the sweep directory)."""
+and storage (README, "Sweeps without a W&B server": methods, storage, the sweep directory)."""
 
 from __future__ import annotations
 

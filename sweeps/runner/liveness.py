@@ -1,7 +1,7 @@
-"""How runners and runs learn that the other side is gone (README, "Offline sweeps": Dead runners,
-No orphaned runs). Runner -> storage: Optuna's heartbeat, which the runner beats itself, in a thread,
-for every trial it runs (it asks and tells trials outside study.optimize, which would beat for them).
-Runner -> run: the lifeline pipe (sweeps/contract/lifeline.py has the run's end)."""
+"""How runners and runs learn that the other side is gone (README, "Sweeps without a W&B server":
+Dead runners, No orphaned runs). Runner -> storage: Optuna's heartbeat, which the runner beats
+itself, in a thread, for every trial it runs (it asks and tells trials outside study.optimize,
+which would beat for them). Runner -> run: the lifeline pipe (sweeps/contract/lifeline.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
-
-from sweeps.contract.lifeline import LIFELINE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +71,6 @@ class Lifeline:
 
     def __init__(self) -> None:
         self.read_fd, self._write_fd = os.pipe()
-
-    def env(self) -> dict[str, str]:
-        return {LIFELINE_ENV: str(self.read_fd)}
 
     def close(self) -> None:
         for fd in (self.read_fd, self._write_fd):

@@ -1,7 +1,7 @@
-"""`--trials-per-gpu K` and the memory guard `--min-free-gpu-mem GB` (README, "Offline sweeps": Runs).
-Free memory is read with nvidia-smi, not torch.cuda.mem_get_info, which would create a CUDA context
+"""The memory guard, `--min-free-gpu-mem GB` (README, "Sweeps without a W&B server": Runs). Free
+memory is read with nvidia-smi, not torch.cuda.mem_get_info, which would create a CUDA context
 (several hundred MB) in the runner on every GPU it asks about. nvidia-smi names GPUs in PCI bus
-order, slots are CUDA names: the orders agree on the usual node of identical GPUs; elsewhere set
+order, slots are CUDA names: they agree on the usual node of identical GPUs; elsewhere set
 CUDA_DEVICE_ORDER=PCI_BUS_ID (or give UUIDs). A run allocates its memory during its first steps, so
 after a start the guard waits `settle_s` before the next start on that GPU. A failed read never ends
 the sweep: no new run on that GPU for now, one warning, another read RETRY_S later.

@@ -1,7 +1,7 @@
-"""Dead runners' trials, given back by any live runner on any host (README, "Offline sweeps": Dead
-runners): a RUNNING trial whose heartbeat is older than the grace period goes back to WAITING with its
-run directory (trials.give_back); Optuna's own `fail_stale_trials` would fail it, and a finished trial
-can never run again. A trial that never got a heartbeat is given back after ORPHAN_GRACE_S."""
+"""Dead runners' trials, given back by any live runner on any host (README, "Sweeps without a W&B
+server": Dead runners): a RUNNING trial whose heartbeat is older than the grace period goes back to
+WAITING with its run directory (trials.give_back); Optuna's own `fail_stale_trials` would fail it,
+and a finished trial can never run again. A trial never given a heartbeat waits ORPHAN_GRACE_S."""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from rundir.grace import AGENT_KILL_AFTER_S
 from rundir.launcher import POLL_S  # how often running runs are checked (exit, history, hyperband)
 from rundir.layout import COMPLETED, HISTORY_FILE, LAST_CHECKPOINT, RUN_RECORD, TRAINING_FILE
 from sweeps.contract.history import best_of, read_history, training_done
+from sweeps.contract.lifeline import LIFELINE_ENV
 from sweeps.files.io import write_json_atomic
 from sweeps.hyperband import hyperband_stop
 from sweeps.runner.jobs import Job, fresh_run_dir, resume_point
@@ -132,7 +133,7 @@ class Runner:
             argv = [*argv, f"--ckpt_path={resumed / LAST_CHECKPOINT}"]  # the same parameters, the same directory
         run_dir = resumed or fresh_run_dir(self.sweep_dir, number)
         env = {"WANDB_MODE": self.settings.wandb, "WANDB_PROJECT": self.settings.project,
-               "WANDB_ENTITY": self.settings.entity, **self.lifeline.env()}
+               "WANDB_ENTITY": self.settings.entity, LIFELINE_ENV: str(self.lifeline.read_fd)}
         run = launcher.start([*self.settings.launcher, *argv], run_dir, slot=index, slots=self.slots, cwd=self.root, env=env,
                              pass_fds=(self.lifeline.read_fd,))
         if self.gpu_guard:

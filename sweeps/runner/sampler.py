@@ -1,4 +1,4 @@
-"""A sampler seeded per trial from (--seed, trial number) (README, "Offline sweeps": Methods).
+"""A sampler seeded per trial from (--seed, trial number) (README, "Sweeps without a W&B server").
 Optuna's samplers draw from their own generator: two runners with the same --seed on one study
 would draw the same sequence, each configuration twice. Trial numbers are unique in a study, so
 runners draw distinct configurations, and one seed gives the same ones every time.

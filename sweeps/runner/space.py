@@ -1,5 +1,5 @@
 """A sweep's parameters (parsed by sweeps/files) as Optuna distributions and samplers; README,
-"Offline sweeps" (Methods), lists the distributions. inv_log_uniform_values is log-uniform too: W&B
+"Sweeps without a W&B server" (Methods), lists them. inv_log_uniform_values is log-uniform too: W&B
 draws log(1/x) uniformly, i.e. log(x) uniformly. categorical_w_probabilities is a uniform [0, 1)
 mapped through the cumulative probabilities, so that random sampling follows the weights.
 """

@@ -1,5 +1,5 @@
-"""The Optuna study of an offline sweep (README, "Offline sweeps": Storage) and the lock around
-"count, then ask" and giving a trial back (trials.py): a file lock next to a SQLite database, an
+"""The Optuna study of an offline sweep (README, "Sweeps without a W&B server": Storage) and the
+lock around "count, then ask" and giving a trial back (trials.py): a file lock next to a SQLite database, an
 advisory lock on PostgreSQL, Optuna's NFS-safe symlink lock next to a journal file (journal.py);
 elsewhere (MySQL, ...) the runner re-checks each new trial and cancels it as surplus (trials.surplus).
 """
@@ -35,9 +35,9 @@ def driver_url(url: str) -> str:
 
 
 def mask_password(text: str) -> str:
-    """`text` with URL passwords and secret parameters masked (README, "Offline sweeps": Storage); a
-    text that is one URL is masked whole. Nothing is rendered by SQLAlchemy first: its rendering
-    percent-encodes a later @ (user:***@ss/secret%40host) and the mask missed it."""
+    """`text` with URL passwords and secret parameters masked (README, "Sweeps without a W&B
+    server": Storage); a text that is one URL is masked whole. Nothing is rendered by SQLAlchemy
+    first: its rendering percent-encodes a later @ (user:***@ss/secret%40host), which the mask missed."""
     if _WHOLE_URL.fullmatch(text):
         return _mask_url(text, _SECRET_IN_URL)
     return _SECRET.sub(r"\1\2***", _URL.sub(lambda m: _mask_url(m.group(), _SECRET), text))

@@ -1,10 +1,10 @@
 """Which trial a runner runs next, and giving one back so that its run continues as the same trial
-(README, "Offline sweeps": Resume, Dead runners). The trial goes from RUNNING back to WAITING in one
-storage write, with its run directory in `user_attrs["resume"]`: Optuna allows it (only finished
-trials are frozen), and `study.ask()` pops WAITING trials with a compare-and-set (RDBStorage: SELECT
-... FOR UPDATE and "RUNNING only from WAITING"; JournalStorage: the log's order decides, a second
-RUNNING is rejected on replay), so exactly one runner, on any host, claims it again with its number,
-parameters and directory. Every function here runs inside `Storage.critical()`.
+(README, "Sweeps without a W&B server": Resume, Dead runners). The trial goes from RUNNING back to
+WAITING in one storage write, with its run directory in `user_attrs["resume"]`: Optuna allows it
+(only finished trials are frozen), and `study.ask()` pops WAITING trials with a compare-and-set
+(RDBStorage: SELECT ... FOR UPDATE and "RUNNING only from WAITING"; JournalStorage: the log's order
+decides, a second RUNNING is rejected on replay), so exactly one runner, on any host, claims it
+again with its number, parameters and directory. Every function here runs inside Storage.critical().
 """
 
 from __future__ import annotations
