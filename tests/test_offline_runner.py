@@ -584,9 +584,9 @@ def test_a_silent_trial_is_given_back_once_and_keeps_its_number(fake, tmp_path, 
     now = journal.time.time()
     monkeypatch.setattr(journal.time, "time", lambda: now + 10)
     a.store.storage.record_heartbeat(a.store.trial_id(beating.number))
-    released, _ = recovery.recover(a.store, a.sweep_dir, set())
+    released, _ = recovery.recover(a.store, set())
     assert [t.number for t in released] == [silent.number]
-    assert recovery.recover(a.store, a.sweep_dir, set())[0] == []
+    assert recovery.recover(a.store, set())[0] == []
     states = {t.number: t.state for t in a.store.trials()}
     assert states == {silent.number: optuna.trial.TrialState.WAITING, beating.number: optuna.trial.TrialState.RUNNING}
     b = _runner_on(fake, tmp_path, str(tmp_path / "s.journal"), count=2)
@@ -864,7 +864,7 @@ def test_hyperband_stops_a_real_cli_run_cleanly(hand_data, tmp_path, monkeypatch
 
 
 def test_gpu_slots_stay_inside_an_inherited_allocation(monkeypatch):
-    from sweeps.runner import gpu_slots
+    from rundir import gpu_slots
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # as SLURM / Kubernetes set it
     assert gpu_slots(None, 1, None) == ["2", "3"]

@@ -1,25 +1,11 @@
-"""`python -m sweeps run SWEEP.yaml`: the same W&B sweep file, no W&B server, Optuna for
-sampling and storage.
-
-Methods: grid -> every point of the product of the parameters' values, in W&B's order, each
-run once (int_uniform and q_uniform are enumerated as W&B's grid does); the points are
-enqueued into the study one at a time by the runner, so that a point held by another runner
-or done before a restart is never run twice. random -> RandomSampler. bayes ->
-TPESampler(multivariate=True), Optuna's model-based sampler (W&B uses a Gaussian process;
-both model the best value of each run's history). Both are seeded per trial from (--seed,
-trial number): runners sharing a sweep draw distinct configurations, and one runner's are
-reproducible (sweeps/runner/sampler.py).
-
-Storage: sweep.yaml, optuna.db (or --storage URL) and runs/NNNN/ under the sweep directory;
-one trial per run with the run's facts in user_attrs (see README, "Offline sweeps").
-"""
+"""`python -m sweeps run SWEEP.yaml`: the same W&B sweep file, no W&B server, Optuna for sampling
+and storage (README, "Sweeps without a W&B server": methods, storage, the sweep directory)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -34,24 +20,16 @@ from sweeps.files.check import check_for_cli
 from sweeps.files.schema import NULL, read_config
 from sweeps.files.sweep import Sweep
 from sweeps.runner.launch import prepare_sweep, program_root
-from sweeps.runner.placement import GpuMemoryGuard
 from sweeps.runner.progress import Progress
 from sweeps.runner.prune import DEFAULT_KEEP, KEEP_ATTR
 from sweeps.runner.runner import POLL_S, LaunchSettings, Runner
-from sweeps.runner.slurm import multi_node_sweep, requeue_after, srun_prefix
-from sweeps.runner.space import Space, build_space, make_sampler
-from sweeps.runner.storage import Storage, check_url, heartbeat_problem, mask_password
+from sweeps.runner.slurm import requeue_after, srun_prefix
+from sweeps.runner.space import build_space, make_sampler
+from sweeps.runner.storage import DB_FILE, Storage, check_url, mask_password
 from sweeps.text import visible
 
 DEFAULT_COUNT = 10
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-def _slots(args: argparse.Namespace) -> list[Optional[str]]:
-    try:
-        return gpu_slots(args.gpus, args.gpus_per_trial, args.workers, args.trials_per_gpu)
-    except ValueError as e:
-        raise RunnerError(str(e)) from e
 
 
 def check_heartbeat(seconds: Optional[float]) -> Optional[int]:
@@ -66,44 +44,28 @@ def check_heartbeat(seconds: Optional[float]) -> Optional[int]:
     return int(seconds)
 
 
-def memory_guard(min_free_gb: Optional[float], slots: list[Optional[str]]) -> Optional[GpuMemoryGuard]:
+def memory_guard(min_free_gb: Optional[float],
+                 slots: list[Optional[str]]) -> Optional[placement.GpuMemoryGuard]:
     """--min-free-gpu-mem: the guard, after checking that there are GPUs and a way to read them."""
     if min_free_gb is None:
         return None
-    if min_free_gb <= 0:
-        raise RunnerError(f"--min-free-gpu-mem must be a positive number of GB, got {min_free_gb:g}")
     if not any(slots):
         raise RunnerError("--min-free-gpu-mem: the runs use no GPU (no visible GPUs, or CUDA_VISIBLE_DEVICES empty)")
     try:
         placement.check_slots(slots)
-    except (OSError, subprocess.SubprocessError) as e:
+    except placement.GpuProbeError as e:
         raise RunnerError(f"--min-free-gpu-mem needs nvidia-smi to read the GPUs' free memory: {e}") from None
-    return GpuMemoryGuard(min_free_gb)
+    return placement.GpuMemoryGuard(min_free_gb)
 
 
-def _same_sweep(previous: str, sweep: Sweep) -> bool:
-    try:
-        return Sweep.from_dict(yaml.safe_load(previous)).same_runs(sweep)
-    except (yaml.YAMLError, SweepConfigError):
-        return False
-
-
-def check_name(name: str) -> str:
-    """A sweep name becomes a directory and a study name: letters, digits, . _ - only."""
+def sweep_place(name: Optional[str], args: argparse.Namespace) -> tuple[str, Path]:
+    """The sweep's name (a directory and a study name: letters, digits, . _ - only) and directory."""
+    sweep_file = getattr(args, "sweep_file", None)
+    name = str(name or (Path(sweep_file).stem if sweep_file else "sweep"))
     if not NAME.fullmatch(name) or name in (".", ".."):
         raise RunnerError(f"sweep name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
                           "(at most 100 characters, no path separators or line breaks)")
-    return name
-
-
-def check_sweep(sweep: Sweep, root: Path) -> tuple[Space, list[str]]:
-    """What W&B's controller or every run would refuse, refused here before anything is written
-    or run (the file itself was checked when it was loaded): a metric to rank by, the parameter
-    space, and the checks against the CLI and its configs. Returns the space and the configs."""
-    if sweep.metric is None:
-        raise RunnerError("the sweep has no metric.name; the offline runner ranks runs by it")
-    space = build_space(sweep)  # a distribution Optuna lacks, a grid too large
-    return space, check_for_cli(sweep, root)
+    return name, Path(args.out or Path("sweep_runs") / name).resolve()
 
 
 def check_data_root(sweep: Sweep, configs: list[str], root: Path) -> None:
@@ -151,9 +113,8 @@ def check_not_lost(store: Storage, sweep_dir: Path, shown_url: str) -> None:
 
 
 def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
-    sweep_file = getattr(args, "sweep_file", None)
-    name = check_name(sweep.name or (Path(sweep_file).stem if sweep_file else "sweep"))
-    root = program_root(sweep.program, sweep_file)
+    name, sweep_dir = sweep_place(sweep.name, args)
+    root = program_root(sweep.program, getattr(args, "sweep_file", None))
     if args.cfg:
         cfg = Path(args.cfg)
         if not cfg.is_file() and (root / cfg).is_file():
@@ -161,45 +122,40 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
         if cfg.is_file() and cfg.resolve().parent != root / cfg.parent:
             cfg = cfg.resolve()  # the run starts in the repository root, not here
         args.cfg = str(cfg)
-    for option in ("count", "workers", "max_failures", "gpus_per_trial", "trials_per_gpu"):
-        value = getattr(args, option, None)
-        if value is not None and value < 1:
-            raise RunnerError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
     heartbeat = check_heartbeat(args.heartbeat)
     nodes = getattr(args, "nodes_per_trial", None)  # each run an srun step of the SLURM job (runner/slurm.py)
-    prepared = prepare_sweep(sweep.to_dict(), args.cfg, 1 if nodes else args.gpus_per_trial)
-    if nodes:
-        tasks = args.tasks_per_node or args.gpus_per_trial
-        prepared = multi_node_sweep(prepared, nodes, tasks)
-        gpus = args.gpus_per_trial if visible_gpus() else 0  # per node for the step; CPU ranks use gloo
-    sweep = Sweep.from_dict(prepared)
-    space, configs = check_sweep(sweep, root)
-    check_data_root(sweep, configs, root)
-    slots = [None] if nodes else _slots(args)
+    devices = (args.tasks_per_node or args.gpus_per_trial) if nodes else args.gpus_per_trial  # per node
+    sweep = Sweep.from_dict(prepare_sweep(sweep.to_dict(), args.cfg, devices, nodes))
+    gpus = args.gpus_per_trial if nodes and visible_gpus() else 0  # per node for the step; CPU ranks use gloo
+    if sweep.metric is None:  # refused before anything is written or run, as every run would refuse:
+        raise RunnerError("the sweep has no metric.name; the offline runner ranks runs by it")
+    space = build_space(sweep)  # a distribution Optuna lacks, a grid too large
+    check_data_root(sweep, check_for_cli(sweep, root), root)  # the CLI and its configs
+    try:
+        slots = [None] if nodes else gpu_slots(args.gpus, args.gpus_per_trial, args.workers, args.trials_per_gpu)
+    except ValueError as e:
+        raise RunnerError(str(e)) from e
     gpu_guard = memory_guard(args.min_free_gpu_mem, slots)
     if space.method == "grid":
-        size = space.grid_size()
-        count = min(args.count, size) if args.count else size
+        count = min(args.count or space.grid_size(), space.grid_size())
     else:
         count = args.count or sweep.run_cap or DEFAULT_COUNT
         if not args.count and not sweep.run_cap:
             print(f"{sweep.method} sweep: {count} runs (--count N for more)")
-    problem = heartbeat_problem(args.storage) if args.storage else None
-    if problem is not None:
-        raise RunnerError(f"--storage {mask_password(args.storage)}: {problem}; the runners' heartbeats "
-                          "(--heartbeat), which let any runner continue the runs of a dead one, need such a database")
     if args.storage:
         check_url(args.storage)  # before the sweep directory is made
-    sweep_dir = Path(args.out or Path("sweep_runs") / name).resolve()
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunnerError(f"cannot create the sweep directory {sweep_dir}: {e.strerror} (--out)") from None
     sweep_yaml = sweep_dir / "sweep.yaml"
-    if sweep_yaml.is_file():
-        if not _same_sweep(sweep_yaml.read_text(), sweep):
-            raise RunnerError(f"{sweep_dir} holds a different sweep ({sweep_yaml}); give another --out")
-    url = args.storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
+    try:
+        same = not sweep_yaml.is_file() or Sweep.from_dict(yaml.safe_load(sweep_yaml.read_text())).same_runs(sweep)
+    except (yaml.YAMLError, SweepConfigError):
+        same = False
+    if not same:
+        raise RunnerError(f"{sweep_dir} holds a different sweep ({sweep_yaml}); give another --out")
+    url = args.storage or f"sqlite:///{sweep_dir / DB_FILE}"
     try:
         store = Storage(url, name, sweep.goal, make_sampler(space, args.seed), heartbeat=heartbeat)
     except RunnerError:
@@ -220,7 +176,7 @@ def run_offline(sweep: Sweep, args: argparse.Namespace) -> int:
     progress = Progress(count, live=not args.quiet and sys.stdout.isatty())
     settings = LaunchSettings(wandb=args.wandb, project=args.project, entity=args.entity,
                               max_failures=args.max_failures,
-                              launcher=tuple(srun_prefix(nodes, tasks, gpus)) if nodes else ())
+                              launcher=tuple(srun_prefix(nodes, devices, gpus)) if nodes else ())
     runner = Runner(sweep.to_dict(), space, store, sweep_dir=sweep_dir, root=root, slots=slots, count=count,
                     progress=progress, settings=settings, gpu_guard=gpu_guard)
     print(f"sweep {name}: {sweep.method}, {count} runs, {len(slots)} at a time; directory {sweep_dir}")

@@ -1,13 +1,9 @@
-"""One run of an offline sweep: the launched process with the trial it runs, its outcome, and
-where an interrupted run continues (its own directory, from checkpoints/last.ckpt; a
-cross-validated run from the folds it keeps there)."""
+"""One run of an offline sweep: the launched process with the trial it runs, its outcome, and where
+an interrupted run continues (its own directory: last.ckpt, or a cross-validated run's folds)."""
 
 from __future__ import annotations
 
 import itertools
-import os
-import socket
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -17,12 +13,6 @@ from rundir.launcher import Launched
 from rundir.layout import LAST_CHECKPOINT, OUTPUT_LOG, is_cv_run
 from rundir.records import checkpoint_problem
 from sweeps.runner.reasons import failure_reason
-
-
-def owner() -> dict:
-    """Who runs a trial: host and pid for people reading the study, and an id that tells this
-    runner's claim from any other's (trials.owned_by; liveness is Optuna's heartbeat)."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:16]}
 
 
 def resume_point(resume: Optional[dict]) -> tuple[Optional[Path], str]:
@@ -78,4 +68,3 @@ def fresh_run_dir(sweep_dir: Path, number: int) -> Path:
             return run_dir
         except FileExistsError:
             run_dir = sweep_dir / "runs" / f"{number:04d}-r{i}"
-    raise AssertionError("unreachable")

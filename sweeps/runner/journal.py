@@ -1,21 +1,10 @@
-"""Sweep storage on a shared file system without a database server: Optuna's journal file
-(`JournalFileBackend`, an append-only log whose lock is a symlink, safe on NFS), with the
-runner's heartbeat added; and the refusal of SQLite there (its file locks are unreliable on
-network file systems, which corrupts the database: Optuna #815, #820).
-
-`--storage journal:///abs/path/sweep.journal`, or any path ending .journal or .log. Heartbeats
-are trial system attributes holding the beating host's clock (time.time()): the hosts of one
-sweep must keep their clocks in step (NTP, as every cluster does), the RDB storages compare
-database time instead. README, "Sweeps on SLURM", says when to use which storage.
-
-Heartbeats work on any storage that is a BaseHeartbeat, which Optuna does not export
-(optuna/storages/_heartbeat.py): this module is its one adapter, bounded by pyproject's optuna
-version and checked by tests/test_slurm.py.
-
-Locks: Optuna's own lock (JournalFileSymlinkLock, `sweep.journal.lock`) guards each append to
-the log; popping a WAITING trial is a compare-and-set by the log's order. The runner's critical
-section ("count, then ask", giving a trial back: sweeps/runner/trials.py) spans several appends,
-so it takes a second lock of the same kind (journal_lock), on its own file.
+"""Sweep storage on a shared file system without a database server (README, "Sweeps on SLURM"):
+Optuna's journal file (an append-only log whose lock is a symlink, safe on NFS) with heartbeats,
+and the refusal of SQLite there (its file locks are unreliable on network file systems, which
+corrupts the database: Optuna #815, #820). A heartbeat holds the beating host's time.time(): the
+hosts of a sweep must keep their clocks in step (NTP); the RDB storages compare database time.
+Optuna's lock guards each append; the runner's critical section (trials.py) spans several, so it
+takes a second lock of the same kind (journal_lock), on its own file.
 """
 
 from __future__ import annotations
@@ -44,9 +33,9 @@ def journal_file(url: str) -> Optional[Path]:
     return None
 
 
-def filesystem_type(path: Path) -> Optional[str]:
-    """Type of the file system holding `path` (its nearest existing folder): the longest mount
-    point above it in /proc/mounts; None where that cannot be read (not Linux)."""
+def network_fs(path: Path) -> Optional[str]:
+    """The network file system type holding `path` (its nearest existing folder: the longest mount
+    point above it in /proc/mounts), or None for a local one or where that cannot be read."""
     path = path.resolve()
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -62,12 +51,6 @@ def filesystem_type(path: Path) -> Optional[str]:
         point = Path(fields[1].replace("\\040", " "))
         if (path == point or point in path.parents) and len(point.parts) > best:
             best, kind = len(point.parts), fields[2]
-    return kind
-
-
-def network_fs(path: Path) -> Optional[str]:
-    """The network file system type holding `path`, or None for a local one."""
-    kind = filesystem_type(path)
     return kind if kind and (kind in NETWORK_FS or kind.split(".")[-1] in NETWORK_FS) else None
 
 

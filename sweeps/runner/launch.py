@@ -1,12 +1,9 @@
-"""The W&B agent's command line, implemented once, where it runs (program_root), and the sweep
-as it will run (another config, DDP inside each run). Used by the offline runner, the W&B-agents backend and the tests;
-slots and the child's environment are the launcher's (rundir/slots.py, rundir/launcher.py).
-
-The argv is built with W&B's own helpers (wandb/sdk/launch/sweeps/utils.py, not a public
-API: tests/test_architecture.py fails if they move, and pyproject bounds wandb) plus the few lines
-of wandb_agent.Agent._command_run that put them together: a command item is replaced only
-when it is a whole `${macro}`, values are formatted with str() as `--name=value`,
-`${interpreter}` is the `python` on PATH and `${env}` is /usr/bin/env.
+"""The W&B agent's command line, where it runs (program_root), and the sweep as it will run (another
+config, DDP inside each run); slots and the child's environment are rundir's (slots.py, launcher.py).
+The argv is built with W&B's own helpers (wandb/sdk/launch/sweeps/utils.py, not a public API:
+tests/test_architecture.py fails if they move, and pyproject bounds wandb) plus the lines of
+wandb_agent.Agent._command_run that put them together: only a whole `${macro}` item is replaced,
+values are str()-formatted as `--name=value`, `${interpreter}` is `python`, `${env}` /usr/bin/env.
 """
 
 from __future__ import annotations
@@ -50,23 +47,22 @@ def program_root(program: Optional[str], sweep_file: Optional[str]) -> Path:
         if path.is_file():
             return path.parent
         raise RunnerError(f"program {path} of the sweep does not exist")
-    candidates = [Path.cwd()]
-    if sweep_file:
-        candidates += list(Path(sweep_file).resolve().parents)
-    for root in candidates:
+    for root in [Path.cwd(), *(Path(sweep_file).resolve().parents if sweep_file else [])]:
         if (root / path).is_file():
             return root.resolve()
     raise RunnerError(f"program {path} of the sweep not found in {Path.cwd()} or above the sweep file; "
                       "run from the repository root")
 
 
-def prepare_sweep(sweep: dict, cfg: Optional[str], gpus_per_trial: int) -> dict:
-    """The sweep as it will run: `--cfg` swapped in (hyperband brackets checked against that
-    config) and, with several GPUs per run, DDP arguments before the sweep's own."""
+def prepare_sweep(sweep: dict, cfg: Optional[str], devices: int, nodes: Optional[int] = None) -> dict:
+    """The sweep as it will run: `--cfg` swapped in (hyperband brackets checked against that config)
+    and, with several devices per node or several nodes (an srun step, slurm.py), Lightning's DDP
+    arguments before the sweep's own."""
     if cfg:
         sweep = replace_config(sweep, cfg)
-    if gpus_per_trial > 1:
+    if devices > 1 or nodes:
         command = [c for c in sweep.get("command") or [] if c != "${args}"]
-        ddp = [f"--trainer.devices={gpus_per_trial}", "--trainer.strategy=ddp"]
+        ddp = [f"--trainer.num_nodes={nodes}"] if nodes else []
+        ddp += [f"--trainer.devices={devices}", "--trainer.strategy=ddp"]
         sweep = dict(sweep, command=[*command, *ddp, "${args}"])
     return sweep

@@ -1,14 +1,7 @@
-"""How runners and runs learn that the other side is gone, with one mechanism each:
-
-* runner -> storage: Optuna's heartbeat. The runner records a heartbeat for every trial it
-  runs (a thread, every `interval` seconds, as Optuna's own `study.optimize` does for its
-  trials; the runner asks and tells trials itself, so it beats for them itself). Any live
-  runner, on any host, gives back the trials whose heartbeat is older than the grace period
-  (recovery.py): they continue, as the same trials, from their checkpoints.
-* runner -> run: the lifeline pipe (sweeps/contract/lifeline.py has the run's end). The
-  runner holds the only write end; when its process ends, for any reason, each run reads
-  end-of-file and stops cleanly, saving last.ckpt.
-"""
+"""How runners and runs learn that the other side is gone (README, "Sweeps without a W&B server":
+Dead runners, No orphaned runs). Runner -> storage: Optuna's heartbeat, which the runner beats
+itself, in a thread, for every trial it runs (it asks and tells trials outside study.optimize,
+which would beat for them). Runner -> run: the lifeline pipe (sweeps/contract/lifeline.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +12,6 @@ import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
-
-from sweeps.contract.lifeline import LIFELINE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +29,8 @@ def quiet_heartbeat_warnings() -> Iterator[None]:
 
 
 class Heartbeat:
-    """Records Optuna heartbeats for the trials this runner runs, every `interval` seconds, in
-    a thread of its own: a main loop busy for a while (a slow ask, a lock held by another
-    runner) must not make its trials look dead."""
+    """Optuna heartbeats for this runner's trials, every `interval` seconds, in a thread of its own: a
+    main loop busy for a while (a slow ask, a lock held by another runner) must not make them look dead."""
 
     def __init__(self, storage: Any, interval: int) -> None:
         self.storage, self.interval = storage, interval
@@ -81,9 +71,6 @@ class Lifeline:
 
     def __init__(self) -> None:
         self.read_fd, self._write_fd = os.pipe()
-
-    def env(self) -> dict[str, str]:
-        return {LIFELINE_ENV: str(self.read_fd)}
 
     def close(self) -> None:
         for fd in (self.read_fd, self._write_fd):

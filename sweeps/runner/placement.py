@@ -1,21 +1,10 @@
-"""Several runs per GPU (`--trials-per-gpu K`) and the memory guard (`--min-free-gpu-mem GB`):
-a slot on a GPU is used only while that GPU has at least GB free.
-
-Free memory is read with nvidia-smi, not torch.cuda.mem_get_info, which would create a CUDA
-context (several hundred MB) in the runner on every GPU it asks about. nvidia-smi names GPUs
-by PCI bus order and UUID; slots are CUDA names (indexes in CUDA's order, or UUIDs). The two
-orders agree on the usual node of identical GPUs; elsewhere set CUDA_DEVICE_ORDER=PCI_BUS_ID
-(or give UUIDs) so that they do.
-
-A run allocates its memory during its first steps, so after a start the guard waits
-`settle_s` before it lets another run start on that GPU; otherwise several starts in one
-moment would all see the memory as free.
-
-A probe that fails (nvidia-smi missing now, exiting non-zero, timing out, printing [N/A] or
-garbage) never ends the sweep: the guard says "no new run on that GPU for now", warns once, and
-reads again RETRY_S later; running runs are not touched. At start-up, every GPU of every slot
-must be readable, or --min-free-gpu-mem is refused with the reason (a MIG instance, whose memory
-`nvidia-smi --query-gpu` does not report, is such a GPU).
+"""The memory guard, `--min-free-gpu-mem GB` (README, "Sweeps without a W&B server": Runs). Free
+memory is read with nvidia-smi, not torch.cuda.mem_get_info, which would create a CUDA context
+(several hundred MB) in the runner on every GPU it asks about. nvidia-smi names GPUs in PCI bus
+order, slots are CUDA names: they agree on the usual node of identical GPUs; elsewhere set
+CUDA_DEVICE_ORDER=PCI_BUS_ID (or give UUIDs). A run allocates its memory during its first steps, so
+after a start the guard waits `settle_s` before the next start on that GPU. A failed read never ends
+the sweep: no new run on that GPU for now, one warning, another read RETRY_S later.
 """
 
 from __future__ import annotations
@@ -50,29 +39,24 @@ def nvidia_smi_free_gb() -> dict[str, float]:
     if done.returncode != 0:
         said = (done.stderr.strip() or done.stdout.strip()).splitlines()
         raise GpuProbeError(f"nvidia-smi exited with code {done.returncode}" + (f": {said[0][:200]}" if said else ""))
+    rows = [[p.strip() for p in line.split(",")] for line in done.stdout.splitlines()]
+    rows = [r for r in rows if len(r) == 3 and r[0].isdigit()]
+    if not rows:
+        raise GpuProbeError(f"nvidia-smi printed no GPU line: {done.stdout.strip()[:200]!r}")
     free: dict[str, float] = {}
-    rows = 0
-    for line in done.stdout.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 3 or not parts[0].isdigit():
-            continue
-        rows += 1
-        index, uuid, mib = parts
+    for index, uuid, mib in rows:
         try:
             gb = float(mib) / 1024
         except ValueError:  # [N/A], [Unknown Error], ...
             continue
         if math.isfinite(gb) and gb >= 0:
             free[index] = free[uuid] = gb
-    if not rows:
-        raise GpuProbeError(f"nvidia-smi printed no GPU line: {done.stdout.strip()[:200]!r}")
     return free
 
 
 def free_of(free: dict[str, float], gpu: str) -> Optional[float]:
-    """The free GB of a GPU named as CUDA_VISIBLE_DEVICES names it (an index, a full or
-    abbreviated `GPU-<uuid>`, as CUDA accepts a unique prefix), or None when unknown (a
-    `MIG-<uuid>` instance, an [N/A] reading, a GPU nvidia-smi does not list)."""
+    """The free GB of a GPU named as CUDA names it (an index, a `GPU-<uuid>` or its unique prefix), or
+    None when unknown (a `MIG-<uuid>` instance, an [N/A] reading, a GPU nvidia-smi does not list)."""
     if gpu in free:
         return free[gpu]
     if gpu.startswith("GPU-"):

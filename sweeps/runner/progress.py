@@ -7,20 +7,22 @@ import shutil
 import sys
 from typing import Optional, TextIO
 
+from optuna.trial import TrialState
+
+from sweeps.runner.trials import ENDED
 from sweeps.text import visible
+
+STATES = (*ENDED, "running")
 
 
 def tally(trials: list, goal: str) -> tuple[dict[str, int], Optional[tuple[float, dict, str]]]:
     """Runs by state (as the runner records them in user_attrs) and the best (value, params, run dir)."""
-    from optuna.trial import TrialState
-
-    counts = {"finished": 0, "stopped": 0, "failed": 0, "running": 0}
-    best = None
+    counts, best = dict.fromkeys(STATES, 0), None
     for t in trials:
         state = t.user_attrs.get("state")
         if t.state == TrialState.RUNNING and state == "running":
             counts["running"] += 1
-        elif state in ("finished", "stopped", "failed") and t.state.is_finished():
+        elif state in ENDED and t.state.is_finished():
             counts[state] += 1
         if t.state == TrialState.COMPLETE and t.value is not None:
             if best is None or (t.value > best[0] if goal == "maximize" else t.value < best[0]):
@@ -37,7 +39,7 @@ def format_params(params: dict, limit: int = 6) -> str:
 class Progress:
     def __init__(self, total: Optional[int], *, live: bool, stream: Optional[TextIO] = None) -> None:
         self.total, self.live, self.stream = total, live, stream or sys.stdout
-        self.counts = {"finished": 0, "stopped": 0, "failed": 0, "running": 0}
+        self.counts = dict.fromkeys(STATES, 0)
         self.best: Optional[tuple[float, dict, str]] = None
         self._line_open = False
 
@@ -47,16 +49,13 @@ class Progress:
         self.draw()
 
     def update(self, counts: dict[str, int], best: Optional[tuple[float, dict, str]]) -> None:
-        changed = counts != self.counts or best != self.best
-        self.counts, self.best = dict(counts), best
-        if changed:
+        if counts != self.counts or best != self.best:
+            self.counts, self.best = dict(counts), best
             self.draw()
 
     def status(self) -> str:
-        c = self.counts
-        done = c["finished"] + c["stopped"] + c["failed"]
-        total = f"/{self.total}" if self.total else ""
-        text = (f"done {done}{total} | running {c['running']} | stopped {c['stopped']} | "
+        c, total = self.counts, f"/{self.total}" if self.total else ""
+        text = (f"done {sum(c[s] for s in ENDED)}{total} | running {c['running']} | stopped {c['stopped']} | "
                 f"failed {c['failed']}")
         if self.best is not None:
             value, params, _ = self.best

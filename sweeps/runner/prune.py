@@ -1,8 +1,5 @@
-"""Keeping a sweep's disk small (README, "Keeping the disk small"): the offline runner after every
-trial, and `python -m sweeps prune DIR --keep K` for any sweep directory, keep the K best
-runs' best checkpoints (without the training state) and remove every other checkpoint
-of runs that can no longer be continued. A run that its trial runs or will continue, that a
-`fit` holds, or whose state is not known is left alone. One run's files: rundir/checkpoints.py."""
+"""Keeping a sweep's disk small (README, "Keeping the disk small"): after every trial of the offline
+runner, and `python -m sweeps prune DIR --keep K`. One run's files: rundir/checkpoints.py."""
 
 from __future__ import annotations
 
@@ -11,16 +8,19 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
+
+from optuna.trial import TrialState
 
 from rundir.checkpoints import Pruned, busy, checkpoints, needed, remove, strip
 from rundir.layout import COMPLETED, CONFIG_FILE, CV_FILE, HISTORY_FILE, RUN_RECORD, TRAINING_FILE
 from sweeps.contract.history import best_of, read_history, training_done
 from sweeps.errors import UsageError
+from sweeps.runner.storage import DB_FILE
+from sweeps.runner.trials import ENDED
 
 DEFAULT_KEEP = 3  # the winner and two runners-up: a second look (calibration, subgroups) needs no retraining
 KEEP_ATTR = "keep_checkpoints"  # the study's user attr: the K of every runner of the sweep (None: keep all)
-ENDED = ("finished", "stopped", "failed")  # what the runner never continues (an interrupted run it does)
 # A plain `fit` (a W&B agent's run) holds no fit.lock: such a run is left alone until this long
 # after its last write (it writes last.ckpt every epoch, its W&B files every few seconds).
 IDLE_S = 3600.0
@@ -33,16 +33,9 @@ class Run:
     value: Optional[float] = None  # the sweep metric's best (finished runs are ranked by it)
 
 
-def _number(value: Any) -> Optional[float]:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
-
-
 def live_dirs(trials: list, sweep_dir: Path) -> set[Path]:
     """Run directories that a trial runs or will continue: running, waiting (a retry names the
     directory it continues) or failed for want of its runner's heartbeat (a retry follows)."""
-    from optuna.trial import TrialState
-
     live = set()
     for t in trials:
         attrs = t.user_attrs
@@ -64,7 +57,9 @@ def sweep_runs(sweep_dir: Path, live: set[Path]) -> list[Run]:
             record = None  # not written yet, or damaged: not known, left alone
         record = record if isinstance(record, dict) else {}
         state = "live" if path.resolve() in live else str(record.get("state"))
-        runs.append(Run(path, state, _number(record.get("value"))))
+        value = record.get("value")
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        runs.append(Run(path, state, float(value) if ok else None))
     return runs
 
 
@@ -93,8 +88,7 @@ def folder_runs(root: Path, metric: str, goal: str) -> list[Run]:
 def prune_runs(root: Path, runs: list[Run], keep: int, goal: str, *, dry_run: bool = False,
                idle_s: Optional[float] = None) -> tuple[Pruned, list[Run]]:
     """(what was pruned, the kept runs best first). Ended runs outside the K best (ranked as `best`
-    ranks them: finished or stopped by hyperband, by value) lose every checkpoint; the K best keep
-    what their results use, stripped of the training state."""
+    ranks them) lose every checkpoint; the K best keep what their results use, without training state."""
     sign = -1 if goal == "maximize" else 1
     ranked = [r for r in runs if r.state in COMPLETED and r.value is not None]
     best = sorted(ranked, key=lambda r: (sign * r.value, r.path.name))[:keep]
@@ -135,7 +129,7 @@ def size(n: int) -> str:
 def _trials(root: Path, name: Optional[str]) -> list:
     """The study's trials from the sweep's optuna.db; none without one (another --storage:
     run.json and the runs' locks decide)."""
-    db = root / "optuna.db"
+    db = root / DB_FILE
     if not db.is_file() or not db.stat().st_size:
         return []
     import optuna

@@ -1,11 +1,8 @@
-"""Why a run failed, in words that name no file.
-
-A failed run's reason is stored in the study, run.json and shown by `best` and the report, so
-it names no file: image files are often named after the patient ("Doe Jane 1970-01-01
-MRN778899.png"), and such names hold spaces. A quoted text that looks like a file (a path
-separator inside, or a file suffix at the end) is masked whole, as cli.py and Python quote
-paths ('...', or "..." when the name holds a '). Unquoted, where spaces make the end a guess:
-from a path start through a file suffix in the same clause, then path tokens and file names.
+"""Why a run failed, in words that name no file (README, "Privacy"): image files are often named
+after the patient ("Doe Jane 1970-01-01 MRN778899.png"), and such names hold spaces. A quoted text
+that looks like a file (a path separator inside, or a file suffix at the end) is masked whole, as
+cli.py and Python quote paths. Unquoted, where spaces make the end a guess: from a path start
+through a file suffix in the same clause, then path tokens and file names.
 """
 
 from __future__ import annotations
@@ -30,11 +27,8 @@ MASK = "<path>"
 
 
 def failure_reason(log: Path, code: int) -> str:
-    """Why a run failed (from its output.log and exit status), file names masked."""
-    return mask_file_names(reason_in_log(log, code))
-
-
-def mask_file_names(text: str) -> str:
-    """`text` with every file name or path replaced by <path>; metric names such as val/auroc stay."""
+    """Why a run failed (from its output.log and exit status), every file name or path replaced by
+    <path>; metric names such as val/auroc stay."""
+    text = reason_in_log(log, code)
     text = _QUOTED.sub(lambda m: MASK if _FILE_LIKE.search(m.group()[1:-1]) else m.group(), text)
     return _UNQUOTED.sub(MASK, text)

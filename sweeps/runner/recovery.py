@@ -1,11 +1,7 @@
-"""What a dead runner left behind, given back by any live runner on any host with Optuna's
-heartbeat (no process table, no host names): a RUNNING trial whose heartbeat is older than the
-grace period goes back to WAITING with its run directory (trials.give_back), and the next free
-runner continues it as the same trial. Optuna's own `fail_stale_trials` would fail it instead
-(a finished trial can never run again), so the stale trials are read from the storage's
-heartbeat interface (Storage.stale_trial_ids). A trial that never got a heartbeat (its runner
-died between asking for it and the first beat, or a runner of an older version left it) is
-given back here after ORPHAN_GRACE_S."""
+"""Dead runners' trials, given back by any live runner on any host (README, "Sweeps without a W&B
+server": Dead runners): a RUNNING trial whose heartbeat is older than the grace period goes back to
+WAITING with its run directory (trials.give_back); Optuna's own `fail_stale_trials` would fail it,
+and a finished trial can never run again. A trial never given a heartbeat waits ORPHAN_GRACE_S."""
 
 from __future__ import annotations
 
@@ -14,6 +10,8 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+from optuna.trial import TrialState
 
 from rundir.layout import RUN_RECORD
 from sweeps.files.io import write_json_atomic
@@ -24,10 +22,8 @@ ORPHAN_GRACE_S = 60.0  # a RUNNING trial that never got a heartbeat is left alon
 DEAD = {"state": "interrupted", "reason": "its runner stopped; the run continues from its checkpoint"}
 
 
-def recover(store: Storage, sweep_dir: Path, own: set[int]) -> tuple[list[Any], list[Any]]:
+def recover(store: Storage, own: set[int]) -> tuple[list[Any], list[Any]]:
     """(the trials given back now, every trial of the study afterwards)."""
-    from optuna.trial import TrialState
-
     now = time.time()
     with store.critical():  # one runner gives back each dead trial, and no runner claims it meanwhile
         dead = [store.storage.get_trial(i) for i in store.stale_trial_ids()]
@@ -39,16 +35,10 @@ def recover(store: Storage, sweep_dir: Path, own: set[int]) -> tuple[list[Any], 
                 dead.append(t)
         released = [t for t in dead if give_back(store, t, DEAD)]
         trials = store.trials()
-    for t in released:
-        mark_interrupted(t.user_attrs)
+    for t in released:  # the dead run's run.json, when this host can reach it, says what became of it
+        path = Path(t.user_attrs.get("run_path") or "/nonexistent") / RUN_RECORD
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(path.read_text())
+            if record.get("state") == "running":
+                write_json_atomic(path, dict(record, **DEAD))
     return released, trials
-
-
-def mark_interrupted(attrs: dict) -> None:
-    """The dead run's run.json, when this host can reach it, says what became of it."""
-    path = Path(attrs.get("run_path") or "/nonexistent") / RUN_RECORD
-    with contextlib.suppress(OSError, ValueError):
-        record = json.loads(path.read_text())
-        if record.get("state") == "running":
-            record.update(DEAD)
-            write_json_atomic(path, record)

@@ -9,10 +9,14 @@ import json
 import math
 import os
 import signal
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from optuna.trial import TrialState
 
 import rundir.launcher as launcher
 import sweeps.runner.prune as prune
@@ -20,11 +24,12 @@ import sweeps.runner.recovery as recovery
 import sweeps.runner.trials as trials
 from rundir.grace import AGENT_KILL_AFTER_S
 from rundir.launcher import POLL_S  # how often running runs are checked (exit, history, hyperband)
-from rundir.layout import HISTORY_FILE, LAST_CHECKPOINT, RUN_RECORD, TRAINING_FILE
+from rundir.layout import COMPLETED, HISTORY_FILE, LAST_CHECKPOINT, RUN_RECORD, TRAINING_FILE
 from sweeps.contract.history import best_of, read_history, training_done
+from sweeps.contract.lifeline import LIFELINE_ENV
 from sweeps.files.io import write_json_atomic
 from sweeps.hyperband import hyperband_stop
-from sweeps.runner.jobs import Job, fresh_run_dir, owner, resume_point
+from sweeps.runner.jobs import Job, fresh_run_dir, resume_point
 from sweeps.runner.launch import agent_argv
 from sweeps.runner.liveness import Heartbeat, Lifeline
 from sweeps.runner.placement import GpuMemoryGuard
@@ -57,7 +62,8 @@ class Runner:
         metric = sweep["metric"]
         self.metric, self.goal = str(metric["name"]), str(metric.get("goal", "minimize"))
         self.early = sweep.get("early_terminate")
-        self.me = owner()
+        # Host and pid for people reading the study; the id tells this runner's claim from any other's.
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:16]}
         self.jobs: dict[int, Job] = {}
         self.others = 0  # trials other runners are running (they may be given back to us)
         self.finished_at = 0.0  # time.monotonic() when our last run ended
@@ -71,9 +77,7 @@ class Runner:
     def recover(self) -> None:
         """Give back what dead runners left (recovery.py); stop our own runs whose trial another
         runner gave back for want of our heartbeat: they continue elsewhere now."""
-        from optuna.trial import TrialState
-
-        released, all_trials = recovery.recover(self.store, self.sweep_dir, set(self.jobs))
+        released, all_trials = recovery.recover(self.store, set(self.jobs))
         for t in released:
             self.progress.event(f"run {t.number:04d} lost its runner (no heartbeat for "
                                 f"{GRACE_BEATS * self.store.heartbeat} s); it continues from its checkpoint")
@@ -88,16 +92,13 @@ class Runner:
 
     def next_trial(self):
         """A trial to run (trials.claim), or None when --count is reached or the grid is done."""
-        from optuna.trial import TrialState
-
         for _ in range(self.space.grid_size() + 2 if self.space.method == "grid" else 3):
             with self.store.critical():
                 trial = trials.claim(self.store, self.space, self.count, self.me, self.heart)
                 why = trial and trials.surplus(self.store, self.space, self.count, trial)
                 if not why:
                     return trial
-                trial.set_user_attr("state", "surplus")
-                trial.set_user_attr("reason", why)
+                self.store.set_attrs(trial.number, {"state": "surplus", "reason": why})
                 self.study.tell(trial, state=TrialState.FAIL)
                 self.heart.discard(self.store.trial_id(trial.number))
                 if "count" in why:
@@ -132,7 +133,7 @@ class Runner:
             argv = [*argv, f"--ckpt_path={resumed / LAST_CHECKPOINT}"]  # the same parameters, the same directory
         run_dir = resumed or fresh_run_dir(self.sweep_dir, number)
         env = {"WANDB_MODE": self.settings.wandb, "WANDB_PROJECT": self.settings.project,
-               "WANDB_ENTITY": self.settings.entity, **self.lifeline.env()}
+               "WANDB_ENTITY": self.settings.entity, LIFELINE_ENV: str(self.lifeline.read_fd)}
         run = launcher.start([*self.settings.launcher, *argv], run_dir, slot=index, slots=self.slots, cwd=self.root, env=env,
                              pass_fds=(self.lifeline.read_fd,))
         if self.gpu_guard:
@@ -166,8 +167,7 @@ class Runner:
 
     def _read(self, job: Job) -> None:
         """The run's history so far: live view, Optuna intermediate values, the after-fit mark."""
-        path = job.run_dir / HISTORY_FILE
-        history = read_history(path, self.metric)
+        history = read_history(job.run_dir / HISTORY_FILE, self.metric)
         if history != job.history:
             job.history = history
             with contextlib.suppress(Exception):  # a busy database only delays the live view
@@ -198,7 +198,7 @@ class Runner:
         self.finished_at = time.monotonic()
         self._read(job)
         state, reason = job.outcome(code)
-        value = best_of(job.history, self.goal) if state in ("finished", "stopped") else None
+        value = best_of(job.history, self.goal) if state in COMPLETED else None
         attrs = dict(job.attrs, state=state, reason=reason, history=job.history, exit_code=code,
                      wall_s=round(time.monotonic() - job.started, 3))
         number, done = job.trial.number, {k: attrs[k] for k in ("state", "reason", "history", "exit_code", "wall_s")}
@@ -221,7 +221,7 @@ class Runner:
                 self.stopping = f"{self.failures_in_row} runs failed in a row (--max-failures)"
                 self.exit_code = 1
                 self.progress.event(f"stopping the sweep: {self.stopping}; last reason: {reason}")
-        elif state in ("finished", "stopped"):
+        elif state in COMPLETED:
             self.failures_in_row = 0
 
     def refresh(self) -> None:

@@ -1,12 +1,7 @@
-"""A sampler seeded per trial, so that runners sharing a sweep draw different configurations.
-
-Optuna's samplers draw from their own random generator: two runners started with the same
-`--seed` on one study would draw the same sequence, each configuration twice. Here the
-sampler is made anew for every trial with a seed derived from (seed, trial number). Trial
-numbers are unique within a study, whichever runner asks, so runners draw distinct
-configurations; one runner with one seed gets the same trial numbers, hence the same
-configurations, every time. A random sweep's trial N draws the same configuration whether
-one runner or several ran the trials before it.
+"""A sampler seeded per trial from (--seed, trial number) (README, "Sweeps without a W&B server").
+Optuna's samplers draw from their own generator: two runners with the same --seed on one study
+would draw the same sequence, each configuration twice. Trial numbers are unique in a study, so
+runners draw distinct configurations, and one seed gives the same ones every time.
 """
 
 from __future__ import annotations
@@ -19,13 +14,8 @@ import optuna
 from optuna.samplers import BaseSampler
 
 
-def trial_seed(seed: int, number: int) -> int:
-    """A 32-bit seed for trial `number` of a sweep run with `--seed seed`."""
-    return random.Random(f"{seed}/{number}").getrandbits(32)
-
-
 class PerTrialSeed(BaseSampler):
-    """Delegates to `make(seed)`, made again in before_trial with trial_seed(seed, number)."""
+    """Delegates to `make(seed)`, made again in before_trial with a 32-bit seed from (seed, number)."""
 
     def __init__(self, make: Callable[[Optional[int]], BaseSampler], seed: Optional[int]) -> None:
         self._make, self._seed = make, seed
@@ -33,7 +23,7 @@ class PerTrialSeed(BaseSampler):
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self._seed is not None:
-            self._sampler = self._make(trial_seed(self._seed, trial.number))
+            self._sampler = self._make(random.Random(f"{self._seed}/{trial.number}").getrandbits(32))
         self._sampler.before_trial(study, trial)
 
     def infer_relative_search_space(self, study, trial) -> dict:

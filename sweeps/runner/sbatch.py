@@ -1,10 +1,5 @@
-"""`python -m sweeps slurm SWEEP.yaml --array N ...`: a sweep as one SLURM job array.
-
-Writes the sbatch script into the sweep directory (slurm/<name>.sbatch), shows it, and submits
-it unless --dry-run. Each array task is one offline runner (`python -m sweeps run`) on the
-GPUs SLURM gave it, all on one storage, so --count is exact across tasks; or, with --backend
-wandb, one `wandb agent` per GPU. What happens on preemption, time limits and node failures:
-sweeps/runner/slurm.py and README, "Sweeps on SLURM".
+"""`python -m sweeps slurm SWEEP.yaml --array N ...`: a sweep as one SLURM job array (README,
+"Sweeps on SLURM"): writes the sbatch script into the sweep directory, shows it, submits it.
 """
 
 from __future__ import annotations
@@ -19,10 +14,11 @@ from typing import Optional
 
 from rundir.atomic import write_atomic
 from sweeps.errors import UsageError
-from sweeps.runner.command import check_name
+from sweeps.runner.command import sweep_place
 from sweeps.runner.journal import JOURNAL_SCHEME, journal_file, sqlite_problem
 from sweeps.runner.launch import program_root
 from sweeps.runner.slurm import REQUEUE_SIGNAL
+from sweeps.runner.wandb_agents import register
 
 PROJECT = Path(__file__).resolve().parents[2]  # `python -m sweeps` runs from here (not installed)
 WARN_S = 90  # SIGUSR1 this long before the time limit: time to save last.ckpt and requeue
@@ -87,35 +83,23 @@ def render(args: argparse.Namespace, name: str, sweep_file: Path, sweep_dir: Pat
     return "\n".join(lines) + "\n"
 
 
-def check_storage(storage: str) -> None:
-    """Refused before submission: SQLite on a network file system (runner/journal.py)."""
-    if storage.startswith("sqlite:///"):
-        problem = sqlite_problem(Path(storage[len("sqlite:///"):]))
-        if problem:
-            raise UsageError(problem)
-
-
 def submit_sweep(sweep: dict, args: argparse.Namespace) -> int:
-    sweep_file = getattr(args, "sweep_file", None)
-    name = check_name(str(sweep.get("name") or (Path(sweep_file).stem if sweep_file else "sweep")))
-    for option in ("array", "count", "nodes_per_trial", "tasks_per_node", "cpus_per_task"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            raise UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
-    root = program_root(sweep.get("program"), sweep_file)  # the program must exist before anything is queued
+    name, sweep_dir = sweep_place(sweep.get("name"), args)
+    root = program_root(sweep.get("program"), getattr(args, "sweep_file", None))  # exists before queueing
     if args.cfg and Path(args.cfg).is_file():
         args.cfg = str(Path(args.cfg).resolve())  # the tasks start elsewhere
-    sweep_dir = Path(args.out or Path("sweep_runs") / name).resolve()
     storage = args.storage or f"{JOURNAL_SCHEME}{sweep_dir / 'optuna.journal'}"
     if journal_file(storage) is not None:
         storage = f"{JOURNAL_SCHEME}{journal_file(storage)}"  # absolute: tasks start in the repository root
-    check_storage(storage)
+    if storage.startswith("sqlite:///") and (problem := sqlite_problem(Path(storage[len("sqlite:///"):]))):
+        raise UsageError(problem)  # before submission: SQLite on a network file system (journal.py)
     (sweep_dir / "slurm").mkdir(parents=True, exist_ok=True)
     task_sweep = sweep_dir / "slurm" / "sweep.yaml"  # the sweep the tasks run, as given (a preset too)
     import yaml
 
     write_atomic(task_sweep, yaml.safe_dump(sweep, sort_keys=False))
-    sweep_id = _register_wandb(sweep, args) if args.backend == "wandb" and not args.dry_run else "ENTITY/PROJECT/ID"
+    sweep_id = register(sweep, args, 1, "run it offline with --backend local") \
+        if args.backend == "wandb" and not args.dry_run else "ENTITY/PROJECT/ID"
     script = render(args, name, task_sweep, sweep_dir, storage, sweep_id)
     path = sweep_dir / "slurm" / f"{name}.sbatch"
     write_atomic(path, script)
@@ -134,20 +118,3 @@ def submit_sweep(sweep: dict, args: argparse.Namespace) -> int:
     print(f"submitted job array {job} ({args.array} tasks). Watch: squeue -j {job}; "
           f"tail -f {sweep_dir / 'slurm'}/{job}_*.out; python -m sweeps report {sweep_dir}")
     return 0
-
-
-def _register_wandb(sweep: dict, args: argparse.Namespace) -> str:
-    """Register the sweep once, here (the login node has the network); run_cap = --count."""
-    import wandb
-
-    from sweeps.runner.launch import prepare_sweep
-
-    sweep = prepare_sweep(sweep, args.cfg, 1)
-    if args.count:
-        sweep = dict(sweep, run_cap=args.count)
-    try:
-        sweep_id = wandb.sweep(sweep, project=args.project, entity=args.entity)
-    except Exception as e:
-        raise UsageError(f"W&B did not register the sweep ({type(e).__name__}: {e}); run it offline with "
-                         "--backend local") from None
-    return "/".join(p for p in (args.entity, args.project, sweep_id) if p)

@@ -1,12 +1,7 @@
-"""The runner inside a SLURM job: is this a batch job, requeue it, launch a run as an `srun`
-step. The submitting side (the sbatch script) is sweeps/runner/sbatch.py; README, "Sweeps on
-SLURM", has the fault table.
-
-Signals (DESIGN.md, "Facts about GPUs and clusters"): SIGUSR1 is ours (`--signal=B:USR1@90`
-before the time limit, or `scancel --signal=USR1 -b` by hand) and means "stop the runs cleanly
-and requeue this task". SIGTERM comes from `scancel`, from the time limit, and from
-preemption or `scontrol requeue`: the runs stop cleanly but the task does not requeue itself
-(SLURM does when it preempts or requeues; a user's scancel means stop).
+"""The runner inside a SLURM job: is this a batch job, requeue it, launch a run as an `srun` step
+(README, "Sweeps on SLURM", has the fault table; the sbatch script: sbatch.py). SIGUSR1 is ours and
+asks for a requeue; SIGTERM (scancel, time limit, preemption, `scontrol requeue`) only stops the
+runs: SLURM requeues the task itself when it preempts or requeues, and a user's scancel means stop.
 """
 
 from __future__ import annotations
@@ -25,17 +20,13 @@ INTERACTIVE_NAMES = ("bash", "interactive")  # salloc's job names (Lightning's S
 
 
 def batch_job_id(env: Mapping[str, str] = os.environ) -> Optional[str]:
-    """The id that requeues this process's SLURM batch job (`JOB_TASK` for an array task), or
-    None outside one: no SLURM, an interactive `salloc` shell or an `srun` step (Lightning
-    #19762: requeueing an interactive allocation kills the user's shell).
-
-    A batch script runs in the batch step, which SLURM starts on the node (SLURMD_NODENAME)
-    without step variables; salloc's shell runs on the login node, or as an interactive srun
-    step (SLURM_STEP_ID), and is named bash/interactive."""
+    """The id that requeues this process's SLURM batch job (`JOB_TASK` for an array task), or None
+    outside one (Lightning #19762: requeueing an interactive allocation kills the user's shell). A
+    batch script runs in the batch step: on the node (SLURMD_NODENAME), without step variables;
+    salloc's shell runs on the login node or as an srun step (SLURM_STEP_ID), named bash/interactive."""
     job = env.get("SLURM_JOB_ID")
-    if not job or "SLURM_STEP_ID" in env or not env.get("SLURMD_NODENAME"):
-        return None
-    if env.get("SLURM_JOB_NAME") in INTERACTIVE_NAMES:
+    if not job or "SLURM_STEP_ID" in env or not env.get("SLURMD_NODENAME") \
+            or env.get("SLURM_JOB_NAME") in INTERACTIVE_NAMES:
         return None
     array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
     return f"{array}_{task}" if array and task else job
@@ -43,8 +34,7 @@ def batch_job_id(env: Mapping[str, str] = os.environ) -> Optional[str]:
 
 def requeue_after(signum: Optional[int], code: int, env: Mapping[str, str] = os.environ) -> int:
     """After the runner stopped its runs on `signum`: requeue this batch job when the signal
-    asked for it (SIGUSR1); the exit code to leave with. The interrupted runs' trials are back
-    in the queue already (any live task of the sweep continues them at once, from last.ckpt)."""
+    asked for it (SIGUSR1); the exit code to leave with."""
     job = batch_job_id(env)
     if signum != REQUEUE_SIGNAL or job is None:
         return code
@@ -67,19 +57,10 @@ def requeue_after(signum: Optional[int], code: int, env: Mapping[str, str] = os.
 
 
 def srun_prefix(nodes: int, tasks_per_node: int, gpus_per_node: int) -> list[str]:
-    """argv before a run's own: one srun step of nodes x tasks_per_node tasks, which
-    Lightning's SLURMEnvironment joins into one DDP run (rank from SLURM_PROCID). The lifeline
-    descriptor is not the ranks' (they are started by slurmd, not by the runner): it is left out,
-    and the step ends with srun, which the runner stops and kills as it does a run."""
+    """argv before a run's own: one srun step that Lightning's SLURMEnvironment joins into one DDP
+    run. The ranks are slurmd's children, not the runner's: the lifeline descriptor is left out."""
     argv = ["env", "-u", "XRAY_RUNNER_LIFELINE", "srun", f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}",
             f"--ntasks={nodes * tasks_per_node}", "--kill-on-bad-exit=1", "--unbuffered"]
     if gpus_per_node:
         argv.append(f"--gres=gpu:{gpus_per_node}")
     return argv
-
-
-def multi_node_sweep(sweep: dict, nodes: int, tasks_per_node: int) -> dict:
-    """The sweep's command with Lightning's multi-node DDP arguments (before the sweep's own)."""
-    command = [c for c in sweep.get("command") or [] if c != "${args}"]
-    ddp = [f"--trainer.num_nodes={nodes}", f"--trainer.devices={tasks_per_node}", "--trainer.strategy=ddp"]
-    return dict(sweep, command=[*command, *ddp, "${args}"])

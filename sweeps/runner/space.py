@@ -1,19 +1,7 @@
-"""The W&B parameter space of a sweep file, mapped onto Optuna distributions and samplers.
-
-Distributions (W&B -> Optuna):
-  constant                 not sampled, passed through
-  categorical              CategoricalDistribution of the values (of their indices when a value
-                           is a list/dict, or values collide such as 1 and True)
-  categorical_w_probabilities  FloatDistribution(0, 1) mapped through the cumulative
-                           probabilities (so random sampling follows the weights); not in grid
-  int_uniform              IntDistribution(min, max)
-  uniform                  FloatDistribution(min, max)
-  q_uniform                IntDistribution(step=q) when min, max, q are whole and aligned,
-                           FloatDistribution(step=q) when aligned, else uniform rounded to q
-  log_uniform_values       FloatDistribution(min, max, log=True)
-  inv_log_uniform_values   the same: W&B draws log(1/x) uniformly, i.e. log(x) uniformly
-  q_log_uniform_values     log-uniform rounded to a multiple of q (an int when q is an int)
-  normal, log_normal, q_normal, q_log_normal, beta, q_beta: no Optuna equivalent, an error.
+"""A sweep's parameters (parsed by sweeps/files) as Optuna distributions and samplers; README,
+"Sweeps without a W&B server" (Methods), lists them. inv_log_uniform_values is log-uniform too: W&B
+draws log(1/x) uniformly, i.e. log(x) uniformly. categorical_w_probabilities is a uniform [0, 1)
+mapped through the cumulative probabilities, so that random sampling follows the weights.
 """
 
 from __future__ import annotations
@@ -26,15 +14,13 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from sweeps.errors import RunnerError
-from sweeps.files.schema import Parameter
+from sweeps.files.schema import DISTRIBUTIONS, Parameter
 from sweeps.files.sweep import Sweep
 
 UNSUPPORTED = ("normal", "log_normal", "q_normal", "q_log_normal", "beta", "q_beta")
-SUPPORTED = ("constant", "categorical", "categorical_w_probabilities", "int_uniform", "uniform",
-             "q_uniform", "log_uniform_values", "inv_log_uniform_values", "q_log_uniform_values")
-
-
+SUPPORTED = tuple(d for d in DISTRIBUTIONS if d not in UNSUPPORTED)
 MAX_GRID_POINTS = 100_000  # a grid larger than this is a mistake (10 x 10 values ... is 10^10)
+
 
 @dataclass
 class Param:
@@ -44,15 +30,11 @@ class Param:
     grid: Optional[list] = None  # Optuna values of the grid points
 
 
-def _scalar_choices(values: list) -> bool:
-    scalar = all(v is None or isinstance(v, (bool, int, float, str)) for v in values)
-    return scalar and all(values.index(v) == i for i, v in enumerate(values))  # 1 == True == 1.0
-
-
 def _categorical(name: str, values: list) -> Param:
     from optuna.distributions import CategoricalDistribution
 
-    if _scalar_choices(values):
+    scalar = all(v is None or isinstance(v, (bool, int, float, str)) for v in values)
+    if scalar and all(values.index(v) == i for i, v in enumerate(values)):  # else indices: 1 == True == 1.0
         return Param(name, CategoricalDistribution(values), grid=list(values))
     return Param(name, CategoricalDistribution(list(range(len(values)))), lambda i: values[i],
                  grid=list(range(len(values))))
@@ -69,10 +51,6 @@ def _quantize(q: float) -> Callable[[float], Any]:
     return decode
 
 
-def _aligned(x: float, q: float) -> bool:
-    return math.isclose(x / q, round(x / q), abs_tol=1e-9)
-
-
 def map_parameter(param: Parameter, method: str) -> Optional[Param]:
     """The Optuna form of one W&B parameter (parsed and checked by sweeps/files); None for a constant."""
     from optuna.distributions import FloatDistribution, IntDistribution
@@ -87,18 +65,14 @@ def map_parameter(param: Parameter, method: str) -> Optional[Param]:
         return None
     lo, hi = spec.get("min"), spec.get("max")
     q = spec.get("q", 1.0)
-    if method == "grid":
-        if dist == "categorical":
-            return _categorical(name, list(spec["values"]))
-        if dist == "int_uniform":
-            return _categorical(name, list(range(lo, hi + 1)))
-        if dist == "q_uniform":  # W&B: numpy.arange(min, max, q), max excluded
-            n = math.ceil((hi - lo) / q - 1e-9)
-            return _categorical(name, [_quantize(q)(lo + k * q) if not _is_int(q) else lo + k * q
-                                       for k in range(n)])
-        raise AssertionError(f"{dist} in a grid: refused by sweeps.files.schema.parse_parameter")
     if dist == "categorical":
         return _categorical(name, list(spec["values"]))
+    if method == "grid" and dist == "int_uniform":
+        return _categorical(name, list(range(lo, hi + 1)))
+    if method == "grid":  # q_uniform, the last one schema.GRID_DISTRIBUTIONS allows; W&B: arange(min, max, q)
+        n = math.ceil((hi - lo) / q - 1e-9)
+        return _categorical(name, [_quantize(q)(lo + k * q) if not _is_int(q) else lo + k * q
+                                   for k in range(n)])
     if dist == "categorical_w_probabilities":
         values, cum = list(spec["values"]), list(itertools.accumulate(spec["probabilities"]))
         return Param(name, FloatDistribution(0.0, 1.0),
@@ -110,14 +84,12 @@ def map_parameter(param: Parameter, method: str) -> Optional[Param]:
     if dist == "q_uniform":
         if all(_is_int(v) for v in (lo, hi, q)) and lo % q == 0 and hi % q == 0:
             return Param(name, IntDistribution(lo, hi, step=q))
-        if _aligned(lo, q) and _aligned(hi, q):
+        if all(math.isclose(x / q, round(x / q), abs_tol=1e-9) for x in (lo, hi)):  # aligned to q
             return Param(name, FloatDistribution(lo, hi, step=q), _quantize(q))
         return Param(name, FloatDistribution(lo, hi), _quantize(q))
     if dist in ("log_uniform_values", "inv_log_uniform_values"):
         return Param(name, FloatDistribution(lo, hi, log=True))
-    if dist == "q_log_uniform_values":
-        return Param(name, FloatDistribution(lo, hi, log=True), _quantize(q))
-    raise RunnerError(f"parameters.{name}: distribution {dist} is not supported; supported: {', '.join(SUPPORTED)}")
+    return Param(name, FloatDistribution(lo, hi, log=True), _quantize(q))  # q_log_uniform_values
 
 
 @dataclass
@@ -149,16 +121,11 @@ class Space:
 
 
 def build_space(sweep: Sweep) -> Space:
-    method = sweep.method
-    constants, params = {}, []
-    for name, parameter in sweep.parameters.items():
-        param = map_parameter(parameter, method)
-        if param is None:
-            constants[name] = parameter.spec["value"]
-        else:
-            params.append(param)
-    space = Space(method, constants, params, list(sweep.parameters))
-    if method == "grid" and space.grid_size() > MAX_GRID_POINTS:
+    mapped = {name: map_parameter(parameter, sweep.method) for name, parameter in sweep.parameters.items()}
+    constants = {name: sweep.parameters[name].spec["value"] for name, p in mapped.items() if p is None}
+    params = [p for p in mapped.values() if p is not None]
+    space = Space(sweep.method, constants, params, list(sweep.parameters))
+    if sweep.method == "grid" and space.grid_size() > MAX_GRID_POINTS:
         sizes = " x ".join(f"{len(p.grid)} ({p.name})" for p in params)
         raise RunnerError(f"the grid has {space.grid_size():,} points ({sizes}), more than the {MAX_GRID_POINTS:,} "
                           "a sweep can run; use method random or bayes, or fewer values")

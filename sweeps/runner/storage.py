@@ -1,16 +1,7 @@
-"""The Optuna study of an offline sweep, and the critical section around "count, then ask".
-
-Optuna keeps trials (parameters, state, value, the run's facts in user_attrs) in any
-SQLAlchemy database: a SQLite file next to the runs by default, PostgreSQL when several
-machines share a sweep. Runners must agree on --count and never run a grid point twice, so
-"count the launched runs, then ask for a trial" (and giving a trial back) is done under a
-lock: a file lock next to a SQLite database, an advisory lock on PostgreSQL, Optuna's NFS-safe
-symlink lock next to a journal file (runner/journal.py); elsewhere (MySQL, ...) the runner
-re-checks each new trial and cancels it as surplus (trials.surplus).
-
-Liveness is Optuna's: the storage keeps a heartbeat per running trial (`heartbeat_interval`);
-a trial silent for GRACE_BEATS intervals is stale, and any live runner gives it back under the
-lock (runner/recovery.py).
+"""The Optuna study of an offline sweep (README, "Sweeps without a W&B server": Storage) and the
+lock around "count, then ask" and giving a trial back (trials.py): a file lock next to a SQLite database, an
+advisory lock on PostgreSQL, Optuna's NFS-safe symlink lock next to a journal file (journal.py);
+elsewhere (MySQL, ...) the runner re-checks each new trial and cancels it as surplus (trials.surplus).
 """
 
 from __future__ import annotations
@@ -18,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import re
+import sqlite3
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +23,7 @@ from sweeps.runner.liveness import quiet_heartbeat_warnings
 GRACE_BEATS = 3  # missed heartbeats before a trial is failed: one late beat is not a death
 DEFAULT_HEARTBEAT_S = 10
 HEARTBEAT_ATTR = "heartbeat_s"  # the study's interval: every runner of a sweep uses the same
+DB_FILE = "optuna.db"  # the sweep directory's storage when --storage is not given
 
 
 def driver_url(url: str) -> str:
@@ -41,30 +34,10 @@ def driver_url(url: str) -> str:
     return url
 
 
-def heartbeat_problem(url: str) -> Optional[str]:
-    """Why Optuna cannot keep heartbeats that other runners see in this storage, or None."""
-    from sqlalchemy.engine import make_url
-
-    if journal_file(url) is not None:
-        return None  # a journal file on a shared file system (runner/journal.py)
-    try:
-        parsed = make_url(url)
-        parsed.get_dialect()
-    except Exception:
-        return ("it is not a database URL that Optuna's RDBStorage can use, and only that storage keeps "
-                "heartbeats (sqlite:///FILE, postgresql://..., mysql://...)")
-    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        return "an in-memory SQLite database lives in one process: no other runner sees its heartbeats"
-    return None
-
-
 def mask_password(text: str) -> str:
-    """`text` with the password of every URL in it masked (user:***@, :***@), from the user's
-    own characters up to the URL's last @ (a password may hold @, / or spaces), and secret
-    parameters masked (?password=***, sslpassword=, passwd=, pwd=, token=, secret=, key= ...,
-    also libpq's `k=v`). A text that is one URL (a --storage value) is masked whole, spaces
-    included; in other text a URL ends at white space. Nothing is rendered by SQLAlchemy first:
-    its rendering percent-encodes a later @ (user:***@ss/secret%40host) and the mask missed it."""
+    """`text` with URL passwords and secret parameters masked (README, "Sweeps without a W&B
+    server": Storage); a text that is one URL is masked whole. Nothing is rendered by SQLAlchemy
+    first: its rendering percent-encodes a later @ (user:***@ss/secret%40host), which the mask missed."""
     if _WHOLE_URL.fullmatch(text):
         return _mask_url(text, _SECRET_IN_URL)
     return _SECRET.sub(r"\1\2***", _URL.sub(lambda m: _mask_url(m.group(), _SECRET), text))
@@ -83,18 +56,26 @@ def _mask_url(url: str, secret: re.Pattern) -> str:
 
 
 def check_url(url: str) -> None:
-    """Refuse, before anything connects or creates a file, a storage URL that would go wrong:
-    a password SQLAlchemy reads only in part (it ends a password at the first @ and takes the
-    rest for the host, so part of the password would be sent to DNS and the server), a SQLite
-    file in a folder that does not exist (a mistyped path: it is not created), a database whose
-    driver is not installed. URLs SQLAlchemy cannot read at all are left to the caller."""
+    """Refuse, before anything connects or creates a file, a storage URL that would go wrong: one
+    whose heartbeats other runners cannot see, a password SQLAlchemy reads only up to an @ (the rest
+    would go to DNS as the host), a SQLite file in a missing folder, a driver not installed."""
     from sqlalchemy.engine import make_url
 
+    if journal_file(url) is not None:
+        return  # a journal file on a shared file system (journal.py)
+    shown = mask_password(url)
+    problem = None
     try:
         parsed = make_url(driver_url(url))
+        parsed.get_dialect()
+        if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+            problem = "an in-memory SQLite database lives in one process: no other runner sees its heartbeats"
     except Exception:
-        return
-    shown = mask_password(url)
+        problem = ("it is not a database URL that Optuna's RDBStorage can use, and only that storage keeps "
+                   "heartbeats (sqlite:///FILE, postgresql://..., mysql://...)")
+    if problem is not None:
+        raise RunnerError(f"--storage {shown}: {problem}; the runners' heartbeats (--heartbeat), which let "
+                          "any runner continue the runs of a dead one, need such a database")
     given = _USERINFO.match(url)
     if given and parsed.password is not None:
         written = url[given.end(1):url.rindex("@")]
@@ -103,8 +84,7 @@ def check_url(url: str) -> None:
             raise RunnerError(f"--storage {shown}: its password holds an @, and SQLAlchemy would read the "
                               "password only up to it and take the rest for the host; write @ in a password as "
                               "%40 (percent-encode the password: urllib.parse.quote(password, safe=''))")
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
-            and not parsed.database.startswith("file:"):
+    if parsed.get_backend_name() == "sqlite" and not parsed.database.startswith("file:"):  # not in memory
         folder = Path(parsed.database).parent
         if not folder.is_dir():
             raise RunnerError(f"--storage {shown}: the folder {folder} does not exist (a mistyped path?); "
@@ -122,17 +102,6 @@ def check_url(url: str) -> None:
         return  # anything else is the connection's to report
 
 
-def write_ahead_log(db: Path) -> None:
-    """Put a SQLite file in WAL mode (kept in the file): readers, i.e. every runner's polling, and
-    the one writer then stop blocking each other. In the default rollback mode a commit waits for
-    all readers, and 16 runners spent most of a sweep waiting (benchmarks/README.md, "Cost at
-    scale"). WAL needs all processes on one host: a network file system is refused already."""
-    import sqlite3
-
-    with contextlib.closing(sqlite3.connect(db, timeout=120)) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-
-
 class Storage:
     """The study (created or loaded) and its lock; built whole by the constructor."""
 
@@ -143,7 +112,7 @@ class Storage:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         check_url(url)
         url = driver_url(url)
-        self.url, self.lock_path, self._pg = url, None, None
+        self.lock_path, self._pg = None, None
         journal = journal_file(url)
         self._journal_lock = journal_lock(journal) if journal else None
         kwargs, db = None, None
@@ -162,8 +131,11 @@ class Storage:
         self.locked = self.lock_path is not None or self._pg is not None or journal is not None
         agreed = None
         with self.critical(), quiet_heartbeat_warnings():  # two runners creating the tables at once collide
-            if db is not None:
-                write_ahead_log(db)
+            if db is not None:  # WAL (kept in the file): in rollback mode a commit waits for all readers, and
+                # 16 runners spent most of a sweep waiting (benchmarks/README.md, "Cost at scale"). WAL
+                # needs all processes on one host: a network file system is refused already.
+                with contextlib.closing(sqlite3.connect(db, timeout=120)) as conn:
+                    conn.execute("PRAGMA journal_mode=WAL")
             for _ in range(2):  # a second time only to take the sweep's own interval
                 self.heartbeat = heartbeat or agreed or DEFAULT_HEARTBEAT_S
                 self.storage = journal_storage(journal, self.heartbeat, GRACE_BEATS * self.heartbeat) \

@@ -1,39 +1,34 @@
-"""Which trial a runner runs next, and giving a trial back so that its run continues as the
-same trial. README, "Offline sweeps" (Continuing a run), has the rules.
-
-An interrupted run (a stop by signal, a runner that stopped heart-beating) is not a new trial:
-its trial goes from RUNNING back to WAITING in one storage write, with its run directory in
-`user_attrs["resume"]`. Optuna allows RUNNING -> WAITING (only finished trials are frozen), and
-`study.ask()` pops WAITING trials with a compare-and-set (RDBStorage: SELECT ... FOR UPDATE and
-"RUNNING only from WAITING"; JournalStorage: the log's order decides, a second RUNNING is
-rejected on replay), so exactly one runner, of any host or array task, claims it again with its
-number, parameters and directory, and continues from last.ckpt. `--count` counts each trial
-once, hyperband sees one run. Every function here runs inside `Storage.critical()`.
+"""Which trial a runner runs next, and giving one back so that its run continues as the same trial
+(README, "Sweeps without a W&B server": Resume, Dead runners). The trial goes from RUNNING back to
+WAITING in one storage write, with its run directory in `user_attrs["resume"]`: Optuna allows it
+(only finished trials are frozen), and `study.ask()` pops WAITING trials with a compare-and-set
+(RDBStorage: SELECT ... FOR UPDATE and "RUNNING only from WAITING"; JournalStorage: the log's order
+decides, a second RUNNING is rejected on replay), so exactly one runner, on any host, claims it
+again with its number, parameters and directory. Every function here runs inside Storage.critical().
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
+from optuna.trial import TrialState
+
+from rundir.layout import COMPLETED
 from sweeps.runner.liveness import quiet_heartbeat_warnings
 
-COUNTED = ("finished", "stopped", "failed")  # runs that count towards --count once done
+ENDED = (*COMPLETED, "failed")  # a run's last states: counted towards --count, never continued
 
 
 def counts_towards(t: Any) -> bool:
     """Launched runs: running, or done and not surplus. A trial given back (WAITING) counts
     again once it is claimed."""
-    from optuna.trial import TrialState
-
     if t.state == TrialState.RUNNING:
         return t.user_attrs.get("state") != "surplus"
-    return t.state.is_finished() and t.user_attrs.get("state") in COUNTED
+    return t.state.is_finished() and t.user_attrs.get("state") in ENDED
 
 
 def owned_by(t: Any, me: dict) -> bool:
-    """The trial is RUNNING and claimed by the runner `me` (jobs.owner), not given back since."""
-    from optuna.trial import TrialState
-
+    """The trial is RUNNING and claimed by the runner `me` (Runner.me), not given back since."""
     return t.state == TrialState.RUNNING and (t.user_attrs.get("runner") or {}).get("id") == me["id"]
 
 
@@ -42,8 +37,6 @@ def give_back(store: Any, t: Any, attrs: dict, me: Optional[dict] = None) -> boo
     directory to continue; False when it is no longer RUNNING (or, with `me`, no longer `me`'s).
     The attributes are written while it is still RUNNING, the state last: a runner waiting for
     it sees it running or claimable, never done (it would leave, and nobody would continue it)."""
-    from optuna.trial import TrialState
-
     if t.state != TrialState.RUNNING or (me is not None and not owned_by(t, me)):
         return False
     trial_id = store.trial_id(t.number)
@@ -55,23 +48,16 @@ def give_back(store: Any, t: Any, attrs: dict, me: Optional[dict] = None) -> boo
 
 def finish(store: Any, trial: Any, attrs: dict, value: Optional[float], me: dict) -> bool:
     """Record the end of `me`'s run of `trial`; False when the trial is no longer `me`'s."""
-    from optuna.trial import TrialState
-
     if not owned_by(store.storage.get_trial(store.trial_id(trial.number)), me):
         return False
     store.set_attrs(trial.number, attrs)
-    if value is None:
-        store.study.tell(trial, state=TrialState.FAIL)
-    else:
-        store.study.tell(trial, value)
+    store.study.tell(trial, value, state=TrialState.FAIL if value is None else None)
     return True
 
 
 def claim(store: Any, space: Any, count: int, me: dict, heart: Any) -> Optional[Any]:
     """A trial to run: one given back first (ask pops WAITING trials), else a new one (the
     next grid point, or the sampler's); None when --count is reached or the grid is done."""
-    from optuna.trial import TrialState
-
     trials = store.trials()
     if sum(map(counts_towards, trials)) >= count:
         return None

@@ -1,8 +1,5 @@
-"""`python -m sweeps run SWEEP.yaml --backend wandb`: the old tool's one-command W&B flow.
-
-Registers the sweep with W&B and starts one `wandb agent` per GPU (CUDA_VISIBLE_DEVICES),
-or K agents on CPU. Each agent runs the sweep's command, i.e. `python cli.py fit ...`.
-"""
+"""`python -m sweeps run SWEEP.yaml --backend wandb`: register the sweep with W&B and start one
+`wandb agent` per GPU slot (CUDA_VISIBLE_DEVICES), or K agents on CPU."""
 
 from __future__ import annotations
 
@@ -17,22 +14,27 @@ from sweeps.errors import UsageError
 from sweeps.runner.launch import prepare_sweep
 
 
-def run_wandb_sweep(sweep: dict, args: argparse.Namespace) -> int:
+def register(sweep: dict, args: argparse.Namespace, gpus_per_trial: int, instead: str) -> str:
+    """The sweep registered with W&B, run_cap = --count (W&B stops handing out runs there); its path."""
     import wandb
 
-    sweep = prepare_sweep(sweep, args.cfg, args.gpus_per_trial)
+    sweep = prepare_sweep(sweep, args.cfg, gpus_per_trial)
     if args.count:
-        sweep = dict(sweep, run_cap=args.count)  # W&B stops handing out runs at the cap
+        sweep = dict(sweep, run_cap=args.count)
+    try:
+        sweep_id = wandb.sweep(sweep, project=args.project, entity=args.entity)
+    except Exception as e:  # not logged in, no network, rejected config: say so in one line
+        raise UsageError(f"W&B did not register the sweep ({type(e).__name__}: {e}); {instead}") from None
+    return "/".join(p for p in (args.entity, args.project, sweep_id) if p)
+
+
+def run_wandb_sweep(sweep: dict, args: argparse.Namespace) -> int:
     try:
         slots = gpu_slots(args.gpus, args.gpus_per_trial, args.workers, args.trials_per_gpu)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    try:
-        sweep_id = wandb.sweep(sweep, project=args.project, entity=args.entity)
-    except Exception as e:  # not logged in, no network, rejected config: say so in one line
-        raise UsageError(f"W&B did not register the sweep ({type(e).__name__}: {e}). Log in with "
-                         "`wandb login`, or run it offline: python -m sweeps run SWEEP.yaml") from None
-    path = "/".join(p for p in (args.entity, args.project, sweep_id) if p)
+    path = register(sweep, args, args.gpus_per_trial,
+                    "log in with `wandb login`, or run it offline: python -m sweeps run SWEEP.yaml")
     print(f"registered sweep {path}; starting {len(slots)} agent(s)")
     per_agent = math.ceil(args.count / len(slots)) if args.count else None
     procs = []
