@@ -60,7 +60,7 @@ def _jpeg(rgb: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def teaching_overlays(backbones: Sequence[nn.Module], backbone: str, inputs: Callable[[list[int]], torch.Tensor],
+def teaching_overlays(backbones: Sequence[nn.Module], inputs: Callable[[list[int]], torch.Tensor],
                       probs: np.ndarray, labels: np.ndarray, decisions: np.ndarray,
                       class_names: Sequence[str]) -> list[dict]:
     """One entry per chosen image: kind, positive-class probability, true and predicted class,
@@ -73,7 +73,7 @@ def teaching_overlays(backbones: Sequence[nn.Module], backbone: str, inputs: Cal
     # Under inference mode (test) nothing can be differentiated: out of it, on fresh tensors.
     with torch.inference_mode(False), torch.enable_grad():
         x = inputs(index).clone().float()
-        maps = ensemble_maps(backbones, backbone, x, decisions[index])
+        maps = ensemble_maps(backbones, x, decisions[index])
     return [{"kind": kind, "probability": float(probs[i, 1]), "true": class_names[int(labels[i])],
              "predicted": class_names[int(decisions[i])], "jpeg": _jpeg(overlay(image, cam))}
             for (kind, i), image, cam in zip(picks, x[:, 0].detach().cpu().numpy(), maps)]
@@ -135,8 +135,7 @@ class OverlaysAfterTest(Callback):
         decisions = point.decisions(probs) if point else probs.argmax(1)
         with torch.inference_mode(False):  # test runs under it: the copy must be an ordinary tensor
             backbones = [explainable(pl_module.backbone)]
-        entries = teaching_overlays(backbones, pl_module.hparams.backbone,
-                                    _inputs(trainer.datamodule, out["index"], pl_module.device),
+        entries = teaching_overlays(backbones, _inputs(trainer.datamodule, out["index"], pl_module.device),
                                     probs, out["labels"], decisions, pl_module.class_names)
         publish(self.run_dir, entries, pl_module.class_names, trainer.loggers, self.log_images)
 
@@ -155,9 +154,8 @@ def ensemble_overlays(cli, probs: np.ndarray, labels: np.ndarray, rels: Sequence
     row_of = {r.rel: i for i, r in enumerate(datamodule.records_of("test"))}
     decisions = point.decisions(probs) if point else probs.argmax(1)
     backbones = fold_backbones(model.backbone, checkpoints)
-    entries = teaching_overlays(backbones, model.hparams.backbone,
-                                _inputs(datamodule, [row_of[r] for r in rels], torch.device("cpu")),
-                                probs, labels, decisions, model.class_names)
+    inputs = _inputs(datamodule, [row_of[r] for r in rels], torch.device("cpu"))
+    entries = teaching_overlays(backbones, inputs, probs, labels, decisions, model.class_names)
     cfg = cli.config_init[cli.subcommand]
     publish(cli.run_dir, entries, model.class_names, cli.trainer.loggers, cfg.run.log_images, ensemble=len(backbones))
 

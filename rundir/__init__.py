@@ -1,8 +1,5 @@
-"""The run directory and the one launcher, shared by training (the CV parent) and the sweep
-orchestration (the offline runner): the layout (layout.py), making one (create.py), reading
-what a run left (records.py), its checkpoints (checkpoints.py), slots (slots.py), start/poll/stop
-(launcher.py), the stop timeouts (grace.py) and the one atomic file writer (atomic.py).
-Imports nothing of the project and no torch on import (README, "Architecture")."""
+"""The run directory and the one launcher, shared by training and the sweep orchestration; imports
+nothing of the project and no torch on import (README, "Architecture")."""
 
 from rundir.atomic import replacing, write_atomic
 from rundir.create import RunDirError, adopt_run_dir, make_run_dir, resumed_run_dir, run_dir_for

@@ -105,12 +105,6 @@ def _finished(run_dir: Path, continuing: bool) -> Optional[str]:
     return f"its {TRAINING_FILE} says training is done" if trained else None
 
 
-def _rank_zero() -> bool:
-    """DDP children (and other ranks of a multi-process launch) re-run the command with their
-    parent's XRAY_RUN_DIR: rank 0 alone checks and locks the directory."""
-    return all(os.environ.get(var, "0") == "0" for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
-
-
 def adopt_run_dir(given: Path, *, from_env: bool, continuing: bool) -> Path:
     """The directory a `fit` was told to write into (from_env: XRAY_RUN_DIR; else the run whose
     last.ckpt it continues), made and locked; refused in one line: a path with `..`, the
@@ -127,8 +121,8 @@ def adopt_run_dir(given: Path, *, from_env: bool, continuing: bool) -> Path:
     path = path.resolve()
     if path == Path(path.anchor) or path == Path.home().resolve():
         raise refuse("that is the filesystem root or your home folder, not a run directory")
-    if not _rank_zero():
-        return path
+    if any(os.environ.get(var, "0") != "0" for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
+        return path  # DDP children re-run the command with rank 0's XRAY_RUN_DIR: it alone checks and locks
     if path.exists() and not path.is_dir():
         raise refuse("that is a file, not a run directory")
     if path.is_dir() and any(path.iterdir()) and not any((path / m).exists() for m in MARKERS):
