@@ -1,18 +1,10 @@
-"""Torchvision classification backbones by name, adapted to X-rays (1-channel input, N classes).
-
-One factory, `build_backbone`, in the style of `timm.create_model`: every architecture goes through
-the same three generic steps instead of per-architecture code.
-
-1. Build the torchvision model with `num_classes`, so the head gets torchvision's own init.
-2. Stem: the first Conv2d becomes an `in_chans` conv whose kernels are the 3-channel ones folded
-   (timm's `adapt_input_conv`). Folding also the random init keeps a fresh model equivalent to
-   torchvision's on a grey image copied into R, G and B.
-3. Head: the last Linear becomes `Dropout(dropout) + Linear`. An architecture's own Dropout right
-   before it (efficientnet, mobilenet_v3) is removed so `dropout` is the only one and means what it says.
-
-Pretrained weights (`"default"` or a local file) are folded into the stem from the loaded state dict,
-and a 1000-class ImageNet head is dropped when `num_classes` differs, keeping the fresh head.
-"""
+"""Torchvision classification backbones by name, adapted to X-rays (1-channel input, N classes):
+one factory, `build_backbone` (as `timm.create_model`), with the same generic steps for every
+architecture. The head gets torchvision's own init; the first Conv2d's kernels are folded to
+`in_chans` (timm's `adapt_input_conv`; folding the random init too keeps a fresh model equivalent
+to torchvision's on a grey image copied into R, G and B); the last Linear becomes Dropout + Linear
+and an architecture's own Dropout before it goes, so `dropout` means what it says. Pretrained
+weights are folded the same way; an ImageNet head of another `num_classes` is dropped."""
 
 from __future__ import annotations
 
@@ -43,9 +35,8 @@ BackboneName = Literal[
     "mobilenet_v3_large",
     "regnet_y_800mf"
 ]
-_NAMES: tuple[str, ...] = get_args(BackboneName)
 BACKBONES: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
-    {n: get_model_builder(n) for n in _NAMES}
+    {n: get_model_builder(n) for n in get_args(BackboneName)}
 )
 
 # Prefixes a wrapped state dict may carry: our LightningModule's attribute, DDP's wrapper.
@@ -88,7 +79,10 @@ def build_backbone(
         dropout: dropout probability before the final Linear.
     """
     if name not in BACKBONES:
-        raise UnknownBackboneError(_unknown_message(name))
+        close = difflib.get_close_matches(str(name).lower(), list(BACKBONES), n=1, cutoff=0.6)
+        hint = f". Did you mean {close[0]!r}?" if close else ""
+        choices = ", ".join(available_backbones())
+        raise UnknownBackboneError(f"unknown backbone {name!r}; choose one of: {choices}{hint}")
     if num_classes < 1 or in_chans < 1:
         raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes} and {in_chans}")
     if not 0.0 <= dropout < 1.0:
@@ -104,17 +98,6 @@ def build_backbone(
     state = _download_default(name) if key.lower() == "default" else _read_file(Path(weights).expanduser())
     _load(model, state, stem_name=stem_name, head_name=head_name, source=key)
     return model
-
-
-def _unknown_message(name: str) -> str:
-    msg = f"unknown backbone {name!r}; choose one of: {', '.join(available_backbones())}"
-    close = difflib.get_close_matches(str(name).lower(), list(BACKBONES), n=1, cutoff=0.6)
-    return msg + (f". Did you mean {close[0]!r}?" if close else "")
-
-
-def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, attr = path.rpartition(".")
-    setattr(model.get_submodule(parent), attr, module)
 
 
 def fold_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -138,23 +121,9 @@ def fold_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
 
 def _replace_stem(model: nn.Module, in_chans: int) -> str:
     name, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-    if conv.in_channels != in_chans:
-        new = nn.Conv2d(
-            in_chans,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-        )
-        with torch.no_grad():
-            new.weight.copy_(fold_input_conv(conv.weight, in_chans))
-            if conv.bias is not None:
-                new.bias.copy_(conv.bias)
-        _set_submodule(model, name, new)
+    if conv.in_channels != in_chans:  # the same conv with folded kernels (its forward reads only the weight)
+        conv.weight = nn.Parameter(fold_input_conv(conv.weight.detach(), in_chans))
+        conv.in_channels = in_chans
     return name
 
 
@@ -166,7 +135,7 @@ def _replace_head(model: nn.Module, dropout: float) -> str:
         before = str(int(attr) - 1)
         if isinstance(parent[int(before)], nn.Dropout):
             setattr(parent, before, nn.Identity())
-    _set_submodule(model, name, nn.Sequential(nn.Dropout(dropout), linear))
+    setattr(parent, attr, nn.Sequential(nn.Dropout(dropout), linear))
     return name
 
 
