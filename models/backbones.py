@@ -131,10 +131,9 @@ def _replace_head(model: nn.Module, dropout: float) -> str:
     name, linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name)
-    if isinstance(parent, nn.Sequential) and attr.isdigit() and int(attr) > 0:
-        before = str(int(attr) - 1)
-        if isinstance(parent[int(before)], nn.Dropout):
-            setattr(parent, before, nn.Identity())
+    before = int(attr) - 1 if isinstance(parent, nn.Sequential) and attr.isdigit() else -1
+    if before >= 0 and isinstance(parent[before], nn.Dropout):
+        parent[before] = nn.Identity()  # the architecture's own (efficientnet, mobilenet_v3)
     setattr(parent, attr, nn.Sequential(nn.Dropout(dropout), linear))
     return name
 
@@ -216,14 +215,3 @@ def _load(
             f"weights {source!r} have {len(wrong)} tensors of the wrong shape, e.g. {wrong[:3]}"
         )
     model.load_state_dict(state, strict=False)
-
-
-__all__ = [
-    "BACKBONES",
-    "BackboneName",
-    "UnknownBackboneError",
-    "WeightsError",
-    "available_backbones",
-    "build_backbone",
-    "fold_input_conv",
-]

@@ -113,15 +113,11 @@ class XrayClassifier(pl.LightningModule):
                                label_smoothing=self.hparams.label_smoothing)
 
     def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._eval_step(batch)
-
-    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._eval_step(batch)
-
-    def _eval_step(self, batch) -> dict[str, torch.Tensor]:
         """The outputs training.evaluate.Evaluation gathers (each image by its dataset index)."""
         _, logits, y = self.model_step(batch)
         return {"logits": logits.detach().float(), "labels": y.detach(), "index": batch[2].detach()}
+
+    test_step = validation_step
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         x, _, index = batch

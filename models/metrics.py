@@ -1,12 +1,7 @@
-"""Classification metrics for binary and multiclass X-ray tasks, built on torchmetrics.
-
-All metrics take class probabilities of shape (N, C). For binary tasks (C == 2) class 1
-is the positive class (e.g. "abnormal"), so sensitivity, specificity and F1 refer to it.
-The classifier feeds them the outputs of every rank, gathered once per image (so the padding
-DistributedSampler adds under DDP counts nowhere), and every rank computes the same values:
-torchmetrics' own synchronisation across ranks is off, as it would count every image once per
-rank.
-"""
+"""Classification metrics (torchmetrics) on class probabilities (N, C); binary tasks: class 1 is
+positive. They are fed every rank's outputs, gathered once per image (so the padding
+DistributedSampler adds under DDP counts nowhere): torchmetrics' own sync across ranks is off, as
+it would count every image once per rank."""
 
 from __future__ import annotations
 
@@ -27,12 +22,11 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-from models.metric_names import ARGMAX, DEFAULT_METRIC, LOWER_IS_BETTER, logged_metric_names, metric_keys
+from models.metric_names import ARGMAX, DEFAULT_METRIC, logged_metric_names, metric_keys
 
-__all__ = ["DEFAULT_METRIC", "LOWER_IS_BETTER", "ClassificationMetrics", "logged_metric_names"]
+__all__ = ["DEFAULT_METRIC", "ClassificationMetrics", "logged_metric_names"]
 
-# Every rank holds every image's outputs already; torchmetrics must not add them up again.
-LOCAL = {"sync_on_compute": False}
+LOCAL = {"sync_on_compute": False}  # every rank holds every image's outputs already
 
 
 class SensitivityAtSpecificity(BinarySensitivityAtSpecificity):
@@ -50,7 +44,6 @@ class ClassificationMetrics(nn.Module):
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.num_classes = num_classes
         multiclass = {
             "acc": lambda: MulticlassAccuracy(num_classes, average="micro", **LOCAL),
             "balanced_acc": lambda: MulticlassAccuracy(num_classes, average="macro", **LOCAL),
@@ -82,13 +75,6 @@ class ClassificationMetrics(nn.Module):
         if self.binary is not None:
             values.update(self.binary.compute())
         return values
-
-    def names(self) -> list[str]:
-        """The keys compute() returns, in order: the one list of what a task logs."""
-        names = list(self.multiclass.keys())
-        if self.binary is not None:
-            names += [k for k in self.binary.keys() if k not in names]
-        return names
 
     def reset(self) -> None:
         self.multiclass.reset()

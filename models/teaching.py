@@ -1,11 +1,6 @@
 """Test images chosen to teach, with their Grad-CAM overlays, for report.html (README, "Where the
-model looks"): the most confident true positives, and the worst false positives and false
-negatives at the operating point, ``PER_KIND`` of each. Computed in the run, which has the
-model (after test; a cross-validated run: the fold ensemble's maps), written to
-explanations/test_overlays.json as small JPEG thumbnails with the image's probability and
-true/predicted class, never its file name; the report embeds them. With run.log_images the
-same pixels and captions go to W&B under test/overlays, nothing else.
-"""
+model looks"): computed in the run, which has the model, written as JPEG thumbnails with their
+probability and classes, never a file name (with run.log_images: the same to W&B, nothing else)."""
 
 from __future__ import annotations
 

@@ -2,20 +2,12 @@
 nothing of the project and no torch on import (README, "Architecture")."""
 
 from rundir.atomic import replacing, write_atomic
-from rundir.create import RunDirError, adopt_run_dir, make_run_dir, resumed_run_dir, run_dir_for
+from rundir.create import adopt_run_dir, run_dir_for
 from rundir.grace import AGENT_KILL_AFTER_S, CHILD_STOP_S, FINISH_GRACE_S, HARD_STOP_S
 from rundir.launcher import Launched, child_env, start, stop_all
 from rundir.layout import RUN_DIR_ENV, fold_dir
 from rundir.records import check_same_model, checkpoint_problem, continue_from, failure_reason
-from rundir.slots import (
-    SlotError,
-    check_gpu_slot,
-    cpu_threads,
-    default_precision,
-    fold_slots,
-    gpu_slots,
-    visible_gpus,
-)
+from rundir.slots import check_gpu_slot, cpu_threads, default_precision, fold_slots, gpu_slots, visible_gpus
 
 __all__ = [
     "AGENT_KILL_AFTER_S",
@@ -24,8 +16,6 @@ __all__ = [
     "HARD_STOP_S",
     "Launched",
     "RUN_DIR_ENV",
-    "RunDirError",
-    "SlotError",
     "adopt_run_dir",
     "check_gpu_slot",
     "check_same_model",
@@ -38,9 +28,7 @@ __all__ = [
     "fold_dir",
     "fold_slots",
     "gpu_slots",
-    "make_run_dir",
     "replacing",
-    "resumed_run_dir",
     "run_dir_for",
     "start",
     "stop_all",

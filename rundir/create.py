@@ -5,6 +5,7 @@ given from outside (XRAY_RUN_DIR) is checked and locked first (adopt_run_dir).""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -40,27 +41,23 @@ class RunDirError(ValueError):
 def make_run_dir(root: Path, experiment: str, name: Optional[str]) -> Path:
     """A fresh directory for this run; never reuses one (SaveConfigCallback would refuse it)."""
     base = name or os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    parent = root / experiment
     try:
-        (root / experiment).mkdir(parents=True, exist_ok=True)
+        parent.mkdir(parents=True, exist_ok=True)
+        for i in range(1, 1000):
+            candidate = parent / (base if i == 1 else f"{base}-{i}")
+            with contextlib.suppress(FileExistsError):
+                candidate.mkdir()  # atomic: concurrent runs never share a directory
+                return candidate
     except OSError as e:  # read-only, a file where a folder goes, no space: not a traceback
-        raise RunDirError(root / experiment, e) from None
-    for i in range(1, 1000):
-        candidate = root / experiment / (base if i == 1 else f"{base}-{i}")
-        try:
-            candidate.mkdir()  # atomic: concurrent runs never share a directory
-            return candidate
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise RunDirError(root / experiment, e) from None
-    raise FileExistsError(f"Too many runs named {base} under {root / experiment}")
+        raise RunDirError(parent, e) from None
+    raise FileExistsError(f"Too many runs named {base} under {parent}")
 
 
 def run_dir_for(*, fit: bool, continuing: Optional[str], root: Path, experiment: str,
                 name: Optional[str]) -> tuple[Path, bool]:
-    """This process's run directory and whether it made it: the one given in XRAY_RUN_DIR (by a
-    launcher, or by our DDP parent), else the run whose last.ckpt a `fit` continues (checked and
-    locked for a `fit`: never a finished run, never two fits at once), else a fresh one."""
+    """This process's run directory and whether it made it: XRAY_RUN_DIR's (from a launcher or our
+    DDP parent), else the run whose last.ckpt a `fit` continues, else a fresh one."""
     inherited = os.environ.get(RUN_DIR_ENV)
     resumed = resumed_run_dir(continuing)
     if not (inherited or resumed):
@@ -107,9 +104,7 @@ def _finished(run_dir: Path, continuing: bool) -> Optional[str]:
 
 def adopt_run_dir(given: Path, *, from_env: bool, continuing: bool) -> Path:
     """The directory a `fit` was told to write into (from_env: XRAY_RUN_DIR; else the run whose
-    last.ckpt it continues), made and locked; refused in one line: a path with `..`, the
-    filesystem root or the home folder, a file, a folder of files no run wrote, a finished run
-    given by XRAY_RUN_DIR (never written over), a directory another `fit` is writing into."""
+    last.ckpt it continues), made and locked, or refused in one line."""
     label = f"{RUN_DIR_ENV}={given}" if from_env else f"run directory {given}"
 
     def refuse(why: str) -> ValueError:

@@ -60,11 +60,9 @@ class Launched:
             self.term_at = time.monotonic()
 
     def overdue(self, grace_s: float) -> bool:
-        """Still running `grace_s` after its SIGTERM."""
         return self.term_at is not None and time.monotonic() - self.term_at > grace_s and self.proc.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL: its whole group when it has one, else the process."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if self.own_group:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -90,7 +88,6 @@ def free_slot(running: Iterable[Launched], slots: Sequence[Optional[str]]) -> Op
 
 
 def stop_all(running: Iterable[Launched], grace_s: float) -> None:
-    """Stop every run and wait: SIGTERM now, SIGKILL to those still running `grace_s` later."""
     running = list(running)
     for run in running:
         run.terminate()

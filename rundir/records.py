@@ -1,6 +1,5 @@
-"""Reading what a run left: whether its checkpoint can be continued from (and is the same model), and
-why it failed.
-Used by the CLI (`fit --ckpt_path`), the CV parent (folds) and the offline runner (trials)."""
+"""Reading what a run left: can its checkpoint be continued from (and is it the same model), why
+did it fail. Used by the CLI (`fit --ckpt_path`), the CV parent and the offline runner."""
 
 from __future__ import annotations
 
