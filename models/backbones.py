@@ -55,10 +55,6 @@ class WeightsError(ValueError):
     """Pretrained weights that cannot be downloaded, read or matched to the architecture."""
 
 
-def available_backbones() -> list[str]:
-    return sorted(BACKBONES)
-
-
 def build_backbone(
     name: str,
     *,
@@ -67,21 +63,13 @@ def build_backbone(
     weights: str = "none",
     dropout: float = 0.0,
 ) -> nn.Module:
-    """Build a torchvision classifier for `in_chans`-channel images of any size >= 32x32.
-
-    Args:
-        name: one of `available_backbones()`.
-        num_classes: outputs of the classification head.
-        in_chans: input channels (1 for X-rays).
-        weights: "none" (random init), "default" (torchvision's DEFAULT ImageNet weights, downloaded),
-            or a path to a local .pth/.pt state dict: the file torchvision downloads, one already
-            adapted to in_chans/num_classes, or a Lightning checkpoint whose keys start with "backbone.".
-        dropout: dropout probability before the final Linear.
-    """
+    """A torchvision classifier for `in_chans`-channel images of any size >= 32x32. `weights`:
+    "none", "default" (torchvision's ImageNet weights, downloaded) or a local .pth/.pt state dict
+    (torchvision's file, one adapted to in_chans/num_classes, or a Lightning checkpoint)."""
     if name not in BACKBONES:
         close = difflib.get_close_matches(str(name).lower(), list(BACKBONES), n=1, cutoff=0.6)
         hint = f". Did you mean {close[0]!r}?" if close else ""
-        choices = ", ".join(available_backbones())
+        choices = ", ".join(sorted(BACKBONES))
         raise UnknownBackboneError(f"unknown backbone {name!r}; choose one of: {choices}{hint}")
     if num_classes < 1 or in_chans < 1:
         raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes} and {in_chans}")
@@ -101,12 +89,9 @@ def build_backbone(
 
 
 def fold_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """Adapt a (out, 3, kh, kw) kernel to `in_chans` inputs, as timm's `adapt_input_conv`.
-
-    For 1 channel the RGB kernels are summed: a grey image then gives the response the 3-channel
-    conv gives to that image copied into R, G and B. Otherwise the kernels are tiled and rescaled by
-    3/in_chans to keep the activation scale.
-    """
+    """A (out, 3, kh, kw) kernel for `in_chans` inputs, as timm's `adapt_input_conv`: summed for
+    one (a grey image gets the response of its copy in R, G and B), else tiled and rescaled by
+    3/in_chans to keep the activation scale."""
     if weight.shape[1] == in_chans:
         return weight
     if weight.shape[1] != 3:

@@ -1,8 +1,5 @@
-"""XrayClassifier: one LightningModule for hand and foot radiographs.
-
-Hyperparameters are short top-level init arguments so that sweeps can name them as
-`model.lr`, `model.optimizer`, ... (the init signature is the config schema).
-"""
+"""XrayClassifier: one LightningModule for hand and foot radiographs. Hyperparameters are short
+top-level init arguments so that sweeps name them `model.lr`, ... (the signature is the schema)."""
 
 from __future__ import annotations
 

@@ -86,13 +86,10 @@ def probabilities(point, logits: np.ndarray) -> np.ndarray:
 
 
 class ExplainWriter(Callback):
-    """``cli.py predict --eval.explain=true``: one Grad-CAM overlay per predicted image, of the class
-    decided at the operating point, as explanations/<row>.png next to predictions.csv; <row> is the
-    image's row in predictions.csv (from 0), never its file name. Written to disk only.
-
-    ``ensemble`` (a fold ensemble's operating point and fold checkpoints, `--cv.run_dir`): the map
-    is the mean of the folds' maps, the class the ensemble's decision; written in the first of the
-    folds' predict passes (each pass predicts the same images)."""
+    """``predict --eval.explain=true``: explanations/<row>.png per predicted image (its row in
+    predictions.csv, never its file name), of the decided class. ``ensemble`` (operating point,
+    fold checkpoints; `--cv.run_dir`): the folds' mean map, written in the first of the folds'
+    predict passes (each predicts the same images)."""
 
     def __init__(self, run_dir: Path, evaluation=None, ensemble: Optional[tuple] = None) -> None:
         self.out = Path(run_dir) / EXPLAIN_DIR
@@ -116,12 +113,8 @@ class ExplainWriter(Callback):
             if self.backbones is None:  # the weights predict uses: loaded before its first batch
                 self.backbones = (fold_backbones(pl_module.backbone, self.ensemble[1]) if self.ensemble
                                   else [explainable(pl_module.backbone)])
-            if self.ensemble:  # the ensemble's probabilities: the mean of its models'
-                with torch.no_grad():
-                    logits = [m(x).float().cpu().numpy() for m in self.backbones]
-                probs = np.mean([probabilities(point, z) for z in logits], axis=0)
-            else:
-                probs = probabilities(point, outputs["logits"].float().cpu().numpy())
+            logits = [m(x).detach() for m in self.backbones] if self.ensemble else [outputs["logits"]]
+            probs = np.mean([probabilities(point, z.float().cpu().numpy()) for z in logits], axis=0)
             classes = point.decisions(probs) if point else probs.argmax(1)
             maps = ensemble_maps(self.backbones, x, classes)
         self.out.mkdir(parents=True, exist_ok=True)

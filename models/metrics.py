@@ -30,17 +30,14 @@ LOCAL = {"sync_on_compute": False}  # every rank holds every image's outputs alr
 
 
 class SensitivityAtSpecificity(BinarySensitivityAtSpecificity):
-    """The best sensitivity among thresholds with specificity >= min_specificity (torchmetrics
-    also returns that threshold; a logged metric is one number)."""
+    """The best sensitivity at specificity >= min_specificity, without the threshold torchmetrics adds."""
 
     def compute(self) -> torch.Tensor:
         return super().compute()[0]
 
 
 class ClassificationMetrics(nn.Module):
-    """Accuracy, balanced accuracy (mean per-class recall), AUROC, F1, expected calibration
-    error (15 bins); for binary tasks also average precision, sensitivity and specificity (at
-    0.5) and the best sensitivity at specificity >= 0.90 (threshold-free)."""
+    """The metrics models/metric_names.py names for a task, on every rank's gathered outputs."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()

@@ -58,9 +58,8 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 def teaching_overlays(backbones: Sequence[nn.Module], inputs: Callable[[list[int]], torch.Tensor],
                       probs: np.ndarray, labels: np.ndarray, decisions: np.ndarray,
                       class_names: Sequence[str]) -> list[dict]:
-    """One entry per chosen image: kind, positive-class probability, true and predicted class,
-    and the overlay of the decided class's map (the mean over ``backbones``) as JPEG bytes.
-    ``inputs(indices)`` gives the model inputs of those images (N, 1, H, W)."""
+    """One entry per chosen image, with the overlay of the decided class's map (the mean over
+    ``backbones``) as JPEG bytes; ``inputs(indices)``: those images' model inputs (N, 1, H, W)."""
     picks = choose(probs, labels, decisions)
     if not picks:
         return []
@@ -137,9 +136,8 @@ class OverlaysAfterTest(Callback):
 
 def ensemble_overlays(cli, probs: np.ndarray, labels: np.ndarray, rels: Sequence[str], checkpoints: Sequence[Path],
                       point) -> None:
-    """A cross-validated run's parent (training/cv.py): the fold ensemble's probabilities of the
-    test images ``rels`` choose them; each fold's model maps them at its own target layer and the
-    maps are averaged. On the CPU: the parent trains nothing, so it never opens a GPU context."""
+    """A cross-validated run's parent: the fold ensemble's probabilities of the test images ``rels``
+    choose them, its maps show them. On the CPU: the parent trains nothing, so opens no GPU context."""
     if probs.shape[1] != 2:
         return
     model, datamodule = cli.model.cpu(), cli.datamodule

@@ -86,10 +86,8 @@ def resumed_run_dir(ckpt_path: Optional[str]) -> Optional[Path]:
 
 
 def _finished(run_dir: Path, continuing: bool) -> Optional[str]:
-    """What says the run in this directory finished: its results (a test report, a CV result, a
-    finished fold), or, for a `fit` that would start it over, training.json's `done`. Continuing
-    from last.ckpt, or a CV parent's rerun, may follow a finished training: the evaluation after
-    it is what the rerun is for."""
+    """What says the run finished, or None. Continuing from last.ckpt, or a CV parent's rerun, may
+    follow a finished training: the evaluation after it is what the rerun is for."""
     done = next((name for name in (TEST_REPORT, CV_FILE, FOLD_DONE) if (run_dir / name).exists()), None)
     if done:
         return f"it holds {done}"

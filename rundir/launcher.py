@@ -1,6 +1,5 @@
-"""The one launcher: start a run in its directory and slot, poll it, stop it with one grace
-policy (SIGTERM to its main process, as the W&B agent does; SIGKILL once its grace is over).
-The offline runner's trials and the CV parent's folds are both started and stopped here."""
+"""The one launcher of the runner's trials and the CV parent's folds: start a run in its directory
+and slot, poll it, stop it (SIGTERM to its main process, as the W&B agent does; SIGKILL after a grace)."""
 
 from __future__ import annotations
 

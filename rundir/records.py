@@ -99,8 +99,7 @@ def check_same_model(ckpt_path: str | Path, model: dict) -> None:
 
 def continue_from(ckpt_path: str, model: dict) -> Optional[str]:
     """`fit --ckpt_path`: the checkpoint to continue from; None when it cannot be read, so that
-    training starts over, saying so (every DDP rank decides the same, from the same file and
-    argv). Another model's checkpoint is refused (check_same_model)."""
+    training starts over, saying so (every DDP rank decides the same, from the same file and argv)."""
     problem = checkpoint_problem(ckpt_path)
     if problem is not None:
         log.warning("cannot resume from the checkpoint (%s): training starts over from epoch 0", problem)

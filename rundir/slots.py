@@ -135,8 +135,7 @@ def cpu_threads(slots: list[Optional[str]]) -> Optional[str]:
     """OMP_NUM_THREADS for each of several runs that share the CPU (no GPU slots): the cores
     split between them, since N runs that each start one thread per core slow each other down
     (on two cores `make demo` took 2.4 minutes as two runs of one thread each, 3.2 minutes as
-    one run of two threads at a time). None leaves the variable alone: GPU runs, one run at a
-    time, or a value the user set."""
+    one run of two threads at a time). None: leave the variable as it is."""
     if "OMP_NUM_THREADS" in os.environ or len(slots) < 2 or any(s is not None for s in slots):
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -160,20 +159,17 @@ def check_gpu_slot() -> None:
 
 
 def default_precision(accelerator: object = "auto") -> str:
-    """The precision `cli.py fit` trains at unless --trainer.precision says otherwise (benchmarks
-    compare at the same): bf16 autocast on Ampere and later (compute capability >= 8.0: native
-    bf16, no loss scaling), fp16 autocast on Volta/Turing (7.x: V100, T4 emulate bf16 slowly,
-    which `torch.cuda.is_bf16_supported()` counts as support by default), full precision on older
-    GPUs and the CPU. Decided without a CUDA context (gpu_capability)."""
+    """`fit`'s precision unless --trainer.precision is given (benchmarks compare at it): bf16 from
+    compute capability 8.0 (native, no loss scaling), fp16 on 7.x (V100 and T4 emulate bf16 slowly,
+    which `torch.cuda.is_bf16_supported()` counts as support by default), else full precision."""
     capability = None if str(accelerator) == "cpu" else gpu_capability()
     return "32-true" if capability is None else "bf16-mixed" if capability >= (8, 0) else \
         "16-mixed" if capability >= (7, 0) else "32-true"
 
 
 def gpu_capability() -> Optional[tuple[int, int]]:
-    """Compute capability of the first GPU this process sees (the one a single-device run uses;
-    DDP ranks see the same kind), or None without a GPU. From nvidia-smi (NVML underneath), or
-    from torch when this process has a CUDA context already: `is_bf16_supported()`,
+    """Compute capability of the first GPU this process sees (DDP ranks see the same kind), or None.
+    From nvidia-smi unless this process has a CUDA context already: `is_bf16_supported()`,
     `get_device_capability()` and friends create one (~0.5 GB) on the current device, in every
     DDP rank before Lightning sets its device and in a CV parent that trains nothing."""
     torch = sys.modules.get("torch")  # not imported: no CUDA context either
