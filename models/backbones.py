@@ -1,10 +1,8 @@
 """Torchvision classification backbones by name, adapted to X-rays (1-channel input, N classes):
-one factory, `build_backbone` (as `timm.create_model`), with the same generic steps for every
-architecture. The head gets torchvision's own init; the first Conv2d's kernels are folded to
-`in_chans` (timm's `adapt_input_conv`; folding the random init too keeps a fresh model equivalent
-to torchvision's on a grey image copied into R, G and B); the last Linear becomes Dropout + Linear
-and an architecture's own Dropout before it goes, so `dropout` means what it says. Pretrained
-weights are folded the same way; an ImageNet head of another `num_classes` is dropped."""
+one factory, `build_backbone` (as `timm.create_model`), the same generic steps for every
+architecture: torchvision's own head init, the first Conv2d's kernels folded to `in_chans` (the
+random init too, fold_input_conv), the last Linear behind the only Dropout. Pretrained weights
+are folded the same way; an ImageNet head of another `num_classes` is dropped."""
 
 from __future__ import annotations
 
@@ -156,24 +154,20 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _normalise_keys(state: Mapping[str, torch.Tensor], head_name: str) -> dict[str, torch.Tensor]:
+def _load(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, stem_name: str, head_name: str, source: str
+) -> None:
     for prefix in _STRIP_PREFIXES:
         if any(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    out = {}
+    renamed = {}
     for key, value in state.items():
         if m := _DENSENET_OLD_KEY.match(key):
             key = m.group(1) + m.group(2)
         if key in (f"{head_name}.weight", f"{head_name}.bias"):  # torchvision's bare Linear head
             key = f"{head_name}.1.{key.rpartition('.')[2]}"
-        out[key] = value
-    return out
-
-
-def _load(
-    model: nn.Module, state: Mapping[str, torch.Tensor], *, stem_name: str, head_name: str, source: str
-) -> None:
-    state = _normalise_keys(state, head_name)
+        renamed[key] = value
+    state = renamed
     target = model.state_dict()
     stem_key, head_keys = f"{stem_name}.weight", {f"{head_name}.1.weight", f"{head_name}.1.bias"}
 

@@ -39,7 +39,7 @@ def class_activation_maps(model: nn.Module, images: torch.Tensor, classes: Seque
     return np.asarray(maps, dtype=np.float32)
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, weight: float = 0.5) -> np.ndarray:
+def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     """(H, W) grey image (any range) and its (H, W) map -> (H, W, 3) uint8 RGB heat-map overlay;
     the image is contrast-stretched as the W&B image samples are."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
@@ -48,7 +48,7 @@ def overlay(image: np.ndarray, cam: np.ndarray, weight: float = 0.5) -> np.ndarr
     low, high = float(grey.min()), float(grey.max())
     grey = (grey - low) / (high - low) if high > low else np.zeros_like(grey)
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    return show_cam_on_image(rgb, np.clip(cam, 0, 1).astype(np.float32), use_rgb=True, image_weight=weight)
+    return show_cam_on_image(rgb, np.clip(cam, 0, 1).astype(np.float32), use_rgb=True, image_weight=0.5)
 
 
 def explainable(backbone: nn.Module) -> nn.Module:

@@ -57,24 +57,19 @@ class ClassificationMetrics(nn.Module):
             "sensitivity_at_spec90": lambda: SensitivityAtSpecificity(min_specificity=0.9, **LOCAL),
             "ece": lambda: BinaryCalibrationError(n_bins=15, **LOCAL),
         }
-        # The names (models/metric_names.py) decide what is built: one list for the model and the sweeps.
+        # The names (models/metric_names.py) decide what is built; `binary` stays empty for multiclass.
         keys, two = metric_keys(num_classes), num_classes == 2
         self.multiclass = MetricCollection({k: multiclass[k]() for k in keys if k in ARGMAX or not two})
-        self.binary = MetricCollection({k: binary[k]() for k in keys if k not in ARGMAX}) if two else None
+        self.binary = MetricCollection({k: binary[k]() for k in keys if two and k not in ARGMAX})
 
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
         self.multiclass.update(probs, target)
-        if self.binary is not None:
-            self.binary.update(probs[:, 1], target)
+        self.binary.update(probs[:, 1], target)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        values = dict(self.multiclass.compute())
-        if self.binary is not None:
-            values.update(self.binary.compute())
-        return values
+        return {**self.multiclass.compute(), **self.binary.compute()}
 
     def reset(self) -> None:
         self.multiclass.reset()
-        if self.binary is not None:
-            self.binary.reset()
+        self.binary.reset()
 

@@ -1,6 +1,5 @@
-"""The run directory and the one launcher, shared by training and the sweep orchestration; imports
-nothing of the project and no torch on import (README, "Architecture"). Users import most names
-from their module; the package re-exports those the CLI takes."""
+"""The run directory and the one launcher (README, "Architecture"): no project import, no torch on
+import. Its users import from the modules; the package re-exports what the CLI takes."""
 
 from rundir.create import run_dir_for
 from rundir.grace import CHILD_STOP_S

@@ -1,7 +1,6 @@
-"""Every run writes into a directory of its own: runs/<experiment>/<name>/. A run continued
-from its last checkpoint (`fit --ckpt_path <run dir>/checkpoints/last.ckpt`) writes into the
-same directory, so that its files, and its sweep-metric history, stay one run. A directory
-given from outside (XRAY_RUN_DIR) is checked and locked first (adopt_run_dir)."""
+"""Every run writes into a directory of its own: runs/<experiment>/<name>/. A run continued from
+its last.ckpt writes into the same one, so that its files and sweep-metric history stay one run; a
+directory given from outside (XRAY_RUN_DIR) is checked and locked first (adopt_run_dir)."""
 
 from __future__ import annotations
 

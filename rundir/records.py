@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 log = logging.getLogger("cli")
-LIGHTNING_NAMES = ("last", "best", "hpc")  # ckpt_path values Lightning resolves itself
 
 
 def checkpoint_problem(ckpt_path: str | Path, *, load: bool = True) -> Optional[str]:
@@ -19,8 +18,8 @@ def checkpoint_problem(ckpt_path: str | Path, *, load: bool = True) -> Optional[
     needs no torch (the runner stops there, `load=False`); then it is loaded memory-mapped
     (tensors are not read), as Lightning will load it."""
     text = str(ckpt_path)
-    if text in LIGHTNING_NAMES or text.startswith("registry"):
-        return None  # Lightning finds these itself
+    if text in ("last", "best", "hpc") or text.startswith("registry"):
+        return None  # ckpt_path values Lightning resolves itself
     path = Path(text).expanduser()
     if path.is_dir():
         return None  # a sharded checkpoint (FSDP, DeepSpeed): Lightning's own to check
