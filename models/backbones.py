@@ -1,18 +1,8 @@
-"""Torchvision classification backbones by name, adapted to X-rays (1-channel input, N classes).
-
-One factory, `build_backbone`, in the style of `timm.create_model`: every architecture goes through
-the same three generic steps instead of per-architecture code.
-
-1. Build the torchvision model with `num_classes`, so the head gets torchvision's own init.
-2. Stem: the first Conv2d becomes an `in_chans` conv whose kernels are the 3-channel ones folded
-   (timm's `adapt_input_conv`). Folding also the random init keeps a fresh model equivalent to
-   torchvision's on a grey image copied into R, G and B.
-3. Head: the last Linear becomes `Dropout(dropout) + Linear`. An architecture's own Dropout right
-   before it (efficientnet, mobilenet_v3) is removed so `dropout` is the only one and means what it says.
-
-Pretrained weights (`"default"` or a local file) are folded into the stem from the loaded state dict,
-and a 1000-class ImageNet head is dropped when `num_classes` differs, keeping the fresh head.
-"""
+"""Torchvision classification backbones by name, adapted to X-rays (1-channel input, N classes):
+one factory, `build_backbone` (as `timm.create_model`), the same generic steps for every
+architecture: torchvision's own head init, the first Conv2d's kernels folded to `in_chans` (the
+random init too, fold_input_conv), the last Linear behind the only Dropout. Pretrained weights
+are folded the same way; an ImageNet head of another `num_classes` is dropped."""
 
 from __future__ import annotations
 
@@ -43,9 +33,8 @@ BackboneName = Literal[
     "mobilenet_v3_large",
     "regnet_y_800mf"
 ]
-_NAMES: tuple[str, ...] = get_args(BackboneName)
 BACKBONES: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
-    {n: get_model_builder(n) for n in _NAMES}
+    {n: get_model_builder(n) for n in get_args(BackboneName)}
 )
 
 # Prefixes a wrapped state dict may carry: our LightningModule's attribute, DDP's wrapper.
@@ -64,10 +53,6 @@ class WeightsError(ValueError):
     """Pretrained weights that cannot be downloaded, read or matched to the architecture."""
 
 
-def available_backbones() -> list[str]:
-    return sorted(BACKBONES)
-
-
 def build_backbone(
     name: str,
     *,
@@ -76,19 +61,14 @@ def build_backbone(
     weights: str = "none",
     dropout: float = 0.0,
 ) -> nn.Module:
-    """Build a torchvision classifier for `in_chans`-channel images of any size >= 32x32.
-
-    Args:
-        name: one of `available_backbones()`.
-        num_classes: outputs of the classification head.
-        in_chans: input channels (1 for X-rays).
-        weights: "none" (random init), "default" (torchvision's DEFAULT ImageNet weights, downloaded),
-            or a path to a local .pth/.pt state dict: the file torchvision downloads, one already
-            adapted to in_chans/num_classes, or a Lightning checkpoint whose keys start with "backbone.".
-        dropout: dropout probability before the final Linear.
-    """
+    """A torchvision classifier for `in_chans`-channel images of any size >= 32x32. `weights`:
+    "none", "default" (torchvision's ImageNet weights, downloaded) or a local .pth/.pt state dict
+    (torchvision's file, one adapted to in_chans/num_classes, or a Lightning checkpoint)."""
     if name not in BACKBONES:
-        raise UnknownBackboneError(_unknown_message(name))
+        close = difflib.get_close_matches(str(name).lower(), list(BACKBONES), n=1, cutoff=0.6)
+        hint = f". Did you mean {close[0]!r}?" if close else ""
+        choices = ", ".join(sorted(BACKBONES))
+        raise UnknownBackboneError(f"unknown backbone {name!r}; choose one of: {choices}{hint}")
     if num_classes < 1 or in_chans < 1:
         raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes} and {in_chans}")
     if not 0.0 <= dropout < 1.0:
@@ -106,24 +86,10 @@ def build_backbone(
     return model
 
 
-def _unknown_message(name: str) -> str:
-    msg = f"unknown backbone {name!r}; choose one of: {', '.join(available_backbones())}"
-    close = difflib.get_close_matches(str(name).lower(), list(BACKBONES), n=1, cutoff=0.6)
-    return msg + (f". Did you mean {close[0]!r}?" if close else "")
-
-
-def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, attr = path.rpartition(".")
-    setattr(model.get_submodule(parent), attr, module)
-
-
 def fold_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """Adapt a (out, 3, kh, kw) kernel to `in_chans` inputs, as timm's `adapt_input_conv`.
-
-    For 1 channel the RGB kernels are summed: a grey image then gives the response the 3-channel
-    conv gives to that image copied into R, G and B. Otherwise the kernels are tiled and rescaled by
-    3/in_chans to keep the activation scale.
-    """
+    """A (out, 3, kh, kw) kernel for `in_chans` inputs, as timm's `adapt_input_conv`: summed for
+    one (a grey image gets the response of its copy in R, G and B), else tiled and rescaled by
+    3/in_chans to keep the activation scale."""
     if weight.shape[1] == in_chans:
         return weight
     if weight.shape[1] != 3:
@@ -138,23 +104,9 @@ def fold_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
 
 def _replace_stem(model: nn.Module, in_chans: int) -> str:
     name, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-    if conv.in_channels != in_chans:
-        new = nn.Conv2d(
-            in_chans,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-        )
-        with torch.no_grad():
-            new.weight.copy_(fold_input_conv(conv.weight, in_chans))
-            if conv.bias is not None:
-                new.bias.copy_(conv.bias)
-        _set_submodule(model, name, new)
+    if conv.in_channels != in_chans:  # the same conv with folded kernels (its forward reads only the weight)
+        conv.weight = nn.Parameter(fold_input_conv(conv.weight.detach(), in_chans))
+        conv.in_channels = in_chans
     return name
 
 
@@ -162,11 +114,10 @@ def _replace_head(model: nn.Module, dropout: float) -> str:
     name, linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name)
-    if isinstance(parent, nn.Sequential) and attr.isdigit() and int(attr) > 0:
-        before = str(int(attr) - 1)
-        if isinstance(parent[int(before)], nn.Dropout):
-            setattr(parent, before, nn.Identity())
-    _set_submodule(model, name, nn.Sequential(nn.Dropout(dropout), linear))
+    before = int(attr) - 1 if isinstance(parent, nn.Sequential) and attr.isdigit() else -1
+    if before >= 0 and isinstance(parent[before], nn.Dropout):
+        parent[before] = nn.Identity()  # the architecture's own (efficientnet, mobilenet_v3)
+    setattr(parent, attr, nn.Sequential(nn.Dropout(dropout), linear))
     return name
 
 
@@ -203,24 +154,20 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _normalise_keys(state: Mapping[str, torch.Tensor], head_name: str) -> dict[str, torch.Tensor]:
+def _load(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, stem_name: str, head_name: str, source: str
+) -> None:
     for prefix in _STRIP_PREFIXES:
         if any(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    out = {}
+    renamed = {}
     for key, value in state.items():
         if m := _DENSENET_OLD_KEY.match(key):
             key = m.group(1) + m.group(2)
         if key in (f"{head_name}.weight", f"{head_name}.bias"):  # torchvision's bare Linear head
             key = f"{head_name}.1.{key.rpartition('.')[2]}"
-        out[key] = value
-    return out
-
-
-def _load(
-    model: nn.Module, state: Mapping[str, torch.Tensor], *, stem_name: str, head_name: str, source: str
-) -> None:
-    state = _normalise_keys(state, head_name)
+        renamed[key] = value
+    state = renamed
     target = model.state_dict()
     stem_key, head_keys = f"{stem_name}.weight", {f"{head_name}.1.weight", f"{head_name}.1.bias"}
 
@@ -247,14 +194,3 @@ def _load(
             f"weights {source!r} have {len(wrong)} tensors of the wrong shape, e.g. {wrong[:3]}"
         )
     model.load_state_dict(state, strict=False)
-
-
-__all__ = [
-    "BACKBONES",
-    "BackboneName",
-    "UnknownBackboneError",
-    "WeightsError",
-    "available_backbones",
-    "build_backbone",
-    "fold_input_conv",
-]

@@ -1,8 +1,5 @@
-"""XrayClassifier: one LightningModule for hand and foot radiographs.
-
-Hyperparameters are short top-level init arguments so that sweeps can name them as
-`model.lr`, `model.optimizer`, ... (the init signature is the config schema).
-"""
+"""XrayClassifier: one LightningModule for hand and foot radiographs. Hyperparameters are short
+top-level init arguments so that sweeps name them `model.lr`, ... (the signature is the schema)."""
 
 from __future__ import annotations
 
@@ -113,15 +110,11 @@ class XrayClassifier(pl.LightningModule):
                                label_smoothing=self.hparams.label_smoothing)
 
     def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._eval_step(batch)
-
-    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._eval_step(batch)
-
-    def _eval_step(self, batch) -> dict[str, torch.Tensor]:
         """The outputs training.evaluate.Evaluation gathers (each image by its dataset index)."""
         _, logits, y = self.model_step(batch)
         return {"logits": logits.detach().float(), "labels": y.detach(), "index": batch[2].detach()}
+
+    test_step = validation_step
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         x, _, index = batch

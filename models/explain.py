@@ -1,14 +1,6 @@
-"""Where the model looks: Grad-CAM maps (the `grad-cam` package, pytorch-grad-cam) on the last
-spatial feature map of each backbone, and overlays of them on the radiograph (README, "Where
-the model looks").
-
-The target layer is the one whose output the classifier pools: the last convolutional stage.
-Maps from an earlier stage are sharper but answer a different question (what low-level
-pattern fired), and the head never sees them directly; ``target_layer`` names it per
-architecture family and tests/test_explain.py checks, for every ``BackboneName``, that its
-output is what the head's first Linear reads (same channels) and that the maps land on a
-burned-in marker a model was trained to use.
-"""
+"""Where the model looks: Grad-CAM maps (pytorch-grad-cam) and their overlays on the radiograph
+(README, "Where the model looks"). The target layer is the stage whose output the head pools:
+an earlier stage gives sharper maps of a different question (what low-level pattern fired)."""
 
 from __future__ import annotations
 
@@ -22,35 +14,17 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from models.backbones import BACKBONES
 from rundir.layout import EXPLAIN_DIR
 
-# torchvision attribute of the last spatial stage, per family (names start with the family).
-TARGET_LAYERS = {
-    "resnet": "layer4",
-    "densenet": "features",  # ends with norm5; forward applies relu and pools it
-    "efficientnet": "features",
-    "convnext": "features",
-    "mobilenet": "features",
-    "regnet": "trunk_output",
-}
+
+def target_layer(model: nn.Module) -> nn.Module:
+    """The last top-level module of a ``build_backbone`` model that holds a convolution: the
+    stage the head pools (layer4, features, trunk_output; a densenet's forward applies relu and
+    pools its features). tests/test_explain.py checks it for every ``BackboneName``."""
+    return [m for m in model.children() if any(isinstance(c, nn.Conv2d) for c in m.modules())][-1]
 
 
-def target_layer_name(backbone: str) -> str:
-    family = next((f for f in TARGET_LAYERS if backbone.startswith(f)), None)
-    if family is None or backbone not in BACKBONES:
-        raise ValueError(f"no Grad-CAM target layer known for backbone {backbone!r}; families: "
-                         f"{', '.join(TARGET_LAYERS)}")
-    return TARGET_LAYERS[family]
-
-
-def target_layer(model: nn.Module, backbone: str) -> nn.Module:
-    """The module of ``model`` (a ``build_backbone`` result) whose output the head pools."""
-    return model.get_submodule(target_layer_name(backbone))
-
-
-def class_activation_maps(model: nn.Module, backbone: str, images: torch.Tensor,
-                          classes: list[int] | np.ndarray) -> np.ndarray:
+def class_activation_maps(model: nn.Module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
     """Grad-CAM of ``classes[i]`` for ``images[i]`` (N, C, H, W): (N, H, W) in [0, 1], each map
     scaled to its own maximum (pytorch-grad-cam's convention). The model is put in eval mode."""
     from pytorch_grad_cam import GradCAM
@@ -58,14 +32,14 @@ def class_activation_maps(model: nn.Module, backbone: str, images: torch.Tensor,
 
     was_training = model.training
     try:
-        with GradCAM(model=model, target_layers=[target_layer(model, backbone)]) as cam:
+        with GradCAM(model=model, target_layers=[target_layer(model)]) as cam:
             maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
     finally:
         model.train(was_training)
     return np.asarray(maps, dtype=np.float32)
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, weight: float = 0.5) -> np.ndarray:
+def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     """(H, W) grey image (any range) and its (H, W) map -> (H, W, 3) uint8 RGB heat-map overlay;
     the image is contrast-stretched as the W&B image samples are."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
@@ -74,7 +48,7 @@ def overlay(image: np.ndarray, cam: np.ndarray, weight: float = 0.5) -> np.ndarr
     low, high = float(grey.min()), float(grey.max())
     grey = (grey - low) / (high - low) if high > low else np.zeros_like(grey)
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    return show_cam_on_image(rgb, np.clip(cam, 0, 1).astype(np.float32), use_rgb=True, image_weight=weight)
+    return show_cam_on_image(rgb, np.clip(cam, 0, 1).astype(np.float32), use_rgb=True, image_weight=0.5)
 
 
 def explainable(backbone: nn.Module) -> nn.Module:
@@ -94,15 +68,14 @@ def fold_backbones(backbone: nn.Module, checkpoints: Sequence[Path]) -> list[nn.
         state = torch.load(path, map_location=device, weights_only=False)["state_dict"]
         copy = explainable(backbone)
         copy.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
-        copies.append(copy.eval())
+        copies.append(copy)
     return copies
 
 
-def ensemble_maps(backbones: Sequence[nn.Module], backbone: str, images: torch.Tensor,
-                  classes: list[int] | np.ndarray) -> np.ndarray:
+def ensemble_maps(backbones: Sequence[nn.Module], images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
     """The ensemble's map: the mean of each model's Grad-CAM, each at its own target layer
     (one model: its map)."""
-    return np.mean([class_activation_maps(m, backbone, images, classes) for m in backbones], axis=0)
+    return np.mean([class_activation_maps(m, images, classes) for m in backbones], axis=0)
 
 
 def probabilities(point, logits: np.ndarray) -> np.ndarray:
@@ -112,20 +85,11 @@ def probabilities(point, logits: np.ndarray) -> np.ndarray:
     return torch.softmax(torch.as_tensor(logits, dtype=torch.float64), 1).numpy()
 
 
-def mean_probabilities(backbones: Sequence[nn.Module], images: torch.Tensor, point=None) -> np.ndarray:
-    """The ensemble's probabilities: the mean of its models'."""
-    with torch.no_grad():
-        return np.mean([probabilities(point, m.eval()(images).float().cpu().numpy()) for m in backbones], axis=0)
-
-
 class ExplainWriter(Callback):
-    """``cli.py predict --eval.explain=true``: one Grad-CAM overlay per predicted image, of the class
-    decided at the operating point, as explanations/<row>.png next to predictions.csv; <row> is the
-    image's row in predictions.csv (from 0), never its file name. Written to disk only.
-
-    ``ensemble`` (a fold ensemble's operating point and fold checkpoints, `--cv.run_dir`): the map
-    is the mean of the folds' maps, the class the ensemble's decision; written in the first of the
-    folds' predict passes (each pass predicts the same images)."""
+    """``predict --eval.explain=true``: explanations/<row>.png per predicted image (its row in
+    predictions.csv, never its file name), of the decided class. ``ensemble`` (operating point,
+    fold checkpoints; `--cv.run_dir`): the folds' mean map, written in the first of the folds'
+    predict passes (each predicts the same images)."""
 
     def __init__(self, run_dir: Path, evaluation=None, ensemble: Optional[tuple] = None) -> None:
         self.out = Path(run_dir) / EXPLAIN_DIR
@@ -149,11 +113,10 @@ class ExplainWriter(Callback):
             if self.backbones is None:  # the weights predict uses: loaded before its first batch
                 self.backbones = (fold_backbones(pl_module.backbone, self.ensemble[1]) if self.ensemble
                                   else [explainable(pl_module.backbone)])
-            backbones = self.backbones
-            probs = (mean_probabilities(backbones, x, point) if self.ensemble
-                     else probabilities(point, outputs["logits"].float().cpu().numpy()))
+            logits = [m(x).detach() for m in self.backbones] if self.ensemble else [outputs["logits"]]
+            probs = np.mean([probabilities(point, z.float().cpu().numpy()) for z in logits], axis=0)
             classes = point.decisions(probs) if point else probs.argmax(1)
-            maps = ensemble_maps(backbones, pl_module.hparams.backbone, x, classes)
+            maps = ensemble_maps(self.backbones, x, classes)
         self.out.mkdir(parents=True, exist_ok=True)
         for index, image, cam in zip(outputs["index"].tolist(), x[:, 0].cpu().numpy(), maps):
             Image.fromarray(overlay(image, cam)).save(self.out / f"{int(index):06d}.png")

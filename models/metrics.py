@@ -1,12 +1,7 @@
-"""Classification metrics for binary and multiclass X-ray tasks, built on torchmetrics.
-
-All metrics take class probabilities of shape (N, C). For binary tasks (C == 2) class 1
-is the positive class (e.g. "abnormal"), so sensitivity, specificity and F1 refer to it.
-The classifier feeds them the outputs of every rank, gathered once per image (so the padding
-DistributedSampler adds under DDP counts nowhere), and every rank computes the same values:
-torchmetrics' own synchronisation across ranks is off, as it would count every image once per
-rank.
-"""
+"""Classification metrics (torchmetrics) on class probabilities (N, C); binary tasks: class 1 is
+positive. They are fed every rank's outputs, gathered once per image (so the padding
+DistributedSampler adds under DDP counts nowhere): torchmetrics' own sync across ranks is off, as
+it would count every image once per rank."""
 
 from __future__ import annotations
 
@@ -27,30 +22,25 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-from models.metric_names import ARGMAX, DEFAULT_METRIC, LOWER_IS_BETTER, logged_metric_names, metric_keys
+from models.metric_names import ARGMAX, DEFAULT_METRIC, logged_metric_names, metric_keys
 
-__all__ = ["DEFAULT_METRIC", "LOWER_IS_BETTER", "ClassificationMetrics", "logged_metric_names"]
+__all__ = ["DEFAULT_METRIC", "ClassificationMetrics", "logged_metric_names"]
 
-# Every rank holds every image's outputs already; torchmetrics must not add them up again.
-LOCAL = {"sync_on_compute": False}
+LOCAL = {"sync_on_compute": False}  # every rank holds every image's outputs already
 
 
 class SensitivityAtSpecificity(BinarySensitivityAtSpecificity):
-    """The best sensitivity among thresholds with specificity >= min_specificity (torchmetrics
-    also returns that threshold; a logged metric is one number)."""
+    """The best sensitivity at specificity >= min_specificity, without the threshold torchmetrics adds."""
 
     def compute(self) -> torch.Tensor:
         return super().compute()[0]
 
 
 class ClassificationMetrics(nn.Module):
-    """Accuracy, balanced accuracy (mean per-class recall), AUROC, F1, expected calibration
-    error (15 bins); for binary tasks also average precision, sensitivity and specificity (at
-    0.5) and the best sensitivity at specificity >= 0.90 (threshold-free)."""
+    """The metrics models/metric_names.py names for a task, on every rank's gathered outputs."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.num_classes = num_classes
         multiclass = {
             "acc": lambda: MulticlassAccuracy(num_classes, average="micro", **LOCAL),
             "balanced_acc": lambda: MulticlassAccuracy(num_classes, average="macro", **LOCAL),
@@ -67,31 +57,19 @@ class ClassificationMetrics(nn.Module):
             "sensitivity_at_spec90": lambda: SensitivityAtSpecificity(min_specificity=0.9, **LOCAL),
             "ece": lambda: BinaryCalibrationError(n_bins=15, **LOCAL),
         }
-        # The names (models/metric_names.py) decide what is built: one list for the model and the sweeps.
+        # The names (models/metric_names.py) decide what is built; `binary` stays empty for multiclass.
         keys, two = metric_keys(num_classes), num_classes == 2
         self.multiclass = MetricCollection({k: multiclass[k]() for k in keys if k in ARGMAX or not two})
-        self.binary = MetricCollection({k: binary[k]() for k in keys if k not in ARGMAX}) if two else None
+        self.binary = MetricCollection({k: binary[k]() for k in keys if two and k not in ARGMAX})
 
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
         self.multiclass.update(probs, target)
-        if self.binary is not None:
-            self.binary.update(probs[:, 1], target)
+        self.binary.update(probs[:, 1], target)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        values = dict(self.multiclass.compute())
-        if self.binary is not None:
-            values.update(self.binary.compute())
-        return values
-
-    def names(self) -> list[str]:
-        """The keys compute() returns, in order: the one list of what a task logs."""
-        names = list(self.multiclass.keys())
-        if self.binary is not None:
-            names += [k for k in self.binary.keys() if k not in names]
-        return names
+        return {**self.multiclass.compute(), **self.binary.compute()}
 
     def reset(self) -> None:
         self.multiclass.reset()
-        if self.binary is not None:
-            self.binary.reset()
+        self.binary.reset()
 

@@ -1,11 +1,6 @@
 """Test images chosen to teach, with their Grad-CAM overlays, for report.html (README, "Where the
-model looks"): the most confident true positives, and the worst false positives and false
-negatives at the operating point, ``PER_KIND`` of each. Computed in the run, which has the
-model (after test; a cross-validated run: the fold ensemble's maps), written to
-explanations/test_overlays.json as small JPEG thumbnails with the image's probability and
-true/predicted class, never its file name; the report embeds them. With run.log_images the
-same pixels and captions go to W&B under test/overlays, nothing else.
-"""
+model looks"): computed in the run, which has the model, written as JPEG thumbnails with their
+probability and classes, never a file name (with run.log_images: the same to W&B, nothing else)."""
 
 from __future__ import annotations
 
@@ -38,7 +33,7 @@ KINDS = {
 }
 
 
-def choose(probs: np.ndarray, labels: np.ndarray, decisions: np.ndarray, per_kind: int = PER_KIND) -> list[tuple]:
+def choose(probs: np.ndarray, labels: np.ndarray, decisions: np.ndarray) -> list[tuple]:
     """(kind, image index) of the images to show, binary tasks (class 1 positive), best first."""
     p, positive, called = probs[:, 1], labels == 1, decisions == 1
     wanted = {"true_positive": (positive & called, -p), "false_positive": (~positive & called, -p),
@@ -46,7 +41,7 @@ def choose(probs: np.ndarray, labels: np.ndarray, decisions: np.ndarray, per_kin
     picks = []
     for kind, (mask, key) in wanted.items():
         index = np.flatnonzero(mask)
-        picks += [(kind, int(i)) for i in index[np.argsort(key[index], kind="stable")][:per_kind]]
+        picks += [(kind, int(i)) for i in index[np.argsort(key[index], kind="stable")][:PER_KIND]]
     return picks
 
 
@@ -60,12 +55,11 @@ def _jpeg(rgb: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def teaching_overlays(backbones: Sequence[nn.Module], backbone: str, inputs: Callable[[list[int]], torch.Tensor],
+def teaching_overlays(backbones: Sequence[nn.Module], inputs: Callable[[list[int]], torch.Tensor],
                       probs: np.ndarray, labels: np.ndarray, decisions: np.ndarray,
                       class_names: Sequence[str]) -> list[dict]:
-    """One entry per chosen image: kind, positive-class probability, true and predicted class,
-    and the overlay of the decided class's map (the mean over ``backbones``) as JPEG bytes.
-    ``inputs(indices)`` gives the model inputs of those images (N, 1, H, W)."""
+    """One entry per chosen image, with the overlay of the decided class's map (the mean over
+    ``backbones``) as JPEG bytes; ``inputs(indices)``: those images' model inputs (N, 1, H, W)."""
     picks = choose(probs, labels, decisions)
     if not picks:
         return []
@@ -73,7 +67,7 @@ def teaching_overlays(backbones: Sequence[nn.Module], backbone: str, inputs: Cal
     # Under inference mode (test) nothing can be differentiated: out of it, on fresh tensors.
     with torch.inference_mode(False), torch.enable_grad():
         x = inputs(index).clone().float()
-        maps = ensemble_maps(backbones, backbone, x, decisions[index])
+        maps = ensemble_maps(backbones, x, decisions[index])
     return [{"kind": kind, "probability": float(probs[i, 1]), "true": class_names[int(labels[i])],
              "predicted": class_names[int(decisions[i])], "jpeg": _jpeg(overlay(image, cam))}
             for (kind, i), image, cam in zip(picks, x[:, 0].detach().cpu().numpy(), maps)]
@@ -84,9 +78,13 @@ def caption(entry: dict, positive: str) -> str:
             f"true {entry['true']}, predicted {entry['predicted']}")
 
 
-def publish(run_dir: Path, entries: list[dict], class_names: Sequence[str], loggers=(), log_images=False,
-            ensemble: int = 0) -> None:
-    """explanations/test_overlays.json (written whole or not at all), and W&B's test/overlays."""
+def publish(run_dir: Path, backbones: Sequence[nn.Module], inputs: Callable[[list[int]], torch.Tensor],
+            probs: np.ndarray, labels: np.ndarray, point, class_names: Sequence[str], loggers=(),
+            log_images: bool = False, ensemble: int = 0) -> None:
+    """The images chosen at the operating point `point`, mapped: explanations/test_overlays.json
+    (written whole or not at all), and W&B's test/overlays."""
+    decisions = point.decisions(probs) if point else probs.argmax(1)
+    entries = teaching_overlays(backbones, inputs, probs, labels, decisions, class_names)
     path = Path(run_dir) / TEST_OVERLAYS
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps({"per_kind": PER_KIND, "kinds": KINDS, "positive": class_names[1], "ensemble_folds": ensemble,
@@ -113,8 +111,7 @@ def _inputs(datamodule, rows: Sequence[int], device) -> Callable[[list[int]], to
 
 
 class OverlaysAfterTest(Callback):
-    """After test (fit's test after fit, or `test`), with eval.explain: the images chosen to teach,
-    from the Evaluation's test outputs and operating point, mapped with the tested weights."""
+    """After test, with eval.explain: the images chosen to teach, mapped with the tested weights."""
 
     def __init__(self, run_dir: Path, evaluation, log_images: bool = False) -> None:
         self.run_dir, self.evaluation, self.log_images = Path(run_dir), evaluation, log_images
@@ -131,21 +128,17 @@ class OverlaysAfterTest(Callback):
             log.info("eval.explain: test overlays are for binary tasks; none written")
             return
         point = self.evaluation.point
-        probs = probabilities(point, out["logits"])
-        decisions = point.decisions(probs) if point else probs.argmax(1)
         with torch.inference_mode(False):  # test runs under it: the copy must be an ordinary tensor
             backbones = [explainable(pl_module.backbone)]
-        entries = teaching_overlays(backbones, pl_module.hparams.backbone,
-                                    _inputs(trainer.datamodule, out["index"], pl_module.device),
-                                    probs, out["labels"], decisions, pl_module.class_names)
-        publish(self.run_dir, entries, pl_module.class_names, trainer.loggers, self.log_images)
+        inputs = _inputs(trainer.datamodule, out["index"], pl_module.device)
+        publish(self.run_dir, backbones, inputs, probabilities(point, out["logits"]), out["labels"], point,
+                pl_module.class_names, trainer.loggers, self.log_images)
 
 
 def ensemble_overlays(cli, probs: np.ndarray, labels: np.ndarray, rels: Sequence[str], checkpoints: Sequence[Path],
                       point) -> None:
-    """A cross-validated run's parent (training/cv.py): the fold ensemble's probabilities of the
-    test images ``rels`` choose them; each fold's model maps them at its own target layer and the
-    maps are averaged. On the CPU: the parent trains nothing, so it never opens a GPU context."""
+    """A cross-validated run's parent: the fold ensemble's probabilities of the test images ``rels``
+    choose them, its maps show them. On the CPU: the parent trains nothing, so opens no GPU context."""
     if probs.shape[1] != 2:
         return
     model, datamodule = cli.model.cpu(), cli.datamodule
@@ -153,13 +146,10 @@ def ensemble_overlays(cli, probs: np.ndarray, labels: np.ndarray, rels: Sequence
         return
     datamodule.setup("test")
     row_of = {r.rel: i for i, r in enumerate(datamodule.records_of("test"))}
-    decisions = point.decisions(probs) if point else probs.argmax(1)
     backbones = fold_backbones(model.backbone, checkpoints)
-    entries = teaching_overlays(backbones, model.hparams.backbone,
-                                _inputs(datamodule, [row_of[r] for r in rels], torch.device("cpu")),
-                                probs, labels, decisions, model.class_names)
-    cfg = cli.config_init[cli.subcommand]
-    publish(cli.run_dir, entries, model.class_names, cli.trainer.loggers, cfg.run.log_images, ensemble=len(backbones))
+    inputs = _inputs(datamodule, [row_of[r] for r in rels], torch.device("cpu"))
+    publish(cli.run_dir, backbones, inputs, probs, labels, point, model.class_names, cli.trainer.loggers,
+            cli.config_init[cli.subcommand].run.log_images, ensemble=len(backbones))
 
 
 def explainer(subcommand: str, run_dir: Path, evaluation, ensemble: Optional[tuple], log_images: bool) -> Callback:

@@ -1,52 +1,18 @@
-"""The run directory and the one launcher, shared by training (the CV parent) and the sweep
-orchestration (the offline runner): the layout (layout.py), making one (create.py), reading
-what a run left (records.py), its checkpoints (checkpoints.py), slots (slots.py), start/poll/stop
-(launcher.py), the stop timeouts (grace.py) and the one atomic file writer (atomic.py).
-Imports nothing of the project and no torch on import (README, "Architecture")."""
+"""The run directory and the one launcher (README, "Architecture"): no project import, no torch on
+import. Its users import from the modules; the package re-exports what the CLI takes."""
 
-from rundir.atomic import replacing, write_atomic
-from rundir.create import RunDirError, adopt_run_dir, make_run_dir, resumed_run_dir, run_dir_for
-from rundir.grace import AGENT_KILL_AFTER_S, CHILD_STOP_S, FINISH_GRACE_S, HARD_STOP_S
-from rundir.launcher import Launched, child_env, start, stop_all
-from rundir.layout import RUN_DIR_ENV, fold_dir
-from rundir.records import check_same_model, checkpoint_problem, continue_from, failure_reason
-from rundir.slots import (
-    SlotError,
-    check_gpu_slot,
-    cpu_threads,
-    default_precision,
-    fold_slots,
-    gpu_slots,
-    visible_gpus,
-)
+from rundir.create import run_dir_for
+from rundir.grace import CHILD_STOP_S
+from rundir.layout import RUN_DIR_ENV
+from rundir.records import continue_from
+from rundir.slots import check_gpu_slot, default_precision, fold_slots
 
 __all__ = [
-    "AGENT_KILL_AFTER_S",
     "CHILD_STOP_S",
-    "FINISH_GRACE_S",
-    "HARD_STOP_S",
-    "Launched",
     "RUN_DIR_ENV",
-    "RunDirError",
-    "SlotError",
-    "adopt_run_dir",
     "check_gpu_slot",
-    "check_same_model",
-    "checkpoint_problem",
-    "child_env",
     "continue_from",
-    "cpu_threads",
     "default_precision",
-    "failure_reason",
-    "fold_dir",
     "fold_slots",
-    "gpu_slots",
-    "make_run_dir",
-    "replacing",
-    "resumed_run_dir",
     "run_dir_for",
-    "start",
-    "stop_all",
-    "visible_gpus",
-    "write_atomic",
 ]

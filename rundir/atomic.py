@@ -1,7 +1,5 @@
-"""The one atomic writer: a file appears under its name whole or not at all, so a reader (the
-runner, `best`, a user's spreadsheet) never sees half of one, and a failed command leaves no
-output that looks like a result. Used by training (reports, predictions, cv.json) and by the
-sweep files alike."""
+"""The one atomic writer: a file appears whole or not at all, so no reader sees half of one and a
+failed command leaves no output that looks like a result."""
 
 from __future__ import annotations
 

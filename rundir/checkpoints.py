@@ -1,6 +1,5 @@
-"""The checkpoints of one run directory (and of its folds): which the run's results need, whether
-a process may still be writing the run, and making them smaller for good. What is kept and
-when is decided for a whole sweep by sweeps/runner/prune.py (README, "Keeping the disk small")."""
+"""The checkpoints of one run directory (and of its folds). What is kept, and when, is decided for
+a whole sweep by sweeps/runner/prune.py (README, "Keeping the disk small")."""
 
 from __future__ import annotations
 
@@ -160,11 +159,8 @@ def _tensors(obj):
 
     if isinstance(obj, torch.Tensor):
         yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from _tensors(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
+    elif isinstance(obj, (dict, list, tuple)):
+        for value in obj.values() if isinstance(obj, dict) else obj:
             yield from _tensors(value)
 
 

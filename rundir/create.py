@@ -1,10 +1,10 @@
-"""Every run writes into a directory of its own: runs/<experiment>/<name>/. A run continued
-from its last checkpoint (`fit --ckpt_path <run dir>/checkpoints/last.ckpt`) writes into the
-same directory, so that its files, and its sweep-metric history, stay one run. A directory
-given from outside (XRAY_RUN_DIR) is checked and locked first (adopt_run_dir)."""
+"""Every run writes into a directory of its own: runs/<experiment>/<name>/. A run continued from
+its last.ckpt writes into the same one, so that its files and sweep-metric history stay one run; a
+directory given from outside (XRAY_RUN_DIR) is checked and locked first (adopt_run_dir)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -40,27 +40,23 @@ class RunDirError(ValueError):
 def make_run_dir(root: Path, experiment: str, name: Optional[str]) -> Path:
     """A fresh directory for this run; never reuses one (SaveConfigCallback would refuse it)."""
     base = name or os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    parent = root / experiment
     try:
-        (root / experiment).mkdir(parents=True, exist_ok=True)
+        parent.mkdir(parents=True, exist_ok=True)
+        for i in range(1, 1000):
+            candidate = parent / (base if i == 1 else f"{base}-{i}")
+            with contextlib.suppress(FileExistsError):
+                candidate.mkdir()  # atomic: concurrent runs never share a directory
+                return candidate
     except OSError as e:  # read-only, a file where a folder goes, no space: not a traceback
-        raise RunDirError(root / experiment, e) from None
-    for i in range(1, 1000):
-        candidate = root / experiment / (base if i == 1 else f"{base}-{i}")
-        try:
-            candidate.mkdir()  # atomic: concurrent runs never share a directory
-            return candidate
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise RunDirError(root / experiment, e) from None
-    raise FileExistsError(f"Too many runs named {base} under {root / experiment}")
+        raise RunDirError(parent, e) from None
+    raise FileExistsError(f"Too many runs named {base} under {parent}")
 
 
 def run_dir_for(*, fit: bool, continuing: Optional[str], root: Path, experiment: str,
                 name: Optional[str]) -> tuple[Path, bool]:
-    """This process's run directory and whether it made it: the one given in XRAY_RUN_DIR (by a
-    launcher, or by our DDP parent), else the run whose last.ckpt a `fit` continues (checked and
-    locked for a `fit`: never a finished run, never two fits at once), else a fresh one."""
+    """This process's run directory and whether it made it: XRAY_RUN_DIR's (from a launcher or our
+    DDP parent), else the run whose last.ckpt a `fit` continues, else a fresh one."""
     inherited = os.environ.get(RUN_DIR_ENV)
     resumed = resumed_run_dir(continuing)
     if not (inherited or resumed):
@@ -89,10 +85,8 @@ def resumed_run_dir(ckpt_path: Optional[str]) -> Optional[Path]:
 
 
 def _finished(run_dir: Path, continuing: bool) -> Optional[str]:
-    """What says the run in this directory finished: its results (a test report, a CV result, a
-    finished fold), or, for a `fit` that would start it over, training.json's `done`. Continuing
-    from last.ckpt, or a CV parent's rerun, may follow a finished training: the evaluation after
-    it is what the rerun is for."""
+    """What says the run finished, or None. Continuing from last.ckpt, or a CV parent's rerun, may
+    follow a finished training: the evaluation after it is what the rerun is for."""
     done = next((name for name in (TEST_REPORT, CV_FILE, FOLD_DONE) if (run_dir / name).exists()), None)
     if done:
         return f"it holds {done}"
@@ -105,17 +99,9 @@ def _finished(run_dir: Path, continuing: bool) -> Optional[str]:
     return f"its {TRAINING_FILE} says training is done" if trained else None
 
 
-def _rank_zero() -> bool:
-    """DDP children (and other ranks of a multi-process launch) re-run the command with their
-    parent's XRAY_RUN_DIR: rank 0 alone checks and locks the directory."""
-    return all(os.environ.get(var, "0") == "0" for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
-
-
 def adopt_run_dir(given: Path, *, from_env: bool, continuing: bool) -> Path:
     """The directory a `fit` was told to write into (from_env: XRAY_RUN_DIR; else the run whose
-    last.ckpt it continues), made and locked; refused in one line: a path with `..`, the
-    filesystem root or the home folder, a file, a folder of files no run wrote, a finished run
-    given by XRAY_RUN_DIR (never written over), a directory another `fit` is writing into."""
+    last.ckpt it continues), made and locked, or refused in one line."""
     label = f"{RUN_DIR_ENV}={given}" if from_env else f"run directory {given}"
 
     def refuse(why: str) -> ValueError:
@@ -127,8 +113,8 @@ def adopt_run_dir(given: Path, *, from_env: bool, continuing: bool) -> Path:
     path = path.resolve()
     if path == Path(path.anchor) or path == Path.home().resolve():
         raise refuse("that is the filesystem root or your home folder, not a run directory")
-    if not _rank_zero():
-        return path
+    if any(os.environ.get(var, "0") != "0" for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
+        return path  # DDP children re-run the command with rank 0's XRAY_RUN_DIR: it alone checks and locks
     if path.exists() and not path.is_dir():
         raise refuse("that is a file, not a run directory")
     if path.is_dir() and any(path.iterdir()) and not any((path / m).exists() for m in MARKERS):

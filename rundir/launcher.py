@@ -1,6 +1,5 @@
-"""The one launcher: start a run in its directory and slot, poll it, stop it with one grace
-policy (SIGTERM to its main process, as the W&B agent does; SIGKILL once its grace is over).
-The offline runner's trials and the CV parent's folds are both started and stopped here."""
+"""The one launcher of the runner's trials and the CV parent's folds: start a run in its directory
+and slot, poll it, stop it (SIGTERM to its main process, as the W&B agent does; SIGKILL after a grace)."""
 
 from __future__ import annotations
 
@@ -60,11 +59,9 @@ class Launched:
             self.term_at = time.monotonic()
 
     def overdue(self, grace_s: float) -> bool:
-        """Still running `grace_s` after its SIGTERM."""
         return self.term_at is not None and time.monotonic() - self.term_at > grace_s and self.proc.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL: its whole group when it has one, else the process."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if self.own_group:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -90,7 +87,6 @@ def free_slot(running: Iterable[Launched], slots: Sequence[Optional[str]]) -> Op
 
 
 def stop_all(running: Iterable[Launched], grace_s: float) -> None:
-    """Stop every run and wait: SIGTERM now, SIGKILL to those still running `grace_s` later."""
     running = list(running)
     for run in running:
         run.terminate()

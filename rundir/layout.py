@@ -1,6 +1,5 @@
-"""The run directory's layout: every name a run directory holds, in one place. The CLI, the
-cross-validation parent, the offline runner, `best`/`report` and the tests' stand-in program
-import them from here (README, "Run directories")."""
+"""Every name a run directory holds, in one place: whatever reads or writes a run imports them
+from here (README, "Run directories")."""
 
 from __future__ import annotations
 

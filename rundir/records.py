@@ -1,6 +1,5 @@
-"""Reading what a run left: whether its checkpoint can be continued from (and is the same model), and
-why it failed.
-Used by the CLI (`fit --ckpt_path`), the CV parent (folds) and the offline runner (trials)."""
+"""Reading what a run left: can its checkpoint be continued from (and is it the same model), why
+did it fail. Used by the CLI (`fit --ckpt_path`), the CV parent and the offline runner."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 log = logging.getLogger("cli")
-LIGHTNING_NAMES = ("last", "best", "hpc")  # ckpt_path values Lightning resolves itself
 
 
 def checkpoint_problem(ckpt_path: str | Path, *, load: bool = True) -> Optional[str]:
@@ -20,8 +18,8 @@ def checkpoint_problem(ckpt_path: str | Path, *, load: bool = True) -> Optional[
     needs no torch (the runner stops there, `load=False`); then it is loaded memory-mapped
     (tensors are not read), as Lightning will load it."""
     text = str(ckpt_path)
-    if text in LIGHTNING_NAMES or text.startswith("registry"):
-        return None  # Lightning finds these itself
+    if text in ("last", "best", "hpc") or text.startswith("registry"):
+        return None  # ckpt_path values Lightning resolves itself
     path = Path(text).expanduser()
     if path.is_dir():
         return None  # a sharded checkpoint (FSDP, DeepSpeed): Lightning's own to check
@@ -100,8 +98,7 @@ def check_same_model(ckpt_path: str | Path, model: dict) -> None:
 
 def continue_from(ckpt_path: str, model: dict) -> Optional[str]:
     """`fit --ckpt_path`: the checkpoint to continue from; None when it cannot be read, so that
-    training starts over, saying so (every DDP rank decides the same, from the same file and
-    argv). Another model's checkpoint is refused (check_same_model)."""
+    training starts over, saying so (every DDP rank decides the same, from the same file and argv)."""
     problem = checkpoint_problem(ckpt_path)
     if problem is not None:
         log.warning("cannot resume from the checkpoint (%s): training starts over from epoch 0", problem)

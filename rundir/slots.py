@@ -1,9 +1,6 @@
-"""Slots: where the processes that share a machine run (a CUDA_VISIBLE_DEVICES value each, or
-None for the CPU), for the offline runner's trials and the CV parent's folds alike; and what
-the GPU a run sees can do (the precision it trains at).
-
-GPUs are counted and asked with `nvidia-smi`, never through torch.cuda: a launcher that trains
-nothing must not create a CUDA context (README, "Several GPUs")."""
+"""Slots (a CUDA_VISIBLE_DEVICES value each, or None for the CPU) for the runner's trials and the
+CV parent's folds, and the precision a run's GPU trains at. GPUs are asked with `nvidia-smi`, never
+torch.cuda: a launcher that trains nothing must not create a CUDA context (README, "Several GPUs")."""
 
 from __future__ import annotations
 
@@ -44,16 +41,13 @@ probe: Callable[[], list[str]] = nvidia_smi_gpus  # tests replace it with a fake
 
 
 def inherited_gpus() -> Optional[list[str]]:
-    """CUDA_VISIBLE_DEVICES as CUDA reads it (None when unset): SLURM, Kubernetes and most
-    schedulers set it to the allocation, e.g. `2,3`, or to UUIDs."""
-    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return None if inherited is None else parse_visible_devices(inherited)
-
-
-def parse_visible_devices(value: str) -> list[str]:
-    """CUDA_VISIBLE_DEVICES as CUDA reads it (the rules torch.cuda._parse_visible_devices
-    mirrors): indexes read like strtoul ("1abc" is 1), `GPU-` and `MIG-` ids; the first entry that
-    is none of these (-1, NoDevFiles, an empty one) ends the list; a repeated entry leaves none."""
+    """CUDA_VISIBLE_DEVICES (None when unset; schedulers set it to the allocation) as CUDA reads it
+    (the rules torch.cuda._parse_visible_devices mirrors): indexes read like strtoul ("1abc" is 1),
+    `GPU-` and `MIG-` ids; the first entry that is none of these (-1, NoDevFiles, an empty one)
+    ends the list; a repeated entry leaves none."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
     ids: list[str] = []
     for item in (g.strip() for g in value.split(",")):
         digits = re.match(r"\+?(\d+)", item)
@@ -89,12 +83,13 @@ def pick_gpus(wanted: list[int], option: str) -> list[str]:
     return [visible[i] for i in wanted]
 
 
-def device_slots(ids: list[str], per_run: int, runs_per_device: int, limit: Optional[int]) -> list[str]:
+def device_slots(ids: list[str], per_run: int, runs_per_device: int,
+                 limit: Optional[int]) -> list[Optional[str]]:
     """Groups of `per_run` GPUs, each repeated `runs_per_device` times (several small runs
     share a GPU), interleaved so that the first runs spread over the GPUs."""
     groups = [ids[i : i + per_run] for i in range(0, len(ids) - per_run + 1, per_run)]
-    if not groups:
-        raise SlotError(f"{per_run} GPUs per run is more than the {len(ids)} GPU(s) given")
+    if not groups:  # only the runner asks for more than one GPU per run
+        raise SlotError(f"--gpus-per-trial {per_run} is more than the {len(ids)} GPU(s) given")
     slots = [",".join(g) for _ in range(max(1, runs_per_device)) for g in groups]
     return slots[:limit] if limit else slots
 
@@ -113,10 +108,7 @@ def gpu_slots(gpus: Optional[str], gpus_per_trial: int, workers: Optional[int],
         ids = visible_gpus()
     if not ids:
         return [None] * max(1, workers or 1)
-    try:
-        return list(device_slots(ids, gpus_per_trial, trials_per_gpu, workers))
-    except SlotError:
-        raise SlotError(f"--gpus-per-trial {gpus_per_trial} is more than the {len(ids)} GPU(s) given") from None
+    return device_slots(ids, gpus_per_trial, trials_per_gpu, workers)
 
 
 def fold_slots(accelerator: Any, devices: Any, folds_per_device: int, folds: int) -> list[Optional[str]]:
@@ -134,7 +126,7 @@ def fold_slots(accelerator: Any, devices: Any, folds_per_device: int, folds: int
         if not ids:
             raise SlotError(f"trainer.accelerator={accelerator}: no GPU visible (`nvidia-smi -L`, "
                             "CUDA_VISIBLE_DEVICES); use --trainer.accelerator=cpu")
-        return list(device_slots(ids, 1, folds_per_device, folds))
+        return device_slots(ids, 1, folds_per_device, folds)
     count = 1 if every else len(devices) if isinstance(devices, (list, tuple)) else int(devices)
     return [None] * max(1, min(folds, count * max(1, folds_per_device)))
 
@@ -143,8 +135,7 @@ def cpu_threads(slots: list[Optional[str]]) -> Optional[str]:
     """OMP_NUM_THREADS for each of several runs that share the CPU (no GPU slots): the cores
     split between them, since N runs that each start one thread per core slow each other down
     (on two cores `make demo` took 2.4 minutes as two runs of one thread each, 3.2 minutes as
-    one run of two threads at a time). None leaves the variable alone: GPU runs, one run at a
-    time, or a value the user set."""
+    one run of two threads at a time). None: leave the variable as it is."""
     if "OMP_NUM_THREADS" in os.environ or len(slots) < 2 or any(s is not None for s in slots):
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -168,20 +159,17 @@ def check_gpu_slot() -> None:
 
 
 def default_precision(accelerator: object = "auto") -> str:
-    """The precision `cli.py fit` trains at unless --trainer.precision says otherwise (benchmarks
-    compare at the same): bf16 autocast on Ampere and later (compute capability >= 8.0: native
-    bf16, no loss scaling), fp16 autocast on Volta/Turing (7.x: V100, T4 emulate bf16 slowly,
-    which `torch.cuda.is_bf16_supported()` counts as support by default), full precision on older
-    GPUs and the CPU. Decided without a CUDA context (gpu_capability)."""
+    """`fit`'s precision unless --trainer.precision is given (benchmarks compare at it): bf16 from
+    compute capability 8.0 (native, no loss scaling), fp16 on 7.x (V100 and T4 emulate bf16 slowly,
+    which `torch.cuda.is_bf16_supported()` counts as support by default), else full precision."""
     capability = None if str(accelerator) == "cpu" else gpu_capability()
     return "32-true" if capability is None else "bf16-mixed" if capability >= (8, 0) else \
         "16-mixed" if capability >= (7, 0) else "32-true"
 
 
 def gpu_capability() -> Optional[tuple[int, int]]:
-    """Compute capability of the first GPU this process sees (the one a single-device run uses;
-    DDP ranks see the same kind), or None without a GPU. From nvidia-smi (NVML underneath), or
-    from torch when this process has a CUDA context already: `is_bf16_supported()`,
+    """Compute capability of the first GPU this process sees (DDP ranks see the same kind), or None.
+    From nvidia-smi unless this process has a CUDA context already: `is_bf16_supported()`,
     `get_device_capability()` and friends create one (~0.5 GB) on the current device, in every
     DDP rank before Lightning sets its device and in a CV parent that trains nothing."""
     torch = sys.modules.get("torch")  # not imported: no CUDA context either

@@ -23,7 +23,6 @@ from models.explain import (
     fold_backbones,
     overlay,
     target_layer,
-    target_layer_name,
 )
 from sweeps.analysis.report import write_report
 
@@ -44,7 +43,7 @@ def test_target_layer_is_what_the_head_pools_and_maps_have_the_input_size(name):
             seen.setdefault("head_in", inputs[0].shape[-1])
 
     hooks = [m.register_forward_hook(head_input) for m in model.modules() if isinstance(m, nn.Linear)]
-    hooks.append(target_layer(model, name).register_forward_hook(lambda m, i, o: seen.setdefault("target", o)))
+    hooks.append(target_layer(model).register_forward_hook(lambda m, i, o: seen.setdefault("target", o)))
     with torch.no_grad():
         model.eval()(torch.rand(1, 1, 64, 64))
     for hook in hooks:
@@ -52,14 +51,9 @@ def test_target_layer_is_what_the_head_pools_and_maps_have_the_input_size(name):
     # the head reads exactly the target's channels, pooled: an earlier stage (layer3,
     # features[-2]) has fewer channels, and a later module is not 4-D
     assert seen["target"].ndim == 4 and seen["target"].shape[1] == seen["head_in"], name
-    maps = class_activation_maps(model, name, torch.rand(2, 1, 64, 48), [1, 0])
+    maps = class_activation_maps(model, torch.rand(2, 1, 64, 48), [1, 0])
     assert maps.shape == (2, 64, 48) and np.isfinite(maps).all()
     assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
-
-
-def test_unknown_backbone_names_the_families():
-    with pytest.raises(ValueError, match="resnet, densenet"):
-        target_layer_name("vit_b_16")
 
 
 def test_overlay_is_rgb_uint8_of_the_image_size():
@@ -134,7 +128,7 @@ def test_maps_land_on_a_burned_in_marker_the_model_learned():
         accuracy = (model(tx).argmax(1) == ty).float().mean().item()
     assert accuracy > 0.9  # it learned the shortcut
     abnormal = [i for i, b in enumerate(boxes) if b is not None]
-    maps = class_activation_maps(model, "resnet18", tx[abnormal], [1] * len(abnormal))
+    maps = class_activation_maps(model, tx[abnormal], [1] * len(abnormal))
     on_marker = []
     for cam, i in zip(maps, abnormal):
         r0, r1, c0, c1 = boxes[i]
@@ -151,12 +145,11 @@ def test_maps_land_on_a_burned_in_marker_the_model_learned():
     with torch.no_grad():
         probs = torch.softmax(model(tx), 1).numpy()
     labels, decisions = ty.numpy(), probs.argmax(1)
-    entries = teaching_overlays([model], "resnet18", lambda index: tx[index], probs, labels, decisions,
-                                ["normal", "abnormal"])
+    entries = teaching_overlays([model], lambda index: tx[index], probs, labels, decisions, ["normal", "abnormal"])
     hits = []
     for (kind, i), entry in zip(choose(probs, labels, decisions), entries):
         if kind == "true_positive":
-            cam = class_activation_maps(model, "resnet18", tx[[i]], [1])[0]
+            cam = class_activation_maps(model, tx[[i]], [1])[0]
             shown = np.asarray(Image.open(io.BytesIO(entry["jpeg"]))).astype(int)
             assert np.abs(shown - overlay(tx[i, 0].numpy(), cam)).mean() < 8  # this map's overlay, JPEG aside
             r0, r1, c0, c1 = boxes[i]
@@ -212,7 +205,7 @@ def test_the_ensemble_map_is_the_mean_of_each_folds_map_at_its_own_layer(tmp_pat
     copies = fold_backbones(live, checkpoints)
     assert all(c is not live for c in copies)
     x, classes = torch.rand(2, 1, 64, 64), [1, 0]
-    maps = ensemble_maps(copies, "resnet18", x, classes)
+    maps = ensemble_maps(copies, x, classes)
     expected = np.mean([_grad_cam(f, f.layer4, x, classes) for f in folds], axis=0)
     np.testing.assert_allclose(maps, expected, atol=1e-5)
     wrong_layer = np.mean([_grad_cam(f, f.layer3, x, classes) for f in folds], axis=0)
@@ -240,7 +233,7 @@ def test_report_overlays_are_computed_at_each_models_target_layer(monkeypatch):
     x = torch.rand(8, 1, 48, 48)
     probs = np.stack([1 - np.linspace(0.05, 0.95, 8), np.linspace(0.05, 0.95, 8)], axis=1)
     labels, decisions = np.array([0, 1, 0, 1, 0, 1, 0, 1]), (probs[:, 1] >= 0.5).astype(int)
-    entries = teaching_overlays(models, "resnet18", lambda index: x[index], probs, labels, decisions, ["normal", "abnormal"])
+    entries = teaching_overlays(models, lambda index: x[index], probs, labels, decisions, ["normal", "abnormal"])
     assert [(m, layers) for m, layers in hooked] == [(m, [m.layer4]) for m in models]
     picks = choose(probs, labels, decisions)
     assert [e["kind"] for e in entries] == [k for k, _ in picks]
