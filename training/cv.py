@@ -1,27 +1,8 @@
-"""Cross-validated trials: `python cli.py fit ... --cv.folds=5` trains k patient-level folds
-as ONE run (one W&B run, one sweep trial), so W&B agents and the offline runner need no change.
-
-* Each fold is this CLI again (`--data.folds=k --data.fold=i`, one device, W&B off) in the
-  run directory's fold_i/ (checkpoints, metrics, its own test_report.json), started, watched
-  and stopped by the launcher the offline runner uses (rundir/launcher.py). Folds run in
-  parallel, cv.folds_per_device on each device (trainer.devices GPUs; on CPU that many
-  processes per device), the rest in turn.
-* One hyperband iteration is one epoch: when every fold has finished epoch e, the sweep
-  metric's fold mean is logged once (W&B history row with `epoch`, and sweep_history.jsonl),
-  with its standard deviation (`<metric>_std`) and each fold's value (`<metric>/fold_i`).
-  Hyperband can therefore only compare a CV trial once all of its folds reached a band: give
-  as many devices as folds for early stopping to save compute.
-* Afterwards the operating point is chosen on the out-of-fold predictions
-  (oof_predictions.csv; every image not in the test split is predicted once, by the fold that
-  did not train on it) and the test split is scored by the fold ensemble (mean of the k
-  models' probabilities), with patient-level CIs, next to each fold's own test figures.
-* Like a single run, the parent writes training.json (the epochs it plans, then done), so that
-  the runner's hyperband never cuts the ensemble evaluation after training.
-* SIGTERM stops every fold cleanly (each saves last.ckpt) and the run exits 0; a fold that
-  fails fails the run with the fold's reason. Folds that finished are kept: the same command
-  with the same run directory (XRAY_RUN_DIR, as the offline runner sets it when it continues
-  an interrupted trial) trains only the rest, each unfinished fold from its last checkpoint.
-"""
+"""Cross-validated trials (`fit --cv.folds=K`, README "Cross-validated trials"): one run whose
+K folds are this CLI again, each in the run directory's fold_i/, started, watched and stopped
+by rundir/launcher.py; their mean is the sweep metric, the operating point is chosen out of
+fold and the fold ensemble is tested. A rerun on the same directory trains only the folds
+that did not finish."""
 
 from __future__ import annotations
 
@@ -41,7 +22,7 @@ import rundir.launcher as launcher
 from datamodules.csvsafe import spreadsheet_safe
 from evaluation import columns_of
 from models.teaching import ensemble_overlays
-from rundir.atomic import replacing
+from rundir.atomic import replacing, write_atomic
 from rundir.grace import CHILD_STOP_S
 from rundir.layout import (
     CV_FILE,
@@ -72,12 +53,6 @@ PROGRAM = Path(__file__).resolve().parents[1] / "cli.py"  # each fold is this CL
 
 class FoldFailed(ValueError):
     """A fold of a cross-validated run failed; the message is the fold's own reason."""
-
-
-def fold_argv(args: list[str], folds: int, fold: int, program: Path = PROGRAM) -> list[str]:
-    """This run's own arguments, then what makes it one fold (later arguments win)."""
-    return [sys.executable, str(program), *args, "--cv.folds=0", f"--data.folds={folds}", f"--data.fold={fold}",
-            "--trainer.devices=1", "--trainer.strategy=auto", "--run.wandb=disabled"]
 
 
 def _history(path: Path, metric: str) -> list[float]:
@@ -140,7 +115,10 @@ class CrossValidation:
     def _launch(self, fold: int, slot: int) -> launcher.Launched:
         directory = fold_dir(self.run_dir, fold)
         directory.mkdir(parents=True, exist_ok=True)
-        argv = fold_argv(self.args, self.folds, fold, self.program)
+        # This run's own arguments, then what makes it one fold (later arguments win).
+        argv = [sys.executable, str(self.program), *self.args, "--cv.folds=0", f"--data.folds={self.folds}",
+                f"--data.fold={fold}", "--trainer.devices=1", "--trainer.strategy=auto",
+                "--run.wandb=disabled"]
         last = directory / LAST_CHECKPOINT
         if last.is_file() and checkpoint_problem(last) is None:
             # A fold stopped or killed before: it continues from its last epoch (its history
@@ -180,11 +158,11 @@ class CrossValidation:
         point = choose_operating_point(oof_logits, oof_labels, cfg.eval,  # patients: chosen out of fold too
                                        None if oof_patients is None else np.asarray(oof_patients, dtype=object))
         self._write_oof(outputs, point)
-        with replacing(self.run_dir / CV_FILE) as f:  # a crash mid-write leaves no half cv.json
-            f.write(json.dumps({
-                "folds": self.folds, "metric": self.metric, "operating_point": point.to_dict(),
-                "checkpoints": [str(fold_dir(Path(), i) / str(o["best_checkpoint"])) for i, o in enumerate(outputs)],
-            }, indent=1))
+        write_atomic(self.run_dir / CV_FILE, json.dumps({
+            "folds": self.folds, "metric": self.metric, "operating_point": point.to_dict(),
+            "checkpoints": [str(fold_dir(Path(), i) / str(o["best_checkpoint"]))
+                            for i, o in enumerate(outputs)],
+        }, indent=1))
         cli.evaluation.use(cli.trainer, point)
         if not all(len(o["test_rel"]) for o in outputs):
             return None

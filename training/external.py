@@ -1,11 +1,7 @@
 """External validation and what a finished test leaves beside test_report.json (README
-"External validation", "Model card"). `cli.py test --ckpt_path ... --eval.external=<site B
-folder or manifest>` scores the whole second data set as one external test split: no split is
-made there, the operating point and temperature are the ones site A's validation chose (stored
-with the checkpoint, or the CV run's out-of-fold choice), never chosen on site B.
-
-The CLI calls `TestPlan(cli, ckpt_path)` before its test (everything checked before anything
-runs) and `plan.finish()` after it."""
+"External validation", "Model card"): site B is scored whole at site A's operating point.
+The CLI builds `TestPlan(cli, ckpt_path)` before its test (everything checked before anything
+runs) and calls `plan.finish()` after it."""
 
 from __future__ import annotations
 
@@ -27,13 +23,13 @@ from datamodules.transforms import ResizePad
 from evaluation import check_columns, columns_of, summary_metrics
 from evaluation.external import compare_reports, format_comparison
 from evaluation.model_card import CARD_FILE, model_card_text
-from rundir.atomic import replacing
+from rundir.atomic import write_atomic
 from rundir.layout import CONFIG_FILE, TEST_REPORT
-from training.ensemble import check_weights_fit, read_cv_run
+from training.ensemble import read_cv_run
 from training.evaluate import patient_ids_of
 from training.loggers import update_summary
-from training.operating_point import OperatingPoint
-from training.writers import _json_default, test_report_of
+from training.operating_point import OperatingPoint, read_checkpoint
+from training.writers import test_report_of, write_report
 
 SIZE_SAMPLE = 200  # image headers read for the card's sizes: enough to show the range, cheap on any data set
 EXTERNAL_NAME = "external"  # the site's label in reports: never its path (it may name a hospital or a patient)
@@ -43,18 +39,17 @@ def read_external(spec: str, class_names: list[str], *, allow_outside_root: bool
     """Every image of the external data set as test records (a split column there is ignored:
     the whole set is external test data); labels must be classes the model knows."""
     path = Path(spec).expanduser()
-    if path.is_file():
-        records, source = read_manifest(path, path.parent, allow_outside_root=allow_outside_root), str(path)
-    elif (path / "manifest.csv").is_file():
-        records, source = read_manifest(path / "manifest.csv", path, allow_outside_root=allow_outside_root), str(path)
+    manifest = path if path.is_file() else path / "manifest.csv"
+    if manifest.is_file():
+        records = read_manifest(manifest, manifest.parent, allow_outside_root=allow_outside_root)
     elif path.is_dir():
-        records, source = scan_folder(path, allow_outside_root=allow_outside_root), str(path)
+        records = scan_folder(path, allow_outside_root=allow_outside_root)
     else:
         raise DataError(f"eval.external={spec}: neither a data folder nor a manifest file")
     if not records:
         raise DataError(f"eval.external={spec}: no images found")
-    check_labels(records, class_names, source)  # a label the model does not know: refused, named
-    return [Record(r.path, r.rel, r.label, r.patient_id, "test", r.columns) for r in records], source
+    check_labels(records, class_names, str(path))  # a label the model does not know: refused, named
+    return [Record(r.path, r.rel, r.label, r.patient_id, "test", r.columns) for r in records], str(path)
 
 
 def check_not_internal(external: list[Record], internal: list[Record], spec: str) -> None:
@@ -88,10 +83,7 @@ class ExternalData(pl.LightningDataModule):
 def check_same_data(ckpt_path: Optional[str], datamodule) -> None:
     """`test --data.root=<site B>` would split site B and test a part of it with site A's model:
     refused while site A's data is still where the model was trained on it (moved data is allowed)."""
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        return
-    trained = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get(
-        "datamodule_hyper_parameters") or {}
+    trained = (read_checkpoint(ckpt_path) or {}).get("datamodule_hyper_parameters") or {}
     if not trained.get("root"):
         return
     then, now = Path(str(trained["root"])).expanduser(), Path(datamodule.root)
@@ -126,18 +118,11 @@ class TestPlan:
         self.checkpoints: list[Optional[str]] = [ckpt_path]
         self.point: Optional[OperatingPoint] = None
         if self.cv_run is not None:  # the fold ensemble: its operating point chosen out of fold
-            self.point, paths = read_cv_run(self.cv_run)
+            self.point, paths = read_cv_run(self.cv_run, cli.model)
             self.checkpoints = [str(p) for p in paths]
-            for ckpt in self.checkpoints:
-                check_weights_fit(cli.model, ckpt)
         for ckpt in self.checkpoints:
             check_same_data(ckpt, cli.datamodule)
         self.records = external_records(cli)
-
-    @property
-    def internal_done(self) -> bool:
-        """A CV run's internal test is its ensemble's, already in its test_report.json."""
-        return self.cv_run is not None
 
     def finish(self) -> None:
         cli = self.cli
@@ -158,8 +143,7 @@ class TestPlan:
             summary = summary_metrics(external, prefix=f"{EXTERNAL_NAME}/")
             update_summary(cli.trainer, {k: v for k, v in summary.items() if np.isfinite(v)})
             print(f"\n{format_comparison(comparison, EXTERNAL_NAME)}", flush=True)
-        with replacing(Path(cli.run_dir) / TEST_REPORT) as f:
-            f.write(json.dumps(report, indent=1, allow_nan=False, default=_json_default))
+        write_report(report, cli.run_dir)
         write_card(Path(cli.run_dir))
 
     def external_report(self) -> dict:
@@ -249,18 +233,13 @@ def _header(manifest: Path) -> list[str]:
 
 def _checkpoint_facts(checkpoints: list[Optional[str]]) -> dict:
     """Which epoch's weights were tested (per fold for a CV run)."""
-    epochs = []
-    for ckpt in checkpoints:
-        if ckpt and Path(ckpt).is_file():
-            epochs.append(int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("epoch", -1)) + 1)
-    return {"models": len(checkpoints), "best_epoch": epochs}
+    saved = [c for c in map(read_checkpoint, checkpoints) if c is not None]
+    return {"models": len(checkpoints), "best_epoch": [int(c.get("epoch", -1)) + 1 for c in saved]}
 
 
-def write_card(run_dir: Path, sweep: Optional[dict] = None) -> Path:
+def write_card(run_dir: Path) -> None:
     """model_card.md from the run's test_report.json and config.yaml, written whole or not at all."""
     config = run_dir / CONFIG_FILE
-    text = model_card_text((run_dir / TEST_REPORT).read_text(), config.read_text() if config.is_file() else None,
-                           run_dir.parent.name, sweep)
-    with replacing(run_dir / CARD_FILE) as f:
-        f.write(text)
-    return run_dir / CARD_FILE
+    write_atomic(run_dir / CARD_FILE, model_card_text((run_dir / TEST_REPORT).read_text(),
+                                                      config.read_text() if config.is_file() else None,
+                                                      run_dir.parent.name))

@@ -114,10 +114,15 @@ def fixed_operating_point(options: EvalOptions, num_classes: int) -> Optional[Op
     return OperatingPoint(ThresholdChoice(float(spec.target), spec.text) if num_classes == 2 else None)
 
 
-def read_operating_point(ckpt_path: Optional[str]) -> Optional[OperatingPoint]:
+def read_checkpoint(ckpt_path: Optional[str]) -> Optional[dict]:
+    """A checkpoint's contents, memory-mapped; None without a file (Lightning names a missing file itself)."""
     if not ckpt_path or not Path(ckpt_path).is_file():
         return None
-    stored = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get(CHECKPOINT_KEY)
+    return torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+
+
+def read_operating_point(ckpt_path: Optional[str]) -> Optional[OperatingPoint]:
+    stored = (read_checkpoint(ckpt_path) or {}).get(CHECKPOINT_KEY)
     return OperatingPoint.from_dict(stored) if stored else None
 
 
