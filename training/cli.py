@@ -102,7 +102,6 @@ def _stoppable(subcommand: Callable) -> Callable:
 class XrayCLI(LightningCLI):
     run_dir: Path
     stopped = False
-    dropped_conditionals: list[str]
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for group, cls in added_groups():  # the one list of groups and links: sweeps/contract/groups.py
@@ -121,11 +120,11 @@ class XrayCLI(LightningCLI):
         self.config = parser.parse_args(without_print)
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else self.config
-        kept, self.dropped_conditionals = apply_conditions(args, cfg)
+        kept, dropped = apply_conditions(args, cfg)
         self.args = [a for a in kept if a.partition("=")[0] != _PRINT_CONFIG]
-        for note in self.dropped_conditionals:
+        for note in dropped:
             log.warning("sweep: %s", note)
-        if self.dropped_conditionals or printing:
+        if dropped or printing:
             self.config = parser.parse_args(kept)
         self._resume_from = None
         if sub == "fit" and self.config[sub].get("ckpt_path"):
@@ -162,8 +161,7 @@ class XrayCLI(LightningCLI):
         run, sweep = cfg.run, cfg.sweep
         if cfg.trainer.get("precision") is None:
             kwargs["precision"] = default_precision(cfg.trainer.get("accelerator", "auto"))
-        loggers = cfg.trainer.get("logger")
-        if loggers is None or loggers is True:
+        if (loggers := cfg.trainer.get("logger")) is None or loggers is True:
             kwargs["logger"] = default_loggers(run, self.run_dir)
         checkpoints = self.run_dir / CHECKPOINT_DIR
         self.checkpoint = ModelCheckpoint(checkpoints, BEST_CHECKPOINT, monitor=run.monitor, mode=run.monitor_mode)
@@ -269,4 +267,3 @@ def cli_main(args: Optional[list[str]] = None) -> XrayCLI:
         raise
     finally:
         _CREATED_RUN_DIRS.clear()
-

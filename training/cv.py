@@ -155,8 +155,7 @@ class CrossValidation:
         oof_labels = np.concatenate([o["val_labels"] for o in outputs])
         by_rel = {r.rel: r for r in cli.datamodule.records}
         oof_patients = patient_ids_of([by_rel[str(r)] for o in outputs for r in o["val_rel"]])
-        point = choose_operating_point(oof_logits, oof_labels, cfg.eval,  # patients: chosen out of fold too
-                                       None if oof_patients is None else np.asarray(oof_patients, dtype=object))
+        point = choose_operating_point(oof_logits, oof_labels, cfg.eval, oof_patients)  # patients out of fold
         self._write_oof(outputs, point)
         write_atomic(self.run_dir / CV_FILE, json.dumps({
             "folds": self.folds, "metric": self.metric, "operating_point": point.to_dict(),
@@ -164,6 +163,8 @@ class CrossValidation:
                             for i, o in enumerate(outputs)],
         }, indent=1))
         cli.evaluation.use(cli.trainer, point)
+        if point.threshold is not None:
+            update_summary(cli.trainer, {"eval/threshold_rule": f"{point.threshold.rule} (out-of-fold)"})
         if not all(len(o["test_rel"]) for o in outputs):
             return None
         order = [str(r) for r in outputs[0]["test_rel"]]
@@ -174,8 +175,8 @@ class CrossValidation:
         records = [by_rel[r] for r in order]
         labels = np.array([cli.datamodule.class_index[r.label] for r in records])
         self.ensemble_test = (np.mean(probs, axis=0), labels, order, point)  # for eval.explain's overlays
-        report = test_report_of(np.mean(probs, axis=0), labels, patient_ids_of(records), cli.model.class_names, point,
-                                cfg.eval, columns=columns_of(records))
+        report = test_report_of(self.ensemble_test[0], labels, patient_ids_of(records), cli.model.class_names,
+                                point, cfg.eval, columns=columns_of(records))
         report["ensemble"] = {"folds": self.folds, "how": "mean of the folds' probabilities",
                               "fold_test": [_fold_figures(fold_dir(self.run_dir, i)) for i in range(self.folds)]}
         return report
@@ -232,10 +233,6 @@ def cross_validate(cli, devices: tuple) -> None:
     cv = CrossValidation(cli, cli.args, cfg.sweep.metric or cfg.run.monitor, devices)
     cv.train()
     report = cv.evaluate()
-    point = cli.evaluation.point
-    if point is not None and point.threshold is not None:
-        update_summary(cli.trainer, {"eval/threshold": point.threshold.value,
-                                     "eval/threshold_rule": f"{point.threshold.rule} (out-of-fold)"})
     if report is not None and cfg.run.test_after_fit:
         publish_report(report, cli.run_dir, cli.trainer, cli.model.class_names)
         if cfg.eval.explain:  # the fold ensemble's maps of the test images chosen to teach

@@ -1,7 +1,5 @@
-"""What `test` and `predict` read from finished runs, checked before any of it is used: a
-checkpoint must fit the model the command built, and a cross-validated run's cv.json may name
-only the run's own fold checkpoints. `predict --cv.run_dir` writes predictions.csv only when
-every fold has predicted (README "Cross-validation")."""
+"""What `test` and `predict` read from finished runs (a checkpoint, a cross-validated run's
+cv.json), checked before any of it is used (README "Cross-validated trials")."""
 
 from __future__ import annotations
 
@@ -81,9 +79,8 @@ def read_cv_run(run_dir: Path, model: Optional[torch.nn.Module] = None) -> tuple
 
 
 def predict_with_ensemble(cli, run_dir: Path) -> OperatingPoint:
-    """`predict --cv.run_dir DIR`: the mean of the folds' probabilities, decided at the CV run's
-    operating point (chosen on its out-of-fold predictions). Everything is checked first and
-    predictions.csv appears only complete."""
+    """`predict --cv.run_dir DIR`: the mean of the folds' probabilities at the CV run's operating
+    point; predictions.csv is written only when every fold has predicted."""
     point, checkpoints = read_cv_run(Path(run_dir), cli.model)
     probs, index = [], None
     for ckpt in checkpoints:

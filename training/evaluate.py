@@ -1,9 +1,7 @@
-"""Evaluation, owned in one place (README "Evaluation"): the `Evaluation` callback collects
-each validation/test epoch's outputs once (every rank's, each image once), logs the epoch
-metrics, chooses the operating point on validation, stores it in the checkpoints written for
-those weights, and hands the test outputs and the predictions to their writers (writers.py).
-Nothing is chosen on test.
-"""
+"""Evaluation, owned in one place (README "Reading the results"): the `Evaluation` callback
+collects each epoch's outputs once, logs the epoch metrics, chooses the operating point on
+validation (never on test), stores it with those weights and hands test outputs and
+predictions to their writers (writers.py)."""
 
 from __future__ import annotations
 
@@ -58,7 +56,6 @@ class Evaluation(Callback):
         self.report: Optional[dict] = None
         self._batches: dict[str, list[dict]] = {"val": [], "test": []}
         self._chosen: Optional[tuple[int, OperatingPoint]] = None  # (global step of its weights, point)
-        self.num_classes = 2
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.num_classes = int(pl_module.hparams.num_classes)
@@ -106,13 +103,11 @@ class Evaluation(Callback):
         return self.outputs[stage]
 
     def _log_epoch(self, stage: str, pl_module: pl.LightningModule, out: dict[str, np.ndarray]) -> None:
-        """The epoch's figures over every image exactly once. Every rank computes them from the
-        same gathered outputs, so they are logged WITHOUT sync_dist: there is nothing to reduce.
-        Lightning keeps a logged tensor on its own device and all-reduces it there
-        (lightning/pytorch/trainer/connectors/logger_connector/result.py: `self[key].to(value.device)`,
-        then `_ResultMetric.compute` -> `sync`), and NCCL has no CPU backend (Lightning #18803):
-        a sync_dist=True value computed on the CPU killed DDP on GPUs. They live on the module's
-        device anyway (tests/test_gpu.py runs an NCCL group on one GPU)."""
+        """The epoch's figures over every image once, computed by every rank from the same gathered
+        outputs, so logged WITHOUT sync_dist. Lightning all-reduces a logged tensor on its own device
+        (trainer/connectors/logger_connector/result.py: `self[key].to(value.device)`, then `sync`) and
+        NCCL has no CPU backend (Lightning #18803): a CPU value with sync_dist=True killed DDP on GPUs.
+        They live on the module's device anyway (tests/test_gpu.py)."""
         logits = torch.from_numpy(out["logits"]).to(pl_module.device)
         labels = torch.from_numpy(out["labels"]).long().to(pl_module.device)
         values = {f"{stage}/loss": pl_module.loss(logits, labels)}
@@ -233,4 +228,3 @@ class PredictionWriter(BasePredictionWriter):
             rows += [(records[i].rel, records[i].label, p) for i, p in zip(batch["index"].tolist(), probs)]
         path = self.run_dir / PREDICTIONS_FILE.replace(".csv", f"{suffix}.csv")
         write_predictions(path, rows, pl_module.class_names, point)
-

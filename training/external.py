@@ -35,23 +35,6 @@ SIZE_SAMPLE = 200  # image headers read for the card's sizes: enough to show the
 EXTERNAL_NAME = "external"  # the site's label in reports: never its path (it may name a hospital or a patient)
 
 
-def read_external(spec: str, class_names: list[str], *, allow_outside_root: bool) -> tuple[list[Record], str]:
-    """Every image of the external data set as test records (a split column there is ignored:
-    the whole set is external test data); labels must be classes the model knows."""
-    path = Path(spec).expanduser()
-    manifest = path if path.is_file() else path / "manifest.csv"
-    if manifest.is_file():
-        records = read_manifest(manifest, manifest.parent, allow_outside_root=allow_outside_root)
-    elif path.is_dir():
-        records = scan_folder(path, allow_outside_root=allow_outside_root)
-    else:
-        raise DataError(f"eval.external={spec}: neither a data folder nor a manifest file")
-    if not records:
-        raise DataError(f"eval.external={spec}: no images found")
-    check_labels(records, class_names, str(path))  # a label the model does not know: refused, named
-    return [Record(r.path, r.rel, r.label, r.patient_id, "test", r.columns) for r in records], str(path)
-
-
 def check_not_internal(external: list[Record], internal: list[Record], spec: str) -> None:
     """An external test of images the model was trained, tuned or tested on would measure nothing
     external (a careless --eval.external=<data.root>): refused, with counts, never file names."""
@@ -94,17 +77,29 @@ def check_same_data(ckpt_path: Optional[str], datamodule) -> None:
 
 
 def external_records(cli) -> Optional[list[Record]]:
-    """eval.external's records, checked (one device, labels the model knows, none of its own
-    images, the subgroup columns); `fit` asks before training, so a bad set costs no training."""
-    options = cli.config_init[cli.subcommand].eval
+    """Every image of eval.external (a folder or manifest) as test records, checked: one device,
+    labels the model knows, none of its own images, the subgroup columns. `fit` asks before
+    training, so a bad set costs no training."""
+    options, outside = cli.config_init[cli.subcommand].eval, cli.datamodule.hparams.allow_outside_root
     if not options.external:
         return None
     if cli.trainer.world_size > 1:
         raise ValueError("eval.external is scored on one device: give --trainer.devices=1")
-    records, source = read_external(options.external, list(cli.model.class_names),
-                                    allow_outside_root=cli.datamodule.hparams.allow_outside_root)
-    check_not_internal(records, cli.datamodule.records, options.external)
-    check_columns(options.subgroups, records, source)
+    spec, path = options.external, Path(options.external).expanduser()
+    manifest = path if path.is_file() else path / "manifest.csv"
+    if manifest.is_file():
+        records = read_manifest(manifest, manifest.parent, allow_outside_root=outside)
+    elif path.is_dir():
+        records = scan_folder(path, allow_outside_root=outside)
+    else:
+        raise DataError(f"eval.external={spec}: neither a data folder nor a manifest file")
+    if not records:
+        raise DataError(f"eval.external={spec}: no images found")
+    check_labels(records, list(cli.model.class_names), str(path))  # a label the model does not know: refused
+    # The whole set is external test data (a split column there is ignored).
+    records = [Record(r.path, r.rel, r.label, r.patient_id, "test", r.columns) for r in records]
+    check_not_internal(records, cli.datamodule.records, spec)
+    check_columns(options.subgroups, records, str(path))
     return records
 
 
@@ -113,7 +108,7 @@ class TestPlan:
 
     def __init__(self, cli, ckpt_path: Optional[str]) -> None:
         cfg = cli.config_init[cli.subcommand]
-        self.cli, self.ckpt_path, self.options = cli, ckpt_path, cfg.eval
+        self.cli, self.options = cli, cfg.eval
         self.cv_run = Path(cfg.cv.run_dir) if cli.subcommand == "test" and cfg.cv.run_dir else None
         self.checkpoints: list[Optional[str]] = [ckpt_path]
         self.point: Optional[OperatingPoint] = None
@@ -135,7 +130,9 @@ class TestPlan:
         if report is None:
             return  # no test split: nothing to compare or describe
         report["data"] = data_summary(cli.datamodule)
-        report["training"] = _checkpoint_facts(self.checkpoints)
+        saved = [c for c in map(read_checkpoint, self.checkpoints) if c is not None]  # the epochs tested
+        report["training"] = {"models": len(self.checkpoints),
+                              "best_epoch": [int(c.get("epoch", -1)) + 1 for c in saved]}
         if self.records is not None:
             external = self.external_report()
             comparison = compare_reports(report, external)
@@ -143,8 +140,10 @@ class TestPlan:
             summary = summary_metrics(external, prefix=f"{EXTERNAL_NAME}/")
             update_summary(cli.trainer, {k: v for k, v in summary.items() if np.isfinite(v)})
             print(f"\n{format_comparison(comparison, EXTERNAL_NAME)}", flush=True)
-        write_report(report, cli.run_dir)
-        write_card(Path(cli.run_dir))
+        config = cli.run_dir / CONFIG_FILE  # the model card beside the report, from both
+        card = model_card_text(write_report(report, cli.run_dir),
+                               config.read_text() if config.is_file() else None, cli.run_dir.parent.name)
+        write_atomic(cli.run_dir / CARD_FILE, card)
 
     def external_report(self) -> dict:
         """The external set scored at site A's operating point (the fold ensemble's mean for a CV run)."""
@@ -230,16 +229,3 @@ def _header(manifest: Path) -> list[str]:
     with open(manifest, newline="", errors="replace") as f:
         return [c.strip() for c in f.readline().split(",")]
 
-
-def _checkpoint_facts(checkpoints: list[Optional[str]]) -> dict:
-    """Which epoch's weights were tested (per fold for a CV run)."""
-    saved = [c for c in map(read_checkpoint, checkpoints) if c is not None]
-    return {"models": len(checkpoints), "best_epoch": [int(c.get("epoch", -1)) + 1 for c in saved]}
-
-
-def write_card(run_dir: Path) -> None:
-    """model_card.md from the run's test_report.json and config.yaml, written whole or not at all."""
-    config = run_dir / CONFIG_FILE
-    write_atomic(run_dir / CARD_FILE, model_card_text((run_dir / TEST_REPORT).read_text(),
-                                                      config.read_text() if config.is_file() else None,
-                                                      run_dir.parent.name))

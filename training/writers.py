@@ -66,10 +66,11 @@ def write_predictions(path: Path, rows, names: Sequence[str], point: Optional[Op
                              *threshold, spreadsheet_safe(decided)])
 
 
-def write_report(report: dict, run_dir: Path) -> None:
-    """test_report.json, whole or not at all; numpy scalars become plain numbers."""
+def write_report(report: dict, run_dir: Path) -> str:
+    """test_report.json, whole or not at all (numpy scalars become plain numbers); its text."""
     text = json.dumps(report, indent=1, allow_nan=False, default=_json_default)
     write_atomic(Path(run_dir) / TEST_REPORT, text)
+    return text
 
 
 def publish_report(report: dict, run_dir: Path, trainer: pl.Trainer, class_names: Sequence[str]) -> None:
