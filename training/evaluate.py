@@ -24,7 +24,7 @@ from training.operating_point import (
     OperatingPoint,
     choose_operating_point,
     fixed_operating_point,
-    read_operating_point,
+    read_checkpoint,
 )
 from training.options import EvalOptions
 from training.writers import publish_report, test_report_of, write_confusion_csv, write_predictions
@@ -156,7 +156,8 @@ class Evaluation(Callback):
                                ckpt_path: Optional[str]) -> None:
         """Use the one stored with the checkpoint's weights when chosen with these settings; else a
         fixed threshold; else one chosen now on validation through those weights."""
-        point = read_operating_point(ckpt_path)
+        stored = (read_checkpoint(ckpt_path) or {}).get(CHECKPOINT_KEY)
+        point = OperatingPoint.from_dict(stored) if stored else None
         if point is None or not point.matches(self.options):
             point = fixed_operating_point(self.options, model.hparams.num_classes)
         if point is None:

@@ -208,8 +208,10 @@ def data_summary(datamodule) -> dict:
     step = max(1, len(records) // SIZE_SAMPLE)
     sizes = [s for s in (header_size(Path(r.path)) for r in records[::step]) if s is not None]
     source = Path(datamodule.source)
-    given = (source.is_file() and "split" in _header(source)) or any(
-        (Path(datamodule.root) / s).is_dir() for s in ("train", "val", "test"))
+    given = any((Path(datamodule.root) / s).is_dir() for s in ("train", "val", "test"))
+    if source.is_file():  # a manifest: its header names a split column
+        with open(source, newline="", errors="replace") as f:
+            given = given or "split" in [c.strip() for c in f.readline().split(",")]
     return {
         "layout": "manifest" if source.is_file() else "folders",
         "splits": splits,
@@ -223,9 +225,3 @@ def data_summary(datamodule) -> dict:
         "input_size": hp.image_size,
         "skipped_unreadable": len(getattr(datamodule, "skipped", [])),
     }
-
-
-def _header(manifest: Path) -> list[str]:
-    with open(manifest, newline="", errors="replace") as f:
-        return [c.strip() for c in f.readline().split(",")]
-

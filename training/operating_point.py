@@ -116,8 +116,3 @@ def read_checkpoint(ckpt_path: Optional[str]) -> Optional[dict]:
     if not ckpt_path or not Path(ckpt_path).is_file():
         return None
     return torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-
-
-def read_operating_point(ckpt_path: Optional[str]) -> Optional[OperatingPoint]:
-    stored = (read_checkpoint(ckpt_path) or {}).get(CHECKPOINT_KEY)
-    return OperatingPoint.from_dict(stored) if stored else None
