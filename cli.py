@@ -1,10 +1,6 @@
-"""`python cli.py fit --config configs/ra_hand.yaml`: the program of every sweep file.
-
-A thin launcher: the CLI itself is training.cli, its exit codes training.program (both
-importable without side effects). Run as a program, it first installs the SIGTERM flag and
-watches the offline runner's lifeline, before the heavy imports, because a W&B agent (or the
-runner) may stop a run while it is still importing torch.
-"""
+"""`python cli.py fit --config configs/ra_hand.yaml`, the program of every sweep file: a thin
+launcher of training.program. The SIGTERM flag and the runner's lifeline come before the heavy
+imports: a run may be stopped while it is still importing torch (README, "Architecture")."""
 
 if __name__ == "__main__":
     from sweeps.contract.lifeline import watch_runner

@@ -240,7 +240,7 @@ def _validation_epoch(model, batches):
     from training.evaluate import Evaluation
     from training.options import EvalOptions
 
-    evaluation = Evaluation(ROOT / "unused", EvalOptions(), lambda split: None)
+    evaluation = Evaluation(ROOT / "unused", EvalOptions())
     evaluation.setup(None, model, "validate")
     evaluation.quiet = True
     trainer = SimpleNamespace(sanity_checking=False, state=SimpleNamespace(fn="validate"), is_global_zero=False)

@@ -193,9 +193,9 @@ def test_confusion_and_prediction_csv_cells_are_spreadsheet_safe(tmp_path):
                                                       ["-1", "1", "2"]]
 
     records = [Record(Path("x"), "@evil.png", "=1+1", "p")]
-    trainer = SimpleNamespace(global_rank=0, world_size=1)
-    writer = PredictionWriter(tmp_path, rows=lambda i: (records[i].rel, records[i].label),
-                              evaluation=SimpleNamespace(point=None))
+    data = SimpleNamespace(records_of=lambda split: records)
+    trainer = SimpleNamespace(global_rank=0, world_size=1, datamodule=data)
+    writer = PredictionWriter(tmp_path, evaluation=SimpleNamespace(point=None))
     writer.write_on_epoch_end(trainer, SimpleNamespace(class_names=names),
                               [{"index": torch.tensor([0]), "logits": torch.log(torch.tensor([[0.9, 0.1]]))}], None)
     rows = _read_rows(tmp_path / "predictions.csv")

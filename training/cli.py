@@ -1,15 +1,10 @@
-"""XrayCLI: the LightningCLI of this project, importable without side effects.
-
-`python cli.py fit --config configs/ra_hand.yaml` runs `training.program.main()`; tests and
-notebooks call `cli_main(args)`. Every run writes into its own directory
-runs/<experiment>/<run id>/ (config.yaml, checkpoints/, metrics.csv, wandb/). W&B logs offline
-unless the run is under a W&B agent or the user asks for online and is logged in; CSV metrics
-are always written.
-"""
+"""XrayCLI: the LightningCLI of this project, importable without side effects; tests and
+notebooks call `cli_main(args)` (README, "Run directories and logging")."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -39,7 +34,7 @@ from sweeps.contract.metric import SweepMetric
 from sweeps.contract.signals import StopSignal
 from training.cv import cross_validate, save_fold_outputs
 from training.ensemble import check_weights_fit, predict_with_ensemble, read_cv_run
-from training.evaluate import Evaluation, PredictionWriter, patient_ids_of
+from training.evaluate import Evaluation, PredictionWriter
 from training.external import TestPlan, external_records
 from training.loggers import ImageSampleLogger, default_loggers, finish_wandb
 from training.options import check_renamed
@@ -70,10 +65,43 @@ def _check_config_files(args: list[str]) -> None:
                 raise ValueError(f"config file {value} is not valid YAML: {e}") from None
 
 
+def _stoppable(subcommand: Callable) -> Callable:
+    """Every subcommand runs through here: a stop before its start (the body never runs) or during
+    it ends the run cleanly, exit 0 (README, "How the sweep files work with LightningCLI"): logs
+    closed as finished, no DDP child left behind. RUN_DIR_ENV, set for our DDP children, is taken back."""
+
+    @functools.wraps(subcommand)
+    def run(cli: XrayCLI, *args, **kwargs) -> None:
+        try:
+            if StopSignal.requested:
+                raise RunStopped(f"stopped by {StopSignal.reason} before training started")
+            subcommand(cli, *args, **kwargs)
+            finish_wandb(cli.trainer, exit_code=0)
+        except RunStopped:
+            cli.stopped = True
+            log.warning("Run stopped by %s; last checkpoint in %s", StopSignal.reason,
+                        cli.run_dir / CHECKPOINT_DIR)
+            if cli.guard.training_done:
+                log.warning("Training had ended; the test after fit was skipped because the run was stopped "
+                            "(it did not finish within %.0f s of the stop)", cli.guard.finish_grace_s)
+            for logger in cli.trainer.loggers:
+                logger.save()
+            finish_wandb(cli.trainer, exit_code=0)
+            for proc in ddp_children(cli.trainer):
+                try:
+                    proc.wait(timeout=CHILD_STOP_S)
+                except Exception:
+                    proc.kill()
+        finally:
+            if getattr(cli, "_set_env", False):
+                os.environ.pop(RUN_DIR_ENV, None)
+
+    return run
+
+
 class XrayCLI(LightningCLI):
     run_dir: Path
     stopped = False
-    dropped_conditionals: list[str]
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for group, cls in added_groups():  # the one list of groups and links: sweeps/contract/groups.py
@@ -92,15 +120,20 @@ class XrayCLI(LightningCLI):
         self.config = parser.parse_args(without_print)
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else self.config
-        kept, self.dropped_conditionals = apply_conditions(args, cfg)
+        kept, dropped = apply_conditions(args, cfg)
         self.args = [a for a in kept if a.partition("=")[0] != _PRINT_CONFIG]
-        for note in self.dropped_conditionals:
+        for note in dropped:
             log.warning("sweep: %s", note)
-        if self.dropped_conditionals or printing:
+        if dropped or printing:
             self.config = parser.parse_args(kept)
         self._resume_from = None
         if sub == "fit" and self.config[sub].get("ckpt_path"):
-            self._resume(self.config[sub])  # before LightningCLI reads the checkpoint's hyperparameters
+            # Continue that run (its directory may already hold config.yaml), before LightningCLI
+            # reads the checkpoint's hyperparameters.
+            fit = self.config[sub]
+            self._resume_from = str(fit.ckpt_path)
+            self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
+            fit.ckpt_path = continue_from(self._resume_from, fit.model.as_dict())
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
@@ -123,19 +156,12 @@ class XrayCLI(LightningCLI):
         cfg.trainer.default_root_dir = str(self.run_dir)
         ensure_demo_data(cfg.data.root, cfg.demo, seed=cfg.data.split_seed)
 
-    def _resume(self, cfg) -> None:
-        """`fit --ckpt_path`: continue that run; its directory may already hold config.yaml."""
-        self._resume_from = str(cfg.ckpt_path)
-        self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
-        cfg.ckpt_path = continue_from(self._resume_from, cfg.model.as_dict())
-
     def instantiate_trainer(self, **kwargs) -> Trainer:
         cfg = self.config_init[self.subcommand]
         run, sweep = cfg.run, cfg.sweep
         if cfg.trainer.get("precision") is None:
             kwargs["precision"] = default_precision(cfg.trainer.get("accelerator", "auto"))
-        loggers = cfg.trainer.get("logger")
-        if loggers is None or loggers is True:
+        if (loggers := cfg.trainer.get("logger")) is None or loggers is True:
             kwargs["logger"] = default_loggers(run, self.run_dir)
         checkpoints = self.run_dir / CHECKPOINT_DIR
         self.checkpoint = ModelCheckpoint(checkpoints, BEST_CHECKPOINT, monitor=run.monitor, mode=run.monitor_mode)
@@ -146,7 +172,7 @@ class XrayCLI(LightningCLI):
         metric = sweep.metric or run.monitor
         self.guard = RunGuard(checkpoints)
         check_columns(cfg.eval.subgroups, self.datamodule.records, self.datamodule.source)  # before training
-        self.evaluation = Evaluation(self.run_dir, cfg.eval, self._patient_ids)
+        self.evaluation = Evaluation(self.run_dir, cfg.eval)
         callbacks: list[Callback] = [
             self.checkpoint,
             self.last_checkpoint,
@@ -155,7 +181,7 @@ class XrayCLI(LightningCLI):
             SweepMetric(metric, sweep.objective, self.run_dir / HISTORY_FILE, metrics=self.evaluation),
         ]
         if not cfg.cv.run_dir:  # a fold ensemble writes its predictions itself, once all folds predicted
-            callbacks.append(PredictionWriter(self.run_dir, self._predict_row, self.evaluation))
+            callbacks.append(PredictionWriter(self.run_dir, self.evaluation))
         if run.log_images:
             callbacks.append(ImageSampleLogger())
         if cfg.eval.explain:  # Grad-CAM: predict's per image, test's images chosen to teach (models/teaching.py)
@@ -169,99 +195,51 @@ class XrayCLI(LightningCLI):
 
     # ---- the subcommands: LightningCLI runs a method named like the subcommand when the CLI has one
 
+    @_stoppable
     def fit(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
         """Train; then the operating point stored with the best weights, and the test on them."""
+        external_records(self)  # a bad eval.external fails now, not after training
+        if self.cross_validating:
+            cross_validate(self, self.fold_devices)
+            return
+        self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+        if self.trainer.fast_dev_run or self.trainer.interrupted:
+            return
+        best = self.checkpoint.best_model_path or None
+        self.evaluation.use_operating_point_of(self.trainer, model, datamodule, best)
+        if self.config_init["fit"].run.test_after_fit and datamodule.has_split("test"):
+            if StopSignal.requested and not self.guard.grace_left():
+                raise RunStopped(f"stopped by {StopSignal.reason} after training; the test after fit was "
+                                 "skipped")
+            self.trainer.test(model, datamodule=datamodule, ckpt_path=best)
+        if datamodule.hparams.fold is not None:  # a fold of a cross-validated run: outputs for the parent
+            self.evaluation.collect_validation(self.trainer, model, datamodule, best)
+            if self.trainer.is_global_zero:
+                save_fold_outputs(self)
+        TestPlan(self, best).finish()  # the model card (and an external test) beside test_report.json
 
-        def run() -> None:
-            external_records(self)  # a bad eval.external fails now, not after training
-            if self.cross_validating:
-                cross_validate(self, self.fold_devices)
-                return
-            self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
-            if self.trainer.fast_dev_run or self.trainer.interrupted:
-                return
-            best = self.checkpoint.best_model_path or None
-            self.evaluation.use_operating_point_of(self.trainer, model, datamodule, best)
-            if self.config_init["fit"].run.test_after_fit and datamodule.has_split("test"):
-                if StopSignal.requested and not self.guard.grace_left():
-                    raise RunStopped(f"stopped by {StopSignal.reason} after training; the test after fit was skipped")
-                self.trainer.test(model, datamodule=datamodule, ckpt_path=best)
-            if datamodule.hparams.fold is not None:  # a fold of a cross-validated run: outputs for the parent
-                self.evaluation.collect_validation(self.trainer, model, datamodule, best)
-                if self.trainer.is_global_zero:
-                    save_fold_outputs(self)
-            TestPlan(self, best).finish()  # the model card (and an external test) beside test_report.json
-
-        self._running(run)
-
+    @_stoppable
     def validate(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
-        def run() -> None:
-            check_weights_fit(model, ckpt_path)
-            self.trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+        check_weights_fit(model, ckpt_path)
+        self.trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
-        self._running(run)
-
+    @_stoppable
     def test(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
-        def run() -> None:
-            plan = TestPlan(self, ckpt_path)  # checked before anything runs: same data, external set, CV run
-            if not plan.internal_done:
-                check_weights_fit(model, ckpt_path)
-                self.evaluation.use_operating_point_of(self.trainer, model, datamodule, ckpt_path)
-                self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
-            plan.finish()
-
-        self._running(run)
-
-    def predict(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
-        def run() -> None:
-            if self.config_init["predict"].cv.run_dir:
-                self.evaluation.point = predict_with_ensemble(self, Path(self.config_init["predict"].cv.run_dir))
-                return
+        plan = TestPlan(self, ckpt_path)  # checked before anything runs: same data, external set, CV run
+        if plan.cv_run is None:  # a CV run's internal test is its ensemble's, already in its report
             check_weights_fit(model, ckpt_path)
             self.evaluation.use_operating_point_of(self.trainer, model, datamodule, ckpt_path)
-            self.trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+            self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+        plan.finish()
 
-        self._running(run)
-
-    def _running(self, run: Callable[[], None]) -> None:
-        """Every subcommand runs through here: a stop before the start (the body never runs), a
-        stop during it (ends cleanly, exit 0), the W&B run finished, and RUN_DIR_ENV (set for our
-        DDP children) taken back. (A context manager cannot skip its body: a stop that landed
-        before the start made it fail with "generator didn't yield".)"""
-        try:
-            if StopSignal.requested:
-                raise RunStopped(f"stopped by {StopSignal.reason} before training started")
-            run()
-            finish_wandb(self.trainer, exit_code=0)
-        except RunStopped:
-            self.stopped = True
-            self._finish_stopped_run()
-        finally:
-            if getattr(self, "_set_env", False):
-                os.environ.pop(RUN_DIR_ENV, None)
-
-    def _finish_stopped_run(self) -> None:
-        """The agent stopped us: close the logs as finished and leave no DDP child behind."""
-        trainer = self.trainer
-        log.warning("Run stopped by %s; last checkpoint in %s", StopSignal.reason, self.run_dir / CHECKPOINT_DIR)
-        if getattr(self, "guard", None) is not None and self.guard.training_done:
-            log.warning("Training had ended; the test after fit was skipped because the run was stopped "
-                        "(it did not finish within %.0f s of the stop)", self.guard.finish_grace_s)
-        for logger in trainer.loggers:
-            logger.save()
-        finish_wandb(self.trainer, exit_code=0)
-        for proc in ddp_children(trainer):
-            try:
-                proc.wait(timeout=CHILD_STOP_S)
-            except Exception:
-                proc.kill()
-
-    def _patient_ids(self, split: str) -> Optional[list[str]]:
-        return patient_ids_of(self.datamodule.records_of(split))
-
-    def _predict_row(self, index: int) -> tuple[str, str]:
-        record = self.datamodule.records_of("predict")[index]
-        return record.rel, record.label
+    @_stoppable
+    def predict(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
+        if self.config_init["predict"].cv.run_dir:
+            self.evaluation.point = predict_with_ensemble(self, Path(self.config_init["predict"].cv.run_dir))
+            return
+        check_weights_fit(model, ckpt_path)
+        self.evaluation.use_operating_point_of(self.trainer, model, datamodule, ckpt_path)
+        self.trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
 
 def cli_main(args: Optional[list[str]] = None) -> XrayCLI:
@@ -289,4 +267,3 @@ def cli_main(args: Optional[list[str]] = None) -> XrayCLI:
         raise
     finally:
         _CREATED_RUN_DIRS.clear()
-

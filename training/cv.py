@@ -1,27 +1,8 @@
-"""Cross-validated trials: `python cli.py fit ... --cv.folds=5` trains k patient-level folds
-as ONE run (one W&B run, one sweep trial), so W&B agents and the offline runner need no change.
-
-* Each fold is this CLI again (`--data.folds=k --data.fold=i`, one device, W&B off) in the
-  run directory's fold_i/ (checkpoints, metrics, its own test_report.json), started, watched
-  and stopped by the launcher the offline runner uses (rundir/launcher.py). Folds run in
-  parallel, cv.folds_per_device on each device (trainer.devices GPUs; on CPU that many
-  processes per device), the rest in turn.
-* One hyperband iteration is one epoch: when every fold has finished epoch e, the sweep
-  metric's fold mean is logged once (W&B history row with `epoch`, and sweep_history.jsonl),
-  with its standard deviation (`<metric>_std`) and each fold's value (`<metric>/fold_i`).
-  Hyperband can therefore only compare a CV trial once all of its folds reached a band: give
-  as many devices as folds for early stopping to save compute.
-* Afterwards the operating point is chosen on the out-of-fold predictions
-  (oof_predictions.csv; every image not in the test split is predicted once, by the fold that
-  did not train on it) and the test split is scored by the fold ensemble (mean of the k
-  models' probabilities), with patient-level CIs, next to each fold's own test figures.
-* Like a single run, the parent writes training.json (the epochs it plans, then done), so that
-  the runner's hyperband never cuts the ensemble evaluation after training.
-* SIGTERM stops every fold cleanly (each saves last.ckpt) and the run exits 0; a fold that
-  fails fails the run with the fold's reason. Folds that finished are kept: the same command
-  with the same run directory (XRAY_RUN_DIR, as the offline runner sets it when it continues
-  an interrupted trial) trains only the rest, each unfinished fold from its last checkpoint.
-"""
+"""Cross-validated trials (`fit --cv.folds=K`, README "Cross-validated trials"): one run whose
+K folds are this CLI again, each in the run directory's fold_i/, started, watched and stopped
+by rundir/launcher.py; their mean is the sweep metric, the operating point is chosen out of
+fold and the fold ensemble is tested. A rerun on the same directory trains only the folds
+that did not finish."""
 
 from __future__ import annotations
 
@@ -41,7 +22,7 @@ import rundir.launcher as launcher
 from datamodules.csvsafe import spreadsheet_safe
 from evaluation import columns_of
 from models.teaching import ensemble_overlays
-from rundir.atomic import replacing
+from rundir.atomic import replacing, write_atomic
 from rundir.grace import CHILD_STOP_S
 from rundir.layout import (
     CV_FILE,
@@ -72,12 +53,6 @@ PROGRAM = Path(__file__).resolve().parents[1] / "cli.py"  # each fold is this CL
 
 class FoldFailed(ValueError):
     """A fold of a cross-validated run failed; the message is the fold's own reason."""
-
-
-def fold_argv(args: list[str], folds: int, fold: int, program: Path = PROGRAM) -> list[str]:
-    """This run's own arguments, then what makes it one fold (later arguments win)."""
-    return [sys.executable, str(program), *args, "--cv.folds=0", f"--data.folds={folds}", f"--data.fold={fold}",
-            "--trainer.devices=1", "--trainer.strategy=auto", "--run.wandb=disabled"]
 
 
 def _history(path: Path, metric: str) -> list[float]:
@@ -140,7 +115,10 @@ class CrossValidation:
     def _launch(self, fold: int, slot: int) -> launcher.Launched:
         directory = fold_dir(self.run_dir, fold)
         directory.mkdir(parents=True, exist_ok=True)
-        argv = fold_argv(self.args, self.folds, fold, self.program)
+        # This run's own arguments, then what makes it one fold (later arguments win).
+        argv = [sys.executable, str(self.program), *self.args, "--cv.folds=0", f"--data.folds={self.folds}",
+                f"--data.fold={fold}", "--trainer.devices=1", "--trainer.strategy=auto",
+                "--run.wandb=disabled"]
         last = directory / LAST_CHECKPOINT
         if last.is_file() and checkpoint_problem(last) is None:
             # A fold stopped or killed before: it continues from its last epoch (its history
@@ -177,15 +155,16 @@ class CrossValidation:
         oof_labels = np.concatenate([o["val_labels"] for o in outputs])
         by_rel = {r.rel: r for r in cli.datamodule.records}
         oof_patients = patient_ids_of([by_rel[str(r)] for o in outputs for r in o["val_rel"]])
-        point = choose_operating_point(oof_logits, oof_labels, cfg.eval,  # patients: chosen out of fold too
-                                       None if oof_patients is None else np.asarray(oof_patients, dtype=object))
+        point = choose_operating_point(oof_logits, oof_labels, cfg.eval, oof_patients)  # patients out of fold
         self._write_oof(outputs, point)
-        with replacing(self.run_dir / CV_FILE) as f:  # a crash mid-write leaves no half cv.json
-            f.write(json.dumps({
-                "folds": self.folds, "metric": self.metric, "operating_point": point.to_dict(),
-                "checkpoints": [str(fold_dir(Path(), i) / str(o["best_checkpoint"])) for i, o in enumerate(outputs)],
-            }, indent=1))
+        write_atomic(self.run_dir / CV_FILE, json.dumps({
+            "folds": self.folds, "metric": self.metric, "operating_point": point.to_dict(),
+            "checkpoints": [str(fold_dir(Path(), i) / str(o["best_checkpoint"]))
+                            for i, o in enumerate(outputs)],
+        }, indent=1))
         cli.evaluation.use(cli.trainer, point)
+        if point.threshold is not None:
+            update_summary(cli.trainer, {"eval/threshold_rule": f"{point.threshold.rule} (out-of-fold)"})
         if not all(len(o["test_rel"]) for o in outputs):
             return None
         order = [str(r) for r in outputs[0]["test_rel"]]
@@ -196,8 +175,8 @@ class CrossValidation:
         records = [by_rel[r] for r in order]
         labels = np.array([cli.datamodule.class_index[r.label] for r in records])
         self.ensemble_test = (np.mean(probs, axis=0), labels, order, point)  # for eval.explain's overlays
-        report = test_report_of(np.mean(probs, axis=0), labels, patient_ids_of(records), cli.model.class_names, point,
-                                cfg.eval, columns=columns_of(records))
+        report = test_report_of(self.ensemble_test[0], labels, patient_ids_of(records), cli.model.class_names,
+                                point, cfg.eval, columns=columns_of(records))
         report["ensemble"] = {"folds": self.folds, "how": "mean of the folds' probabilities",
                               "fold_test": [_fold_figures(fold_dir(self.run_dir, i)) for i in range(self.folds)]}
         return report
@@ -254,10 +233,6 @@ def cross_validate(cli, devices: tuple) -> None:
     cv = CrossValidation(cli, cli.args, cfg.sweep.metric or cfg.run.monitor, devices)
     cv.train()
     report = cv.evaluate()
-    point = cli.evaluation.point
-    if point is not None and point.threshold is not None:
-        update_summary(cli.trainer, {"eval/threshold": point.threshold.value,
-                                     "eval/threshold_rule": f"{point.threshold.rule} (out-of-fold)"})
     if report is not None and cfg.run.test_after_fit:
         publish_report(report, cli.run_dir, cli.trainer, cli.model.class_names)
         if cfg.eval.explain:  # the fold ensemble's maps of the test images chosen to teach

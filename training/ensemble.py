@@ -1,7 +1,5 @@
-"""What `test` and `predict` read from finished runs, checked before any of it is used: a
-checkpoint must fit the model the command built, and a cross-validated run's cv.json may name
-only the run's own fold checkpoints. `predict --cv.run_dir` writes predictions.csv only when
-every fold has predicted (README "Cross-validation")."""
+"""What `test` and `predict` read from finished runs (a checkpoint, a cross-validated run's
+cv.json), checked before any of it is used (README "Cross-validated trials")."""
 
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ import numpy as np
 import torch
 
 from rundir.layout import CV_FILE, PREDICTIONS_FILE, fold_dir
-from training.operating_point import OperatingPoint
+from training.operating_point import OperatingPoint, read_checkpoint
 from training.writers import write_predictions
 
 # Options of the model whose change changes the weights' shapes (the others leave them alone).
@@ -22,9 +20,9 @@ SHAPING = ("backbone", "num_classes", "weights")
 
 def check_weights_fit(model: torch.nn.Module, ckpt_path: Optional[str]) -> None:
     """One paragraph instead of torch's list of every missing weight (kilobytes of names)."""
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        return  # Lightning names a missing file itself
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    checkpoint = read_checkpoint(ckpt_path)
+    if checkpoint is None:
+        return
     saved = checkpoint.get("state_dict") or {}
     ours = model.state_dict()
     missing = [k for k in ours if k not in saved]
@@ -43,9 +41,10 @@ def check_weights_fit(model: torch.nn.Module, ckpt_path: Optional[str]) -> None:
         + ": give the model options it was trained with (its run's config.yaml)")
 
 
-def read_cv_run(run_dir: Path) -> tuple[OperatingPoint, list[Path]]:
-    """The operating point and fold checkpoints of a finished cross-validated run, or ValueError
-    in one line. Entry i must lie in the run's own fold_i/ (never another run's models)."""
+def read_cv_run(run_dir: Path, model: Optional[torch.nn.Module] = None) -> tuple[OperatingPoint, list[Path]]:
+    """The operating point and fold checkpoints of a finished cross-validated run (each checked
+    to fit `model` when given), or ValueError in one line. Entry i must lie in the run's own
+    fold_i/ (never another run's models)."""
     source = run_dir / CV_FILE
     try:
         saved = json.loads(source.read_text())
@@ -74,16 +73,15 @@ def read_cv_run(run_dir: Path) -> tuple[OperatingPoint, list[Path]]:
             raise ValueError(f"{source}: the checkpoint of fold {i} ({entry}) is missing: the ensemble needs "
                              "every fold; no predictions were written")
         paths.append(path)
+    for path in paths if model is not None else ():
+        check_weights_fit(model, str(path))
     return point, paths
 
 
 def predict_with_ensemble(cli, run_dir: Path) -> OperatingPoint:
-    """`predict --cv.run_dir DIR`: the mean of the folds' probabilities, decided at the CV run's
-    operating point (chosen on its out-of-fold predictions). Everything is checked first and
-    predictions.csv appears only complete."""
-    point, checkpoints = read_cv_run(Path(run_dir))
-    for ckpt in checkpoints:
-        check_weights_fit(cli.model, str(ckpt))
+    """`predict --cv.run_dir DIR`: the mean of the folds' probabilities at the CV run's operating
+    point; predictions.csv is written only when every fold has predicted."""
+    point, checkpoints = read_cv_run(Path(run_dir), cli.model)
     probs, index = [], None
     for ckpt in checkpoints:
         batches = cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt),

@@ -1,14 +1,12 @@
-"""Evaluation, owned in one place (README "Evaluation"): the `Evaluation` callback collects
-each validation/test epoch's outputs once (every rank's, each image once), logs the epoch
-metrics, chooses the operating point on validation, stores it in the checkpoints written for
-those weights, and hands the test outputs and the predictions to their writers (writers.py).
-Nothing is chosen on test.
-"""
+"""Evaluation, owned in one place (README "Reading the results"): the `Evaluation` callback
+collects each epoch's outputs once, logs the epoch metrics, chooses the operating point on
+validation (never on test), stores it with those weights and hands test outputs and
+predictions to their writers (writers.py)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,7 +24,7 @@ from training.operating_point import (
     OperatingPoint,
     choose_operating_point,
     fixed_operating_point,
-    read_operating_point,
+    read_checkpoint,
 )
 from training.options import EvalOptions
 from training.writers import publish_report, test_report_of, write_confusion_csv, write_predictions
@@ -49,9 +47,8 @@ class Evaluation(Callback):
     """The one owner of evaluation state; see the module docstring. Listed before SweepMetric,
     which reads `current_metrics` (callback hooks run in list order)."""
 
-    def __init__(self, run_dir: Path, options: EvalOptions,
-                 patient_ids: Callable[[str], Optional[Sequence[str]]]) -> None:
-        self.run_dir, self.options, self.patient_ids = Path(run_dir), options, patient_ids
+    def __init__(self, run_dir: Path, options: EvalOptions) -> None:
+        self.run_dir, self.options = Path(run_dir), options
         self.outputs: dict[str, dict[str, np.ndarray]] = {}  # last epoch's, per stage, each image once
         self.metrics: dict[str, dict[str, torch.Tensor]] = {}
         self.point: Optional[OperatingPoint] = None  # the one test and predict use
@@ -59,7 +56,6 @@ class Evaluation(Callback):
         self.report: Optional[dict] = None
         self._batches: dict[str, list[dict]] = {"val": [], "test": []}
         self._chosen: Optional[tuple[int, OperatingPoint]] = None  # (global step of its weights, point)
-        self.num_classes = 2
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.num_classes = int(pl_module.hparams.num_classes)
@@ -107,13 +103,11 @@ class Evaluation(Callback):
         return self.outputs[stage]
 
     def _log_epoch(self, stage: str, pl_module: pl.LightningModule, out: dict[str, np.ndarray]) -> None:
-        """The epoch's figures over every image exactly once. Every rank computes them from the
-        same gathered outputs, so they are logged WITHOUT sync_dist: there is nothing to reduce.
-        Lightning keeps a logged tensor on its own device and all-reduces it there
-        (lightning/pytorch/trainer/connectors/logger_connector/result.py: `self[key].to(value.device)`,
-        then `_ResultMetric.compute` -> `sync`), and NCCL has no CPU backend (Lightning #18803):
-        a sync_dist=True value computed on the CPU killed DDP on GPUs. They live on the module's
-        device anyway (tests/test_gpu.py runs an NCCL group on one GPU)."""
+        """The epoch's figures over every image once, computed by every rank from the same gathered
+        outputs, so logged WITHOUT sync_dist. Lightning all-reduces a logged tensor on its own device
+        (trainer/connectors/logger_connector/result.py: `self[key].to(value.device)`, then `sync`) and
+        NCCL has no CPU backend (Lightning #18803): a CPU value with sync_dist=True killed DDP on GPUs.
+        They live on the module's device anyway (tests/test_gpu.py)."""
         logits = torch.from_numpy(out["logits"]).to(pl_module.device)
         labels = torch.from_numpy(out["labels"]).long().to(pl_module.device)
         values = {f"{stage}/loss": pl_module.loss(logits, labels)}
@@ -139,14 +133,15 @@ class Evaluation(Callback):
         if trainer.state.fn == "fit":  # for the checkpoints of these weights (on_save_checkpoint)
             finite = np.isfinite(out["logits"]).all()  # diverged weights: RunGuard's to report, nothing to choose
             self._chosen = (trainer.global_step, choose_operating_point(
-                out["logits"], out["labels"], self.options, self._patients("val", out))) if finite else None
+                out["logits"], out["labels"], self.options, self._patients(trainer.datamodule, "val", out))
+            ) if finite else None
         if trainer.is_global_zero:
             confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
             np.add.at(confusion, (out["labels"], out["logits"].argmax(axis=1)), 1)
             write_confusion_csv(self.run_dir / "confusion_val.csv", confusion, pl_module.class_names)
 
-    def _patients(self, stage: str, out: dict[str, np.ndarray]) -> Optional[np.ndarray]:
-        ids = self.patient_ids(stage)
+    def _patients(self, datamodule, stage: str, out: dict[str, np.ndarray]) -> Optional[np.ndarray]:
+        ids = patient_ids_of(datamodule.records_of(stage))
         return None if ids is None else np.asarray(ids, dtype=object)[out["index"]]
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
@@ -161,13 +156,14 @@ class Evaluation(Callback):
                                ckpt_path: Optional[str]) -> None:
         """Use the one stored with the checkpoint's weights when chosen with these settings; else a
         fixed threshold; else one chosen now on validation through those weights."""
-        point = read_operating_point(ckpt_path)
+        stored = (read_checkpoint(ckpt_path) or {}).get(CHECKPOINT_KEY)
+        point = OperatingPoint.from_dict(stored) if stored else None
         if point is None or not point.matches(self.options):
             point = fixed_operating_point(self.options, model.hparams.num_classes)
         if point is None:
             out = self.collect_validation(trainer, model, datamodule, ckpt_path)
             point = choose_operating_point(out["logits"], out["labels"], self.options,
-                                           self._patients("val", out)) if out else None
+                                           self._patients(datamodule, "val", out)) if out else None
         if point is None and model.hparams.num_classes == 2:
             log.warning("eval.threshold=%s: no validation split to choose it on and none stored in the "
                         "checkpoint; binary decisions use 0.5", self.options.threshold)
@@ -209,7 +205,7 @@ class Evaluation(Callback):
         if not trainer.is_global_zero or out is None:
             return
         point = self.point or OperatingPoint(None)
-        ids = self._patients("test", out)
+        ids = self._patients(trainer.datamodule, "test", out)
         self.report = test_report_of(point.probabilities(out["logits"]), out["labels"], ids, pl_module.class_names,
                                      point, self.options, columns_of(trainer.datamodule.records_of("test"), out["index"]))
         publish_report(self.report, self.run_dir, trainer, pl_module.class_names)
@@ -218,18 +214,18 @@ class Evaluation(Callback):
 class PredictionWriter(BasePredictionWriter):
     """predictions.csv (predictions-rank{R}.csv under DDP): path relative to the data root, the
     true label when known, one probability column per class, and the decision at the operating
-    point the Evaluation uses. `rows(index) -> (relative path, label)` comes from the CLI."""
+    point the Evaluation uses."""
 
-    def __init__(self, run_dir: Path, rows: Callable[[int], tuple[str, str]], evaluation: Evaluation) -> None:
+    def __init__(self, run_dir: Path, evaluation: Evaluation) -> None:
         super().__init__(write_interval="epoch")
-        self.run_dir, self.rows, self.evaluation = Path(run_dir), rows, evaluation
+        self.run_dir, self.evaluation = Path(run_dir), evaluation
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         point = self.evaluation.point or OperatingPoint(None)
         suffix = f"-rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        rows = []
+        records, rows = trainer.datamodule.records_of("predict"), []
         for batch in predictions:
             probs = point.probabilities(batch["logits"].float().cpu().numpy())
-            rows += [(*self.rows(index), p) for index, p in zip(batch["index"].tolist(), probs)]
-        self.path = write_predictions(self.run_dir / PREDICTIONS_FILE.replace(".csv", f"{suffix}.csv"), rows, pl_module.class_names, point)
-
+            rows += [(records[i].rel, records[i].label, p) for i, p in zip(batch["index"].tolist(), probs)]
+        path = self.run_dir / PREDICTIONS_FILE.replace(".csv", f"{suffix}.csv")
+        write_predictions(path, rows, pl_module.class_names, point)

@@ -1,11 +1,7 @@
 """External validation and what a finished test leaves beside test_report.json (README
-"External validation", "Model card"). `cli.py test --ckpt_path ... --eval.external=<site B
-folder or manifest>` scores the whole second data set as one external test split: no split is
-made there, the operating point and temperature are the ones site A's validation chose (stored
-with the checkpoint, or the CV run's out-of-fold choice), never chosen on site B.
-
-The CLI calls `TestPlan(cli, ckpt_path)` before its test (everything checked before anything
-runs) and `plan.finish()` after it."""
+"External validation", "Model card"): site B is scored whole at site A's operating point.
+The CLI builds `TestPlan(cli, ckpt_path)` before its test (everything checked before anything
+runs) and calls `plan.finish()` after it."""
 
 from __future__ import annotations
 
@@ -27,34 +23,16 @@ from datamodules.transforms import ResizePad
 from evaluation import check_columns, columns_of, summary_metrics
 from evaluation.external import compare_reports, format_comparison
 from evaluation.model_card import CARD_FILE, model_card_text
-from rundir.atomic import replacing
+from rundir.atomic import write_atomic
 from rundir.layout import CONFIG_FILE, TEST_REPORT
-from training.ensemble import check_weights_fit, read_cv_run
+from training.ensemble import read_cv_run
 from training.evaluate import patient_ids_of
 from training.loggers import update_summary
-from training.operating_point import OperatingPoint
-from training.writers import _json_default, test_report_of
+from training.operating_point import OperatingPoint, read_checkpoint
+from training.writers import test_report_of, write_report
 
 SIZE_SAMPLE = 200  # image headers read for the card's sizes: enough to show the range, cheap on any data set
 EXTERNAL_NAME = "external"  # the site's label in reports: never its path (it may name a hospital or a patient)
-
-
-def read_external(spec: str, class_names: list[str], *, allow_outside_root: bool) -> tuple[list[Record], str]:
-    """Every image of the external data set as test records (a split column there is ignored:
-    the whole set is external test data); labels must be classes the model knows."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        records, source = read_manifest(path, path.parent, allow_outside_root=allow_outside_root), str(path)
-    elif (path / "manifest.csv").is_file():
-        records, source = read_manifest(path / "manifest.csv", path, allow_outside_root=allow_outside_root), str(path)
-    elif path.is_dir():
-        records, source = scan_folder(path, allow_outside_root=allow_outside_root), str(path)
-    else:
-        raise DataError(f"eval.external={spec}: neither a data folder nor a manifest file")
-    if not records:
-        raise DataError(f"eval.external={spec}: no images found")
-    check_labels(records, class_names, source)  # a label the model does not know: refused, named
-    return [Record(r.path, r.rel, r.label, r.patient_id, "test", r.columns) for r in records], source
 
 
 def check_not_internal(external: list[Record], internal: list[Record], spec: str) -> None:
@@ -88,10 +66,7 @@ class ExternalData(pl.LightningDataModule):
 def check_same_data(ckpt_path: Optional[str], datamodule) -> None:
     """`test --data.root=<site B>` would split site B and test a part of it with site A's model:
     refused while site A's data is still where the model was trained on it (moved data is allowed)."""
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        return
-    trained = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get(
-        "datamodule_hyper_parameters") or {}
+    trained = (read_checkpoint(ckpt_path) or {}).get("datamodule_hyper_parameters") or {}
     if not trained.get("root"):
         return
     then, now = Path(str(trained["root"])).expanduser(), Path(datamodule.root)
@@ -102,17 +77,29 @@ def check_same_data(ckpt_path: Optional[str], datamodule) -> None:
 
 
 def external_records(cli) -> Optional[list[Record]]:
-    """eval.external's records, checked (one device, labels the model knows, none of its own
-    images, the subgroup columns); `fit` asks before training, so a bad set costs no training."""
-    options = cli.config_init[cli.subcommand].eval
+    """Every image of eval.external (a folder or manifest) as test records, checked: one device,
+    labels the model knows, none of its own images, the subgroup columns. `fit` asks before
+    training, so a bad set costs no training."""
+    options, outside = cli.config_init[cli.subcommand].eval, cli.datamodule.hparams.allow_outside_root
     if not options.external:
         return None
     if cli.trainer.world_size > 1:
         raise ValueError("eval.external is scored on one device: give --trainer.devices=1")
-    records, source = read_external(options.external, list(cli.model.class_names),
-                                    allow_outside_root=cli.datamodule.hparams.allow_outside_root)
-    check_not_internal(records, cli.datamodule.records, options.external)
-    check_columns(options.subgroups, records, source)
+    spec, path = options.external, Path(options.external).expanduser()
+    manifest = path if path.is_file() else path / "manifest.csv"
+    if manifest.is_file():
+        records = read_manifest(manifest, manifest.parent, allow_outside_root=outside)
+    elif path.is_dir():
+        records = scan_folder(path, allow_outside_root=outside)
+    else:
+        raise DataError(f"eval.external={spec}: neither a data folder nor a manifest file")
+    if not records:
+        raise DataError(f"eval.external={spec}: no images found")
+    check_labels(records, list(cli.model.class_names), str(path))  # a label the model does not know: refused
+    # The whole set is external test data (a split column there is ignored).
+    records = [Record(r.path, r.rel, r.label, r.patient_id, "test", r.columns) for r in records]
+    check_not_internal(records, cli.datamodule.records, spec)
+    check_columns(options.subgroups, records, str(path))
     return records
 
 
@@ -121,23 +108,16 @@ class TestPlan:
 
     def __init__(self, cli, ckpt_path: Optional[str]) -> None:
         cfg = cli.config_init[cli.subcommand]
-        self.cli, self.ckpt_path, self.options = cli, ckpt_path, cfg.eval
+        self.cli, self.options = cli, cfg.eval
         self.cv_run = Path(cfg.cv.run_dir) if cli.subcommand == "test" and cfg.cv.run_dir else None
         self.checkpoints: list[Optional[str]] = [ckpt_path]
         self.point: Optional[OperatingPoint] = None
         if self.cv_run is not None:  # the fold ensemble: its operating point chosen out of fold
-            self.point, paths = read_cv_run(self.cv_run)
+            self.point, paths = read_cv_run(self.cv_run, cli.model)
             self.checkpoints = [str(p) for p in paths]
-            for ckpt in self.checkpoints:
-                check_weights_fit(cli.model, ckpt)
         for ckpt in self.checkpoints:
             check_same_data(ckpt, cli.datamodule)
         self.records = external_records(cli)
-
-    @property
-    def internal_done(self) -> bool:
-        """A CV run's internal test is its ensemble's, already in its test_report.json."""
-        return self.cv_run is not None
 
     def finish(self) -> None:
         cli = self.cli
@@ -150,7 +130,9 @@ class TestPlan:
         if report is None:
             return  # no test split: nothing to compare or describe
         report["data"] = data_summary(cli.datamodule)
-        report["training"] = _checkpoint_facts(self.checkpoints)
+        saved = [c for c in map(read_checkpoint, self.checkpoints) if c is not None]  # the epochs tested
+        report["training"] = {"models": len(self.checkpoints),
+                              "best_epoch": [int(c.get("epoch", -1)) + 1 for c in saved]}
         if self.records is not None:
             external = self.external_report()
             comparison = compare_reports(report, external)
@@ -158,9 +140,10 @@ class TestPlan:
             summary = summary_metrics(external, prefix=f"{EXTERNAL_NAME}/")
             update_summary(cli.trainer, {k: v for k, v in summary.items() if np.isfinite(v)})
             print(f"\n{format_comparison(comparison, EXTERNAL_NAME)}", flush=True)
-        with replacing(Path(cli.run_dir) / TEST_REPORT) as f:
-            f.write(json.dumps(report, indent=1, allow_nan=False, default=_json_default))
-        write_card(Path(cli.run_dir))
+        config = cli.run_dir / CONFIG_FILE  # the model card beside the report, from both
+        card = model_card_text(write_report(report, cli.run_dir),
+                               config.read_text() if config.is_file() else None, cli.run_dir.parent.name)
+        write_atomic(cli.run_dir / CARD_FILE, card)
 
     def external_report(self) -> dict:
         """The external set scored at site A's operating point (the fold ensemble's mean for a CV run)."""
@@ -225,8 +208,10 @@ def data_summary(datamodule) -> dict:
     step = max(1, len(records) // SIZE_SAMPLE)
     sizes = [s for s in (header_size(Path(r.path)) for r in records[::step]) if s is not None]
     source = Path(datamodule.source)
-    given = (source.is_file() and "split" in _header(source)) or any(
-        (Path(datamodule.root) / s).is_dir() for s in ("train", "val", "test"))
+    given = any((Path(datamodule.root) / s).is_dir() for s in ("train", "val", "test"))
+    if source.is_file():  # a manifest: its header names a split column
+        with open(source, newline="", errors="replace") as f:
+            given = given or "split" in [c.strip() for c in f.readline().split(",")]
     return {
         "layout": "manifest" if source.is_file() else "folders",
         "splits": splits,
@@ -240,27 +225,3 @@ def data_summary(datamodule) -> dict:
         "input_size": hp.image_size,
         "skipped_unreadable": len(getattr(datamodule, "skipped", [])),
     }
-
-
-def _header(manifest: Path) -> list[str]:
-    with open(manifest, newline="", errors="replace") as f:
-        return [c.strip() for c in f.readline().split(",")]
-
-
-def _checkpoint_facts(checkpoints: list[Optional[str]]) -> dict:
-    """Which epoch's weights were tested (per fold for a CV run)."""
-    epochs = []
-    for ckpt in checkpoints:
-        if ckpt and Path(ckpt).is_file():
-            epochs.append(int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("epoch", -1)) + 1)
-    return {"models": len(checkpoints), "best_epoch": epochs}
-
-
-def write_card(run_dir: Path, sweep: Optional[dict] = None) -> Path:
-    """model_card.md from the run's test_report.json and config.yaml, written whole or not at all."""
-    config = run_dir / CONFIG_FILE
-    text = model_card_text((run_dir / TEST_REPORT).read_text(), config.read_text() if config.is_file() else None,
-                           run_dir.parent.name, sweep)
-    with replacing(run_dir / CARD_FILE) as f:
-        f.write(text)
-    return run_dir / CARD_FILE

@@ -61,9 +61,8 @@ def default_loggers(run: RunOptions, run_dir: Path) -> list[Logger]:
 
 
 def finish_wandb(trainer: Trainer, exit_code: int) -> None:
-    """Close the W&B run now rather than at interpreter exit, so that in-process callers
-    (tests, notebooks) see a complete run and a second cli_main starts a new one. Only a run
-    that was started is finished: `wandb.run` is W&B's public handle of the current run."""
+    """Now, not at interpreter exit: in-process callers see a complete run and a second cli_main
+    starts a new one. `wandb.run` is W&B's public handle of the current run (None: none started)."""
     if not trainer.is_global_zero or not any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
         return
     import wandb

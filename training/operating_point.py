@@ -5,7 +5,7 @@ weights it was chosen for (checkpoint key `operating_point`, written by training
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -32,11 +32,9 @@ CHECKPOINT_KEY = "operating_point"
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """How logits become decisions: a temperature, and for binary tasks a threshold on the
-    positive-class probability (evaluation.decision). `calibration`: on the validation outputs
-    it was chosen on; `temperature_fallback`: why temperature scaling, though asked, was not used.
-    `patient_threshold`: the same rule chosen on validation PATIENTS aggregated by
-    `patient_aggregation` (the test report's patient-level section uses it; README "Reading the results")."""
+    """`calibration`: on the validation outputs it was chosen on; `temperature_fallback`: why
+    temperature scaling, though asked, was not used; `patient_threshold`: the same rule chosen on
+    validation PATIENTS aggregated by `patient_aggregation` (README "Reading the results")."""
 
     threshold: Optional[ThresholdChoice]
     temperature: float = 1.0
@@ -75,11 +73,8 @@ class OperatingPoint:
             log.warning("eval.temperature_scaling: %s", self.temperature_fallback)
 
     def to_dict(self) -> dict:
-        return {"threshold": self.threshold.to_dict() if self.threshold else None, "temperature": self.temperature,
-                "temperature_scaling": self.temperature_scaling, "temperature_fallback": self.temperature_fallback,
-                "calibration": self.calibration,
-                "patient_threshold": self.patient_threshold.to_dict() if self.patient_threshold else None,
-                "patient_aggregation": self.patient_aggregation}
+        return {**asdict(self), "threshold": self.threshold.to_dict() if self.threshold else None,
+                "patient_threshold": self.patient_threshold.to_dict() if self.patient_threshold else None}
 
     @classmethod
     def from_dict(cls, data: dict) -> OperatingPoint:
@@ -101,8 +96,10 @@ def choose_operating_point(logits: np.ndarray, labels: np.ndarray, options: Eval
     threshold = choose_threshold(spec, probs[:, 1], labels) if binary else None
     patient = choose_patient_threshold(spec, probs[:, 1], labels, np.asarray(patient_ids, dtype=object),
                                        options.patient_aggregation) if binary and patient_ids is not None else None
-    return OperatingPoint(threshold, temperature, options.temperature_scaling, fallback,
-                          calibration_summary(probs, labels), patient,
+    calibration = {"images": int(len(labels)), "ece": float(expected_calibration_error(probs, labels, 15)),
+                   "brier": float(brier_score(probs, labels)),
+                   "reliability": reliability_bins(probs, labels, 15)}
+    return OperatingPoint(threshold, temperature, options.temperature_scaling, fallback, calibration, patient,
                           options.patient_aggregation if patient is not None else None)
 
 
@@ -114,13 +111,8 @@ def fixed_operating_point(options: EvalOptions, num_classes: int) -> Optional[Op
     return OperatingPoint(ThresholdChoice(float(spec.target), spec.text) if num_classes == 2 else None)
 
 
-def read_operating_point(ckpt_path: Optional[str]) -> Optional[OperatingPoint]:
+def read_checkpoint(ckpt_path: Optional[str]) -> Optional[dict]:
+    """A checkpoint's contents, memory-mapped; None without a file (Lightning names a missing file itself)."""
     if not ckpt_path or not Path(ckpt_path).is_file():
         return None
-    stored = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get(CHECKPOINT_KEY)
-    return OperatingPoint.from_dict(stored) if stored else None
-
-
-def calibration_summary(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict:
-    return {"images": int(len(labels)), "ece": float(expected_calibration_error(probs, labels, n_bins)),
-            "brier": float(brier_score(probs, labels)), "reliability": reliability_bins(probs, labels, n_bins)}
+    return torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)

@@ -1,7 +1,5 @@
-"""Option groups of the CLI besides trainer/model/data: where a run writes and how it logs
-(`run.*`), the built-in demo data set (`demo.*`), evaluation (`eval.*`, checked when the
-command is parsed, before any training) and cross-validation (`cv.*`). Plain dataclasses: their fields and
-docstrings are the schema and the `--help` text, and the sweep tools read the names."""
+"""The CLI's option groups run.*, demo.*, eval.* and cv.* (registered in sweeps/contract/groups.py):
+plain dataclasses whose fields and docstrings are the schema and the `--help` text."""
 
 from __future__ import annotations
 
@@ -130,17 +128,12 @@ class CVOptions:
 
     Args:
         folds: train this many folds over the images not in the test split as ONE run (one
-            W&B run, one sweep trial): the sweep metric is the folds' mean, logged once per
-            epoch when every fold has finished that epoch (hyperband's iteration is an
-            epoch); the operating point is chosen on the out-of-fold predictions; test is
-            scored by the fold ensemble. Folds run in parallel, folds_per_device on each device
-            (trainer.devices; on CPU, that many processes per device), the rest one after the
-            other. 0: no cross-validation.
-        folds_per_device: how many folds train side by side on one device (as the runner's
-            --trials-per-gpu does for trials): a 5-fold trial on one GPU with 5 trains its folds
-            at once, so hyperband can judge it after its first epochs instead of near its end.
-            Each fold needs its own memory on the GPU: lower it when they do not fit. At most 64
-            (as --trials-per-gpu); more than cv.folds is the same as cv.folds.
+            W&B run, one sweep trial; the sweep metric is the folds' mean, the operating point
+            is chosen out of fold, test is scored by the fold ensemble: README "Cross-validated
+            trials"). 0: no cross-validation.
+        folds_per_device: how many folds train side by side on each device (trainer.devices; as
+            the runner's --trials-per-gpu does for trials), the rest one after the other. Each
+            fold needs its own memory: lower it when they do not fit. At most 64.
         run_dir: with `predict`: the directory of a cross-validated run whose fold ensemble
             (mean of the folds' probabilities, the run's operating point) makes the predictions.
     """

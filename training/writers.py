@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from datamodules.csvsafe import spreadsheet_safe
 from evaluation import build_report, format_table, subgroup_report, summary_metrics
-from rundir.atomic import replacing
+from rundir.atomic import replacing, write_atomic
 from rundir.layout import TEST_REPORT
 from training.loggers import update_summary
 from training.operating_point import OperatingPoint
@@ -52,7 +52,7 @@ def write_confusion_csv(path: Path, confusion: np.ndarray, class_names: Sequence
             writer.writerow([spreadsheet_safe(name), *row])
 
 
-def write_predictions(path: Path, rows, names: Sequence[str], point: Optional[OperatingPoint]) -> Path:
+def write_predictions(path: Path, rows, names: Sequence[str], point: Optional[OperatingPoint]) -> None:
     """rows: (path relative to the data root, label, probabilities); the decision at the point."""
     point = point or OperatingPoint(None)
     with replacing(path) as f:
@@ -64,16 +64,19 @@ def write_predictions(path: Path, rows, names: Sequence[str], point: Optional[Op
             threshold = [f"{point.threshold_value:.6g}"] if len(names) == 2 else []
             writer.writerow([*map(spreadsheet_safe, (rel, label)), *[f"{v:.6f}" for v in p],
                              *threshold, spreadsheet_safe(decided)])
-    return Path(path)
+
+
+def write_report(report: dict, run_dir: Path) -> str:
+    """test_report.json, whole or not at all (numpy scalars become plain numbers); its text."""
+    text = json.dumps(report, indent=1, allow_nan=False, default=_json_default)
+    write_atomic(Path(run_dir) / TEST_REPORT, text)
+    return text
 
 
 def publish_report(report: dict, run_dir: Path, trainer: pl.Trainer, class_names: Sequence[str]) -> None:
     """test_report.json, confusion_test.csv, the figures in the loggers and the W&B summary,
-    and the table on the console. Rank 0 only."""
-    if not trainer.is_global_zero:
-        return
-    with replacing(Path(run_dir) / TEST_REPORT) as f:
-        f.write(json.dumps(report, indent=1, allow_nan=False, default=_json_default))
+    and the table on the console. Called on rank 0 only."""
+    write_report(report, run_dir)
     matrix = report["confusion_matrix"]["matrix"]
     write_confusion_csv(Path(run_dir) / "confusion_test.csv", matrix, class_names)
     rows = [[t, p, int(matrix[i][j])] for i, t in enumerate(class_names) for j, p in enumerate(class_names)]
