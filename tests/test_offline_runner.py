@@ -864,7 +864,7 @@ def test_hyperband_stops_a_real_cli_run_cleanly(hand_data, tmp_path, monkeypatch
 
 
 def test_gpu_slots_stay_inside_an_inherited_allocation(monkeypatch):
-    from rundir import gpu_slots
+    from rundir.slots import gpu_slots
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # as SLURM / Kubernetes set it
     assert gpu_slots(None, 1, None) == ["2", "3"]
