@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from models.metric_names import DEFAULT_METRIC, logged_metric_names
 from sweeps.errors import SweepConfigError
 from sweeps.files.params import YACS_ALIASES, cli_parameters
-from sweeps.files.schema import check_choices, check_early_terminate, max_epochs_of, read_config
+from sweeps.files.schema import Parameter, check_brackets, check_choices, read_config
 from sweeps.files.sweep import Sweep
 
 DEFAULT_OBJECTIVE_NAME = "val/objective"
@@ -31,12 +31,19 @@ def config_paths(sweep: Sweep, root: Path) -> list[str]:
     return paths
 
 
-def task_classes(config_files: list[str]) -> Optional[int]:
-    """The number of classes the configs name (data.classes), if they name them."""
-    classes = None
+def _from_configs(config_files: list[str], group: str, key: str) -> Any:
+    """`group.key` as the configs set it (the last one wins); None when none does."""
+    value = None
     for path in config_files:
-        classes = (read_config(path).get("data") or {}).get("classes", classes)
-    return len(classes) if isinstance(classes, list) else None
+        value = (read_config(path).get(group) or {}).get(key, value)
+    return value
+
+
+def max_epochs_of(config_files: list[str], parameters: dict[str, Parameter]) -> Optional[int]:
+    """trainer.max_epochs as a run would see it: the sweep's largest value, else the configs'."""
+    param = parameters.get("trainer.max_epochs")
+    numbers = [v for v in [*param.choices, param.spec.get("max")] if type(v) is int] if param else []
+    return max(numbers) if numbers else _from_configs(config_files, "trainer", "max_epochs")
 
 
 def validation_metrics(num_classes: Optional[int]) -> list[str]:
@@ -77,7 +84,7 @@ def check_configs(sweep: Sweep, root: Path) -> list[str]:
     """The configs exist and hyperband's brackets are reachable with them; returns their paths."""
     configs = config_paths(sweep, root)
     if sweep.early_terminate is not None:
-        check_early_terminate(sweep.early_terminate, max_epochs_of(configs, sweep.parameters))
+        check_brackets(sweep.early_terminate, max_epochs_of(configs, sweep.parameters))
     return configs
 
 
@@ -102,8 +109,9 @@ def check_for_cli(sweep: Sweep, root: Path) -> list[str]:
     for param in sweep.parameters.values():
         check_choices(param, known[param.name])
     if sweep.metric is not None:
+        classes = _from_configs(configs, "data", "classes")
         for objective in _objectives(sweep):
-            check_metric(sweep.metric, objective, task_classes(configs))
+            check_metric(sweep.metric, objective, len(classes) if isinstance(classes, list) else None)
     return configs
 
 
@@ -113,9 +121,8 @@ def _objectives(sweep: Sweep) -> list[Optional[dict]]:
     param = sweep.parameters.get("sweep.objective")
     if param is None:
         return [sweep.objective]
-    values = param.spec.get("values", [param.spec["value"]] if "value" in param.spec else [])
     found = []
-    for value in values:
+    for value in param.choices:
         if isinstance(value, str):
             try:
                 value = json.loads(value)

@@ -137,7 +137,7 @@ def check_choices(param: Parameter, allowed_values: Optional[tuple]) -> None:
                                    f"choose from {list(allowed_values)}")
 
 
-def check_early_terminate(early_terminate: dict, max_epochs: Optional[int]) -> dict:
+def check_early_terminate(early_terminate: dict) -> dict:
     """The hyperband settings W&B accepts, refused otherwise before anything runs: W&B reads
     max_iter (with s) before min_iter, and raises on a config that yields no bands."""
     if not isinstance(early_terminate, dict):
@@ -163,19 +163,20 @@ def check_early_terminate(early_terminate: dict, max_epochs: Optional[int]) -> d
             raise SweepConfigError(f"early_terminate.{key} must be a whole number >= 1, got {et[key]!r}")
     if "strict" in et and not isinstance(et["strict"], bool):
         raise SweepConfigError(f"early_terminate.strict must be true or false, got {et['strict']!r}")
-    bands = hyperband_bands(et)
-    if not bands:
+    if not hyperband_bands(et):
         raise SweepConfigError(f"early_terminate {et} gives no hyperband bracket (max_iter {et['max_iter']} / eta "
                                f"{eta} < 1); W&B refuses it. Raise max_iter or s, or lower eta")
-    if max_epochs is not None:
-        reachable = [b for b in bands if b <= max_epochs]
-        too_far = et.get("min_iter", 0) > max_epochs or et.get("max_iter", 0) > max_epochs
-        if not reachable or too_far:
-            raise SweepConfigError(
-                f"early_terminate {et}: brackets at epochs {bands[:5]} but trainer.max_epochs is "
-                f"{max_epochs}, so a bracket can never be reached; lower min_iter/max_iter (they count epochs)"
-            )
     return et
+
+
+def check_brackets(et: dict, max_epochs: Optional[int]) -> None:
+    """A checked early_terminate's first bracket (and min_iter, max_iter) within trainer.max_epochs."""
+    bands = hyperband_bands(et)
+    if max_epochs is not None and max(bands[0], et.get("min_iter", 0), et.get("max_iter", 0)) > max_epochs:
+        raise SweepConfigError(
+            f"early_terminate {et}: brackets at epochs {bands[:5]} but trainer.max_epochs is "
+            f"{max_epochs}, so a bracket can never be reached; lower min_iter/max_iter (they count epochs)"
+        )
 
 
 def _number(v: Any) -> bool:
@@ -184,20 +185,6 @@ def _number(v: Any) -> bool:
 
 def _whole(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def max_epochs_of(config_files: list[str], parameters: dict[str, Parameter]) -> Optional[int]:
-    """trainer.max_epochs as a run would see it: the sweep's largest value, else the configs'."""
-    param = parameters.get("trainer.max_epochs")
-    if param is not None:
-        candidates = [*param.choices, *([param.spec["max"]] if "max" in param.spec else [])]
-        numbers = [c for c in candidates if _whole(c)]
-        if numbers:
-            return max(numbers)
-    value = None
-    for path in config_files:
-        value = (read_config(path).get("trainer") or {}).get("max_epochs", value)
-    return value
 
 
 def read_config(path: str) -> dict:

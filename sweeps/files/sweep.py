@@ -75,7 +75,7 @@ class Sweep:
         sweep = cls(method=method, metric=metric, goal=goal, parameters=params, command=tuple(str(c) for c in command),
                     program=None if data.get("program") is None else str(data["program"]),
                     name=None if data.get("name") is None else str(data["name"]),
-                    early_terminate=None if et is None else check_early_terminate(et, None), run_cap=run_cap,
+                    early_terminate=None if et is None else check_early_terminate(et), run_cap=run_cap,
                     other={k: v for k, v in data.items() if k not in _FIELDS})
         sweep.conditions  # noqa: B018 (a malformed --sweep.when fails here, not in every run)
         return sweep
