@@ -1,8 +1,5 @@
 """Conditional sweep parameters, resolved on the program side because W&B sweep files have none
-(README, "How the sweep files work with LightningCLI": "Conditional parameters"). The generator
-writes `--sweep.when+=CHILD:PARENT=V1|V2` into the command (format_condition); the CLI drops
-CHILD's argument when PARENT's value is not listed and parses again (apply_conditions).
-"""
+(README, "How the sweep files work with LightningCLI": "Conditional parameters")."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import yaml
 
-from sweeps.contract.conditions import WHEN_PREFIX, format_value, parse_condition
+from sweeps.contract.conditions import WHEN_PREFIX, parse_condition
 from sweeps.errors import SweepConfigError
 from sweeps.files.schema import GOALS, METHODS, Parameter, check_early_terminate, parse_parameter
 
@@ -31,9 +31,6 @@ class Condition:
     child: str
     parent: str
     values: tuple[str, ...]
-
-    def holds(self, parent_value: Any) -> bool:
-        return format_value(parent_value) in self.values
 
 
 @dataclass(frozen=True)
@@ -106,33 +103,30 @@ class Sweep:
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
     @cached_property
-    def config_files(self) -> list[str]:
-        """The LightningCLI configs the command trains (`--config X` or `--config=X`), in order."""
-        found, command = [], self.command
+    def _config_items(self) -> dict[int, str]:
+        """Index of each `--config X` or `--config=X` item of the command -> X."""
+        found, command = {}, self.command
         for i, item in enumerate(command):
             if item == "--config" and i + 1 < len(command):
-                found.append(command[i + 1])
+                found[i] = command[i + 1]
             elif item.startswith("--config="):
-                found.append(item.split("=", 1)[1])
+                found[i] = item.split("=", 1)[1]
         return found
+
+    @property
+    def config_files(self) -> list[str]:
+        """The LightningCLI configs the command trains, in order."""
+        return list(self._config_items.values())
 
     def with_configs(self, configs: list[str]) -> Sweep:
         """The same sweep training other LightningCLI config(s): the `--config` items replaced."""
-        out, inserted, skip = [], False, False
-        for i, item in enumerate(self.command):
-            if skip:
-                skip = False
-                continue
-            if item == "--config" and i + 1 < len(self.command) or item.startswith("--config="):
-                skip = item == "--config"
-                if not inserted:
-                    out += [part for path in configs for part in ("--config", path)]
-                    inserted = True
-                continue
-            out.append(item)
-        if not inserted:
+        items = self._config_items
+        if not items:
             raise SweepConfigError("the sweep's command has no `--config FILE` to replace")
-        return dataclasses.replace(self, command=tuple(out))
+        first, dropped = min(items), {*items, *(i + 1 for i in items if self.command[i] == "--config")}
+        new = [part for path in configs for part in ("--config", path)]
+        rest = [item for i, item in enumerate(self.command) if i > first and i not in dropped]
+        return dataclasses.replace(self, command=(*self.command[:first], *new, *rest))
 
     @cached_property
     def conditions(self) -> list[Condition]:
