@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
          add_slurm_options, cmd_slurm),
     ):
         cmd = sub.add_parser(name, help=what)
-        cmd.add_argument("sweep_file", nargs="?", help="a W&B sweep file; without it the sweep is built from the flags")
+        cmd.add_argument("sweep_file", nargs="?",
+                         help="a W&B sweep file; without it the sweep is built from the flags")
         _sweep_flags(cmd)
         add_options(cmd)
         cmd.set_defaults(func=func)

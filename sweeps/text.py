@@ -1,10 +1,5 @@
-"""Text from a sweep or its runs (parameter values, names, failure reasons, labels) on a terminal.
-
-Such text is data: a categorical value "\\x1b[2J\\x1b]0;pwned\\x07" must show as those characters,
-not clear the screen and retitle the window. Every place that prints sweep- or run-provided text
-to a terminal passes it through `visible` (the runner's progress lines, `best`, the `error:`
-line of `python -m sweeps`).
-"""
+"""Text from a sweep or its runs on a terminal is data: a categorical value "\\x1b[2J\\x1b]0;pwned\\x07"
+must show as those characters, not clear the screen and retitle the window."""
 
 from __future__ import annotations
 

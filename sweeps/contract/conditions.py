@@ -10,11 +10,8 @@ WHEN_PREFIX = "--sweep.when"
 
 def parse_condition(spec: str) -> tuple[str, str, list[str]]:
     """'CHILD:PARENT=V1|V2' -> (child, parent, [V1, V2])."""
-    try:
-        child, rest = spec.split(":", 1)
-        parent, values = rest.split("=", 1)
-    except ValueError:
-        raise ValueError(f"sweep.when {spec!r} is not of the form CHILD:PARENT=VALUE1|VALUE2") from None
+    child, _, rest = spec.partition(":")
+    parent, _, values = rest.partition("=")
     if not child or not parent or not values:
         raise ValueError(f"sweep.when {spec!r} is not of the form CHILD:PARENT=VALUE1|VALUE2")
     return child.strip(), parent.strip(), [v.strip() for v in values.split("|")]

@@ -26,7 +26,8 @@ class SweepMetric(Callback):
     def __init__(self, metric: str, objective: Optional[dict[str, float]], history_file: Path, metrics: Any):
         """metrics: what computes the validation metrics (`metric_names(stage)`,
         `current_metrics(stage)`: training.evaluate.Evaluation, listed before this callback)."""
-        self.metric, self.objective, self.history_file, self.metrics = metric, objective, history_file, metrics
+        self.metric, self.objective, self.history_file = metric, objective, history_file
+        self.metrics = metrics
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not _once_per_epoch(trainer):

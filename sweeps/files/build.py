@@ -1,12 +1,6 @@
 """Build W&B sweep files whose program is the LightningCLI, from a preset or the old tool's
-flags. The result is a plain dict that W&B's schema accepts (it rejects any unknown key) and
-that the offline runner reads unchanged; it is checked as every sweep is (sweeps/files/sweep.py,
-sweeps/files/check.py). What W&B cannot express is resolved here:
-  * conditional parameters (`parent`/`parent_values`) become `--sweep.when+=...` arguments
-    in the command, applied by the CLI (see sweeps/contract/conditions.py);
-  * a combined objective becomes `--sweep.objective=...`, logged under the metric's name;
-  * the old tool's yacs names become CLI paths.
-"""
+flags; what W&B cannot express (conditions, a combined objective) goes into the command (README,
+"How the sweep files work with LightningCLI")."""
 
 from __future__ import annotations
 

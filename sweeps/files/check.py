@@ -6,15 +6,15 @@ of its own."""
 
 from __future__ import annotations
 
-import json
+import difflib
 from pathlib import Path
 from typing import Any, Optional
 
 from models.metric_names import DEFAULT_METRIC, logged_metric_names
 from sweeps.errors import SweepConfigError
 from sweeps.files.params import YACS_ALIASES, cli_parameters
-from sweeps.files.schema import Parameter, check_brackets, check_choices, read_config
-from sweeps.files.sweep import Sweep
+from sweeps.files.schema import NULL, Parameter, check_brackets, read_config
+from sweeps.files.sweep import Sweep, objective_weights
 
 DEFAULT_OBJECTIVE_NAME = "val/objective"
 
@@ -96,8 +96,6 @@ def check_for_cli(sweep: Sweep, root: Path) -> list[str]:
     known = cli_parameters()
     unknown = [name for name in sweep.parameters if name not in known]
     if unknown:
-        import difflib
-
         hints = []
         for name in unknown:
             alias = YACS_ALIASES.get(name) or YACS_ALIASES.get(name.upper())
@@ -107,7 +105,11 @@ def check_for_cli(sweep: Sweep, root: Path) -> list[str]:
         raise SweepConfigError(f"the CLI has no option for sweep parameter(s) {unknown}; every run would fail "
                                f"({'; '.join(hints)}). Parameters are CLI paths such as model.lr, data.batch_size")
     for param in sweep.parameters.values():
-        check_choices(param, known[param.name])
+        allowed = known[param.name]  # the values of a Literal option; None: any value of its type
+        bad = [v for v in param.choices if (None if v == NULL else v) not in allowed] if allowed else []
+        if bad:
+            raise SweepConfigError(f"parameters.{param.name}: value(s) {bad} not allowed; "
+                                   f"choose from {list(allowed)}")
     if sweep.metric is not None:
         classes = _from_configs(configs, "data", "classes")
         for objective in _objectives(sweep):
@@ -121,12 +123,6 @@ def _objectives(sweep: Sweep) -> list[Optional[dict]]:
     param = sweep.parameters.get("sweep.objective")
     if param is None:
         return [sweep.objective]
-    found = []
-    for value in param.choices:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise SweepConfigError(f"sweep.objective value {value!r} is not a JSON object of weights") from None
-        found.append(value if isinstance(value, dict) else None)
+    found = [objective_weights(v, f"sweep.objective value {v!r}") if isinstance(v, str) else
+             v if isinstance(v, dict) else None for v in param.choices]
     return found or [sweep.objective]

@@ -1,8 +1,6 @@
 """Parameter names: the CLI paths a sweep may set, the values a Literal option allows, and the
-old tool's yacs aliases. They are read from the SOURCE of the classes of the CLI's option groups
-(sweeps/contract/groups.py, the list the CLI builds its parser from): their __init__ arguments
-and dataclass fields, parsed, not imported, so that `python -m sweeps generate` starts without
-torch and Lightning. tests/test_sweeps.py checks the names against the CLI's own parser."""
+old tool's yacs aliases. Read from the SOURCE of the option groups' classes (sweeps/contract/
+groups.py), not imported, so that `python -m sweeps generate` starts without torch and Lightning."""
 
 from __future__ import annotations
 
@@ -124,12 +122,7 @@ def _choices(node: Optional[ast.expr], module: str, depth: int = 0) -> Choices:
     if node is None or depth > 10:
         return None
     if isinstance(node, ast.Constant):
-        if node.value is None:
-            return (None,)
-        try:  # a quoted annotation
-            return _choices(ast.parse(node.value, mode="eval").body, module, depth + 1)
-        except (SyntaxError, TypeError):
-            return None
+        return (None,) if node.value is None else None
     if isinstance(node, ast.Name):
         try:
             value, where = _find(module, node.id)

@@ -60,17 +60,15 @@ def infer_distribution(name: str, spec: dict) -> str:
     if "distribution" in spec:
         dist = spec["distribution"]
         if dist not in DISTRIBUTIONS:
-            raise SweepConfigError(
-                f"parameters.{name}.distribution {dist!r} is unknown; allowed: {', '.join(DISTRIBUTIONS)}"
-            )
+            raise SweepConfigError(f"parameters.{name}.distribution {dist!r} is unknown; allowed: "
+                                   f"{', '.join(DISTRIBUTIONS)}")
         return dist
     if "value" in spec:
         return "constant"
     if "values" in spec:
         return "categorical"
     if "min" in spec and "max" in spec:
-        both_int = all(isinstance(spec[k], int) and not isinstance(spec[k], bool) for k in ("min", "max"))
-        return "int_uniform" if both_int else "uniform"
+        return "int_uniform" if _whole(spec["min"]) and _whole(spec["max"]) else "uniform"
     raise SweepConfigError(f"parameters.{name} needs `value`, `values`, `min`/`max` or a `distribution`")
 
 
@@ -126,15 +124,6 @@ def parse_parameter(name: str, spec: Any, method: str) -> Parameter:
         raise SweepConfigError(f"parameters.{name}: grid search needs categorical, constant, int_uniform or "
                                f"q_uniform parameters (`values` or `value`), not {dist} (W&B's rule)")
     return Parameter(name, dist, dict(spec))
-
-
-def check_choices(param: Parameter, allowed_values: Optional[tuple]) -> None:
-    """The values of a parameter whose CLI option is a Literal must be among its choices."""
-    if allowed_values:
-        bad = [v for v in param.choices if (None if v == NULL else v) not in allowed_values]
-        if bad:
-            raise SweepConfigError(f"parameters.{param.name}: value(s) {bad} not allowed; "
-                                   f"choose from {list(allowed_values)}")
 
 
 def check_early_terminate(early_terminate: dict) -> dict:

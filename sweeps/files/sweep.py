@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import yaml
 
-from sweeps.contract.conditions import WHEN_PREFIX, parse_condition
+from sweeps.contract.conditions import WHEN_PREFIX, format_value, parse_condition
 from sweeps.errors import SweepConfigError
 from sweeps.files.schema import GOALS, METHODS, Parameter, check_early_terminate, parse_parameter
 
@@ -31,6 +31,9 @@ class Condition:
     child: str
     parent: str
     values: tuple[str, ...]
+
+    def holds(self, parent_value: Any) -> bool:
+        return format_value(parent_value) in self.values
 
 
 @dataclass(frozen=True)
@@ -157,14 +160,17 @@ class Sweep:
     @cached_property
     def objective(self) -> Optional[dict]:
         """The weights of a combined objective (`--sweep.objective=...`), if the command has one."""
-        for item in self.command:
-            if item.startswith("--sweep.objective="):
-                try:
-                    value = json.loads(item.split("=", 1)[1])
-                except json.JSONDecodeError as e:
-                    raise SweepConfigError(f"command item {item!r} is not JSON: {e.msg}") from None
-                return value if isinstance(value, dict) else None
-        return None
+        item = next((c for c in self.command if c.startswith("--sweep.objective=")), None)
+        return None if item is None else objective_weights(item.split("=", 1)[1], f"command item {item!r}")
+
+
+def objective_weights(text: str, what: str) -> Optional[dict]:
+    """A combined objective's weights from its JSON text (None when they are not a mapping)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SweepConfigError(f"{what} is not a JSON object of weights: {e.msg}") from None
+    return value if isinstance(value, dict) else None
 
 
 _FIELDS = {"method", "metric", "parameters", "command", "program", "name", "early_terminate", "run_cap"}
