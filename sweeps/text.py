@@ -9,8 +9,5 @@ def visible(text: object, *, keep_newlines: bool = False) -> str:
     C1 controls (ESC, BEL, CR, backspace, DEL, CSI), line and paragraph separators, bidi
     overrides and other format characters (\\u202e), lone surrogates. `keep_newlines` keeps "\\n"
     for messages of several lines."""
-    return "".join(ch if ch.isprintable() or (keep_newlines and ch == "\n") else _escape(ch) for ch in str(text))
-
-
-def _escape(ch: str) -> str:
-    return ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return "".join(ch if ch.isprintable() or (keep_newlines and ch == "\n")
+                   else ch.encode("unicode_escape", "backslashreplace").decode("ascii") for ch in str(text))

@@ -31,18 +31,8 @@ def format_value(value: Any) -> str:
 def drop_argument(args: list[str], key: str) -> list[str]:
     """`args` without `--key=value` and `--key value`."""
     flag = f"--{key}"
-    kept, skip = [], False
-    for i, arg in enumerate(args):
-        if skip:
-            skip = False
-            continue
-        if arg.startswith(flag + "="):
-            continue
-        if arg == flag:
-            skip = i + 1 < len(args) and not args[i + 1].startswith("--")
-            continue
-        kept.append(arg)
-    return kept
+    return [arg for i, arg in enumerate(args) if arg != flag and not arg.startswith(flag + "=")
+            and not (i > 0 and args[i - 1] == flag and not arg.startswith("--"))]
 
 
 def apply_conditions(args: list[str], cfg: Any) -> tuple[list[str], list[str]]:

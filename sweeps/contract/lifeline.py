@@ -45,14 +45,11 @@ def watch_runner() -> bool:
 
 
 def _watch(fd: int) -> None:
-    while True:
-        try:
-            if os.read(fd, 1) == b"":
-                break  # end of file: the runner's write end is closed, the runner is gone
-        except InterruptedError:
-            continue
-        except OSError:
-            break
+    # Nothing is ever written: the read returns end of file (b"") when the runner's write end is
+    # closed, i.e. the runner is gone. A signal does not end it (PEP 475: os.read is retried).
+    with contextlib.suppress(OSError):
+        while os.read(fd, 1):
+            pass
     with contextlib.suppress(OSError):
         os.close(fd)
     StopSignal.request("the sweep runner is gone")

@@ -1,8 +1,5 @@
-"""A sweep checked against what it trains, once, before anything is written or launched: its
-LightningCLI configs exist, hyperband's brackets are reachable with their trainer.max_epochs,
-and, when the program is cli.py, every parameter is a CLI option with an allowed value and the
-metric is one the model logs for the task. Another program (the tests' stand-in) has options
-of its own."""
+"""A sweep checked against what it trains (its configs; for cli.py the CLI's options and the metrics
+the model logs), once, before anything is written or launched."""
 
 from __future__ import annotations
 

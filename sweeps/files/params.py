@@ -17,33 +17,25 @@ from sweeps.errors import ParameterError
 
 log = logging.getLogger(__name__)
 
-# The old yacs-based tool's names -> our CLI paths, so its users' sweeps keep working.
-YACS_ALIASES = {
-    "TRAIN.LR": "model.lr",
-    "TRAIN.BASE_LR": "model.lr",
-    "TRAIN.WD": "model.weight_decay",
-    "TRAIN.WEIGHT_DECAY": "model.weight_decay",
-    "TRAIN.OPTIMIZER": "model.optimizer",
-    "TRAIN.MOMENTUM": "model.momentum",
-    "TRAIN.LR_SCHEDULER": "model.scheduler",
-    "TRAIN.SCHEDULER": "model.scheduler",
-    "TRAIN.WARMUP_EPOCHS": "model.warmup_epochs",
-    "TRAIN.LABEL_SMOOTHING": "model.label_smoothing",
-    "TRAIN.BATCH_SIZE_PER_GPU": "data.batch_size",
-    "TRAIN.BATCH_SIZE": "data.batch_size",
-    "TRAIN.END_EPOCH": "trainer.max_epochs",
-    "TRAIN.EPOCHS": "trainer.max_epochs",
-    "TRAIN.BALANCING": "data.balancing",
-    "TRAIN.SAMPLER": "data.balancing",
-    "MODEL.NAME": "model.backbone",
-    "MODEL.BACKBONE": "model.backbone",
-    "MODEL.DROPOUT": "model.dropout",
-    "MODEL.IMAGE_SIZE": "data.image_size",
-    "MODEL.PRETRAINED": "model.weights",
-    "DATASET.ROOT": "data.root",
-    "DATA.BALANCING": "data.balancing",
-    "WORKERS": "data.num_workers",
-}
+# The old yacs-based tool's names of each CLI path, so that its users' sweeps keep working.
+YACS_ALIASES = {alias: path for path, aliases in {
+    "model.lr": ("TRAIN.LR", "TRAIN.BASE_LR"),
+    "model.weight_decay": ("TRAIN.WD", "TRAIN.WEIGHT_DECAY"),
+    "model.optimizer": ("TRAIN.OPTIMIZER",),
+    "model.momentum": ("TRAIN.MOMENTUM",),
+    "model.scheduler": ("TRAIN.LR_SCHEDULER", "TRAIN.SCHEDULER"),
+    "model.warmup_epochs": ("TRAIN.WARMUP_EPOCHS",),
+    "model.label_smoothing": ("TRAIN.LABEL_SMOOTHING",),
+    "data.batch_size": ("TRAIN.BATCH_SIZE_PER_GPU", "TRAIN.BATCH_SIZE"),
+    "trainer.max_epochs": ("TRAIN.END_EPOCH", "TRAIN.EPOCHS"),
+    "data.balancing": ("TRAIN.BALANCING", "TRAIN.SAMPLER", "DATA.BALANCING"),
+    "model.backbone": ("MODEL.NAME", "MODEL.BACKBONE"),
+    "model.dropout": ("MODEL.DROPOUT",),
+    "data.image_size": ("MODEL.IMAGE_SIZE",),
+    "model.weights": ("MODEL.PRETRAINED",),
+    "data.root": ("DATASET.ROOT",),
+    "data.num_workers": ("WORKERS",),
+}.items() for alias in aliases}
 
 Choices = Optional[tuple]  # the values an option allows; None: any value of its type
 

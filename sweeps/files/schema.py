@@ -1,7 +1,5 @@
 """What one parameter and the early termination of a W&B sweep file may say (W&B's sweep-config
-schema, which rejects unknown keys): each parameter is parsed here, once, into a Parameter
-with its distribution; values a Literal option allows; hyperband settings, and the
-trainer.max_epochs (sweep or LightningCLI config) their brackets must fit in."""
+schema, which rejects unknown keys), each parsed here once."""
 
 from __future__ import annotations
 
