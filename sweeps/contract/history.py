@@ -55,10 +55,7 @@ def truncate_history(path: Path, from_epoch: int) -> int:
     """Drop the rows of epochs >= `from_epoch`: a run resumed from a
     checkpoint trains those epochs again, and its history must stay one row per epoch.
     Returns how many rows were dropped."""
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    rows = _rows(path)
+    rows = _rows(path)  # none when there is no file
     kept = [r for r in rows if isinstance(r.get("epoch"), int) and r["epoch"] < from_epoch]
     if len(kept) == len(rows):
         return 0

@@ -72,11 +72,7 @@ def infer_distribution(name: str, spec: dict) -> str:
 
 def null_safe(value: Any) -> Any:
     """The agent writes values with str(): None would become `None`, which the CLI rejects."""
-    if value is None:
-        return NULL
-    if isinstance(value, list):
-        return [null_safe(v) for v in value]
-    return value
+    return NULL if value is None else [null_safe(v) for v in value] if isinstance(value, list) else value
 
 
 def parse_parameter(name: str, spec: Any, method: str) -> Parameter:

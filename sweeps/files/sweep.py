@@ -82,23 +82,16 @@ class Sweep:
 
     def to_dict(self) -> dict:
         """The W&B sweep file, keys in the order the generator writes them."""
-        out: dict[str, Any] = {}
-        if self.program is not None:
-            out["program"] = self.program
-        if self.name is not None:
-            out["name"] = self.name
-        out.update({k: v for k, v in self.other.items() if k in ("description", "project", "entity")})
-        out["method"] = self.method
-        if self.metric is not None:
-            out["metric"] = {"name": self.metric, "goal": self.goal}
-        if self.early_terminate is not None:
-            out["early_terminate"] = dict(self.early_terminate)
-        if self.run_cap is not None:
-            out["run_cap"] = self.run_cap
-        out.update({k: v for k, v in self.other.items() if k not in out})
-        out["parameters"] = {name: dict(p.spec) for name, p in self.parameters.items()}
-        out["command"] = list(self.command)
-        return out
+        head = {"program": self.program, "name": self.name,
+                **{k: v for k, v in self.other.items() if k in ("description", "project", "entity")},
+                "method": self.method,
+                "metric": None if self.metric is None else {"name": self.metric, "goal": self.goal},
+                "early_terminate": None if self.early_terminate is None else dict(self.early_terminate),
+                "run_cap": self.run_cap}
+        out = {k: v for k, v in head.items() if v is not None or k in self.other}  # other: kept as written
+        return {**out, **{k: v for k, v in self.other.items() if k not in out},
+                "parameters": {name: dict(p.spec) for name, p in self.parameters.items()},
+                "command": list(self.command)}
 
     def same_runs(self, other: Sweep) -> bool:
         """Whether `other` runs exactly this sweep (a restart may rename or describe it)."""
