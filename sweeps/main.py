@@ -62,9 +62,7 @@ def _preset(args: argparse.Namespace, default: str | None) -> str | None:
     """--sweep_config, else a custom sweep when --method and --custom_params are given, else `default`."""
     if args.sweep_config:
         return args.sweep_config
-    if args.method and args.custom_params:
-        return None
-    return default
+    return None if args.method and args.custom_params else default
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -114,13 +112,9 @@ def _load_sweep(args: argparse.Namespace) -> Sweep:
 
 def cmd_run(args: argparse.Namespace) -> int:
     sweep = _load_sweep(args)
-    if args.backend == "wandb":
-        from sweeps.runner import run_wandb_sweep
+    from sweeps.runner import run_offline, run_wandb_sweep
 
-        return run_wandb_sweep(sweep.to_dict(), args)
-    from sweeps.runner import run_offline
-
-    return run_offline(sweep, args)
+    return run_wandb_sweep(sweep.to_dict(), args) if args.backend == "wandb" else run_offline(sweep, args)
 
 
 def cmd_slurm(args: argparse.Namespace) -> int:
@@ -137,10 +131,9 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from sweeps.analysis import write_report
-
-    print(f"wrote {write_report(Path(args.sweep_dir), out=args.out)}")
     from sweeps.analysis.card import write_best_model_card  # the best run's card, with the sweep's facts
 
+    print(f"wrote {write_report(Path(args.sweep_dir), out=args.out)}")
     card = write_best_model_card(Path(args.sweep_dir))
     print(f"wrote {card}" if card else "no model card: the best run has no test_report.json")
     return 0

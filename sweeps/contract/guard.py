@@ -40,9 +40,10 @@ class RunGuard(Callback):
     NaN on one rank reaches the others only through the gradients, hence the agreement for it too.
     """
 
+    finish_grace_s = FINISH_GRACE_S  # the CLI's message names it
+
     def __init__(self, checkpoint_dir: Path) -> None:
         self.checkpoint_dir = checkpoint_dir
-        self.stopped = False
         self.training_done = False  # fit ended: what runs now is evaluation
         self._noted = False
         self._calls: dict[str, int] = {}
@@ -84,7 +85,6 @@ class RunGuard(Callback):
                 log.warning("stop requested (%s) after training ended: the evaluation goes on for up to %.0f s",
                             StopSignal.reason, FINISH_GRACE_S)
             return
-        self.stopped = True
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             trainer.save_checkpoint(str(Path(self.checkpoint_dir) / Path(LAST_CHECKPOINT).name))
         raise RunStopped(f"stopped by {StopSignal.reason}")

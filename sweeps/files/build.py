@@ -40,8 +40,7 @@ def _conditions(specs: dict[str, Any]) -> list[str]:
 
 
 def _file_spec(spec: Any) -> Any:
-    """A preset's spec as a sweep file says it: no condition keys, None written `null` (the
-    agent formats values with str(), and the CLI reads `null`, not `None`)."""
+    """A preset's spec as a sweep file says it: no condition keys, None written `null` (schema.NULL)."""
     if not isinstance(spec, dict):
         return spec
     out = {k: v for k, v in spec.items() if k not in CONDITION_KEYS}

@@ -71,7 +71,6 @@ def infer_distribution(name: str, spec: dict) -> str:
 
 
 def null_safe(value: Any) -> Any:
-    """The agent writes values with str(): None would become `None`, which the CLI rejects."""
     return NULL if value is None else [null_safe(v) for v in value] if isinstance(value, list) else value
 
 
