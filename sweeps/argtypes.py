@@ -20,8 +20,11 @@ def number(kind: type, lo: float, hi: float, why: str = "", *, lo_open: bool = F
     where the bound comes from."""
 
     def parse(text: str):
-        value = _read(kind, text)
-        if value is None or not ((lo < value if lo_open else lo <= value) and value <= hi):
+        try:
+            value = kind(text.strip())
+        except (ValueError, OverflowError):
+            value = math.nan  # fails the range test, as nan and inf given as floats do (hi is finite)
+        if not ((lo < value if lo_open else lo <= value) and value <= hi):
             low = f"above {lo}" if lo_open else f"at least {lo}"
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not {'an integer' if kind is int else 'a number'} {low} and at most {hi}"
@@ -30,14 +33,6 @@ def number(kind: type, lo: float, hi: float, why: str = "", *, lo_open: bool = F
 
     parse.__name__ = kind.__name__  # argparse's "invalid <name> value" for other errors
     return parse
-
-
-def _read(kind: type, text: str) -> Optional[float]:
-    try:
-        value = kind(text.strip())
-    except (ValueError, OverflowError):
-        return None
-    return value if math.isfinite(value) else None  # nan passes every comparison; inf overflows int()
 
 
 # The runner's options, one place for their ranges.

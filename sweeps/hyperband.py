@@ -46,10 +46,6 @@ def hyperband_bands(early_terminate: dict) -> list[int]:
     return [int(early_terminate["min_iter"] * eta**k) for k in range(100)]
 
 
-def _finite(history: Sequence[float | None]) -> list[float]:
-    return [float(v) for v in history if isinstance(v, (int, float)) and math.isfinite(v)]
-
-
 def thresholds(histories: Sequence[Sequence[float]], bands: Sequence[int], eta: float) -> dict[int, float]:
     """Per band: the value a run must not exceed (lower is better) to stay."""
     out = {}
@@ -70,7 +66,8 @@ def hyperband_stop(
     eta = early_terminate.get("eta", 3)
     strict = early_terminate.get("strict", True)
     sign = -1.0 if goal == "maximize" else 1.0
-    signed = {run: [sign * v for v in _finite(h)] for run, h in histories.items()}
+    signed = {run: [sign * float(v) for v in h if isinstance(v, (int, float)) and math.isfinite(v)]
+              for run, h in histories.items()}
     max_len = max((len(h) for h in signed.values()), default=0)
     # min_iter gives 100 bands growing geometrically; only those some run reached matter.
     bands = [b for b in hyperband_bands(early_terminate) if b <= max_len]

@@ -33,6 +33,7 @@ from sweeps.files import (
     render_yaml,
 )
 from sweeps.files.build import merge_custom_params
+from sweeps.files.schema import GOALS, METHODS
 from sweeps.options import add_run_options, add_slurm_options
 from sweeps.text import visible
 
@@ -49,38 +50,19 @@ HEADER = (
 def build_sweep(args: argparse.Namespace, preset: str | None) -> dict:
     """The sweep the old tool's flags describe: a preset with overrides, or (with --method and
     --custom_params and no preset) a custom sweep of exactly the given parameters."""
-    configs = args.cfg or [DEFAULT_CONFIG]
+    common = dict(config=args.cfg or [DEFAULT_CONFIG], method=args.method, metric_name=args.metric,
+                  run_cap=args.count, project=args.project, cv_folds=args.cv)
     if preset is None:
-        return create_custom_sweep_config(
-            method=args.method,
-            name=args.sweep_name or "custom",
-            metric_name=args.metric,
-            parameters=merge_custom_params({}, args.custom_params),
-            config=configs,
-            run_cap=args.count,
-            project=args.project,
-            cv_folds=args.cv,
-        )
-    return get_sweep_config(
-        preset,
-        args.custom_params,
-        config=configs,
-        method=args.method,
-        sweep_name=args.sweep_name,
-        metric_name=args.metric,
-        run_cap=args.count,
-        project=args.project,
-        cv_folds=args.cv,
-    )
+        return create_custom_sweep_config(name=args.sweep_name or "custom",
+                                          parameters=merge_custom_params({}, args.custom_params), **common)
+    return get_sweep_config(preset, args.custom_params, sweep_name=args.sweep_name, **common)
 
 
 def _preset(args: argparse.Namespace, default: str | None) -> str | None:
     """--sweep_config, else a custom sweep when --method and --custom_params are given, else `default`."""
     if args.sweep_config:
         return args.sweep_config
-    if args.method and args.custom_params:
-        return None
-    return default
+    return None if args.method and args.custom_params else default
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -130,13 +112,9 @@ def _load_sweep(args: argparse.Namespace) -> Sweep:
 
 def cmd_run(args: argparse.Namespace) -> int:
     sweep = _load_sweep(args)
-    if args.backend == "wandb":
-        from sweeps.runner import run_wandb_sweep
+    from sweeps.runner import run_offline, run_wandb_sweep
 
-        return run_wandb_sweep(sweep.to_dict(), args)
-    from sweeps.runner import run_offline
-
-    return run_offline(sweep, args)
+    return run_wandb_sweep(sweep.to_dict(), args) if args.backend == "wandb" else run_offline(sweep, args)
 
 
 def cmd_slurm(args: argparse.Namespace) -> int:
@@ -153,10 +131,9 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from sweeps.analysis import write_report
-
-    print(f"wrote {write_report(Path(args.sweep_dir), out=args.out)}")
     from sweeps.analysis.card import write_best_model_card  # the best run's card, with the sweep's facts
 
+    print(f"wrote {write_report(Path(args.sweep_dir), out=args.out)}")
     card = write_best_model_card(Path(args.sweep_dir))
     print(f"wrote {card}" if card else "no model card: the best run has no test_report.json")
     return 0
@@ -173,7 +150,7 @@ def _sweep_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", "--config", dest="cfg", action="append",
                         help=f"LightningCLI config the sweep trains (repeatable; default {DEFAULT_CONFIG})")
     parser.add_argument("--sweep_config", help=f"preset: {', '.join(SWEEP_CONFIGS)}")
-    parser.add_argument("--method", choices=["grid", "random", "bayes"],
+    parser.add_argument("--method", choices=METHODS,
                         help="override the preset's method; with --custom_params and no --sweep_config: "
                              "a sweep of exactly those parameters")
     parser.add_argument("--sweep_name", help="sweep name (W&B and the offline sweep directory)")
@@ -199,17 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--check", action="store_true", help="fail when a file differs from what would be written")
     gen.set_defaults(func=cmd_generate)
 
-    run = sub.add_parser("run", help="run a sweep (offline with Optuna, or with W&B agents)")
-    run.add_argument("sweep_file", nargs="?", help="a W&B sweep file; without it the sweep is built from the flags")
-    _sweep_flags(run)
-    add_run_options(run)
-    run.set_defaults(func=cmd_run)
-
-    slurm = sub.add_parser("slurm", help="run a sweep as a SLURM job array (writes, shows and submits the script)")
-    slurm.add_argument("sweep_file", nargs="?", help="a W&B sweep file; without it the sweep is built from the flags")
-    _sweep_flags(slurm)
-    add_slurm_options(slurm)
-    slurm.set_defaults(func=cmd_slurm)
+    for name, what, add_options, func in (
+        ("run", "run a sweep (offline with Optuna, or with W&B agents)", add_run_options, cmd_run),
+        ("slurm", "run a sweep as a SLURM job array (writes, shows and submits the script)",
+         add_slurm_options, cmd_slurm),
+    ):
+        cmd = sub.add_parser(name, help=what)
+        cmd.add_argument("sweep_file", nargs="?",
+                         help="a W&B sweep file; without it the sweep is built from the flags")
+        _sweep_flags(cmd)
+        add_options(cmd)
+        cmd.set_defaults(func=func)
 
     best = sub.add_parser("best", help="table of runs and the best configuration")
     best.add_argument("source", help="an offline sweep directory or ENTITY/PROJECT/SWEEP_ID")
@@ -227,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "checkpoints are kept, without optimizer state")
     prune.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true", help="say what, remove nothing")
     prune.add_argument("--metric", help="W&B agents' runs: the sweep metric (an offline sweep's is in sweep.yaml)")
-    prune.add_argument("--goal", choices=["maximize", "minimize"], help="W&B agents' runs: the metric's goal")
+    prune.add_argument("--goal", choices=GOALS, help="W&B agents' runs: the metric's goal")
     prune.set_defaults(func=cmd_prune)
     return parser
 

@@ -1,10 +1,5 @@
-"""Text from a sweep or its runs (parameter values, names, failure reasons, labels) on a terminal.
-
-Such text is data: a categorical value "\\x1b[2J\\x1b]0;pwned\\x07" must show as those characters,
-not clear the screen and retitle the window. Every place that prints sweep- or run-provided text
-to a terminal passes it through `visible` (the runner's progress lines, `best`, the `error:`
-line of `python -m sweeps`).
-"""
+"""Text from a sweep or its runs on a terminal is data: a categorical value "\\x1b[2J\\x1b]0;pwned\\x07"
+must show as those characters, not clear the screen and retitle the window."""
 
 from __future__ import annotations
 
@@ -14,8 +9,5 @@ def visible(text: object, *, keep_newlines: bool = False) -> str:
     C1 controls (ESC, BEL, CR, backspace, DEL, CSI), line and paragraph separators, bidi
     overrides and other format characters (\\u202e), lone surrogates. `keep_newlines` keeps "\\n"
     for messages of several lines."""
-    return "".join(ch if ch.isprintable() or (keep_newlines and ch == "\n") else _escape(ch) for ch in str(text))
-
-
-def _escape(ch: str) -> str:
-    return ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return "".join(ch if ch.isprintable() or (keep_newlines and ch == "\n")
+                   else ch.encode("unicode_escape", "backslashreplace").decode("ascii") for ch in str(text))

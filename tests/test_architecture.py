@@ -256,7 +256,7 @@ def test_metric_names_come_from_the_models_metric_collection():
 
     from models.classifier import XrayClassifier
     from models.metrics import logged_metric_names
-    from sweeps.files import validation_metrics
+    from sweeps.files.check import validation_metrics
 
     for classes in (2, 3):
         model = XrayClassifier(backbone="resnet18", num_classes=classes)

@@ -287,7 +287,7 @@ def test_every_cli_option_is_a_known_sweep_parameter():
     that the sweep tools read the parameter names from: a group the CLI has and the registry lacks
     (eval.* was once) would make every sweep over it fail before launching."""
     from sweeps.contract.groups import GROUPS, LINKS
-    from sweeps.files import cli_parameters
+    from sweeps.files.params import cli_parameters
 
     cfg = parse_cli(["fit", "--config", "configs/demo.yaml"])
     groups = {key.split(".")[0] for key in cfg.keys() if "." in key}  # keys are flat: group.option
@@ -320,7 +320,7 @@ def test_allowed_values_read_from_source_are_those_of_the_imported_classes():
     import typing
 
     from sweeps.contract.groups import GROUPS, load
-    from sweeps.files import cli_parameters
+    from sweeps.files.params import cli_parameters
 
     known = cli_parameters()
     for group in GROUPS:

@@ -1,7 +1,4 @@
-"""The in-run contract: what runs inside a training process started by a W&B agent or the
-offline runner (README, "Architecture"). Import its modules directly.
-
-This file imports nothing, on purpose: `python cli.py` installs the SIGTERM flag
-(`sweeps.contract.signals`) before torch is imported, and a package that re-exported guard.py
-or metric.py here would import torch first.
+"""The in-run contract (README, "Architecture"). This file imports nothing, on purpose: cli.py
+installs the SIGTERM flag (`sweeps.contract.signals`) before torch is imported, and re-exporting
+guard.py or metric.py here would import torch first.
 """

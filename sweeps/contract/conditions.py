@@ -1,8 +1,5 @@
 """Conditional sweep parameters, resolved on the program side because W&B sweep files have none
-(README, "How the sweep files work with LightningCLI": "Conditional parameters"). The generator
-writes `--sweep.when+=CHILD:PARENT=V1|V2` into the command (format_condition); the CLI drops
-CHILD's argument when PARENT's value is not listed and parses again (apply_conditions).
-"""
+(README, "How the sweep files work with LightningCLI": "Conditional parameters")."""
 
 from __future__ import annotations
 
@@ -13,11 +10,8 @@ WHEN_PREFIX = "--sweep.when"
 
 def parse_condition(spec: str) -> tuple[str, str, list[str]]:
     """'CHILD:PARENT=V1|V2' -> (child, parent, [V1, V2])."""
-    try:
-        child, rest = spec.split(":", 1)
-        parent, values = rest.split("=", 1)
-    except ValueError:
-        raise ValueError(f"sweep.when {spec!r} is not of the form CHILD:PARENT=VALUE1|VALUE2") from None
+    child, _, rest = spec.partition(":")
+    parent, _, values = rest.partition("=")
     if not child or not parent or not values:
         raise ValueError(f"sweep.when {spec!r} is not of the form CHILD:PARENT=VALUE1|VALUE2")
     return child.strip(), parent.strip(), [v.strip() for v in values.split("|")]
@@ -37,18 +31,8 @@ def format_value(value: Any) -> str:
 def drop_argument(args: list[str], key: str) -> list[str]:
     """`args` without `--key=value` and `--key value`."""
     flag = f"--{key}"
-    kept, skip = [], False
-    for i, arg in enumerate(args):
-        if skip:
-            skip = False
-            continue
-        if arg.startswith(flag + "="):
-            continue
-        if arg == flag:
-            skip = i + 1 < len(args) and not args[i + 1].startswith("--")
-            continue
-        kept.append(arg)
-    return kept
+    return [arg for i, arg in enumerate(args) if arg != flag and not arg.startswith(flag + "=")
+            and not (i > 0 and args[i - 1] == flag and not arg.startswith("--"))]
 
 
 def apply_conditions(args: list[str], cfg: Any) -> tuple[list[str], list[str]]:

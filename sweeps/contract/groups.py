@@ -1,10 +1,6 @@
 """The CLI's option groups and the options it links: the one list that training/cli.py builds
-its parser from and that sweep parameters are checked against (sweeps/files/params.py). A new
-option group is its class and one line here (README, "Architecture").
-
-Classes are named by import path, so that reading the list imports neither torch nor the
-training code: the sweep tools read the classes' source (sweeps/files/params.py), the CLI
-imports them (`load`).
+its parser from and that sweep parameters are checked against (README, "Architecture"). Classes
+are named by import path, so that the sweep tools read the list without importing torch.
 """
 
 from __future__ import annotations

@@ -1,7 +1,4 @@
-"""RunGuard: a stop (SIGTERM, or the runner's lifeline) ends a run cleanly on every rank, and a
-NaN/inf training loss fails it fast; what a stopped run does and leaves is in the README
-("How the sweep files work with LightningCLI", and "A stop after training" below it).
-
+"""RunGuard (README, "How the sweep files work with LightningCLI" and "A stop after training").
 Why a flag and a periodic all-reduce: Lightning's own SIGTERM handler runs a collective inside
 the signal handler, which can deadlock when the signal lands inside another collective.
 """
@@ -23,6 +20,7 @@ from sweeps.contract.lightning_adapter import keep_sigterm_handler
 from sweeps.contract.signals import StopSignal
 
 log = logging.getLogger(__name__)
+CHECK_EVERY = 4  # batches
 
 
 class RunStopped(Exception):
@@ -34,19 +32,18 @@ class Diverged(RuntimeError):
 
 
 class RunGuard(Callback):
-    """Stops a run cleanly on SIGTERM and fails it fast on a NaN/inf training loss.
+    """Stops a run cleanly on a stop request and fails it fast on a NaN/inf training loss.
 
-    Every `every` batches all ranks exchange two flags in one all-reduce: "a SIGTERM arrived"
-    and "the training loss is not finite". Every rank runs the same number of batches, so
-    every rank takes part in the same collectives and none waits alone; checking every few
-    batches keeps the cost (a host sync, a tiny collective) off most steps. A NaN on one rank
-    reaches the others only through the gradients, hence the agreement for it too.
+    Every CHECK_EVERY batches all ranks exchange the flags in one all-reduce. Every rank runs the
+    same number of batches, so every rank takes part in the same collectives and none waits alone;
+    checking every few batches keeps the cost (a host sync, a tiny collective) off most steps. A
+    NaN on one rank reaches the others only through the gradients, hence the agreement for it too.
     """
 
-    def __init__(self, checkpoint_dir: Optional[Path] = None, every: int = 4,
-                 finish_grace_s: float = FINISH_GRACE_S) -> None:
-        self.checkpoint_dir, self.every, self.finish_grace_s = checkpoint_dir, max(1, every), finish_grace_s
-        self.stopped = False
+    finish_grace_s = FINISH_GRACE_S  # the CLI's message names it
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.checkpoint_dir = checkpoint_dir
         self.training_done = False  # fit ended: what runs now is evaluation
         self._noted = False
         self._calls: dict[str, int] = {}
@@ -56,7 +53,7 @@ class RunGuard(Callback):
 
     def grace_left(self) -> bool:
         """After training, whether a stop that arrived still leaves time for the evaluation."""
-        return self.training_done and StopSignal.seconds_since() <= self.finish_grace_s
+        return self.training_done and StopSignal.seconds_since() <= FINISH_GRACE_S
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         StopSignal.install()
@@ -64,12 +61,12 @@ class RunGuard(Callback):
 
     def _due(self, loop: str) -> bool:
         self._calls[loop] = self._calls.get(loop, 0) + 1
-        return self._calls[loop] % self.every == 1 or self.every == 1
+        return (self._calls[loop] - 1) % CHECK_EVERY == 0
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Optional[torch.Tensor] = None) -> None:
         bad = loss is not None and not bool(torch.isfinite(loss.detach()).all())
         # Only the rank that got the signal knows when; the third flag carries "past the grace".
-        late = StopSignal.requested and StopSignal.seconds_since() > self.finish_grace_s
+        late = StopSignal.requested and StopSignal.seconds_since() > FINISH_GRACE_S
         flags = torch.tensor([float(StopSignal.requested), float(bad), float(late)], device=pl_module.device)
         if trainer.world_size > 1:
             flags = trainer.strategy.reduce(flags, reduce_op="sum")
@@ -86,10 +83,9 @@ class RunGuard(Callback):
             if not self._noted:
                 self._noted = True
                 log.warning("stop requested (%s) after training ended: the evaluation goes on for up to %.0f s",
-                            StopSignal.reason, self.finish_grace_s)
+                            StopSignal.reason, FINISH_GRACE_S)
             return
-        self.stopped = True
-        if self.checkpoint_dir is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
             trainer.save_checkpoint(str(Path(self.checkpoint_dir) / Path(LAST_CHECKPOINT).name))
         raise RunStopped(f"stopped by {StopSignal.reason}")
 

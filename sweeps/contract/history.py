@@ -1,7 +1,6 @@
-"""sweep_history.jsonl: one JSON line per validation epoch of a run, written by the run and
-read by the offline runner, the analysis and the report. training.json tells the runner when
-training is complete (what follows is evaluation, which hyperband must not cut): the
-validations the run plans ({"epochs": N}, when known) and, after training, {"done": true}."""
+"""sweep_history.jsonl: one JSON line per validation epoch of a run, read by the runner and the
+analysis; training.json tells the runner when training is complete (what follows is
+evaluation, which hyperband must not cut)."""
 
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from rundir.atomic import replacing, write_atomic
 from rundir.layout import HISTORY_FILE, TRAINING_FILE
 
 __all__ = ["HISTORY_FILE", "TRAINING_FILE", "append_history", "best_of", "read_history", "training_done",
@@ -55,28 +55,20 @@ def truncate_history(path: Path, from_epoch: int) -> int:
     """Drop the rows of epochs >= `from_epoch`: a run resumed from a
     checkpoint trains those epochs again, and its history must stay one row per epoch.
     Returns how many rows were dropped."""
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    rows = _rows(path)
+    rows = _rows(path)  # none when there is no file
     kept = [r for r in rows if isinstance(r.get("epoch"), int) and r["epoch"] < from_epoch]
     if len(kept) == len(rows):
         return 0
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with replacing(path) as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
     return len(rows) - len(kept)
 
 
 def write_training(path: Path, epochs: Optional[int], done: bool) -> None:
     """training.json: the validations this run plans (None: not known) and whether training ended."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"epochs": epochs, "done": done}))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"epochs": epochs, "done": done}))
 
 
 def training_done(path: Path, validations: int) -> bool:

@@ -1,14 +1,8 @@
 """The lifeline: a run started by the offline runner stops when that runner is gone, however
 it died (README, "Sweeps without a W&B server": "No orphaned runs", also why not
-PR_SET_PDEATHSIG).
-
-The runner keeps the write end of a pipe and never writes to it; each run inherits the read end
-(its descriptor number in XRAY_RUNNER_LIFELINE). The kernel closes the write end when the runner
-ends, so a thread blocked reading the pipe gets end-of-file at that moment: it sets the stop flag,
-and kills the run's process group should the run still be there HARD_STOP_S later
-(rundir/grace.py; stuck outside training: a cache build, a hung collective). Only rank 0 watches
-(the variable is removed before DDP children start); the other ranks follow it through RunGuard's
-all-reduced flag.
+PR_SET_PDEATHSIG). Only rank 0 watches; the other ranks follow it through RunGuard's all-reduced
+flag. The process group is killed HARD_STOP_S later should the run be stuck outside training (a
+cache build, a hung collective).
 """
 
 from __future__ import annotations
@@ -51,14 +45,11 @@ def watch_runner() -> bool:
 
 
 def _watch(fd: int) -> None:
-    while True:
-        try:
-            if os.read(fd, 1) == b"":
-                break  # end of file: the runner's write end is closed, the runner is gone
-        except InterruptedError:
-            continue
-        except OSError:
-            break
+    # Nothing is ever written: the read returns end of file (b"") when the runner's write end is
+    # closed, i.e. the runner is gone. A signal does not end it (PEP 475: os.read is retried).
+    with contextlib.suppress(OSError):
+        while os.read(fd, 1):
+            pass
     with contextlib.suppress(OSError):
         os.close(fd)
     StopSignal.request("the sweep runner is gone")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from typing import Any, Optional
+from typing import Optional
 
 
 class StopSignal:
@@ -20,11 +20,7 @@ class StopSignal:
     @classmethod
     def install(cls) -> None:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, cls._handle)
-
-    @classmethod
-    def _handle(cls, signum: int, frame: Any) -> None:
-        cls.request("SIGTERM")
+            signal.signal(signal.SIGTERM, lambda signum, frame: cls.request("SIGTERM"))
 
     @classmethod
     def request(cls, reason: str) -> None:

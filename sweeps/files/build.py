@@ -1,12 +1,6 @@
 """Build W&B sweep files whose program is the LightningCLI, from a preset or the old tool's
-flags. The result is a plain dict that W&B's schema accepts (it rejects any unknown key) and
-that the offline runner reads unchanged; it is checked as every sweep is (sweeps/files/sweep.py,
-sweeps/files/check.py). What W&B cannot express is resolved here:
-  * conditional parameters (`parent`/`parent_values`) become `--sweep.when+=...` arguments
-    in the command, applied by the CLI (see sweeps/contract/conditions.py);
-  * a combined objective becomes `--sweep.objective=...`, logged under the metric's name;
-  * the old tool's yacs names become CLI paths.
-"""
+flags; what W&B cannot express (conditions, a combined objective) goes into the command (README,
+"How the sweep files work with LightningCLI")."""
 
 from __future__ import annotations
 
@@ -46,8 +40,7 @@ def _conditions(specs: dict[str, Any]) -> list[str]:
 
 
 def _file_spec(spec: Any) -> Any:
-    """A preset's spec as a sweep file says it: no condition keys, None written `null` (the
-    agent formats values with str(), and the CLI reads `null`, not `None`)."""
+    """A preset's spec as a sweep file says it: no condition keys, None written `null` (schema.NULL)."""
     if not isinstance(spec, dict):
         return spec
     out = {k: v for k, v in spec.items() if k not in CONDITION_KEYS}

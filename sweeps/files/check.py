@@ -1,20 +1,17 @@
-"""A sweep checked against what it trains, once, before anything is written or launched: its
-LightningCLI configs exist, hyperband's brackets are reachable with their trainer.max_epochs,
-and, when the program is cli.py, every parameter is a CLI option with an allowed value and the
-metric is one the model logs for the task. Another program (the tests' stand-in) has options
-of its own."""
+"""A sweep checked against what it trains (its configs; for cli.py the CLI's options and the metrics
+the model logs), once, before anything is written or launched."""
 
 from __future__ import annotations
 
-import json
+import difflib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from models.metric_names import DEFAULT_METRIC, logged_metric_names
 from sweeps.errors import SweepConfigError
 from sweeps.files.params import YACS_ALIASES, cli_parameters
-from sweeps.files.schema import check_choices, check_early_terminate, max_epochs_of, read_config
-from sweeps.files.sweep import Sweep
+from sweeps.files.schema import NULL, Parameter, check_brackets, read_config
+from sweeps.files.sweep import Sweep, objective_weights
 
 DEFAULT_OBJECTIVE_NAME = "val/objective"
 
@@ -31,12 +28,19 @@ def config_paths(sweep: Sweep, root: Path) -> list[str]:
     return paths
 
 
-def task_classes(config_files: list[str]) -> Optional[int]:
-    """The number of classes the configs name (data.classes), if they name them."""
-    classes = None
+def _from_configs(config_files: list[str], group: str, key: str) -> Any:
+    """`group.key` as the configs set it (the last one wins); None when none does."""
+    value = None
     for path in config_files:
-        classes = (read_config(path).get("data") or {}).get("classes", classes)
-    return len(classes) if isinstance(classes, list) else None
+        value = (read_config(path).get(group) or {}).get(key, value)
+    return value
+
+
+def max_epochs_of(config_files: list[str], parameters: dict[str, Parameter]) -> Optional[int]:
+    """trainer.max_epochs as a run would see it: the sweep's largest value, else the configs'."""
+    param = parameters.get("trainer.max_epochs")
+    numbers = [v for v in [*param.choices, param.spec.get("max")] if type(v) is int] if param else []
+    return max(numbers) if numbers else _from_configs(config_files, "trainer", "max_epochs")
 
 
 def validation_metrics(num_classes: Optional[int]) -> list[str]:
@@ -77,7 +81,7 @@ def check_configs(sweep: Sweep, root: Path) -> list[str]:
     """The configs exist and hyperband's brackets are reachable with them; returns their paths."""
     configs = config_paths(sweep, root)
     if sweep.early_terminate is not None:
-        check_early_terminate(sweep.early_terminate, max_epochs_of(configs, sweep.parameters))
+        check_brackets(sweep.early_terminate, max_epochs_of(configs, sweep.parameters))
     return configs
 
 
@@ -89,8 +93,6 @@ def check_for_cli(sweep: Sweep, root: Path) -> list[str]:
     known = cli_parameters()
     unknown = [name for name in sweep.parameters if name not in known]
     if unknown:
-        import difflib
-
         hints = []
         for name in unknown:
             alias = YACS_ALIASES.get(name) or YACS_ALIASES.get(name.upper())
@@ -100,10 +102,15 @@ def check_for_cli(sweep: Sweep, root: Path) -> list[str]:
         raise SweepConfigError(f"the CLI has no option for sweep parameter(s) {unknown}; every run would fail "
                                f"({'; '.join(hints)}). Parameters are CLI paths such as model.lr, data.batch_size")
     for param in sweep.parameters.values():
-        check_choices(param, known[param.name])
+        allowed = known[param.name]  # the values of a Literal option; None: any value of its type
+        bad = [v for v in param.choices if (None if v == NULL else v) not in allowed] if allowed else []
+        if bad:
+            raise SweepConfigError(f"parameters.{param.name}: value(s) {bad} not allowed; "
+                                   f"choose from {list(allowed)}")
     if sweep.metric is not None:
+        classes = _from_configs(configs, "data", "classes")
         for objective in _objectives(sweep):
-            check_metric(sweep.metric, objective, task_classes(configs))
+            check_metric(sweep.metric, objective, len(classes) if isinstance(classes, list) else None)
     return configs
 
 
@@ -113,13 +120,6 @@ def _objectives(sweep: Sweep) -> list[Optional[dict]]:
     param = sweep.parameters.get("sweep.objective")
     if param is None:
         return [sweep.objective]
-    values = param.spec.get("values", [param.spec["value"]] if "value" in param.spec else [])
-    found = []
-    for value in values:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise SweepConfigError(f"sweep.objective value {value!r} is not a JSON object of weights") from None
-        found.append(value if isinstance(value, dict) else None)
+    found = [objective_weights(v, f"sweep.objective value {v!r}") if isinstance(v, str) else
+             v if isinstance(v, dict) else None for v in param.choices]
     return found or [sweep.objective]

@@ -1,6 +1,5 @@
-"""Reading and writing sweep files: every file of a sweep is written atomically (rundir/atomic.py:
-readers never see half a file), and the one loader of W&B sweep files, which refuses at load
-what would explode later and parses the rest into a Sweep (sweeps/files/sweep.py)."""
+"""The one loader of W&B sweep files: it refuses at load what would explode later and parses the
+rest into a Sweep; and the JSON files of a sweep, written atomically (rundir/atomic.py)."""
 
 from __future__ import annotations
 
@@ -99,15 +98,6 @@ class _SweepLoader(yaml.SafeLoader):
 def load_sweep(path: str | os.PathLike) -> Sweep:
     """A W&B sweep file, parsed and checked; a clear error naming the file for one that is
     missing, not a sweep, too large, or that W&B would refuse."""
-    sweep = read_sweep_file(path)
-    try:
-        return Sweep.from_dict(sweep)
-    except SweepConfigError as e:
-        raise SweepConfigError(f"Sweep file {path}: {e}") from None
-
-
-def read_sweep_file(path: str | os.PathLike) -> dict:
-    """A W&B sweep file as a dict, refused when it is missing, not a sweep, or too large."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_SWEEP_BYTES + 1)
@@ -136,4 +126,7 @@ def read_sweep_file(path: str | os.PathLike) -> dict:
         if isinstance(values, list) and len(values) > MAX_VALUES:
             raise UsageError(f"Sweep file {path}: parameters.{name} has {len(values):,} values, more than "
                              f"{MAX_VALUES:,}; use a distribution (min/max) instead")
-    return sweep
+    try:
+        return Sweep.from_dict(sweep)
+    except SweepConfigError as e:
+        raise SweepConfigError(f"Sweep file {path}: {e}") from None

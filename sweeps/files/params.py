@@ -1,8 +1,6 @@
 """Parameter names: the CLI paths a sweep may set, the values a Literal option allows, and the
-old tool's yacs aliases. They are read from the SOURCE of the classes of the CLI's option groups
-(sweeps/contract/groups.py, the list the CLI builds its parser from): their __init__ arguments
-and dataclass fields, parsed, not imported, so that `python -m sweeps generate` starts without
-torch and Lightning. tests/test_sweeps.py checks the names against the CLI's own parser."""
+old tool's yacs aliases. Read from the SOURCE of the option groups' classes (sweeps/contract/
+groups.py), not imported, so that `python -m sweeps generate` starts without torch and Lightning."""
 
 from __future__ import annotations
 
@@ -19,33 +17,25 @@ from sweeps.errors import ParameterError
 
 log = logging.getLogger(__name__)
 
-# The old yacs-based tool's names -> our CLI paths, so its users' sweeps keep working.
-YACS_ALIASES = {
-    "TRAIN.LR": "model.lr",
-    "TRAIN.BASE_LR": "model.lr",
-    "TRAIN.WD": "model.weight_decay",
-    "TRAIN.WEIGHT_DECAY": "model.weight_decay",
-    "TRAIN.OPTIMIZER": "model.optimizer",
-    "TRAIN.MOMENTUM": "model.momentum",
-    "TRAIN.LR_SCHEDULER": "model.scheduler",
-    "TRAIN.SCHEDULER": "model.scheduler",
-    "TRAIN.WARMUP_EPOCHS": "model.warmup_epochs",
-    "TRAIN.LABEL_SMOOTHING": "model.label_smoothing",
-    "TRAIN.BATCH_SIZE_PER_GPU": "data.batch_size",
-    "TRAIN.BATCH_SIZE": "data.batch_size",
-    "TRAIN.END_EPOCH": "trainer.max_epochs",
-    "TRAIN.EPOCHS": "trainer.max_epochs",
-    "TRAIN.BALANCING": "data.balancing",
-    "TRAIN.SAMPLER": "data.balancing",
-    "MODEL.NAME": "model.backbone",
-    "MODEL.BACKBONE": "model.backbone",
-    "MODEL.DROPOUT": "model.dropout",
-    "MODEL.IMAGE_SIZE": "data.image_size",
-    "MODEL.PRETRAINED": "model.weights",
-    "DATASET.ROOT": "data.root",
-    "DATA.BALANCING": "data.balancing",
-    "WORKERS": "data.num_workers",
-}
+# The old yacs-based tool's names of each CLI path, so that its users' sweeps keep working.
+YACS_ALIASES = {alias: path for path, aliases in {
+    "model.lr": ("TRAIN.LR", "TRAIN.BASE_LR"),
+    "model.weight_decay": ("TRAIN.WD", "TRAIN.WEIGHT_DECAY"),
+    "model.optimizer": ("TRAIN.OPTIMIZER",),
+    "model.momentum": ("TRAIN.MOMENTUM",),
+    "model.scheduler": ("TRAIN.LR_SCHEDULER", "TRAIN.SCHEDULER"),
+    "model.warmup_epochs": ("TRAIN.WARMUP_EPOCHS",),
+    "model.label_smoothing": ("TRAIN.LABEL_SMOOTHING",),
+    "data.batch_size": ("TRAIN.BATCH_SIZE_PER_GPU", "TRAIN.BATCH_SIZE"),
+    "trainer.max_epochs": ("TRAIN.END_EPOCH", "TRAIN.EPOCHS"),
+    "data.balancing": ("TRAIN.BALANCING", "TRAIN.SAMPLER", "DATA.BALANCING"),
+    "model.backbone": ("MODEL.NAME", "MODEL.BACKBONE"),
+    "model.dropout": ("MODEL.DROPOUT",),
+    "data.image_size": ("MODEL.IMAGE_SIZE",),
+    "model.weights": ("MODEL.PRETRAINED",),
+    "data.root": ("DATASET.ROOT",),
+    "data.num_workers": ("WORKERS",),
+}.items() for alias in aliases}
 
 Choices = Optional[tuple]  # the values an option allows; None: any value of its type
 
@@ -124,12 +114,7 @@ def _choices(node: Optional[ast.expr], module: str, depth: int = 0) -> Choices:
     if node is None or depth > 10:
         return None
     if isinstance(node, ast.Constant):
-        if node.value is None:
-            return (None,)
-        try:  # a quoted annotation
-            return _choices(ast.parse(node.value, mode="eval").body, module, depth + 1)
-        except (SyntaxError, TypeError):
-            return None
+        return (None,) if node.value is None else None
     if isinstance(node, ast.Name):
         try:
             value, where = _find(module, node.id)

@@ -14,26 +14,27 @@ were slower (0.36, 0.35). Bands 3, 9, 27 fit the configs' 20-30 epochs.
 from __future__ import annotations
 
 import copy
+import difflib
 from typing import Optional
 
 from sweeps.errors import SweepConfigError
 from sweeps.files.build import create_custom_sweep_config, merge_custom_params
 from sweeps.files.check import validation_metrics
 
-_LR = {"distribution": "log_uniform_values", "min": 1.0e-5, "max": 3.0e-3}
-_WD = {"distribution": "log_uniform_values", "min": 1.0e-6, "max": 1.0e-2}
-_OPTIMIZER = {"values": ["adamw", "adam", "sgd"]}
-_MOMENTUM = {"distribution": "uniform", "min": 0.8, "max": 0.99, "parent": "model.optimizer", "parent_values": ["sgd"]}
+_OPTIMISATION = {  # base and full_optimization
+    "model.lr": {"distribution": "log_uniform_values", "min": 1.0e-5, "max": 3.0e-3},
+    "model.weight_decay": {"distribution": "log_uniform_values", "min": 1.0e-6, "max": 1.0e-2},
+    "model.optimizer": {"values": ["adamw", "adam", "sgd"]},
+    "model.momentum": {"distribution": "uniform", "min": 0.8, "max": 0.99, "parent": "model.optimizer",
+                       "parent_values": ["sgd"]},
+}
 
 SWEEP_CONFIGS: dict[str, dict] = {
     "base": {
         "method": "bayes",
         "description": "Bayesian search over the main knobs, with hyperband early termination.",
         "parameters": {
-            "model.lr": _LR,
-            "model.weight_decay": _WD,
-            "model.optimizer": _OPTIMIZER,
-            "model.momentum": _MOMENTUM,
+            **_OPTIMISATION,
             "data.batch_size": {"values": [8, 16, 32]},
             "model.dropout": {"distribution": "uniform", "min": 0.0, "max": 0.5},
             "model.label_smoothing": {"values": [0.0, 0.05, 0.1]},
@@ -82,10 +83,7 @@ SWEEP_CONFIGS: dict[str, dict] = {
         "parameters": {
             "model.backbone": {"values": ["resnet34", "resnet50", "densenet121", "efficientnet_b0", "convnext_tiny"]},
             "data.image_size": {"values": [256, 384, 512]},
-            "model.lr": _LR,
-            "model.weight_decay": _WD,
-            "model.optimizer": _OPTIMIZER,
-            "model.momentum": _MOMENTUM,
+            **_OPTIMISATION,
             "model.scheduler": {"values": ["cosine", "step", "plateau"]},
             "model.warmup_epochs": {"values": [0, 1, 3], "parent": "model.scheduler", "parent_values": ["cosine"]},
             "model.label_smoothing": {"distribution": "uniform", "min": 0.0, "max": 0.2},
@@ -113,8 +111,6 @@ def get_sweep_config(
     """The preset `name` as a W&B sweep config, with custom_params merged into its parameters
     and any create_custom_sweep_config keyword (method, metric_name, ...) overridden."""
     if name not in SWEEP_CONFIGS:
-        import difflib
-
         close = difflib.get_close_matches(name, SWEEP_CONFIGS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise SweepConfigError(f"Unknown sweep preset {name!r}; presets: {', '.join(SWEEP_CONFIGS)}.{hint}")

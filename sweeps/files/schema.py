@@ -1,7 +1,5 @@
 """What one parameter and the early termination of a W&B sweep file may say (W&B's sweep-config
-schema, which rejects unknown keys): each parameter is parsed here, once, into a Parameter
-with its distribution; values a Literal option allows; hyperband settings, and the
-trainer.max_epochs (sweep or LightningCLI config) their brackets must fit in."""
+schema, which rejects unknown keys), each parsed here once."""
 
 from __future__ import annotations
 
@@ -60,27 +58,20 @@ def infer_distribution(name: str, spec: dict) -> str:
     if "distribution" in spec:
         dist = spec["distribution"]
         if dist not in DISTRIBUTIONS:
-            raise SweepConfigError(
-                f"parameters.{name}.distribution {dist!r} is unknown; allowed: {', '.join(DISTRIBUTIONS)}"
-            )
+            raise SweepConfigError(f"parameters.{name}.distribution {dist!r} is unknown; allowed: "
+                                   f"{', '.join(DISTRIBUTIONS)}")
         return dist
     if "value" in spec:
         return "constant"
     if "values" in spec:
         return "categorical"
     if "min" in spec and "max" in spec:
-        both_int = all(isinstance(spec[k], int) and not isinstance(spec[k], bool) for k in ("min", "max"))
-        return "int_uniform" if both_int else "uniform"
+        return "int_uniform" if _whole(spec["min"]) and _whole(spec["max"]) else "uniform"
     raise SweepConfigError(f"parameters.{name} needs `value`, `values`, `min`/`max` or a `distribution`")
 
 
 def null_safe(value: Any) -> Any:
-    """The agent writes values with str(): None would become `None`, which the CLI rejects."""
-    if value is None:
-        return NULL
-    if isinstance(value, list):
-        return [null_safe(v) for v in value]
-    return value
+    return NULL if value is None else [null_safe(v) for v in value] if isinstance(value, list) else value
 
 
 def parse_parameter(name: str, spec: Any, method: str) -> Parameter:
@@ -128,16 +119,7 @@ def parse_parameter(name: str, spec: Any, method: str) -> Parameter:
     return Parameter(name, dist, dict(spec))
 
 
-def check_choices(param: Parameter, allowed_values: Optional[tuple]) -> None:
-    """The values of a parameter whose CLI option is a Literal must be among its choices."""
-    if allowed_values:
-        bad = [v for v in param.choices if (None if v == NULL else v) not in allowed_values]
-        if bad:
-            raise SweepConfigError(f"parameters.{param.name}: value(s) {bad} not allowed; "
-                                   f"choose from {list(allowed_values)}")
-
-
-def check_early_terminate(early_terminate: dict, max_epochs: Optional[int]) -> dict:
+def check_early_terminate(early_terminate: dict) -> dict:
     """The hyperband settings W&B accepts, refused otherwise before anything runs: W&B reads
     max_iter (with s) before min_iter, and raises on a config that yields no bands."""
     if not isinstance(early_terminate, dict):
@@ -163,19 +145,20 @@ def check_early_terminate(early_terminate: dict, max_epochs: Optional[int]) -> d
             raise SweepConfigError(f"early_terminate.{key} must be a whole number >= 1, got {et[key]!r}")
     if "strict" in et and not isinstance(et["strict"], bool):
         raise SweepConfigError(f"early_terminate.strict must be true or false, got {et['strict']!r}")
-    bands = hyperband_bands(et)
-    if not bands:
+    if not hyperband_bands(et):
         raise SweepConfigError(f"early_terminate {et} gives no hyperband bracket (max_iter {et['max_iter']} / eta "
                                f"{eta} < 1); W&B refuses it. Raise max_iter or s, or lower eta")
-    if max_epochs is not None:
-        reachable = [b for b in bands if b <= max_epochs]
-        too_far = et.get("min_iter", 0) > max_epochs or et.get("max_iter", 0) > max_epochs
-        if not reachable or too_far:
-            raise SweepConfigError(
-                f"early_terminate {et}: brackets at epochs {bands[:5]} but trainer.max_epochs is "
-                f"{max_epochs}, so a bracket can never be reached; lower min_iter/max_iter (they count epochs)"
-            )
     return et
+
+
+def check_brackets(et: dict, max_epochs: Optional[int]) -> None:
+    """A checked early_terminate's first bracket (and min_iter, max_iter) within trainer.max_epochs."""
+    bands = hyperband_bands(et)
+    if max_epochs is not None and max(bands[0], et.get("min_iter", 0), et.get("max_iter", 0)) > max_epochs:
+        raise SweepConfigError(
+            f"early_terminate {et}: brackets at epochs {bands[:5]} but trainer.max_epochs is "
+            f"{max_epochs}, so a bracket can never be reached; lower min_iter/max_iter (they count epochs)"
+        )
 
 
 def _number(v: Any) -> bool:
@@ -184,20 +167,6 @@ def _number(v: Any) -> bool:
 
 def _whole(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def max_epochs_of(config_files: list[str], parameters: dict[str, Parameter]) -> Optional[int]:
-    """trainer.max_epochs as a run would see it: the sweep's largest value, else the configs'."""
-    param = parameters.get("trainer.max_epochs")
-    if param is not None:
-        candidates = [*param.choices, *([param.spec["max"]] if "max" in param.spec else [])]
-        numbers = [c for c in candidates if _whole(c)]
-        if numbers:
-            return max(numbers)
-    value = None
-    for path in config_files:
-        value = (read_config(path).get("trainer") or {}).get("max_epochs", value)
-    return value
 
 
 def read_config(path: str) -> dict:

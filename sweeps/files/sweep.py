@@ -75,30 +75,23 @@ class Sweep:
         sweep = cls(method=method, metric=metric, goal=goal, parameters=params, command=tuple(str(c) for c in command),
                     program=None if data.get("program") is None else str(data["program"]),
                     name=None if data.get("name") is None else str(data["name"]),
-                    early_terminate=None if et is None else check_early_terminate(et, None), run_cap=run_cap,
+                    early_terminate=None if et is None else check_early_terminate(et), run_cap=run_cap,
                     other={k: v for k, v in data.items() if k not in _FIELDS})
         sweep.conditions  # noqa: B018 (a malformed --sweep.when fails here, not in every run)
         return sweep
 
     def to_dict(self) -> dict:
         """The W&B sweep file, keys in the order the generator writes them."""
-        out: dict[str, Any] = {}
-        if self.program is not None:
-            out["program"] = self.program
-        if self.name is not None:
-            out["name"] = self.name
-        out.update({k: v for k, v in self.other.items() if k in ("description", "project", "entity")})
-        out["method"] = self.method
-        if self.metric is not None:
-            out["metric"] = {"name": self.metric, "goal": self.goal}
-        if self.early_terminate is not None:
-            out["early_terminate"] = dict(self.early_terminate)
-        if self.run_cap is not None:
-            out["run_cap"] = self.run_cap
-        out.update({k: v for k, v in self.other.items() if k not in out})
-        out["parameters"] = {name: dict(p.spec) for name, p in self.parameters.items()}
-        out["command"] = list(self.command)
-        return out
+        head = {"program": self.program, "name": self.name,
+                **{k: v for k, v in self.other.items() if k in ("description", "project", "entity")},
+                "method": self.method,
+                "metric": None if self.metric is None else {"name": self.metric, "goal": self.goal},
+                "early_terminate": None if self.early_terminate is None else dict(self.early_terminate),
+                "run_cap": self.run_cap}
+        out = {k: v for k, v in head.items() if v is not None or k in self.other}  # other: kept as written
+        return {**out, **{k: v for k, v in self.other.items() if k not in out},
+                "parameters": {name: dict(p.spec) for name, p in self.parameters.items()},
+                "command": list(self.command)}
 
     def same_runs(self, other: Sweep) -> bool:
         """Whether `other` runs exactly this sweep (a restart may rename or describe it)."""
@@ -106,33 +99,30 @@ class Sweep:
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
     @cached_property
-    def config_files(self) -> list[str]:
-        """The LightningCLI configs the command trains (`--config X` or `--config=X`), in order."""
-        found, command = [], self.command
+    def _config_items(self) -> dict[int, str]:
+        """Index of each `--config X` or `--config=X` item of the command -> X."""
+        found, command = {}, self.command
         for i, item in enumerate(command):
             if item == "--config" and i + 1 < len(command):
-                found.append(command[i + 1])
+                found[i] = command[i + 1]
             elif item.startswith("--config="):
-                found.append(item.split("=", 1)[1])
+                found[i] = item.split("=", 1)[1]
         return found
+
+    @property
+    def config_files(self) -> list[str]:
+        """The LightningCLI configs the command trains, in order."""
+        return list(self._config_items.values())
 
     def with_configs(self, configs: list[str]) -> Sweep:
         """The same sweep training other LightningCLI config(s): the `--config` items replaced."""
-        out, inserted, skip = [], False, False
-        for i, item in enumerate(self.command):
-            if skip:
-                skip = False
-                continue
-            if item == "--config" and i + 1 < len(self.command) or item.startswith("--config="):
-                skip = item == "--config"
-                if not inserted:
-                    out += [part for path in configs for part in ("--config", path)]
-                    inserted = True
-                continue
-            out.append(item)
-        if not inserted:
+        items = self._config_items
+        if not items:
             raise SweepConfigError("the sweep's command has no `--config FILE` to replace")
-        return dataclasses.replace(self, command=tuple(out))
+        first, dropped = min(items), {*items, *(i + 1 for i in items if self.command[i] == "--config")}
+        new = [part for path in configs for part in ("--config", path)]
+        rest = [item for i, item in enumerate(self.command) if i > first and i not in dropped]
+        return dataclasses.replace(self, command=(*self.command[:first], *new, *rest))
 
     @cached_property
     def conditions(self) -> list[Condition]:
@@ -163,14 +153,17 @@ class Sweep:
     @cached_property
     def objective(self) -> Optional[dict]:
         """The weights of a combined objective (`--sweep.objective=...`), if the command has one."""
-        for item in self.command:
-            if item.startswith("--sweep.objective="):
-                try:
-                    value = json.loads(item.split("=", 1)[1])
-                except json.JSONDecodeError as e:
-                    raise SweepConfigError(f"command item {item!r} is not JSON: {e.msg}") from None
-                return value if isinstance(value, dict) else None
-        return None
+        item = next((c for c in self.command if c.startswith("--sweep.objective=")), None)
+        return None if item is None else objective_weights(item.split("=", 1)[1], f"command item {item!r}")
+
+
+def objective_weights(text: str, what: str) -> Optional[dict]:
+    """A combined objective's weights from its JSON text (None when they are not a mapping)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SweepConfigError(f"{what} is not a JSON object of weights: {e.msg}") from None
+    return value if isinstance(value, dict) else None
 
 
 _FIELDS = {"method", "metric", "parameters", "command", "program", "name", "early_terminate", "run_cap"}
