@@ -6,7 +6,8 @@ import re
 
 from test_analysis import TRIALS, make_sweep_dir
 
-from sweeps.analysis.report import scrub, write_report
+from sweeps.analysis.report import write_report
+from sweeps.text import mask_file_names
 
 PLOTLY_JS_BANNER = re.compile(r"\* plotly\.js v\d")
 
@@ -74,9 +75,18 @@ def test_report_errors(tmp_path, capsys):
     assert str(tmp_path / "no") in capsys.readouterr().err
 
 
-def test_scrub_keeps_metric_names():
-    assert scrub("val/auroc is NaN at /data/x/y.png") == "val/auroc is NaN at <path>"
-    assert scrub("cannot read data/ra_hand/p1.png") == "cannot read <path>"
+def test_the_path_mask_keeps_metric_names():
+    assert mask_file_names("val/auroc is NaN at /data/x/y.png") == "val/auroc is NaN at <path>"
+    assert mask_file_names("cannot read data/ra_hand/p1.png") == "cannot read <path>"
+
+
+def test_a_patient_named_file_in_a_failure_reason_stays_off_the_report(tmp_path):
+    """The report masked paths with a copy of its own that let a quoted file name without a
+    directory through ('Doe Jane 1970.png' is a patient's name); it uses the runner's mask now."""
+    failed = (*TRIALS[3][:3], "exit code 1: cannot identify image file 'Doe Jane 1970-01-01 MRN778899.png'")
+    text = write_report(make_sweep_dir(tmp_path, trials=[TRIALS[0], failed])).read_text()
+    assert "0001: failed" in text and "cannot identify image file" in text
+    assert "Doe Jane" not in text and "MRN778899" not in text
 
 
 def _test_report_json(path) -> dict:

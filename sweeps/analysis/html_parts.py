@@ -1,5 +1,5 @@
 """Building blocks of the report's HTML (sweeps/analysis/report.py): the page style, tables,
-notes, the figure renderer that inlines plotly.js once, and the mask for file paths."""
+notes, the figure renderer that inlines plotly.js once."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import html
 import re
 from typing import Any
 
-# Two slashes, or a leading / ~ ./ X:\ : a file path; "val/auroc" stays.
-_PATH = re.compile(r"""(?<![\w.~-])(?:[A-Za-z]:[\\/]|~/|\.{1,2}/|/)[^\s'",;)]*|[\w.~-]+(?:[/\\][\w.~-]+){2,}""")
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
@@ -20,10 +18,6 @@ figure.overlay { display: inline-block; margin: 0 0.8em 0.8em 0; vertical-align:
 figure.overlay img { display: block; max-width: 192px; border: 1px solid #ddd; }
 figure.overlay figcaption { font-size: 0.85em; color: #444; max-width: 192px; }
 """
-
-
-def scrub(text: Any) -> str:
-    return _PATH.sub("<path>", str(text))
 
 
 class _Figures:

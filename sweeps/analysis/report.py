@@ -19,7 +19,7 @@ import yaml
 from rundir.atomic import write_atomic
 from rundir.layout import COMPLETED, TEST_OVERLAYS, TEST_REPORT
 from sweeps.analysis.heldout import read_run_file, section_html
-from sweeps.analysis.html_parts import STYLE, _Figures, _note, _table, scrub
+from sweeps.analysis.html_parts import STYLE, _Figures, _note, _table
 from sweeps.analysis.overlays_html import overlays_html
 from sweeps.analysis.results import (
     best_config,
@@ -33,6 +33,7 @@ from sweeps.analysis.results import (
 )
 from sweeps.errors import UsageError
 from sweeps.files.sweep import Sweep
+from sweeps.text import mask_file_names
 
 NAMED_CURVES = 20  # learning curves in colour and in the legend, the best runs'; 1,000 colours help no one
 GREY = {"color": "rgba(140,140,140,0.3)", "width": 1}  # the other runs' curves
@@ -212,7 +213,7 @@ def render(sweep_dir: Path, sweep: Sweep, runs: list[dict]) -> str:
             fig = importance_figure(study, metric)
             body = figure(fig) if fig else _note("No swept parameter varied between the completed runs.")
         except Exception as e:  # too few distinct values for the evaluator, etc.
-            body = _note(f"Parameter importance could not be computed: {scrub(e)}")
+            body = _note(f"Parameter importance could not be computed: {mask_file_names(e)}")
     sections.append(("importance", "Parameter importance", body))
 
     body = figure(curves_figure(sweep, runs)) if any(r["history"] for r in runs) else _note("No run has validated yet.")
@@ -220,11 +221,11 @@ def render(sweep_dir: Path, sweep: Sweep, runs: list[dict]) -> str:
     if failed:
         body += "<h3>Runs that did not complete</h3><ul>" + "".join(
             f'<li class="failed">{html.escape(r["name"])}: {html.escape(r["state"])}'
-            f'{html.escape(" - " + scrub(r["reason"])) if r["reason"] else ""}</li>' for r in failed) + "</ul>"
+            f'{html.escape(" - " + mask_file_names(r["reason"])) if r["reason"] else ""}</li>' for r in failed) + "</ul>"
     sections.append(("curves", "Learning curves", body))
 
     rows = runs_table(sweep, runs)
-    rows = [rows[0], *([r[0], scrub(r[1]), *r[2:]] for r in rows[1:])]
+    rows = [rows[0], *([r[0], mask_file_names(r[1]), *r[2:]] for r in rows[1:])]
     sections.append(("runs", "All runs (best first)", _table(rows) if runs else _note("No runs yet.")))
 
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
