@@ -127,6 +127,10 @@ def test_image_sizes_come_from_the_headers_alone(tmp_path):
         generate(tmp_path / fmt, count=2, size=(48, 40), fmt=fmt)
         assert {header_size(p) for p in (tmp_path / fmt / "images").iterdir()} == {(48, 40)}
     assert header_size(tmp_path / "missing.png") is None
+    # a PACS export without suffixes is DICOM by its magic, as the data module reads it (the card
+    # tested the suffix and left such images out of the sizes)
+    bare = next((tmp_path / "dicom" / "images").iterdir())
+    assert header_size(bare.rename(bare.with_suffix(""))) == (48, 40)
 
 
 def test_external_section_shows_each_figure_and_undefined_ones_as_na(run_dir):

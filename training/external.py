@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.datasets import XrayDataset
+from datamodules.readers import is_dicom
 from datamodules.records import DataError, Record, read_manifest, scan_folder
 from datamodules.splits import check_labels
 from datamodules.transforms import ResizePad
@@ -182,7 +183,7 @@ def _predict(cli, data: ExternalData, ckpt: Optional[str]) -> tuple[np.ndarray, 
 def header_size(path: Path) -> Optional[tuple[int, int]]:
     """(rows, cols) from the file's header alone; DICOM: only Rows and Columns are parsed."""
     try:
-        if path.suffix.lower() in (".dcm", ".dicom"):
+        if is_dicom(path):
             import pydicom
 
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
