@@ -35,6 +35,7 @@ from rundir.layout import (
     TEST_REPORT,
     TRAINING_FILE,
     fold_dir,
+    is_cv_run,
 )
 from rundir.records import checkpoint_problem, failure_reason
 from rundir.slots import fold_slots
@@ -244,7 +245,7 @@ def _continues_same_run(run_dir: Path, saving) -> bool:
     folds that did not finish); refused when they were trained with other settings, whose
     folds must not be mixed with these."""
     saved = Path(run_dir) / saving.config_filename
-    if not (saved.is_file() and fold_dir(run_dir, 0).is_dir()):
+    if not (saved.is_file() and is_cv_run(run_dir)):
         return False
     if saved.read_text() != saving.parser.dump(saving.config, skip_none=False):
         raise ValueError(f"run directory {run_dir} holds a cross-validated run with other settings (its "

@@ -16,6 +16,7 @@ from rundir.checkpoints import Pruned, busy, checkpoints, needed, remove, strip
 from rundir.layout import COMPLETED, CONFIG_FILE, CV_FILE, HISTORY_FILE, RUN_RECORD, TRAINING_FILE
 from sweeps.contract.history import best_of, read_history, training_done
 from sweeps.errors import UsageError
+from sweeps.files.io import load_sweep
 from sweeps.runner.storage import DB_FILE
 from sweeps.runner.trials import ENDED
 
@@ -156,9 +157,7 @@ def prune_dir(directory: str, keep: int, *, dry_run: bool, metric: Optional[str]
                          "folder of W&B agents' run directories (runs/EXPERIMENT, with --metric and --goal)")
     root, idle_s = root.resolve(), None
     if (root / "sweep.yaml").is_file():
-        from sweeps.analysis.results import read_sweep
-
-        sweep = read_sweep(root / "sweep.yaml")
+        sweep = load_sweep(root / "sweep.yaml")
         goal = sweep.goal
         runs = sweep_runs(root, live_dirs(_trials(root, sweep.name), root))
     elif metric and goal:
