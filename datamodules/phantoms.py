@@ -73,7 +73,9 @@ class _Canvas:
     def _window(self, lo: np.ndarray, hi: np.ndarray):
         """The pixels of box lo..hi: slices and coordinates, empty off the image (drawing is then a no-op)."""
         x0, y0 = max(int(lo[0]), 0), max(int(lo[1]), 0)
-        x1, y1 = min(int(hi[0]) + 2, self.w), min(int(hi[1]) + 2, self.h)
+        # never below the start: a box above or left of the image ends at a negative index, which a
+        # slice would read from the far side
+        x1, y1 = max(min(int(hi[0]) + 2, self.w), x0), max(min(int(hi[1]) + 2, self.h), y0)
         return (slice(y0, y1), slice(x0, x1)), np.arange(x0, x1)[None, :], np.arange(y0, y1)[:, None]
 
     def bone_capsule(self, a, b, r, *, flare=1.35, sclerosis=(0.0, 0.0)) -> None:

@@ -104,9 +104,18 @@ def fold_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
 
 def _replace_stem(model: nn.Module, in_chans: int) -> str:
     name, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-    if conv.in_channels != in_chans:  # the same conv with folded kernels (its forward reads only the weight)
-        conv.weight = nn.Parameter(fold_input_conv(conv.weight.detach(), in_chans))
-        conv.in_channels = in_chans
+    if conv.in_channels != in_chans:
+        # A new conv, not the old one with folded kernels: its initialisation draws from the seeded
+        # global generator, so a seed gives the data order and dropout it gave in earlier versions.
+        new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                        dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                        padding_mode=conv.padding_mode)
+        with torch.no_grad():
+            new.weight.copy_(fold_input_conv(conv.weight, in_chans))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, new)
     return name
 
 

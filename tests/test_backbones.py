@@ -171,3 +171,17 @@ def test_fold_input_conv_repeats_and_rescales_for_more_channels():
     assert folded.shape == (8, 4, 3, 3)
     torch.testing.assert_close(folded[:, 3], weight[:, 0] * 0.75)
     torch.testing.assert_close(folded, torch.cat([weight, weight[:, :1]], dim=1) * 0.75)
+
+
+def test_a_seeded_build_leaves_the_generator_where_earlier_versions_left_it():
+    """The 1-channel stem is a new conv (its initialisation draws from the seeded generator, as a
+    fresh torchvision model plus that conv do), so the random stream after the model is built, and
+    with it the data order and dropout of a seeded run, is the one earlier versions had. A
+    shrink folded the kernels into the old conv in place and shifted every seeded run."""
+    torch.manual_seed(0)
+    get_model("resnet18", weights=None, num_classes=2)
+    nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    build_backbone("resnet18", num_classes=2, in_chans=1, weights="none")
+    assert torch.equal(torch.rand(4), expected)

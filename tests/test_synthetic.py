@@ -175,3 +175,15 @@ def test_cli(tmp_path: Path) -> None:
         [*cmd[:5], "--body-part", "knee"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "hand" in bad.stderr
+
+
+def test_a_shape_above_or_left_of_the_image_draws_nothing() -> None:
+    """A box that ends at a negative pixel index gives empty slices: the slice -k would read rows
+    from the image's far side (and the shape's coordinates would not fit them)."""
+    from datamodules.phantoms import _Canvas
+
+    canvas = _Canvas((32, 24), origin=np.zeros(2), scale=1.0, rot=0.0, mirror=False)
+    canvas.blob((-20.0, 10.0), 3.0, 3.0)
+    canvas.blob((10.0, -20.0), 3.0, 3.0, solid=True)
+    canvas.bone_capsule((-30.0, -30.0), (-20.0, -20.0), 2.0)
+    assert not canvas.bone.any() and not canvas.tissue.any()
