@@ -173,3 +173,18 @@ def test_training_batches_are_augmented_and_eval_batches_are_not(hand_data, tmp_
     assert torch.equal(train_x, eval_x.flip(-1))
     assert torch.allclose(eval_x, (to_unit(batch[0]) - 0.5) / 0.25)
     assert ResizePad(32)(torch.zeros(1, 40, 20)).shape == (1, 32, 32)
+
+
+def test_the_key_follows_the_decoders_code_not_their_words(tmp_path):
+    """A release that rewords a decoder's docstrings or comments (or moves its lines) keeps the
+    cache; a change of its code builds a new entry (the key hashed the file's bytes: every
+    docstring edit re-decoded every radiograph)."""
+    from datamodules.cache import code_of
+
+    module = tmp_path / "decoder.py"
+    module.write_text('"""Decode."""\n\ndef window(x):\n    """Clip."""\n    return min(x, 1)  # why\n')
+    before = code_of(module)
+    module.write_text('"""Decode, reworded."""\n\n\ndef window(x):\n    """Clip it."""\n    return min(x, 1)\n')
+    assert code_of(module) == before
+    module.write_text('"""Decode."""\n\ndef window(x):\n    """Clip."""\n    return min(x, 2)  # why\n')
+    assert code_of(module) != before
