@@ -145,6 +145,7 @@ def test_the_cv_parent_says_when_training_ended_so_hyperband_spares_its_evaluati
     assert [e["OMP_NUM_THREADS"] for e in envs] == [str(max(1, cores // 2))] * 2  # side by side: cores shared
 
 
+@pytest.mark.slow  # ~29 s: two fold processes and the parent
 def test_two_fold_run_end_to_end(fit_args, tmp_path):
     from wandb_records import history, run_file
 
@@ -187,6 +188,7 @@ def test_two_fold_run_end_to_end(fit_args, tmp_path):
     assert all(float(r["threshold"]) == pytest.approx(expected.value, rel=1e-5) for r in rows)
 
 
+@pytest.mark.slow  # ~44 s: two fold processes, stopped and waited for
 def test_sigterm_stops_every_fold_cleanly(hand_data, tmp_path):
     import psutil
 

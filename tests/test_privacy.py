@@ -77,6 +77,7 @@ def _cli(env: dict, *args: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow  # ~40 s: fit, test and predict as processes
 def test_no_dicom_header_value_reaches_any_run_output(dicom_with_phi, tmp_path):
     """Fit (images logged) and predict as separate processes, with every directory they may write
     to inside tmp_path, then every byte under tmp_path is searched: run directories, W&B's
